@@ -1,0 +1,104 @@
+//! Ring-buffer events.
+
+/// Length of `task_struct::comm`, NUL-padded.
+pub const COMM_LEN: usize = 16;
+/// Bytes of an exec'd file name the kernel side copies. Longer names are cut and
+/// flagged with [`ExecEvent::filename_truncated`]; user space then relies on
+/// `/proc/<pid>/exe`, which is never truncated.
+pub const PATH_LEN: usize = 256;
+
+/// Event kind ids. Ranges are reserved per family (process 1..99, network 100..199,
+/// credentials 200..299) and a retired id is never reused, so an old agent's spool
+/// can still be decoded by a newer collector.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 1,
+    Exit = 2,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Exec),
+            2 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// First field of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`] as u32 (an enum would let a corrupt value be undefined behaviour).
+    pub kind: u32,
+    /// Thread-group id (what user space calls the pid).
+    pub pid: u32,
+    /// `bpf_ktime_get_boot_ns()` when the event was produced: comparable with process
+    /// start times from procfs, which count from boot too.
+    pub boot_ns: u64,
+    /// cgroup v2 id (`bpf_get_current_cgroup_id`), the inode of the cgroup directory.
+    pub cgroup_id: u64,
+}
+
+/// A successful `execve`/`execveat`, seen at `sched_process_exec`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Parent tgid recorded at fork time; 0 when the fork predates the agent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Bytes of `filename` that are valid (without the NUL).
+    pub filename_len: u16,
+    /// 1 when the kernel's name was longer than [`PATH_LEN`] - 1.
+    pub filename_truncated: u8,
+    pub _pad0: u8,
+    /// `bpf_ktime_get_boot_ns()` at the fork that created this process; 0 if unknown.
+    pub fork_boot_ns: u64,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; PATH_LEN],
+}
+
+/// The last thread of a process has exited (`sched_process_exit` with `group_dead`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: repr(C), integers and byte arrays only, every byte initialised.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ExitEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    /// Any implicit padding would show up as a size that is not the sum of the fields.
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<EventHeader>(), 4 + 4 + 8 + 8);
+        assert_eq!(size_of::<ExecEvent>(), 24 + 4 * 3 + 2 + 1 + 1 + 8 + COMM_LEN + PATH_LEN);
+        assert_eq!(size_of::<ExitEvent>(), 24 + 8);
+        assert_eq!(align_of::<ExecEvent>(), 8);
+    }
+
+    #[test]
+    fn kind_ids_round_trip_and_unknown_is_rejected() {
+        for k in [EventKind::Exec, EventKind::Exit] {
+            assert_eq!(EventKind::from_u32(k as u32), Some(k));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+        assert_eq!(EventKind::from_u32(999), None);
+    }
+}

@@ -1,0 +1,14 @@
+//! Records that cross the kernel/user boundary.
+//!
+//! Both the eBPF programs (`agent-ebpf`, `no_std`, bpfel) and the user-space agent compile
+//! this crate, so the layout of every struct here *is* the wire format of the ring buffer.
+//! Rules that keep it stable: `#[repr(C)]`, no `bool`, no implicit padding (every gap is a
+//! named `_pad` field), and an [`EventHeader`] first so user space can dispatch on `kind`
+//! before it knows the body.
+#![no_std]
+
+pub mod event;
+pub mod config;
+
+pub use config::TracepointOffsets;
+pub use event::{EventHeader, EventKind, ExecEvent, ExitEvent, COMM_LEN, PATH_LEN};

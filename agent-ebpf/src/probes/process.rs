@@ -1,0 +1,122 @@
+//! Process lifecycle: fork (to learn the parent), exec (the attestation trigger), exit.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel_str_bytes,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext,
+};
+use aya_ebpf_bindings::helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns};
+use sigil_agent_common::{EventHeader, EventKind, ExecEvent, ExitEvent, PATH_LEN};
+
+use crate::maps::{count_lost, ForkInfo, EVENTS, FORKS, TP_OFFSETS};
+
+#[tracepoint]
+pub fn sigil_fork(ctx: TracePointContext) -> u32 {
+    try_fork(&ctx).unwrap_or(0)
+}
+
+#[tracepoint]
+pub fn sigil_exec(ctx: TracePointContext) -> u32 {
+    try_exec(&ctx).unwrap_or(0)
+}
+
+#[tracepoint]
+pub fn sigil_exit(ctx: TracePointContext) -> u32 {
+    try_exit(&ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn header(kind: EventKind, pid: u32) -> EventHeader {
+    // SAFETY: plain helpers without pointer arguments.
+    let (boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    EventHeader { kind: kind as u32, pid, boot_ns, cgroup_id }
+}
+
+fn try_fork(ctx: &TracePointContext) -> Result<u32, i32> {
+    let off = TP_OFFSETS.load();
+    if off.valid == 0 {
+        return Ok(0);
+    }
+    // Runs in the parent's context: its tgid is the child's parent process.
+    let ppid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: offset comes from this kernel's tracefs format file.
+    let child: i32 = unsafe { ctx.read_at(off.fork_child_pid as usize)? };
+    let info = ForkInfo { ppid, _pad: 0, boot_ns: unsafe { bpf_ktime_get_boot_ns() } };
+    FORKS.insert(&(child as u32), &info, 0)?;
+    Ok(0)
+}
+
+fn try_exec(ctx: &TracePointContext) -> Result<u32, i32> {
+    let off = TP_OFFSETS.load();
+    if off.valid == 0 {
+        return Ok(0);
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_lost(EventKind::Exec as u32);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: `FORKS` values are plain data; a racing delete only yields a stale copy.
+    let fork = unsafe { FORKS.get(&tgid) }.copied();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot.
+    unsafe {
+        (*ev).header = header(EventKind::Exec, tgid);
+        (*ev).ppid = fork.map_or(0, |f| f.ppid);
+        (*ev).fork_boot_ns = fork.map_or(0, |f| f.boot_ns);
+        (*ev).uid = uid_gid as u32;
+        (*ev).gid = (uid_gid >> 32) as u32;
+        (*ev)._pad0 = 0;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).filename_len = 0;
+        (*ev).filename_truncated = 0;
+    }
+    // `__data_loc`: low 16 bits are the offset of the string in the record, high 16 its length.
+    let loc: u32 = match unsafe { ctx.read_at(off.exec_filename as usize) } {
+        Ok(loc) => loc,
+        Err(_) => 0,
+    };
+    let name_len = (loc >> 16) as usize;
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    // SAFETY: the kernel bounds the copy to the destination slice.
+    let dst = unsafe { &mut (*ev).filename };
+    if let Ok(copied) = unsafe { bpf_probe_read_kernel_str_bytes(src, dst) } {
+        unsafe {
+            (*ev).filename_len = copied.len() as u16;
+            // `name_len` counts the NUL; anything longer than our buffer was cut.
+            (*ev).filename_truncated = (name_len > PATH_LEN) as u8;
+        }
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<u32, i32> {
+    let off = TP_OFFSETS.load();
+    if off.valid == 0 {
+        return Ok(0);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = FORKS.remove(&(pid_tgid as u32));
+    // SAFETY: offset comes from this kernel's tracefs format file.
+    let group_dead: u8 = unsafe { ctx.read_at(off.exit_group_dead as usize)? };
+    if group_dead == 0 {
+        return Ok(0);
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count_lost(EventKind::Exit as u32);
+        return Ok(0);
+    };
+    // SAFETY: exclusively owned reserved slot.
+    unsafe {
+        entry.as_mut_ptr().write(ExitEvent { header: header(EventKind::Exit, tgid), _pad0: 0, _pad1: 0 });
+    }
+    entry.submit(0);
+    Ok(0)
+}

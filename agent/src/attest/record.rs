@@ -1,0 +1,88 @@
+//! The attested process record: the identity every later decision is made on
+//! (token issuance, credential-use attribution). Serialised as one JSON line per record.
+
+use serde::Serialize;
+
+use super::workload::Workload;
+
+/// How the agent learned about the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The exec tracepoint fired while the agent was running.
+    Ebpf,
+    /// Already running when the agent started; attested from procfs.
+    ProcfsScan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Binary {
+    /// The executable the kernel runs (`/proc/<pid>/exe`), inside the process's mount
+    /// namespace; for a script this is the interpreter.
+    pub path: Option<String>,
+    /// The name passed to exec, as the kernel reported it (a script for `#!` files).
+    pub exec_path: Option<String>,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    pub inode: Option<u64>,
+    /// `hit` when the digest came from the cache, `miss` when it was computed now.
+    pub hash_cache: Option<&'static str>,
+    /// The path now names a different file than the one that was executed (replaced or
+    /// deleted after exec): the digest is of what ran, not of what is there now.
+    pub replaced_after_exec: bool,
+    /// Why a field could not be filled.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CgroupInfo {
+    pub id: u64,
+    pub path: Option<String>,
+}
+
+/// One step up the parent chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exec_id: String,
+    pub comm: String,
+    pub binary_path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessRecord {
+    pub kind: &'static str,
+    pub source: Source,
+    /// Unique per exec: `<boot id>:<pid>:<start ticks>:<exec boot ns>`.
+    pub exec_id: String,
+    /// Unique per process instance (survives re-exec): `<boot id>:<pid>:<start ticks>`.
+    pub process_id: String,
+    pub node: String,
+    /// When the exec happened (or, for a scan, when it was observed), RFC 3339.
+    pub time: String,
+    pub pid: u32,
+    pub ppid: u32,
+    /// Process start, RFC 3339; with `pid` it names the process across pid reuse.
+    pub start_time: String,
+    /// Start in clock ticks since boot, as in /proc/<pid>/stat (the exact comparison key).
+    pub start_ticks: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub binary: Binary,
+    pub cgroup: CgroupInfo,
+    pub workload: Workload,
+    /// Parent first, up to the oldest ancestor the agent knows.
+    pub ancestry: Vec<Ancestor>,
+}
+
+/// The last thread of an attested process exited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitRecord {
+    pub kind: &'static str,
+    pub exec_id: String,
+    pub process_id: String,
+    pub node: String,
+    pub time: String,
+    pub pid: u32,
+}

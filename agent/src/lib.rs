@@ -1,0 +1,9 @@
+//! Sigil node agent.
+//!
+//! Data flows one way: [`ebpf`] (kernel events) -> [`attest`] (identity records) ->
+//! [`output`] (sinks). [`daemon`] wires the stages together; [`cli`] is the command line.
+pub mod attest;
+pub mod cli;
+pub mod daemon;
+pub mod ebpf;
+pub mod output;

@@ -1,0 +1,71 @@
+//! `sigil-agent`: thin entry point; the work lives in the library modules.
+
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use clap::Parser;
+use sigil_agent::{
+    cli::{Cli, Cmd},
+    daemon::{self, StartError},
+    ebpf::features::KernelFeatures,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the whole cause chain, no backtrace, no panic.
+            eprintln!("sigil-agent: {e:#}");
+            let code = e.downcast_ref::<StartError>().map_or(1, StartError::exit_code);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Probe => {
+            println!("{}", KernelFeatures::probe());
+            Ok(())
+        }
+        Cmd::Run(args) => {
+            let cfg = args.config()?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let flag = stop.clone();
+            rt.spawn(async move {
+                wait_for_shutdown().await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            // The pipeline is blocking by design (see daemon.rs); the runtime only
+            // watches for signals here.
+            let worker = std::thread::Builder::new().name("attest".into()).spawn(move || daemon::run(cfg, stop))?;
+            let result = rt.block_on(async { tokio::task::spawn_blocking(move || worker.join()).await });
+            match result {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => anyhow::bail!("the attestation thread panicked"),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,131 @@
+//! Toolchain and package provisioning.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The nightly toolchain that builds the eBPF crate (`-Z build-std` needs nightly).
+pub const NIGHTLY: &str = "nightly";
+
+/// What the eBPF build needs, resolved to paths.
+pub struct Toolchain {
+    pub bpf_linker: PathBuf,
+}
+
+/// Where provisioned pieces live between runs. Outside the work tree so a fresh clone
+/// reuses them; `SIGIL_CACHE_DIR` overrides it (delete it to test a cold start).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = env::var_os("SIGIL_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("sigil")
+}
+
+/// Runs a command, failing with its command line when it does not succeed.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Ensures nightly `rust-src` and a bpf-linker that matches nightly's LLVM.
+pub fn toolchain() -> Result<Toolchain> {
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").arg(format!("+{NIGHTLY}")).args(["--print", "sysroot"]))
+            .context("the eBPF crate needs a nightly toolchain (rustup toolchain install nightly)")?,
+    );
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        eprintln!("xtask: installing rust-src for {NIGHTLY}");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    let bpf_linker = bpf_linker(&sysroot)?;
+    Ok(Toolchain { bpf_linker })
+}
+
+/// bpf-linker links against a shared libLLVM of the same major version as rustc's LLVM.
+/// Debian has none new enough, but the nightly toolchain ships its own; we build the linker
+/// against that, in a cache directory keyed by the libLLVM file name so that a toolchain
+/// update rebuilds it instead of loading a mismatched LLVM.
+fn bpf_linker(sysroot: &Path) -> Result<PathBuf> {
+    let lib_dir = sysroot.join("lib");
+    let libllvm = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}: cannot build bpf-linker", lib_dir.display()))?;
+    let llvm_major = libllvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .with_context(|| format!("cannot read the LLVM version from {libllvm}"))?;
+
+    let root = cache_dir().join("bpf-linker").join(&libllvm);
+    let bin = root.join("bin/bpf-linker");
+    if bin.is_file() && Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(bin);
+    }
+    eprintln!("xtask: building bpf-linker against {libllvm} (about a minute, once)");
+    // The linker finds libLLVM through an rpath to this prefix, so the links must stay.
+    let prefix = root.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    for name in [libllvm.as_str(), "libLLVM.so"] {
+        let link = prefix_lib.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib_dir.join(&libllvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    run(Command::new("cargo")
+        .args(["install", "--locked", "bpf-linker", "--version", "^0.13", "--no-default-features"])
+        .args(["--features", &format!("llvm-{llvm_major}")])
+        .arg("--root")
+        .arg(&root)
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR"))
+    .context("building bpf-linker")?;
+    Ok(bin)
+}
+
+/// Installs Debian packages that are missing (tests and demo use real peers).
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
