@@ -77,7 +77,7 @@ fn check_privileges() -> Result<(), StartError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     Err(StartError::Privilege(format!(
-        "sigil-agent needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs; running as uid {euid} with effective capabilities {caps:#x}"
+        "needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs; running as uid {euid} with effective capabilities {caps:#x}"
     )))
 }
 
@@ -87,7 +87,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let features = KernelFeatures::probe();
     if !features.tracepoint.available() || !features.ring_buffer.available() {
         return Err(StartError::Unavailable(format!(
-            "this kernel does not let sigil-agent load eBPF programs ({features})"
+            "the kernel refuses to load eBPF programs for this process ({features})"
         ))
         .into());
     }

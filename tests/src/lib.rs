@@ -1,1 +1,275 @@
-//! Helpers for the root-only integration tests.
+//! Helpers for the root-only integration tests: run the real agent, lay out real cgroup
+//! trees, run real processes in them, and wait for the events that should follow.
+//!
+//! Every test drives the kernel for real; nothing here fakes an event.
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup step should stop the test loudly
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The agent binary under test (`cargo xtask test` sets SIGIL_AGENT_BIN).
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("SIGIL_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sigil-agent"))
+}
+
+/// Lines a process wrote, and a way to wait for one that matches.
+#[derive(Clone, Default)]
+pub struct Lines {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Lines {
+    fn follow(self, r: impl std::io::Read + Send + 'static) -> Self {
+        let me = self.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                let (m, cv) = &*me.inner;
+                m.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        self
+    }
+
+    pub fn snapshot(&self) -> Vec<String> {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    /// Waits until a line satisfies `pred`; returns it.
+    pub fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let (m, cv) = &*self.inner;
+        let deadline = Instant::now() + WAIT;
+        let mut lines = m.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}; saw {} lines", lines.len());
+            lines = cv.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+}
+
+/// A running `sigil-agent run --stdout`, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Agent {
+    child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(agent_bin())
+            .args(["run", "--stdout", "--stats-interval", "1"])
+            .args(extra)
+            .env("SIGIL_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", agent_bin().display()));
+        let stdout = Lines::default().follow(child.stdout.take().unwrap());
+        let stderr = Lines::default().follow(child.stderr.take().unwrap());
+        let agent = Self { child, stdout, stderr };
+        // Ready once the probes are attached and the start-up scan is done.
+        let ready = if extra.contains(&"--no-scan") { "sigil-agent running" } else { "running processes from procfs" };
+        agent.stderr.wait_line("agent start-up", |l| l.contains(ready));
+        agent
+    }
+
+    /// Waits for a JSON event matching `pred`.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let line = self.stdout.wait_line(what, |l| serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v)));
+        serde_json::from_str(&line).unwrap()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.stdout.snapshot().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The exec record of `pid` whose binary is `path`.
+    pub fn wait_exec(&self, pid: u32, path: &Path) -> Value {
+        let path = path.to_string_lossy().into_owned();
+        self.wait_event(&format!("process_exec of pid {pid} ({path})"), |v| {
+            v["kind"] == "process_exec" && v["pid"] == pid && v["binary"]["path"] == path.as_str()
+        })
+    }
+
+    pub fn stop(mut self) -> (Option<i32>, Vec<Value>) {
+        let code = self.terminate();
+        (code, self.events())
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads drain the pipes.
+                thread::sleep(Duration::from_millis(100));
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+/// The cgroup2 mount point of this machine (from /proc/self/mountinfo).
+pub fn cgroup2_root() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    sigil_agent::ebpf::mounts::parse_mountinfo(&info)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.target)
+        .expect("a cgroup2 hierarchy is mounted (the agent mounts one if not)")
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this test run and call.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A cgroup directory tree created for one test, removed (processes killed) on drop.
+pub struct TestCgroup {
+    top: PathBuf,
+    pub leaf: PathBuf,
+    /// The leaf's path as the kernel and /proc/<pid>/cgroup name it.
+    pub path: String,
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2>/<unique test dir>/<layout>`.
+    pub fn create(layout: &str) -> Self {
+        let root = cgroup2_root();
+        let top = root.join(unique("sigil-test-"));
+        let leaf = top.join(layout.trim_start_matches('/'));
+        fs::create_dir_all(&leaf).unwrap_or_else(|e| panic!("mkdir {}: {e}", leaf.display()));
+        let path = format!("/{}", leaf.strip_prefix(&root).unwrap().display());
+        Self { top, leaf, path }
+    }
+
+    /// Starts `program args...` inside this cgroup: a shell moves itself in, then execs
+    /// the program, so the exec happens in the cgroup with the child's pid.
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$0" && exec "$@""#)
+            .arg(self.leaf.join("cgroup.procs"))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&self.leaf).unwrap().ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Kill everything below `top`, then remove directories deepest first.
+        let mut dirs = Vec::new();
+        let mut stack = vec![self.top.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = fs::read_dir(&d) {
+                stack.extend(rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            }
+            dirs.push(d);
+        }
+        for d in dirs.iter().rev() {
+            let _ = fs::write(d.join("cgroup.kill"), "1");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while fs::remove_dir(d).is_err() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A copy of /bin/sleep with a unique tail, so its SHA-256 is unique to this test and
+/// the agent's cache cannot already know it (ELF loaders ignore trailing bytes).
+pub fn unique_binary(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut bytes = fs::read("/bin/sleep").unwrap();
+    bytes.extend_from_slice(unique("sigil-nonce-").as_bytes());
+    write_executable(&path, &bytes);
+    path
+}
+
+pub fn write_executable(path: &Path, bytes: &[u8]) {
+    let mut f = fs::OpenOptions::new().create(true).write(true).truncate(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// SHA-256 as the `sha256sum` tool computes it (an independent implementation).
+pub fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
+}
+
+/// A scratch directory under /tmp (executable, unlike some tmpfs mounts' noexec).
+pub fn scratch_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(unique("sigil-scratch-"));
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Waits until `pid` runs `bin` (a spawned shell has exec'd into it).
+pub fn wait_for_exe(pid: u32, bin: &Path) {
+    let deadline = Instant::now() + WAIT;
+    while fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() != Some(bin) {
+        assert!(Instant::now() < deadline, "pid {pid} never exec'd {}", bin.display());
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills and reaps a child.
+pub fn finish(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Makes sure tracefs is mounted (the agent would do it too; some tests need it before
+/// the agent runs without the privilege to mount).
+pub fn ensure_tracefs() {
+    if !sigil_agent::ebpf::mounts::find("tracefs").unwrap().is_some() {
+        let st = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status().unwrap();
+        assert!(st.success());
+    }
+}

@@ -1,1 +1,205 @@
-pub fn run() -> anyhow::Result<()> { anyhow::bail!("todo") }
+//! `cargo xtask demo`: the agent attesting workloads in kubelet-style cgroups.
+//!
+//! Starts the real agent, lays out a containerd pod, a CRI-O pod and a systemd unit in the
+//! cgroup2 hierarchy, runs a demo binary in each, and prints what the agent attested.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{build, provision};
+
+struct DemoWorkload {
+    name: &'static str,
+    /// cgroup layout below the demo's top directory.
+    layout: &'static str,
+}
+
+const WORKLOADS: [DemoWorkload; 3] = [
+    DemoWorkload {
+        name: "checkout-api",
+        layout: "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7d1c7e0a_2b7e_4c55_9f1e_3a4b5c6d7e8f.slice/cri-containerd-9a8b7c6d5e4f30112233445566778899aabbccddeeff00112233445566778899.scope",
+    },
+    DemoWorkload {
+        name: "ledger-worker",
+        layout: "kubepods.slice/kubepods-pod1f2e3d4c_5b6a_4978_8695_a4b3c2d1e0f9.slice/crio-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+    },
+    DemoWorkload { name: "nightly-backup", layout: "system.slice/nightly-backup.service" },
+];
+
+pub fn run() -> Result<()> {
+    if !provision::is_root() {
+        bail!("cargo xtask demo needs root: the agent loads eBPF programs and the demo creates cgroups");
+    }
+    provision::debian_packages(&["mount", "util-linux"])?;
+    let bin_dir = build::all(false)?;
+    let demo_dir = build::workspace_root().join("target/demo");
+    fs::create_dir_all(demo_dir.join("bin"))?;
+
+    println!("\n== starting sigil-agent (eBPF exec attestation) ==");
+    let mut agent = Command::new(bin_dir.join("sigil-agent"))
+        .args(["run", "--stdout", "--stats-interval", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting sigil-agent")?;
+    let events = follow_json(agent.stdout.take().context("agent stdout")?);
+    let stderr = BufReader::new(agent.stderr.take().context("agent stderr")?);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("  agent| {line}");
+            // Ready once probes are attached and running processes were attested.
+            if line.contains("running processes from procfs") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = agent.kill();
+        bail!("sigil-agent did not start (see its log above)");
+    }
+
+    let result = run_workloads(&demo_dir, &events);
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    let _ = agent.wait();
+    result
+}
+
+fn run_workloads(demo_dir: &Path, events: &mpsc::Receiver<Value>) -> Result<()> {
+    let cg_root = cgroup2_root()?;
+    let top = cg_root.join("sigil-demo");
+    let mut children = Vec::new();
+    println!("\n== running demo workloads in their cgroups ==");
+    for w in &WORKLOADS {
+        let leaf = top.join(w.layout);
+        fs::create_dir_all(&leaf).with_context(|| format!("creating cgroup {}", leaf.display()))?;
+        let bin = demo_dir.join("bin").join(w.name);
+        fs::copy("/bin/sleep", &bin)?;
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$0" && exec "$@""#)
+            .arg(leaf.join("cgroup.procs"))
+            .arg(&bin)
+            .arg("5")
+            .spawn()?;
+        println!("  {:<15} pid {:<7} cgroup /sigil-demo/{}", w.name, child.id(), w.layout);
+        children.push((w.name, child, bin));
+    }
+
+    let mut log = fs::File::create(demo_dir.join("events.jsonl"))?;
+    // The demo prints only its own workloads; everything else goes to the log file.
+    let mut pending: Vec<(&str, u32, PathBuf)> = children.iter().map(|(n, c, b)| (*n, c.id(), b.clone())).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    println!("\n== what the agent attested ==");
+    while !pending.is_empty() && Instant::now() < deadline {
+        let Ok(ev) = events.recv_timeout(Duration::from_millis(200)) else { continue };
+        writeln!(log, "{ev}")?;
+        let Some(i) = pending.iter().position(|(_, pid, bin)| {
+            ev["kind"] == "process_exec" && ev["pid"] == *pid && ev["binary"]["path"] == bin.to_string_lossy().as_ref()
+        }) else {
+            continue;
+        };
+        let (name, _, _) = pending.remove(i);
+        print_record(name, &ev);
+    }
+    for (_, child, _) in &mut children {
+        kill(child);
+    }
+    remove_tree(&top);
+    if !pending.is_empty() {
+        bail!("the agent did not report: {:?}", pending.iter().map(|p| p.0).collect::<Vec<_>>());
+    }
+    println!("\nfull records: {}", demo_dir.join("events.jsonl").display());
+    Ok(())
+}
+
+fn print_record(name: &str, ev: &Value) {
+    let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let w = &ev["workload"];
+    println!("  {name}");
+    println!("    pid {} (ppid {}) started {}  exec_id {}", ev["pid"], ev["ppid"], s(&ev["start_time"]), s(&ev["exec_id"]));
+    println!("    binary  {}  sha256 {}", s(&ev["binary"]["path"]), s(&ev["binary"]["sha256"]));
+    println!("    cgroup  {} (id {})", s(&ev["cgroup"]["path"]), ev["cgroup"]["id"]);
+    match w["kind"].as_str() {
+        Some("kubernetes_pod") => println!(
+            "    workload kubernetes pod {}  container {}  runtime {}  qos {}",
+            s(&w["pod_uid"]),
+            s(&w["container_id"]),
+            s(&w["runtime"]),
+            s(&w["qos_class"])
+        ),
+        Some("systemd_unit") => println!("    workload systemd unit {}", s(&w["unit"])),
+        other => println!("    workload {}", other.unwrap_or("-")),
+    }
+    let chain: Vec<String> = ev["ancestry"]
+        .as_array()
+        .map(|a| a.iter().map(|p| format!("{}({})", s(&p["comm"]), p["pid"])).collect())
+        .unwrap_or_default();
+    println!("    ancestry {}", if chain.is_empty() { "-".into() } else { chain.join(" <- ") });
+}
+
+fn follow_json(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            match serde_json::from_str(&line) {
+                Ok(v) => {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => eprintln!("  demo: agent printed a line that is not JSON ({e}): {line}"),
+            }
+        }
+    });
+    rx
+}
+
+fn cgroup2_root() -> Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|l| {
+            let target = l.split(' ').nth(4)?;
+            let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
+            (fstype == "cgroup2").then(|| PathBuf::from(target))
+        })
+        .context("no cgroup2 hierarchy is mounted")
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Removes a cgroup tree, deepest first, after killing what is left in it.
+fn remove_tree(top: &Path) {
+    let mut dirs = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = fs::read_dir(&d) {
+            stack.extend(rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+        dirs.push(d);
+    }
+    for d in dirs.iter().rev() {
+        let _ = fs::write(d.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if fs::remove_dir(d).is_ok() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -129,3 +129,11 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
+
+/// Effective uid 0 (from /proc/self/status, so xtask needs no unsafe code).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1) == Some("0"))))
+        .unwrap_or(false)
+}

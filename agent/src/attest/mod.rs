@@ -131,8 +131,8 @@ impl Attestor {
     }
 
     /// Attests every process already running (call after the exec probe is attached, so
-    /// nothing falls between the scan and the first event). Processes the probe already
-    /// reported are skipped.
+    /// nothing falls between the scan and the first event). Processes that already have a
+    /// valid record (same pid *and* start time) are skipped.
     pub fn scan(&self) -> Vec<ProcessRecord> {
         let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
         let mut pids: Vec<u32> = all.filter_map(|p| p.ok()).filter_map(|p| u32::try_from(p.pid).ok()).collect();
@@ -140,7 +140,7 @@ impl Attestor {
         pids.sort_unstable();
         let now = Clock::now_boot_ns();
         pids.into_iter()
-            .filter(|pid| self.table.get(*pid).is_none())
+            .filter(|pid| self.lookup(*pid).is_none())
             .filter_map(|pid| {
                 let obs = Observed {
                     source: Source::ProcfsScan,
@@ -225,16 +225,7 @@ impl Attestor {
                 // Too late for procfs: the fork time the kernel gave us is the best start
                 // estimate, and the binary cannot be read safely any more.
                 let start = if obs.fork_boot_ns != 0 { obs.fork_boot_ns } else { obs.boot_ns };
-                let binary = Binary {
-                    path: None,
-                    exec_path: obs.exec_path.clone(),
-                    sha256: None,
-                    size: None,
-                    inode: None,
-                    hash_cache: None,
-                    replaced_after_exec: false,
-                    error: Some(why),
-                };
+                let binary = self.binary_of_exited(&obs, why);
                 (self.clock.boot_ns_to_ticks(start), binary, None, obs.ppid, obs.comm.clone(), obs.uid, obs.gid)
             }
         };
@@ -267,17 +258,40 @@ impl Attestor {
         rec
     }
 
-    fn binary(&self, obs: &Observed, f: &mut ProcFacts) -> Binary {
-        let mut b = Binary {
-            path: f.exe_path.as_ref().map(|p| p.trim_end_matches(" (deleted)").to_owned()),
-            exec_path: obs.exec_path.clone(),
-            sha256: None,
-            size: None,
-            inode: None,
-            hash_cache: None,
-            replaced_after_exec: f.exe_path.as_deref().is_some_and(|p| p.ends_with(" (deleted)")),
-            error: None,
+    /// A process that exited before procfs could be read (short-lived commands). Its exe
+    /// is gone, but the parent usually shares its mount namespace; requiring the same
+    /// cgroup rules out the common case where it does not (a container runtime's shim
+    /// exec'ing the entrypoint lives in the host's namespace, in another cgroup).
+    fn binary_of_exited(&self, obs: &Observed, why: String) -> Binary {
+        let mut b = Binary::unknown(obs.exec_path.clone());
+        b.error = Some(why);
+        let (Some(path), Some(cgroup_id)) = (obs.exec_path.as_deref().filter(|p| p.starts_with('/')), obs.cgroup_id)
+        else {
+            return b;
         };
+        let Ok(parent) = Process::new(obs.ppid as i32) else { return b };
+        let mut text = String::new();
+        let parent_cgroup = parent
+            .open_relative("cgroup")
+            .ok()
+            .and_then(|mut f| f.read_to_string(&mut text).ok())
+            .and_then(|_| cgroup::v2_path_from_proc(&text))
+            .and_then(|p| self.cgroups.id_of(&p));
+        if parent_cgroup != Some(cgroup_id) {
+            return b;
+        }
+        if let Ok(mut file) = fs::File::open(format!("/proc/{}/root{}", obs.ppid, path)) {
+            if let Ok(d) = self.hashes.digest(&mut file) {
+                b.fill_digest(d, "exec_path");
+            }
+        }
+        b
+    }
+
+    fn binary(&self, obs: &Observed, f: &mut ProcFacts) -> Binary {
+        let mut b = Binary::unknown(obs.exec_path.clone());
+        b.path = f.exe_path.as_ref().map(|p| p.trim_end_matches(" (deleted)").to_owned());
+        b.replaced_after_exec = f.exe_path.as_deref().is_some_and(|p| p.ends_with(" (deleted)"));
         let exe = match &mut f.exe {
             Ok(file) => file,
             Err(e) => {
@@ -287,16 +301,14 @@ impl Attestor {
         };
         match self.hashes.digest(exe) {
             Ok(d) => {
-                b.sha256 = Some(d.sha256);
-                b.size = Some(d.key.size);
-                b.inode = Some(d.key.ino);
-                b.hash_cache = Some(if d.cache_hit { "hit" } else { "miss" });
+                let key = d.key;
+                b.fill_digest(d, "exe");
                 // Does the exec'd path (seen from the process's own root) still name the
                 // file that runs? If not, it was replaced after exec.
                 if let Some(path) = obs.exec_path.as_deref().filter(|p| p.starts_with('/')) {
                     let inside = format!("/proc/{}/root{}", obs.pid, path);
                     if let Ok(m) = fs::metadata(inside) {
-                        let same = m.dev() == d.key.dev && m.ino() == d.key.ino;
+                        let same = m.dev() == key.dev && m.ino() == key.ino;
                         // For a `#!` script the exec'd path is the script and the exe its
                         // interpreter: different files by design, not a replacement.
                         b.replaced_after_exec |= !same && b.path.as_deref() == Some(path);

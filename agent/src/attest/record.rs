@@ -27,11 +27,39 @@ pub struct Binary {
     pub inode: Option<u64>,
     /// `hit` when the digest came from the cache, `miss` when it was computed now.
     pub hash_cache: Option<&'static str>,
+    /// `exe`: the executed inode itself (/proc/<pid>/exe). `exec_path`: the process was
+    /// gone before it could be read, so the file now at the exec'd path (seen from the
+    /// parent's root, parent in the same cgroup) was hashed instead: weaker evidence.
+    pub hashed_from: Option<&'static str>,
     /// The path now names a different file than the one that was executed (replaced or
     /// deleted after exec): the digest is of what ran, not of what is there now.
     pub replaced_after_exec: bool,
     /// Why a field could not be filled.
     pub error: Option<String>,
+}
+
+impl Binary {
+    pub fn unknown(exec_path: Option<String>) -> Self {
+        Self {
+            path: None,
+            exec_path,
+            sha256: None,
+            size: None,
+            inode: None,
+            hash_cache: None,
+            hashed_from: None,
+            replaced_after_exec: false,
+            error: None,
+        }
+    }
+
+    pub fn fill_digest(&mut self, d: super::hash::Digest, from: &'static str) {
+        self.sha256 = Some(d.sha256);
+        self.size = Some(d.key.size);
+        self.inode = Some(d.key.ino);
+        self.hash_cache = Some(if d.cache_hit { "hit" } else { "miss" });
+        self.hashed_from = Some(from);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
