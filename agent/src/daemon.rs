@@ -181,10 +181,9 @@ fn wait_readable(fd: i32, timeout: Duration) {
 
 /// The node name: the DaemonSet's downward-API value, else the host name.
 pub fn default_node_name() -> String {
-    if let Ok(n) = std::env::var("NODE_NAME") {
-        if !n.is_empty() {
+    if let Ok(n) = std::env::var("NODE_NAME")
+        && !n.is_empty() {
             return n;
         }
-    }
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
 }

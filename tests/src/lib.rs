@@ -268,7 +268,7 @@ pub fn finish(mut child: Child) {
 /// Makes sure tracefs is mounted (the agent would do it too; some tests need it before
 /// the agent runs without the privilege to mount).
 pub fn ensure_tracefs() {
-    if !sigil_agent::ebpf::mounts::find("tracefs").unwrap().is_some() {
+    if sigil_agent::ebpf::mounts::find("tracefs").unwrap().is_none() {
         let st = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status().unwrap();
         assert!(st.success());
     }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 //! Exec attestation against the real kernel: real programs loaded, real processes in
 //! real cgroup trees laid out as kubelet and container runtimes lay them out.
 

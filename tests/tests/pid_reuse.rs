@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 //! A recycled pid must never inherit the record of the process that had it before.
 //!
 //! Its own test binary: it steers the kernel's next pid through ns_last_pid, which other

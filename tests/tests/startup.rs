@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 //! Start-up failures: without privilege or without BPF the agent exits non-zero with one
 //! line saying why, and never panics.
 

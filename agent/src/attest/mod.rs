@@ -280,11 +280,10 @@ impl Attestor {
         if parent_cgroup != Some(cgroup_id) {
             return b;
         }
-        if let Ok(mut file) = fs::File::open(format!("/proc/{}/root{}", obs.ppid, path)) {
-            if let Ok(d) = self.hashes.digest(&mut file) {
+        if let Ok(mut file) = fs::File::open(format!("/proc/{}/root{}", obs.ppid, path))
+            && let Ok(d) = self.hashes.digest(&mut file) {
                 b.fill_digest(d, "exec_path");
             }
-        }
         b
     }
 

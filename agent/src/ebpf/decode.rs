@@ -12,6 +12,9 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
+/// Decoded by value: an event lives only until it is attested, so the size difference
+/// between variants costs a copy, not memory.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy)]
 pub enum KernelEvent {
     Exec(ExecEvent),

@@ -40,11 +40,10 @@ impl LoadError {
 fn permission_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(ioe) = err.downcast_ref::<io::Error>() {
-            if matches!(ioe.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+        if let Some(ioe) = err.downcast_ref::<io::Error>()
+            && matches!(ioe.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
                 return Some(ioe.to_string());
             }
-        }
         cur = err.source();
     }
     None
