@@ -1,10 +1,10 @@
 //! Command line.
 
-use std::time::Duration;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::daemon::{RunConfig, default_node_name};
+use crate::daemon::{IssuanceConfig, RunConfig, default_node_name};
 
 #[derive(Parser, Debug)]
 #[command(name = "sigil-agent", version, about = "Sigil node agent: eBPF process attestation")]
@@ -22,7 +22,24 @@ pub enum Cmd {
     Run(RunArgs),
     /// Report which eBPF program types this kernel accepts, and exit.
     Probe,
+    /// Ask the local agent for a JWT-SVID and print it (for scripts and demos).
+    Token(TokenArgs),
 }
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// Audience the token is for (repeatable; at least one).
+    #[arg(long, required = true)]
+    pub audience: Vec<String>,
+    /// Workload API socket.
+    #[arg(long, env = "SIGIL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Only this SPIFFE ID (default: every ID this process is entitled to).
+    #[arg(long)]
+    pub spiffe_id: Option<String>,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/sigil/workload.sock";
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -47,6 +64,25 @@ pub struct RunArgs {
     /// Do not attest the processes that were running before the agent started.
     #[arg(long)]
     pub no_scan: bool,
+    /// Registration entries (TOML). Token issuance runs only when this is given.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Pod namespace and service account by pod UID (TOML), for nodes where the agent
+    /// does not ask an API server.
+    #[arg(long, requires = "policy")]
+    pub pods: Option<PathBuf>,
+    /// Workload API socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Address of the OIDC discovery endpoint (issuer document and JWKS).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub oidc_listen: SocketAddr,
+    /// Issuer URL written into tokens (`iss`); default http://<oidc-listen>.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Seconds between signing-key rotations.
+    #[arg(long, default_value_t = 3600)]
+    pub key_rotation_seconds: u64,
 }
 
 impl RunArgs {
@@ -57,7 +93,23 @@ impl RunArgs {
         if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
             anyhow::bail!("--ring-buffer-bytes must be a power of two of at least 4096, got {}", self.ring_buffer_bytes);
         }
+        if self.key_rotation_seconds == 0 {
+            anyhow::bail!("--key-rotation-seconds must be at least 1");
+        }
+        let issuance = self.policy.as_ref().map(|policy| IssuanceConfig {
+            policy: policy.clone(),
+            pods: self.pods.clone(),
+            socket: self.socket.clone(),
+            oidc_listen: self.oidc_listen,
+            issuer_url: self
+                .issuer
+                .clone()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .unwrap_or_else(|| format!("http://{}", self.oidc_listen)),
+            key_rotation: Duration::from_secs(self.key_rotation_seconds),
+        });
         Ok(RunConfig {
+            issuance,
             node: self.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(default_node_name),
             ring_buffer_bytes: self.ring_buffer_bytes,
             hash_cache_entries: self.hash_cache_entries,

@@ -16,11 +16,18 @@ use std::{
 use agent_common::EventKind;
 use anyhow::Context;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     attest::Attestor,
     ebpf::{KernelEvent, Probes, features::KernelFeatures, mounts, tracefs},
+    issue::{
+        issuer::{Issuer, IssuerConfig},
+        keys::KeyManager,
+        oidc,
+        policy::MAX_TTL,
+        workload_api,
+    },
     output::{AgentStats, JsonLines, LostByKind, Sink},
 };
 
@@ -44,9 +51,21 @@ impl StartError {
     }
 }
 
+/// Token issuance settings; issuance runs only when a policy is configured.
+#[derive(Debug, Clone)]
+pub struct IssuanceConfig {
+    pub policy: std::path::PathBuf,
+    pub pods: Option<std::path::PathBuf>,
+    pub socket: std::path::PathBuf,
+    pub oidc_listen: std::net::SocketAddr,
+    pub issuer_url: String,
+    pub key_rotation: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub node: String,
+    pub issuance: Option<IssuanceConfig>,
     pub ring_buffer_bytes: u32,
     pub hash_cache_entries: usize,
     pub max_hash_bytes: u64,
@@ -81,7 +100,79 @@ fn check_privileges() -> Result<(), StartError> {
     )))
 }
 
-pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// Resolves once `stop` is set (polled: the flag is set from a signal handler task).
+async fn stopped(stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts the Workload API, OIDC discovery and key maintenance on `rt`.
+fn start_issuance(
+    ic: &IssuanceConfig,
+    node: &str,
+    attestor: Arc<Attestor>,
+    sink: Arc<dyn Sink>,
+    rt: &tokio::runtime::Handle,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Arc<Issuer>> {
+    let keys = Arc::new(KeyManager::new(ic.key_rotation, MAX_TTL)?);
+    let issuer = Arc::new(Issuer::new(
+        IssuerConfig {
+            node: node.to_owned(),
+            issuer_url: ic.issuer_url.clone(),
+            policy_path: ic.policy.clone(),
+            pods_path: ic.pods.clone(),
+        },
+        attestor,
+        keys.clone(),
+        sink,
+    )?);
+    let _guard = rt.enter();
+    let socket = workload_api::bind(&ic.socket)?;
+    let http = oidc::bind(ic.oidc_listen)?;
+    let (bump, bundle_version) = tokio::sync::watch::channel(0u64);
+
+    let (i, s) = (issuer.clone(), stop.clone());
+    rt.spawn(async move {
+        if let Err(e) = workload_api::serve(socket, i, bundle_version, stopped(s)).await {
+            error!("{e:#}");
+        }
+    });
+    let (k, s, url) = (keys.clone(), stop.clone(), ic.issuer_url.clone());
+    rt.spawn(async move {
+        if let Err(e) = oidc::serve(http, url, k, stopped(s)).await {
+            error!("{e:#}");
+        }
+    });
+    // Rotation, retirement, and noticing bad policy edits even when nobody asks.
+    let (i, s) = (issuer.clone(), stop.clone());
+    rt.spawn(async move {
+        while !s.load(Ordering::Relaxed) {
+            match keys.maintain(std::time::SystemTime::now()) {
+                Ok(true) => {
+                    bump.send_modify(|v| *v += 1);
+                    info!("signing keys changed; active kid {}", keys.active_kid().unwrap_or_default());
+                }
+                Ok(false) => {}
+                Err(e) => error!("key maintenance: {e}"),
+            }
+            let i2 = i.clone();
+            let _ = tokio::task::spawn_blocking(move || i2.refresh()).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    info!(
+        "Workload API on {}, OIDC discovery on http://{} (issuer {}), trust domain {}",
+        ic.socket.display(),
+        ic.oidc_listen,
+        ic.issuer_url,
+        issuer.trust_domain()
+    );
+    Ok(issuer)
+}
+
+pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     check_privileges()?;
     let mounted = mounts::ensure().map_err(|e| StartError::Privilege(e.to_string()))?;
     let features = KernelFeatures::probe();
@@ -109,8 +200,9 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     );
 
     let mut events = probes.take_events()?;
-    let attestor = Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes);
-    let sink = JsonLines;
+    let attestor =
+        Arc::new(Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes));
+    let sink: Arc<dyn Sink> = Arc::new(JsonLines);
     let mut stats = Counters::default();
 
     if cfg.scan {
@@ -121,6 +213,11 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             sink.emit(rec).context("writing output")?;
         }
     }
+    // Issuance starts after the scan, so every running process already has a record.
+    let issuer = match &cfg.issuance {
+        Some(ic) => Some(start_issuance(ic, &cfg.node, attestor.clone(), sink.clone(), &rt, &stop)?),
+        None => None,
+    };
 
     let mut last_stats = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -141,11 +238,11 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         if cfg.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
-            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes)).context("writing output")?;
+            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref())).context("writing output")?;
             last_stats = Instant::now();
         }
     }
-    sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes)).context("writing output")?;
+    sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref())).context("writing output")?;
     info!("sigil-agent stopped");
     Ok(())
 }
@@ -157,7 +254,7 @@ struct Counters {
 }
 
 impl Counters {
-    fn snapshot(&self, node: &str, attestor: &Attestor, probes: &Probes) -> AgentStats {
+    fn snapshot(&self, node: &str, attestor: &Attestor, probes: &Probes, issuer: Option<&Issuer>) -> AgentStats {
         let lost = probes.lost().unwrap_or_default();
         let at = |k: EventKind| lost.get(k as usize).copied().unwrap_or(0);
         AgentStats {
@@ -167,6 +264,7 @@ impl Counters {
             ring_buffer_lost: LostByKind { exec: at(EventKind::Exec), exit: at(EventKind::Exit) },
             decode_errors: self.decode_errors,
             processes_tracked: attestor.table().len(),
+            tokens: issuer.map(Issuer::stats),
             events: self.events,
         }
     }

@@ -6,4 +6,5 @@ pub mod attest;
 pub mod cli;
 pub mod daemon;
 pub mod ebpf;
+pub mod issue;
 pub mod output;

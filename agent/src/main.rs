@@ -13,6 +13,7 @@ use sigil_agent::{
     cli::{Cli, Cmd},
     daemon::{self, StartError},
     ebpf::features::KernelFeatures,
+    issue::client,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -40,18 +41,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}", KernelFeatures::probe());
             Ok(())
         }
+        Cmd::Token(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let svids = rt.block_on(client::fetch_jwt(&args.socket, args.audience, args.spiffe_id))?;
+            for (_, token) in &svids {
+                println!("{token}");
+            }
+            Ok(())
+        }
         Cmd::Run(args) => {
             let cfg = args.config()?;
             let stop = Arc::new(AtomicBool::new(false));
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let flag = stop.clone();
             rt.spawn(async move {
                 wait_for_shutdown().await;
                 flag.store(true, Ordering::Relaxed);
             });
-            // The pipeline is blocking by design (see daemon.rs); the runtime only
-            // watches for signals here.
-            let worker = std::thread::Builder::new().name("attest".into()).spawn(move || daemon::run(cfg, stop))?;
+            // The event pipeline is blocking by design (see daemon.rs) and runs on its own
+            // thread; the runtime serves the Workload API and watches for signals.
+            let handle = rt.handle().clone();
+            let worker =
+                std::thread::Builder::new().name("attest".into()).spawn(move || daemon::run(cfg, stop, handle))?;
             let result = rt.block_on(async { tokio::task::spawn_blocking(move || worker.join()).await });
             match result {
                 Ok(Ok(r)) => r,

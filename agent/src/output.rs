@@ -47,6 +47,8 @@ pub struct AgentStats {
     /// Records that arrived but could not be decoded (never silently ignored).
     pub decode_errors: u64,
     pub processes_tracked: usize,
+    /// Present when token issuance runs.
+    pub tokens: Option<crate::issue::issuer::TokenStats>,
     pub events: u64,
 }
 

@@ -138,27 +138,59 @@ impl Attestor {
         let mut pids: Vec<u32> = all.filter_map(|p| p.ok()).filter_map(|p| u32::try_from(p.pid).ok()).collect();
         // Parents first, so children find them for their ancestry.
         pids.sort_unstable();
-        let now = Clock::now_boot_ns();
         pids.into_iter()
             .filter(|pid| self.lookup(*pid).is_none())
-            .filter_map(|pid| {
-                let obs = Observed {
-                    source: Source::ProcfsScan,
-                    pid,
-                    ppid: 0,
-                    uid: 0,
-                    gid: 0,
-                    cgroup_id: None,
-                    boot_ns: now,
-                    fork_boot_ns: 0,
-                    comm: String::new(),
-                    exec_path: None,
-                };
-                let proc = Process::new(pid as i32).ok()?;
-                let facts = self.read_facts(&proc).ok()?;
-                (!facts.kthread).then(|| self.build(obs, Ok(facts)))
-            })
+            .filter_map(|pid| self.attest_from_procfs(pid, Source::ProcfsScan))
             .collect()
+    }
+
+    /// The record describing what `pid` is *now*, attesting it from procfs on the spot
+    /// when the table has none or an outdated one (a caller can reach the Workload API
+    /// before its exec event is handled, or after moving to another cgroup). The bool is
+    /// true when the record was created by this call.
+    pub fn attest_running(&self, pid: u32) -> Option<(Arc<ProcessRecord>, bool)> {
+        if let Some(rec) = self.table.get(pid).filter(|r| self.still_same(r)) {
+            return Some((rec, false));
+        }
+        let rec = Arc::new(self.attest_from_procfs(pid, Source::OnRequest)?);
+        Some((rec, true))
+    }
+
+    /// True while `pid` still is what `rec` describes: same start time, same executable
+    /// inode and same cgroup (a pid reuse, a re-exec or a cgroup move changes one).
+    pub fn still_same(&self, rec: &ProcessRecord) -> bool {
+        let Ok(p) = Process::new(rec.pid as i32) else { return false };
+        let same_start = p.stat().is_ok_and(|s| s.starttime == rec.start_ticks);
+        let same_exe = match (p.open_relative("exe").and_then(|f| Ok(f.metadata()?)), rec.binary.inode) {
+            (Ok(m), Some(ino)) => m.ino() == ino,
+            (Err(_), None) => true,
+            _ => false,
+        };
+        let mut text = String::new();
+        let cgroup_now = p
+            .open_relative("cgroup")
+            .ok()
+            .and_then(|mut f| f.read_to_string(&mut text).ok())
+            .and_then(|_| cgroup::v2_path_from_proc(&text));
+        same_start && same_exe && cgroup_now == rec.cgroup.path
+    }
+
+    fn attest_from_procfs(&self, pid: u32, source: Source) -> Option<ProcessRecord> {
+        let obs = Observed {
+            source,
+            pid,
+            ppid: 0,
+            uid: 0,
+            gid: 0,
+            cgroup_id: None,
+            boot_ns: Clock::now_boot_ns(),
+            fork_boot_ns: 0,
+            comm: String::new(),
+            exec_path: None,
+        };
+        let proc = Process::new(pid as i32).ok()?;
+        let facts = self.read_facts(&proc).ok()?;
+        (!facts.kthread).then(|| self.build(obs, Ok(facts)))
     }
 
     /// The current record for `pid`, or None if the process that pid now names is not the

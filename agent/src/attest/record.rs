@@ -13,6 +13,9 @@ pub enum Source {
     Ebpf,
     /// Already running when the agent started; attested from procfs.
     ProcfsScan,
+    /// Attested from procfs when it called the Workload API before its exec event was
+    /// handled.
+    OnRequest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

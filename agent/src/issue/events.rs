@@ -1,0 +1,77 @@
+//! Identity events of the issuance path. Tokens themselves never appear here: a token
+//! is a bearer secret, so events carry its `jti`, never its text.
+
+use serde::Serialize;
+
+use super::policy::DenyReason;
+use crate::attest::{record::ProcessRecord, workload::Workload};
+
+/// The attested run a decision was made about.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessRef {
+    pub exec_id: String,
+    pub process_id: String,
+    pub pid: u32,
+    pub binary_path: Option<String>,
+    pub binary_sha256: Option<String>,
+    pub cgroup_path: Option<String>,
+    pub workload: Workload,
+}
+
+impl From<&ProcessRecord> for ProcessRef {
+    fn from(r: &ProcessRecord) -> Self {
+        Self {
+            exec_id: r.exec_id.clone(),
+            process_id: r.process_id.clone(),
+            pid: r.pid,
+            binary_path: r.binary.path.clone(),
+            binary_sha256: r.binary.sha256.clone(),
+            cgroup_path: r.cgroup.path.clone(),
+            workload: r.workload.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenIssued {
+    pub kind: &'static str,
+    pub time: String,
+    pub node: String,
+    pub jti: String,
+    pub spiffe_id: String,
+    pub audience: Vec<String>,
+    pub issuer: String,
+    pub kid: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub ttl_seconds: i64,
+    /// Line of the registration entry that granted it.
+    pub entry_line: usize,
+    pub process: ProcessRef,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenDenied {
+    pub kind: &'static str,
+    pub time: String,
+    pub node: String,
+    pub reason: DenyReason,
+    pub detail: String,
+    pub audience: Vec<String>,
+    pub requested_spiffe_id: Option<String>,
+    /// The pid the kernel reported for the connection.
+    pub peer_pid: u32,
+    pub process: Option<ProcessRef>,
+}
+
+/// A policy or pod-metadata file changed on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigChange {
+    pub kind: &'static str,
+    pub time: String,
+    pub node: String,
+    pub path: String,
+    /// `reloaded` or `rejected` (then the previous version stays in force).
+    pub outcome: &'static str,
+    pub error: Option<String>,
+}

@@ -1,0 +1,16 @@
+//! Token issuance gated by kernel attestation.
+//!
+//! A workload asks over the SPIFFE Workload API ([`workload_api`]); the kernel says who it
+//! is ([`peer`]); the attestation record says what it is; the policy ([`policy`]) says
+//! what it may be; [`issuer`] decides and signs ([`jwt`], [`keys`]); [`oidc`] publishes the
+//! keys for cloud STS services.
+pub mod client;
+pub mod events;
+pub mod issuer;
+pub mod jwt;
+pub mod keys;
+pub mod oidc;
+pub mod peer;
+pub mod policy;
+pub mod watched;
+pub mod workload_api;

@@ -1,0 +1,119 @@
+//! Who is on the other end of a Workload API connection, according to the kernel.
+//!
+//! SO_PEERCRED gives the pid that connected. A pid alone is racy: the caller can exit and
+//! its pid be reused before we look it up (SPIRE documents this race). SO_PEERPIDFD
+//! (Linux 6.5+) gives a pidfd bound to that exact process: while the pidfd still reports
+//! the process alive, the pid has not been reused, so anything read from /proc/<pid>
+//! before that check is about the caller.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::UnixStream,
+};
+use tonic::transport::server::Connected;
+
+/// `SO_PEERPIDFD` from include/uapi/asm-generic/socket.h (not yet in every libc crate).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// None on kernels without SO_PEERPIDFD; then only the start-time check guards reuse.
+    pub pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream) -> io::Result<Self> {
+        let cred = stream.peer_cred()?;
+        let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::PermissionDenied, "peer pid is not visible from this pid namespace")
+        })?;
+        Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), pidfd: peer_pidfd(stream).map(Arc::new) })
+    }
+
+    /// False once the process that connected has exited (its pid may then be reused).
+    /// Without a pidfd this cannot tell, and says true: callers re-check the start time.
+    pub fn still_alive(&self) -> bool {
+        match &self.pidfd {
+            // SAFETY: signal 0 only checks for existence; the fd is a valid pidfd we own.
+            Some(fd) => unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0
+            },
+            None => true,
+        }
+    }
+}
+
+fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid socket fd, out-pointers sized for a c_int.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&mut fd as *mut libc::c_int).cast(), &mut len)
+    };
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A Unix stream that remembers its peer, for tonic's `ConnectInfo`.
+pub struct PeerStream {
+    io: UnixStream,
+    peer: Peer,
+}
+
+impl PeerStream {
+    pub fn new(io: UnixStream) -> io::Result<Self> {
+        let peer = Peer::of(&io)?;
+        Ok(Self { io, peer })
+    }
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_pair_reports_this_process_and_a_live_pidfd() {
+        let (a, _b) = UnixStream::pair().expect("pair");
+        let peer = Peer::of(&a).expect("peer");
+        assert_eq!(peer.pid, std::process::id());
+        assert!(peer.pidfd.is_some(), "kernel 6.5+ provides SO_PEERPIDFD");
+        assert!(peer.still_alive());
+    }
+}
