@@ -9,7 +9,7 @@ usage: spiffe_client.py SOCKET AUDIENCE
 import json
 import sys
 
-from spiffe import JwtSvid, WorkloadApiClient
+from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 
 
 def main() -> None:
@@ -18,7 +18,8 @@ def main() -> None:
     try:
         svid = client.fetch_jwt_svid(audience={audience})
         bundles = client.fetch_jwt_bundles()
-        local = JwtSvid.parse_and_validate(svid.token, bundles, {audience})
+        bundle = bundles.get_bundle_for_trust_domain(TrustDomain(svid.spiffe_id.trust_domain.name))
+        local = JwtSvid.parse_and_validate(svid.token, bundle, {audience})
         remote = client.validate_jwt_svid(svid.token, audience)
         print(json.dumps({
             "spiffe_id": str(svid.spiffe_id),
@@ -26,7 +27,8 @@ def main() -> None:
             "expiry": svid.expiry,
             "local_spiffe_id": str(local.spiffe_id),
             "remote_spiffe_id": str(remote.spiffe_id),
-            "bundle_trust_domains": sorted(str(td) for td in bundles._bundles.keys()),
+            "bundle_trust_domain": str(bundle.trust_domain.name),
+            "bundle_keys": len(bundle.jwt_authorities),
         }))
     finally:
         client.close()

@@ -4,6 +4,8 @@
 //! Every test drives the kernel for real; nothing here fakes an event.
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should stop the test loudly
 
+pub mod workload_api;
+
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
@@ -181,15 +183,29 @@ impl TestCgroup {
     /// Starts `program args...` inside this cgroup: a shell moves itself in, then execs
     /// the program, so the exec happens in the cgroup with the child's pid.
     pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
-        Command::new("/bin/sh")
-            .arg("-c")
+        self.command(program, args).spawn().unwrap()
+    }
+
+    /// A command that runs `program args...` inside this cgroup.
+    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
             .arg(r#"echo $$ > "$0" && exec "$@""#)
             .arg(self.leaf.join("cgroup.procs"))
             .arg(program)
             .args(args)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap()
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs to completion inside this cgroup; returns (exit code, stdout, stderr).
+    pub fn run(&self, program: &Path, args: &[&str]) -> (i32, String, String) {
+        let out = self.command(program, args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
     }
 
     pub fn id(&self) -> u64 {
@@ -217,6 +233,33 @@ impl Drop for TestCgroup {
             }
         }
     }
+}
+
+/// A copy of the agent binary with a unique tail: a registered (or deliberately
+/// unregistered) workload that asks for tokens with `token`.
+pub fn unique_client(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut bytes = fs::read(agent_bin()).unwrap();
+    bytes.extend_from_slice(unique("sigil-nonce-").as_bytes());
+    write_executable(&path, &bytes);
+    path
+}
+
+/// The Python interpreter with py-spiffe and PyJWT (`cargo xtask test` provisions it).
+pub fn python() -> PathBuf {
+    std::env::var_os("SIGIL_PYTHON")
+        .map(PathBuf::from)
+        .expect("SIGIL_PYTHON is set by `cargo xtask test` (a venv with py-spiffe and PyJWT)")
+}
+
+/// A script under tests/python.
+pub fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A copy of /bin/sleep with a unique tail, so its SHA-256 is unique to this test and

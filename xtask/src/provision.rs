@@ -137,3 +137,21 @@ pub fn is_root() -> bool {
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1) == Some("0"))))
         .unwrap_or(false)
 }
+
+/// A Python virtualenv with `packages`, cached by the package list. The tests use real
+/// third-party clients (py-spiffe, PyJWT) to check Sigil against code it did not write.
+pub fn python_env(packages: &[&str]) -> Result<PathBuf> {
+    let key: u64 = packages.iter().flat_map(|p| p.bytes()).fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let dir = cache_dir().join(format!("pyenv-{key:016x}"));
+    let python = dir.join("bin/python3");
+    let marker = dir.join(".complete");
+    if marker.is_file() && python.is_file() {
+        return Ok(python);
+    }
+    eprintln!("xtask: creating a Python environment with {}", packages.join(" "));
+    let _ = fs::remove_dir_all(&dir);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir)).context("creating a virtualenv (python3-venv)")?;
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(packages))?;
+    fs::write(&marker, packages.join("\n"))?;
+    Ok(python)
+}

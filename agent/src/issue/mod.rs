@@ -6,6 +6,7 @@
 //! keys for cloud STS services.
 pub mod client;
 pub mod events;
+pub mod h2_authority;
 pub mod issuer;
 pub mod jwt;
 pub mod keys;

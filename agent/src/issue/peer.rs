@@ -20,6 +20,8 @@ use tokio::{
 };
 use tonic::transport::server::Connected;
 
+use super::h2_authority::AuthorityFix;
+
 /// `SO_PEERPIDFD` from include/uapi/asm-generic/socket.h (not yet in every libc crate).
 const SO_PEERPIDFD: libc::c_int = 77;
 
@@ -65,16 +67,17 @@ fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
     (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A Unix stream that remembers its peer, for tonic's `ConnectInfo`.
+/// A Unix stream that remembers its peer, for tonic's `ConnectInfo`. Reads pass
+/// through [`AuthorityFix`] so gRPC-core clients are understood (see that module).
 pub struct PeerStream {
-    io: UnixStream,
+    io: AuthorityFix<UnixStream>,
     peer: Peer,
 }
 
 impl PeerStream {
     pub fn new(io: UnixStream) -> io::Result<Self> {
         let peer = Peer::of(&io)?;
-        Ok(Self { io, peer })
+        Ok(Self { io: AuthorityFix::new(io), peer })
     }
 }
 
