@@ -1,7 +1,10 @@
-//! `cargo xtask demo`: the agent attesting workloads in kubelet-style cgroups.
+//! `cargo xtask demo`: the agent attesting workloads in kubelet-style cgroups and gating
+//! token issuance on what it attested.
 //!
 //! Starts the real agent, lays out a containerd pod, a CRI-O pod and a systemd unit in the
-//! cgroup2 hierarchy, runs a demo binary in each, and prints what the agent attested.
+//! cgroup2 hierarchy, runs a demo binary in each and prints what the agent attested. Then
+//! the registered checkout workload asks for a token and gets one, and another binary in
+//! the same pod asks and is refused.
 
 use std::{
     fs,
@@ -26,10 +29,7 @@ struct DemoWorkload {
 }
 
 const WORKLOADS: [DemoWorkload; 3] = [
-    DemoWorkload {
-        name: "checkout-api",
-        layout: "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7d1c7e0a_2b7e_4c55_9f1e_3a4b5c6d7e8f.slice/cri-containerd-9a8b7c6d5e4f30112233445566778899aabbccddeeff00112233445566778899.scope",
-    },
+    DemoWorkload { name: "checkout-worker", layout: CHECKOUT_LAYOUT },
     DemoWorkload {
         name: "ledger-worker",
         layout: "kubepods.slice/kubepods-pod1f2e3d4c_5b6a_4978_8695_a4b3c2d1e0f9.slice/crio-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
@@ -46,9 +46,28 @@ pub fn run() -> Result<()> {
     let demo_dir = build::workspace_root().join("target/demo");
     fs::create_dir_all(demo_dir.join("bin"))?;
 
-    println!("\n== starting sigil-agent (eBPF exec attestation) ==");
-    let mut agent = Command::new(bin_dir.join("sigil-agent"))
-        .args(["run", "--stdout", "--stats-interval", "0"])
+    let agent_bin = bin_dir.join("sigil-agent");
+    // The checkout workload is a token client (a copy of the agent binary); a different
+    // build of it (one byte differs) plays the binary that was swapped in.
+    let checkout = demo_dir.join("bin/checkout-api");
+    let rogue = demo_dir.join("bin/rogue-tool");
+    copy_with_tail(&agent_bin, &checkout, b"checkout")?;
+    copy_with_tail(&agent_bin, &rogue, b"rogue")?;
+    let socket = demo_dir.join("workload.sock");
+    let policy = demo_dir.join("policy.toml");
+    let pods = demo_dir.join("pods.toml");
+    fs::write(&policy, demo_policy(&sha256_hex(&checkout)?))?;
+    fs::write(&pods, DEMO_PODS)?;
+
+    println!("\n== starting sigil-agent (eBPF exec attestation + SPIFFE Workload API) ==");
+    let mut agent = Command::new(&agent_bin)
+        .args(["run", "--stdout", "--stats-interval", "0", "--oidc-listen", DEMO_OIDC])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--pods")
+        .arg(&pods)
+        .arg("--socket")
+        .arg(&socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -59,8 +78,8 @@ pub fn run() -> Result<()> {
     thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             eprintln!("  agent| {line}");
-            // Ready once probes are attached and running processes were attested.
-            if line.contains("running processes from procfs") {
+            // Ready once probes are attached, processes attested and the socket is up.
+            if line.contains("Workload API on") {
                 let _ = ready_tx.send(());
             }
         }
@@ -70,7 +89,8 @@ pub fn run() -> Result<()> {
         bail!("sigil-agent did not start (see its log above)");
     }
 
-    let result = run_workloads(&demo_dir, &events);
+    let result = run_workloads(&demo_dir, &events)
+        .and_then(|()| run_token_requests(&socket, &checkout, &rogue, &events));
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
     let _ = agent.wait();
     result
@@ -122,6 +142,103 @@ fn run_workloads(demo_dir: &Path, events: &mpsc::Receiver<Value>) -> Result<()> 
         bail!("the agent did not report: {:?}", pending.iter().map(|p| p.0).collect::<Vec<_>>());
     }
     println!("\nfull records: {}", demo_dir.join("events.jsonl").display());
+    Ok(())
+}
+
+const DEMO_OIDC: &str = "127.0.0.1:18443";
+const CHECKOUT_LAYOUT: &str = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7d1c7e0a_2b7e_4c55_9f1e_3a4b5c6d7e8f.slice/cri-containerd-9a8b7c6d5e4f30112233445566778899aabbccddeeff00112233445566778899.scope";
+const DEMO_PODS: &str = r#"# Outside a cluster the agent learns namespace and service account from this file.
+[[pod]]
+uid = "7d1c7e0a-2b7e-4c55-9f1e-3a4b5c6d7e8f"
+namespace = "payments"
+service_account = "checkout"
+"#;
+
+fn demo_policy(checkout_sha: &str) -> String {
+    format!(
+        r#"trust_domain = "demo.sigil.dev"
+
+[[entry]]
+spiffe_id = "spiffe://demo.sigil.dev/ns/payments/sa/checkout"
+ttl_seconds = 300
+selectors = ["k8s:ns:payments", "k8s:sa:checkout", "unix:sha256:{checkout_sha}"]
+"#
+    )
+}
+
+fn copy_with_tail(src: &Path, dst: &Path, tail: &[u8]) -> Result<()> {
+    let mut bytes = fs::read(src)?;
+    bytes.extend_from_slice(tail);
+    fs::write(dst, bytes)?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn sha256_hex(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().map(str::to_owned).context("sha256sum printed nothing")
+}
+
+/// Runs `program token ...` inside the checkout pod's cgroup.
+fn token_in_pod(socket: &Path, program: &Path) -> Result<std::process::Output> {
+    let leaf = cgroup2_root()?.join("sigil-demo").join(CHECKOUT_LAYOUT);
+    fs::create_dir_all(&leaf)?;
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0" && exec "$@""#)
+        .arg(leaf.join("cgroup.procs"))
+        .arg(program)
+        .args(["token", "--audience", "sts.amazonaws.com", "--socket"])
+        .arg(socket)
+        .output()?;
+    Ok(out)
+}
+
+fn run_token_requests(socket: &Path, checkout: &Path, rogue: &Path, events: &mpsc::Receiver<Value>) -> Result<()> {
+    use base64::Engine;
+    println!("\n== checkout-api asks the Workload API for a token (audience sts.amazonaws.com) ==");
+    let ok = token_in_pod(socket, checkout)?;
+    let token = String::from_utf8_lossy(&ok.stdout).trim().to_owned();
+    if !ok.status.success() || token.is_empty() {
+        bail!("checkout-api was refused: {}", String::from_utf8_lossy(&ok.stderr).trim());
+    }
+    let claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok())
+        .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+        .context("the token is not a JWT")?;
+    println!("  issued a JWT-SVID ({} bytes; the token itself is never logged). Its claims:", token.len());
+    for line in serde_json::to_string_pretty(&claims)?.lines() {
+        println!("    {line}");
+    }
+    println!("  verify it with the OIDC discovery document: http://{DEMO_OIDC}/.well-known/openid-configuration");
+
+    println!("\n== rogue-tool, another binary in the same pod, asks for the same token ==");
+    let denied = token_in_pod(socket, rogue)?;
+    if denied.status.success() {
+        bail!("rogue-tool was given a token");
+    }
+    println!("  refused: {}", String::from_utf8_lossy(&denied.stderr).trim());
+
+    // The agent recorded both decisions as identity events.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = (false, false);
+    while !(seen.0 && seen.1) && Instant::now() < deadline {
+        let Ok(ev) = events.recv_timeout(Duration::from_millis(200)) else { continue };
+        match ev["kind"].as_str() {
+            Some("token_issued") if !seen.0 => {
+                seen.0 = true;
+                println!("  event token_issued  jti {} for {} (exec {})", ev["jti"], ev["spiffe_id"], ev["process"]["exec_id"]);
+            }
+            Some("token_denied") if !seen.1 => {
+                seen.1 = true;
+                println!("  event token_denied  reason {} (binary sha256 {})", ev["reason"], ev["process"]["binary_sha256"]);
+            }
+            _ => {}
+        }
+    }
+    remove_tree(&cgroup2_root()?.join("sigil-demo"));
     Ok(())
 }
 

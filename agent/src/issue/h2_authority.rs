@@ -147,11 +147,10 @@ impl Rewriter {
                 return;
             }
         }
-        if flags & FLAG_END_HEADERS != 0 {
-            if let Some(p) = self.pending.take() {
+        if flags & FLAG_END_HEADERS != 0
+            && let Some(p) = self.pending.take() {
                 self.rewrite(p, out);
             }
-        }
     }
 
     fn rewrite(&mut self, p: Pending, out: &mut Vec<u8>) {

@@ -100,9 +100,16 @@ pub fn sign(keys: &KeyManager, claims: &Claims) -> Result<String, JwtError> {
     Ok(format!("{input}.{}", B64.encode(sig)))
 }
 
-/// Splits and decodes a token without verifying it. Returns (header, claims, signing
-/// input, signature).
-fn parts(token: &str) -> Result<(Header, Map<String, Value>, &str, Vec<u8>), JwtError> {
+/// A token split and decoded, not yet verified.
+struct Parts<'a> {
+    header: Header,
+    claims: Map<String, Value>,
+    /// `base64(header) "." base64(claims)`: what the signature covers.
+    signing_input: &'a str,
+    signature: Vec<u8>,
+}
+
+fn parts(token: &str) -> Result<Parts<'_>, JwtError> {
     let mut it = token.split('.');
     let (Some(h), Some(c), Some(s), None) = (it.next(), it.next(), it.next(), it.next()) else {
         return Err(JwtError::Malformed);
@@ -112,13 +119,12 @@ fn parts(token: &str) -> Result<(Header, Map<String, Value>, &str, Vec<u8>), Jwt
     let claims: Map<String, Value> =
         serde_json::from_slice(&B64.decode(c).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
     let sig = B64.decode(s).map_err(|_| JwtError::Malformed)?;
-    let input = &token[..h.len() + 1 + c.len()];
-    Ok((header, claims, input, sig))
+    Ok(Parts { header, claims, signing_input: &token[..h.len() + 1 + c.len()], signature: sig })
 }
 
 /// Verifies signature, expiry and audience; returns the claims.
 pub fn verify(keys: &KeyManager, token: &str, audience: &str, now: i64) -> Result<Map<String, Value>, JwtError> {
-    let (header, claims, input, sig) = parts(token)?;
+    let Parts { header, claims, signing_input: input, signature: sig } = parts(token)?;
     if header.alg != "ES256" {
         return Err(JwtError::Algorithm(header.alg));
     }
