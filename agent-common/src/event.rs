@@ -15,6 +15,9 @@ pub const PATH_LEN: usize = 256;
 pub enum EventKind {
     Exec = 1,
     Exit = 2,
+    Connect = 100,
+    Data = 101,
+    FileOpen = 200,
 }
 
 impl EventKind {
@@ -22,10 +25,101 @@ impl EventKind {
         match v {
             1 => Some(Self::Exec),
             2 => Some(Self::Exit),
+            100 => Some(Self::Connect),
+            101 => Some(Self::Data),
+            200 => Some(Self::FileOpen),
+            _ => None,
+        }
+    }
+
+    /// Slot in the kernel's per-kind loss counters.
+    pub fn loss_slot(self) -> u32 {
+        match self {
+            Self::Exec => 1,
+            Self::Exit => 2,
+            Self::Connect => 3,
+            Self::Data => 4,
+            Self::FileOpen => 5,
+        }
+    }
+}
+
+/// Bytes of each outbound write copied to user space: enough for request headers.
+/// The true length travels with it, so user space can stay aligned past larger bodies.
+pub const DATA_CAPTURE: usize = 4096;
+
+/// Where captured application bytes came from.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataSource {
+    /// Plaintext handed to OpenSSL's SSL_write / SSL_write_ex.
+    OpenSsl = 1,
+    /// Plaintext handed to GnuTLS's gnutls_record_send.
+    GnuTls = 2,
+    /// A write()/sendto() on a connected TCP socket outside any TLS library call.
+    PlainSocket = 3,
+}
+
+impl DataSource {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::OpenSsl),
+            2 => Some(Self::GnuTls),
+            3 => Some(Self::PlainSocket),
             _ => None,
         }
     }
 }
+
+/// An outbound connect() that succeeded or is in progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    pub fd: i32,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+    /// 0, or -EINPROGRESS for a non-blocking connect.
+    pub result: i32,
+    pub _pad0: u32,
+}
+
+/// The first bytes of one outbound write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// The TLS connection object (SSL* or gnutls_session_t), 0 for plain sockets.
+    pub conn: u64,
+    /// The write's true length (may exceed `captured`).
+    pub len: u64,
+    /// Socket fd, -1 when the TLS library wrote through something we did not see.
+    pub fd: i32,
+    /// A [`DataSource`] as u32.
+    pub source: u32,
+    /// Valid bytes in `data`.
+    pub captured: u32,
+    pub _pad0: u32,
+    pub data: [u8; DATA_CAPTURE],
+}
+
+/// An open() of a file whose base name is on the watch list (filtered in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileOpenEvent {
+    pub header: EventHeader,
+    pub flags: i32,
+    pub filename_len: u16,
+    pub _pad0: u16,
+    pub filename: [u8; PATH_LEN],
+}
+
+/// Length of a watched base name key (NUL-padded).
+pub const WATCH_NAME_LEN: usize = 32;
 
 /// First field of every event.
 #[repr(C)]
@@ -77,6 +171,9 @@ mod pod {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ExitEvent {}
+    unsafe impl aya::Pod for super::ConnectEvent {}
+    unsafe impl aya::Pod for super::DataEvent {}
+    unsafe impl aya::Pod for super::FileOpenEvent {}
 }
 
 #[cfg(test)]
@@ -90,12 +187,15 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 4 + 4 + 8 + 8);
         assert_eq!(size_of::<ExecEvent>(), 24 + 4 * 3 + 2 + 1 + 1 + 8 + COMM_LEN + PATH_LEN);
         assert_eq!(size_of::<ExitEvent>(), 24 + 8);
+        assert_eq!(size_of::<ConnectEvent>(), 24 + 4 + 2 + 2 + 16 + 4 + 4);
+        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 4 + 4 + DATA_CAPTURE);
+        assert_eq!(size_of::<FileOpenEvent>(), 24 + 4 + 2 + 2 + PATH_LEN);
         assert_eq!(align_of::<ExecEvent>(), 8);
     }
 
     #[test]
     fn kind_ids_round_trip_and_unknown_is_rejected() {
-        for k in [EventKind::Exec, EventKind::Exit] {
+        for k in [EventKind::Exec, EventKind::Exit, EventKind::Connect, EventKind::Data, EventKind::FileOpen] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);

@@ -11,4 +11,7 @@ pub mod event;
 pub mod config;
 
 pub use config::TracepointOffsets;
-pub use event::{EventHeader, EventKind, ExecEvent, ExitEvent, COMM_LEN, PATH_LEN};
+pub use event::{
+    ConnectEvent, DataEvent, DataSource, EventHeader, EventKind, ExecEvent, ExitEvent, FileOpenEvent, COMM_LEN,
+    DATA_CAPTURE, PATH_LEN, WATCH_NAME_LEN,
+};

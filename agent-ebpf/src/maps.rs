@@ -5,14 +5,15 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use sigil_agent_common::TracepointOffsets;
+use aya_ebpf::maps::HashMap;
+use sigil_agent_common::{FileOpenEvent, TracepointOffsets, WATCH_NAME_LEN};
 
 /// All events go through one ring buffer so user space sees them in kernel order.
 /// The size is overridden by the loader (`--ring-buffer-bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Events dropped because [`EVENTS`] was full, indexed by `EventKind as u32`.
+/// Events dropped because [`EVENTS`] was full, indexed by `EventKind::loss_slot`.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 pub const LOST_SLOTS: u32 = 8;
@@ -46,3 +47,72 @@ pub fn count_lost(kind: u32) {
         unsafe { *slot += 1 };
     }
 }
+
+// === credential-use tracing ===
+
+/// Key of a socket: `tgid << 32 | fd`.
+#[inline(always)]
+pub fn sock_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}
+
+/// Connected TCP sockets; value 1 = capture plaintext writes, 0 = known but not HTTP
+/// (user space clears it after seeing the first bytes, so TLS ciphertext and other
+/// protocols cost one lookup per write and nothing more).
+#[map]
+pub static CONNS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// connect() arguments between sys_enter and sys_exit, by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingConnect {
+    pub fd: i32,
+    pub family: u16,
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+#[map]
+pub static PENDING_CONNECT: HashMap<u64, PendingConnect> = HashMap::with_max_entries(8192, 0);
+
+/// A TLS write in progress on a thread (pid_tgid): arguments saved at entry, the fd
+/// filled in by the socket syscall the library makes, emitted at return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    pub conn: u64,
+    pub buf: u64,
+    pub len: u64,
+    /// SSL_write_ex's `size_t *written`, else 0.
+    pub written: u64,
+    pub fd: i32,
+    pub source: u32,
+}
+
+#[map]
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+
+/// Last socket fd seen under a TLS connection object, for writes that the library
+/// buffers and flushes later. Key: tgid and the object's address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsConnKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub conn: u64,
+}
+
+#[map]
+pub static TLS_FDS: LruHashMap<TlsConnKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Base names of credential files (NUL-padded), filled by user space.
+#[map]
+pub static WATCHED_NAMES: HashMap<[u8; WATCH_NAME_LEN], u8> = HashMap::with_max_entries(256, 0);
+
+/// Bit `l - 1` set when some watched name is `l` bytes long (set by the loader).
+#[unsafe(no_mangle)]
+pub static WATCH_LENGTHS: Global<u32> = Global::new(0);
+
+/// Per-CPU scratch for an open() candidate, so unwatched opens never touch the ring buffer.
+#[map]
+pub static OPEN_SCRATCH: PerCpuArray<FileOpenEvent> = PerCpuArray::with_max_entries(1, 0);

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::daemon::{IssuanceConfig, RunConfig, default_node_name};
+use crate::daemon::{IssuanceConfig, RunConfig, TraceConfig, default_node_name};
 
 #[derive(Parser, Debug)]
 #[command(name = "sigil-agent", version, about = "Sigil node agent: eBPF process attestation")]
@@ -83,6 +83,15 @@ pub struct RunArgs {
     /// Seconds between signing-key rotations.
     #[arg(long, default_value_t = 3600)]
     pub key_rotation_seconds: u64,
+    /// Do not trace credential use (TLS/HTTP captures, credential files).
+    #[arg(long)]
+    pub no_trace: bool,
+    /// Per-cluster key for credential fingerprints (16+ bytes; share it across nodes).
+    #[arg(long, env = "SIGIL_FINGERPRINT_KEY_FILE")]
+    pub fingerprint_key_file: Option<PathBuf>,
+    /// Agent state (a generated fingerprint key, the event spool).
+    #[arg(long, default_value = "/var/lib/sigil")]
+    pub state_dir: PathBuf,
 }
 
 impl RunArgs {
@@ -108,8 +117,11 @@ impl RunArgs {
                 .unwrap_or_else(|| format!("http://{}", self.oidc_listen)),
             key_rotation: Duration::from_secs(self.key_rotation_seconds),
         });
+        let trace = (!self.no_trace)
+            .then(|| TraceConfig { fingerprint_key: self.fingerprint_key_file.clone(), state_dir: self.state_dir.clone() });
         Ok(RunConfig {
             issuance,
+            trace,
             node: self.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(default_node_name),
             ring_buffer_bytes: self.ring_buffer_bytes,
             hash_cache_entries: self.hash_cache_entries,

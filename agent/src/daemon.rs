@@ -14,6 +14,8 @@ use std::{
 };
 
 use agent_common::EventKind;
+use std::os::unix::fs::OpenOptionsExt;
+
 use anyhow::Context;
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -21,6 +23,7 @@ use tracing::{error, info, warn};
 use crate::{
     attest::Attestor,
     ebpf::{KernelEvent, Probes, features::KernelFeatures, mounts, tracefs},
+    trace::{files, fingerprint::Fingerprinter, tracer::Tracer},
     issue::{
         issuer::{Issuer, IssuerConfig},
         keys::KeyManager,
@@ -62,16 +65,29 @@ pub struct IssuanceConfig {
     pub key_rotation: Duration,
 }
 
+/// Credential-use tracing settings.
+#[derive(Debug, Clone)]
+pub struct TraceConfig {
+    /// Per-cluster fingerprint key (shared by every node, e.g. from a Secret).
+    pub fingerprint_key: Option<std::path::PathBuf>,
+    /// Where a generated key is kept when none is given.
+    pub state_dir: std::path::PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub node: String,
     pub issuance: Option<IssuanceConfig>,
+    pub trace: Option<TraceConfig>,
     pub ring_buffer_bytes: u32,
     pub hash_cache_entries: usize,
     pub max_hash_bytes: u64,
     pub stats_interval: Option<Duration>,
     pub scan: bool,
 }
+
+/// How often /proc/*/maps is scanned for newly loaded TLS libraries.
+const LIBRARY_SCAN: Duration = Duration::from_secs(1);
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -172,6 +188,59 @@ fn start_issuance(
     Ok(issuer)
 }
 
+/// The fingerprint key: the configured file, else one generated once per state dir.
+/// Fingerprints are only comparable across nodes when they share the key.
+fn fingerprint_key(tc: &TraceConfig) -> anyhow::Result<Vec<u8>> {
+    if let Some(path) = &tc.fingerprint_key {
+        let key = std::fs::read(path).with_context(|| format!("reading fingerprint key {}", path.display()))?;
+        if key.len() < 16 {
+            anyhow::bail!("fingerprint key {} is {} bytes; at least 16 are needed", path.display(), key.len());
+        }
+        return Ok(key);
+    }
+    let path = tc.state_dir.join("fingerprint.key");
+    if let Ok(key) = std::fs::read(&path) {
+        if key.len() >= 16 {
+            return Ok(key);
+        }
+    }
+    warn!(
+        "no --fingerprint-key-file: generating {} (fingerprints are comparable only between agents sharing a key)",
+        path.display()
+    );
+    std::fs::create_dir_all(&tc.state_dir).with_context(|| format!("creating {}", tc.state_dir.display()))?;
+    let key = Fingerprinter::generate_key().to_vec();
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(&key)?;
+    Ok(key)
+}
+
+/// Attaches credential-use tracing; on failure logs why and runs without it (exec
+/// attestation and issuance do not depend on it).
+fn start_tracing(
+    tc: &TraceConfig,
+    node: &str,
+    probes: &mut Probes,
+    tracefs: &std::path::Path,
+    sigil_issuers: Vec<String>,
+) -> anyhow::Result<Option<Tracer>> {
+    let key = fingerprint_key(tc)?;
+    if let Err(e) = probes.attach_tracing(tracefs).and_then(|()| probes.watch_file_names(files::WATCHED.iter().copied())) {
+        warn!("credential-use tracing is off: {e}");
+        return Ok(None);
+    }
+    let mut tracer = Tracer::new(node.to_owned(), Fingerprinter::new(&key), sigil_issuers);
+    tracer.libs.attach_system(probes);
+    tracer.libs.scan(probes);
+    Ok(Some(tracer))
+}
+
 pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     check_privileges()?;
     let mounted = mounts::ensure().map_err(|e| StartError::Privilege(e.to_string()))?;
@@ -183,7 +252,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
         .into());
     }
     let offsets = tracefs::process_offsets(&mounted.tracefs)?;
-    let mut probes = Probes::load(offsets, cfg.ring_buffer_bytes).map_err(|e| {
+    let mut probes = Probes::load(offsets, cfg.ring_buffer_bytes, files::WATCHED).map_err(|e| {
         if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() }
     })?;
     probes.attach_process_lifecycle().map_err(|e| {
@@ -199,6 +268,13 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
         mounted.mounted_by_us.join(", "),
     );
 
+    let mut tracer = match &cfg.trace {
+        Some(tc) => {
+            let issuers = cfg.issuance.iter().map(|i| i.issuer_url.clone()).collect();
+            start_tracing(tc, &cfg.node, &mut probes, &mounted.tracefs, issuers)?
+        }
+        None => None,
+    };
     let mut events = probes.take_events()?;
     let attestor =
         Arc::new(Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes));
@@ -220,6 +296,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
     };
 
     let mut last_stats = Instant::now();
+    let mut last_lib_scan = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         wait_readable(events.as_raw_fd(), Duration::from_millis(200));
         while let Some(item) = events.next() {
@@ -231,18 +308,39 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
                         sink.emit(&rec).context("writing output")?;
                     }
                 }
+                Ok(KernelEvent::Connect(ev)) => {
+                    if let Some(t) = tracer.as_mut() {
+                        t.on_connect(&ev);
+                    }
+                }
+                Ok(KernelEvent::Data(ev)) => {
+                    if let Some(t) = tracer.as_mut() {
+                        for used in t.on_data(&ev, &attestor, &mut probes) {
+                            sink.emit(&used).context("writing output")?;
+                        }
+                    }
+                }
+                Ok(KernelEvent::FileOpen(ev)) => {
+                    if let Some(read) = tracer.as_mut().and_then(|t| t.on_file_open(&ev, &attestor)) {
+                        sink.emit(&read).context("writing output")?;
+                    }
+                }
                 Err(e) => {
                     stats.decode_errors += 1;
                     warn!("dropping undecodable ring-buffer record ({} so far): {e}", stats.decode_errors);
                 }
             }
         }
+        if let Some(t) = tracer.as_mut().filter(|_| last_lib_scan.elapsed() >= LIBRARY_SCAN) {
+            t.libs.scan(&mut probes);
+            last_lib_scan = Instant::now();
+        }
         if cfg.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
-            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref())).context("writing output")?;
+            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref())).context("writing output")?;
             last_stats = Instant::now();
         }
     }
-    sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref())).context("writing output")?;
+    sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref())).context("writing output")?;
     info!("sigil-agent stopped");
     Ok(())
 }
@@ -254,17 +352,31 @@ struct Counters {
 }
 
 impl Counters {
-    fn snapshot(&self, node: &str, attestor: &Attestor, probes: &Probes, issuer: Option<&Issuer>) -> AgentStats {
+    fn snapshot(
+        &self,
+        node: &str,
+        attestor: &Attestor,
+        probes: &Probes,
+        issuer: Option<&Issuer>,
+        tracer: Option<&Tracer>,
+    ) -> AgentStats {
         let lost = probes.lost().unwrap_or_default();
-        let at = |k: EventKind| lost.get(k as usize).copied().unwrap_or(0);
+        let at = |k: EventKind| lost.get(k.loss_slot() as usize).copied().unwrap_or(0);
         AgentStats {
             kind: "agent_stats",
             node: node.to_owned(),
             hash: attestor.hash_stats(),
-            ring_buffer_lost: LostByKind { exec: at(EventKind::Exec), exit: at(EventKind::Exit) },
+            ring_buffer_lost: LostByKind {
+                exec: at(EventKind::Exec),
+                exit: at(EventKind::Exit),
+                connect: at(EventKind::Connect),
+                data: at(EventKind::Data),
+                file_open: at(EventKind::FileOpen),
+            },
             decode_errors: self.decode_errors,
             processes_tracked: attestor.table().len(),
             tokens: issuer.map(Issuer::stats),
+            trace: tracer.map(Tracer::stats),
             events: self.events,
         }
     }

@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod ebpf;
 pub mod issue;
 pub mod output;
+pub mod trace;

@@ -49,6 +49,8 @@ pub struct AgentStats {
     pub processes_tracked: usize,
     /// Present when token issuance runs.
     pub tokens: Option<crate::issue::issuer::TokenStats>,
+    /// Present when credential-use tracing runs.
+    pub trace: Option<crate::trace::tracer::TraceStats>,
     pub events: u64,
 }
 
@@ -56,4 +58,7 @@ pub struct AgentStats {
 pub struct LostByKind {
     pub exec: u64,
     pub exit: u64,
+    pub connect: u64,
+    pub data: u64,
+    pub file_open: u64,
 }

@@ -30,7 +30,7 @@ pub fn sigil_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn header(kind: EventKind, pid: u32) -> EventHeader {
+pub fn header(kind: EventKind, pid: u32) -> EventHeader {
     // SAFETY: plain helpers without pointer arguments.
     let (boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
     EventHeader { kind: kind as u32, pid, boot_ns, cgroup_id }
@@ -57,7 +57,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i32> {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_lost(EventKind::Exec as u32);
+        count_lost(EventKind::Exec.loss_slot());
         return Ok(0);
     };
     let ev = entry.as_mut_ptr();
@@ -110,7 +110,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, i32> {
     }
     let tgid = (pid_tgid >> 32) as u32;
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count_lost(EventKind::Exit as u32);
+        count_lost(EventKind::Exit.loss_slot());
         return Ok(0);
     };
     // SAFETY: exclusively owned reserved slot.

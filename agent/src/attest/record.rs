@@ -117,3 +117,30 @@ pub struct ExitRecord {
     pub time: String,
     pub pid: u32,
 }
+
+/// The attested run an event is about (issuance decision, credential use): enough to
+/// find the full record by `exec_id`, and the fields queries filter on.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessRef {
+    pub exec_id: String,
+    pub process_id: String,
+    pub pid: u32,
+    pub binary_path: Option<String>,
+    pub binary_sha256: Option<String>,
+    pub cgroup_path: Option<String>,
+    pub workload: Workload,
+}
+
+impl From<&ProcessRecord> for ProcessRef {
+    fn from(r: &ProcessRecord) -> Self {
+        Self {
+            exec_id: r.exec_id.clone(),
+            process_id: r.process_id.clone(),
+            pid: r.pid,
+            binary_path: r.binary.path.clone(),
+            binary_sha256: r.binary.sha256.clone(),
+            cgroup_path: r.cgroup.path.clone(),
+            workload: r.workload.clone(),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Ring-buffer bytes -> typed kernel events. Nothing from the kernel is trusted to be the
 //! right size: a short or unknown record is an error, never a panic or a misread.
 
-use agent_common::{EventHeader, EventKind, ExecEvent, ExitEvent};
+use agent_common::{ConnectEvent, DataEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileOpenEvent};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -15,10 +15,14 @@ pub enum DecodeError {
 /// Decoded by value: an event lives only until it is attested, so the size difference
 /// between variants costs a copy, not memory.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum KernelEvent {
     Exec(ExecEvent),
     Exit(ExitEvent),
+    Connect(ConnectEvent),
+    /// Boxed: 4 KiB of captured bytes.
+    Data(Box<DataEvent>),
+    FileOpen(FileOpenEvent),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -37,6 +41,9 @@ impl KernelEvent {
         match EventKind::from_u32(header.kind) {
             Some(EventKind::Exec) => read(bytes).map(KernelEvent::Exec),
             Some(EventKind::Exit) => read(bytes).map(KernelEvent::Exit),
+            Some(EventKind::Connect) => read(bytes).map(KernelEvent::Connect),
+            Some(EventKind::Data) => read(bytes).map(|d| KernelEvent::Data(Box::new(d))),
+            Some(EventKind::FileOpen) => read(bytes).map(KernelEvent::FileOpen),
             None => Err(DecodeError::UnknownKind(header.kind)),
         }
     }

@@ -2,11 +2,13 @@
 
 use std::io;
 
-use agent_common::TracepointOffsets;
+use std::path::Path;
+
+use agent_common::{TracepointOffsets, WATCH_NAME_LEN};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeLinkId, UProbeScope}},
 };
 use thiserror::Error;
 
@@ -27,6 +29,8 @@ pub enum LoadError {
     Map { name: &'static str, source: MapError },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("syscall tracepoint {0} does not have the expected layout; credential tracing is off")]
+    Layout(String),
 }
 
 impl LoadError {
@@ -72,13 +76,65 @@ const PROCESS_PROGRAMS: [(&str, &str, &str); 3] = [
     ("sigil_exit", "sched", "sched_process_exit"),
 ];
 
+/// (program, syscall tracepoint) for credential-use tracing. `sigil_write` serves both
+/// write and sendto: their first three arguments are (fd, buffer, length).
+const TRACE_PROGRAMS: [(&str, &str); 8] = [
+    ("sigil_connect_enter", "sys_enter_connect"),
+    ("sigil_connect_exit", "sys_exit_connect"),
+    ("sigil_close", "sys_enter_close"),
+    ("sigil_write", "sys_enter_write"),
+    ("sigil_write", "sys_enter_sendto"),
+    ("sigil_sendmsg", "sys_enter_sendmsg"),
+    ("sigil_openat", "sys_enter_openat"),
+    ("sigil_open", "sys_enter_open"),
+];
+
+/// A TLS library's write function and the programs that trace it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsLibrary {
+    OpenSsl,
+    GnuTls,
+}
+
+impl TlsLibrary {
+    /// (symbol, entry program, return program)
+    fn hooks(self) -> &'static [(&'static str, &'static str, &'static str)] {
+        match self {
+            TlsLibrary::OpenSsl => &[
+                ("SSL_write", "sigil_ssl_write", "sigil_ssl_write_ret"),
+                ("SSL_write_ex", "sigil_ssl_write_ex", "sigil_ssl_write_ex_ret"),
+            ],
+            TlsLibrary::GnuTls => &[("gnutls_record_send", "sigil_gnutls_send", "sigil_gnutls_send_ret")],
+        }
+    }
+
+    const ALL_PROGRAMS: [&'static str; 6] = [
+        "sigil_ssl_write",
+        "sigil_ssl_write_ret",
+        "sigil_ssl_write_ex",
+        "sigil_ssl_write_ex_ret",
+        "sigil_gnutls_send",
+        "sigil_gnutls_send_ret",
+    ];
+}
+
+/// Links of one attached library, kept to detach them.
+pub struct LibraryLinks(Vec<(&'static str, UProbeLinkId)>);
+
 impl Probes {
-    pub fn load(offsets: TracepointOffsets, ring_buffer_bytes: u32) -> Result<Self, LoadError> {
+    /// `watched_names` are the credential-file suffixes the open() filter will look for;
+    /// their lengths are fixed at load time.
+    pub fn load(offsets: TracepointOffsets, ring_buffer_bytes: u32, watched_names: &[&str]) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
+        let lengths: u32 = watched_names
+            .iter()
+            .filter(|n| (1..=WATCH_NAME_LEN).contains(&n.len()))
+            .fold(0, |m, n| m | 1 << (n.len() - 1));
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
+            .override_global("WATCH_LENGTHS", &lengths, true)
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .load(OBJECT)
             .map_err(|e| match permission_cause(&e) {
@@ -106,13 +162,110 @@ impl Probes {
         Ok(())
     }
 
+    /// Attaches the syscall tracepoints and loads (without attaching) the TLS uprobes.
+    pub fn attach_tracing(&mut self, tracefs: &Path) -> Result<(), LoadError> {
+        // The programs read syscall arguments at fixed 8-byte slots from offset 16.
+        for (tp, field, want) in [("sys_enter_write", "fd", 16), ("sys_enter_write", "buf", 24), ("sys_enter_connect", "uservaddr", 24), ("sys_exit_connect", "ret", 16)] {
+            let format = std::fs::read_to_string(tracefs.join("events/syscalls").join(tp).join("format")).unwrap_or_default();
+            if super::tracefs::field_offset(&format, field) != Some(want) {
+                return Err(LoadError::Layout(format!("{tp}.{field}")));
+            }
+        }
+        let mut loaded: Vec<&str> = Vec::new();
+        for (name, tracepoint) in TRACE_PROGRAMS {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Missing("tracing program"))?
+                .try_into()
+                .map_err(|e| program_error(name, e))?;
+            if !loaded.contains(&name) {
+                prog.load().map_err(|e| program_error(name, e))?;
+                loaded.push(name);
+            }
+            prog.attach("syscalls", tracepoint).map_err(|e| program_error(name, e))?;
+            self.attached.push(name);
+        }
+        for name in TlsLibrary::ALL_PROGRAMS {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Missing("uprobe program"))?
+                .try_into()
+                .map_err(|e| program_error(name, e))?;
+            prog.load().map_err(|e| program_error(name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the write hooks of a TLS library file (a path the agent can open, e.g.
+    /// through /proc/<pid>/root for a container's copy). Symbols the library lacks are
+    /// skipped (SSL_write_ex is OpenSSL 1.1.1+); none at all is an error.
+    pub fn attach_library(&mut self, lib: TlsLibrary, path: &Path) -> Result<LibraryLinks, LoadError> {
+        let mut links = Vec::new();
+        let mut last_err = None;
+        for (symbol, entry, ret) in lib.hooks() {
+            for name in [*entry, *ret] {
+                let prog: &mut UProbe = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or(LoadError::Missing("uprobe program"))?
+                    .try_into()
+                    .map_err(|e| program_error(name, e))?;
+                match prog.attach(*symbol, path, UProbeScope::AllProcesses) {
+                    Ok(id) => links.push((name, id)),
+                    Err(e) => last_err = Some(program_error(name, e)),
+                }
+            }
+        }
+        match (links.is_empty(), last_err) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(LibraryLinks(links)),
+        }
+    }
+
+    pub fn detach_library(&mut self, links: LibraryLinks) {
+        for (name, id) in links.0 {
+            if let Some(Ok(prog)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+                let _ = prog.detach(id);
+            }
+        }
+    }
+
+    /// Puts credential-file names on the kernel's watch list (`.aws/credentials`, `id_rsa`).
+    pub fn watch_file_names<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) -> Result<(), LoadError> {
+        let mut map: BpfHashMap<_, [u8; WATCH_NAME_LEN], u8> = BpfHashMap::try_from(
+            self.ebpf.map_mut("WATCHED_NAMES").ok_or(LoadError::Missing("map WATCHED_NAMES"))?,
+        )
+        .map_err(|source| LoadError::Map { name: "WATCHED_NAMES", source })?;
+        for name in names {
+            let mut key = [0u8; WATCH_NAME_LEN];
+            let n = name.len().min(WATCH_NAME_LEN);
+            key[..n].copy_from_slice(&name.as_bytes()[..n]);
+            map.insert(key, 1, 0).map_err(|source| LoadError::Map { name: "WATCHED_NAMES", source })?;
+        }
+        Ok(())
+    }
+
+    /// Stops copying plaintext writes of a socket (its first bytes showed it is not HTTP).
+    pub fn stop_plain_capture(&mut self, tgid: u32, fd: i32) -> Result<(), LoadError> {
+        let mut map: BpfHashMap<_, u64, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut("CONNS").ok_or(LoadError::Missing("map CONNS"))?)
+                .map_err(|source| LoadError::Map { name: "CONNS", source })?;
+        let key = (u64::from(tgid) << 32) | u64::from(fd as u32);
+        match map.insert(key, 0, 2 /* BPF_EXIST: only if still tracked */) {
+            Ok(()) | Err(MapError::SyscallError(_)) => Ok(()),
+            Err(source) => Err(LoadError::Map { name: "CONNS", source }),
+        }
+    }
+
     /// Takes the event ring buffer (once) for the reader task.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Missing("map EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| LoadError::Map { name: "EVENTS", source })
     }
 
-    /// Events the kernel side could not queue, per event kind id, summed over CPUs.
+    /// Events the kernel side could not queue, per `EventKind::loss_slot`, summed over CPUs.
     pub fn lost(&self) -> Result<Vec<u64>, LoadError> {
         (0..8u32)
             .map(|i| {

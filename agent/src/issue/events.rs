@@ -4,33 +4,7 @@
 use serde::Serialize;
 
 use super::policy::DenyReason;
-use crate::attest::{record::ProcessRecord, workload::Workload};
-
-/// The attested run a decision was made about.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessRef {
-    pub exec_id: String,
-    pub process_id: String,
-    pub pid: u32,
-    pub binary_path: Option<String>,
-    pub binary_sha256: Option<String>,
-    pub cgroup_path: Option<String>,
-    pub workload: Workload,
-}
-
-impl From<&ProcessRecord> for ProcessRef {
-    fn from(r: &ProcessRecord) -> Self {
-        Self {
-            exec_id: r.exec_id.clone(),
-            process_id: r.process_id.clone(),
-            pid: r.pid,
-            binary_path: r.binary.path.clone(),
-            binary_sha256: r.binary.sha256.clone(),
-            cgroup_path: r.cgroup.path.clone(),
-            workload: r.workload.clone(),
-        }
-    }
-}
+pub use crate::attest::record::ProcessRef;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenIssued {

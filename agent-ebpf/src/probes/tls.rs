@@ -1,0 +1,130 @@
+//! TLS plaintext: uprobes on the libraries' write functions.
+//!
+//! Entry saves the arguments; the library then writes ciphertext with a syscall, whose
+//! tracepoint tells us the socket fd ([`note_fd`]); the return probe emits the plaintext
+//! with the fd and the number of bytes the library accepted.
+
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use sigil_agent_common::{DATA_CAPTURE, DataSource};
+
+use super::net::emit_data;
+use crate::maps::{TLS_CALLS, TLS_FDS, TlsCall, TlsConnKey};
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {
+    let (Some(conn), Some(buf), Some(len)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) else {
+        return 0;
+    };
+    let written = if has_written { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
+    // SSL_write's length is an int: keep the low 32 bits.
+    let len = if source == DataSource::OpenSsl && !has_written { len & 0xffff_ffff } else { len };
+    let call = TlsCall { conn, buf, len, written, fd: -1, source: source as u32 };
+    let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    0
+}
+
+#[inline(always)]
+fn leave(accepted: u64) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of our own map.
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = TlsConnKey { tgid, _pad: 0, conn: call.conn };
+    let fd = if call.fd >= 0 {
+        let _ = TLS_FDS.insert(&key, &call.fd, 0);
+        call.fd
+    } else {
+        // SAFETY: plain value.
+        unsafe { TLS_FDS.get(&key) }.copied().unwrap_or(-1)
+    };
+    let len = if call.written != 0 {
+        // SAFETY: user pointer read through the probe helper.
+        unsafe { bpf_probe_read_user(call.written as *const u64) }.unwrap_or(0)
+    } else {
+        accepted
+    };
+    let source = match call.source {
+        2 => DataSource::GnuTls,
+        _ => DataSource::OpenSsl,
+    };
+    emit_data(tgid, call.conn, fd, source, call.buf, len.min(call.len));
+    0
+}
+
+/// Records the socket fd a TLS library writes to, if a TLS call is in progress on this
+/// thread. Returns true when it was (the bytes on this fd are ciphertext).
+#[inline(always)]
+pub fn note_fd(pid_tgid: u64, fd: i32) -> bool {
+    match TLS_CALLS.get_ptr_mut(&pid_tgid) {
+        Some(call) => {
+            // SAFETY: our own map value; only this thread touches its entry.
+            unsafe {
+                if (*call).fd < 0 {
+                    (*call).fd = fd;
+                }
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// Copies up to DATA_CAPTURE bytes from user memory; returns how many were copied.
+#[inline(always)]
+pub fn copy_user(dst: &mut [u8; DATA_CAPTURE], src: u64, len: u64) -> u32 {
+    let n = if len >= DATA_CAPTURE as u64 { DATA_CAPTURE as u32 } else { (len as u32) & (DATA_CAPTURE as u32 - 1) };
+    // SAFETY: `n` <= DATA_CAPTURE, the size of `dst`; the helper faults safely on bad `src`.
+    let rc = unsafe { read_user_raw(dst.as_mut_ptr() as *mut c_void, n, src as *const c_void) };
+    if rc == 0 { n } else { 0 }
+}
+
+#[uprobe]
+pub fn sigil_ssl_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DataSource::OpenSsl, false)
+}
+
+#[uretprobe]
+pub fn sigil_ssl_write_ret(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    if ret <= 0 {
+        let _ = TLS_CALLS.remove(&bpf_get_current_pid_tgid());
+        return 0;
+    }
+    leave(ret as u64)
+}
+
+#[uprobe]
+pub fn sigil_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DataSource::OpenSsl, true)
+}
+
+#[uretprobe]
+pub fn sigil_ssl_write_ex_ret(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    if ret != 1 {
+        let _ = TLS_CALLS.remove(&bpf_get_current_pid_tgid());
+        return 0;
+    }
+    leave(0)
+}
+
+#[uprobe]
+pub fn sigil_gnutls_send(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DataSource::GnuTls, false)
+}
+
+#[uretprobe]
+pub fn sigil_gnutls_send_ret(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret();
+    if ret <= 0 {
+        let _ = TLS_CALLS.remove(&bpf_get_current_pid_tgid());
+        return 0;
+    }
+    leave(ret as u64)
+}

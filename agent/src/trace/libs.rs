@@ -1,0 +1,157 @@
+//! Finding TLS libraries to hook, wherever processes load them from.
+//!
+//! A uprobe is attached to a file (an inode), so each distinct library file needs its
+//! own attachment: the host's libssl, and each container image's copy, reached through
+//! /proc/<pid>/root. Libraries on the host's standard paths are attached at start-up (so
+//! the first request of the first curl is seen) and stay attached. Others are attached
+//! when a scan of /proc/*/maps first sees them, and detached when no process maps them
+//! any more.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use tracing::{info, warn};
+
+use crate::ebpf::loader::{LibraryLinks, Probes, TlsLibrary};
+
+/// Host paths probed at start-up.
+const SYSTEM_LIBS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "/usr/lib/x86_64-linux-gnu/libgnutls.so.30",
+    "/usr/lib/aarch64-linux-gnu/libssl.so.3",
+    "/usr/lib/aarch64-linux-gnu/libgnutls.so.30",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib64/libgnutls.so.30",
+    "/lib/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+];
+
+pub fn classify(path: &str) -> Option<TlsLibrary> {
+    let base = path.rsplit('/').next()?;
+    if base.starts_with("libssl.so") {
+        Some(TlsLibrary::OpenSsl)
+    } else if base.starts_with("libgnutls.so") {
+        Some(TlsLibrary::GnuTls)
+    } else {
+        None
+    }
+}
+
+/// Library paths in a /proc/<pid>/maps text (mapped files, deduplicated).
+pub fn libraries_in_maps(maps: &str) -> HashSet<&str> {
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/') && classify(p).is_some())
+        .collect()
+}
+
+struct Attached {
+    path: PathBuf,
+    links: LibraryLinks,
+    pinned: bool,
+}
+
+#[derive(Default)]
+pub struct LibraryWatcher {
+    attached: HashMap<(u64, u64), Attached>,
+    /// Files that could not be attached (no symbols, ...): not retried every scan.
+    refused: HashSet<(u64, u64)>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl LibraryWatcher {
+    pub fn attached_count(&self) -> usize {
+        self.attached.len()
+    }
+
+    fn attach(&mut self, probes: &mut Probes, lib: TlsLibrary, path: PathBuf, pinned: bool) {
+        let Some(id) = file_id(&path) else { return };
+        if self.attached.contains_key(&id) || self.refused.contains(&id) {
+            return;
+        }
+        match probes.attach_library(lib, &path) {
+            Ok(links) => {
+                info!("TLS capture attached to {} ({lib:?})", path.display());
+                self.attached.insert(id, Attached { path, links, pinned });
+            }
+            Err(e) => {
+                warn!("cannot attach TLS capture to {}: {e}", path.display());
+                self.refused.insert(id);
+            }
+        }
+    }
+
+    /// Attaches the host's standard libraries; they stay attached.
+    pub fn attach_system(&mut self, probes: &mut Probes) {
+        for p in SYSTEM_LIBS {
+            let path = Path::new(p);
+            if let (Some(lib), Ok(real)) = (classify(p), fs::canonicalize(path)) {
+                self.attach(probes, lib, real, true);
+            }
+        }
+    }
+
+    /// One pass over /proc/*/maps: attach what is new, detach what nobody maps.
+    pub fn scan(&mut self, probes: &mut Probes) {
+        let mut seen = HashSet::new();
+        let Ok(dir) = fs::read_dir("/proc") else { return };
+        for entry in dir.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+            for lib_path in libraries_in_maps(&maps) {
+                let Some(lib) = classify(lib_path) else { continue };
+                // The path is in the process's mount namespace; reach it through its root.
+                let path = PathBuf::from(format!("/proc/{pid}/root{lib_path}"));
+                let Some(id) = file_id(&path) else { continue };
+                seen.insert(id);
+                if !self.attached.contains_key(&id) {
+                    // Keep a stable path for the attachment: the host path when it is the
+                    // same file, so the link does not depend on this pid living on.
+                    let stable = file_id(Path::new(lib_path)).filter(|h| *h == id).map(|_| PathBuf::from(lib_path));
+                    self.attach(probes, lib, stable.unwrap_or(path), false);
+                }
+            }
+        }
+        let gone: Vec<(u64, u64)> =
+            self.attached.iter().filter(|(id, a)| !a.pinned && !seen.contains(id)).map(|(id, _)| *id).collect();
+        for id in gone {
+            if let Some(a) = self.attached.remove(&id) {
+                info!("TLS capture detached from {} (no process maps it)", a.path.display());
+                probes.detach_library(a.links);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_tls_libraries_in_maps() {
+        let maps = "\
+7f00-7f01 r-xp 00000000 fd:00 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f01-7f02 r--p 00001000 fd:00 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f02-7f03 r-xp 00000000 fd:00 124 /usr/lib/x86_64-linux-gnu/libgnutls.so.30.34.3
+7f03-7f04 r-xp 00000000 fd:00 125 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f04-7f05 rw-p 00000000 00:00 0 [heap]
+7f05-7f06 rw-p 00000000 00:00 0
+garbage line
+";
+        let libs = libraries_in_maps(maps);
+        assert_eq!(libs.len(), 2);
+        assert!(libs.contains("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
+        assert_eq!(classify("/usr/lib/x86_64-linux-gnu/libgnutls.so.30.34.3"), Some(TlsLibrary::GnuTls));
+        assert_eq!(classify("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"), None);
+        assert_eq!(classify(""), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! Credential-use tracing: recovering requests from captured writes and finding the
+//! credentials in them without keeping the secrets.
+//!
+//! Kernel captures ([`tracer`]) -> per-connection request recovery ([`http`]) ->
+//! [`detect`] -> [`fingerprint`] -> [`events`]. [`conn`] knows where each socket goes,
+//! [`libs`] which TLS libraries to hook, [`files`] which credential files to watch.
+pub mod conn;
+pub mod detect;
+pub mod events;
+pub mod files;
+pub mod fingerprint;
+pub mod http;
+pub mod libs;
+pub mod redact;
+pub mod tracer;

@@ -1,0 +1,214 @@
+//! Kernel captures -> credential-use events.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, FileOpenEvent};
+use serde::Serialize;
+use tracing::warn;
+
+use super::{
+    conn::ConnTable,
+    detect::detect,
+    events::{CredentialFileRead, CredentialUse, Destination},
+    files,
+    fingerprint::Fingerprinter,
+    http::HttpStream,
+    libs::LibraryWatcher,
+    redact::strip_credential_params,
+};
+use crate::{
+    attest::{Attestor, clock::Clock, record::{ProcessRecord, ProcessRef}},
+    ebpf::{decode::c_str, loader::Probes},
+};
+
+/// HTTP streams remembered at most (one per connection and direction).
+const STREAMS: usize = 16_384;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct StreamKey {
+    tgid: u32,
+    fd: i32,
+    /// TLS connection object; 0 for plain sockets.
+    conn: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TraceStats {
+    pub captures: u64,
+    pub captured_bytes: u64,
+    pub requests: u64,
+    pub credential_uses: u64,
+    pub credential_file_reads: u64,
+    /// Plain sockets whose first bytes were not HTTP; the kernel stopped copying them.
+    pub plain_sockets_ignored: u64,
+    pub tls_libraries_attached: usize,
+}
+
+pub struct Tracer {
+    node: String,
+    fingerprinter: Fingerprinter,
+    sigil_issuers: Vec<String>,
+    clock: Clock,
+    conns: ConnTable,
+    streams: HashMap<StreamKey, HttpStream>,
+    order: VecDeque<StreamKey>,
+    pub libs: LibraryWatcher,
+    stats: TraceStats,
+}
+
+/// Could these be the first bytes of an HTTP/1 request or an HTTP/2 connection?
+pub fn looks_like_http(first: &[u8]) -> bool {
+    const STARTS: [&[u8]; 10] =
+        [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ", b"PRI * HTTP/2"];
+    STARTS.iter().any(|s| first.starts_with(s) || (first.len() < s.len() && s.starts_with(first)))
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Tracer {
+    pub fn new(node: String, fingerprinter: Fingerprinter, sigil_issuers: Vec<String>) -> Self {
+        Self {
+            node,
+            fingerprinter,
+            sigil_issuers,
+            clock: Clock::new(),
+            conns: ConnTable::default(),
+            streams: HashMap::new(),
+            order: VecDeque::new(),
+            libs: LibraryWatcher::default(),
+            stats: TraceStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TraceStats {
+        TraceStats { tls_libraries_attached: self.libs.attached_count(), ..self.stats.clone() }
+    }
+
+    pub fn on_connect(&mut self, ev: &ConnectEvent) {
+        self.conns.on_connect(ev);
+        // The fd now names a new connection: forget streams of the old one on it.
+        let (tgid, fd) = (ev.header.pid, ev.fd);
+        self.streams.retain(|k, _| !(k.tgid == tgid && k.fd == fd));
+    }
+
+    fn process(attestor: &Attestor, pid: u32) -> Option<Arc<ProcessRecord>> {
+        attestor.table().get(pid).or_else(|| attestor.attest_running(pid).map(|(r, _)| r))
+    }
+
+    pub fn on_data(&mut self, ev: &DataEvent, attestor: &Attestor, probes: &mut Probes) -> Vec<CredentialUse> {
+        let Some(source) = DataSource::from_u32(ev.source) else { return Vec::new() };
+        let captured = &ev.data[..(ev.captured as usize).min(DATA_CAPTURE)];
+        let true_len = usize::try_from(ev.len).unwrap_or(usize::MAX).max(captured.len());
+        self.stats.captures += 1;
+        self.stats.captured_bytes += captured.len() as u64;
+        let tgid = ev.header.pid;
+        let key = StreamKey { tgid, fd: ev.fd, conn: ev.conn };
+
+        if !self.streams.contains_key(&key) {
+            if source == DataSource::PlainSocket && !looks_like_http(captured) {
+                // TLS handshakes, database protocols...: stop copying this socket.
+                self.stats.plain_sockets_ignored += 1;
+                if let Err(e) = probes.stop_plain_capture(tgid, ev.fd) {
+                    warn!("could not stop capturing a non-HTTP socket: {e}");
+                }
+                return Vec::new();
+            }
+            self.streams.insert(key, HttpStream::new());
+            self.order.push_back(key);
+            while self.streams.len() > STREAMS {
+                match self.order.pop_front() {
+                    Some(old) => {
+                        self.streams.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+        }
+        let Some(stream) = self.streams.get_mut(&key) else { return Vec::new() };
+        let requests = stream.feed(captured, true_len);
+        if requests.is_empty() {
+            return Vec::new();
+        }
+        self.stats.requests += requests.len() as u64;
+
+        let now = now_unix();
+        let process = Self::process(attestor, tgid);
+        let dest = self.conns.destination(tgid, ev.fd);
+        let mut out = Vec::new();
+        for req in requests {
+            for cred in detect(&req, now, &self.sigil_issuers) {
+                out.push(CredentialUse {
+                    kind: "credential_use",
+                    time: self.clock.rfc3339(ev.header.boot_ns),
+                    node: self.node.clone(),
+                    pid: tgid,
+                    process: process.as_deref().map(ProcessRef::from),
+                    destination: Destination {
+                        ip: dest.map(|d| d.ip().to_string()),
+                        port: dest.map(|d| d.port()),
+                        host: req.authority.clone(),
+                    },
+                    transport: if source == DataSource::PlainSocket { "plain" } else { "tls" },
+                    tls_library: match source {
+                        DataSource::OpenSsl => Some("openssl"),
+                        DataSource::GnuTls => Some("gnutls"),
+                        DataSource::PlainSocket => None,
+                    },
+                    protocol: req.protocol,
+                    method: req.method.clone(),
+                    path: strip_credential_params(&req.path),
+                    detector: cred.detector,
+                    fingerprint: self.fingerprinter.fingerprint(&cred.secret),
+                    class: cred.class,
+                    identifiers: cred.identifiers,
+                });
+            }
+        }
+        self.stats.credential_uses += out.len() as u64;
+        out
+    }
+
+    pub fn on_file_open(&mut self, ev: &FileOpenEvent, attestor: &Attestor) -> Option<CredentialFileRead> {
+        let len = usize::from(ev.filename_len).min(ev.filename.len());
+        let path = c_str(&ev.filename[..len]);
+        let file_kind = files::classify(&path)?;
+        self.stats.credential_file_reads += 1;
+        let access = match ev.flags & libc::O_ACCMODE {
+            libc::O_WRONLY => "write",
+            libc::O_RDWR => "read_write",
+            _ => "read",
+        };
+        let process = Self::process(attestor, ev.header.pid);
+        Some(CredentialFileRead {
+            kind: "credential_file_read",
+            time: self.clock.rfc3339(ev.header.boot_ns),
+            node: self.node.clone(),
+            pid: ev.header.pid,
+            process: process.as_deref().map(ProcessRef::from),
+            path,
+            file_kind,
+            access,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_http_starts_only() {
+        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(looks_like_http(b"PO"), "a partial method may still be HTTP");
+        assert!(!looks_like_http(b"\x16\x03\x01\x02\x00"), "a TLS ClientHello is not");
+        assert!(!looks_like_http(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"), "postgres startup is not");
+        assert!(!looks_like_http(b"GETX"));
+    }
+}

@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
+//! Credential-use tracing against the real kernel: real clients (curl, boto3, Python's
+//! ssl) over real TLS to a real local server, real files; every planted secret is then
+//! searched for in everything the agent wrote.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+use sigil_tests::*;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    /// The Python HTTP/1.1 server, with TLS when `tls_dir` is given.
+    fn start(tls_dir: Option<&Path>) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.arg(python_script("http_server.py")).arg(port.to_string());
+        if let Some(dir) = tls_dir {
+            cmd.arg(dir.join("cert.pem")).arg(dir.join("key.pem"));
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("READY"), "server did not start: {line:?}");
+        Self { child, port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1.
+fn certificate(dir: &Path) {
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+struct Traced {
+    agent: Agent,
+    state: PathBuf,
+    dir: PathBuf,
+}
+
+fn traced() -> Traced {
+    let dir = scratch_dir();
+    let state = dir.join("state");
+    let agent = Agent::start(&["--state-dir", &state.display().to_string()]);
+    agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
+    certificate(&dir);
+    Traced { agent, state, dir }
+}
+
+impl Traced {
+    fn uses_in(&self, cg: &TestCgroup, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.agent.wait_event(what, |v| {
+            v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str() && pred(v)
+        })
+    }
+
+    /// The secret appears in no event, no log line, and no file the agent keeps.
+    fn assert_never_kept(&self, secret: &str) {
+        for line in self.agent.stdout.snapshot().iter().chain(self.agent.stderr.snapshot().iter()) {
+            assert!(!line.contains(secret), "secret {secret:?} leaked into agent output: {line}");
+        }
+        let mut stack = vec![self.state.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let bytes = fs::read(&p).unwrap_or_default();
+                    assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret in {}", p.display());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn b64url(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// An unsigned-looking JWT (the agent decodes, never verifies, third-party tokens).
+fn jwt(iss: &str, sub: &str, iat: i64, exp: i64) -> String {
+    let header = b64url(r#"{"alg":"RS256","typ":"JWT","kid":"k1"}"#);
+    let claims = b64url(&format!(r#"{{"iss":"{iss}","sub":"{sub}","aud":"api","iat":{iat},"exp":{exp},"jti":"{}"}}"#, unique("j")));
+    format!("{header}.{claims}.{}", b64url(&unique("signature-")))
+}
+
+#[test]
+fn curl_over_https_with_a_bearer_jwt_is_attributed_to_its_process_and_destination() {
+    let t = traced();
+    let server = Server::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/curl-jwt.scope");
+    let (iat, exp) = (now() - 60, now() + 600);
+    let token = jwt("https://issuer.example", "svc-reporting", iat, exp);
+    let url = format!("https://127.0.0.1:{}/v1/reports?token={token}&page=2", server.port);
+    let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-sk", "-o", "/dev/null", &url, "-H", &format!("Authorization: Bearer {token}")]);
+    assert_eq!(code, 0, "{err}");
+
+    let ev = t.uses_in(&cg, "bearer JWT use", |v| v["detector"] == "bearer_jwt");
+    assert_eq!(ev["class"], "short_lived");
+    assert_eq!(ev["lifetime_seconds"], 660);
+    assert!(ev["remaining_seconds"].as_i64().unwrap() > 500);
+    assert_eq!(ev["identifiers"]["jwt_iss"], "https://issuer.example");
+    assert_eq!(ev["identifiers"]["jwt_sub"], "svc-reporting");
+    assert_eq!(ev["identifiers"]["jwt_exp"], exp);
+    assert_eq!(ev["destination"]["ip"], "127.0.0.1");
+    assert_eq!(ev["destination"]["port"], server.port);
+    assert_eq!(ev["transport"], "tls");
+    assert_eq!(ev["tls_library"], "openssl");
+    assert_eq!(ev["method"], "GET");
+    assert_eq!(ev["path"], "/v1/reports?page=2", "credential query parameters are stripped");
+    assert_eq!(ev["process"]["binary_path"], "/usr/bin/curl");
+    assert_eq!(ev["process"]["binary_sha256"], sha256sum(Path::new("/usr/bin/curl")).as_str());
+    assert!(ev["fingerprint"].as_str().unwrap().starts_with("hmac-sha256:"));
+    t.assert_never_kept(&token);
+}
+
+#[test]
+fn boto3_sigv4_requests_are_classified_static_or_temporary_by_key_id() {
+    let t = traced();
+    let server = Server::start(Some(&t.dir));
+    let endpoint = format!("https://127.0.0.1:{}", server.port);
+    let cg = TestCgroup::create("trace.slice/boto3.scope");
+    let (akia, akia_secret) = ("AKIASIGILTEST0000001", "wJalrXUtnFEMI/K7MDENG/PLANTEDsecretKEY001");
+    let (asia, asia_secret, session) =
+        ("ASIASIGILTEST0000002", "wJalrXUtnFEMI/K7MDENG/PLANTEDsecretKEY002", "FwoGZXIvYXdzEPLANTEDsessionTOKEN0002//////////");
+    let script = python_script("aws_client.py").display().to_string();
+    let (code, out, err) = cg.run(&python(), &[&script, &endpoint, akia, akia_secret]);
+    assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
+    let (code, out, err) = cg.run(&python(), &[&script, &endpoint, asia, asia_secret, session]);
+    assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
+
+    let long = t.uses_in(&cg, "AKIA use", |v| v["identifiers"]["access_key_id"] == akia);
+    assert_eq!(long["detector"], "aws_sigv4");
+    assert_eq!(long["class"], "static");
+    assert_eq!(long["identifiers"]["aws_region"], "eu-west-1");
+    assert_eq!(long["identifiers"]["aws_service"], "s3");
+    assert_eq!(long["destination"]["port"], server.port);
+    let temp = t.uses_in(&cg, "ASIA use", |v| v["identifiers"]["access_key_id"] == asia);
+    assert_eq!(temp["detector"], "aws_sigv4");
+    assert_eq!(temp["class"], "short_lived");
+    assert_ne!(temp["fingerprint"], long["fingerprint"]);
+    for secret in [akia_secret, asia_secret, session] {
+        t.assert_never_kept(secret);
+    }
+}
+
+#[test]
+fn plain_http_with_an_api_key_header_is_detected() {
+    let t = traced();
+    let server = Server::start(None);
+    let cg = TestCgroup::create("trace.slice/plain.scope");
+    let key = "sk-proj-PLANTEDapiKEY0123456789abcdefghij";
+    let url = format!("http://127.0.0.1:{}/v1/models", server.port);
+    let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-s", "-o", "/dev/null", &url, "-H", &format!("x-api-key: {key}")]);
+    assert_eq!(code, 0, "{err}");
+    let ev = t.uses_in(&cg, "api key use", |v| v["detector"] == "api_key");
+    assert_eq!(ev["transport"], "plain");
+    assert_eq!(ev["tls_library"], Value::Null);
+    assert_eq!(ev["identifiers"]["header"], "x-api-key");
+    assert_eq!(ev["identifiers"]["token_family"], "openai");
+    assert_eq!(ev["destination"]["port"], server.port);
+    assert_eq!(ev["path"], "/v1/models");
+    t.assert_never_kept(key);
+}
+
+#[test]
+fn reading_an_aws_shared_credentials_file_is_an_event() {
+    let t = traced();
+    let home = t.dir.join("home");
+    fs::create_dir_all(home.join(".aws")).unwrap();
+    let secret = "PLANTEDfileSECRETwJalrXUtnFEMIK7MDENGbPxRfiCY";
+    let creds = home.join(".aws/credentials");
+    fs::write(&creds, format!("[default]\naws_access_key_id = AKIASIGILTEST0000009\naws_secret_access_key = {secret}\n")).unwrap();
+    let cg = TestCgroup::create("trace.slice/reader.scope");
+    let (code, out, _) = cg.run(Path::new("/bin/cat"), &[&creds.display().to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.contains(secret), "the reader really read it");
+    let ev = t.agent.wait_event("credential file read", |v| {
+        v["kind"] == "credential_file_read" && v["process"]["cgroup_path"] == cg.path.as_str()
+    });
+    assert_eq!(ev["path"], creds.display().to_string());
+    assert_eq!(ev["file_kind"], "aws_shared_credentials");
+    assert_eq!(ev["access"], "read");
+    assert_eq!(ev["process"]["binary_path"], "/usr/bin/cat");
+    // An ordinary file of the same base name elsewhere is not reported.
+    let decoy = t.dir.join("credentials");
+    fs::write(&decoy, "x").unwrap();
+    cg.run(Path::new("/bin/cat"), &[&decoy.display().to_string()]);
+    t.assert_never_kept(secret);
+    let decoy_path = decoy.display().to_string();
+    assert!(t.agent.events().iter().all(|v| v["path"] != decoy_path.as_str()));
+}
+
+#[test]
+fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_request() {
+    let t = traced();
+    let server = Server::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/writer.scope");
+    let tokens: Vec<String> = ["split", "big", "next"].iter().map(|n| format!("ghp_PLANTED{n}{}", unique("x")).replace('x', "0")).collect();
+    let (code, out, err) = cg.run(
+        &python(),
+        &[&python_script("tls_writer.py").display().to_string(), &server.port.to_string(), &tokens[0], &tokens[1], &tokens[2]],
+    );
+    assert_eq!((code, out.as_str()), (0, "DONE"), "{err}");
+    let after = t.uses_in(&cg, "request after the 1 MiB body", |v| v["path"] == "/after-body");
+    assert_eq!(after["detector"], "bearer_token");
+    assert_eq!(after["identifiers"]["token_family"], "github_pat");
+    assert_eq!(after["class"], "static");
+    let uses: Vec<Value> = t
+        .agent
+        .events()
+        .into_iter()
+        .filter(|v| v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str())
+        .collect();
+    let count = |p: &str| uses.iter().filter(|v| v["path"] == p).count();
+    assert_eq!(count("/split"), 1, "a head split over three writes is one request");
+    assert_eq!(count("/upload"), 1);
+    assert_eq!(count("/after-body"), 1);
+    let fps: std::collections::HashSet<&str> = uses.iter().filter_map(|v| v["fingerprint"].as_str()).collect();
+    assert_eq!(fps.len(), 3, "three different tokens, three fingerprints");
+    for token in &tokens {
+        t.assert_never_kept(token);
+    }
+}
