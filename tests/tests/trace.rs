@@ -267,3 +267,71 @@ fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_requ
         t.assert_never_kept(token);
     }
 }
+
+/// A TLS library the agent did not know at start (a private copy, as a container image
+/// would bring) is attached when a process maps it, and detached when none does.
+#[test]
+fn a_tls_library_first_seen_at_run_time_is_attached_then_detached() {
+    use std::io::Write;
+    let t = traced();
+    let server = Server::start(Some(&t.dir));
+    let lib_dir = t.dir.join("image-lib");
+    fs::create_dir_all(&lib_dir).unwrap();
+    let lib = lib_dir.join("libssl.so.3");
+    fs::copy(fs::canonicalize("/usr/lib/x86_64-linux-gnu/libssl.so.3").unwrap(), &lib).unwrap();
+    let lib_name = lib.display().to_string();
+
+    let cg = TestCgroup::create("trace.slice/late-lib.scope");
+    let token = format!("glpat-PLANTEDlate{}", unique("x"));
+    let mut child = cg
+        .command(&python(), &[&python_script("tls_after_go.py").display().to_string(), &server.port.to_string(), &token])
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY");
+    let maps = fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+    assert!(maps.contains(&lib_name), "the process must map the private copy");
+
+    t.agent.stderr.wait_line("attach of the private libssl", |l| l.contains("TLS capture attached") && l.contains(&lib_name));
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "DONE");
+    let ev = t.uses_in(&cg, "use through the private libssl", |v| v["path"] == "/late-library");
+    assert_eq!(ev["tls_library"], "openssl");
+    assert_eq!(ev["identifiers"]["token_family"], "gitlab_pat");
+
+    drop(stdin);
+    child.wait().unwrap();
+    t.agent.stderr.wait_line("detach once unmapped", |l| l.contains("TLS capture detached") && l.contains(&lib_name));
+    t.assert_never_kept(&token);
+}
+
+#[test]
+fn gnutls_clients_are_traced_too() {
+    let t = traced();
+    t.agent.stderr.wait_line("GnuTLS attach", |l| l.contains("TLS capture attached") && l.contains("libgnutls"));
+    let server = Server::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/gnutls.scope");
+    let token = format!("xoxb-PLANTED-{}", unique("slack"));
+    let request = format!("GET /gnutls HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    let input = t.dir.join("request.txt");
+    fs::write(&input, request).unwrap();
+    let port = server.port.to_string();
+    let (code, _, err) = cg.run(
+        Path::new("/bin/sh"),
+        &["-c", &format!("gnutls-cli --insecure --port {port} 127.0.0.1 < {}", input.display())],
+    );
+    assert_eq!(code, 0, "{err}");
+    let ev = t.uses_in(&cg, "GnuTLS use", |v| v["path"] == "/gnutls");
+    assert_eq!(ev["tls_library"], "gnutls");
+    assert_eq!(ev["identifiers"]["token_family"], "slack");
+    assert_eq!(ev["process"]["binary_path"], "/usr/bin/gnutls-cli");
+    t.assert_never_kept(&token);
+}
