@@ -8,4 +8,5 @@ pub mod daemon;
 pub mod ebpf;
 pub mod issue;
 pub mod output;
+pub mod stream;
 pub mod trace;

@@ -5,6 +5,7 @@
 //! work on a clean machine, and caches it so the second run costs seconds.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod build;
 mod demo;
 mod provision;
@@ -32,6 +33,8 @@ enum Cmd {
     },
     /// Run the demo: the agent attesting demo workloads in demo cgroups.
     Demo,
+    /// Measure what the agent costs the workloads it watches (ratios against a baseline).
+    Bench,
     /// Run the whole test suite: unit tests, then the root-only kernel integration tests.
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => build::ebpf().map(|_| ()),
         Cmd::Build { release } => build::all(release).map(|_| ()),
         Cmd::Demo => demo::run(),
+        Cmd::Bench => bench::run(),
         Cmd::Test { args } => test::run(&args),
     }
 }

@@ -103,10 +103,15 @@ impl fmt::Debug for Secret {
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        // Best effort without unsafe: black_box keeps the stores from being elided.
-        self.0.iter_mut().for_each(|b| *b = 0);
-        std::hint::black_box(&self.0);
+        wipe(&mut self.0);
     }
+}
+
+/// Best-effort zeroing without unsafe: black_box keeps the stores from being elided.
+/// (The request the secret came from still holds it; this only avoids adding copies.)
+fn wipe(bytes: &mut [u8]) {
+    bytes.iter_mut().for_each(|b| *b = 0);
+    std::hint::black_box(bytes);
 }
 
 pub struct Credential {
@@ -127,7 +132,7 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// Headers that carry a bare API key, and the name reported for each.
+/// Headers whose whole value is an API key (compared after lower-casing the name).
 const API_KEY_HEADERS: &[&str] = &[
     "x-api-key",
     "api-key",
@@ -225,7 +230,7 @@ impl Context<'_> {
             Detector::AwsSigv4Presigned,
             "query:X-Amz-Credential",
             &credential,
-            || token.clone(),
+            move || token,
         )
     }
 
@@ -344,10 +349,16 @@ impl Context<'_> {
 }
 
 fn basic(header: &str, encoded: &str) -> Option<Credential> {
-    let decoded = B64_STANDARD_LENIENT.decode(encoded.trim()).ok()?;
+    let mut decoded = B64_STANDARD_LENIENT.decode(encoded.trim()).ok()?;
+    let credential = basic_from_decoded(header, &decoded);
+    wipe(&mut decoded);
+    credential
+}
+
+fn basic_from_decoded(header: &str, decoded: &[u8]) -> Option<Credential> {
     let (user, password) = match decoded.iter().position(|&b| b == b':') {
         Some(i) => (decoded.get(..i)?, decoded.get(i + 1..)?),
-        None => (decoded.as_slice(), &[][..]),
+        None => (decoded, &[][..]),
     };
     let (username, secret, class) = if password.is_empty() {
         // Keys sent as the user name with an empty password (Stripe-style): the user

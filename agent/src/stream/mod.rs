@@ -1,0 +1,2 @@
+//! Delivery of identity events to the collector, which may be unreachable for a while.
+pub mod spool;

@@ -1,0 +1,683 @@
+//! AWS CloudTrail: S3 log deliveries (`{"Records":[...]}`, usually gzipped) and the ad-hoc
+//! shapes people export them in (one record, a bare array, JSON lines, `jq` output).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{
+    AssumedRole, CloudAction, Item, Layout, Parsed, Provider, decode_input, get_path, opt_str,
+    parse_expiration, parse_path_with, req_str, req_time, split_document,
+};
+
+const LAYOUT: Layout = Layout {
+    element: "record",
+    records_key: Some("Records"),
+};
+
+/// The STS calls that mint temporary credentials: these are what tie a later call's
+/// `ASIA…` key back to the identity (OIDC subject, SAML subject, or caller) that obtained it.
+const ASSUME_ROLE_EVENTS: [&str; 3] = [
+    "AssumeRole",
+    "AssumeRoleWithWebIdentity",
+    "AssumeRoleWithSAML",
+];
+
+/// Parses one CloudTrail input (plain or gzip). Never fails as a whole: complete records are
+/// returned even when others, or the document itself, are damaged.
+pub fn parse(source_name: &str, bytes: &[u8]) -> Parsed {
+    let mut out = Parsed::default();
+    let data = decode_input(source_name, bytes, &mut out);
+    for item in split_document(&data, &LAYOUT) {
+        match item {
+            Item::Error { position, reason } => out.error(source_name, position, reason),
+            Item::Value { position, value } => ingest(source_name, &position, value, &mut out),
+        }
+    }
+    out
+}
+
+/// Parses a file, or every `.json` / `.json.gz` file under a directory (recursively, sorted
+/// by path; `CloudTrail-Digest` directories are skipped because digests are not events).
+pub fn parse_path(path: &Path) -> Result<Parsed, std::io::Error> {
+    parse_path_with(path, &[".json", ".json.gz"], parse)
+}
+
+/// Accepts a record, or a container of records where one was expected: a whole delivery
+/// file written as one JSON line, or an EventBridge "AWS API Call via CloudTrail" event.
+fn ingest(source_name: &str, position: &str, value: Value, out: &mut Parsed) {
+    if let Value::Object(map) = &value
+        && !map.contains_key("eventID")
+    {
+        if let Some(Value::Array(records)) = map.get("Records") {
+            for (n, record) in records.iter().enumerate() {
+                match to_action(record.clone()) {
+                    Ok(action) => out.actions.push(action),
+                    Err(reason) => {
+                        out.error(source_name, format!("{position} record {}", n + 1), reason)
+                    }
+                }
+            }
+            return;
+        }
+        if let (Some(Value::String(kind)), Some(detail @ Value::Object(_))) =
+            (map.get("detail-type"), map.get("detail"))
+            && kind.ends_with("via CloudTrail")
+        {
+            match to_action(detail.clone()) {
+                Ok(action) => out.actions.push(action),
+                Err(reason) => out.error(
+                    source_name,
+                    position,
+                    format!("in EventBridge `detail`: {reason}"),
+                ),
+            }
+            return;
+        }
+    }
+    match to_action(value) {
+        Ok(action) => out.actions.push(action),
+        Err(reason) => out.error(source_name, position, reason),
+    }
+}
+
+/// One CloudTrail record. Every field we read is type-checked, so a record that lies about
+/// its shape is reported instead of being half-ingested with silently missing attribution.
+fn to_action(record: Value) -> Result<CloudAction, String> {
+    if !record.is_object() {
+        return Err("record is not a JSON object".into());
+    }
+    let id = req_str(&record, &["eventID"])?;
+    let time_unix = req_time(&record, &["eventTime"])?;
+    let action = req_str(&record, &["eventName"])?;
+    let service = req_str(&record, &["eventSource"])?;
+    let region = opt_str(&record, &["awsRegion"])?;
+    let principal = opt_str(&record, &["userIdentity", "arn"])?;
+    let principal_type = opt_str(&record, &["userIdentity", "type"])?;
+    let access_key_id = opt_str(&record, &["userIdentity", "accessKeyId"])?;
+    let source_ip = opt_str(&record, &["sourceIPAddress"])?;
+    let user_agent = opt_str(&record, &["userAgent"])?;
+    let error_code = opt_str(&record, &["errorCode"])?;
+    let assumed = if service == "sts.amazonaws.com" && ASSUME_ROLE_EVENTS.contains(&action.as_str())
+    {
+        Some(assumed_role(&record, principal_type.as_deref())?)
+    } else {
+        None
+    };
+    Ok(CloudAction {
+        provider: Provider::Aws,
+        id,
+        time_unix,
+        action,
+        service,
+        region,
+        principal,
+        principal_type,
+        access_key_id,
+        source_ip,
+        user_agent,
+        error_code,
+        assumed,
+        delegation: Vec::new(),
+        raw: record,
+    })
+}
+
+/// Response elements are null when the call was denied; the request side (which role, which
+/// session name) is still worth keeping because a denied assume is itself a signal.
+fn assumed_role(record: &Value, principal_type: Option<&str>) -> Result<AssumedRole, String> {
+    let federated = matches!(principal_type, Some("WebIdentityUser" | "SAMLUser"));
+    let subject = match opt_str(record, &["responseElements", "subjectFromWebIdentityToken"])? {
+        Some(s) => Some(s),
+        // AssumeRoleWithSAML reports the assertion's subject under a different name.
+        None => match opt_str(record, &["responseElements", "subject"])? {
+            Some(s) => Some(s),
+            None if federated => opt_str(record, &["userIdentity", "userName"])?,
+            None => None,
+        },
+    };
+    let provider = match opt_str(record, &["responseElements", "provider"])? {
+        Some(p) => Some(p),
+        None => match opt_str(record, &["responseElements", "issuer"])? {
+            Some(p) => Some(p),
+            None => opt_str(record, &["userIdentity", "identityProvider"])?,
+        },
+    };
+    let expiration_unix =
+        match get_path(record, &["responseElements", "credentials", "expiration"])? {
+            None => None,
+            Some(Value::String(s)) => parse_expiration(s),
+            Some(_) => {
+                return Err(
+                    "field `responseElements.credentials.expiration` is not a string".into(),
+                );
+            }
+        };
+    Ok(AssumedRole {
+        issued_access_key_id: opt_str(record, &["responseElements", "credentials", "accessKeyId"])?,
+        role_arn: opt_str(record, &["requestParameters", "roleArn"])?,
+        role_session_name: opt_str(record, &["requestParameters", "roleSessionName"])?,
+        web_identity_subject: subject,
+        web_identity_provider: provider,
+        audience: opt_str(record, &["responseElements", "audience"])?,
+        expiration_unix,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
+mod tests {
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::cloud::RecordError;
+
+    fn data(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/cloudtrail")
+            .join(rel)
+    }
+
+    fn read(rel: &str) -> (String, Vec<u8>) {
+        let path = data(rel);
+        (path.display().to_string(), std::fs::read(&path).unwrap())
+    }
+
+    fn ids(parsed: &Parsed) -> Vec<&str> {
+        parsed.actions.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    fn assert_error(err: &RecordError, source: &str, position: &str, reason: &str) {
+        assert_eq!(err.source_name, source, "{err}");
+        assert_eq!(err.position, position, "{err}");
+        assert!(
+            err.reason.contains(reason),
+            "reason {:?} lacks {reason:?}",
+            err.reason
+        );
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    const GETOBJECT_ID: &str = "3f6d2a10-8b1c-4e57-9d0a-5c1e7a000001";
+    const WEBID_ID: &str = "9a4c1e77-2b3d-4f60-8a1b-6d2e8b000002";
+    const PUTOBJECT_ID: &str = "c5e8f2d4-6a7b-4c3d-9e1f-0a2b3c000003";
+    const ROLE_SESSION: &str =
+        "arn:aws:sts::111122223333:assumed-role/sigil-ci-deploy/gha-run-7734";
+    const SUBJECT: &str = "repo:sigil-dev/demo:ref:refs/heads/main";
+
+    #[test]
+    fn iam_user_get_object() {
+        let (name, bytes) = read("iamuser_getobject.json");
+        let parsed = parse(&name, &bytes);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(parsed.actions.len(), 1);
+        let a = &parsed.actions[0];
+        assert_eq!(a.provider, Provider::Aws);
+        assert_eq!(a.id, GETOBJECT_ID);
+        assert_eq!(a.time_unix, 1_795_442_140); // 2026-11-23T13:55:40Z
+        assert_eq!(a.action, "GetObject");
+        assert_eq!(a.service, "s3.amazonaws.com");
+        assert_eq!(a.region.as_deref(), Some("us-east-1"));
+        assert_eq!(
+            a.principal.as_deref(),
+            Some("arn:aws:iam::111122223333:user/build-bot")
+        );
+        assert_eq!(a.principal_type.as_deref(), Some("IAMUser"));
+        assert_eq!(a.access_key_id.as_deref(), Some("AKIASIGILEXAMPLE0001"));
+        assert_eq!(a.source_ip.as_deref(), Some("198.51.100.23"));
+        assert!(
+            a.user_agent
+                .as_deref()
+                .unwrap()
+                .starts_with("[aws-cli/2.17.20 ")
+        );
+        assert_eq!(a.error_code, None);
+        assert_eq!(a.assumed, None);
+        assert!(a.delegation.is_empty());
+        assert_eq!(
+            a.raw["requestParameters"]["key"],
+            "releases/v0.1.0/sigil-agent.tar.gz"
+        );
+    }
+
+    fn check_web_identity_flow(parsed: &Parsed) {
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(ids(parsed), [WEBID_ID, PUTOBJECT_ID]);
+
+        let assume = &parsed.actions[0];
+        assert_eq!(assume.time_unix, 1_795_442_531);
+        assert_eq!(assume.action, "AssumeRoleWithWebIdentity");
+        assert_eq!(assume.service, "sts.amazonaws.com");
+        assert_eq!(
+            assume.principal, None,
+            "WebIdentityUser records carry no ARN"
+        );
+        assert_eq!(assume.principal_type.as_deref(), Some("WebIdentityUser"));
+        assert_eq!(assume.access_key_id, None);
+        assert_eq!(assume.source_ip.as_deref(), Some("203.0.113.45"));
+        assert_eq!(
+            assume.assumed,
+            Some(AssumedRole {
+                issued_access_key_id: Some("ASIASIGILEXAMPLE0002".into()),
+                role_arn: Some("arn:aws:iam::111122223333:role/sigil-ci-deploy".into()),
+                role_session_name: Some("gha-run-7734".into()),
+                web_identity_subject: Some(SUBJECT.into()),
+                web_identity_provider: Some(
+                    "arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com"
+                        .into()
+                ),
+                audience: Some("sts.amazonaws.com".into()),
+                expiration_unix: Some(1_795_446_131), // "Nov 23, 2026, 3:02:11 PM"
+            })
+        );
+
+        let put = &parsed.actions[1];
+        assert_eq!(put.time_unix, 1_795_442_607); // 14:03:27.512Z, fraction truncated
+        assert_eq!(put.action, "PutObject");
+        assert_eq!(put.principal.as_deref(), Some(ROLE_SESSION));
+        assert_eq!(put.principal_type.as_deref(), Some("AssumedRole"));
+        assert_eq!(put.access_key_id.as_deref(), Some("ASIASIGILEXAMPLE0002"));
+        assert_eq!(put.assumed, None);
+    }
+
+    #[test]
+    fn web_identity_flow_plain_and_gzipped() {
+        let (name, bytes) = read("webidentity_flow.json");
+        check_web_identity_flow(&parse(&name, &bytes));
+        let (name, gz) = read("webidentity_flow.json.gz");
+        assert_eq!(&gz[..2], [0x1f, 0x8b]);
+        let parsed = parse(&name, &gz);
+        check_web_identity_flow(&parsed);
+        assert_eq!(parsed.actions, parse("x", &bytes).actions);
+    }
+
+    #[test]
+    fn other_export_shapes() {
+        let (_, bytes) = read("webidentity_flow.json");
+        let doc: Value = serde_json::from_slice(&bytes).unwrap();
+        let records = doc["Records"].as_array().unwrap();
+
+        // A bare array.
+        let parsed = parse("a", serde_json::to_string(records).unwrap().as_bytes());
+        check_web_identity_flow(&parsed);
+        // A single record object.
+        let parsed = parse(
+            "s",
+            serde_json::to_string_pretty(&records[0])
+                .unwrap()
+                .as_bytes(),
+        );
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(ids(&parsed), [WEBID_ID]);
+        // `jq '.Records[]'`: concatenated pretty objects.
+        let jq = records
+            .iter()
+            .map(|r| serde_json::to_string_pretty(r).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        check_web_identity_flow(&parse("jq", jq.as_bytes()));
+        // Same, but damaged: the second object is cut short.
+        let cut = &jq[..jq.len() - 40];
+        let parsed = parse("jq", cut.as_bytes());
+        assert_eq!(ids(&parsed), [WEBID_ID]);
+        assert_eq!(parsed.errors.len(), 1);
+        assert!(
+            parsed.errors[0].reason.contains("truncated"),
+            "{:?}",
+            parsed.errors
+        );
+        // EventBridge envelope.
+        let eb = serde_json::json!({
+            "version": "0", "id": "sigil-eb-1", "detail-type": "AWS API Call via CloudTrail",
+            "source": "aws.sts", "detail": records[0],
+        });
+        let parsed = parse("eb", eb.to_string().as_bytes());
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(ids(&parsed), [WEBID_ID]);
+        // BOM, CRLF and a batch line inside JSON lines.
+        let batch = serde_json::to_string(&doc).unwrap();
+        let lines = format!(
+            "\u{feff}{}\r\n{batch}\r\n",
+            serde_json::to_string(&records[1]).unwrap()
+        );
+        let parsed = parse("l", lines.as_bytes());
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(ids(&parsed), [PUTOBJECT_ID, WEBID_ID, PUTOBJECT_ID]);
+        // Empty inputs are not errors.
+        for empty in [&b""[..], b"  \n", b"{\"Records\":[]}", b"[]"] {
+            let parsed = parse("e", empty);
+            assert!(
+                parsed.actions.is_empty() && parsed.errors.is_empty(),
+                "{empty:?}: {:?}",
+                parsed.errors
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_file_keeps_complete_records() {
+        let (name, bytes) = read("truncated.json");
+        let parsed = parse(&name, &bytes);
+        assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID]);
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        // The cut record starts right after the second record's closing brace and comma.
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let third = text.rfind(",{\"eventVersion\"").unwrap() + 1;
+        assert_error(
+            &parsed.errors[0],
+            &name,
+            &format!("byte {third}"),
+            "record 3 starting here is incomplete",
+        );
+    }
+
+    #[test]
+    fn truncated_gzip_keeps_complete_records() {
+        let (_, bytes) = read("iamuser_getobject.json");
+        let record = std::str::from_utf8(&bytes)
+            .unwrap()
+            .trim_start_matches("{\"Records\":[")
+            .trim_end_matches("]}");
+        let doc = format!("{{\"Records\":[{}]}}", vec![record; 200].join(","));
+        let gz = gzip(doc.as_bytes());
+        let parsed = parse("cut.json.gz", &gz[..gz.len() / 2]);
+        assert!(
+            !parsed.actions.is_empty() && parsed.actions.len() < 200,
+            "{}",
+            parsed.actions.len()
+        );
+        assert_eq!(parsed.errors.len(), 2, "{:?}", parsed.errors);
+        assert!(
+            parsed.errors[0].reason.contains("gzip stream is damaged"),
+            "{:?}",
+            parsed.errors[0]
+        );
+        assert!(
+            parsed.errors[1].reason.contains("truncated"),
+            "{:?}",
+            parsed.errors[1]
+        );
+    }
+
+    #[test]
+    fn wrong_types_only_cost_their_records() {
+        let (name, bytes) = read("bad_types.json");
+        let parsed = parse(&name, &bytes);
+        assert_eq!(ids(&parsed), [WEBID_ID, PUTOBJECT_ID]);
+        assert_eq!(parsed.errors.len(), 4, "{:?}", parsed.errors);
+        assert_error(
+            &parsed.errors[0],
+            &name,
+            "record 2",
+            "field `eventTime` is not a string",
+        );
+        assert_error(
+            &parsed.errors[1],
+            &name,
+            "record 3",
+            "field `userIdentity` is not an object",
+        );
+        assert_error(
+            &parsed.errors[2],
+            &name,
+            "record 4",
+            "missing field `eventID`",
+        );
+        assert_error(
+            &parsed.errors[3],
+            &name,
+            "record 5",
+            "field `sourceIPAddress` is not a string",
+        );
+        assert_eq!(
+            parsed.errors[0].to_string(),
+            format!("{name}: record 2: field `eventTime` is not a string")
+        );
+    }
+
+    #[test]
+    fn field_level_errors() {
+        let base: Value = serde_json::from_slice(&read("webidentity_flow.json").1).unwrap();
+        let webid = &base["Records"][0];
+        let cases: [(&str, Value, &str); 7] = [
+            (
+                "/eventTime",
+                "23 Nov 2026".into(),
+                "field `eventTime` is not an RFC 3339 timestamp",
+            ),
+            ("/eventName", Value::Null, "missing field `eventName`"),
+            (
+                "/eventSource",
+                7.into(),
+                "field `eventSource` is not a string",
+            ),
+            ("/eventID", "".into(), "field `eventID` is empty"),
+            (
+                "/responseElements/credentials",
+                "x".into(),
+                "field `responseElements.credentials` is not an object",
+            ),
+            (
+                "/responseElements/credentials/expiration",
+                1.into(),
+                "field `responseElements.credentials.expiration`",
+            ),
+            (
+                "/requestParameters/roleArn",
+                serde_json::json!({}),
+                "field `requestParameters.roleArn` is not a string",
+            ),
+        ];
+        for (pointer, replacement, reason) in cases {
+            let mut record = webid.clone();
+            *record.pointer_mut(pointer).unwrap() = replacement;
+            let parsed = parse(
+                "f",
+                serde_json::json!({ "Records": [record] })
+                    .to_string()
+                    .as_bytes(),
+            );
+            assert!(parsed.actions.is_empty(), "{pointer}");
+            assert_eq!(parsed.errors.len(), 1, "{pointer}");
+            assert_error(&parsed.errors[0], "f", "record 1", reason);
+        }
+        // A non-object record, and an unparseable expiry which only loses the expiry.
+        let parsed = parse("f", b"{\"Records\":[42]}");
+        assert_error(
+            &parsed.errors[0],
+            "f",
+            "record 1",
+            "record is not a JSON object",
+        );
+        let mut record = webid.clone();
+        record["responseElements"]["credentials"]["expiration"] = "whenever".into();
+        let parsed = parse("f", record.to_string().as_bytes());
+        assert_eq!(
+            parsed.actions[0].assumed.as_ref().unwrap().expiration_unix,
+            None
+        );
+        // Denied assume: no response, request side kept, subject from userIdentity.
+        let mut record = webid.clone();
+        record["responseElements"] = Value::Null;
+        record["errorCode"] = "AccessDenied".into();
+        let parsed = parse("f", record.to_string().as_bytes());
+        let a = &parsed.actions[0];
+        assert_eq!(a.error_code.as_deref(), Some("AccessDenied"));
+        let assumed = a.assumed.as_ref().unwrap();
+        assert_eq!(assumed.issued_access_key_id, None);
+        assert_eq!(assumed.role_session_name.as_deref(), Some("gha-run-7734"));
+        assert_eq!(assumed.web_identity_subject.as_deref(), Some(SUBJECT));
+        assert_eq!(
+            assumed.web_identity_provider.as_deref(),
+            Some("token.actions.githubusercontent.com")
+        );
+    }
+
+    #[test]
+    fn json_lines_bad_line_costs_only_itself() {
+        let (name, bytes) = read("records.jsonl");
+        let parsed = parse(&name, &bytes);
+        assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID, PUTOBJECT_ID]);
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert_error(
+            &parsed.errors[0],
+            &name,
+            "line 2",
+            "not JSON: expected ident at line 1 column 2",
+        );
+        // Clean streams take the fast path; positions must still be the starting line.
+        let lines = std::str::from_utf8(&bytes).unwrap().replace(
+            "this is not json\n",
+            "\n{\"eventTime\":\"2026-11-23T14:02:11Z\"}\n",
+        );
+        let parsed = parse(&name, lines.as_bytes());
+        assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID, PUTOBJECT_ID]);
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert_error(
+            &parsed.errors[0],
+            &name,
+            "line 3",
+            "missing field `eventID`",
+        );
+    }
+
+    #[test]
+    fn directory_walk() {
+        let dir = data("dir");
+        let parsed = parse_path(&dir).unwrap();
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(
+            ids(&parsed),
+            [
+                GETOBJECT_ID,
+                WEBID_ID,
+                PUTOBJECT_ID,
+                "e1d2c3b4-a596-4877-8a9b-0c1d2e000004",
+                "f2e3d4c5-b6a7-4988-9a0b-1c2d3e000005"
+            ]
+        );
+        let assume = &parsed.actions[3];
+        assert_eq!(assume.action, "AssumeRole");
+        assert_eq!(assume.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            assume.assumed,
+            Some(AssumedRole {
+                issued_access_key_id: Some("ASIASIGILEXAMPLE0004".into()),
+                role_arn: Some("arn:aws:iam::111122223333:role/sigil-readonly".into()),
+                role_session_name: Some("build-bot-audit".into()),
+                web_identity_subject: None,
+                web_identity_provider: None,
+                audience: None,
+                expiration_unix: Some(1_795_443_905), // 2026-11-23T14:25:05Z
+            })
+        );
+        let denied = &parsed.actions[4];
+        assert_eq!(denied.error_code.as_deref(), Some("AccessDenied"));
+        assert_eq!(
+            denied.access_key_id.as_deref(),
+            Some("ASIASIGILEXAMPLE0004")
+        );
+
+        // Errors name the file they came from.
+        let parsed = parse_path(&data("")).unwrap();
+        assert!(
+            parsed
+                .errors
+                .iter()
+                .any(|e| e.source_name.ends_with("truncated.json"))
+        );
+        assert!(
+            parsed
+                .errors
+                .iter()
+                .all(|e| !e.source_name.ends_with(".jsonl")),
+            "only .json/.json.gz are walked"
+        );
+        // A single file is parsed whatever its name; a missing path is an I/O error.
+        assert_eq!(parse_path(&data("records.jsonl")).unwrap().actions.len(), 3);
+        assert!(parse_path(&data("does-not-exist")).is_err());
+    }
+
+    #[test]
+    fn structural_damage_mid_array() {
+        // Balanced but invalid element: only that element is lost.
+        let parsed = parse("m", br#"{"Records":[{"eventID":tru},{"eventID":"b","eventTime":"2026-11-23T14:02:11Z","eventName":"X","eventSource":"y"}]}"#);
+        assert_eq!(ids(&parsed), ["b"]);
+        assert_error(&parsed.errors[0], "m", "record 1", "not JSON");
+        // Broken brackets: stop, and say where.
+        let parsed = parse("m", br#"{"Records":[{"eventID":"a"]}"#);
+        assert_eq!(parsed.errors.len(), 1);
+        assert_error(&parsed.errors[0], "m", "byte 26", "unexpected `]`");
+        // Cut between records and after the array.
+        let parsed = parse("m", br#"{"Records":[{"eventID":"b","eventTime":"2026-11-23T14:02:11Z","eventName":"X","eventSource":"y"},"#);
+        assert_eq!(ids(&parsed), ["b"]);
+        assert!(parsed.errors[0].reason.contains("truncated"));
+        let parsed = parse("m", br#"{"Records":[] , "#);
+        assert!(parsed.errors[0].reason.contains("truncated"));
+        let parsed = parse("m", br#"{"Records":{}}"#);
+        assert_error(
+            &parsed.errors[0],
+            "m",
+            "byte 11",
+            "field `Records` is not an array",
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0x5151_9e37_79b9_7f4au64;
+        let mut next = move || {
+            // xorshift64*: deterministic, dependency-free.
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let (_, sample) = read("webidentity_flow.json");
+        let alphabet = b"{}[]\":,\\ \n0123456789.eE+-truefalsnRecords\x1f\x8b\xff";
+        for round in 0..2000 {
+            let len = (next() % 512) as usize;
+            let input: Vec<u8> = match round % 4 {
+                0 => (0..len).map(|_| next() as u8).collect(),
+                1 => (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect(),
+                2 => {
+                    // Real document with random bytes flipped and a random cut.
+                    let mut v = sample.clone();
+                    for _ in 0..1 + next() % 8 {
+                        let at = (next() % v.len() as u64) as usize;
+                        v[at] = next() as u8;
+                    }
+                    v.truncate((next() % v.len() as u64) as usize);
+                    v
+                }
+                _ => {
+                    let mut v = b"\x1f\x8b".to_vec();
+                    v.extend((0..len).map(|_| next() as u8));
+                    v
+                }
+            };
+            let _ = parse("fuzz", &input);
+            let _ = crate::cloud::gcp::parse("fuzz", &input);
+        }
+        // Huge numbers and deep nesting.
+        let _ = parse(
+            "n",
+            b"{\"Records\":[{\"eventID\":1e999999,\"eventTime\":-99999999999999999999999999}]}",
+        );
+        let deep = format!(
+            "{{\"Records\":[{}{}]}}",
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        );
+        let parsed = parse("d", deep.as_bytes());
+        assert_eq!(parsed.errors.len(), 1);
+    }
+}

@@ -1,0 +1,76 @@
+//! Drives the credential-tracing parsers with arbitrary captures.
+//!
+//! The input is read as a sequence of writes: a two-byte control word chooses how many
+//! bytes the write has and whether (and by how much) its capture was truncated, the way
+//! the kernel truncates large writes. The same bytes also go straight to the detectors
+//! as header values, since detection must survive anything a client can send.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sigil_agent::trace::{
+    detect::detect,
+    http::{HttpStream, Protocol, Request},
+    redact::strip_credential_params,
+};
+
+const HEADER_NAMES: &[&str] = &[
+    "authorization",
+    "Proxy-Authorization",
+    "x-api-key",
+    "x-amz-security-token",
+    "apikey",
+];
+
+fuzz_target!(|data: &[u8]| {
+    let issuers = ["https://sigil.example".to_owned()];
+    let mut stream = HttpStream::new();
+    let mut rest = data;
+    while let [len, ctl, tail @ ..] = rest {
+        // ctl bit 7: scale the length by 64 to reach multi-frame writes.
+        let want = usize::from(*len) << if ctl & 0x80 != 0 { 6 } else { 0 };
+        let (write, after) = tail.split_at(want.min(tail.len()));
+        rest = after;
+        // ctl bits 0-6: how many bytes the write really had beyond its capture; 0x7f
+        // means a huge write, as with a large upload.
+        let extra = match ctl & 0x7f {
+            0x7f => 1 << 20,
+            0x7e => usize::MAX / 2,
+            n => usize::from(n) * 37,
+        };
+        for request in stream.feed(write, write.len().saturating_add(extra)) {
+            check(&request, &issuers);
+        }
+    }
+
+    // The raw input as header values and as a request target.
+    let text = String::from_utf8_lossy(data);
+    let mut headers = Vec::new();
+    for (line, name) in text.split('\n').zip(HEADER_NAMES.iter().cycle()) {
+        headers.push(((*name).to_owned(), line.to_owned()));
+    }
+    let request = Request {
+        protocol: Protocol::Http1,
+        method: "GET".into(),
+        path: text.clone().into_owned(),
+        authority: None,
+        headers,
+    };
+    check(&request, &issuers);
+});
+
+fn check(request: &Request, issuers: &[String]) {
+    for now in [0, 1_700_000_000, i64::MIN, i64::MAX] {
+        for credential in detect(request, now, issuers) {
+            // Debug output may show the identifiers (an AWS key id is both) but never
+            // the secret itself.
+            let expected = format!(
+                "Credential {{ detector: {:?}, class: {:?}, identifiers: {:?}, \
+                 secret: Secret(<redacted>) }}",
+                credential.detector, credential.class, credential.identifiers
+            );
+            assert_eq!(format!("{credential:?}"), expected);
+        }
+    }
+    let stripped = strip_credential_params(&request.path);
+    assert!(stripped.len() <= request.path.len());
+}
