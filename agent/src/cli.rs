@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::daemon::{IssuanceConfig, RunConfig, TraceConfig, default_node_name};
+use crate::{
+    daemon::{IssuanceConfig, RunConfig, TraceConfig, default_node_name},
+    stream::exporter::CollectorConfig,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "sigil-agent", version, about = "Sigil node agent: eBPF process attestation")]
@@ -43,7 +46,7 @@ pub const DEFAULT_SOCKET: &str = "/run/sigil/workload.sock";
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Print each identity event as one JSON line on stdout.
+    /// Print each identity event as one JSON line on stdout (also with --collector).
     #[arg(long)]
     pub stdout: bool,
     /// Node name recorded in every event.
@@ -92,12 +95,27 @@ pub struct RunArgs {
     /// Agent state (a generated fingerprint key, the event spool).
     #[arg(long, default_value = "/var/lib/sigil")]
     pub state_dir: PathBuf,
+    /// Stream events to this collector (gRPC): http://127.0.0.1:50051 on loopback,
+    /// https://... with --collector-ca elsewhere.
+    #[arg(long, env = "SIGIL_COLLECTOR_URL")]
+    pub collector: Option<String>,
+    /// CA certificate (PEM) that signed the collector's certificate.
+    #[arg(long, requires = "collector")]
+    pub collector_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) this agent presents to the collector.
+    #[arg(long, requires_all = ["collector", "collector_key"])]
+    pub collector_cert: Option<PathBuf>,
+    #[arg(long, requires = "collector_cert")]
+    pub collector_key: Option<PathBuf>,
+    /// On-disk spool for events the collector has not acknowledged yet.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub spool_bytes: u64,
 }
 
 impl RunArgs {
     pub fn config(&self) -> anyhow::Result<RunConfig> {
-        if !self.stdout {
-            anyhow::bail!("no output configured: pass --stdout (collector streaming is not available yet)");
+        if !self.stdout && self.collector.is_none() {
+            anyhow::bail!("no output configured: pass --stdout and/or --collector URL");
         }
         if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
             anyhow::bail!("--ring-buffer-bytes must be a power of two of at least 4096, got {}", self.ring_buffer_bytes);
@@ -119,7 +137,17 @@ impl RunArgs {
         });
         let trace = (!self.no_trace)
             .then(|| TraceConfig { fingerprint_key: self.fingerprint_key_file.clone(), state_dir: self.state_dir.clone() });
+        let collector = self.collector.as_ref().map(|url| CollectorConfig {
+            url: url.clone(),
+            ca: self.collector_ca.clone(),
+            cert: self.collector_cert.clone(),
+            key: self.collector_key.clone(),
+            spool_dir: self.state_dir.join("spool"),
+            spool_bytes: self.spool_bytes,
+        });
         Ok(RunConfig {
+            stdout: self.stdout,
+            collector,
             issuance,
             trace,
             node: self.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(default_node_name),

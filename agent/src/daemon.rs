@@ -31,7 +31,8 @@ use crate::{
         policy::MAX_TTL,
         workload_api,
     },
-    output::{AgentStats, JsonLines, LostByKind, Sink},
+    output::{AgentStats, JsonLines, LostByKind, Sink, Tee},
+    stream::exporter::{self, CollectorConfig, SpoolSink},
 };
 
 /// Failures that have their own exit code, so supervisors can tell "misconfigured node"
@@ -77,6 +78,8 @@ pub struct TraceConfig {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub node: String,
+    pub stdout: bool,
+    pub collector: Option<CollectorConfig>,
     pub issuance: Option<IssuanceConfig>,
     pub trace: Option<TraceConfig>,
     pub ring_buffer_bytes: u32,
@@ -278,7 +281,25 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
     let mut events = probes.take_events()?;
     let attestor =
         Arc::new(Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes));
-    let sink: Arc<dyn Sink> = Arc::new(JsonLines);
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if cfg.stdout {
+        sinks.push(Arc::new(JsonLines));
+    }
+    let exporter = match &cfg.collector {
+        Some(cc) => {
+            let spool = SpoolSink::open(cc)?;
+            let channel = {
+                let _guard = rt.enter();
+                exporter::channel(cc)?
+            };
+            rt.spawn(exporter::run(spool.clone(), channel, cfg.node.clone(), stop.clone()));
+            info!("streaming events to {} (spool {}, at most {} bytes)", cc.url, cc.spool_dir.display(), cc.spool_bytes);
+            sinks.push(Arc::new(spool.clone()));
+            Some(spool)
+        }
+        None => None,
+    };
+    let sink: Arc<dyn Sink> = Arc::new(Tee(sinks));
     let mut stats = Counters::default();
 
     if cfg.scan {
@@ -336,11 +357,11 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
             last_lib_scan = Instant::now();
         }
         if cfg.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
-            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref())).context("writing output")?;
+            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref())).context("writing output")?;
             last_stats = Instant::now();
         }
     }
-    sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref())).context("writing output")?;
+    sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref())).context("writing output")?;
     info!("sigil-agent stopped");
     Ok(())
 }
@@ -359,6 +380,7 @@ impl Counters {
         probes: &Probes,
         issuer: Option<&Issuer>,
         tracer: Option<&Tracer>,
+        exporter: Option<&SpoolSink>,
     ) -> AgentStats {
         let lost = probes.lost().unwrap_or_default();
         let at = |k: EventKind| lost.get(k.loss_slot() as usize).copied().unwrap_or(0);
@@ -377,6 +399,7 @@ impl Counters {
             processes_tracked: attestor.table().len(),
             tokens: issuer.map(Issuer::stats),
             trace: tracer.map(Tracer::stats),
+            export: exporter.map(SpoolSink::stats),
             events: self.events,
         }
     }

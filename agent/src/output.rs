@@ -36,6 +36,24 @@ impl Sink for JsonLines {
     }
 }
 
+/// Every event to several sinks (stdout and the collector spool). The first error wins,
+/// after every sink was tried.
+pub struct Tee(pub Vec<std::sync::Arc<dyn Sink>>);
+
+impl Sink for Tee {
+    fn emit(&self, event: &dyn erased::Event) -> io::Result<()> {
+        let mut first = Ok(());
+        for s in &self.0 {
+            if let Err(e) = s.emit(event) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
 /// Health counters, emitted periodically and at shutdown.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentStats {
@@ -51,6 +69,8 @@ pub struct AgentStats {
     pub tokens: Option<crate::issue::issuer::TokenStats>,
     /// Present when credential-use tracing runs.
     pub trace: Option<crate::trace::tracer::TraceStats>,
+    /// Present when events stream to a collector.
+    pub export: Option<crate::stream::exporter::ExportStats>,
     pub events: u64,
 }
 

@@ -1,15 +1,132 @@
-//! Sigil collector. Ingest, store, correlation and queries arrive with the collector issue;
-//! until then the binary only parses its command line, so the workspace builds end to end.
+//! `sigil-collector`: stores agents' identity events and attributes cloud actions.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
-/// Stores identity events from agents and attributes cloud actions to workload runs.
-#[derive(Parser, Debug)]
-#[command(name = "sigil-collector", version)]
-struct Cli {}
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use sigil_collector::{
+    cloud::{Parsed, cloudtrail, gcp},
+    server::{self, ServerConfig, SharedStore, TlsFiles},
+    store::sqlite::{SqliteStore, now_unix},
+};
+use tracing::{error, info};
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("sigil-collector: no subcommands are implemented yet (see the collector issue)")
+#[derive(Parser)]
+#[command(name = "sigil-collector", version, about = "Stores identity events and attributes cloud actions to workload runs")]
+struct Cli {
+    /// The embedded store (SQLite).
+    #[arg(long, env = "SIGIL_DB", default_value = "/var/lib/sigil/collector.db", global = true)]
+    db: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve agent ingest (gRPC) and queries (gRPC and HTTP/JSON).
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        grpc_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: SocketAddr,
+        /// Server certificate (PEM) for mTLS with agents; required off loopback.
+        #[arg(long, requires_all = ["tls_key", "client_ca"])]
+        tls_cert: Option<PathBuf>,
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// CA that agents' client certificates must chain to.
+        #[arg(long)]
+        client_ca: Option<PathBuf>,
+        /// Delete what is older than this many days (0 keeps everything).
+        #[arg(long, default_value_t = 30)]
+        retention_days: u64,
+    },
+    /// Ingest cloud audit logs from files.
+    Ingest {
+        #[command(subcommand)]
+        what: IngestCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum IngestCmd {
+    /// AWS CloudTrail log files ({"Records":[...]}, gzipped or not) or a directory of them.
+    Cloudtrail { path: PathBuf },
+    /// GCP Cloud Audit Log entries (JSON lines or a JSON array), a file or a directory.
+    GcpAudit { path: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| "info".into()),
+    ).init();
+    match real_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sigil-collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let store: SharedStore = Arc::new(SqliteStore::open(&cli.db)?);
+    match cli.cmd {
+        Cmd::Ingest { what } => {
+            let parsed: Parsed = match what {
+                IngestCmd::Cloudtrail { path } => cloudtrail::parse_path(&path)?,
+                IngestCmd::GcpAudit { path } => gcp::parse_path(&path)?,
+            };
+            // Each bad record on its own line, then the summary: nothing valid is dropped.
+            for e in &parsed.errors {
+                eprintln!("skipped: {e}");
+            }
+            let errors = parsed.errors.len();
+            let out = store.ingest_cloud(&parsed.actions)?;
+            let links = store.correlate()?;
+            println!(
+                "ingested {} cloud actions ({} already stored), {} skipped with errors, {} new attribution links",
+                out.stored, out.duplicates, errors, links
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days } => {
+            let tls = match (tls_cert, tls_key, client_ca) {
+                (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles { cert, key, client_ca }),
+                _ => None,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(async move {
+                if retention_days > 0 {
+                    let s = store.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let before = now_unix() - (retention_days as i64) * 86_400;
+                            let s2 = s.clone();
+                            match tokio::task::spawn_blocking(move || s2.retain(before)).await {
+                                Ok(Ok(n)) if n > 0 => info!("retention: deleted {n} rows older than {retention_days} days"),
+                                Ok(Err(e)) => error!("retention: {e}"),
+                                _ => {}
+                            }
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                    });
+                }
+                let shutdown = async {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    match signal(SignalKind::terminate()) {
+                        Ok(mut term) => {
+                            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+                        }
+                        Err(_) => {
+                            let _ = tokio::signal::ctrl_c().await;
+                        }
+                    }
+                };
+                server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls }, store, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

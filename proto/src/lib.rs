@@ -7,3 +7,8 @@
 pub mod spiffe {
     tonic::include_proto!("_");
 }
+
+/// `sigil.v1`: agent -> collector ingest, and collector queries.
+pub mod v1 {
+    tonic::include_proto!("sigil.v1");
+}

@@ -1,0 +1,233 @@
+//! `sigil`: ask the collector which workload run did what.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_unix_times_as_utc() {
+        assert_eq!(super::when(&serde_json::json!(0)), "1970-01-01 00:00:00");
+        assert_eq!(super::when(&serde_json::json!(1_795_445_122)), "2026-11-23 14:45:22");
+        assert_eq!(super::when(&serde_json::json!(951_782_400)), "2000-02-29 00:00:00");
+        assert_eq!(super::when(&serde_json::Value::Null), "-");
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "sigil", version, about = "Query Sigil: which workload run made this cloud call, with which credential?")]
+struct Cli {
+    /// Collector HTTP address.
+    #[arg(long, env = "SIGIL_COLLECTOR", default_value = "http://127.0.0.1:8080", global = true)]
+    collector: String,
+    /// Print the JSON document instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The run, pod, container, binary, ancestry and credential behind a cloud event.
+    Trace { cloud_event_id: String },
+    /// Every run that used an access key id, credential fingerprint or token jti.
+    WhoUsed { credential: String },
+    /// Everything a run did, as a timeline.
+    Run { run_id: String },
+    /// Runs still using long-lived credentials, shared credentials first.
+    StaticCredentials,
+    /// Cloud actions no run could be tied to.
+    Unattributed,
+    /// Migration figures: short-lived share, long-lived in use, token lifetimes, denials.
+    Posture,
+}
+
+fn get(base: &str, name: &str, arg: Option<&str>) -> Result<Value> {
+    let mut url = format!("{}/v1/query/{name}", base.trim_end_matches('/'));
+    if let Some(a) = arg {
+        url.push('/');
+        url.push_str(&percent(a));
+    }
+    let mut resp = ureq::get(&url).config().http_status_as_error(false).build().call().with_context(|| format!("asking {url}"))?;
+    let status = resp.status();
+    let body = resp.body_mut().read_to_string().context("reading the collector's answer")?;
+    let v: Value = serde_json::from_str(&body).with_context(|| format!("collector answered {status} with non-JSON"))?;
+    if !status.is_success() {
+        bail!("{}", v["error"].as_str().unwrap_or(&body));
+    }
+    Ok(v)
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~:".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Unix seconds as UTC `YYYY-MM-DD HH:MM:SS` (civil-from-days, Howard Hinnant's method).
+fn when(v: &Value) -> String {
+    let Some(t) = v.as_i64() else { return text(v) };
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// Cell text: time columns as dates, the rest as they are.
+fn cell(key: &str, v: &Value) -> String {
+    if matches!(key, "time" | "first_seen" | "last_seen" | "started" | "ended" | "issued_at" | "expires_at") { when(v) } else { text(v) }
+}
+
+/// A left-aligned table of `cols` from `rows`.
+fn table(rows: &[Value], cols: &[(&str, &str)]) {
+    if rows.is_empty() {
+        println!("  (none)");
+        return;
+    }
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|(k, _)| cell(k, &r[*k])).collect()).collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (_, h))| cells.iter().map(|c| c[i].chars().count()).max().unwrap_or(0).max(h.len()).min(70))
+        .collect();
+    let line = |vals: Vec<String>| {
+        let parts: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| format!("{:<w$}", v.chars().take(*w).collect::<String>(), w = *w)).collect();
+        println!("  {}", parts.join("  ").trim_end());
+    };
+    line(cols.iter().map(|(_, h)| (*h).to_owned()).collect());
+    for c in cells {
+        line(c);
+    }
+}
+
+fn print_trace(v: &Value) {
+    let a = &v["action"];
+    println!("cloud action {} {} {} at {} by {}", text(&a["id"]), text(&a["service"]), text(&a["action"]), when(&a["time"]), text(&a["principal"]));
+    if !v["attributed"].as_bool().unwrap_or(false) {
+        println!("  NOT ATTRIBUTED: no workload run could be tied to it (access key {})", text(&a["access_key_id"]));
+        return;
+    }
+    for at in v["attribution"].as_array().into_iter().flatten() {
+        let run = &at["run"];
+        println!("\n  run {}  ({} confidence {})", text(&run["run_id"]), text(&at["reason"]), text(&at["confidence"]));
+        println!("    node {}  pod {}  container {}  unit {}", text(&run["node"]), text(&run["pod_uid"]), text(&run["container_id"]), text(&run["unit"]));
+        let c = &at["credential"];
+        if !c.is_null() {
+            println!("    credential {} {} key {} fingerprint {}", text(&c["detector"]), text(&c["class"]), text(&c["access_key_id"]), text(&c["fingerprint"]));
+        }
+        println!("    obtained: {}", text(&at["obtained"]["how"]));
+        if let Some(t) = at["obtained"].get("token").filter(|t| !t.is_null()) {
+            println!("      token jti {} for {} (ttl {} s)", text(&t["jti"]), text(&t["spiffe_id"]), text(&t["ttl"]));
+        }
+        println!("    processes:");
+        table(at["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("pid", "PID"), ("binary_path", "BINARY"), ("sha256", "SHA256"), ("exec_id", "EXEC")]);
+        for p in at["processes"].as_array().into_iter().flatten().take(1) {
+            let chain: Vec<String> = p["ancestry"].as_array().into_iter().flatten().map(|a| format!("{}({})", text(&a["comm"]), text(&a["pid"]))).collect();
+            if !chain.is_empty() {
+                println!("    ancestry: {}", chain.join(" <- "));
+            }
+        }
+    }
+}
+
+fn render(cmd: &Cmd, v: &Value) {
+    match cmd {
+        Cmd::Trace { .. } => print_trace(v),
+        Cmd::WhoUsed { credential } => {
+            println!("runs that used {credential}:");
+            table(v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("run_id", "RUN"), ("class", "CLASS"), ("uses", "USES"), ("first_seen", "FIRST"), ("last_seen", "LAST"), ("destinations", "DESTINATIONS")]);
+            println!("cloud actions with it:");
+            table(v["cloud_actions"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("id", "EVENT"), ("action", "ACTION"), ("run_id", "RUN"), ("reason", "REASON")]);
+        }
+        Cmd::Run { .. } => {
+            let r = &v["run"];
+            println!("run {} on {} ({}), started {}, ended {}", text(&r["run_id"]), text(&r["node"]), text(&r["kind"]), when(&r["started"]), when(&r["ended"]));
+            for e in v["timeline"].as_array().into_iter().flatten() {
+                let d = &e["detail"];
+                let what = match e["what"].as_str().unwrap_or("") {
+                    "exec" => format!("exec pid {} {} sha256 {}", text(&d["pid"]), text(&d["binary_path"]), text(&d["sha256"])),
+                    "exit" => format!("exit pid {}", text(&d["pid"])),
+                    "token_issued" => format!("token issued {} jti {} ttl {}", text(&d["spiffe_id"]), text(&d["jti"]), text(&d["ttl"])),
+                    "token_denied" => format!("token denied: {} ({})", text(&d["reason"]), text(&d["detail"])),
+                    "credential_use" => format!("used {} {} {} -> {} {} {}", text(&d["class"]), text(&d["detector"]), text(&d["access_key_id"]), text(&d["destination"]), text(&d["method"]), text(&d["path"])),
+                    "credential_file_read" => format!("read {} ({})", text(&d["path"]), text(&d["file_kind"])),
+                    "cloud_action" => format!("cloud {} {} [{}]", text(&d["service"]), text(&d["action"]), text(&d["id"])),
+                    other => other.to_owned(),
+                };
+                println!("  {}  {what}", when(&e["time"]));
+            }
+        }
+        Cmd::StaticCredentials => {
+            println!("long-lived credentials in use (shared first):");
+            table(v["static_credentials"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("access_key_id", "KEY ID"), ("token_family", "FAMILY"), ("detector", "DETECTOR"), ("runs", "RUNS"), ("uses", "USES"), ("fingerprint", "FINGERPRINT"), ("run_ids", "RUN IDS")]);
+        }
+        Cmd::Unattributed => {
+            println!("cloud actions no run could be tied to:");
+            table(v["unattributed"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("id", "EVENT"), ("time", "TIME"), ("service", "SERVICE"), ("action", "ACTION"), ("principal", "PRINCIPAL"), ("access_key_id", "KEY ID"), ("source_ip", "SOURCE IP")]);
+        }
+        Cmd::Posture => {
+            for (k, label) in [
+                ("share_of_runs_short_lived_only", "share of runs using only short-lived credentials"),
+                ("runs_using_credentials", "runs using credentials"),
+                ("long_lived_credentials_in_use", "long-lived credentials in use"),
+                ("tokens_issued", "tokens issued"),
+                ("mean_token_lifetime_seconds", "mean token lifetime (s)"),
+                ("cloud_actions", "cloud actions"),
+                ("cloud_actions_attributed", "cloud actions attributed"),
+                ("median_seconds_to_attribute", "median time to attribute (s)"),
+            ] {
+                println!("  {label:<52} {}", text(&v[k]));
+            }
+            println!("  long-lived credentials by runs:");
+            table(v["long_lived_credentials"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("access_key_id", "KEY ID"), ("fingerprint", "FINGERPRINT"), ("runs", "RUNS")]);
+            println!("  token denials by reason:");
+            table(v["denials_by_reason"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("reason", "REASON"), ("count", "COUNT")]);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (name, arg) = match &cli.cmd {
+        Cmd::Trace { cloud_event_id } => ("trace", Some(cloud_event_id.as_str())),
+        Cmd::WhoUsed { credential } => ("who-used", Some(credential.as_str())),
+        Cmd::Run { run_id } => ("run", Some(run_id.as_str())),
+        Cmd::StaticCredentials => ("static-credentials", None),
+        Cmd::Unattributed => ("unattributed", None),
+        Cmd::Posture => ("posture", None),
+    };
+    match get(&cli.collector, name, arg) {
+        Ok(v) => {
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                render(&cli.cmd, &v);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sigil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

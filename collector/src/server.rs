@@ -1,0 +1,201 @@
+//! The collector's network face: gRPC (agent ingest, queries) and HTTP/JSON (queries,
+//! audit-log uploads). Every handler hands the work to the store on a blocking thread.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::{Context, Result, bail};
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path as UrlPath, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use sigil_proto::v1::{
+    PushRequest, PushResponse, QueryRequest, QueryResponse,
+    ingest_server::{Ingest, IngestServer},
+    query_server::{Query as QueryApi, QueryServer},
+};
+use tonic::{Request, Response as GrpcResponse, Status, transport::{Certificate, Identity, Server, ServerTlsConfig}};
+use tracing::{info, warn};
+
+use crate::{
+    cloud::{Parsed, cloudtrail, gcp},
+    store::{AgentEvent, Query, Store, StoreError},
+};
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// TLS for the agent-facing gRPC port: server identity, and the CA agents' client
+/// certificates must chain to.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+pub struct ServerConfig {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::BadArgument(format!("task failed: {e}"))))
+}
+
+/// Stores a batch and correlates what it may have made attributable.
+pub async fn push(store: &SharedStore, node: String, events: Vec<AgentEvent>) -> Result<crate::store::IngestOutcome, StoreError> {
+    let s = store.clone();
+    blocking(move || {
+        let out = s.ingest_events(&node, &events)?;
+        if out.stored > 0 {
+            s.correlate()?;
+        }
+        Ok(out)
+    })
+    .await
+}
+
+pub async fn ingest_cloud(store: &SharedStore, parsed: Parsed) -> Result<Value, StoreError> {
+    let s = store.clone();
+    blocking(move || {
+        let out = s.ingest_cloud(&parsed.actions)?;
+        let links = s.correlate()?;
+        Ok(json!({
+            "stored": out.stored,
+            "duplicates": out.duplicates,
+            "links_created": links,
+            "errors": parsed.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }))
+    })
+    .await
+}
+
+pub async fn ask(store: &SharedStore, q: Query) -> Result<Value, StoreError> {
+    let s = store.clone();
+    blocking(move || s.query(&q)).await
+}
+
+// === gRPC ===
+
+struct IngestService(SharedStore);
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn push(&self, req: Request<PushRequest>) -> Result<GrpcResponse<PushResponse>, Status> {
+        let body = req.into_inner();
+        if body.node.is_empty() {
+            return Err(Status::invalid_argument("node must be set"));
+        }
+        let events = body.events.into_iter().map(|e| AgentEvent { id: e.id, kind: e.kind, json: e.json }).collect();
+        let out = push(&self.0, body.node, events).await.map_err(|e| Status::internal(e.to_string()))?;
+        if out.rejected > 0 {
+            warn!("rejected {} events: {}", out.rejected, out.errors.join("; "));
+        }
+        Ok(GrpcResponse::new(PushResponse { stored: out.stored, duplicates: out.duplicates, rejected: out.rejected, errors: out.errors }))
+    }
+}
+
+struct QueryService(SharedStore);
+
+#[tonic::async_trait]
+impl QueryApi for QueryService {
+    async fn ask(&self, req: Request<QueryRequest>) -> Result<GrpcResponse<QueryResponse>, Status> {
+        let r = req.into_inner();
+        let q = Query::parse(&r.name, &r.argument).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match ask(&self.0, q).await {
+            Ok(v) => Ok(GrpcResponse::new(QueryResponse { json: v.to_string().into_bytes() })),
+            Err(StoreError::NotFound(m)) => Err(Status::not_found(m)),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+// === HTTP ===
+
+struct ApiError(StoreError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = match self.0 {
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::BadArgument(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (code, Json(json!({"error": self.0.to_string()}))).into_response()
+    }
+}
+
+async fn http_query(State(s): State<SharedStore>, UrlPath((name, arg)): UrlPath<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let q = Query::parse(&name, &arg).map_err(ApiError)?;
+    ask(&s, q).await.map(Json).map_err(ApiError)
+}
+
+async fn http_query_plain(State(s): State<SharedStore>, UrlPath(name): UrlPath<String>) -> Result<Json<Value>, ApiError> {
+    let q = Query::parse(&name, "").map_err(ApiError)?;
+    ask(&s, q).await.map(Json).map_err(ApiError)
+}
+
+async fn http_cloudtrail(State(s): State<SharedStore>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    ingest_cloud(&s, cloudtrail::parse("<http body>", &body)).await.map(Json).map_err(ApiError)
+}
+
+async fn http_gcp(State(s): State<SharedStore>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    ingest_cloud(&s, gcp::parse("<http body>", &body)).await.map(Json).map_err(ApiError)
+}
+
+pub fn http_router(store: SharedStore) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/query/{name}", get(http_query_plain))
+        .route("/v1/query/{name}/{arg}", get(http_query))
+        .route("/v1/ingest/cloudtrail", post(http_cloudtrail))
+        .route("/v1/ingest/gcp-audit", post(http_gcp))
+        .with_state(store)
+}
+
+/// Serves gRPC and HTTP until `shutdown` resolves.
+pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    if cfg.tls.is_none() && !cfg.grpc.ip().is_loopback() {
+        bail!("refusing plaintext gRPC on {} (not loopback): give --tls-cert, --tls-key and --client-ca", cfg.grpc);
+    }
+    let mut builder = Server::builder();
+    if let Some(t) = &cfg.tls {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?))
+            .client_ca_root(Certificate::from_pem(read(&t.client_ca)?));
+        builder = builder.tls_config(tls).context("TLS configuration")?;
+    }
+    let http = tokio::net::TcpListener::bind(cfg.http).await.with_context(|| format!("binding {}", cfg.http))?;
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc).await.with_context(|| format!("binding {}", cfg.grpc))?;
+    info!("collector: gRPC on {} ({}), HTTP on {}", cfg.grpc, if cfg.tls.is_some() { "mTLS" } else { "plaintext, loopback" }, cfg.http);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut rx2 = rx.clone();
+    let grpc = builder
+        .add_service(IngestServer::new(IngestService(store.clone())))
+        .add_service(QueryServer::new(QueryService(store.clone())))
+        .serve_with_incoming_shutdown(tokio_stream_listener(grpc_listener), async move {
+            let _ = rx2.wait_for(|v| *v).await;
+        });
+    let mut rx3 = rx.clone();
+    let web = axum::serve(http, http_router(store)).with_graceful_shutdown(async move {
+        let _ = rx3.wait_for(|v| *v).await;
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let (g, w) = tokio::join!(grpc, web);
+    g.context("gRPC server")?;
+    w.context("HTTP server")?;
+    Ok(())
+}
+
+fn tokio_stream_listener(l: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(l)
+}

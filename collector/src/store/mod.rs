@@ -1,0 +1,79 @@
+//! Storage behind a trait: the collector's logic (ingest, correlation, queries) talks to
+//! [`Store`]; SQLite ([`sqlite::SqliteStore`]) is the embedded default that needs no setup.
+
+pub mod sqlite;
+
+use serde::Serialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::cloud::CloudAction;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("database lock poisoned")]
+    Poisoned,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadArgument(String),
+}
+
+/// One agent event to store.
+#[derive(Debug, Clone)]
+pub struct AgentEvent {
+    pub id: String,
+    pub kind: String,
+    pub json: Vec<u8>,
+}
+
+/// What happened to a batch. Counts add up to the batch size.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub stored: u32,
+    pub duplicates: u32,
+    pub rejected: u32,
+    pub errors: Vec<String>,
+}
+
+/// The questions incident responders ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// A cloud action id (CloudTrail eventID, GCP insertId).
+    Trace(String),
+    /// An access key id, a fingerprint or a jti.
+    WhoUsed(String),
+    Run(String),
+    StaticCredentials,
+    Unattributed,
+    Posture,
+}
+
+impl Query {
+    pub fn parse(name: &str, arg: &str) -> Result<Self, StoreError> {
+        let need = |what: &str| -> Result<String, StoreError> {
+            if arg.is_empty() { Err(StoreError::BadArgument(format!("{name} needs {what}"))) } else { Ok(arg.to_owned()) }
+        };
+        Ok(match name {
+            "trace" => Query::Trace(need("a cloud event id")?),
+            "who-used" => Query::WhoUsed(need("an access key id, fingerprint or jti")?),
+            "run" => Query::Run(need("a run id")?),
+            "static-credentials" => Query::StaticCredentials,
+            "unattributed" => Query::Unattributed,
+            "posture" => Query::Posture,
+            other => return Err(StoreError::BadArgument(format!("unknown query {other:?}"))),
+        })
+    }
+}
+
+pub trait Store: Send + Sync {
+    fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError>;
+    fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError>;
+    /// Links unattributed cloud actions to runs; returns how many links were created.
+    fn correlate(&self) -> Result<usize, StoreError>;
+    fn query(&self, q: &Query) -> Result<Value, StoreError>;
+    /// Deletes what is older than `before` (unix seconds); returns rows deleted.
+    fn retain(&self, before: i64) -> Result<usize, StoreError>;
+}
