@@ -31,6 +31,88 @@ pub fn agent_bin() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sigil-agent"))
 }
 
+/// A binary built next to the agent (`sigil-collector`, `sigil`).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    agent_bin().with_file_name(name)
+}
+
+/// A running `sigil-collector serve` on loopback ports, killed on drop.
+pub struct Collector {
+    child: Child,
+    pub db: PathBuf,
+    pub grpc: String,
+    pub http: String,
+    pub log: Lines,
+}
+
+impl Collector {
+    pub fn start(db: &Path) -> Self {
+        Self::start_on(db, free_port(), free_port())
+    }
+
+    /// Starts on given ports (a restart reuses them, as agents keep their URL).
+    pub fn start_on(db: &Path, grpc: u16, http: u16) -> Self {
+        let mut child = Command::new(sibling_bin("sigil-collector"))
+            .arg("--db")
+            .arg(db)
+            .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Lines::default().follow(child.stderr.take().unwrap());
+        log.wait_line("collector start-up", |l| l.contains("collector: gRPC on"));
+        Self { child, db: db.to_owned(), grpc: format!("http://127.0.0.1:{grpc}"), http: format!("http://127.0.0.1:{http}"), log }
+    }
+
+    pub fn ports(&self) -> (u16, u16) {
+        let port = |u: &str| u.rsplit(':').next().unwrap().parse().unwrap();
+        (port(&self.grpc), port(&self.http))
+    }
+
+    /// Kills it hard (no graceful shutdown), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `sigil --json <args>` against this collector.
+    pub fn sigil(&self, args: &[&str]) -> Value {
+        let out = Command::new(sibling_bin("sigil")).args(["--collector", &self.http, "--json"]).args(args).output().unwrap();
+        assert!(out.status.success(), "sigil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `sigil <args>` as a person sees it.
+    pub fn sigil_text(&self, args: &[&str]) -> String {
+        let out = Command::new(sibling_bin("sigil")).args(["--collector", &self.http]).args(args).output().unwrap();
+        assert!(out.status.success(), "sigil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls a query until `pred` holds (events arrive asynchronously).
+    pub fn wait_for(&self, what: &str, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = Command::new(sibling_bin("sigil")).args(["--collector", &self.http, "--json"]).args(args).output().unwrap();
+            if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+                if pred(&v) {
+                    return v;
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Lines a process wrote, and a way to wait for one that matches.
 #[derive(Clone, Default)]
 pub struct Lines {

@@ -1,0 +1,282 @@
+#![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
+//! The collector end to end: real agent -> real gRPC -> real SQLite; CloudTrail records
+//! in the real format; attribution asked through the `sigil` CLI.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use sigil_tests::*;
+
+const POD_A: &str = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa";
+const POD_B: &str = "bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb";
+const CTR_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+const CTR_B: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+const AKIA: &str = "AKIASIGILE2E0000001";
+const ASIA: &str = "ASIASIGILE2E0000002";
+
+fn pod(uid: &str, ctr: &str) -> String {
+    format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ctr}.scope", uid.replace('-', "_"))
+}
+
+fn https_server(dir: &Path) -> (std::process::Child, u16) {
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let port = free_port();
+    let mut child = Command::new(python())
+        .arg(python_script("http_server.py"))
+        .arg(port.to_string())
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("READY"));
+    (child, port)
+}
+
+fn now_rfc3339() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// CloudTrail records in the delivered format for what the two workloads did, plus one
+/// call nobody on this node made.
+fn cloudtrail(jti: &str, spiffe_id: &str, issuer_host: &str) -> String {
+    let t = now_rfc3339();
+    json!({"Records": [
+        {"eventVersion": "1.09", "eventID": "ct-static-1", "eventTime": t, "eventSource": "s3.amazonaws.com", "eventName": "ListObjectsV2",
+         "awsRegion": "eu-west-1", "sourceIPAddress": "203.0.113.10", "userAgent": "Boto3/1.44.5 md/Botocore#1.44.5",
+         "userIdentity": {"type": "IAMUser", "principalId": "AIDASIGILE2E", "arn": "arn:aws:iam::111122223333:user/ci-deployer",
+                          "accountId": "111122223333", "accessKeyId": AKIA, "userName": "ci-deployer"},
+         "requestParameters": {"bucketName": "sigil-demo-bucket", "list-type": "2"}, "responseElements": null,
+         "readOnly": true, "eventType": "AwsApiCall", "managementEvent": false, "recipientAccountId": "111122223333"},
+        {"eventVersion": "1.08", "eventID": "ct-assume-2", "eventTime": t, "eventSource": "sts.amazonaws.com", "eventName": "AssumeRoleWithWebIdentity",
+         "awsRegion": "eu-west-1", "sourceIPAddress": "203.0.113.11", "userAgent": "Boto3/1.44.5",
+         "userIdentity": {"type": "WebIdentityUser", "principalId": format!("{issuer_host}:sts.amazonaws.com:{spiffe_id}"),
+                          "userName": spiffe_id, "identityProvider": issuer_host},
+         "requestParameters": {"roleArn": "arn:aws:iam::111122223333:role/checkout", "roleSessionName": jti, "durationSeconds": 900},
+         "responseElements": {"credentials": {"accessKeyId": ASIA, "expiration": "Nov 23, 2026, 3:30:00 PM"},
+                              "subjectFromWebIdentityToken": spiffe_id,
+                              "assumedRoleUser": {"assumedRoleId": format!("AROASIGILE2E:{jti}"), "arn": format!("arn:aws:sts::111122223333:assumed-role/checkout/{jti}")},
+                              "provider": format!("arn:aws:iam::111122223333:oidc-provider/{issuer_host}"), "audience": "sts.amazonaws.com"},
+         "readOnly": true, "eventType": "AwsApiCall", "recipientAccountId": "111122223333"},
+        {"eventVersion": "1.09", "eventID": "ct-temp-3", "eventTime": t, "eventSource": "s3.amazonaws.com", "eventName": "PutObject",
+         "awsRegion": "eu-west-1", "sourceIPAddress": "203.0.113.11", "userAgent": "Boto3/1.44.5",
+         "userIdentity": {"type": "AssumedRole", "principalId": format!("AROASIGILE2E:{jti}"), "arn": format!("arn:aws:sts::111122223333:assumed-role/checkout/{jti}"),
+                          "accountId": "111122223333", "accessKeyId": ASIA,
+                          "sessionContext": {"sessionIssuer": {"type": "Role", "arn": "arn:aws:iam::111122223333:role/checkout"},
+                                             "attributes": {"creationDate": t, "mfaAuthenticated": "false"}}},
+         "requestParameters": {"bucketName": "sigil-demo-bucket", "key": "orders/1.json"}, "responseElements": null,
+         "readOnly": false, "eventType": "AwsApiCall", "recipientAccountId": "111122223333"},
+        {"eventVersion": "1.09", "eventID": "ct-unknown-4", "eventTime": t, "eventSource": "iam.amazonaws.com", "eventName": "CreateAccessKey",
+         "awsRegion": "us-east-1", "sourceIPAddress": "198.51.100.99", "userAgent": "aws-cli/2.15",
+         "userIdentity": {"type": "IAMUser", "principalId": "AIDAUNKNOWN", "arn": "arn:aws:iam::111122223333:user/intruder",
+                          "accountId": "111122223333", "accessKeyId": "AKIASIGILNOTONNODE99", "userName": "intruder"},
+         "requestParameters": {"userName": "intruder"}, "responseElements": {"accessKey": {"accessKeyId": "AKIASIGILNEWKEY00003", "status": "Active"}},
+         "eventType": "AwsApiCall", "recipientAccountId": "111122223333"}
+    ]})
+    .to_string()
+}
+
+#[test]
+fn cloud_actions_are_traced_to_the_runs_that_made_them_and_survive_a_restart() {
+    let dir = scratch_dir();
+    let collector = Collector::start(&dir.join("collector.db"));
+    let client = unique_client(&dir, "checkout");
+    let rogue = unique_client(&dir, "rogue");
+    let policy = dir.join("policy.toml");
+    fs::write(&policy, format!("trust_domain = \"sigil.test\"\n[[entry]]\nspiffe_id = \"spiffe://sigil.test/checkout\"\nttl_seconds = 300\nselectors = [\"k8s:pod-uid:{POD_B}\", \"unix:sha256:{}\"]\n", sha256sum(&client))).unwrap();
+    let oidc = free_port();
+    let socket = dir.join("w.sock");
+    let agent = Agent::start(&[
+        "--collector", &collector.grpc, "--state-dir", &dir.join("state").display().to_string(),
+        "--policy", &policy.display().to_string(), "--socket", &socket.display().to_string(),
+        "--oidc-listen", &format!("127.0.0.1:{oidc}"),
+    ]);
+    agent.stderr.wait_line("TLS capture", |l| l.contains("TLS capture attached") && l.contains("libssl"));
+    let (mut server, port) = https_server(&dir);
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let script = python_script("aws_client.py").display().to_string();
+
+    // Workload A: a long-lived key.
+    let a = TestCgroup::create(&pod(POD_A, CTR_A));
+    assert_eq!(a.run(&python(), &[&script, &endpoint, AKIA, "PLANTEDstaticSECRETkey0000000000000000001"]).1, "SENT");
+    // Workload B: a Sigil token, exchanged (out of band) for temporary credentials.
+    let b = TestCgroup::create(&pod(POD_B, CTR_B));
+    let (code, _, err) = b.run(&client, &["token", "--audience", "sts.amazonaws.com", "--socket", &socket.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let issued = agent.wait_event("token_issued", |v| v["kind"] == "token_issued");
+    let jti = issued["jti"].as_str().unwrap().to_owned();
+    assert_eq!(b.run(&python(), &[&script, &endpoint, ASIA, "PLANTEDtempSECRETkey000000000000000000002", "PLANTEDsessionTOKEN"]).1, "SENT");
+    // And one refused request, for the posture figures.
+    assert_ne!(b.run(&rogue, &["token", "--audience", "sts.amazonaws.com", "--socket", &socket.display().to_string()]).0, 0);
+
+    collector.wait_for("both credential uses stored", &["posture"], |v| v["runs_using_credentials"] == 2 && v["tokens_issued"] == 1);
+    let trail = dir.join("trail.json");
+    fs::write(&trail, cloudtrail(&jti, "spiffe://sigil.test/checkout", &format!("127.0.0.1:{oidc}"))).unwrap();
+    let out = Command::new(sibling_bin("sigil-collector")).arg("--db").arg(&collector.db).args(["ingest", "cloudtrail"]).arg(&trail).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ingested 4 cloud actions"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let check = |c: &Collector| {
+        let t = c.sigil(&["trace", "ct-static-1"]);
+        let at = &t["attribution"][0];
+        assert_eq!(at["run"]["run_id"], format!("container:{CTR_A}"));
+        assert_eq!(at["run"]["pod_uid"], POD_A);
+        assert_eq!(at["reason"], "access_key_id_in_window");
+        assert_eq!(at["credential"]["class"], "static");
+        assert_eq!(at["credential"]["access_key_id"], AKIA);
+        assert!(at["processes"].as_array().unwrap().iter().any(|p| p["binary_path"].as_str().unwrap().contains("python")));
+        assert!(at["obtained"]["how"].as_str().unwrap().contains("long-lived"));
+
+        let t = c.sigil(&["trace", "ct-assume-2"]);
+        assert_eq!(t["attribution"][0]["run"]["run_id"], format!("container:{CTR_B}"));
+        assert_eq!(t["attribution"][0]["reason"], "web_identity_token_jti");
+        assert_eq!(t["attribution"][0]["obtained"]["token"]["jti"], jti.as_str());
+
+        let t = c.sigil(&["trace", "ct-temp-3"]);
+        assert_eq!(t["attribution"][0]["run"]["run_id"], format!("container:{CTR_B}"));
+        assert_eq!(t["attribution"][0]["reason"], "temporary_key_from_attributed_assume_role");
+        assert_eq!(c.sigil(&["trace", "ct-unknown-4"])["attributed"], false);
+
+        let unattributed = c.sigil(&["unattributed"]);
+        let ids: Vec<&str> = unattributed["unattributed"].as_array().unwrap().iter().filter_map(|a| a["id"].as_str()).collect();
+        assert_eq!(ids, ["ct-unknown-4"]);
+
+        let statics = c.sigil(&["static-credentials"]);
+        let s = &statics["static_credentials"];
+        assert_eq!(s.as_array().unwrap().len(), 1);
+        assert_eq!(s[0]["access_key_id"], AKIA);
+        assert_eq!(s[0]["runs"], 1);
+        assert_eq!(s[0]["run_ids"], format!("container:{CTR_A}"));
+
+        let p = c.sigil(&["posture"]);
+        assert_eq!(p["runs_using_credentials"], 2);
+        assert_eq!(p["runs_using_only_short_lived_credentials"], 1);
+        assert_eq!(p["share_of_runs_short_lived_only"], 0.5);
+        assert_eq!(p["long_lived_credentials_in_use"], 1);
+        assert_eq!(p["tokens_issued"], 1);
+        assert_eq!(p["mean_token_lifetime_seconds"], 300.0);
+        assert_eq!(p["denials_by_reason"], json!([{"reason": "binary_hash_mismatch", "count": 1}]));
+        assert_eq!(p["cloud_actions"], 4);
+        assert_eq!(p["cloud_actions_attributed"], 3);
+
+        let who = c.sigil(&["who-used", AKIA]);
+        assert_eq!(who["runs"][0]["run_id"], format!("container:{CTR_A}"));
+        let timeline = c.sigil(&["run", &format!("container:{CTR_B}")]);
+        let whats: Vec<&str> = timeline["timeline"].as_array().unwrap().iter().filter_map(|e| e["what"].as_str()).collect();
+        for w in ["exec", "token_issued", "token_denied", "credential_use", "cloud_action"] {
+            assert!(whats.contains(&w), "timeline lacks {w}: {whats:?}");
+        }
+    };
+    check(&collector);
+    // A readable answer for people too.
+    let text = collector.sigil_text(&["trace", "ct-static-1"]);
+    assert!(text.contains(CTR_A) && text.contains(AKIA), "{text}");
+
+    // Restart: everything stored before still answers.
+    let (g, h) = collector.ports();
+    let db = collector.db.clone();
+    collector.kill();
+    let collector = Collector::start_on(&db, g, h);
+    check(&collector);
+
+    // Planted secrets are in no agent output and nowhere in the collector's database.
+    let db_bytes = fs::read(&db).unwrap();
+    for secret in ["PLANTEDstaticSECRETkey0000000000000000001", "PLANTEDtempSECRETkey000000000000000000002", "PLANTEDsessionTOKEN"] {
+        assert!(!db_bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in the collector database");
+        assert!(agent.stdout.snapshot().iter().all(|l| !l.contains(secret)));
+    }
+    let _ = server.kill();
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn every_event_arrives_exactly_once_across_a_collector_crash() {
+    let dir = scratch_dir();
+    let collector = Collector::start(&dir.join("collector.db"));
+    let (g, h) = collector.ports();
+    let agent = Agent::start(&[
+        "--collector", &collector.grpc, "--state-dir", &dir.join("state").display().to_string(), "--no-trace",
+    ]);
+    let cg = TestCgroup::create("exactly-once.slice/load.scope");
+    // A workload exec'ing steadily for ~6 s while the collector dies and comes back.
+    let mut load = cg.spawn(Path::new("/bin/sh"), &["-c", "i=0; while [ $i -lt 300 ]; do /bin/true; sleep 0.02; i=$((i+1)); done"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    collector.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let collector = Collector::start_on(&dir.join("collector.db"), g, h);
+    assert!(load.wait().unwrap().success());
+
+    let emitted = |agent: &Agent| {
+        agent.events().iter().filter(|v| v["kind"] == "process_exec" && v["cgroup"]["path"] == cg.path.as_str()).count()
+    };
+    // Every exec the agent reported must reach the database once: wait for the spool to drain.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let conn = rusqlite::Connection::open(&collector.db).unwrap();
+    let (total, distinct) = loop {
+        let counts: (i64, i64) = conn
+            .query_row(
+                "SELECT count(*), count(DISTINCT json_extract(json, '$.exec_id')) FROM events
+                 WHERE kind = 'process_exec' AND json_extract(json, '$.cgroup.path') = ?1",
+                [cg.path.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        if counts.0 as usize >= emitted(&agent) || Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let n = emitted(&agent);
+    assert!(n >= 250, "the workload exec'd ~301 times, the agent reported {n}");
+    assert_eq!(total as usize, n, "stored exactly the events the agent emitted");
+    assert_eq!(distinct, total, "no event stored twice");
+    let stats = agent.wait_event("agent_stats after the outage", |v| {
+        v["kind"] == "agent_stats" && v["export"]["send_errors"].as_u64().unwrap_or(0) > 0 && v["export"]["spool"]["depth_events"] == 0
+    });
+    assert_eq!(stats["export"]["spool"]["dropped_total"], 0);
+    drop(collector);
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn malformed_cloudtrail_files_report_each_bad_record_and_keep_the_rest() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/tests/data/cloudtrail");
+    for (file, stored, errors, needles) in [
+        ("truncated.json", 2, 1, vec!["byte", "truncated"]),
+        ("records.jsonl", 3, 1, vec!["line 2: not JSON"]),
+        ("bad_types.json", 2, 4, vec!["record 2: field `eventTime` is not a string", "record 4: missing field `eventID`"]),
+    ] {
+        let dir = scratch_dir();
+        let db = dir.join("c.db");
+        let out = Command::new(sibling_bin("sigil-collector")).arg("--db").arg(&db).args(["ingest", "cloudtrail"]).arg(data.join(file)).output().unwrap();
+        assert!(out.status.success(), "{file}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stderr.lines().filter(|l| l.starts_with("skipped: ")).count(), errors, "{file}: {stderr}");
+        for n in needles {
+            assert!(stderr.contains(n) && stderr.contains(file), "{file}: {stderr}");
+        }
+        assert!(stdout.contains(&format!("ingested {stored} cloud actions")), "{file}: {stdout}");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM cloud_actions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n as usize, stored, "{file}");
+        let _ = fs::remove_dir_all(dir);
+    }
+}
