@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sigil_tests::*;
 
 const POD_A: &str = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa";
@@ -55,42 +55,15 @@ fn now_rfc3339() -> String {
 }
 
 /// CloudTrail records in the delivered format for what the two workloads did, plus one
-/// call nobody on this node made.
+/// call nobody on this node made (the template the demo uses too).
 fn cloudtrail(jti: &str, spiffe_id: &str, issuer_host: &str) -> String {
-    let t = now_rfc3339();
-    json!({"Records": [
-        {"eventVersion": "1.09", "eventID": "ct-static-1", "eventTime": t, "eventSource": "s3.amazonaws.com", "eventName": "ListObjectsV2",
-         "awsRegion": "eu-west-1", "sourceIPAddress": "203.0.113.10", "userAgent": "Boto3/1.44.5 md/Botocore#1.44.5",
-         "userIdentity": {"type": "IAMUser", "principalId": "AIDASIGILE2E", "arn": "arn:aws:iam::111122223333:user/ci-deployer",
-                          "accountId": "111122223333", "accessKeyId": AKIA, "userName": "ci-deployer"},
-         "requestParameters": {"bucketName": "sigil-demo-bucket", "list-type": "2"}, "responseElements": null,
-         "readOnly": true, "eventType": "AwsApiCall", "managementEvent": false, "recipientAccountId": "111122223333"},
-        {"eventVersion": "1.08", "eventID": "ct-assume-2", "eventTime": t, "eventSource": "sts.amazonaws.com", "eventName": "AssumeRoleWithWebIdentity",
-         "awsRegion": "eu-west-1", "sourceIPAddress": "203.0.113.11", "userAgent": "Boto3/1.44.5",
-         "userIdentity": {"type": "WebIdentityUser", "principalId": format!("{issuer_host}:sts.amazonaws.com:{spiffe_id}"),
-                          "userName": spiffe_id, "identityProvider": issuer_host},
-         "requestParameters": {"roleArn": "arn:aws:iam::111122223333:role/checkout", "roleSessionName": jti, "durationSeconds": 900},
-         "responseElements": {"credentials": {"accessKeyId": ASIA, "expiration": "Nov 23, 2026, 3:30:00 PM"},
-                              "subjectFromWebIdentityToken": spiffe_id,
-                              "assumedRoleUser": {"assumedRoleId": format!("AROASIGILE2E:{jti}"), "arn": format!("arn:aws:sts::111122223333:assumed-role/checkout/{jti}")},
-                              "provider": format!("arn:aws:iam::111122223333:oidc-provider/{issuer_host}"), "audience": "sts.amazonaws.com"},
-         "readOnly": true, "eventType": "AwsApiCall", "recipientAccountId": "111122223333"},
-        {"eventVersion": "1.09", "eventID": "ct-temp-3", "eventTime": t, "eventSource": "s3.amazonaws.com", "eventName": "PutObject",
-         "awsRegion": "eu-west-1", "sourceIPAddress": "203.0.113.11", "userAgent": "Boto3/1.44.5",
-         "userIdentity": {"type": "AssumedRole", "principalId": format!("AROASIGILE2E:{jti}"), "arn": format!("arn:aws:sts::111122223333:assumed-role/checkout/{jti}"),
-                          "accountId": "111122223333", "accessKeyId": ASIA,
-                          "sessionContext": {"sessionIssuer": {"type": "Role", "arn": "arn:aws:iam::111122223333:role/checkout"},
-                                             "attributes": {"creationDate": t, "mfaAuthenticated": "false"}}},
-         "requestParameters": {"bucketName": "sigil-demo-bucket", "key": "orders/1.json"}, "responseElements": null,
-         "readOnly": false, "eventType": "AwsApiCall", "recipientAccountId": "111122223333"},
-        {"eventVersion": "1.09", "eventID": "ct-unknown-4", "eventTime": t, "eventSource": "iam.amazonaws.com", "eventName": "CreateAccessKey",
-         "awsRegion": "us-east-1", "sourceIPAddress": "198.51.100.99", "userAgent": "aws-cli/2.15",
-         "userIdentity": {"type": "IAMUser", "principalId": "AIDAUNKNOWN", "arn": "arn:aws:iam::111122223333:user/intruder",
-                          "accountId": "111122223333", "accessKeyId": "AKIASIGILNOTONNODE99", "userName": "intruder"},
-         "requestParameters": {"userName": "intruder"}, "responseElements": {"accessKey": {"accessKeyId": "AKIASIGILNEWKEY00003", "status": "Active"}},
-         "eventType": "AwsApiCall", "recipientAccountId": "111122223333"}
-    ]})
-    .to_string()
+    let tmpl = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cloudtrail-story.json.tmpl")).unwrap();
+    tmpl.replace("{{TIME}}", &now_rfc3339())
+        .replace("{{AKIA}}", AKIA)
+        .replace("{{ASIA}}", ASIA)
+        .replace("{{JTI}}", jti)
+        .replace("{{SPIFFE_ID}}", spiffe_id)
+        .replace("{{ISSUER_HOST}}", issuer_host)
 }
 
 #[test]

@@ -21,7 +21,11 @@ pub fn ebpf_object() -> PathBuf {
 /// A host cargo command with the variables of the outer `cargo xtask` removed, so
 /// that a nested build picks its own toolchain and target.
 pub fn cargo() -> Command {
-    let mut cmd = Command::new("cargo");
+    cargo_env(Command::new("cargo"))
+}
+
+/// Removes what the outer `cargo xtask` set, so a nested tool picks its own toolchain.
+pub fn cargo_env(mut cmd: Command) -> Command {
     for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
         cmd.env_remove(var);
     }

@@ -1,10 +1,14 @@
-//! `cargo xtask demo`: the agent attesting workloads in kubelet-style cgroups and gating
-//! token issuance on what it attested.
+//! `cargo xtask demo`: the whole story on one machine.
 //!
-//! Starts the real agent, lays out a containerd pod, a CRI-O pod and a systemd unit in the
-//! cgroup2 hierarchy, runs a demo binary in each and prints what the agent attested. Then
-//! the registered checkout workload asks for a token and gets one, and another binary in
-//! the same pod asks and is refused.
+//! 1. A collector on SQLite, and the agent streaming to it.
+//! 2. The agent attests workloads in kubelet-style cgroups (a containerd pod, a CRI-O pod,
+//!    a systemd unit) and prints what it attested.
+//! 3. The registered checkout workload gets a Sigil token; another binary in its pod is
+//!    refused.
+//! 4. Two workloads call a local HTTPS endpoint with boto3: the ledger worker with a
+//!    long-lived AKIA key, checkout with temporary credentials obtained for its token.
+//! 5. CloudTrail records for those calls are ingested, and `sigil` answers: which run
+//!    made each call, with which credential, and the migration posture.
 
 use std::{
     fs,
@@ -20,7 +24,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{build, provision};
+use crate::{build, provision, test::PYTHON_PACKAGES};
 
 struct DemoWorkload {
     name: &'static str,
@@ -41,10 +45,25 @@ pub fn run() -> Result<()> {
     if !provision::is_root() {
         bail!("cargo xtask demo needs root: the agent loads eBPF programs and the demo creates cgroups");
     }
-    provision::debian_packages(&["mount", "util-linux"])?;
+    provision::debian_packages(&["mount", "util-linux", "openssl"])?;
+    let python = provision::python_env(PYTHON_PACKAGES)?;
     let bin_dir = build::all(false)?;
     let demo_dir = build::workspace_root().join("target/demo");
+    // A fresh story each run: the database and agent state from a previous demo go.
+    let _ = fs::remove_dir_all(&demo_dir);
     fs::create_dir_all(demo_dir.join("bin"))?;
+
+    println!("\n== starting sigil-collector (SQLite at target/demo/collector.db) ==");
+    let collector = Guard(
+        Command::new(bin_dir.join("sigil-collector"))
+            .arg("--db")
+            .arg(demo_dir.join("collector.db"))
+            .args(["serve", "--grpc-listen", DEMO_GRPC, "--http-listen", DEMO_HTTP])
+            .stderr(fs::File::create(demo_dir.join("collector.log"))?)
+            .spawn()
+            .context("starting sigil-collector")?,
+    );
+    wait_for_collector()?;
 
     let agent_bin = bin_dir.join("sigil-agent");
     // The checkout workload is a token client (a copy of the agent binary); a different
@@ -68,6 +87,9 @@ pub fn run() -> Result<()> {
         .arg(&pods)
         .arg("--socket")
         .arg(&socket)
+        .args(["--collector", &format!("http://{DEMO_GRPC}")])
+        .arg("--state-dir")
+        .arg(demo_dir.join("state"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -89,8 +111,13 @@ pub fn run() -> Result<()> {
         bail!("sigil-agent did not start (see its log above)");
     }
 
+    let endpoint = HttpsEndpoint::start(&python, &demo_dir)?;
     let result = run_workloads(&demo_dir, &events)
-        .and_then(|()| run_token_requests(&socket, &checkout, &rogue, &events));
+        .and_then(|()| run_token_requests(&socket, &checkout, &rogue, &events))
+        .and_then(|jti| run_cloud_story(&python, &endpoint, &bin_dir, &demo_dir, &jti));
+    remove_tree(&cgroup2_root()?.join("sigil-demo"));
+    drop(endpoint);
+    drop(collector);
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
     let _ = agent.wait();
     result
@@ -137,7 +164,6 @@ fn run_workloads(demo_dir: &Path, events: &mpsc::Receiver<Value>) -> Result<()> 
     for (_, child, _) in &mut children {
         kill(child);
     }
-    remove_tree(&top);
     if !pending.is_empty() {
         bail!("the agent did not report: {:?}", pending.iter().map(|p| p.0).collect::<Vec<_>>());
     }
@@ -146,6 +172,126 @@ fn run_workloads(demo_dir: &Path, events: &mpsc::Receiver<Value>) -> Result<()> 
 }
 
 const DEMO_OIDC: &str = "127.0.0.1:18443";
+const DEMO_GRPC: &str = "127.0.0.1:18451";
+const DEMO_HTTP: &str = "127.0.0.1:18480";
+const DEMO_AWS: u16 = 18444;
+const LEDGER_LAYOUT: &str = "kubepods.slice/kubepods-pod1f2e3d4c_5b6a_4978_8695_a4b3c2d1e0f9.slice/crio-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+const AKIA: &str = "AKIASIGILDEMO0000001";
+const ASIA: &str = "ASIASIGILDEMO0000002";
+
+/// A child process killed on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the collector accepts connections on both ports.
+fn wait_for_collector() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(DEMO_HTTP).is_ok() && std::net::TcpStream::connect(DEMO_GRPC).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("sigil-collector did not start")
+}
+
+/// A local HTTPS endpoint standing in for AWS (boto3 signs requests for it as for S3).
+struct HttpsEndpoint {
+    _server: Guard,
+}
+
+impl HttpsEndpoint {
+    fn start(python: &Path, dir: &Path) -> Result<Self> {
+        crate::provision::run(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .stderr(Stdio::null()),
+        )?;
+        let mut child = Command::new(python)
+            .arg(build::workspace_root().join("tests/python/http_server.py"))
+            .arg(DEMO_AWS.to_string())
+            .arg(dir.join("cert.pem"))
+            .arg(dir.join("key.pem"))
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("endpoint stdout")?).read_line(&mut line)?;
+        if !line.starts_with("READY") {
+            bail!("the demo HTTPS endpoint did not start");
+        }
+        Ok(Self { _server: Guard(child) })
+    }
+}
+
+fn sigil(bin_dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin_dir.join("sigil")).args(["--collector", &format!("http://{DEMO_HTTP}")]).args(args).output()?;
+    if !out.status.success() {
+        bail!("sigil {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run_cloud_story(python: &Path, _endpoint: &HttpsEndpoint, bin_dir: &Path, demo_dir: &Path, jti: &str) -> Result<()> {
+    let script = build::workspace_root().join("tests/python/aws_client.py");
+    let script = script.to_string_lossy();
+    let url = format!("https://127.0.0.1:{DEMO_AWS}");
+    println!("\n== two workloads call AWS (a local HTTPS stand-in) with boto3 ==");
+    let out = run_in(LEDGER_LAYOUT, python, &[&script, &url, AKIA, "demoSECRETkeyNEVERstored0000000000000001"])?;
+    println!("  ledger-worker (CRI-O pod) signed with long-lived key {AKIA}: {}", String::from_utf8_lossy(&out.stdout).trim());
+    let out = run_in(CHECKOUT_LAYOUT, python, &[&script, &url, ASIA, "demoSECRETkeyNEVERstored0000000000000002", "demoSESSIONtokenNEVERstored"])?;
+    println!("  checkout (containerd pod) signed with temporary key {ASIA}, obtained for its Sigil token: {}", String::from_utf8_lossy(&out.stdout).trim());
+
+    // Wait until the agent's events reached the collector.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let posture: Value = serde_json::from_str(&sigil(bin_dir, &["--json", "posture"])?)?;
+        if posture["runs_using_credentials"].as_u64() >= Some(2) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the collector did not receive the credential uses");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    println!("\n== CloudTrail delivers the records of those calls (and of one nobody here made) ==");
+    let now = String::from_utf8_lossy(&Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output()?.stdout).trim().to_owned();
+    let tmpl = fs::read_to_string(build::workspace_root().join("tests/data/cloudtrail-story.json.tmpl"))?;
+    let trail = demo_dir.join("cloudtrail.json");
+    fs::write(
+        &trail,
+        tmpl.replace("{{TIME}}", &now)
+            .replace("{{AKIA}}", AKIA)
+            .replace("{{ASIA}}", ASIA)
+            .replace("{{JTI}}", jti)
+            .replace("{{SPIFFE_ID}}", "spiffe://demo.sigil.dev/ns/payments/sa/checkout")
+            .replace("{{ISSUER_HOST}}", DEMO_OIDC),
+    )?;
+    let out = Command::new(bin_dir.join("sigil-collector")).arg("--db").arg(demo_dir.join("collector.db")).args(["ingest", "cloudtrail"]).arg(&trail).output()?;
+    print!("  $ sigil-collector ingest cloudtrail target/demo/cloudtrail.json\n  {}", String::from_utf8_lossy(&out.stdout));
+
+    for args in [
+        vec!["trace", "ct-static-1"],
+        vec!["trace", "ct-temp-3"],
+        vec!["trace", "ct-unknown-4"],
+        vec!["static-credentials"],
+        vec!["posture"],
+    ] {
+        println!("\n$ sigil {}", args.join(" "));
+        print!("{}", sigil(bin_dir, &args)?);
+    }
+    Ok(())
+}
 const CHECKOUT_LAYOUT: &str = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7d1c7e0a_2b7e_4c55_9f1e_3a4b5c6d7e8f.slice/cri-containerd-9a8b7c6d5e4f30112233445566778899aabbccddeeff00112233445566778899.scope";
 const DEMO_PODS: &str = r#"# Outside a cluster the agent learns namespace and service account from this file.
 [[pod]]
@@ -179,22 +325,28 @@ fn sha256_hex(path: &Path) -> Result<String> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().map(str::to_owned).context("sha256sum printed nothing")
 }
 
-/// Runs `program token ...` inside the checkout pod's cgroup.
-fn token_in_pod(socket: &Path, program: &Path) -> Result<std::process::Output> {
-    let leaf = cgroup2_root()?.join("sigil-demo").join(CHECKOUT_LAYOUT);
+/// Runs `program args...` inside the demo cgroup `layout`, to completion.
+fn run_in(layout: &str, program: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let leaf = cgroup2_root()?.join("sigil-demo").join(layout);
     fs::create_dir_all(&leaf)?;
     let out = Command::new("/bin/sh")
         .arg("-c")
         .arg(r#"echo $$ > "$0" && exec "$@""#)
         .arg(leaf.join("cgroup.procs"))
         .arg(program)
-        .args(["token", "--audience", "sts.amazonaws.com", "--socket"])
-        .arg(socket)
+        .args(args)
         .output()?;
     Ok(out)
 }
 
-fn run_token_requests(socket: &Path, checkout: &Path, rogue: &Path, events: &mpsc::Receiver<Value>) -> Result<()> {
+/// Runs `program token ...` inside the checkout pod's cgroup.
+fn token_in_pod(socket: &Path, program: &Path) -> Result<std::process::Output> {
+    let socket = socket.to_string_lossy();
+    run_in(CHECKOUT_LAYOUT, program, &["token", "--audience", "sts.amazonaws.com", "--socket", &socket])
+}
+
+/// Returns the jti of the token checkout obtained.
+fn run_token_requests(socket: &Path, checkout: &Path, rogue: &Path, events: &mpsc::Receiver<Value>) -> Result<String> {
     use base64::Engine;
     println!("\n== checkout-api asks the Workload API for a token (audience sts.amazonaws.com) ==");
     let ok = token_in_pod(socket, checkout)?;
@@ -222,6 +374,7 @@ fn run_token_requests(socket: &Path, checkout: &Path, rogue: &Path, events: &mps
     println!("  refused: {}", String::from_utf8_lossy(&denied.stderr).trim());
 
     // The agent recorded both decisions as identity events.
+    let jti = claims["jti"].as_str().unwrap_or_default().to_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = (false, false);
     while !(seen.0 && seen.1) && Instant::now() < deadline {
@@ -238,8 +391,7 @@ fn run_token_requests(socket: &Path, checkout: &Path, rogue: &Path, events: &mps
             _ => {}
         }
     }
-    remove_tree(&cgroup2_root()?.join("sigil-demo"));
-    Ok(())
+    Ok(jti)
 }
 
 fn print_record(name: &str, ev: &Value) {

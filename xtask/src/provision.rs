@@ -155,3 +155,21 @@ pub fn python_env(packages: &[&str]) -> Result<PathBuf> {
     fs::write(&marker, packages.join("\n"))?;
     Ok(python)
 }
+
+/// cargo-fuzz (crates.io), cached like bpf-linker. Invoked directly as `cargo-fuzz fuzz ...`.
+pub fn cargo_fuzz() -> Result<PathBuf> {
+    let root = cache_dir().join("cargo-fuzz");
+    let bin = root.join("bin/cargo-fuzz");
+    if bin.is_file() && Command::new(&bin).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        return Ok(bin);
+    }
+    eprintln!("xtask: installing cargo-fuzz (once)");
+    run(Command::new("cargo")
+        .args(["install", "--locked", "cargo-fuzz", "--version", "^0.13"])
+        .arg("--root")
+        .arg(&root)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR"))
+    .context("installing cargo-fuzz")?;
+    Ok(bin)
+}

@@ -16,6 +16,7 @@ pub fn run(args: &[String]) -> Result<()> {
     provision::debian_packages(TEST_PACKAGES)?;
     let python = provision::python_env(PYTHON_PACKAGES)?;
     let bin_dir = build::all(false)?;
+    fuzz(FUZZ_SECONDS)?;
     // One cargo invocation for unit and kernel tests, so one summary covers everything.
     let mut cmd = build::cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"])
@@ -26,4 +27,28 @@ pub fn run(args: &[String]) -> Result<()> {
         cmd.arg("--").args(args);
     }
     provision::run(&mut cmd)
+}
+
+/// How long the bounded fuzz run of the test command lasts.
+const FUZZ_SECONDS: u32 = 20;
+
+/// A bounded libFuzzer run over the request parsers and credential detectors (cargo-fuzz,
+/// nightly, AddressSanitizer). Runs before the test binaries so their summary closes the
+/// output. Any crash fails the suite, with the input saved under fuzz/artifacts.
+fn fuzz(seconds: u32) -> Result<()> {
+    let cargo_fuzz = provision::cargo_fuzz()?;
+    let root = build::workspace_root();
+    let corpus = root.join("target/fuzz-corpus/parsers");
+    std::fs::create_dir_all(&corpus)?;
+    eprintln!("xtask: fuzzing the parsers and detectors for {seconds} s");
+    provision::run(
+        build::cargo_env(std::process::Command::new(cargo_fuzz))
+            .current_dir(root.join("fuzz"))
+            .args(["fuzz", "run", "parsers"])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-rss_limit_mb=2048", "-print_final_stats=1"])
+            .env("RUSTUP_TOOLCHAIN", provision::NIGHTLY),
+    )
 }

@@ -286,6 +286,18 @@ impl Attestor {
             workload,
             ancestry: self.ancestry(ppid, start_ticks),
         };
+        // The same exec already attested on request (its Workload API call beat this
+        // event): keep that record, so one exec has one exec_id everywhere.
+        if let Some(prev) = self.table.get(obs.pid) {
+            let same_exec = prev.source == Source::OnRequest
+                && obs.source == Source::Ebpf
+                && prev.process_id == rec.process_id
+                && prev.binary.inode == rec.binary.inode
+                && prev.cgroup.path == rec.cgroup.path;
+            if same_exec {
+                return (*prev).clone();
+            }
+        }
         self.table.insert(Arc::new(rec.clone()));
         rec
     }
