@@ -110,6 +110,15 @@ pub struct RunArgs {
     /// On-disk spool for events the collector has not acknowledged yet.
     #[arg(long, default_value_t = 256 << 20)]
     pub spool_bytes: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9464 in a DaemonSet).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Push metrics over OTLP/HTTP to this endpoint (e.g. http://otel-collector:4318).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Seconds between OTLP pushes.
+    #[arg(long, default_value_t = 30)]
+    pub otlp_interval_seconds: u64,
 }
 
 impl RunArgs {
@@ -146,6 +155,11 @@ impl RunArgs {
             spool_bytes: self.spool_bytes,
         });
         Ok(RunConfig {
+            metrics_listen: self.metrics_listen,
+            telemetry: sigil_telemetry::TelemetryConfig {
+                otlp_endpoint: self.otlp_endpoint.clone(),
+                export_interval: Duration::from_secs(self.otlp_interval_seconds.max(1)),
+            },
             stdout: self.stdout,
             collector,
             issuance,

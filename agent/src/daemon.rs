@@ -20,7 +20,10 @@ use anyhow::Context;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
+use sigil_telemetry::Telemetry;
+
 use crate::{
+    metrics,
     attest::Attestor,
     ebpf::{KernelEvent, Probes, features::KernelFeatures, mounts, tracefs},
     trace::{files, fingerprint::Fingerprinter, tracer::Tracer},
@@ -78,6 +81,9 @@ pub struct TraceConfig {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub node: String,
+    /// Prometheus `/metrics` address, when metrics should be scraped.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub telemetry: sigil_telemetry::TelemetryConfig,
     pub stdout: bool,
     pub collector: Option<CollectorConfig>,
     pub issuance: Option<IssuanceConfig>,
@@ -299,7 +305,29 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
         }
         None => None,
     };
-    let sink: Arc<dyn Sink> = Arc::new(Tee(sinks));
+    let tee = Arc::new(Tee::new(sinks));
+    let sink: Arc<dyn Sink> = tee.clone();
+
+    // Metrics are observed from this snapshot, refreshed by the loop below.
+    let snapshot: metrics::Snapshot = Arc::default();
+    let telemetry = match (cfg.metrics_listen, &cfg.telemetry.otlp_endpoint) {
+        (None, None) => None,
+        _ => Some(Arc::new(Telemetry::new("sigil-agent", &cfg.node, &cfg.telemetry)?)),
+    };
+    let lifetimes = telemetry.as_ref().map(|t| metrics::register(&t.meter("sigil-agent"), snapshot.clone()));
+    if let (Some(addr), Some(t)) = (cfg.metrics_listen, &telemetry) {
+        let listener = {
+            let _guard = rt.enter();
+            sigil_telemetry::bind(addr)?
+        };
+        let (t, s) = (t.clone(), stop.clone());
+        rt.spawn(async move {
+            if let Err(e) = sigil_telemetry::serve(listener, t, stopped(s)).await {
+                error!("{e:#}");
+            }
+        });
+        info!("metrics on http://{addr}/metrics");
+    }
     let mut stats = Counters::default();
 
     if cfg.scan {
@@ -315,9 +343,13 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
         Some(ic) => Some(start_issuance(ic, &cfg.node, attestor.clone(), sink.clone(), &rt, &stop)?),
         None => None,
     };
+    if let (Some(i), Some(h)) = (&issuer, lifetimes) {
+        i.record_lifetimes_in(h);
+    }
 
     let mut last_stats = Instant::now();
     let mut last_lib_scan = Instant::now();
+    let mut last_snapshot = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         wait_readable(events.as_raw_fd(), Duration::from_millis(200));
         while let Some(item) = events.next() {
@@ -356,12 +388,26 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
             t.libs.scan(&mut probes);
             last_lib_scan = Instant::now();
         }
+        if telemetry.is_some() && last_snapshot.elapsed() >= Duration::from_secs(1) {
+            let snap = stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref(), &tee);
+            if let Ok(mut s) = snapshot.lock() {
+                *s = snap;
+            }
+            last_snapshot = Instant::now();
+        }
         if cfg.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
-            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref())).context("writing output")?;
+            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref(), &tee)).context("writing output")?;
             last_stats = Instant::now();
         }
     }
-    sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref())).context("writing output")?;
+    let last = stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref(), &tee);
+    if let Some(t) = &telemetry {
+        if let Ok(mut s) = snapshot.lock() {
+            *s = last.clone();
+        }
+        t.flush();
+    }
+    sink.emit(&last).context("writing output")?;
     info!("sigil-agent stopped");
     Ok(())
 }
@@ -381,6 +427,7 @@ impl Counters {
         issuer: Option<&Issuer>,
         tracer: Option<&Tracer>,
         exporter: Option<&SpoolSink>,
+        tee: &Tee,
     ) -> AgentStats {
         let lost = probes.lost().unwrap_or_default();
         let at = |k: EventKind| lost.get(k.loss_slot() as usize).copied().unwrap_or(0);
@@ -401,6 +448,7 @@ impl Counters {
             trace: tracer.map(Tracer::stats),
             export: exporter.map(SpoolSink::stats),
             events: self.events,
+            emitted: tee.events_by_kind(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod daemon;
 pub mod ebpf;
 pub mod issue;
+pub mod metrics;
 pub mod output;
 pub mod stream;
 pub mod trace;

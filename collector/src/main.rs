@@ -41,6 +41,12 @@ enum Cmd {
         /// Delete what is older than this many days (0 keeps everything).
         #[arg(long, default_value_t = 30)]
         retention_days: u64,
+        /// Push metrics over OTLP/HTTP to this endpoint (metrics are always at /metrics
+        /// on the HTTP port).
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        otlp_interval_seconds: u64,
     },
     /// Ingest cloud audit logs from files.
     Ingest {
@@ -91,7 +97,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days } => {
+        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, otlp_endpoint, otlp_interval_seconds } => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let telemetry = Arc::new(sigil_telemetry::Telemetry::new(
+                "sigil-collector",
+                host.trim(),
+                &sigil_telemetry::TelemetryConfig {
+                    otlp_endpoint,
+                    export_interval: Duration::from_secs(otlp_interval_seconds.max(1)),
+                },
+            )?);
             let tls = match (tls_cert, tls_key, client_ca) {
                 (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles { cert, key, client_ca }),
                 _ => None,
@@ -124,7 +139,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         }
                     }
                 };
-                server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls }, store, shutdown).await
+                let result = server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone() }, store, shutdown).await;
+                telemetry.flush();
+                result
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -229,3 +229,23 @@ fn posture(conn: &Connection) -> Result<Value, StoreError> {
         "median_seconds_to_attribute": median,
     }))
 }
+
+/// Aggregates behind the collector's metrics (cheap: indexed counts).
+pub fn metrics_snapshot(conn: &Connection, now: i64) -> Result<Value, StoreError> {
+    let pairs = |sql: &str| -> Result<Value, StoreError> {
+        let mut m = Map::new();
+        for r in rows(conn, sql, &[])? {
+            if let (Some(k), Some(n)) = (r["k"].as_str(), r["n"].as_i64()) {
+                m.insert(k.to_owned(), json!(n));
+            }
+        }
+        Ok(Value::Object(m))
+    };
+    Ok(json!({
+        "events_by_kind": pairs("SELECT kind AS k, count(*) AS n FROM events GROUP BY kind")?,
+        "cloud_actions_by_provider": pairs("SELECT provider AS k, count(*) AS n FROM cloud_actions GROUP BY provider")?,
+        "links_by_reason": pairs("SELECT reason AS k, count(*) AS n FROM links GROUP BY reason")?,
+        "agents": scalar(conn, &format!("SELECT count(*) FROM nodes WHERE last_seen >= {}", now - 300))?,
+        "posture": posture(conn)?,
+    }))
+}

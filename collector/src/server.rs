@@ -22,6 +22,7 @@ use tonic::{Request, Response as GrpcResponse, Status, transport::{Certificate, 
 use tracing::{info, warn};
 
 use crate::{
+    metrics,
     cloud::{Parsed, cloudtrail, gcp},
     store::{AgentEvent, Query, Store, StoreError},
 };
@@ -41,6 +42,14 @@ pub struct ServerConfig {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub tls: Option<TlsFiles>,
+    pub telemetry: Arc<sigil_telemetry::Telemetry>,
+}
+
+/// What handlers share: the store and the in-process counters.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: SharedStore,
+    pub counters: Arc<metrics::Counters>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
@@ -82,7 +91,7 @@ pub async fn ask(store: &SharedStore, q: Query) -> Result<Value, StoreError> {
 
 // === gRPC ===
 
-struct IngestService(SharedStore);
+struct IngestService(Shared);
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
@@ -92,7 +101,9 @@ impl Ingest for IngestService {
             return Err(Status::invalid_argument("node must be set"));
         }
         let events = body.events.into_iter().map(|e| AgentEvent { id: e.id, kind: e.kind, json: e.json }).collect();
-        let out = push(&self.0, body.node, events).await.map_err(|e| Status::internal(e.to_string()))?;
+        let out = push(&self.0.store, body.node, events).await.map_err(|e| Status::internal(e.to_string()))?;
+        self.0.counters.duplicates.fetch_add(u64::from(out.duplicates), std::sync::atomic::Ordering::Relaxed);
+        self.0.counters.rejected.fetch_add(u64::from(out.rejected), std::sync::atomic::Ordering::Relaxed);
         if out.rejected > 0 {
             warn!("rejected {} events: {}", out.rejected, out.errors.join("; "));
         }
@@ -140,26 +151,59 @@ async fn http_query_plain(State(s): State<SharedStore>, UrlPath(name): UrlPath<S
     ask(&s, q).await.map(Json).map_err(ApiError)
 }
 
-async fn http_cloudtrail(State(s): State<SharedStore>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    ingest_cloud(&s, cloudtrail::parse("<http body>", &body)).await.map(Json).map_err(ApiError)
+async fn http_cloudtrail(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let parsed = cloudtrail::parse("<http body>", &body);
+    s.counters.record_errors("aws", parsed.errors.len());
+    ingest_cloud(&s.store, parsed).await.map(Json).map_err(ApiError)
 }
 
-async fn http_gcp(State(s): State<SharedStore>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    ingest_cloud(&s, gcp::parse("<http body>", &body)).await.map(Json).map_err(ApiError)
+async fn http_gcp(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let parsed = gcp::parse("<http body>", &body);
+    s.counters.record_errors("gcp", parsed.errors.len());
+    ingest_cloud(&s.store, parsed).await.map(Json).map_err(ApiError)
 }
 
-pub fn http_router(store: SharedStore) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+async fn http_metrics(State(t): State<Arc<sigil_telemetry::Telemetry>>) -> impl IntoResponse {
+    let body = tokio::task::spawn_blocking(move || t.render()).await.unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+pub fn http_router(shared: Shared, telemetry: Arc<sigil_telemetry::Telemetry>) -> Router {
+    let queries = Router::new()
         .route("/v1/query/{name}", get(http_query_plain))
         .route("/v1/query/{name}/{arg}", get(http_query))
+        .with_state(shared.store.clone());
+    let ingest = Router::new()
         .route("/v1/ingest/cloudtrail", post(http_cloudtrail))
         .route("/v1/ingest/gcp-audit", post(http_gcp))
-        .with_state(store)
+        .with_state(shared);
+    let metrics = Router::new().route("/metrics", get(http_metrics)).with_state(telemetry);
+    Router::new().route("/healthz", get(|| async { "ok" })).merge(queries).merge(ingest).merge(metrics)
 }
 
 /// Serves gRPC and HTTP until `shutdown` resolves.
 pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let shared = Shared { store: store.clone(), counters: Arc::default() };
+    let snapshot: metrics::Snapshot = Arc::default();
+    metrics::register(&cfg.telemetry.meter("sigil-collector"), shared.counters.clone(), snapshot.clone());
+    {
+        let (s, snap) = (store.clone(), snapshot.clone());
+        tokio::spawn(async move {
+            loop {
+                let s2 = s.clone();
+                match tokio::task::spawn_blocking(move || s2.metrics()).await {
+                    Ok(Ok(v)) => {
+                        if let Ok(mut g) = snap.lock() {
+                            *g = v;
+                        }
+                    }
+                    Ok(Err(e)) => warn!("metrics snapshot: {e}"),
+                    Err(_) => {}
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        });
+    }
     if cfg.tls.is_none() && !cfg.grpc.ip().is_loopback() {
         bail!("refusing plaintext gRPC on {} (not loopback): give --tls-cert, --tls-key and --client-ca", cfg.grpc);
     }
@@ -177,13 +221,13 @@ pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::fu
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
     let grpc = builder
-        .add_service(IngestServer::new(IngestService(store.clone())))
+        .add_service(IngestServer::new(IngestService(shared.clone())))
         .add_service(QueryServer::new(QueryService(store.clone())))
         .serve_with_incoming_shutdown(tokio_stream_listener(grpc_listener), async move {
             let _ = rx2.wait_for(|v| *v).await;
         });
     let mut rx3 = rx.clone();
-    let web = axum::serve(http, http_router(store)).with_graceful_shutdown(async move {
+    let web = axum::serve(http, http_router(shared, cfg.telemetry.clone())).with_graceful_shutdown(async move {
         let _ = rx3.wait_for(|v| *v).await;
     });
     tokio::spawn(async move {

@@ -75,6 +75,8 @@ pub struct Issuer {
     rng: SystemRandom,
     issued: AtomicU64,
     denied: Mutex<HashMap<DenyReason, u64>>,
+    /// Token lifetimes, for the metrics histogram (set once metrics exist).
+    lifetime: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>>,
 }
 
 fn now_unix() -> i64 {
@@ -113,7 +115,12 @@ impl Issuer {
             rng: SystemRandom::new(),
             issued: AtomicU64::new(0),
             denied: Mutex::new(HashMap::new()),
+            lifetime: std::sync::OnceLock::new(),
         })
+    }
+
+    pub fn record_lifetimes_in(&self, h: opentelemetry::metrics::Histogram<f64>) {
+        let _ = self.lifetime.set(h);
     }
 
     pub fn trust_domain(&self) -> String {
@@ -256,6 +263,9 @@ impl Issuer {
         }
         for ev in &events {
             self.issued.fetch_add(1, Ordering::Relaxed);
+            if let Some(h) = self.lifetime.get() {
+                h.record(ev.ttl_seconds as f64, &[]);
+            }
             if let Err(e) = self.sink.emit(ev) {
                 warn!("could not emit token_issued: {e}");
             }

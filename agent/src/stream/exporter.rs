@@ -20,7 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{info, warn};
 
 use super::spool::{Spool, SpoolStats};
-use crate::output::{Sink, erased};
+use crate::output::Sink;
 
 /// Events per Push.
 const BATCH: usize = 500;
@@ -61,16 +61,9 @@ pub struct SpoolSink {
     counters: Arc<Counters>,
 }
 
-#[derive(serde::Deserialize)]
-struct KindOnly {
-    kind: String,
-}
-
 impl Sink for SpoolSink {
-    fn emit(&self, event: &dyn erased::Event) -> io::Result<()> {
-        let json = event.to_json().map_err(io::Error::other)?;
-        let kind = serde_json::from_slice::<KindOnly>(&json).map(|k| k.kind).unwrap_or_else(|_| "unknown".into());
-        let appended = self.spool.lock().map_err(|_| io::Error::other("spool lock poisoned"))?.append(&kind, &json);
+    fn write(&self, kind: &str, json: &[u8]) -> io::Result<()> {
+        let appended = self.spool.lock().map_err(|_| io::Error::other("spool lock poisoned"))?.append(kind, json);
         if let Err(e) = appended {
             // The agent keeps attesting; the loss is counted in agent_stats and logged.
             self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);

@@ -46,6 +46,47 @@ pub struct TraceStats {
     /// Plain sockets whose first bytes were not HTTP; the kernel stopped copying them.
     pub plain_sockets_ignored: u64,
     pub tls_libraries_attached: usize,
+    /// Credential uses by (class, detector): small fixed vocabularies, safe as labels.
+    /// Serialized as a list (JSON object keys cannot be pairs).
+    #[serde(serialize_with = "pairs_as_list")]
+    pub uses_by_class_detector: std::collections::BTreeMap<(String, String), u64>,
+    pub file_reads_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Distinct long-lived credentials seen in use since start.
+    pub long_lived_credentials: usize,
+    /// Credentials seen used by more than one workload run.
+    pub shared_credentials: usize,
+}
+
+fn pairs_as_list<S: serde::Serializer>(m: &std::collections::BTreeMap<(String, String), u64>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(m.len()))?;
+    for ((class, detector), count) in m {
+        seq.serialize_element(&serde_json::json!({"class": class, "detector": detector, "count": count}))?;
+    }
+    seq.end()
+}
+
+/// Fingerprints remembered for the long-lived/shared gauges (bounded memory).
+const TRACKED_FINGERPRINTS: usize = 100_000;
+
+/// The workload run of a process, as the collector names it (container, pod, unit, cgroup).
+fn run_key(p: &ProcessRecord) -> String {
+    let w = &p.workload;
+    w.container_id
+        .clone()
+        .or_else(|| w.pod_uid.clone())
+        .or_else(|| w.unit.clone())
+        .or_else(|| p.cgroup.path.clone())
+        .unwrap_or_default()
+}
+
+fn label<T: Serialize>(v: &T, field: Option<&str>) -> String {
+    let j = serde_json::to_value(v).unwrap_or_default();
+    let j = match field {
+        Some(f) => j.get(f).cloned().unwrap_or_default(),
+        None => j,
+    };
+    j.as_str().unwrap_or("unknown").to_owned()
 }
 
 pub struct Tracer {
@@ -58,6 +99,8 @@ pub struct Tracer {
     order: VecDeque<StreamKey>,
     pub libs: LibraryWatcher,
     stats: TraceStats,
+    /// Fingerprint -> workload runs that used it (static credentials only).
+    static_runs: HashMap<String, std::collections::HashSet<String>>,
 }
 
 /// Could these be the first bytes of an HTTP/1 request or an HTTP/2 connection?
@@ -83,11 +126,33 @@ impl Tracer {
             order: VecDeque::new(),
             libs: LibraryWatcher::default(),
             stats: TraceStats::default(),
+            static_runs: HashMap::new(),
         }
     }
 
     pub fn stats(&self) -> TraceStats {
-        TraceStats { tls_libraries_attached: self.libs.attached_count(), ..self.stats.clone() }
+        TraceStats {
+            tls_libraries_attached: self.libs.attached_count(),
+            long_lived_credentials: self.static_runs.len(),
+            shared_credentials: self.static_runs.values().filter(|runs| runs.len() > 1).count(),
+            ..self.stats.clone()
+        }
+    }
+
+    fn count_use(&mut self, used: &CredentialUse, process: Option<&ProcessRecord>) {
+        let key = (label(&used.class, Some("class")), label(&used.detector, None));
+        *self.stats.uses_by_class_detector.entry(key).or_default() += 1;
+        if matches!(used.class, super::detect::Class::Static) {
+            let known = self.static_runs.contains_key(&used.fingerprint);
+            if known || self.static_runs.len() < TRACKED_FINGERPRINTS {
+                let runs = self.static_runs.entry(used.fingerprint.clone()).or_default();
+                if let Some(p) = process {
+                    if runs.len() < 64 {
+                        runs.insert(run_key(p));
+                    }
+                }
+            }
+        }
     }
 
     pub fn on_connect(&mut self, ev: &ConnectEvent) {
@@ -171,6 +236,9 @@ impl Tracer {
             }
         }
         self.stats.credential_uses += out.len() as u64;
+        for used in &out {
+            self.count_use(used, process.as_deref());
+        }
         out
     }
 
@@ -179,6 +247,7 @@ impl Tracer {
         let path = c_str(&ev.filename[..len]);
         let file_kind = files::classify(&path)?;
         self.stats.credential_file_reads += 1;
+        *self.stats.file_reads_by_kind.entry(label(&file_kind, None)).or_default() += 1;
         let access = match ev.flags & libc::O_ACCMODE {
             libc::O_WRONLY => "write",
             libc::O_RDWR => "read_write",
@@ -201,6 +270,17 @@ impl Tracer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_serialize_with_their_breakdowns() {
+        let mut st = TraceStats::default();
+        st.uses_by_class_detector.insert(("static".into(), "aws_sigv4".into()), 2);
+        st.file_reads_by_kind.insert("ssh_private_key".into(), 1);
+        let v = serde_json::to_value(&st).expect("serializes");
+        assert_eq!(v["uses_by_class_detector"][0]["class"], "static");
+        assert_eq!(v["uses_by_class_detector"][0]["count"], 2);
+        assert_eq!(v["file_reads_by_kind"]["ssh_private_key"], 1);
+    }
 
     #[test]
     fn recognises_http_starts_only() {

@@ -74,6 +74,9 @@ pub trait Store: Send + Sync {
     /// Links unattributed cloud actions to runs; returns how many links were created.
     fn correlate(&self) -> Result<usize, StoreError>;
     fn query(&self, q: &Query) -> Result<Value, StoreError>;
+    /// Aggregates for metrics: events by kind, cloud actions by provider, links by
+    /// reason, agents seen recently, and the posture figures.
+    fn metrics(&self) -> Result<Value, StoreError>;
     /// Deletes what is older than `before` (unix seconds); returns rows deleted.
     fn retain(&self, before: i64) -> Result<usize, StoreError>;
 }

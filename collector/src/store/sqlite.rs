@@ -243,6 +243,10 @@ impl Store for SqliteStore {
         self.with(|conn| query::answer(conn, q))
     }
 
+    fn metrics(&self) -> Result<Value, StoreError> {
+        self.with(|conn| query::metrics_snapshot(conn, now_unix()))
+    }
+
     fn retain(&self, before: i64) -> Result<usize, StoreError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
