@@ -105,6 +105,12 @@ pub struct TlsConnKey {
 #[map]
 pub static TLS_FDS: LruHashMap<TlsConnKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
+/// TLS connections whose writes are not requests (a server's responses), set by user
+/// space after the first write: `sock_key(tgid, fd)` -> the TLS object. Cleared on close,
+/// and only honoured while the fd still carries the same TLS object.
+#[map]
+pub static TLS_SKIP: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
 /// Base names of credential files (NUL-padded), filled by user space.
 #[map]
 pub static WATCHED_NAMES: HashMap<[u8; WATCH_NAME_LEN], u8> = HashMap::with_max_entries(256, 0);

@@ -146,6 +146,9 @@ impl RunArgs {
         });
         let trace = (!self.no_trace)
             .then(|| TraceConfig { fingerprint_key: self.fingerprint_key_file.clone(), state_dir: self.state_dir.clone() });
+        if let Some(url) = &self.collector {
+            crate::stream::exporter::check_transport(url)?;
+        }
         let collector = self.collector.as_ref().map(|url| CollectorConfig {
             url: url.clone(),
             ca: self.collector_ca.clone(),

@@ -250,7 +250,12 @@ fn start_tracing(
     Ok(Some(tracer))
 }
 
-pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
+pub fn run(
+    cfg: RunConfig,
+    stop: Arc<AtomicBool>,
+    rt: tokio::runtime::Handle,
+    telemetry: Option<Arc<Telemetry>>,
+) -> anyhow::Result<()> {
     check_privileges()?;
     let mounted = mounts::ensure().map_err(|e| StartError::Privilege(e.to_string()))?;
     let features = KernelFeatures::probe();
@@ -310,10 +315,6 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) ->
 
     // Metrics are observed from this snapshot, refreshed by the loop below.
     let snapshot: metrics::Snapshot = Arc::default();
-    let telemetry = match (cfg.metrics_listen, &cfg.telemetry.otlp_endpoint) {
-        (None, None) => None,
-        _ => Some(Arc::new(Telemetry::new("sigil-agent", &cfg.node, &cfg.telemetry)?)),
-    };
     let lifetimes = telemetry.as_ref().map(|t| metrics::register(&t.meter("sigil-agent"), snapshot.clone()));
     if let (Some(addr), Some(t)) = (cfg.metrics_listen, &telemetry) {
         let listener = {

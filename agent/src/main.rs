@@ -15,16 +15,28 @@ use sigil_agent::{
     ebpf::features::KernelFeatures,
     issue::client,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+    // Telemetry exists before logging starts, so spans reach OTLP from the first one.
+    let telemetry = match telemetry_for(&cli) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sigil-agent: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(telemetry.as_ref().and_then(|t| t.tracing_layer()))
         .init();
-    match real_main(cli) {
+    match real_main(cli, telemetry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the whole cause chain, no backtrace, no panic.
@@ -35,7 +47,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<()> {
+/// Metrics, traces and logs, when `run` asks for a metrics endpoint or an OTLP endpoint.
+fn telemetry_for(cli: &Cli) -> anyhow::Result<Option<Arc<sigil_telemetry::Telemetry>>> {
+    let Cmd::Run(args) = &cli.cmd else { return Ok(None) };
+    let cfg = args.config()?;
+    if cfg.metrics_listen.is_none() && cfg.telemetry.otlp_endpoint.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(sigil_telemetry::Telemetry::new("sigil-agent", &cfg.node, &cfg.telemetry)?)))
+}
+
+fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Probe => {
             println!("{}", KernelFeatures::probe());
@@ -61,8 +83,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             // The event pipeline is blocking by design (see daemon.rs) and runs on its own
             // thread; the runtime serves the Workload API and watches for signals.
             let handle = rt.handle().clone();
-            let worker =
-                std::thread::Builder::new().name("attest".into()).spawn(move || daemon::run(cfg, stop, handle))?;
+            let worker = std::thread::Builder::new()
+                .name("attest".into())
+                .spawn(move || daemon::run(cfg, stop, handle, telemetry))?;
             let result = rt.block_on(async { tokio::task::spawn_blocking(move || worker.join()).await });
             match result {
                 Ok(Ok(r)) => r,

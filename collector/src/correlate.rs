@@ -44,7 +44,16 @@ struct Link {
     confidence: f64,
 }
 
-pub fn run(tx: &Transaction<'_>, now: i64) -> Result<usize, StoreError> {
+/// A link created by a correlation run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NewLink {
+    pub cloud_action_id: String,
+    pub run_id: String,
+    pub reason: &'static str,
+    pub confidence: f64,
+}
+
+pub fn run(tx: &Transaction<'_>, now: i64) -> Result<Vec<NewLink>, StoreError> {
     let actions: Vec<Action> = {
         let mut st = tx.prepare(
             "SELECT id, provider, time, action, access_key_id, principal, role_session_name, web_identity_subject
@@ -65,15 +74,18 @@ pub fn run(tx: &Transaction<'_>, now: i64) -> Result<usize, StoreError> {
         })?;
         rows.collect::<Result<_, _>>()?
     };
-    let mut created = 0;
+    let mut created = Vec::new();
     for a in &actions {
         let links = find_links(tx, a)?;
         for l in links {
-            created += tx.execute(
+            let n = tx.execute(
                 "INSERT OR IGNORE INTO links (cloud_action_id, run_id, exec_id, credential_use_id, jti, reason, confidence, created)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![a.id, l.run_id, l.exec_id, l.credential_use_id, l.jti, l.reason, l.confidence, now],
             )?;
+            if n > 0 {
+                created.push(NewLink { cloud_action_id: a.id.clone(), run_id: l.run_id, reason: l.reason, confidence: l.confidence });
+            }
         }
     }
     Ok(created)

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sigil_collector::{
     cloud::{Parsed, cloudtrail, gcp},
@@ -64,10 +64,32 @@ enum IngestCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| "info".into()),
-    ).init();
-    match real_main(Cli::parse()) {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    let cli = Cli::parse();
+    // Telemetry before logging, so spans reach OTLP from the first one.
+    let telemetry = match &cli.cmd {
+        Cmd::Serve { otlp_endpoint, otlp_interval_seconds, .. } => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let cfg = sigil_telemetry::TelemetryConfig {
+                otlp_endpoint: otlp_endpoint.clone(),
+                export_interval: Duration::from_secs((*otlp_interval_seconds).max(1)),
+            };
+            match sigil_telemetry::Telemetry::new("sigil-collector", host.trim(), &cfg) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    eprintln!("sigil-collector: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Cmd::Ingest { .. } => None,
+    };
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| "info".into()))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(telemetry.as_ref().and_then(|t| t.tracing_layer()))
+        .init();
+    match real_main(cli, telemetry) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sigil-collector: {e:#}");
@@ -76,7 +98,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> Result<ExitCode> {
+fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Result<ExitCode> {
     let store: SharedStore = Arc::new(SqliteStore::open(&cli.db)?);
     match cli.cmd {
         Cmd::Ingest { what } => {
@@ -93,20 +115,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let links = store.correlate()?;
             println!(
                 "ingested {} cloud actions ({} already stored), {} skipped with errors, {} new attribution links",
-                out.stored, out.duplicates, errors, links
+                out.stored, out.duplicates, errors, links.len()
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, otlp_endpoint, otlp_interval_seconds } => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            let telemetry = Arc::new(sigil_telemetry::Telemetry::new(
-                "sigil-collector",
-                host.trim(),
-                &sigil_telemetry::TelemetryConfig {
-                    otlp_endpoint,
-                    export_interval: Duration::from_secs(otlp_interval_seconds.max(1)),
-                },
-            )?);
+        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, .. } => {
+            let telemetry = telemetry.context("telemetry is created for serve")?;
             let tls = match (tls_cert, tls_key, client_ca) {
                 (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles { cert, key, client_ca }),
                 _ => None,

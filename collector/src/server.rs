@@ -50,30 +50,58 @@ pub struct ServerConfig {
 pub struct Shared {
     pub store: SharedStore,
     pub counters: Arc<metrics::Counters>,
+    pub telemetry: Option<Arc<sigil_telemetry::Telemetry>>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::BadArgument(format!("task failed: {e}"))))
 }
 
+/// Each new attribution as an OTLP log record, so any OpenTelemetry backend keeps them.
+fn log_links(telemetry: Option<&sigil_telemetry::Telemetry>, links: &[crate::correlate::NewLink]) {
+    let Some(t) = telemetry else { return };
+    for l in links {
+        t.log(
+            "cloud action attributed",
+            &[
+                ("sigil.cloud_action.id", l.cloud_action_id.clone()),
+                ("sigil.run.id", l.run_id.clone()),
+                ("sigil.attribution.reason", l.reason.to_owned()),
+                ("sigil.attribution.confidence", format!("{:.2}", l.confidence)),
+            ],
+        );
+    }
+}
+
+/// Correlates inside a span; logs what it linked.
+fn correlate(s: &SharedStore, telemetry: Option<&sigil_telemetry::Telemetry>) -> Result<usize, StoreError> {
+    let _span = tracing::info_span!("correlate").entered();
+    let links = s.correlate()?;
+    tracing::info!(links = links.len(), "correlation run");
+    log_links(telemetry, &links);
+    Ok(links.len())
+}
+
 /// Stores a batch and correlates what it may have made attributable.
-pub async fn push(store: &SharedStore, node: String, events: Vec<AgentEvent>) -> Result<crate::store::IngestOutcome, StoreError> {
-    let s = store.clone();
+pub async fn push(shared: &Shared, node: String, events: Vec<AgentEvent>) -> Result<crate::store::IngestOutcome, StoreError> {
+    let (s, t) = (shared.store.clone(), shared.telemetry.clone());
     blocking(move || {
+        let _span = tracing::info_span!("ingest_batch", node = %node, events = events.len()).entered();
         let out = s.ingest_events(&node, &events)?;
         if out.stored > 0 {
-            s.correlate()?;
+            correlate(&s, t.as_deref())?;
         }
         Ok(out)
     })
     .await
 }
 
-pub async fn ingest_cloud(store: &SharedStore, parsed: Parsed) -> Result<Value, StoreError> {
-    let s = store.clone();
+pub async fn ingest_cloud(shared: &Shared, parsed: Parsed) -> Result<Value, StoreError> {
+    let (s, t) = (shared.store.clone(), shared.telemetry.clone());
     blocking(move || {
+        let _span = tracing::info_span!("ingest_cloud_actions", records = parsed.actions.len(), errors = parsed.errors.len()).entered();
         let out = s.ingest_cloud(&parsed.actions)?;
-        let links = s.correlate()?;
+        let links = correlate(&s, t.as_deref())?;
         Ok(json!({
             "stored": out.stored,
             "duplicates": out.duplicates,
@@ -86,7 +114,11 @@ pub async fn ingest_cloud(store: &SharedStore, parsed: Parsed) -> Result<Value, 
 
 pub async fn ask(store: &SharedStore, q: Query) -> Result<Value, StoreError> {
     let s = store.clone();
-    blocking(move || s.query(&q)).await
+    blocking(move || {
+        let _span = tracing::info_span!("query", query = ?q).entered();
+        s.query(&q)
+    })
+    .await
 }
 
 // === gRPC ===
@@ -101,7 +133,7 @@ impl Ingest for IngestService {
             return Err(Status::invalid_argument("node must be set"));
         }
         let events = body.events.into_iter().map(|e| AgentEvent { id: e.id, kind: e.kind, json: e.json }).collect();
-        let out = push(&self.0.store, body.node, events).await.map_err(|e| Status::internal(e.to_string()))?;
+        let out = push(&self.0, body.node, events).await.map_err(|e| Status::internal(e.to_string()))?;
         self.0.counters.duplicates.fetch_add(u64::from(out.duplicates), std::sync::atomic::Ordering::Relaxed);
         self.0.counters.rejected.fetch_add(u64::from(out.rejected), std::sync::atomic::Ordering::Relaxed);
         if out.rejected > 0 {
@@ -154,13 +186,13 @@ async fn http_query_plain(State(s): State<SharedStore>, UrlPath(name): UrlPath<S
 async fn http_cloudtrail(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let parsed = cloudtrail::parse("<http body>", &body);
     s.counters.record_errors("aws", parsed.errors.len());
-    ingest_cloud(&s.store, parsed).await.map(Json).map_err(ApiError)
+    ingest_cloud(&s, parsed).await.map(Json).map_err(ApiError)
 }
 
 async fn http_gcp(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let parsed = gcp::parse("<http body>", &body);
     s.counters.record_errors("gcp", parsed.errors.len());
-    ingest_cloud(&s.store, parsed).await.map(Json).map_err(ApiError)
+    ingest_cloud(&s, parsed).await.map(Json).map_err(ApiError)
 }
 
 async fn http_metrics(State(t): State<Arc<sigil_telemetry::Telemetry>>) -> impl IntoResponse {
@@ -183,7 +215,7 @@ pub fn http_router(shared: Shared, telemetry: Arc<sigil_telemetry::Telemetry>) -
 
 /// Serves gRPC and HTTP until `shutdown` resolves.
 pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
-    let shared = Shared { store: store.clone(), counters: Arc::default() };
+    let shared = Shared { store: store.clone(), counters: Arc::default(), telemetry: Some(cfg.telemetry.clone()) };
     let snapshot: metrics::Snapshot = Arc::default();
     metrics::register(&cfg.telemetry.meter("sigil-collector"), shared.counters.clone(), snapshot.clone());
     {

@@ -1,4 +1,9 @@
-//! Metrics for Sigil's agent and collector, through OpenTelemetry.
+//! Metrics, traces and logs for Sigil's agent and collector, through OpenTelemetry.
+//!
+//! Traces: `tracing` spans (ingest batches, correlation runs, queries, token issuance)
+//! become OTel spans through [`Telemetry::tracing_layer`], exported over OTLP/HTTP when an
+//! endpoint is configured. Logs: records worth keeping in any OTel backend (attributed
+//! cloud actions) are emitted with [`Telemetry::log`].
 //!
 //! One meter provider, two readers: a Prometheus registry served at `/metrics` (so a
 //! Prometheus server can scrape every agent), and, when an endpoint is configured, an
@@ -31,6 +36,9 @@ pub struct TelemetryConfig {
 pub struct Telemetry {
     provider: SdkMeterProvider,
     registry: Registry,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    logger: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
+    service: &'static str,
 }
 
 impl Telemetry {
@@ -49,7 +57,7 @@ impl Telemetry {
             .with_service_name(service)
             .with_attributes([KeyValue::new("host.name", node.to_owned())])
             .build();
-        let mut builder = SdkMeterProvider::builder().with_resource(resource).with_reader(prom);
+        let mut builder = SdkMeterProvider::builder().with_resource(resource.clone()).with_reader(prom);
         if let Some(url) = &cfg.otlp_endpoint {
             let exporter = MetricExporter::builder()
                 .with_http()
@@ -59,7 +67,57 @@ impl Telemetry {
             let interval = if cfg.export_interval.is_zero() { Duration::from_secs(30) } else { cfg.export_interval };
             builder = builder.with_reader(PeriodicReader::builder(exporter).with_interval(interval).build());
         }
-        Ok(Self { provider: builder.build(), registry })
+        let (mut tracer, mut logger) = (None, None);
+        if let Some(url) = &cfg.otlp_endpoint {
+            let base = url.trim_end_matches('/');
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{base}/v1/traces"))
+                .build()
+                .context("building the OTLP span exporter")?;
+            tracer = Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_resource(resource.clone())
+                    .with_batch_exporter(spans)
+                    .build(),
+            );
+            let logs = opentelemetry_otlp::LogExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{base}/v1/logs"))
+                .build()
+                .context("building the OTLP log exporter")?;
+            logger = Some(
+                opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+                    .with_resource(resource.clone())
+                    .with_batch_exporter(logs)
+                    .build(),
+            );
+        }
+        Ok(Self { provider: builder.build(), registry, tracer, logger, service })
+    }
+
+    /// A `tracing` layer that turns spans into OTel spans (None without an OTLP endpoint).
+    pub fn tracing_layer<S>(&self) -> Option<impl tracing_subscriber::Layer<S> + use<S>>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        self.tracer.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(self.service)))
+    }
+
+    /// Emits an OTLP log record: a message and flat string attributes (never secrets).
+    pub fn log(&self, message: &str, attributes: &[(&'static str, String)]) {
+        use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+        let Some(p) = &self.logger else { return };
+        let logger = p.logger(self.service);
+        let mut r = logger.create_log_record();
+        r.set_severity_number(Severity::Info);
+        r.set_severity_text("INFO");
+        r.set_body(AnyValue::String(message.to_owned().into()));
+        for (k, v) in attributes {
+            r.add_attribute(*k, AnyValue::String(v.clone().into()));
+        }
+        logger.emit(r);
     }
 
     pub fn meter(&self, name: &'static str) -> Meter {
@@ -79,6 +137,12 @@ impl Telemetry {
     pub fn flush(&self) {
         if let Err(e) = self.provider.force_flush() {
             warn!("flushing metrics: {e}");
+        }
+        if let Some(t) = &self.tracer {
+            let _ = t.force_flush();
+        }
+        if let Some(l) = &self.logger {
+            let _ = l.force_flush();
         }
     }
 }

@@ -52,10 +52,16 @@ impl Collector {
 
     /// Starts on given ports (a restart reuses them, as agents keep their URL).
     pub fn start_on(db: &Path, grpc: u16, http: u16) -> Self {
+        Self::start_with(db, grpc, http, &[])
+    }
+
+    /// Starts with extra `serve` arguments (TLS files, ...).
+    pub fn start_with(db: &Path, grpc: u16, http: u16, extra: &[&str]) -> Self {
         let mut child = Command::new(sibling_bin("sigil-collector"))
             .arg("--db")
             .arg(db)
             .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -253,3 +253,62 @@ fn malformed_cloudtrail_files_report_each_bad_record_and_keep_the_rest() {
         let _ = fs::remove_dir_all(dir);
     }
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+fn pki(dir: &Path) {
+    let run = |args: &[&str]| {
+        let st = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).stdout(Stdio::null()).status().unwrap();
+        assert!(st.success(), "openssl {args:?}");
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[&["req", "-x509"][..], &ec, &["-days", "1", "-subj", "/CN=sigil-test-ca", "-keyout", "ca.key", "-out", "ca.pem"]].concat());
+    for (name, ext) in [("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"), ("client", "subjectAltName=DNS:agent.node-a\nextendedKeyUsage=clientAuth\n")] {
+        fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        run(&[&["req"][..], &ec, &["-subj", &format!("/CN={name}"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]].concat());
+        run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext")]);
+    }
+}
+
+#[test]
+fn agents_stream_over_mutual_tls_and_an_agent_without_a_client_certificate_is_refused() {
+    let dir = scratch_dir();
+    pki(&dir);
+    let p = |f: &str| dir.join(f).display().to_string();
+    let (g, h) = (free_port(), free_port());
+    let collector = Collector::start_with(&dir.join("c.db"), g, h, &["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key"), "--client-ca", &p("ca.pem")]);
+    assert!(collector.log.snapshot().iter().any(|l| l.contains("mTLS")));
+    let url = format!("https://127.0.0.1:{g}");
+
+    let good = Agent::start(&[
+        "--no-trace", "--node-name", "node-with-cert", "--state-dir", &p("state-good"), "--collector", &url,
+        "--collector-ca", &p("ca.pem"), "--collector-cert", &p("client.pem"), "--collector-key", &p("client.key"),
+    ]);
+    let bad = Agent::start(&["--no-trace", "--node-name", "node-without-cert", "--state-dir", &p("state-bad"), "--collector", &url, "--collector-ca", &p("ca.pem")]);
+    good.wait_event("events acknowledged over mTLS", |v| v["kind"] == "agent_stats" && v["export"]["events_acked"].as_u64().unwrap_or(0) > 0);
+    let refused = bad.wait_event("the unauthenticated agent failing", |v| v["kind"] == "agent_stats" && v["export"]["send_errors"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(refused["export"]["events_acked"], 0);
+    assert!(refused["export"]["spool"]["depth_events"].as_u64().unwrap() > 0, "its events wait in the spool, not lost");
+
+    let conn = rusqlite::Connection::open(&collector.db).unwrap();
+    let nodes: Vec<String> = conn.prepare("SELECT node FROM nodes").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(nodes, ["node-with-cert"]);
+    drop((good, bad, collector));
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn plaintext_is_refused_off_loopback_on_both_sides() {
+    let out = Command::new(agent_bin()).args(["run", "--collector", "http://192.0.2.10:50051", "--state-dir", "/tmp/sigil-unused-state"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to send identity events in plaintext"), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = scratch_dir();
+    let out = Command::new(sibling_bin("sigil-collector"))
+        .arg("--db")
+        .arg(dir.join("c.db"))
+        .args(["serve", "--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing plaintext gRPC"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = fs::remove_dir_all(dir);
+}

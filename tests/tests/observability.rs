@@ -14,7 +14,7 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::metrics::v1::ExportMetricsServiceRequest,
+    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::any_value::Value as AnyValue,
     metrics::v1::{metric::Data, number_data_point::Value as NumberValue},
 };
@@ -60,22 +60,27 @@ fn script_tokens(dir: &Path, client: &Path, socket: &Path) {
 
 // === OTLP ===
 
-/// A minimal OTLP/HTTP receiver: every POST /v1/metrics body, decoded.
-fn otlp_receiver() -> (u16, Arc<Mutex<Vec<ExportMetricsServiceRequest>>>, Arc<Mutex<Vec<u8>>>) {
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A minimal OTLP/HTTP receiver: every POST /v1/metrics body, decoded; every body of any
+/// path kept raw (traces, logs) with its path.
+fn otlp_receiver() -> (u16, Arc<Mutex<Vec<ExportMetricsServiceRequest>>>, Arc<Mutex<Vec<u8>>>, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
     let raw = Arc::new(Mutex::new(Vec::new()));
-    let (g, r) = (got.clone(), raw.clone());
+    let all: Received = Arc::default();
+    let (g, r, a) = (got.clone(), raw.clone(), all.clone());
     thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            let (g, r) = (g.clone(), r.clone());
+            let (g, r, a) = (g.clone(), r.clone(), a.clone());
             thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 let mut conn = conn;
                 loop {
                     let mut len = 0usize;
                     let mut line = String::new();
+                    let mut path = String::new();
                     loop {
                         line.clear();
                         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -83,6 +88,9 @@ fn otlp_receiver() -> (u16, Arc<Mutex<Vec<ExportMetricsServiceRequest>>>, Arc<Mu
                         }
                         if line == "\r\n" {
                             break;
+                        }
+                        if path.is_empty() {
+                            path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
                         }
                         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                             len = v.trim().parse().unwrap_or(0);
@@ -93,15 +101,18 @@ fn otlp_receiver() -> (u16, Arc<Mutex<Vec<ExportMetricsServiceRequest>>>, Arc<Mu
                         return;
                     }
                     r.lock().unwrap().extend_from_slice(&body);
-                    if let Ok(req) = ExportMetricsServiceRequest::decode(body.as_slice()) {
-                        g.lock().unwrap().push(req);
+                    if path == "/v1/metrics" {
+                        if let Ok(req) = ExportMetricsServiceRequest::decode(body.as_slice()) {
+                            g.lock().unwrap().push(req);
+                        }
                     }
+                    a.lock().unwrap().push((path, body));
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
                 }
             });
         }
     });
-    (port, got, raw)
+    (port, got, raw, all)
 }
 
 /// (metric name, attribute key=value or "", value) for every number data point.
@@ -150,7 +161,7 @@ fn points(req: &ExportMetricsServiceRequest) -> Vec<(String, String, f64)> {
 fn otlp_export_carries_the_scripted_token_figures() {
     let dir = scratch_dir();
     let client = unique_client(&dir, "metrics-client");
-    let (port, got, raw) = otlp_receiver();
+    let (port, got, raw, all) = otlp_receiver();
     let (agent, socket) = issuing_agent(
         &dir,
         &client,
@@ -175,6 +186,28 @@ fn otlp_export_carries_the_scripted_token_figures() {
             break;
         }
         assert!(Instant::now() < deadline, "OTLP never carried the expected figures; last export: {latest:?}");
+        thread::sleep(Duration::from_millis(250));
+    }
+    // The issuance path is traced: one span per request, with its outcome.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans: Vec<(String, String)> = all
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == "/v1/traces")
+            .filter_map(|(_, b)| ExportTraceServiceRequest::decode(b.as_slice()).ok())
+            .flat_map(|r| r.resource_spans)
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+            .map(|s| (s.name.clone(), format!("{:?}", s.attributes)))
+            .collect();
+        let issued = spans.iter().filter(|(n, a)| n == "issue_jwt_svid" && a.contains("issued 1")).count();
+        let denied = spans.iter().filter(|(n, a)| n == "issue_jwt_svid" && a.contains("binary_hash_mismatch")).count();
+        if issued == 3 && denied == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "issuance spans: {issued} issued, {denied} denied; saw {spans:?}");
         thread::sleep(Duration::from_millis(250));
     }
     // The resource says which service and node sent it.

@@ -63,12 +63,13 @@ fn probe_reports_program_types() {
     }
 }
 
+/// Invalid configuration exits 64 (EX_USAGE), before any program is loaded.
 #[test]
 fn bad_arguments_are_refused_before_touching_the_kernel() {
     let out = Command::new(agent_bin()).args(["run", "--stdout", "--ring-buffer-bytes", "1000"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
     let out = Command::new(agent_bin()).args(["run"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--stdout"));
 }

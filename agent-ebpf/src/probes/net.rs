@@ -8,7 +8,7 @@ use aya_ebpf::{
 use sigil_agent_common::{ConnectEvent, DataEvent, DataSource, EventKind};
 
 use super::{SYSCALL_ARG, SYSCALL_RET, process::header, tls::{copy_user, note_fd}};
-use crate::maps::{CONNS, EVENTS, PENDING_CONNECT, PendingConnect, count_lost, sock_key};
+use crate::maps::{CONNS, EVENTS, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_lost, sock_key};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -29,7 +29,9 @@ pub fn sigil_close(ctx: TracePointContext) -> u32 {
     // SAFETY: fixed syscall tracepoint layout.
     if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[0]) } {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let _ = CONNS.remove(&sock_key(tgid, fd as i32));
+        let key = sock_key(tgid, fd as i32);
+        let _ = CONNS.remove(&key);
+        let _ = TLS_SKIP.remove(&key);
     }
     0
 }

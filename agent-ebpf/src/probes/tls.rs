@@ -13,7 +13,7 @@ use aya_ebpf::{
 use sigil_agent_common::{DATA_CAPTURE, DataSource};
 
 use super::net::emit_data;
-use crate::maps::{TLS_CALLS, TLS_FDS, TlsCall, TlsConnKey};
+use crate::maps::{TLS_CALLS, TLS_FDS, TLS_SKIP, TlsCall, TlsConnKey, sock_key};
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {
@@ -43,6 +43,10 @@ fn leave(accepted: u64) -> u32 {
         // SAFETY: plain value.
         unsafe { TLS_FDS.get(&key) }.copied().unwrap_or(-1)
     };
+    // SAFETY: plain value.
+    if fd >= 0 && unsafe { TLS_SKIP.get(&sock_key(tgid, fd)) }.copied() == Some(call.conn) {
+        return 0;
+    }
     let len = if call.written != 0 {
         // SAFETY: user pointer read through the probe helper.
         unsafe { bpf_probe_read_user(call.written as *const u64) }.unwrap_or(0)

@@ -259,6 +259,15 @@ impl Probes {
         }
     }
 
+    /// Stops copying a TLS connection's writes (they are not requests).
+    pub fn skip_tls(&mut self, tgid: u32, fd: i32, conn: u64) -> Result<(), LoadError> {
+        let mut map: BpfHashMap<_, u64, u64> =
+            BpfHashMap::try_from(self.ebpf.map_mut("TLS_SKIP").ok_or(LoadError::Missing("map TLS_SKIP"))?)
+                .map_err(|source| LoadError::Map { name: "TLS_SKIP", source })?;
+        let key = (u64::from(tgid) << 32) | u64::from(fd as u32);
+        map.insert(key, conn, 0).map_err(|source| LoadError::Map { name: "TLS_SKIP", source })
+    }
+
     /// Takes the event ring buffer (once) for the reader task.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Missing("map EVENTS"))?;

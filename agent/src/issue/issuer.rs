@@ -184,6 +184,17 @@ impl Issuer {
     }
 
     pub fn fetch_jwt(&self, peer: &Peer, req: &JwtRequest) -> Result<Vec<Issued>, Denial> {
+        let span = tracing::info_span!("issue_jwt_svid", peer_pid = peer.pid, audience = ?req.audience, outcome = tracing::field::Empty);
+        let _entered = span.enter();
+        let result = self.fetch_jwt_inner(peer, req);
+        match &result {
+            Ok(issued) => span.record("outcome", format!("issued {}", issued.len())),
+            Err(d) => span.record("outcome", d.reason.as_str()),
+        };
+        result
+    }
+
+    fn fetch_jwt_inner(&self, peer: &Peer, req: &JwtRequest) -> Result<Vec<Issued>, Denial> {
         let deny = |reason, detail: String, process: Option<&crate::attest::record::ProcessRecord>| {
             self.deny(peer, req, reason, detail, process)
         };

@@ -95,18 +95,24 @@ impl SpoolSink {
     }
 }
 
-fn is_loopback(url: &str) -> bool {
+pub fn is_loopback(url: &str) -> bool {
     let host = url.split("://").nth(1).unwrap_or(url).split('/').next().unwrap_or("");
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']);
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Identity events leave the node only encrypted, unless the collector is on loopback.
+pub fn check_transport(url: &str) -> Result<()> {
+    if !url.starts_with("https://") && !is_loopback(url) {
+        bail!("refusing to send identity events in plaintext to {url} (not loopback): use https:// with --collector-ca");
+    }
+    Ok(())
+}
+
 /// Validates the configuration and builds a lazily connecting channel.
 pub fn channel(cfg: &CollectorConfig) -> Result<Channel> {
     let tls = cfg.url.starts_with("https://");
-    if !tls && !is_loopback(&cfg.url) {
-        bail!("refusing to send identity events in plaintext to {} (not loopback): use https:// with --collector-ca", cfg.url);
-    }
+    check_transport(&cfg.url)?;
     let mut ep = Endpoint::from_shared(cfg.url.clone()).context("collector URL")?.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
     if tls {
         let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));

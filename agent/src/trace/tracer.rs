@@ -45,6 +45,8 @@ pub struct TraceStats {
     pub credential_file_reads: u64,
     /// Plain sockets whose first bytes were not HTTP; the kernel stopped copying them.
     pub plain_sockets_ignored: u64,
+    /// TLS connections whose writes are not requests (server side); no longer copied.
+    pub tls_connections_ignored: u64,
     pub tls_libraries_attached: usize,
     /// Credential uses by (class, detector): small fixed vocabularies, safe as labels.
     /// Serialized as a list (JSON object keys cannot be pairs).
@@ -176,11 +178,20 @@ impl Tracer {
         let key = StreamKey { tgid, fd: ev.fd, conn: ev.conn };
 
         if !self.streams.contains_key(&key) {
-            if source == DataSource::PlainSocket && !looks_like_http(captured) {
-                // TLS handshakes, database protocols...: stop copying this socket.
-                self.stats.plain_sockets_ignored += 1;
-                if let Err(e) = probes.stop_plain_capture(tgid, ev.fd) {
-                    warn!("could not stop capturing a non-HTTP socket: {e}");
+            if !looks_like_http(captured) {
+                // Not a client's requests (TLS handshakes, database protocols, a server's
+                // responses): have the kernel stop copying this connection.
+                let stopped = if source == DataSource::PlainSocket {
+                    self.stats.plain_sockets_ignored += 1;
+                    probes.stop_plain_capture(tgid, ev.fd)
+                } else if ev.fd >= 0 {
+                    self.stats.tls_connections_ignored += 1;
+                    probes.skip_tls(tgid, ev.fd, ev.conn)
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = stopped {
+                    warn!("could not stop capturing a connection that is not HTTP requests: {e}");
                 }
                 return Vec::new();
             }

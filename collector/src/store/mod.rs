@@ -71,8 +71,8 @@ impl Query {
 pub trait Store: Send + Sync {
     fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError>;
     fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError>;
-    /// Links unattributed cloud actions to runs; returns how many links were created.
-    fn correlate(&self) -> Result<usize, StoreError>;
+    /// Links unattributed cloud actions to runs; returns the links created.
+    fn correlate(&self) -> Result<Vec<crate::correlate::NewLink>, StoreError>;
     fn query(&self, q: &Query) -> Result<Value, StoreError>;
     /// Aggregates for metrics: events by kind, cloud actions by provider, links by
     /// reason, agents seen recently, and the posture figures.

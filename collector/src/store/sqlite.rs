@@ -230,7 +230,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn correlate(&self) -> Result<usize, StoreError> {
+    fn correlate(&self) -> Result<Vec<correlate::NewLink>, StoreError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let n = correlate::run(&tx, now_unix())?;
