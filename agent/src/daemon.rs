@@ -208,11 +208,10 @@ fn fingerprint_key(tc: &TraceConfig) -> anyhow::Result<Vec<u8>> {
         return Ok(key);
     }
     let path = tc.state_dir.join("fingerprint.key");
-    if let Ok(key) = std::fs::read(&path) {
-        if key.len() >= 16 {
+    if let Ok(key) = std::fs::read(&path)
+        && key.len() >= 16 {
             return Ok(key);
         }
-    }
     warn!(
         "no --fingerprint-key-file: generating {} (fingerprints are comparable only between agents sharing a key)",
         path.display()
@@ -420,6 +419,9 @@ struct Counters {
 }
 
 impl Counters {
+    // Every stage the snapshot reads from; they are borrowed separately because the loop
+    // holds some of them mutably between snapshots.
+    #[allow(clippy::too_many_arguments)]
     fn snapshot(
         &self,
         node: &str,

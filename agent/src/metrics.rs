@@ -17,6 +17,9 @@ use crate::{issue::policy::DenyReason, output::AgentStats};
 
 pub type Snapshot = Arc<Mutex<AgentStats>>;
 
+/// (instrument name, description, how to read its value from the snapshot)
+type Reading = (&'static str, &'static str, fn(&AgentStats) -> u64);
+
 fn read<T>(s: &Snapshot, f: impl FnOnce(&AgentStats) -> T) -> Option<T> {
     s.lock().ok().map(|g| f(&g))
 }
@@ -45,7 +48,7 @@ pub fn register(meter: &Meter, snap: Snapshot) -> Histogram<f64> {
             }
         })
         .build();
-    let counters: [(&'static str, &'static str, fn(&AgentStats) -> u64); 8] = [
+    let counters: [Reading; 8] = [
         ("sigil.agent.decode_errors", "Ring-buffer records that could not be decoded", |a| a.decode_errors),
         ("sigil.agent.hash.cache_hits", "Binary digests answered from the cache", |a| a.hash.cache_hits),
         ("sigil.agent.hash.cache_misses", "Binary digests computed", |a| a.hash.hashes_computed),
@@ -111,7 +114,7 @@ pub fn register(meter: &Meter, snap: Snapshot) -> Histogram<f64> {
             }
         })
         .build();
-    let gauges: [(&'static str, &'static str, fn(&AgentStats) -> u64); 4] = [
+    let gauges: [Reading; 4] = [
         ("sigil.agent.processes_tracked", "Live processes with an attestation record", |a| a.processes_tracked as u64),
         ("sigil.agent.long_lived_credentials", "Distinct long-lived credentials seen in use", |a| a.trace.as_ref().map_or(0, |t| t.long_lived_credentials as u64)),
         ("sigil.agent.shared_credentials", "Long-lived credentials used by more than one workload run", |a| a.trace.as_ref().map_or(0, |t| t.shared_credentials as u64)),

@@ -82,11 +82,10 @@ impl Sink for Tee {
         }
         let mut first = Ok(());
         for s in &self.sinks {
-            if let Err(e) = s.write(kind, json) {
-                if first.is_ok() {
+            if let Err(e) = s.write(kind, json)
+                && first.is_ok() {
                     first = Err(e);
                 }
-            }
         }
         first
     }

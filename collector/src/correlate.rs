@@ -13,6 +13,7 @@
 //! - `access_key_id_outside_window`: seen, but not near this call's time.
 //! - `gcp_principal_in_self_signed_jwt`: GCP principal email equals the issuer/subject of
 //!   a JWT the agent saw a run present (service-account self-signed JWTs), in the window.
+//!
 //! Actions matching nothing stay unattributed; that list is itself a finding.
 
 use rusqlite::{Transaction, params};
@@ -108,11 +109,10 @@ fn find_links(tx: &Transaction<'_>, a: &Action) -> Result<Vec<Link>, StoreError>
             return Ok(seen);
         }
     }
-    if a.provider == "gcp" {
-        if let Some(email) = &a.principal {
+    if a.provider == "gcp"
+        && let Some(email) = &a.principal {
             return by_jwt_principal(tx, email, a.time);
         }
-    }
     Ok(Vec::new())
 }
 

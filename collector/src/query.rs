@@ -210,8 +210,8 @@ fn posture(conn: &Connection) -> Result<Value, StoreError> {
         let mut st = conn.prepare(
             "SELECT min(l.created) - a.ingested FROM cloud_actions a JOIN links l ON l.cloud_action_id = a.id GROUP BY a.id",
         )?;
-        let v = st.query_map(params![], |r| r.get::<_, i64>(0))?.collect::<Result<_, _>>()?;
-        v
+        
+        st.query_map(params![], |r| r.get::<_, i64>(0))?.collect::<Result<_, _>>()?
     };
     delays.sort_unstable();
     let median = delays.get(delays.len() / 2).copied();

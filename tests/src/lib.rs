@@ -31,6 +31,51 @@ pub fn agent_bin() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sigil-agent"))
 }
 
+/// A self-signed P-256 certificate for 127.0.0.1 in `dir` (cert.pem, key.pem).
+pub fn self_signed_cert(dir: &Path) {
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// tests/python/http_server.py (HTTP/1.1 keep-alive; TLS with a fresh certificate when
+/// `tls_dir` is given), stopped on drop.
+pub struct PyServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl PyServer {
+    pub fn start(tls_dir: Option<&Path>) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.arg(python_script("http_server.py")).arg(port.to_string());
+        if let Some(dir) = tls_dir {
+            self_signed_cert(dir);
+            cmd.arg(dir.join("cert.pem")).arg(dir.join("key.pem"));
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("READY"), "server did not start: {line:?}");
+        Self { child, port }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A binary built next to the agent (`sigil-collector`, `sigil`).
 pub fn sibling_bin(name: &str) -> PathBuf {
     agent_bin().with_file_name(name)
@@ -101,11 +146,10 @@ impl Collector {
         let deadline = Instant::now() + WAIT;
         loop {
             let out = Command::new(sibling_bin("sigil")).args(["--collector", &self.http, "--json"]).args(args).output().unwrap();
-            if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
-                if pred(&v) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout)
+                && pred(&v) {
                     return v;
                 }
-            }
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             thread::sleep(Duration::from_millis(200));
         }

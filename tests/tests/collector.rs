@@ -4,7 +4,6 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -22,31 +21,6 @@ const ASIA: &str = "ASIASIGILE2E0000002";
 
 fn pod(uid: &str, ctr: &str) -> String {
     format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ctr}.scope", uid.replace('-', "_"))
-}
-
-fn https_server(dir: &Path) -> (std::process::Child, u16) {
-    let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let port = free_port();
-    let mut child = Command::new(python())
-        .arg(python_script("http_server.py"))
-        .arg(port.to_string())
-        .arg(dir.join("cert.pem"))
-        .arg(dir.join("key.pem"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("READY"));
-    (child, port)
 }
 
 fn now_rfc3339() -> String {
@@ -82,8 +56,8 @@ fn cloud_actions_are_traced_to_the_runs_that_made_them_and_survive_a_restart() {
         "--oidc-listen", &format!("127.0.0.1:{oidc}"),
     ]);
     agent.stderr.wait_line("TLS capture", |l| l.contains("TLS capture attached") && l.contains("libssl"));
-    let (mut server, port) = https_server(&dir);
-    let endpoint = format!("https://127.0.0.1:{port}");
+    let server = PyServer::start(Some(&dir));
+    let endpoint = format!("https://127.0.0.1:{}", server.port);
     let script = python_script("aws_client.py").display().to_string();
 
     // Workload A: a long-lived key.
@@ -175,7 +149,7 @@ fn cloud_actions_are_traced_to_the_runs_that_made_them_and_survive_a_restart() {
         assert!(!db_bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in the collector database");
         assert!(agent.stdout.snapshot().iter().all(|l| !l.contains(secret)));
     }
-    let _ = server.kill();
+    drop(server);
     let _ = fs::remove_dir_all(dir);
 }
 

@@ -64,7 +64,10 @@ type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 /// A minimal OTLP/HTTP receiver: every POST /v1/metrics body, decoded; every body of any
 /// path kept raw (traces, logs) with its path.
-fn otlp_receiver() -> (u16, Arc<Mutex<Vec<ExportMetricsServiceRequest>>>, Arc<Mutex<Vec<u8>>>, Received) {
+/// (port, decoded metric exports, every exported byte, every (path, body))
+type Receiver = (u16, Arc<Mutex<Vec<ExportMetricsServiceRequest>>>, Arc<Mutex<Vec<u8>>>, Received);
+
+fn otlp_receiver() -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -101,11 +104,10 @@ fn otlp_receiver() -> (u16, Arc<Mutex<Vec<ExportMetricsServiceRequest>>>, Arc<Mu
                         return;
                     }
                     r.lock().unwrap().extend_from_slice(&body);
-                    if path == "/v1/metrics" {
-                        if let Ok(req) = ExportMetricsServiceRequest::decode(body.as_slice()) {
+                    if path == "/v1/metrics"
+                        && let Ok(req) = ExportMetricsServiceRequest::decode(body.as_slice()) {
                             g.lock().unwrap().push(req);
                         }
-                    }
                     a.lock().unwrap().push((path, body));
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
                 }
@@ -255,13 +257,8 @@ fn every_dashboard_query_answers_from_a_real_prometheus() {
     script_tokens(&dir, &client, &socket);
     let cg = TestCgroup::create("dash.slice/work.scope");
     let api_key = "sk-proj-PLANTEDdashboardKEY000000000000000";
-    let (mut server, port) = {
-        let port = free_port();
-        let mut child = Command::new(python()).arg(python_script("http_server.py")).arg(port.to_string()).stdout(Stdio::piped()).spawn().unwrap();
-        let mut l = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut l).unwrap();
-        (child, port)
-    };
+    let server = PyServer::start(None);
+    let port = server.port;
     cg.run(Path::new("/usr/bin/curl"), &["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/x"), "-H", &format!("x-api-key: {api_key}")]);
     let home = dir.join("home/.aws");
     fs::create_dir_all(&home).unwrap();
@@ -275,7 +272,7 @@ fn every_dashboard_query_answers_from_a_real_prometheus() {
     let fingerprint = used["fingerprint"].as_str().unwrap().to_owned();
     let trail = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cloudtrail-story.json.tmpl"))
         .unwrap()
-        .replace("{{TIME}}", &String::from_utf8_lossy(&Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap().stdout).trim().to_owned())
+        .replace("{{TIME}}", String::from_utf8_lossy(&Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap().stdout).trim())
         .replace("{{AKIA}}", "AKIASIGILDASH0000001")
         .replace("{{ASIA}}", "ASIASIGILDASH0000002")
         .replace("{{JTI}}", "dash")
@@ -346,7 +343,7 @@ fn every_dashboard_query_answers_from_a_real_prometheus() {
             }
         }
     }
-    let _ = server.kill();
+    drop(server);
     assert!(checked >= 25, "only {checked} queries found");
     assert!(failures.is_empty(), "{} of {checked} dashboard queries failed:\n{}", failures.len(), failures.join("\n"));
 

@@ -7,55 +7,12 @@ use std::{
     fs,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Stdio,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
 use sigil_tests::*;
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    /// The Python HTTP/1.1 server, with TLS when `tls_dir` is given.
-    fn start(tls_dir: Option<&Path>) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(python());
-        cmd.arg(python_script("http_server.py")).arg(port.to_string());
-        if let Some(dir) = tls_dir {
-            cmd.arg(dir.join("cert.pem")).arg(dir.join("key.pem"));
-        }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("READY"), "server did not start: {line:?}");
-        Self { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A self-signed certificate for 127.0.0.1.
-fn certificate(dir: &Path) {
-    let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
 
 struct Traced {
     agent: Agent,
@@ -68,7 +25,6 @@ fn traced() -> Traced {
     let state = dir.join("state");
     let agent = Agent::start(&["--state-dir", &state.display().to_string()]);
     agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
-    certificate(&dir);
     Traced { agent, state, dir }
 }
 
@@ -132,7 +88,7 @@ fn jwt(iss: &str, sub: &str, iat: i64, exp: i64) -> String {
 #[test]
 fn curl_over_https_with_a_bearer_jwt_is_attributed_to_its_process_and_destination() {
     let t = traced();
-    let server = Server::start(Some(&t.dir));
+    let server = PyServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/curl-jwt.scope");
     let (iat, exp) = (now() - 60, now() + 600);
     let token = jwt("https://issuer.example", "svc-reporting", iat, exp);
@@ -162,7 +118,7 @@ fn curl_over_https_with_a_bearer_jwt_is_attributed_to_its_process_and_destinatio
 #[test]
 fn boto3_sigv4_requests_are_classified_static_or_temporary_by_key_id() {
     let t = traced();
-    let server = Server::start(Some(&t.dir));
+    let server = PyServer::start(Some(&t.dir));
     let endpoint = format!("https://127.0.0.1:{}", server.port);
     let cg = TestCgroup::create("trace.slice/boto3.scope");
     let (akia, akia_secret) = ("AKIASIGILTEST0000001", "wJalrXUtnFEMI/K7MDENG/PLANTEDsecretKEY001");
@@ -192,7 +148,7 @@ fn boto3_sigv4_requests_are_classified_static_or_temporary_by_key_id() {
 #[test]
 fn plain_http_with_an_api_key_header_is_detected() {
     let t = traced();
-    let server = Server::start(None);
+    let server = PyServer::start(None);
     let cg = TestCgroup::create("trace.slice/plain.scope");
     let key = "sk-proj-PLANTEDapiKEY0123456789abcdefghij";
     let url = format!("http://127.0.0.1:{}/v1/models", server.port);
@@ -239,7 +195,7 @@ fn reading_an_aws_shared_credentials_file_is_an_event() {
 #[test]
 fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_request() {
     let t = traced();
-    let server = Server::start(Some(&t.dir));
+    let server = PyServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/writer.scope");
     let tokens: Vec<String> = ["split", "big", "next"].iter().map(|n| format!("ghp_PLANTED{n}{}", unique("x")).replace('x', "0")).collect();
     let (code, out, err) = cg.run(
@@ -274,7 +230,7 @@ fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_requ
 fn a_tls_library_first_seen_at_run_time_is_attached_then_detached() {
     use std::io::Write;
     let t = traced();
-    let server = Server::start(Some(&t.dir));
+    let server = PyServer::start(Some(&t.dir));
     let lib_dir = t.dir.join("image-lib");
     fs::create_dir_all(&lib_dir).unwrap();
     let lib = lib_dir.join("libssl.so.3");
@@ -317,7 +273,7 @@ fn a_tls_library_first_seen_at_run_time_is_attached_then_detached() {
 fn gnutls_clients_are_traced_too() {
     let t = traced();
     t.agent.stderr.wait_line("GnuTLS attach", |l| l.contains("TLS capture attached") && l.contains("libgnutls"));
-    let server = Server::start(Some(&t.dir));
+    let server = PyServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/gnutls.scope");
     let token = format!("xoxb-PLANTED-{}", unique("slack"));
     let request = format!("GET /gnutls HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");

@@ -7,26 +7,22 @@
 use std::{
     io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build, provision, test::PYTHON_PACKAGES};
+use crate::{
+    build,
+    peers::{self, Guard},
+    provision,
+    test::PYTHON_PACKAGES,
+};
 
 const ROUNDS: usize = 3;
 const TLS_REQUESTS: usize = 3000;
 const EXECS: usize = 1500;
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_agent(bin: &Path, state: &Path) -> Result<Guard> {
     let mut child = Command::new(bin)
@@ -77,26 +73,8 @@ pub fn run() -> Result<()> {
     let root = build::workspace_root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    provision::run(
-        Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stderr(Stdio::null()),
-    )?;
     let port = 18_600;
-    let mut server = Command::new(&python)
-        .arg(root.join("tests/python/http_server.py"))
-        .arg(port.to_string())
-        .arg(dir.join("cert.pem"))
-        .arg(dir.join("key.pem"))
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut ready = String::new();
-    BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut ready)?;
-    let _server = Guard(server);
+    let _server = peers::https_server(&python, &dir, port)?;
     let script = root.join("tests/python/tls_loop.py");
 
     let (mut tls_base, mut tls_agent, mut exec_base, mut exec_agent) = (vec![], vec![], vec![], vec![]);

@@ -24,7 +24,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{build, provision, test::PYTHON_PACKAGES};
+use crate::{
+    build,
+    peers::{self, Guard},
+    provision,
+    test::PYTHON_PACKAGES,
+};
 
 struct DemoWorkload {
     name: &'static str,
@@ -179,16 +184,6 @@ const LEDGER_LAYOUT: &str = "kubepods.slice/kubepods-pod1f2e3d4c_5b6a_4978_8695_
 const AKIA: &str = "AKIASIGILDEMO0000001";
 const ASIA: &str = "ASIASIGILDEMO0000002";
 
-/// A child process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
 /// Waits until the collector accepts connections on both ports.
 fn wait_for_collector() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -208,28 +203,7 @@ struct HttpsEndpoint {
 
 impl HttpsEndpoint {
     fn start(python: &Path, dir: &Path) -> Result<Self> {
-        crate::provision::run(
-            Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-                .arg(dir.join("key.pem"))
-                .arg("-out")
-                .arg(dir.join("cert.pem"))
-                .stderr(Stdio::null()),
-        )?;
-        let mut child = Command::new(python)
-            .arg(build::workspace_root().join("tests/python/http_server.py"))
-            .arg(DEMO_AWS.to_string())
-            .arg(dir.join("cert.pem"))
-            .arg(dir.join("key.pem"))
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("endpoint stdout")?).read_line(&mut line)?;
-        if !line.starts_with("READY") {
-            bail!("the demo HTTPS endpoint did not start");
-        }
-        Ok(Self { _server: Guard(child) })
+        Ok(Self { _server: peers::https_server(python, dir, DEMO_AWS)? })
     }
 }
 

@@ -8,6 +8,7 @@
 mod bench;
 mod build;
 mod demo;
+mod peers;
 mod provision;
 mod test;
 

@@ -122,6 +122,18 @@ impl TlsLibrary {
 pub struct LibraryLinks(Vec<(&'static str, UProbeLinkId)>);
 
 impl Probes {
+    /// A program of the object as its concrete type (TracePoint, UProbe, ...).
+    fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, LoadError>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Missing("program"))?
+            .try_into()
+            .map_err(|e| program_error(name, e))
+    }
+
     /// `watched_names` are the credential-file suffixes the open() filter will look for;
     /// their lengths are fixed at load time.
     pub fn load(offsets: TracepointOffsets, ring_buffer_bytes: u32, watched_names: &[&str]) -> Result<Self, LoadError> {
@@ -149,12 +161,7 @@ impl Probes {
     /// Attaches fork, exec and exit tracepoints.
     pub fn attach_process_lifecycle(&mut self) -> Result<(), LoadError> {
         for (name, category, tracepoint) in PROCESS_PROGRAMS {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoadError::Missing("process program"))?
-                .try_into()
-                .map_err(|e| program_error(name, e))?;
+            let prog: &mut TracePoint = self.program(name)?;
             prog.load().map_err(|e| program_error(name, e))?;
             prog.attach(category, tracepoint).map_err(|e| program_error(name, e))?;
             self.attached.push(name);
@@ -173,12 +180,7 @@ impl Probes {
         }
         let mut loaded: Vec<&str> = Vec::new();
         for (name, tracepoint) in TRACE_PROGRAMS {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoadError::Missing("tracing program"))?
-                .try_into()
-                .map_err(|e| program_error(name, e))?;
+            let prog: &mut TracePoint = self.program(name)?;
             if !loaded.contains(&name) {
                 prog.load().map_err(|e| program_error(name, e))?;
                 loaded.push(name);
@@ -187,12 +189,7 @@ impl Probes {
             self.attached.push(name);
         }
         for name in TlsLibrary::ALL_PROGRAMS {
-            let prog: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoadError::Missing("uprobe program"))?
-                .try_into()
-                .map_err(|e| program_error(name, e))?;
+            let prog: &mut UProbe = self.program(name)?;
             prog.load().map_err(|e| program_error(name, e))?;
         }
         Ok(())
@@ -206,12 +203,7 @@ impl Probes {
         let mut last_err = None;
         for (symbol, entry, ret) in lib.hooks() {
             for name in [*entry, *ret] {
-                let prog: &mut UProbe = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or(LoadError::Missing("uprobe program"))?
-                    .try_into()
-                    .map_err(|e| program_error(name, e))?;
+                let prog: &mut UProbe = self.program(name)?;
                 match prog.attach(*symbol, path, UProbeScope::AllProcesses) {
                     Ok(id) => links.push((name, id)),
                     Err(e) => last_err = Some(program_error(name, e)),

@@ -148,11 +148,10 @@ impl Tracer {
             let known = self.static_runs.contains_key(&used.fingerprint);
             if known || self.static_runs.len() < TRACKED_FINGERPRINTS {
                 let runs = self.static_runs.entry(used.fingerprint.clone()).or_default();
-                if let Some(p) = process {
-                    if runs.len() < 64 {
+                if let Some(p) = process
+                    && runs.len() < 64 {
                         runs.insert(run_key(p));
                     }
-                }
             }
         }
     }
