@@ -6,6 +6,7 @@ pub mod attest;
 pub mod cli;
 pub mod daemon;
 pub mod ebpf;
+pub mod h2frame;
 pub mod issue;
 pub mod metrics;
 pub mod output;

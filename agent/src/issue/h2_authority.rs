@@ -21,13 +21,7 @@ use std::{
 use loona_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADER: usize = 9;
-const TYPE_HEADERS: u8 = 0x1;
-const TYPE_CONTINUATION: u8 = 0x9;
-const FLAG_END_HEADERS: u8 = 0x4;
-const FLAG_PADDED: u8 = 0x8;
-const FLAG_PRIORITY: u8 = 0x20;
+use crate::h2frame::{CONTINUATION, END_HEADERS, FRAME_HEADER, HEADERS, PADDED, PREFACE, split_headers};
 /// The peer's default SETTINGS_MAX_FRAME_SIZE; tonic does not raise it.
 const MAX_FRAME: usize = 16_384;
 /// A header block larger than this is not ours to buffer: pass through.
@@ -121,14 +115,14 @@ impl Rewriter {
         let stream = [frame[5], frame[6], frame[7], frame[8]];
         let payload = &frame[FRAME_HEADER..];
         match kind {
-            TYPE_HEADERS => {
+            HEADERS => {
                 let Some((priority, fragment)) = split_headers(flags, payload) else {
                     return self.give_up(frame, out);
                 };
                 let p = Pending { stream, flags, priority, block: fragment.to_vec(), raw: frame.clone() };
                 self.pending = Some(p);
             }
-            TYPE_CONTINUATION => {
+            CONTINUATION => {
                 let Some(p) = self.pending.as_mut().filter(|p| p.stream == stream) else {
                     return self.give_up(frame, out);
                 };
@@ -147,7 +141,7 @@ impl Rewriter {
                 return;
             }
         }
-        if flags & FLAG_END_HEADERS != 0
+        if flags & END_HEADERS != 0
             && let Some(p) = self.pending.take() {
                 self.rewrite(p, out);
             }
@@ -178,23 +172,6 @@ impl Rewriter {
     }
 }
 
-/// Strips padding and the priority fields from a HEADERS payload.
-fn split_headers(flags: u8, payload: &[u8]) -> Option<(Option<[u8; 5]>, &[u8])> {
-    let mut body = payload;
-    let mut pad = 0usize;
-    if flags & FLAG_PADDED != 0 {
-        pad = usize::from(*body.first()?);
-        body = body.get(1..)?;
-    }
-    let mut priority = None;
-    if flags & FLAG_PRIORITY != 0 {
-        priority = Some(<[u8; 5]>::try_from(body.get(..5)?).ok()?);
-        body = body.get(5..)?;
-    }
-    let end = body.len().checked_sub(pad)?;
-    Some((priority, &body[..end]))
-}
-
 fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: [u8; 4], payload: &[u8]) {
     let len = payload.len();
     out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
@@ -211,14 +188,14 @@ fn write_header_frames(p: &Pending, block: &[u8], out: &mut Vec<u8>) {
     let room = MAX_FRAME - first.len();
     let (head, mut rest) = block.split_at(block.len().min(room));
     first.extend_from_slice(head);
-    let keep = p.flags & !(FLAG_PADDED | FLAG_END_HEADERS);
-    let end = if rest.is_empty() { FLAG_END_HEADERS } else { 0 };
-    push_frame(out, TYPE_HEADERS, keep | end, p.stream, &first);
+    let keep = p.flags & !(PADDED | END_HEADERS);
+    let end = if rest.is_empty() { END_HEADERS } else { 0 };
+    push_frame(out, HEADERS, keep | end, p.stream, &first);
     while !rest.is_empty() {
         let (chunk, tail) = rest.split_at(rest.len().min(MAX_FRAME));
         rest = tail;
-        let end = if rest.is_empty() { FLAG_END_HEADERS } else { 0 };
-        push_frame(out, TYPE_CONTINUATION, end, p.stream, chunk);
+        let end = if rest.is_empty() { END_HEADERS } else { 0 };
+        push_frame(out, CONTINUATION, end, p.stream, chunk);
     }
 }
 
@@ -286,6 +263,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h2frame::PRIORITY;
 
     fn headers_frame(enc: &mut Encoder<'static>, authority: &[u8], flags: u8, pad: u8) -> Vec<u8> {
         let block = enc.encode([
@@ -296,16 +274,16 @@ mod tests {
             (b"workload.spiffe.io", b"true"),
         ]);
         let mut payload = Vec::new();
-        if flags & FLAG_PADDED != 0 {
+        if flags & PADDED != 0 {
             payload.push(pad);
         }
-        if flags & FLAG_PRIORITY != 0 {
+        if flags & PRIORITY != 0 {
             payload.extend_from_slice(&[0, 0, 0, 0, 16]);
         }
         payload.extend_from_slice(&block);
         payload.extend(std::iter::repeat_n(0u8, usize::from(pad)));
         let mut f = Vec::new();
-        push_frame(&mut f, TYPE_HEADERS, flags, [0, 0, 0, 1], &payload);
+        push_frame(&mut f, HEADERS, flags, [0, 0, 0, 1], &payload);
         f
     }
 
@@ -320,10 +298,10 @@ mod tests {
             let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
             let (kind, flags) = (rest[3], rest[4]);
             let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
-            if kind == TYPE_HEADERS || kind == TYPE_CONTINUATION {
-                let (_, frag) = if kind == TYPE_HEADERS { split_headers(flags, payload).expect("valid") } else { (None, payload) };
+            if kind == HEADERS || kind == CONTINUATION {
+                let (_, frag) = if kind == HEADERS { split_headers(flags, payload).expect("valid") } else { (None, payload) };
                 block.extend_from_slice(frag);
-                if flags & FLAG_END_HEADERS != 0 {
+                if flags & END_HEADERS != 0 {
                     blocks.push(dec.decode(&block).expect("h2 can decode"));
                     block.clear();
                 }
@@ -338,10 +316,10 @@ mod tests {
         let mut client = Encoder::new();
         let mut wire = PREFACE.to_vec();
         push_frame(&mut wire, 0x4, 0, [0; 4], &[]); // SETTINGS
-        wire.extend(headers_frame(&mut client, b"%2Frun%2Fsigil%2Fworkload.sock", FLAG_END_HEADERS, 0));
+        wire.extend(headers_frame(&mut client, b"%2Frun%2Fsigil%2Fworkload.sock", END_HEADERS, 0));
         push_frame(&mut wire, 0x0, 0x1, [0, 0, 0, 1], b"\0\0\0\0\x02hi"); // DATA
         // Second request reuses the client's dynamic table entries.
-        wire.extend(headers_frame(&mut client, b"%2Frun%2Fsigil%2Fworkload.sock", FLAG_END_HEADERS | FLAG_PADDED | FLAG_PRIORITY, 3));
+        wire.extend(headers_frame(&mut client, b"%2Frun%2Fsigil%2Fworkload.sock", END_HEADERS | PADDED | PRIORITY, 3));
 
         // Feed it in awkward pieces, as a socket would.
         let mut rw = Rewriter::default();
@@ -365,12 +343,12 @@ mod tests {
     #[test]
     fn continuation_frames_are_joined() {
         let mut client = Encoder::new();
-        let full = headers_frame(&mut client, b"%2Fa", FLAG_END_HEADERS, 0);
+        let full = headers_frame(&mut client, b"%2Fa", END_HEADERS, 0);
         let block = &full[FRAME_HEADER..];
         let (a, b) = block.split_at(block.len() / 2);
         let mut wire = PREFACE.to_vec();
-        push_frame(&mut wire, TYPE_HEADERS, 0, [0, 0, 0, 1], a);
-        push_frame(&mut wire, TYPE_CONTINUATION, FLAG_END_HEADERS, [0, 0, 0, 1], b);
+        push_frame(&mut wire, HEADERS, 0, [0, 0, 0, 1], a);
+        push_frame(&mut wire, CONTINUATION, END_HEADERS, [0, 0, 0, 1], b);
         let mut rw = Rewriter::default();
         let mut out = Vec::new();
         rw.feed(&wire, &mut out);
@@ -389,14 +367,14 @@ mod tests {
         }
         // A valid preface followed by an undecodable header block.
         let mut wire = PREFACE.to_vec();
-        push_frame(&mut wire, TYPE_HEADERS, FLAG_END_HEADERS, [0, 0, 0, 1], &[0xff, 0xff, 0xff]);
+        push_frame(&mut wire, HEADERS, END_HEADERS, [0, 0, 0, 1], &[0xff, 0xff, 0xff]);
         let mut rw = Rewriter::default();
         let mut out = Vec::new();
         rw.feed(&wire, &mut out);
         assert_eq!(out, wire);
         // Truncated padding never panics.
         let mut wire = PREFACE.to_vec();
-        push_frame(&mut wire, TYPE_HEADERS, FLAG_END_HEADERS | FLAG_PADDED, [0, 0, 0, 1], &[200, 1]);
+        push_frame(&mut wire, HEADERS, END_HEADERS | PADDED, [0, 0, 0, 1], &[200, 1]);
         let mut rw = Rewriter::default();
         let mut out = Vec::new();
         rw.feed(&wire, &mut out);

@@ -16,7 +16,6 @@ const MAX_HEAD: usize = 64 * 1024;
 /// memory; the common server setting is 4 KiB).
 const MAX_HPACK_TABLE: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -319,13 +318,7 @@ fn body_framing(method: &str, headers: &[(String, String)]) -> Body {
 // ---------------------------------------------------------------------------------------
 // HTTP/2
 
-const FRAME_HEADER: usize = 9;
-const HEADERS: u8 = 0x1;
-const PUSH_PROMISE: u8 = 0x5;
-const CONTINUATION: u8 = 0x9;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
+use crate::h2frame::{CONTINUATION, END_HEADERS, FRAME_HEADER, HEADERS, PREFACE, PUSH_PROMISE, split_headers};
 
 struct Http2 {
     decoder: Decoder<'static>,
@@ -505,17 +498,7 @@ impl Http2 {
 
 /// Strips the padding and priority fields that may surround a HEADERS fragment.
 fn header_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
-    let mut rest = payload;
-    let mut pad = 0usize;
-    if flags & PADDED != 0 {
-        let (&n, after) = rest.split_first()?;
-        pad = usize::from(n);
-        rest = after;
-    }
-    if flags & PRIORITY != 0 {
-        rest = rest.get(5..)?;
-    }
-    rest.get(..rest.len().checked_sub(pad)?)
+    split_headers(flags, payload).map(|(_, fragment)| fragment)
 }
 
 /// Decodes one complete header block. `None` means HPACK failed and the decoder state
@@ -568,6 +551,7 @@ fn decode_block(decoder: &mut Decoder<'static>, block: &[u8]) -> Option<Option<R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h2frame::{PADDED, PRIORITY};
     use loona_hpack::Encoder;
 
     fn feed_all(stream: &mut HttpStream, writes: &[&[u8]]) -> Vec<Request> {
