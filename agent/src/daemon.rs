@@ -347,6 +347,12 @@ pub fn run(
         i.record_lifetimes_in(h);
     }
 
+    // A macro, not a closure: the loop borrows `probes` and `tracer` mutably in between.
+    macro_rules! snapshot {
+        () => {
+            stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref(), &tee)
+        };
+    }
     let mut last_stats = Instant::now();
     let mut last_lib_scan = Instant::now();
     let mut last_snapshot = Instant::now();
@@ -389,18 +395,18 @@ pub fn run(
             last_lib_scan = Instant::now();
         }
         if telemetry.is_some() && last_snapshot.elapsed() >= Duration::from_secs(1) {
-            let snap = stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref(), &tee);
+            let snap = snapshot!();
             if let Ok(mut s) = snapshot.lock() {
                 *s = snap;
             }
             last_snapshot = Instant::now();
         }
         if cfg.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
-            sink.emit(&stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref(), &tee)).context("writing output")?;
+            sink.emit(&snapshot!()).context("writing output")?;
             last_stats = Instant::now();
         }
     }
-    let last = stats.snapshot(&cfg.node, &attestor, &probes, issuer.as_deref(), tracer.as_ref(), exporter.as_ref(), &tee);
+    let last = snapshot!();
     if let Some(t) = &telemetry {
         if let Ok(mut s) = snapshot.lock() {
             *s = last.clone();
