@@ -195,19 +195,23 @@ fn by_access_key(tx: &Transaction<'_>, key: &str, t: i64) -> Result<Vec<Link>, S
         r if !r.is_empty() => (r, "access_key_id_in_window", 0.95),
         _ => (query(false)?, "access_key_id_outside_window", 0.5),
     };
+    Ok(split_among(rows, reason, base))
+}
+
+/// One link per run that used the credential; when n runs did, each is one of n suspects,
+/// so `base` confidence is split among them (rounded to two decimals).
+fn split_among(rows: Vec<(String, Option<String>, String)>, reason: &'static str, base: f64) -> Vec<Link> {
     let n = rows.len().max(1) as f64;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|(run_id, exec_id, use_id)| Link {
             run_id,
             exec_id,
             credential_use_id: Some(use_id),
             jti: None,
             reason,
-            // A key shared by n runs in the window: each is one of n suspects.
             confidence: ((base / n) * 100.0).round() / 100.0,
         })
-        .collect())
+        .collect()
 }
 
 fn by_jwt_principal(tx: &Transaction<'_>, email: &str, t: i64) -> Result<Vec<Link>, StoreError> {
@@ -219,16 +223,5 @@ fn by_jwt_principal(tx: &Transaction<'_>, email: &str, t: i64) -> Result<Vec<Lin
     let rows: Vec<(String, Option<String>, String)> = st
         .query_map(params![email, t, WINDOW_BEFORE, WINDOW_AFTER], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
-    let n = rows.len().max(1) as f64;
-    Ok(rows
-        .into_iter()
-        .map(|(run_id, exec_id, use_id)| Link {
-            run_id,
-            exec_id,
-            credential_use_id: Some(use_id),
-            jti: None,
-            reason: "gcp_principal_in_self_signed_jwt",
-            confidence: ((0.8 / n) * 100.0).round() / 100.0,
-        })
-        .collect())
+    Ok(split_among(rows, "gcp_principal_in_self_signed_jwt", 0.8))
 }

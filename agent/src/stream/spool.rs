@@ -328,11 +328,7 @@ impl Spool {
             if seg.read_offset >= seg.valid_len {
                 continue;
             }
-            let file = File::open(&seg.path).map_err(io_at(&seg.path))?;
-            let mut reader = BufReader::new(file);
-            reader
-                .seek(SeekFrom::Start(seg.read_offset))
-                .map_err(io_at(&seg.path))?;
+            let mut reader = reader_at_read_offset(seg)?;
             let mut offset = seg.read_offset;
             while offset < seg.valid_len && out.len() < max {
                 let (rec, len) = match read_record(&mut reader, seg.valid_len - offset) {
@@ -598,13 +594,17 @@ fn scan_segment(path: PathBuf, first_seq: u64, acked: u64) -> Result<(Segment, b
     Ok((seg, torn))
 }
 
-/// Moves `read_offset` past records at or below `acked` without decoding their bodies.
-fn skip_acked(seg: &mut Segment, acked: u64) -> Result<(), SpoolError> {
+/// A buffered reader on a segment, positioned at its first unread record.
+fn reader_at_read_offset(seg: &Segment) -> Result<BufReader<File>, SpoolError> {
     let file = File::open(&seg.path).map_err(io_at(&seg.path))?;
     let mut reader = BufReader::new(file);
-    reader
-        .seek(SeekFrom::Start(seg.read_offset))
-        .map_err(io_at(&seg.path))?;
+    reader.seek(SeekFrom::Start(seg.read_offset)).map_err(io_at(&seg.path))?;
+    Ok(reader)
+}
+
+/// Moves `read_offset` past records at or below `acked` without decoding their bodies.
+fn skip_acked(seg: &mut Segment, acked: u64) -> Result<(), SpoolError> {
+    let mut reader = reader_at_read_offset(seg)?;
     let mut offset = seg.read_offset;
     while offset < seg.valid_len {
         // Every record within valid_len was verified and is longer than these 16 bytes.
