@@ -87,6 +87,8 @@ pub struct RunArgs {
     /// Seconds between signing-key rotations.
     #[arg(long, default_value_t = 3600)]
     pub key_rotation_seconds: u64,
+    #[command(flatten)]
+    pub workload_api: crate::issue::limits::WorkloadApiLimits,
     /// Do not trace credential use (TLS/HTTP captures, credential files).
     #[arg(long)]
     pub no_trace: bool,
@@ -144,6 +146,7 @@ impl RunArgs {
                 .map(|u| u.trim_end_matches('/').to_owned())
                 .unwrap_or_else(|| format!("http://{}", self.oidc_listen)),
             key_rotation: Duration::from_secs(self.key_rotation_seconds),
+            limits: self.workload_api.clone(),
         });
         let trace = (!self.no_trace)
             .then(|| TraceConfig { fingerprint_key: self.fingerprint_key_file.clone(), state_dir: self.state_dir.clone() });

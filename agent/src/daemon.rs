@@ -67,6 +67,7 @@ pub struct IssuanceConfig {
     pub oidc_listen: std::net::SocketAddr,
     pub issuer_url: String,
     pub key_rotation: Duration,
+    pub limits: crate::issue::limits::WorkloadApiLimits,
 }
 
 /// Credential-use tracing settings.
@@ -158,9 +159,9 @@ fn start_issuance(
     let http = oidc::bind(ic.oidc_listen)?;
     let (bump, bundle_version) = tokio::sync::watch::channel(0u64);
 
-    let (i, s) = (issuer.clone(), stop.clone());
+    let (i, s, limits) = (issuer.clone(), stop.clone(), ic.limits.clone());
     rt.spawn(async move {
-        if let Err(e) = workload_api::serve(socket, i, bundle_version, stopped(s)).await {
+        if let Err(e) = workload_api::serve(socket, i, bundle_version, limits, stopped(s)).await {
             error!("{e:#}");
         }
     });

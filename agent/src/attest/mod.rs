@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod hash;
 pub mod record;
+pub mod script;
 pub mod table;
 pub mod workload;
 
@@ -285,6 +286,7 @@ impl Attestor {
             cgroup: CgroupInfo { id: cgroup_id.unwrap_or(0), path: cgroup_path },
             workload,
             ancestry: self.ancestry(ppid, start_ticks),
+            script: script::identify(obs.pid, start_ticks, obs.exec_path.as_deref(), &self.hashes),
         };
         // The same exec already attested on request (its Workload API call beat this
         // event): keep that record, so one exec has one exec_id everywhere.

@@ -105,6 +105,8 @@ pub struct ProcessRecord {
     pub workload: Workload,
     /// Parent first, up to the oldest ancestor the agent knows.
     pub ancestry: Vec<Ancestor>,
+    /// The script an interpreter was started on (`#!` file or first argument), if any.
+    pub script: Option<super::script::Script>,
 }
 
 /// The last thread of an attested process exited.

@@ -31,7 +31,10 @@ pub struct TokenDenied {
     pub node: String,
     pub reason: DenyReason,
     pub detail: String,
+    /// The first audiences asked for, each cut to a bounded length.
     pub audience: Vec<String>,
+    /// How many audiences the request named.
+    pub audience_count: usize,
     pub requested_spiffe_id: Option<String>,
     /// The pid the kernel reported for the connection.
     pub peer_pid: u32,

@@ -21,6 +21,7 @@ use super::{
     events::{ConfigChange, ProcessRef, TokenDenied, TokenIssued},
     jwt::{self, Audience, Claims, JwtError},
     keys::KeyManager,
+    limits::{MAX_AUDIENCES, MAX_EVENT_AUDIENCES, MAX_EVENT_FIELD, truncated},
     peer::Peer,
     policy::{self, DenyReason, PodMeta, Policy, PolicyError, Subject},
     watched::{Refresh, Watched},
@@ -77,6 +78,26 @@ pub struct Issuer {
     denied: Mutex<HashMap<DenyReason, u64>>,
     /// Token lifetimes, for the metrics histogram (set once metrics exist).
     lifetime: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>>,
+}
+
+/// Longest audience a request may name (long enough for GCP's workload identity
+/// provider names; an issued event carries them all).
+const MAX_AUDIENCE_LEN: usize = 512;
+/// Longest denial detail (it may quote what the caller asked for).
+const MAX_DETAIL: usize = 1024;
+
+fn exec_since_connect(pid: u32) -> String {
+    format!("pid {pid} exec'd since it connected to the Workload API; a connection speaks for the exec that opened it")
+}
+
+/// The script the record names still has the digest the record holds.
+fn script_unchanged(process: &crate::attest::record::ProcessRecord) -> Result<(), String> {
+    let Some(script) = &process.script else { return Err("no script was recorded for this exec".into()) };
+    let now = crate::attest::script::hash_file(&format!("/proc/{}/root{}", process.pid, script.path))?;
+    if Some(&now.0) != script.sha256.as_ref() || Some(now.1) != script.inode {
+        return Err(format!("the script {} changed since the process was started on it", script.path));
+    }
+    Ok(())
 }
 
 fn now_unix() -> i64 {
@@ -208,6 +229,19 @@ impl Issuer {
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(deny(DenyReason::MissingAudience, "a JWT-SVID needs at least one audience".into(), None));
         }
+        if req.audience.len() > MAX_AUDIENCES || req.audience.iter().any(|a| a.len() > MAX_AUDIENCE_LEN) {
+            return Err(deny(
+                DenyReason::InvalidRequest,
+                format!("at most {MAX_AUDIENCES} audiences of at most {MAX_AUDIENCE_LEN} bytes each"),
+                None,
+            ));
+        }
+        // Exec after connect: the connection belongs to the exec that connected. A
+        // process that exec'd since (possibly into a registered binary, while a child of
+        // its former self holds the connection) must reconnect.
+        if !peer.same_exec_as_at_accept() {
+            return Err(deny(DenyReason::ProcessChanged, exec_since_connect(peer.pid), None));
+        }
         // Who is calling: the kernel's answer, attested now if we have not seen it yet.
         let Some((process, fresh)) = self.attestor.attest_running(peer.pid) else {
             return Err(deny(DenyReason::UnknownProcess, format!("pid {} could not be attested", peer.pid), None));
@@ -222,6 +256,14 @@ impl Issuer {
             Ok(e) => e,
             Err((reason, detail)) => return Err(deny(reason, detail, Some(&process))),
         };
+
+        // A script hash was taken when the exec was attested; the file may have been
+        // rewritten since. Sign only if it still holds.
+        if entries.iter().any(|e| e.selectors.iter().any(|s| matches!(s, policy::Selector::ScriptSha256(_))))
+            && let Err(why) = script_unchanged(&process)
+        {
+            return Err(deny(DenyReason::ProcessChanged, why, Some(&process)));
+        }
 
         let iat = now_unix();
         let mut out = Vec::with_capacity(entries.len());
@@ -265,6 +307,9 @@ impl Issuer {
 
         // Still the same process? Read procfs first, then ask the pidfd: if the process is
         // still alive after the read, the read was about it and not a pid successor.
+        if !peer.same_exec_as_at_accept() {
+            return Err(deny(DenyReason::ProcessChanged, exec_since_connect(peer.pid), Some(&process)));
+        }
         if !self.attestor.still_same(&process) || !peer.still_alive() {
             return Err(deny(
                 DenyReason::ProcessChanged,
@@ -302,21 +347,23 @@ impl Issuer {
         if let Ok(mut d) = self.denied.lock() {
             *d.entry(reason).or_default() += 1;
         }
+        // The request is the caller's to fill: what it can put into an event is bounded.
         let ev = TokenDenied {
             kind: "token_denied",
             time: now_rfc3339(),
             node: self.node.clone(),
             reason,
-            detail: detail.clone(),
-            audience: req.audience.clone(),
-            requested_spiffe_id: req.spiffe_id.clone(),
+            detail: truncated(&detail, MAX_DETAIL),
+            audience: req.audience.iter().take(MAX_EVENT_AUDIENCES).map(|a| truncated(a, MAX_EVENT_FIELD)).collect(),
+            audience_count: req.audience.len(),
+            requested_spiffe_id: req.spiffe_id.as_deref().map(|s| truncated(s, MAX_EVENT_FIELD)),
             peer_pid: peer.pid,
             process: process.map(ProcessRef::from),
         };
         if let Err(e) = self.sink.emit(&ev) {
             warn!("could not emit token_denied: {e}");
         }
-        Denial { reason, detail }
+        Denial { reason, detail: truncated(&detail, MAX_DETAIL) }
     }
 
     /// ValidateJWTSVID: signature by a published key, not expired, audience, and a subject

@@ -10,6 +10,7 @@ pub mod h2_authority;
 pub mod issuer;
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 pub mod oidc;
 pub mod peer;
 pub mod policy;

@@ -5,25 +5,98 @@
 //! (Linux 6.5+) gives a pidfd bound to that exact process: while the pidfd still reports
 //! the process alive, the pid has not been reused, so anything read from /proc/<pid>
 //! before that check is about the caller.
+//!
+//! SO_PEERCRED names the process that called connect(), and it stays fixed for the life of
+//! the connection, whoever holds the socket later: a child that inherited it across
+//! fork, or a process it was sent to with SCM_RIGHTS, speaks with the connector's identity
+//! (while the connector lives: once it exits, requests are refused). Passing a connection
+//! on is the connector delegating its identity, which it could equally do by handing over
+//! a token. What it must not allow is a process *becoming* someone else after it
+//! connected: an unregistered program connects, forks, and then execs a registered
+//! binary, and the child asks over the inherited connection. So the connector's exec is
+//! bound at accept ([`ExecIdentity`]) and every request checks it is still the same.
 
 use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    fs,
+    future::Future,
+    io::{self, Read},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::{FileExt, MetadataExt},
+    },
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
+use procfs::process::Process;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::UnixStream,
+    time::{Instant, Sleep},
 };
 use tonic::transport::server::Connected;
+use tracing::warn;
 
-use super::h2_authority::AuthorityFix;
+use super::{
+    h2_authority::{AuthorityFix, Refused},
+    limits::Slot,
+};
+use crate::attest::cgroup;
 
 /// `SO_PEERPIDFD` from include/uapi/asm-generic/socket.h (not yet in every libc crate).
 const SO_PEERPIDFD: libc::c_int = 77;
+
+/// `AT_RANDOM` in the auxiliary vector: the address of 16 bytes the kernel fills with
+/// fresh random data on the new stack at every exec.
+const AT_RANDOM: u64 = 25;
+
+/// Which exec of which process: what the kernel says a process is running, read from
+/// procfs. Two readings are equal only if no exec happened in between.
+///
+/// The start time names the process across pid reuse; the executable's inode and the
+/// cgroup name what runs and where, as in the attested record. They do not change when a
+/// process re-execs the same file (an interpreter running another script does exactly
+/// that), so the per-exec random bytes the kernel puts on every new stack (`AT_RANDOM`,
+/// read through /proc/<pid>/mem; the agent's CAP_SYS_PTRACE allows it) are compared too:
+/// no program can predict the bytes of an exec that has not happened yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecIdentity {
+    pub start_ticks: u64,
+    /// (device, inode) of /proc/<pid>/exe.
+    pub exe: Option<(u64, u64)>,
+    pub cgroup: Option<String>,
+    /// None where /proc/<pid>/mem cannot be read (no CAP_SYS_PTRACE); then the fields
+    /// above are all that is compared.
+    pub exec_nonce: Option<[u8; 16]>,
+}
+
+impl ExecIdentity {
+    /// Reads what `pid` runs now. Fails if the process is gone or its pid was reused
+    /// while reading.
+    pub fn read(pid: u32) -> io::Result<Self> {
+        let p = Process::new(pid as i32).map_err(io::Error::other)?;
+        let start = p.stat().map_err(io::Error::other)?.starttime;
+        let exe = fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| (m.dev(), m.ino()));
+        let mut text = String::new();
+        let cgroup = p
+            .open_relative("cgroup")
+            .ok()
+            .and_then(|mut f| f.read_to_string(&mut text).ok())
+            .and_then(|_| cgroup::v2_path_from_proc(&text));
+        let exec_nonce = p.auxv().ok().and_then(|aux| aux.get(&AT_RANDOM).copied()).and_then(|addr| {
+            let mut bytes = [0u8; 16];
+            let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+            mem.read_exact_at(&mut bytes, addr).ok()?;
+            Some(bytes)
+        });
+        if p.stat().map_err(io::Error::other)?.starttime != start {
+            return Err(io::Error::other("pid was reused while it was being read"));
+        }
+        Ok(Self { start_ticks: start, exe, cgroup, exec_nonce })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -32,15 +105,27 @@ pub struct Peer {
     pub gid: u32,
     /// None on kernels without SO_PEERPIDFD; then only the start-time check guards reuse.
     pub pidfd: Option<Arc<OwnedFd>>,
+    /// What the connecting process was running when its connection was accepted.
+    pub at_accept: ExecIdentity,
 }
 
 impl Peer {
-    fn of(stream: &UnixStream) -> io::Result<Self> {
+    pub fn of(stream: &UnixStream) -> io::Result<Self> {
         let cred = stream.peer_cred()?;
         let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0).ok_or_else(|| {
             io::Error::new(io::ErrorKind::PermissionDenied, "peer pid is not visible from this pid namespace")
         })?;
-        Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), pidfd: peer_pidfd(stream).map(Arc::new) })
+        let pidfd = peer_pidfd(stream).map(Arc::new);
+        let at_accept = ExecIdentity::read(pid)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, format!("pid {pid} could not be read: {e}")))?;
+        Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), pidfd, at_accept })
+    }
+
+    /// True while the connecting process still runs the exec it ran when its connection
+    /// was accepted. False once it exec'd anything (even the same file again), exited, or
+    /// its pid names another process.
+    pub fn same_exec_as_at_accept(&self) -> bool {
+        ExecIdentity::read(self.pid).is_ok_and(|now| now == self.at_accept)
     }
 
     /// False once the process that connected has exited (its pid may then be reused).
@@ -68,16 +153,23 @@ fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
 }
 
 /// A Unix stream that remembers its peer, for tonic's `ConnectInfo`. Reads pass
-/// through [`AuthorityFix`] so gRPC-core clients are understood (see that module).
+/// through [`AuthorityFix`] so gRPC-core clients are understood (see that module). It
+/// holds its connection [`Slot`], and fails its reads once the peer has sent nothing for
+/// the idle time, so the server closes it.
 pub struct PeerStream {
     io: AuthorityFix<UnixStream>,
     peer: Peer,
+    _slot: Option<Slot>,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl PeerStream {
-    pub fn new(io: UnixStream) -> io::Result<Self> {
+    /// Identifies the peer of a freshly accepted connection (binding its exec now) and
+    /// wraps the stream; `slot` is its place under the connection limits.
+    pub fn new(io: UnixStream, slot: Option<Slot>, idle: Duration) -> io::Result<Self> {
         let peer = Peer::of(&io)?;
-        Ok(Self { io: AuthorityFix::new(io), peer })
+        Ok(Self { io: AuthorityFix::new(io), peer, _slot: slot, idle, deadline: Box::pin(tokio::time::sleep(idle)) })
     }
 }
 
@@ -91,7 +183,34 @@ impl Connected for PeerStream {
 
 impl AsyncRead for PeerStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut me.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    me.deadline.as_mut().reset(Instant::now() + me.idle);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<Refused>()) {
+                    warn!(pid = me.peer.pid, uid = me.peer.uid, "closing a Workload API connection: {r}");
+                }
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => match me.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    warn!(
+                        pid = me.peer.pid,
+                        uid = me.peer.uid,
+                        "closing a Workload API connection that sent nothing for {} s",
+                        me.idle.as_secs()
+                    );
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "Workload API connection idle")))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -118,5 +237,35 @@ mod tests {
         assert_eq!(peer.pid, std::process::id());
         assert!(peer.pidfd.is_some(), "kernel 6.5+ provides SO_PEERPIDFD");
         assert!(peer.still_alive());
+        assert!(peer.same_exec_as_at_accept());
+        assert!(peer.at_accept.exec_nonce.is_some(), "root reads AT_RANDOM through /proc/<pid>/mem");
+    }
+
+    #[test]
+    fn a_process_that_execs_the_same_file_again_reads_differently() {
+        use std::io::Write;
+        // One process, one pid, one start time: a shell that waits, then execs the same
+        // shell binary again (as an interpreter starting another script would).
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "read _; exec /bin/sh -c 'read _' second"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        let cmdline = || fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let first = ExecIdentity::read(pid).expect("read");
+        assert_eq!(ExecIdentity::read(pid).expect("read again"), first, "no exec, same reading");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("write");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cmdline().contains("second") {
+            assert!(std::time::Instant::now() < deadline, "the shell never exec'd");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let second = ExecIdentity::read(pid).expect("read after exec");
+        assert_eq!((second.start_ticks, second.exe, &second.cgroup), (first.start_ticks, first.exe, &first.cgroup));
+        assert_ne!(second, first, "the exec is told apart by its AT_RANDOM bytes");
+        drop(stdin);
+        let _ = child.wait();
     }
 }

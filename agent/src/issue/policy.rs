@@ -65,6 +65,10 @@ pub enum Selector {
     Uid(u32),
     Gid(u32),
     SystemdUnit(String),
+    /// The `#!` script or interpreter argument the process was started on (see
+    /// `attest::script` for what this does and does not prove).
+    ScriptPath(String),
+    ScriptSha256(String),
 }
 
 impl Selector {
@@ -94,12 +98,19 @@ impl Selector {
                 Selector::BinarySha256(v.to_ascii_lowercase())
             }
             ("unix", "path") => Selector::BinaryPath(v),
+            ("unix", "script-path") => Selector::ScriptPath(v),
+            ("unix", "script-sha256") => {
+                if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("selector {s:?}: a sha256 is 64 hex digits"));
+                }
+                Selector::ScriptSha256(v.to_ascii_lowercase())
+            }
             ("unix", "uid") => Selector::Uid(number("uid")?),
             ("unix", "gid") => Selector::Gid(number("gid")?),
             ("systemd", "unit") => Selector::SystemdUnit(v),
             _ => {
                 return Err(format!(
-                    "unknown selector type {kind}:{key} (known: node:name, k8s:ns, k8s:sa, k8s:pod-uid, k8s:container-id, cgroup:path, unix:sha256, unix:path, unix:uid, unix:gid, systemd:unit)"
+                    "unknown selector type {kind}:{key} (known: node:name, k8s:ns, k8s:sa, k8s:pod-uid, k8s:container-id, cgroup:path, unix:sha256, unix:path, unix:script-path, unix:script-sha256, unix:uid, unix:gid, systemd:unit)"
                 ));
             }
         })
@@ -107,7 +118,10 @@ impl Selector {
 
     /// Selectors about *which binary* runs; failing only these is a hash mismatch.
     fn is_binary(&self) -> bool {
-        matches!(self, Selector::BinarySha256(_) | Selector::BinaryPath(_))
+        matches!(
+            self,
+            Selector::BinarySha256(_) | Selector::BinaryPath(_) | Selector::ScriptPath(_) | Selector::ScriptSha256(_)
+        )
     }
 
     pub fn matches(&self, s: &Subject<'_>) -> bool {
@@ -126,6 +140,8 @@ impl Selector {
             Selector::Uid(u) => p.uid == *u,
             Selector::Gid(g) => p.gid == *g,
             Selector::SystemdUnit(u) => eq(&w.unit, u),
+            Selector::ScriptPath(path) => p.script.as_ref().is_some_and(|sc| sc.path == *path),
+            Selector::ScriptSha256(h) => p.script.as_ref().is_some_and(|sc| eq(&sc.sha256, h)),
         }
     }
 }
@@ -156,18 +172,21 @@ pub enum DenyReason {
     ProcessChanged,
     MissingAudience,
     MissingSecurityHeader,
+    /// The request exceeds what the Workload API accepts (too many or too long audiences).
+    InvalidRequest,
     /// The agent could not sign (no key, RNG failure): not the caller's fault.
     InternalError,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 7] = [
+    pub const ALL: [DenyReason; 8] = [
         DenyReason::NoMatchingEntry,
         DenyReason::BinaryHashMismatch,
         DenyReason::UnknownProcess,
         DenyReason::ProcessChanged,
         DenyReason::MissingAudience,
         DenyReason::MissingSecurityHeader,
+        DenyReason::InvalidRequest,
         DenyReason::InternalError,
     ];
 
@@ -179,6 +198,7 @@ impl DenyReason {
             DenyReason::ProcessChanged => "process_changed",
             DenyReason::MissingAudience => "missing_audience",
             DenyReason::MissingSecurityHeader => "missing_security_header",
+            DenyReason::InvalidRequest => "invalid_request",
             DenyReason::InternalError => "internal_error",
         }
     }
@@ -291,6 +311,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             // An entry without selectors would hand its identity to every process.
             return Err(err(e.selectors.span().start, "an entry needs at least one selector".into()));
         }
+        let selectors_at = e.selectors.span().start;
         let selectors = e
             .selectors
             .into_inner()
@@ -300,9 +321,28 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                 Selector::parse(s.get_ref()).map_err(|reason| err(start, reason))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(reason) = script_selectors_unpinned(&selectors) {
+            return Err(err(selectors_at, reason));
+        }
         entries.push(Entry { spiffe_id: id.clone(), ttl, selectors, line, hint: e.hint });
     }
     Ok(Policy { trust_domain: td.clone(), entries })
+}
+
+/// A script selector alone would let any program that names the script as its first
+/// argument (`cat /srv/app.py`) pass for it, and a script hash alone any file with that
+/// content at a path the caller can write. So script selectors need the interpreter
+/// pinned, and a script hash needs the script's path.
+fn script_selectors_unpinned(selectors: &[Selector]) -> Option<String> {
+    let has = |f: fn(&Selector) -> bool| selectors.iter().any(f);
+    let script = has(|s| matches!(s, Selector::ScriptPath(_) | Selector::ScriptSha256(_)));
+    if script && !has(|s| matches!(s, Selector::BinarySha256(_) | Selector::BinaryPath(_))) {
+        return Some("unix:script-* selectors need the interpreter pinned too (unix:sha256 or unix:path)".into());
+    }
+    if has(|s| matches!(s, Selector::ScriptSha256(_))) && !has(|s| matches!(s, Selector::ScriptPath(_))) {
+        return Some("unix:script-sha256 needs unix:script-path (a path the workload cannot write)".into());
+    }
+    None
 }
 
 #[derive(Deserialize)]
@@ -368,6 +408,7 @@ mod tests {
             cgroup: CgroupInfo { id: 7, path: Some(cgroup.into()) },
             workload: parse_cgroup_path(cgroup),
             ancestry: vec![],
+            script: None,
         }
     }
 
@@ -430,7 +471,9 @@ selectors = ["cgroup:path:/batch.slice/**", "unix:uid:1000"]
 
     #[test]
     fn errors_name_the_line() {
-        let cases: [(&str, usize, &str); 7] = [
+        let cases: [(&str, usize, &str); 9] = [
+            ("trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = [\"unix:script-path:/srv/app.py\"]\n", 4, "interpreter pinned"),
+            ("trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = [\"unix:path:/usr/bin/python3\", \"unix:script-sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]\n", 4, "needs unix:script-path"),
             ("trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = [\"bogus:x:y\"]\n", 4, "unknown selector"),
             ("trust_domain = \"t.test\"\n\n[[entry]]\nspiffe_id = \"spiffe://other/a\"\nselectors = [\"unix:uid:1\"]\n", 4, "must be a path under"),
             ("trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = []\n", 4, "at least one selector"),

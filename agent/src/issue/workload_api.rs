@@ -16,6 +16,7 @@ use tracing::warn;
 
 use super::{
     issuer::{Issuer, JwtRequest},
+    limits::{Connections, MAX_REQUEST_BYTES, WorkloadApiLimits},
     peer::{Peer, PeerStream},
     policy::DenyReason,
 };
@@ -70,7 +71,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             })),
             Err(d) => Err(match d.reason {
                 DenyReason::MissingSecurityHeader => Status::invalid_argument("security header missing from request"),
-                DenyReason::MissingAudience => Status::invalid_argument(d.detail),
+                DenyReason::MissingAudience | DenyReason::InvalidRequest => Status::invalid_argument(d.detail),
                 DenyReason::InternalError => Status::internal(d.detail),
                 reason => Status::permission_denied(format!("{reason}: {}", d.detail)),
             }),
@@ -161,24 +162,52 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Admits an accepted connection under the limits, binding its peer's exec now. Over a
+/// limit, or unidentifiable: the connection is dropped (closed) at once.
+fn admit(conn: tokio::net::UnixStream, conns: &Arc<Connections>, limits: &WorkloadApiLimits) -> std::io::Result<PeerStream> {
+    let uid = conn.peer_cred()?.uid();
+    let slot = conns.admit(uid).map_err(std::io::Error::other)?;
+    PeerStream::new(conn, Some(slot), limits.idle())
+}
+
 /// Serves the Workload API until `shutdown` resolves.
 pub async fn serve(
     listener: UnixListener,
     issuer: Arc<Issuer>,
     bundle_version: watch::Receiver<u64>,
+    limits: WorkloadApiLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let incoming = UnixListenerStream::new(listener).filter_map(|conn| match conn.and_then(PeerStream::new) {
-        Ok(s) => Some(Ok::<_, std::io::Error>(s)),
+    let conns = Connections::new(&limits);
+    let lim = limits.clone();
+    let incoming = UnixListenerStream::new(listener).filter_map(move |conn| match conn {
+        Ok(conn) => match admit(conn, &conns, &lim) {
+            Ok(s) => Some(Ok::<_, std::io::Error>(s)),
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<super::limits::OverLimit>()) => None, // logged, rate-limited
+            Err(e) => {
+                // A peer we cannot identify gets no connection at all.
+                warn!("refusing a Workload API connection: {e}");
+                None
+            }
+        },
         Err(e) => {
-            // A peer we cannot identify gets no connection at all.
-            warn!("refusing a Workload API connection: {e}");
+            // EMFILE and the like: the listener stays up, the next accept may succeed.
+            warn!("accepting a Workload API connection failed: {e}");
             None
         }
     });
     let api = WorkloadApi { issuer, bundle_version };
+    let ping = limits.idle() / 3;
     Server::builder()
-        .add_service(SpiffeWorkloadApiServer::new(api))
+        .max_concurrent_streams(limits.max_streams)
+        .http2_max_header_list_size(super::h2_authority::MAX_HEADER_LIST as u32)
+        .http2_keepalive_interval(Some(ping))
+        .http2_keepalive_timeout(Some(ping))
+        .add_service(
+            SpiffeWorkloadApiServer::new(api)
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(1 << 20),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| anyhow::anyhow!("Workload API server: {e}"))

@@ -1,0 +1,146 @@
+//! The script an interpreter was started on.
+//!
+//! For an interpreted program `/proc/<pid>/exe` (and so `binary.sha256`) is the
+//! interpreter: every Python program on a node has the same binary hash. What tells them
+//! apart is the script, and the kernel knows it in one case only:
+//!
+//! - `exec`: the process exec'd a `#!` file. The kernel's exec filename (`bprm->filename`,
+//!   reported by the exec tracepoint) is the script, and the kernel passes that same path
+//!   to the interpreter as an argument. The path comes from the kernel, not the process.
+//! - `argv`: the process exec'd the interpreter itself (`python3 /srv/app.py`). The
+//!   script is then only the interpreter's first argument, read from /proc/<pid>/cmdline
+//!   when the agent attests the exec. A process can rewrite its own argv, so this says
+//!   what the process was started with only if the agent read it before the program did
+//!   so; an interpreter option before it (`python3 -c code app.py`) means no script.
+//!
+//! Only absolute paths are bound: a relative one depends on a working directory the
+//! process may have changed since. The file is hashed as it is when the agent looks,
+//! which is not necessarily what the interpreter read: whoever can write the file (or
+//! its directory) can swap it between the interpreter's read and the agent's. Hence
+//! `unix:script-sha256` is only accepted together with `unix:script-path` (a path the
+//! workload cannot write, e.g. a read-only image layer) and an interpreter selector, and
+//! the issuer re-hashes the script before it signs.
+
+use std::{
+    fs,
+    io::Read,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+};
+
+use procfs::process::Process;
+use serde::Serialize;
+
+use super::hash::{HashCache, sha256_reader};
+
+/// Files larger than this are not hashed as scripts (the record says so): every exec's
+/// first argument is looked at, and a script is small.
+pub const MAX_SCRIPT_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Script {
+    pub path: String,
+    /// `exec` (the kernel ran this `#!` file) or `argv` (the interpreter's first argument).
+    pub source: &'static str,
+    pub sha256: Option<String>,
+    pub inode: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Which argument names the script, if any: `exec_path` is the kernel's exec filename.
+fn script_arg<'a>(exec_path: Option<&str>, argv: &'a [String]) -> Option<(&'a str, &'static str)> {
+    let first = argv.get(1)?;
+    // `#!/usr/bin/python3 -u` puts the shebang's option before the script.
+    let shebang = exec_path.and_then(|p| argv.iter().skip(1).take(2).find(|a| a.as_str() == p));
+    match shebang {
+        Some(p) => Some((p.as_str(), "exec")),
+        None if !first.starts_with('-') => Some((first.as_str(), "argv")),
+        None => None,
+    }
+}
+
+/// The script of `pid` (started at `start_ticks`), or None for a process that was not
+/// started on one.
+pub fn identify(pid: u32, start_ticks: u64, exec_path: Option<&str>, hashes: &HashCache) -> Option<Script> {
+    let p = Process::new(pid as i32).ok()?;
+    let argv = p.cmdline().ok()?;
+    if p.stat().ok()?.starttime != start_ticks {
+        return None; // the pid names another process by now
+    }
+    let (path, source) = script_arg(exec_path, &argv)?;
+    let mut s = Script { path: path.to_owned(), source, sha256: None, inode: None, error: None };
+    if !path.starts_with('/') {
+        s.error = Some("relative script path: run it by absolute path to bind it".into());
+        return Some(s);
+    }
+    let digest = open_script(&format!("/proc/{pid}/root{path}"))
+        .and_then(|mut f| hashes.digest(&mut f).map_err(|e| e.to_string()));
+    match digest {
+        Ok(d) => {
+            s.sha256 = Some(d.sha256);
+            s.inode = Some(d.key.ino);
+        }
+        Err(e) => s.error = Some(e),
+    }
+    Some(s)
+}
+
+/// SHA-256 and inode of the script file as it is now, bypassing any cache (the issuer
+/// re-checks the script with it before signing).
+pub fn hash_file(path: &str) -> Result<(String, u64), String> {
+    let file = open_script(path)?;
+    let ino = file.metadata().map_err(|e| e.to_string())?.ino();
+    let sha = sha256_reader(file.take(MAX_SCRIPT_BYTES)).map_err(|e| e.to_string())?;
+    Ok((sha, ino))
+}
+
+/// Opens a regular file of bounded size (never blocks on a FIFO or device).
+fn open_script(path: &str) -> Result<fs::File, String> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("opening the script: {e}"))?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("the script is not a regular file".into());
+    }
+    if meta.size() > MAX_SCRIPT_BYTES {
+        return Err(format!("the script is larger than {MAX_SCRIPT_BYTES} bytes; not hashed"));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_script_argument_is_found_only_where_an_interpreter_takes_it() {
+        // `#!` file run directly: the kernel's exec filename is the script.
+        assert_eq!(script_arg(Some("/srv/app.py"), &argv(&["/usr/bin/python3", "/srv/app.py", "x"])), Some(("/srv/app.py", "exec")));
+        assert_eq!(script_arg(Some("/srv/app.py"), &argv(&["/usr/bin/python3", "-u", "/srv/app.py"])), Some(("/srv/app.py", "exec")));
+        // The interpreter run by hand.
+        assert_eq!(script_arg(Some("/usr/bin/python3"), &argv(&["python3", "/srv/app.py"])), Some(("/srv/app.py", "argv")));
+        // Code that is not a script file: no script, so no script selector can match.
+        assert_eq!(script_arg(Some("/usr/bin/python3"), &argv(&["python3", "-c", "evil", "/srv/app.py"])), None);
+        assert_eq!(script_arg(None, &argv(&["python3"])), None);
+    }
+
+    #[test]
+    fn only_regular_files_are_hashed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("app.py");
+        fs::write(&f, "print('hi')\n").expect("write");
+        let (sha, _) = hash_file(&f.display().to_string()).expect("hash");
+        assert_eq!(sha, sha256_reader(&b"print('hi')\n"[..]).expect("sha"));
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.display().to_string()).expect("c");
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(hash_file(&fifo.display().to_string()).unwrap_err().contains("not a regular file"));
+    }
+}
