@@ -246,6 +246,16 @@ impl Agent {
         })
     }
 
+    /// The agent's pid (to read its /proc/<pid>/status, or set its limits).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the agent process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn stop(mut self) -> (Option<i32>, Vec<Value>) {
         let code = self.terminate();
         (code, self.events())

@@ -24,8 +24,9 @@ use tracing::warn;
 /// `sigil-agent run` flags that bound the Workload API.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkloadApiLimits {
-    /// Open Workload API connections, all callers together (also kept below a quarter of
-    /// the agent's file-descriptor limit, so attestation always has descriptors left).
+    /// Open Workload API connections, all callers together. Each holds two file
+    /// descriptors (the socket and its peer's pidfd), so the total is also kept to an
+    /// eighth of the agent's descriptor limit: attestation always has most of them.
     #[arg(long = "workload-api-max-connections", default_value_t = 1024)]
     pub max_connections: usize,
     /// Open Workload API connections per calling uid.
@@ -61,7 +62,8 @@ impl WorkloadApiLimits {
         Duration::from_secs(self.idle_seconds.max(1))
     }
 
-    /// The total that fits the agent's file-descriptor limit: at most a quarter of it.
+    /// The total that fits the agent's file-descriptor limit: two descriptors each, a
+    /// quarter of the limit for all of them.
     fn total(&self) -> usize {
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes into the struct we pass.
@@ -70,7 +72,7 @@ impl WorkloadApiLimits {
         } else {
             1024
         };
-        self.max_connections.min(nofile / 4).max(1)
+        self.max_connections.min(nofile / 8).max(1)
     }
 }
 
