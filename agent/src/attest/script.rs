@@ -141,6 +141,6 @@ mod tests {
         let c = std::ffi::CString::new(fifo.display().to_string()).expect("c");
         // SAFETY: valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(hash_file(&fifo.display().to_string()).unwrap_err().contains("not a regular file"));
+        assert!(hash_file(&fifo.display().to_string()).expect_err("a FIFO").contains("not a regular file"));
     }
 }

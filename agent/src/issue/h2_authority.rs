@@ -61,6 +61,9 @@ enum Mode {
     Passthrough,
 }
 
+/// A decoded header block: (name, value) pairs.
+type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// HEADERS frame awaiting its CONTINUATIONs.
 struct Pending {
     stream: [u8; 4],
@@ -190,7 +193,7 @@ impl Rewriter {
 
     /// Decodes one block within [`MAX_HEADER_LIST`]: indexed fields are borrowed from the
     /// table by the decoder and copied here only while the budget lasts.
-    fn decode_bounded(&mut self, block: &[u8]) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, Refused> {
+    fn decode_bounded(&mut self, block: &[u8]) -> Result<Option<HeaderList>, Refused> {
         let mut headers = Vec::new();
         let mut budget = MAX_HEADER_LIST;
         let mut over = false;
