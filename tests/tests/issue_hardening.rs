@@ -32,10 +32,21 @@ struct Node {
     socket: PathBuf,
 }
 
-/// An agent with `policy` (selectors of one entry for [`ID`]), serving a socket in a
-/// fresh directory.
+/// An agent with one entry for [`ID`], serving a socket in a fresh directory (which any
+/// user may write to, for the helpers' own sockets).
 fn node(selectors: &[String], extra: &[&str]) -> Node {
+    node_in(scratch_dir(), selectors, extra)
+}
+
+/// An agent whose one entry is a [`registered_python`] in `cg`; returns that binary too.
+fn registered_node(cg: &TestCgroup) -> (Node, PathBuf) {
     let dir = scratch_dir();
+    let registered = registered_python(&dir);
+    let n = node_in(dir, &[format!("unix:sha256:{}", sha256sum(&registered)), format!("cgroup:path:{}", cg.path)], &[]);
+    (n, registered)
+}
+
+fn node_in(dir: PathBuf, selectors: &[String], extra: &[&str]) -> Node {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     let list = selectors.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
     let policy = dir.join("policy.toml");
@@ -150,9 +161,7 @@ fn denial(agent: &Agent, reason: &str) -> Value {
 #[test]
 fn a_workload_that_execs_a_registered_binary_after_connecting_gets_no_token_over_that_connection() {
     let cg = TestCgroup::create("system.slice/exec-after-connect.service");
-    let dir = scratch_dir();
-    let registered = registered_python(&dir);
-    let n = node(&[format!("unix:sha256:{}", sha256sum(&registered)), format!("cgroup:path:{}", cg.path)], &[]);
+    let (n, registered) = registered_node(&cg);
     let socket = n.socket.display().to_string();
 
     // Control: the registered binary asking over its own connection gets a token.
@@ -177,7 +186,6 @@ fn a_workload_that_execs_a_registered_binary_after_connecting_gets_no_token_over
     let d = denial(&n.agent, "process_changed");
     assert_eq!(d["peer_pid"], parent);
     assert_eq!(n.agent.events().iter().filter(|e| e["kind"] == "token_issued").count(), 1, "only the control got a token");
-    let _ = fs::remove_dir_all(&dir);
 }
 
 /// A local unprivileged user (uid 65534) receives, over SCM_RIGHTS, a Workload API
@@ -189,14 +197,11 @@ fn a_workload_that_execs_a_registered_binary_after_connecting_gets_no_token_over
 fn a_connection_passed_with_scm_rights_speaks_for_its_connector_and_dies_with_it() {
     let registered_cg = TestCgroup::create("system.slice/connector.service");
     let receiver_cg = TestCgroup::create("system.slice/receiver.service");
-    let dir = scratch_dir();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-    let registered = registered_python(&dir);
-    let n = node(&[format!("unix:sha256:{}", sha256sum(&registered)), format!("cgroup:path:{}", registered_cg.path)], &[]);
+    let (n, registered) = registered_node(&registered_cg);
     let socket = n.socket.display().to_string();
 
     for connector_stays in [true, false] {
-        let handoff = dir.join(unique("handoff-")).display().to_string();
+        let handoff = n.dir.join(unique("handoff-")).display().to_string();
         let mut receiver = Helper::spawn(receiver_cg.command(
             Path::new("setpriv"),
             &["--reuid", "65534", "--regid", "65534", "--clear-groups", PY, &helper(), "recv-fd", &handoff, &request_hex()],
@@ -228,7 +233,6 @@ fn a_connection_passed_with_scm_rights_speaks_for_its_connector_and_dies_with_it
         }
     }
     assert_eq!(n.agent.events().iter().filter(|e| e["kind"] == "token_issued").count(), 1);
-    let _ = fs::remove_dir_all(&dir);
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -268,9 +272,7 @@ fn hpack_bomb(refs: usize) -> Vec<u8> {
 #[test]
 fn hpack_bombs_from_a_local_user_close_their_connection_and_the_agent_keeps_serving() {
     let cg = TestCgroup::create("system.slice/bombed-workload.service");
-    let dir = scratch_dir();
-    let registered = registered_python(&dir);
-    let mut n = node(&[format!("unix:sha256:{}", sha256sum(&registered)), format!("cgroup:path:{}", cg.path)], &[]);
+    let (mut n, registered) = registered_node(&cg);
     let socket = n.socket.display().to_string();
     let pid = n.agent.pid();
     // A ceiling, so a regression aborts the agent instead of inviting the OOM killer.
@@ -304,7 +306,6 @@ fn hpack_bombs_from_a_local_user_close_their_connection_and_the_agent_keeps_serv
     assert_eq!(code, 0, "{err}");
     decode_answer(&hex::decode(out).unwrap()).expect("a well-behaved workload still gets its token");
     eprintln!("agent VmHWM {before} KiB before the bombs, +{grown} KiB after");
-    let _ = fs::remove_dir_all(&dir);
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -319,10 +320,8 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn thousands_of_idle_connections_from_a_local_user_starve_neither_issuance_nor_attestation() {
     let cg = TestCgroup::create("system.slice/busy-workload.service");
-    let dir = scratch_dir();
-    let registered = registered_python(&dir);
     // The default per-uid limit: 64.
-    let n = node(&[format!("unix:sha256:{}", sha256sum(&registered)), format!("cgroup:path:{}", cg.path)], &[]);
+    let (n, registered) = registered_node(&cg);
     let socket = n.socket.display().to_string();
     let pid = n.agent.pid();
     let fds_before = open_fds(pid);
@@ -340,7 +339,7 @@ fn thousands_of_idle_connections_from_a_local_user_starve_neither_issuance_nor_a
     assert_eq!(code, 0, "{err}");
     decode_answer(&hex::decode(out).unwrap()).expect("a registered workload still gets its token");
     // ... and so does exec attestation, hash included.
-    let bin = unique_binary(&dir, "after-flood");
+    let bin = unique_binary(&n.dir, "after-flood");
     let child = Command::new(&bin).arg("5").spawn().unwrap();
     let rec = n.agent.wait_exec(child.id(), &bin);
     assert_eq!(rec["binary"]["sha256"], sha256sum(&bin).as_str());
@@ -349,7 +348,6 @@ fn thousands_of_idle_connections_from_a_local_user_starve_neither_issuance_nor_a
     flood.say("count\n");
     let closed: usize = flood.expect_line("CLOSED ")[7..].parse().unwrap();
     assert!(closed >= open - 64, "{open} connected, only {closed} closed by the agent");
-    let _ = fs::remove_dir_all(&dir);
 }
 
 /// A local user asks with 60 audiences of 1,000 bytes each (60 KB of its choosing). The

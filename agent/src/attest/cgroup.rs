@@ -118,6 +118,14 @@ pub fn v2_path_from_proc(text: &str) -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| normalise(p.trim_end_matches(" (deleted)")))
 }
 
+/// The cgroup v2 path of a process, read through its procfs handle.
+pub fn v2_path_of(p: &procfs::process::Process) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    p.open_relative("cgroup").ok()?.read_to_string(&mut text).ok()?;
+    v2_path_from_proc(&text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

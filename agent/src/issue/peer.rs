@@ -19,7 +19,7 @@
 use std::{
     fs,
     future::Future,
-    io::{self, Read},
+    io,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::fs::{FileExt, MetadataExt},
@@ -79,12 +79,7 @@ impl ExecIdentity {
         let p = Process::new(pid as i32).map_err(io::Error::other)?;
         let start = p.stat().map_err(io::Error::other)?.starttime;
         let exe = fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| (m.dev(), m.ino()));
-        let mut text = String::new();
-        let cgroup = p
-            .open_relative("cgroup")
-            .ok()
-            .and_then(|mut f| f.read_to_string(&mut text).ok())
-            .and_then(|_| cgroup::v2_path_from_proc(&text));
+        let cgroup = cgroup::v2_path_of(&p);
         let exec_nonce = p.auxv().ok().and_then(|aux| aux.get(&AT_RANDOM).copied()).and_then(|addr| {
             let mut bytes = [0u8; 16];
             let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
@@ -258,7 +253,8 @@ mod tests {
         let mut stdin = child.stdin.take().expect("stdin");
         stdin.write_all(b"go\n").expect("write");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !cmdline().contains("second") {
+        // The new argv exactly (the first shell's own argv mentions `second` too).
+        while cmdline() != "/bin/sh\0-c\0read _\0second\0" {
             assert!(std::time::Instant::now() < deadline, "the shell never exec'd");
             std::thread::sleep(Duration::from_millis(5));
         }
