@@ -16,7 +16,8 @@ to decode.
   recv-fd HANDOFF REQ_HEX                receive a connection on HANDOFF, wait for a line
                                          on stdin, ask over it, print the answer
   raw SOCKET                             send the bytes read (hex) from stdin, print what
-                                         came back until the agent closed or went quiet
+                                         came back, then "closed" (by the agent) or
+                                         "quiet" (nothing for 5 s)
   flood SOCKET N                         open N connections and send nothing; print
                                          "OPEN <connected>", then on a line from stdin
                                          "CLOSED <closed by the agent>", then hold the
@@ -140,16 +141,20 @@ def main():
             s.sendall(bytes.fromhex(sys.stdin.read().strip()))
         except (BrokenPipeError, ConnectionResetError):
             pass
-        out = b""
+        out, how = b"", "quiet"
         try:
             while True:
                 chunk = s.recv(65536)
                 if not chunk:
+                    how = "closed"
                     break
                 out += chunk
-        except (socket.timeout, ConnectionResetError):
+        except socket.timeout:
             pass
+        except ConnectionResetError:
+            how = "closed"
         emit(out)
+        print(how, flush=True)
     elif mode == "flood":
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

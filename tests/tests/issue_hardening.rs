@@ -294,6 +294,7 @@ fn hpack_bombs_from_a_local_user_close_their_connection_and_the_agent_keeps_serv
         attacker.say(&hex::encode(&bytes));
         attacker.stdin = None;
         let reply = attacker.line();
+        assert_eq!(attacker.line(), "closed", "the agent closed the connection ({logged})");
         attacker.wait();
         assert!(n.agent.is_running(), "the agent died of the attack ({logged})");
         n.agent.stderr.wait_line(logged, |l| l.contains("closing a Workload API connection") && l.contains(logged));
@@ -348,6 +349,19 @@ fn thousands_of_idle_connections_from_a_local_user_starve_neither_issuance_nor_a
     flood.say("count\n");
     let closed: usize = flood.expect_line("CLOSED ")[7..].parse().unwrap();
     assert!(closed >= open - 64, "{open} connected, only {closed} closed by the agent");
+}
+
+/// A local unprivileged user (uid 65534) connects and sends nothing, not even the HTTP/2
+/// preface. After the idle time the agent closes the connection and says so.
+#[test]
+fn a_silent_connection_from_a_local_user_is_closed_after_the_idle_time() {
+    let n = node(&["unix:uid:4242".to_owned()], &["--workload-api-idle-seconds", "2"]);
+    let mut attacker = Helper::spawn(as_nobody(&[&helper(), "raw", &n.socket.display().to_string()]));
+    attacker.stdin = None; // nothing to send
+    attacker.line(); // what the agent sent before closing (its SETTINGS, if any)
+    assert_eq!(attacker.line(), "closed", "the agent closed the silent connection");
+    let logged = n.agent.stderr.wait_line("idle close", |l| l.contains("sent nothing for 2 s"));
+    assert!(logged.contains("uid=65534"), "{logged}");
 }
 
 /// A local user asks with 60 audiences of 1,000 bytes each (60 KB of its choosing). The
