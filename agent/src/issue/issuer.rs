@@ -21,7 +21,7 @@ use super::{
     events::{ConfigChange, ProcessRef, TokenDenied, TokenIssued},
     jwt::{self, Audience, Claims, JwtError},
     keys::KeyManager,
-    limits::{MAX_AUDIENCES, MAX_EVENT_AUDIENCES, MAX_EVENT_FIELD, truncated},
+    limits::{MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_DETAIL, MAX_EVENT_AUDIENCES, MAX_EVENT_FIELD, truncated},
     peer::Peer,
     policy::{self, DenyReason, PodMeta, Policy, PolicyError, Subject},
     watched::{Refresh, Watched},
@@ -79,12 +79,6 @@ pub struct Issuer {
     /// Token lifetimes, for the metrics histogram (set once metrics exist).
     lifetime: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>>,
 }
-
-/// Longest audience a request may name (long enough for GCP's workload identity
-/// provider names; an issued event carries them all).
-const MAX_AUDIENCE_LEN: usize = 512;
-/// Longest denial detail (it may quote what the caller asked for).
-const MAX_DETAIL: usize = 1024;
 
 fn exec_since_connect(pid: u32) -> String {
     format!("pid {pid} exec'd since it connected to the Workload API; a connection speaks for the exec that opened it")

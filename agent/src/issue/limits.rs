@@ -54,8 +54,13 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_EVENT_AUDIENCES: usize = 16;
 /// ... of at most this many bytes each (a requested SPIFFE ID too).
 pub const MAX_EVENT_FIELD: usize = 256;
-/// How many audiences a request may carry at all.
+/// How many audiences a request may carry at all ...
 pub const MAX_AUDIENCES: usize = 64;
+/// ... and how long each may be (long enough for GCP's workload identity provider names;
+/// an issued event carries them all).
+pub const MAX_AUDIENCE_LEN: usize = 512;
+/// Longest denial detail (it may quote what the caller asked for).
+pub const MAX_DETAIL: usize = 1024;
 
 impl WorkloadApiLimits {
     pub fn idle(&self) -> Duration {
