@@ -6,6 +6,7 @@ this script only moves them and prints what the agent answered, as hex, for the 
 to decode.
 
   fetch SOCKET REQ_HEX                   connect, ask, print the answer
+  fetch-on-line SOCKET REQ_HEX           the same, once a line arrives on stdin
   exec-after-connect SOCKET REQ_HEX PROG [ARGS...]
                                          connect and finish the HTTP/2 handshake (the
                                          agent has accepted), fork; the parent execs
@@ -94,7 +95,9 @@ def emit(data):
 
 def main():
     mode = sys.argv[1]
-    if mode == "fetch":
+    if mode in ("fetch", "fetch-on-line"):
+        if mode == "fetch-on-line":
+            sys.stdin.readline()
         emit(ask(connect(sys.argv[2]), bytes.fromhex(sys.argv[3]), False))
     elif mode == "exec-after-connect":
         sock, request, prog = sys.argv[2], bytes.fromhex(sys.argv[3]), sys.argv[4]

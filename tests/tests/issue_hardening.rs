@@ -394,7 +394,8 @@ fn a_denied_request_with_a_huge_audience_list_yields_a_bounded_event() {
 /// interpreter's binary hash is the same for every script, so the entry pins the script
 /// too (`unix:script-path` + `unix:script-sha256`): the registered script gets a token,
 /// run by hand (`python3 /abs/app.py`) or as a `#!` program; the same interpreter on
-/// another script is refused.
+/// another script is refused, and so is the registered script rewritten after the
+/// interpreter started on it.
 #[test]
 fn a_registered_script_gets_a_token_and_the_same_interpreter_on_another_script_does_not() {
     let cg = TestCgroup::create("system.slice/scripted.service");
@@ -442,5 +443,20 @@ fn a_registered_script_gets_a_token_and_the_same_interpreter_on_another_script_d
     let execs = n.agent.events();
     let ran = |path: &str| execs.iter().any(|e| e["kind"] == "process_exec" && e["script"]["path"] == path);
     assert!(ran(&app_s) && ran(&other_s), "both scripts are named in exec records");
+
+    // The registered script rewritten in place after the interpreter started on it: what
+    // the exec was attested with no longer holds, so nothing is signed.
+    let mut late = Helper::spawn(cg.command(&interpreter, &[&app_s, "fetch-on-line", &socket, &req]));
+    let pid = late.pid();
+    n.agent.wait_event("the exec record of the late asker", |e| {
+        e["kind"] == "process_exec" && e["pid"] == pid && e["script"]["path"] == app_s.as_str() && e["script"]["sha256"].is_string()
+    });
+    let mut f = fs::OpenOptions::new().append(true).open(&app).unwrap();
+    f.write_all(b"\n# rewritten after exec\n").unwrap();
+    drop(f);
+    late.say("go\n");
+    let (code, message) = late.answer().expect_err("a script changed since exec gets nothing");
+    assert_eq!(code, PERMISSION_DENIED, "{message}");
+    assert!(message.contains("changed since the process was started on it"), "{message}");
     let _ = fs::remove_dir_all(&dir);
 }
