@@ -364,6 +364,42 @@ fn a_silent_connection_from_a_local_user_is_closed_after_the_idle_time() {
     assert!(logged.contains("uid=65534"), "{logged}");
 }
 
+/// A local unprivileged user (uid 65534) opens 100 requests on one connection and never
+/// finishes them (no body). The agent serves 16 at a time and refuses the rest
+/// (RST_STREAM REFUSED_STREAM), so one connection cannot hold a hundred handlers.
+#[test]
+fn a_local_user_opening_a_hundred_streams_on_one_connection_gets_sixteen() {
+    let n = node(&["unix:uid:4242".to_owned()], &[]);
+    let mut enc = loona_hpack::Encoder::new();
+    let mut wire = preface();
+    for i in 0..100u32 {
+        let block = enc.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/SpiffeWorkloadAPI/FetchJWTSVID"),
+            (b":authority", b"localhost"),
+            (b"content-type", b"application/grpc"),
+            (b"workload.spiffe.io", b"true"),
+        ]);
+        wire.extend(frame(0x1, 0x4, 2 * i + 1, &block)); // END_HEADERS, no END_STREAM
+    }
+    let mut attacker = Helper::spawn(as_nobody(&[&helper(), "raw", &n.socket.display().to_string()]));
+    attacker.say(&hex::encode(&wire));
+    attacker.stdin = None;
+    let reply = hex::decode(attacker.line()).unwrap();
+    let mut refused = 0;
+    let mut rest = &reply[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        // RST_STREAM with error code REFUSED_STREAM (0x7).
+        if rest[3] == 0x3 && rest.get(9..13) == Some(&[0, 0, 0, 7][..]) {
+            refused += 1;
+        }
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert_eq!(refused, 100 - 16, "streams refused beyond the limit");
+}
+
 /// A local user asks with 60 audiences of 1,000 bytes each (60 KB of its choosing). The
 /// request is refused, and the `token_denied` event carries at most 16 audiences cut to
 /// 256 bytes, plus the count. A 10 MB request is refused before it is decoded.
