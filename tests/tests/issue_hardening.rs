@@ -341,7 +341,7 @@ fn thousands_of_idle_connections_from_a_local_user_starve_neither_issuance_nor_a
     decode_answer(&hex::decode(out).unwrap()).expect("a registered workload still gets its token");
     // ... and so does exec attestation, hash included.
     let bin = unique_binary(&n.dir, "after-flood");
-    let child = Command::new(&bin).arg("5").spawn().unwrap();
+    let child = Command::new(&bin).arg("60").spawn().unwrap();
     let rec = n.agent.wait_exec(child.id(), &bin);
     assert_eq!(rec["binary"]["sha256"], sha256sum(&bin).as_str());
     finish(child);
