@@ -24,7 +24,10 @@
 use std::{
     fs,
     io::Read,
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
 };
 
 use procfs::process::Process;
@@ -93,21 +96,23 @@ pub fn hash_file(path: &str) -> Result<(String, u64), String> {
     Ok((sha, ino))
 }
 
-/// Opens a regular file of bounded size (never blocks on a FIFO or device).
+/// Opens a regular file of bounded size. The path is the process's first argument, so
+/// it may name anything: it is first opened as O_PATH (which opens no device, FIFO or
+/// socket) and only reopened for reading once that very inode is a regular file.
 fn open_script(path: &str) -> Result<fs::File, String> {
-    let file = fs::OpenOptions::new()
+    let handle = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH)
         .open(path)
         .map_err(|e| format!("opening the script: {e}"))?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let meta = handle.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("the script is not a regular file".into());
     }
     if meta.size() > MAX_SCRIPT_BYTES {
         return Err(format!("the script is larger than {MAX_SCRIPT_BYTES} bytes; not hashed"));
     }
-    Ok(file)
+    fs::File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(|e| format!("opening the script: {e}"))
 }
 
 #[cfg(test)]
@@ -142,5 +147,7 @@ mod tests {
         // SAFETY: valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(hash_file(&fifo.display().to_string()).expect_err("a FIFO").contains("not a regular file"));
+        // A device is never opened for reading (a watchdog or tape device acts on open).
+        assert!(hash_file("/dev/null").expect_err("a device").contains("not a regular file"));
     }
 }
