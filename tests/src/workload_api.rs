@@ -90,11 +90,10 @@ pub fn preface() -> Vec<u8> {
     v
 }
 
-/// FetchJWTSVID for `audience` on stream 1, with the security header: the bytes that
-/// follow the preface.
-pub fn fetch_request(audience: &[&str]) -> Vec<u8> {
-    use prost::Message;
-    let block = loona_hpack::Encoder::new().encode([
+/// The header block of a FetchJWTSVID request (with the security header), encoded with
+/// `enc` (one encoder per connection: later blocks refer to its table).
+pub fn fetch_headers(enc: &mut loona_hpack::Encoder<'static>) -> Vec<u8> {
+    enc.encode([
         (&b":method"[..], &b"POST"[..]),
         (b":scheme", b"http"),
         (b":path", b"/SpiffeWorkloadAPI/FetchJWTSVID"),
@@ -102,7 +101,14 @@ pub fn fetch_request(audience: &[&str]) -> Vec<u8> {
         (b"content-type", b"application/grpc"),
         (b"te", b"trailers"),
         (b"workload.spiffe.io", b"true"),
-    ]);
+    ])
+}
+
+/// FetchJWTSVID for `audience` on stream 1, with the security header: the bytes that
+/// follow the preface.
+pub fn fetch_request(audience: &[&str]) -> Vec<u8> {
+    use prost::Message;
+    let block = fetch_headers(&mut loona_hpack::Encoder::new());
     let body = JwtsvidRequest { audience: audience.iter().map(|a| a.to_string()).collect(), spiffe_id: String::new() }.encode_to_vec();
     let mut msg = vec![0u8];
     msg.extend_from_slice(&(body.len() as u32).to_be_bytes());

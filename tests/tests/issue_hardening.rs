@@ -373,14 +373,7 @@ fn a_local_user_opening_a_hundred_streams_on_one_connection_gets_sixteen() {
     let mut enc = loona_hpack::Encoder::new();
     let mut wire = preface();
     for i in 0..100u32 {
-        let block = enc.encode([
-            (&b":method"[..], &b"POST"[..]),
-            (b":scheme", b"http"),
-            (b":path", b"/SpiffeWorkloadAPI/FetchJWTSVID"),
-            (b":authority", b"localhost"),
-            (b"content-type", b"application/grpc"),
-            (b"workload.spiffe.io", b"true"),
-        ]);
+        let block = workload_api::fetch_headers(&mut enc);
         wire.extend(frame(0x1, 0x4, 2 * i + 1, &block)); // END_HEADERS, no END_STREAM
     }
     let mut attacker = Helper::spawn(as_nobody(&[&helper(), "raw", &n.socket.display().to_string()]));
