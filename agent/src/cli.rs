@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// Issuer URL written into tokens (`iss`); default http://<oidc-listen>.
     #[arg(long)]
     pub issuer: Option<String>,
+    /// Fleet mode: have tokens signed by the cluster signer at this URL (the collector;
+    /// https:// with the --collector-ca/--collector-cert/--collector-key files, or
+    /// http:// on loopback). Without it the agent signs with its own in-memory keys.
+    #[arg(long, env = "SIGIL_SIGNER_URL", requires = "policy")]
+    pub signer: Option<String>,
     /// Seconds between signing-key rotations.
     #[arg(long, default_value_t = 3600)]
     pub key_rotation_seconds: u64,
@@ -144,7 +149,18 @@ impl RunArgs {
                 .map(|u| u.trim_end_matches('/').to_owned())
                 .unwrap_or_else(|| format!("http://{}", self.oidc_listen)),
             key_rotation: Duration::from_secs(self.key_rotation_seconds),
+            signer: self.signer.as_ref().map(|url| CollectorConfig {
+                url: url.clone(),
+                ca: self.collector_ca.clone(),
+                cert: self.collector_cert.clone(),
+                key: self.collector_key.clone(),
+                spool_dir: self.state_dir.join("spool"),
+                spool_bytes: self.spool_bytes,
+            }),
         });
+        if let Some(url) = &self.signer {
+            crate::stream::exporter::check_transport(url)?;
+        }
         let trace = (!self.no_trace)
             .then(|| TraceConfig { fingerprint_key: self.fingerprint_key_file.clone(), state_dir: self.state_dir.clone() });
         if let Some(url) = &self.collector {

@@ -24,6 +24,7 @@ pub async fn fetch_jwt(socket: &Path, audience: Vec<String>, spiffe_id: Option<S
     let mut client = SpiffeWorkloadApiClient::new(channel);
     let mut req = Request::new(JwtsvidRequest { audience, spiffe_id: spiffe_id.unwrap_or_default() });
     req.metadata_mut().insert(SECURITY_HEADER, MetadataValue::from_static("true"));
-    let resp = client.fetch_jwtsvid(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    // The gRPC code first (e.g. "Unavailable: ..."), so scripts can tell retryable from refused.
+    let resp = client.fetch_jwtsvid(req).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
     Ok(resp.into_inner().svids.into_iter().map(|s| (s.spiffe_id, s.svid)).collect())
 }

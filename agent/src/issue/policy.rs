@@ -158,10 +158,14 @@ pub enum DenyReason {
     MissingSecurityHeader,
     /// The agent could not sign (no key, RNG failure): not the caller's fault.
     InternalError,
+    /// Fleet mode: the cluster signer is unreachable and no cached token is valid.
+    SignerUnavailable,
+    /// Fleet mode: the cluster signer refused (the ID is not allowed on this node).
+    SignerRefused,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 7] = [
+    pub const ALL: [DenyReason; 9] = [
         DenyReason::NoMatchingEntry,
         DenyReason::BinaryHashMismatch,
         DenyReason::UnknownProcess,
@@ -169,6 +173,8 @@ impl DenyReason {
         DenyReason::MissingAudience,
         DenyReason::MissingSecurityHeader,
         DenyReason::InternalError,
+        DenyReason::SignerUnavailable,
+        DenyReason::SignerRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -180,6 +186,8 @@ impl DenyReason {
             DenyReason::MissingAudience => "missing_audience",
             DenyReason::MissingSecurityHeader => "missing_security_header",
             DenyReason::InternalError => "internal_error",
+            DenyReason::SignerUnavailable => "signer_unavailable",
+            DenyReason::SignerRefused => "signer_refused",
         }
     }
 }
