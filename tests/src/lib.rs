@@ -4,6 +4,7 @@
 //! Every test drives the kernel for real; nothing here fakes an event.
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should stop the test loudly
 
+pub mod pki;
 pub mod workload_api;
 
 use std::{
@@ -170,7 +171,8 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn follow(self, r: impl std::io::Read + Send + 'static) -> Self {
+    /// Collects the lines `r` produces, in a background thread.
+    pub fn follow(self, r: impl std::io::Read + Send + 'static) -> Self {
         let me = self.clone();
         thread::spawn(move || {
             for line in BufReader::new(r).lines().map_while(Result::ok) {

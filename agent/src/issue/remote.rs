@@ -186,6 +186,13 @@ impl TokenSigner for RemoteSigner {
             claims: Claims { iss: resp.issuer, jti: resp.jti, iat: resp.issued_at, exp: resp.expires_at, sigil_node: self.node.clone(), ..claims },
             fresh: true,
         };
+        // A key we have not seen yet (a rotation, or the first token): refresh the bundle
+        // so FetchJWTBundles and ValidateJWTSVID know it before the workload asks.
+        if self.public_key(&signed.kid).is_none()
+            && let Err(e) = self.maintain()
+        {
+            tracing::warn!("refreshing the signer's keys: {e}");
+        }
         if let Ok(mut cache) = self.cache.lock() {
             let now = now_unix();
             cache.retain(|_, s| s.claims.exp > now);
