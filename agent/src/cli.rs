@@ -41,6 +41,13 @@ pub struct TokenArgs {
     /// Only this SPIFFE ID (default: every ID this process is entitled to).
     #[arg(long)]
     pub spiffe_id: Option<String>,
+    /// Benchmark: fetch this many times over one connection and print the p50/p99
+    /// latency as JSON instead of tokens (`cargo xtask bench`).
+    #[arg(long, hide = true)]
+    pub repeat: Option<usize>,
+    /// With --repeat: a new audience for every fetch, so no cache can answer.
+    #[arg(long, hide = true, requires = "repeat")]
+    pub distinct_audiences: bool,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/sigil/workload.sock";

@@ -197,7 +197,8 @@ fn start_issuance(
                 Ok(changed) => {
                     if changed {
                         bump.send_modify(|v| *v += 1);
-                        info!("published signing keys changed ({} keys)", signer.jwks("sig").len());
+                        let active = signer.active_kid().unwrap_or_else(|| "chosen by the cluster signer".into());
+                        info!("signing keys changed; active kid {active} ({} published)", signer.jwks("sig").len());
                     }
                     failing = false;
                 }

@@ -333,6 +333,14 @@ pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::fu
     Ok(())
 }
 
+/// Accepted connections with Nagle off: tonic sets TCP_NODELAY only on listeners it binds
+/// itself, and a unary answer (headers, body, trailers) would otherwise wait out the
+/// peer's delayed ACK (~40 ms per signing request).
 fn tokio_stream_listener(l: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(l)
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(l).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
 }

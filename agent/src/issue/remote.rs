@@ -206,6 +206,11 @@ impl TokenSigner for RemoteSigner {
         p.keys.iter().map(|(_, point)| Jwk::from_public(point, use_)).collect()
     }
 
+    /// The signer decides which of its published keys signs.
+    fn active_kid(&self) -> Option<String> {
+        None
+    }
+
     fn maintain(&self) -> Result<bool, String> {
         let mut client = self.client.clone();
         let resp = self

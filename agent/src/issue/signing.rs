@@ -43,6 +43,8 @@ pub trait TokenSigner: PublicKeys + Send + Sync {
     /// Rotation (local) or a refresh of the published keys (remote); true when the
     /// published set changed. Blocking.
     fn maintain(&self) -> Result<bool, String>;
+    /// The key that signs new tokens, when this process knows it.
+    fn active_kid(&self) -> Option<String>;
 }
 
 /// Single-node mode: the agent's own keys.
@@ -57,7 +59,7 @@ impl PublicKeys for LocalSigner {
 impl TokenSigner for LocalSigner {
     fn sign(&self, claims: Claims) -> Result<Signed, SignError> {
         let token = jwt::sign(&self.0, &claims).map_err(|e| SignError::Internal(format!("signing failed: {e}")))?;
-        Ok(Signed { token, kid: self.0.active_kid().unwrap_or_default(), claims, fresh: true })
+        Ok(Signed { token, kid: TokenSigner::active_kid(self).unwrap_or_default(), claims, fresh: true })
     }
 
     fn jwks(&self, use_: &'static str) -> Vec<Jwk> {
@@ -66,5 +68,9 @@ impl TokenSigner for LocalSigner {
 
     fn maintain(&self) -> Result<bool, String> {
         self.0.maintain(SystemTime::now()).map_err(|e| e.to_string())
+    }
+
+    fn active_kid(&self) -> Option<String> {
+        self.0.active_kid()
     }
 }
