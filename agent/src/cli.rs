@@ -145,6 +145,15 @@ impl RunArgs {
         if self.key_rotation_seconds == 0 {
             anyhow::bail!("--key-rotation-seconds must be at least 1");
         }
+        // The collector and the cluster signer are reached with the same mTLS identity.
+        let remote = |url: &String| CollectorConfig {
+            url: url.clone(),
+            ca: self.collector_ca.clone(),
+            cert: self.collector_cert.clone(),
+            key: self.collector_key.clone(),
+            spool_dir: self.state_dir.join("spool"),
+            spool_bytes: self.spool_bytes,
+        };
         let issuance = self.policy.as_ref().map(|policy| IssuanceConfig {
             policy: policy.clone(),
             pods: self.pods.clone(),
@@ -156,14 +165,7 @@ impl RunArgs {
                 .map(|u| u.trim_end_matches('/').to_owned())
                 .unwrap_or_else(|| format!("http://{}", self.oidc_listen)),
             key_rotation: Duration::from_secs(self.key_rotation_seconds),
-            signer: self.signer.as_ref().map(|url| CollectorConfig {
-                url: url.clone(),
-                ca: self.collector_ca.clone(),
-                cert: self.collector_cert.clone(),
-                key: self.collector_key.clone(),
-                spool_dir: self.state_dir.join("spool"),
-                spool_bytes: self.spool_bytes,
-            }),
+            signer: self.signer.as_ref().map(remote),
         });
         if let Some(url) = &self.signer {
             crate::stream::exporter::check_transport(url)?;
@@ -173,14 +175,7 @@ impl RunArgs {
         if let Some(url) = &self.collector {
             crate::stream::exporter::check_transport(url)?;
         }
-        let collector = self.collector.as_ref().map(|url| CollectorConfig {
-            url: url.clone(),
-            ca: self.collector_ca.clone(),
-            cert: self.collector_cert.clone(),
-            key: self.collector_key.clone(),
-            spool_dir: self.state_dir.join("spool"),
-            spool_bytes: self.spool_bytes,
-        });
+        let collector = self.collector.as_ref().map(remote);
         Ok(RunConfig {
             metrics_listen: self.metrics_listen,
             telemetry: sigil_telemetry::TelemetryConfig {

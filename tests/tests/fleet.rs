@@ -6,7 +6,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -59,44 +59,31 @@ fn policy(nodes: &[&str]) -> String {
 /// `sigil-collector serve` with mTLS, the signer (keys sealed with a KEK file) and the
 /// OIDC issuer over HTTPS.
 struct FleetCollector {
-    child: Child,
+    collector: Collector,
     grpc: u16,
     http: u16,
     issuer: String,
 }
 
-fn start_collector(dir: &Path, pki: &Pki, ports: (u16, u16, u16), extra: &[&str]) -> FleetCollector {
+fn start_collector(dir: &Path, pki: &Pki, ports: (u16, u16, u16)) -> FleetCollector {
     let (grpc, http, oidc) = ports;
-    let mut child = Command::new(sibling_bin("sigil-collector"))
-        .arg("--db")
-        .arg(dir.join("c.db"))
-        .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--tls-cert", &pki.path("server.pem"), "--tls-key", &pki.path("server.key"), "--client-ca", &pki.path("ca.pem")])
-        .args(["--signer-policy", &dir.join("policy.toml").display().to_string()])
-        .args(["--signer-kek-file", &dir.join("kek").display().to_string()])
-        .args(["--oidc-listen", &format!("127.0.0.1:{oidc}"), "--oidc-cert", &pki.path("server.pem"), "--oidc-key", &pki.path("server.key")])
-        .args(["--max-token-ttl-seconds", "120", "--key-rotation-seconds", "3600"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Lines::default().follow(child.stderr.take().unwrap());
-    log.wait_line("collector start-up", |l| l.contains("collector: gRPC on"));
-    FleetCollector { child, grpc, http, issuer: format!("https://127.0.0.1:{oidc}") }
+    let (policy, kek) = (dir.join("policy.toml").display().to_string(), dir.join("kek").display().to_string());
+    let (cert, key, ca) = (pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"));
+    let oidc_listen = format!("127.0.0.1:{oidc}");
+    let args = [
+        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca][..],
+        &["--signer-policy", &policy, "--signer-kek-file", &kek],
+        &["--oidc-listen", &oidc_listen, "--oidc-cert", &cert, "--oidc-key", &key],
+        &["--max-token-ttl-seconds", "120", "--key-rotation-seconds", "3600"],
+    ]
+    .concat();
+    let collector = Collector::start_with(&dir.join("c.db"), grpc, http, &args);
+    FleetCollector { collector, grpc, http, issuer: format!("https://127.0.0.1:{oidc}") }
 }
 
 impl FleetCollector {
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for FleetCollector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill(self) {
+        self.collector.kill();
     }
 }
 
@@ -207,7 +194,7 @@ fn three_nodes_one_issuer_tokens_survive_agent_and_collector_restarts_and_rotati
     let s = Setup::new(&nodes);
     let ca = s.pki.path("ca.pem");
     let ports = (free_port(), free_port(), free_port());
-    let c = start_collector(&s.dir, &s.pki, ports, &[]);
+    let c = start_collector(&s.dir, &s.pki, ports);
     let mut agents: Vec<Agent> = nodes.iter().map(|n| s.agent(n, &c)).collect();
     let cgroups: Vec<TestCgroup> = nodes.iter().map(|n| TestCgroup::create(&format!("system.slice/fleet-{n}.service"))).collect();
 
@@ -235,7 +222,7 @@ fn three_nodes_one_issuer_tokens_survive_agent_and_collector_restarts_and_rotati
 
     // Restart the collector (same database, same KEK): same JWKS, earlier tokens verify.
     c.kill();
-    let c = start_collector(&s.dir, &s.pki, ports, &[]);
+    let c = start_collector(&s.dir, &s.pki, ports);
     assert_eq!(jwks(&c, &ca), before, "the JWKS is unchanged across a collector restart");
     for (t, _) in &tokens {
         pyjwt(t, &c.issuer, AUDIENCE, &ca).expect("earlier token after the collector restarted");
@@ -295,7 +282,7 @@ fn three_nodes_one_issuer_tokens_survive_agent_and_collector_restarts_and_rotati
 #[test]
 fn a_compromised_node_cannot_push_events_as_another_node() {
     let s = Setup::new(&["node-a", "node-b"]);
-    let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()), &[]);
+    let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()));
     let mut a = IngestClient::new(s.channel("node-a", c.grpc));
     let forged = PushRequest {
         node: "node-b".into(),
@@ -327,7 +314,7 @@ fn a_compromised_node_cannot_push_events_as_another_node() {
 #[ignore = "needs the (node, id) store keying from the event-contract rewrite (helper D)"]
 fn a_compromised_node_cannot_shadow_or_overwrite_another_nodes_events() {
     let s = Setup::new(&["node-a", "node-b"]);
-    let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()), &[]);
+    let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()));
     let exec = |node: &str| {
         format!(r#"{{"kind":"process_exec","exec_id":"boot:42:7:9","pid":42,"ppid":1,"binary":{{"path":"/bin/{node}"}},"workload":{{"kind":"cgroup"}},"cgroup":{{"path":"/{node}"}}}}"#)
     };
@@ -361,7 +348,7 @@ fn a_compromised_node_cannot_shadow_or_overwrite_another_nodes_events() {
 #[test]
 fn a_compromised_node_cannot_get_another_nodes_spiffe_id_signed() {
     let s = Setup::new(&["node-a", "node-b"]);
-    let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()), &[]);
+    let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()));
     let ask = |who: &str, node: &str, id: &str| {
         let mut client = SignerClient::new(s.channel(who, c.grpc));
         let req = SignJwtRequest { node: node.into(), spiffe_id: id.into(), audience: vec![AUDIENCE.into()], ttl_seconds: 60, evidence: None };
@@ -401,7 +388,7 @@ fn a_compromised_node_cannot_get_another_nodes_spiffe_id_signed() {
 #[test]
 fn with_the_signer_down_cached_tokens_are_served_and_others_get_unavailable() {
     let s = Setup::new(&["node-0"]);
-    let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()), &[]);
+    let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()));
     let signer_url = format!("https://127.0.0.1:{}", c.grpc);
     let agent = s.agent("node-0", &c);
     let cg = TestCgroup::create("system.slice/fleet-node-0.service");
@@ -443,18 +430,9 @@ fn a_network_peer_without_credentials_gets_nothing_from_the_http_api() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing a plaintext HTTP API"), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let mut child = Command::new(sibling_bin("sigil-collector"))
-        .arg("--db")
-        .arg(s.dir.join("c.db"))
-        .args(["serve", "--grpc-listen", &format!("0.0.0.0:{grpc}"), "--http-listen", &format!("0.0.0.0:{http}")])
-        .args(["--tls-cert", &s.pki.path("server.pem"), "--tls-key", &s.pki.path("server.key"), "--client-ca", &s.pki.path("ca.pem")])
-        .args(["--http-token-file", &s.dir.join("token").display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Lines::default().follow(child.stderr.take().unwrap());
-    log.wait_line("collector start-up", |l| l.contains("collector: gRPC on"));
+    let tls = ["--tls-cert", &s.pki.path("server.pem"), "--tls-key", &s.pki.path("server.key"), "--client-ca", &s.pki.path("ca.pem")];
+    let token_file = s.dir.join("token").display().to_string();
+    let collector = Collector::start_at(&s.dir.join("c.db"), "0.0.0.0", grpc, http, &[&tls[..], &["--http-token-file", &token_file]].concat());
     let ca = s.pki.path("ca.pem");
     let url = |p: &str| format!("https://127.0.0.1:{http}{p}");
     for path in ["/v1/query/posture", "/v1/query/unattributed", "/metrics"] {
@@ -478,7 +456,7 @@ fn a_network_peer_without_credentials_gets_nothing_from_the_http_api() {
     // Plain HTTP to the TLS port gets no answer either.
     let (code, _) = curl(&format!("http://127.0.0.1:{http}/v1/query/posture"), &[]);
     assert_ne!(code, 200);
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(log.snapshot().iter().all(|l| !l.contains(token)), "the token never appears in the log");
+    let log = collector.log.snapshot();
+    collector.kill();
+    assert!(log.iter().all(|l| !l.contains(token)), "the token never appears in the log");
 }

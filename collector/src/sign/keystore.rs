@@ -49,6 +49,15 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     nonce BLOB NOT NULL,
     created INTEGER NOT NULL, activated INTEGER, retired INTEGER, expires INTEGER);";
 
+/// One stored key (the private part sealed).
+struct Row {
+    kid: String,
+    state: String,
+    public: Vec<u8>,
+    sealed: Vec<u8>,
+    nonce: Vec<u8>,
+}
+
 /// The keys this replica uses, as last loaded from the database.
 #[derive(Default)]
 struct Ring {
@@ -183,20 +192,21 @@ impl KeyStore {
     /// Reads the key set from the database (another replica may have rotated); true
     /// when the published set changed.
     pub fn reload(&self) -> Result<bool, KeyStoreError> {
-        let rows: Vec<(String, String, Vec<u8>, Vec<u8>, Vec<u8>)> = {
+        let rows: Vec<Row> = {
             let conn = self.conn.lock().map_err(|_| KeyStoreError::Key("key store lock poisoned".into()))?;
             let mut st = conn.prepare(
                 "SELECT kid, state, public_key, sealed_private, nonce FROM signing_keys
                  ORDER BY CASE state WHEN 'retired' THEN 0 WHEN 'current' THEN 1 ELSE 2 END, created",
             )?;
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect::<Result<_, _>>()?
+            st.query_map([], |r| Ok(Row { kid: r.get(0)?, state: r.get(1)?, public: r.get(2)?, sealed: r.get(3)?, nonce: r.get(4)? }))?
+                .collect::<Result<_, _>>()?
         };
-        let published: Vec<(String, Vec<u8>)> = rows.iter().map(|(kid, _, p, _, _)| (kid.clone(), p.clone())).collect();
+        let published: Vec<(String, Vec<u8>)> = rows.iter().map(|r| (r.kid.clone(), r.public.clone())).collect();
         let mut ring = self.ring.write().map_err(|_| KeyStoreError::Key("key ring lock poisoned".into()))?;
-        let current_kid = rows.iter().find(|r| r.1 == "current").map(|r| r.0.clone());
-        if ring.current.as_ref().map(|c| &c.0) != current_kid.as_ref() {
-            ring.current = match rows.iter().find(|r| r.1 == "current") {
-                Some((kid, _, _, sealed, nonce)) => {
+        let current = rows.iter().find(|r| r.state == "current");
+        if ring.current.as_ref().map(|c| &c.0) != current.map(|r| &r.kid) {
+            ring.current = match current {
+                Some(Row { kid, sealed, nonce, .. }) => {
                     let pkcs8 = self.kek.open(kid, nonce, sealed)?;
                     let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &self.rng)
                         .map_err(|e| KeyStoreError::Key(format!("sealed key {kid}: {e}")))?;
