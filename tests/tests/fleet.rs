@@ -448,6 +448,21 @@ fn a_network_peer_without_credentials_gets_nothing_from_the_http_api() {
         let (code, _) = curl(&url(path), &["--cacert", &ca, "-H", &format!("Authorization: Bearer {token}")]);
         assert_eq!(code, 200, "{path} with the token");
     }
+    // The operator's CLI: refused without credentials, answered with a token or a certificate.
+    let sigil = |extra: &[&str]| {
+        Command::new(sibling_bin("sigil"))
+            .args(["--collector", &url(""), "--ca", &ca, "--json"])
+            .args(extra)
+            .arg("posture")
+            .output()
+            .unwrap()
+    };
+    let out = sigil(&[]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("required"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sigil(&["--token-file", &token_file]).status.success());
+    assert!(sigil(&["--cert", &s.pki.path("operator.pem"), "--key", &s.pki.path("operator.key")]).status.success());
+    let out = sigil(&["--cert", &s.pki.path("node-a.pem"), "--key", &s.pki.path("node-a.key")]);
+    assert!(!out.status.success(), "a node certificate does not make an operator");
     // Uploads follow the same rule.
     let (code, _) = curl(&url("/v1/ingest/cloudtrail"), &["--cacert", &ca, "-X", "POST", "--data-binary", r#"{"Records":[]}"#]);
     assert_eq!(code, 401);
