@@ -53,6 +53,11 @@ fn policy(nodes: &[&str]) -> String {
         nodes[0],
         python.display()
     );
+    p += &format!(
+        "\n[[entry]]\nspiffe_id = \"spiffe://{TD}/fleet/half\"\nttl_seconds = 6\nselectors = [\"node:name:{}\", \"systemd:unit:fleet-half.service\", \"unix:path:{}\"]\n",
+        nodes[0],
+        python.display()
+    );
     p
 }
 
@@ -395,6 +400,14 @@ fn with_the_signer_down_cached_tokens_are_served_and_others_get_unavailable() {
     let first = py_spiffe(&cg, &s.socket("node-0"), AUDIENCE);
     let again = py_spiffe(&cg, &s.socket("node-0"), AUDIENCE);
     assert_eq!(first["token"], again["token"], "served from the cache while more than half its lifetime is left");
+    // Past half of its lifetime, a new token is signed.
+    let half = TestCgroup::create("system.slice/fleet-half.service");
+    let h1 = py_spiffe(&half, &s.socket("node-0"), AUDIENCE);
+    let issued = h1["expiry"].as_i64().unwrap() - 6;
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    thread::sleep(Duration::from_secs((issued + 4 - now()).max(0) as u64));
+    let h2 = py_spiffe(&half, &s.socket("node-0"), AUDIENCE);
+    assert_ne!(h1["token"], h2["token"], "a token past half its lifetime is not served again");
     c.kill();
     let cached = py_spiffe(&cg, &s.socket("node-0"), AUDIENCE);
     assert_eq!(cached["token"], first["token"], "the cached token is still served with the signer down");
