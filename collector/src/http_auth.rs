@@ -69,20 +69,27 @@ pub async fn require(State(auth): State<ApiAuth>, req: Request, next: Next) -> R
         return next.run(req).await;
     }
     let tls = req.extensions().get::<axum::extract::ConnectInfo<TlsPeer>>().map(|c| c.0.clone());
-    match tls {
+    let refusal = match tls {
         // Plaintext: loopback only (checked at start-up); open unless a token is configured.
-        None if auth.token_digest.is_none() => next.run(req).await,
-        None => refuse(StatusCode::UNAUTHORIZED, "a bearer token is required"),
+        None if auth.token_digest.is_none() => return next.run(req).await,
+        None => (StatusCode::UNAUTHORIZED, "a bearer token is required".to_owned()),
         // Operators' certificates must not carry a node SPIFFE ID; nodes' certificates should.
         Some(TlsPeer { client_cert: Some(der) }) => match node_identity::certificate_names(&der) {
             Ok(CertNames { spiffe_node: Some(node), .. }) => {
-                refuse(StatusCode::FORBIDDEN, &format!("node {node}'s certificate may push events over gRPC, not use the HTTP API"))
+                (StatusCode::FORBIDDEN, format!("node {node}'s certificate may push events over gRPC, not use the HTTP API"))
             }
-            Ok(_) => next.run(req).await,
-            Err(_) => refuse(StatusCode::UNAUTHORIZED, "unreadable client certificate"),
+            Ok(_) => return next.run(req).await,
+            Err(_) => (StatusCode::UNAUTHORIZED, "unreadable client certificate".to_owned()),
         },
         Some(TlsPeer { client_cert: None }) => {
-            refuse(StatusCode::UNAUTHORIZED, "a client certificate or a bearer token is required")
+            (StatusCode::UNAUTHORIZED, "a client certificate or a bearer token is required".to_owned())
         }
-    }
+    };
+    // Read (a bounded amount of) the body before answering: closing a connection with
+    // unread data makes the kernel reset it, and the client may lose the refusal.
+    let _ = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT).await;
+    refuse(refusal.0, &refusal.1)
 }
+
+/// How much of a refused request's body is read so the refusal reaches the client.
+const DRAIN_LIMIT: usize = 64 * 1024;
