@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["spiffe/workload.proto", "sigil/v1/sigil.proto"], &["."])?;
+        .compile_protos(&["spiffe/workload.proto", "sigil/v1/sigil.proto", "sigil/v1/signer.proto"], &["."])?;
     println!("cargo:rerun-if-changed=spiffe");
     println!("cargo:rerun-if-changed=sigil");
     Ok(())

@@ -41,6 +41,13 @@ pub struct TokenArgs {
     /// Only this SPIFFE ID (default: every ID this process is entitled to).
     #[arg(long)]
     pub spiffe_id: Option<String>,
+    /// Benchmark: fetch this many times over one connection and print the p50/p99
+    /// latency as JSON instead of tokens (`cargo xtask bench`).
+    #[arg(long, hide = true)]
+    pub repeat: Option<usize>,
+    /// With --repeat: a new audience for every fetch, so no cache can answer.
+    #[arg(long, hide = true, requires = "repeat")]
+    pub distinct_audiences: bool,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/sigil/workload.sock";
@@ -84,6 +91,11 @@ pub struct RunArgs {
     /// Issuer URL written into tokens (`iss`); default http://<oidc-listen>.
     #[arg(long)]
     pub issuer: Option<String>,
+    /// Fleet mode: have tokens signed by the cluster signer at this URL (the collector;
+    /// https:// with the --collector-ca/--collector-cert/--collector-key files, or
+    /// http:// on loopback). Without it the agent signs with its own in-memory keys.
+    #[arg(long, env = "SIGIL_SIGNER_URL", requires = "policy")]
+    pub signer: Option<String>,
     /// Seconds between signing-key rotations.
     #[arg(long, default_value_t = 3600)]
     pub key_rotation_seconds: u64,
@@ -135,6 +147,15 @@ impl RunArgs {
         if self.key_rotation_seconds == 0 {
             anyhow::bail!("--key-rotation-seconds must be at least 1");
         }
+        // The collector and the cluster signer are reached with the same mTLS identity.
+        let remote = |url: &String| CollectorConfig {
+            url: url.clone(),
+            ca: self.collector_ca.clone(),
+            cert: self.collector_cert.clone(),
+            key: self.collector_key.clone(),
+            spool_dir: self.state_dir.join("spool"),
+            spool_bytes: self.spool_bytes,
+        };
         let issuance = self.policy.as_ref().map(|policy| IssuanceConfig {
             policy: policy.clone(),
             pods: self.pods.clone(),
@@ -147,20 +168,17 @@ impl RunArgs {
                 .unwrap_or_else(|| format!("http://{}", self.oidc_listen)),
             key_rotation: Duration::from_secs(self.key_rotation_seconds),
             limits: self.workload_api.clone(),
+            signer: self.signer.as_ref().map(remote),
         });
+        if let Some(url) = &self.signer {
+            crate::stream::exporter::check_transport(url)?;
+        }
         let trace = (!self.no_trace)
             .then(|| TraceConfig { fingerprint_key: self.fingerprint_key_file.clone(), state_dir: self.state_dir.clone() });
         if let Some(url) = &self.collector {
             crate::stream::exporter::check_transport(url)?;
         }
-        let collector = self.collector.as_ref().map(|url| CollectorConfig {
-            url: url.clone(),
-            ca: self.collector_ca.clone(),
-            cert: self.collector_cert.clone(),
-            key: self.collector_key.clone(),
-            spool_dir: self.state_dir.join("spool"),
-            spool_bytes: self.spool_bytes,
-        });
+        let collector = self.collector.as_ref().map(remote);
         Ok(RunConfig {
             metrics_listen: self.metrics_listen,
             telemetry: sigil_telemetry::TelemetryConfig {

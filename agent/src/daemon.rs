@@ -32,6 +32,8 @@ use crate::{
         keys::KeyManager,
         oidc,
         policy::MAX_TTL,
+        remote::RemoteSigner,
+        signing::{LocalSigner, TokenSigner},
         workload_api,
     },
     output::{AgentStats, JsonLines, LostByKind, Sink, Tee},
@@ -68,6 +70,8 @@ pub struct IssuanceConfig {
     pub issuer_url: String,
     pub key_rotation: Duration,
     pub limits: crate::issue::limits::WorkloadApiLimits,
+    /// Fleet mode: the cluster signer (URL and the agent's mTLS files); None signs locally.
+    pub signer: Option<CollectorConfig>,
 }
 
 /// Credential-use tracing settings.
@@ -142,7 +146,19 @@ fn start_issuance(
     rt: &tokio::runtime::Handle,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Arc<Issuer>> {
-    let keys = Arc::new(KeyManager::new(ic.key_rotation, MAX_TTL)?);
+    let _guard = rt.enter();
+    // Single-node mode signs with in-memory keys and serves OIDC itself; fleet mode asks
+    // the cluster signer, which serves the one OIDC issuer for the cluster.
+    let (signer, local_keys): (Arc<dyn TokenSigner>, _) = match &ic.signer {
+        Some(sc) => {
+            let remote = RemoteSigner::new(sc.url.clone(), node.to_owned(), exporter::channel(sc)?, rt.clone());
+            (Arc::new(remote), None)
+        }
+        None => {
+            let keys = Arc::new(KeyManager::new(ic.key_rotation, MAX_TTL)?);
+            (Arc::new(LocalSigner(keys.clone())), Some(keys))
+        }
+    };
     let issuer = Arc::new(Issuer::new(
         IssuerConfig {
             node: node.to_owned(),
@@ -151,12 +167,10 @@ fn start_issuance(
             pods_path: ic.pods.clone(),
         },
         attestor,
-        keys.clone(),
+        signer.clone(),
         sink,
     )?);
-    let _guard = rt.enter();
     let socket = workload_api::bind(&ic.socket)?;
-    let http = oidc::bind(ic.oidc_listen)?;
     let (bump, bundle_version) = tokio::sync::watch::channel(0u64);
 
     let (i, s, limits) = (issuer.clone(), stop.clone(), ic.limits.clone());
@@ -165,36 +179,57 @@ fn start_issuance(
             error!("{e:#}");
         }
     });
-    let (k, s, url) = (keys.clone(), stop.clone(), ic.issuer_url.clone());
-    rt.spawn(async move {
-        if let Err(e) = oidc::serve(http, url, k, stopped(s)).await {
-            error!("{e:#}");
-        }
-    });
+    if let Some(k) = local_keys {
+        let http = oidc::bind(ic.oidc_listen)?;
+        let (s, url) = (stop.clone(), ic.issuer_url.clone());
+        rt.spawn(async move {
+            if let Err(e) = oidc::serve(http, url, k, stopped(s)).await {
+                error!("{e:#}");
+            }
+        });
+    }
     // Rotation, retirement, and noticing bad policy edits even when nobody asks.
     let (i, s) = (issuer.clone(), stop.clone());
     rt.spawn(async move {
+        let mut failing = false;
         while !s.load(Ordering::Relaxed) {
-            match keys.maintain(std::time::SystemTime::now()) {
-                Ok(true) => {
-                    bump.send_modify(|v| *v += 1);
-                    info!("signing keys changed; active kid {}", keys.active_kid().unwrap_or_default());
+            let sg = signer.clone();
+            match tokio::task::spawn_blocking(move || sg.maintain()).await.unwrap_or_else(|e| Err(e.to_string())) {
+                Ok(changed) => {
+                    if changed {
+                        bump.send_modify(|v| *v += 1);
+                        let active = signer.active_kid().unwrap_or_else(|| "chosen by the cluster signer".into());
+                        info!("signing keys changed; active kid {active} ({} published)", signer.jwks("sig").len());
+                    }
+                    failing = false;
                 }
-                Ok(false) => {}
-                Err(e) => error!("key maintenance: {e}"),
+                // Reported once per outage, not every half second.
+                Err(e) if !failing => {
+                    error!("key maintenance: {e}");
+                    failing = true;
+                }
+                Err(_) => {}
             }
             let i2 = i.clone();
             let _ = tokio::task::spawn_blocking(move || i2.refresh()).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    info!(
-        "Workload API on {}, OIDC discovery on http://{} (issuer {}), trust domain {}",
-        ic.socket.display(),
-        ic.oidc_listen,
-        ic.issuer_url,
-        issuer.trust_domain()
-    );
+    match &ic.signer {
+        Some(sc) => info!(
+            "Workload API on {}, tokens signed by the cluster signer at {} (fleet mode), trust domain {}",
+            ic.socket.display(),
+            sc.url,
+            issuer.trust_domain()
+        ),
+        None => info!(
+            "Workload API on {}, OIDC discovery on http://{} (issuer {}), trust domain {}",
+            ic.socket.display(),
+            ic.oidc_listen,
+            ic.issuer_url,
+            issuer.trust_domain()
+        ),
+    }
     Ok(issuer)
 }
 

@@ -65,6 +65,12 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> an
         }
         Cmd::Token(args) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if let Some(n) = args.repeat {
+                let aud = args.audience.first().cloned().unwrap_or_default();
+                let (p50, p99) = rt.block_on(client::measure(&args.socket, &aud, n.max(1), args.distinct_audiences))?;
+                println!("{{\"n\":{n},\"p50_us\":{p50},\"p99_us\":{p99}}}");
+                return Ok(());
+            }
             let svids = rt.block_on(client::fetch_jwt(&args.socket, args.audience, args.spiffe_id))?;
             for (_, token) in &svids {
                 println!("{token}");

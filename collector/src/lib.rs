@@ -4,9 +4,16 @@
 //! agents --gRPC--> [`server`] -> [`store`] (SQLite) <- [`cloud`] (CloudTrail, GCP audit)
 //!                                     |
 //!                  [`correlate`] (links) -> [`query`] (trace, who-used, run, posture)
+//!
+//! Fleet mode: [`sign`] is the cluster signer and OIDC issuer; [`node_identity`] names the
+//! node behind each mTLS connection; [`http_auth`] and [`https`] guard the HTTP API.
 pub mod cloud;
 pub mod correlate;
+pub mod http_auth;
+pub mod https;
 pub mod metrics;
 pub mod query;
+pub mod node_identity;
 pub mod server;
+pub mod sign;
 pub mod store;

@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sigil_collector::{
     cloud::{Parsed, cloudtrail, gcp},
+    http_auth::ApiAuth,
     server::{self, ServerConfig, SharedStore, TlsFiles},
+    sign::SignerArgs,
     store::sqlite::{SqliteStore, now_unix},
 };
 use tracing::{error, info};
@@ -47,6 +49,17 @@ enum Cmd {
         otlp_endpoint: Option<String>,
         #[arg(long, default_value_t = 30)]
         otlp_interval_seconds: u64,
+        /// Bearer token (16+ characters) that grants the HTTP API (queries, uploads).
+        #[arg(long, env = "SIGIL_HTTP_TOKEN_FILE")]
+        http_token_file: Option<PathBuf>,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Rotate the cluster signer's keys now (running replicas pick it up within seconds).
+    /// Refused while a retired key is still needed to verify unexpired tokens.
+    RotateKeys {
+        #[command(flatten)]
+        signer: SignerArgs,
     },
     /// Ingest cloud audit logs from files.
     Ingest {
@@ -82,7 +95,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Ingest { .. } => None,
+        Cmd::Ingest { .. } | Cmd::RotateKeys { .. } => None,
     };
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| "info".into()))
@@ -119,7 +132,17 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, .. } => {
+        Cmd::RotateKeys { signer } => {
+            anyhow::ensure!(signer.signer_kek_file.is_some(), "rotate-keys needs --signer-kek-file (keys kept in memory rotate only inside their process)");
+            let keys = signer.key_store(&cli.db)?;
+            let before = keys.current_kid().unwrap_or_default();
+            keys.maintain(now_unix(), true)?;
+            println!("rotated: {before} retired, {} signs now", keys.current_kid().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, http_token_file, signer, .. } => {
+            let http_auth = ApiAuth::from_file(http_token_file.as_deref())?;
+            let signer = signer.setup(&cli.db)?;
             let telemetry = telemetry.context("telemetry is created for serve")?;
             let tls = match (tls_cert, tls_key, client_ca) {
                 (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles { cert, key, client_ca }),
@@ -153,7 +176,7 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
                         }
                     }
                 };
-                let result = server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone() }, store, shutdown).await;
+                let result = server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone(), signer, http_auth }, store, shutdown).await;
                 telemetry.flush();
                 result
             })?;

@@ -20,6 +20,9 @@ use serde_json::Value;
 pub struct Counters {
     pub duplicates: AtomicU64,
     pub rejected: AtomicU64,
+    /// Pushes and signing requests whose payload named another node than the client
+    /// certificate: a compromised or misconfigured node.
+    pub node_mismatch: AtomicU64,
     pub record_errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -68,6 +71,12 @@ pub fn register(meter: &Meter, counters: Arc<Counters>, snap: Snapshot) {
         .u64_observable_counter("sigil.collector.rejected_events")
         .with_description("Agent events refused as malformed")
         .with_callback(move |o| o.observe(c.rejected.load(Ordering::Relaxed), &[]))
+        .build();
+    let c = counters.clone();
+    meter
+        .u64_observable_counter("sigil.collector.node_mismatch")
+        .with_description("Requests refused because the payload named another node than the client certificate")
+        .with_callback(move |o| o.observe(c.node_mismatch.load(Ordering::Relaxed), &[]))
         .build();
     let c = counters;
     meter

@@ -17,12 +17,17 @@ use sigil_proto::v1::{
     PushRequest, PushResponse, QueryRequest, QueryResponse,
     ingest_server::{Ingest, IngestServer},
     query_server::{Query as QueryApi, QueryServer},
+    signer_server::SignerServer,
 };
 use tonic::{Request, Response as GrpcResponse, Status, transport::{Certificate, Identity, Server, ServerTlsConfig}};
 use tracing::{info, warn};
 
 use crate::{
+    http_auth::{self, ApiAuth},
+    https::{self, TlsListener, TlsPeer},
     metrics,
+    node_identity::{self, NodeError},
+    sign::{self, SignerSetup},
     cloud::{Parsed, cloudtrail, gcp},
     store::{AgentEvent, Query, Store, StoreError},
 };
@@ -43,6 +48,10 @@ pub struct ServerConfig {
     pub http: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub telemetry: Arc<sigil_telemetry::Telemetry>,
+    /// Fleet mode: the cluster signer and its OIDC issuer.
+    pub signer: Option<SignerSetup>,
+    /// Who may use the HTTP API (see [`http_auth`]).
+    pub http_auth: ApiAuth,
 }
 
 /// What handlers share: the store and the in-process counters.
@@ -128,12 +137,18 @@ struct IngestService(Shared);
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn push(&self, req: Request<PushRequest>) -> Result<GrpcResponse<PushResponse>, Status> {
+        // The node is the one the client certificate names; a payload naming another
+        // node is refused (and counted), never stored under either name.
+        let node = node_identity::authenticated_node(&req, &req.get_ref().node).map_err(|e| {
+            if matches!(e, NodeError::Mismatch { .. }) {
+                self.0.counters.node_mismatch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!("refused a push: {e}");
+            }
+            Status::from(e)
+        })?;
         let body = req.into_inner();
-        if body.node.is_empty() {
-            return Err(Status::invalid_argument("node must be set"));
-        }
         let events = body.events.into_iter().map(|e| AgentEvent { id: e.id, kind: e.kind, json: e.json }).collect();
-        let out = push(&self.0, body.node, events).await.map_err(|e| Status::internal(e.to_string()))?;
+        let out = push(&self.0, node, events).await.map_err(|e| Status::internal(e.to_string()))?;
         self.0.counters.duplicates.fetch_add(u64::from(out.duplicates), std::sync::atomic::Ordering::Relaxed);
         self.0.counters.rejected.fetch_add(u64::from(out.rejected), std::sync::atomic::Ordering::Relaxed);
         if out.rejected > 0 {
@@ -148,6 +163,10 @@ struct QueryService(SharedStore);
 #[tonic::async_trait]
 impl QueryApi for QueryService {
     async fn ask(&self, req: Request<QueryRequest>) -> Result<GrpcResponse<QueryResponse>, Status> {
+        // Nodes push; they do not read the fleet's data (see http_auth for the HTTP rule).
+        if node_identity::is_node_certificate(&req) {
+            return Err(Status::permission_denied("node certificates may push events, not query"));
+        }
         let r = req.into_inner();
         let q = Query::parse(&r.name, &r.argument).map_err(|e| Status::invalid_argument(e.to_string()))?;
         match ask(&self.0, q).await {
@@ -247,21 +266,63 @@ pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::fu
             .client_ca_root(Certificate::from_pem(read(&t.client_ca)?));
         builder = builder.tls_config(tls).context("TLS configuration")?;
     }
+    if cfg.tls.is_none() && !cfg.http.ip().is_loopback() {
+        bail!("refusing a plaintext HTTP API on {} (not loopback): give --tls-cert, --tls-key and --client-ca", cfg.http);
+    }
     let http = tokio::net::TcpListener::bind(cfg.http).await.with_context(|| format!("binding {}", cfg.http))?;
+    let https_cfg = match &cfg.tls {
+        Some(t) => Some(https::server_config(&t.cert, &t.key, Some(&t.client_ca))?),
+        None => None,
+    };
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc).await.with_context(|| format!("binding {}", cfg.grpc))?;
-    info!("collector: gRPC on {} ({}), HTTP on {}", cfg.grpc, if cfg.tls.is_some() { "mTLS" } else { "plaintext, loopback" }, cfg.http);
+    let (grpc_addr, http_addr, mode) = (cfg.grpc, cfg.http, if cfg.tls.is_some() { "mTLS" } else { "plaintext, loopback" });
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
-    let grpc = builder
+    let mut routes = builder
         .add_service(IngestServer::new(IngestService(shared.clone())))
-        .add_service(QueryServer::new(QueryService(store.clone())))
+        .add_service(QueryServer::new(QueryService(store.clone())));
+    if let Some(sg) = cfg.signer {
+        let service = sign::service::SignerService::new(sg.keys.clone(), &sg.policy, sg.issuer.clone(), shared.clone())?;
+        routes = routes.add_service(SignerServer::new(service));
+        sign::spawn_maintenance(sg.keys.clone(), std::time::Duration::from_secs(2));
+        if let Some(o) = sg.oidc {
+            let tcp = tokio::net::TcpListener::bind(o.addr).await.with_context(|| format!("binding {}", o.addr))?;
+            let listener = TlsListener::new(tcp, https::server_config(&o.cert, &o.key, None)?)?;
+            let mut rx4 = rx.clone();
+            let app = sign::oidc_router(sg.issuer.clone(), sg.keys.clone());
+            tokio::spawn(async move {
+                let r = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = rx4.wait_for(|v| *v).await;
+                });
+                if let Err(e) = r.await {
+                    warn!("OIDC issuer: {e}");
+                }
+            });
+            info!("signer: OIDC issuer {} served over HTTPS on {}", sg.issuer, o.addr);
+        }
+        info!("signer: issuing for the cluster with current key {}", sg.keys.current_kid().unwrap_or_default());
+    }
+    info!("collector: gRPC on {grpc_addr} ({mode}), HTTP on {http_addr} ({})", if mode == "mTLS" { "HTTPS" } else { "plaintext, loopback" });
+    let grpc = routes
         .serve_with_incoming_shutdown(tokio_stream_listener(grpc_listener), async move {
             let _ = rx2.wait_for(|v| *v).await;
         });
     let mut rx3 = rx.clone();
-    let web = axum::serve(http, http_router(shared, cfg.telemetry.clone())).with_graceful_shutdown(async move {
+    let app = http_router(shared, cfg.telemetry.clone())
+        .layer(axum::middleware::from_fn_with_state(cfg.http_auth.clone(), http_auth::require));
+    let stop3 = async move {
         let _ = rx3.wait_for(|v| *v).await;
-    });
+    };
+    let web = async move {
+        match https_cfg {
+            Some(c) => {
+                let listener = TlsListener::new(http, c)?;
+                axum::serve(listener, app.into_make_service_with_connect_info::<TlsPeer>()).with_graceful_shutdown(stop3).await?;
+            }
+            None => axum::serve(http, app).with_graceful_shutdown(stop3).await?,
+        }
+        Ok::<(), anyhow::Error>(())
+    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
@@ -272,6 +333,14 @@ pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::fu
     Ok(())
 }
 
+/// Accepted connections with Nagle off: tonic sets TCP_NODELAY only on listeners it binds
+/// itself, and a unary answer (headers, body, trailers) would otherwise wait out the
+/// peer's delayed ACK (~40 ms per signing request).
 fn tokio_stream_listener(l: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(l)
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(l).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
 }

@@ -4,6 +4,7 @@
 //! Every test drives the kernel for real; nothing here fakes an event.
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should stop the test loudly
 
+pub mod pki;
 pub mod workload_api;
 
 use std::{
@@ -102,10 +103,15 @@ impl Collector {
 
     /// Starts with extra `serve` arguments (TLS files, ...).
     pub fn start_with(db: &Path, grpc: u16, http: u16, extra: &[&str]) -> Self {
+        Self::start_at(db, "127.0.0.1", grpc, http, extra)
+    }
+
+    /// Starts listening on `host` (e.g. 0.0.0.0, to test what is refused off loopback).
+    pub fn start_at(db: &Path, host: &str, grpc: u16, http: u16, extra: &[&str]) -> Self {
         let mut child = Command::new(sibling_bin("sigil-collector"))
             .arg("--db")
             .arg(db)
-            .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["serve", "--grpc-listen", &format!("{host}:{grpc}"), "--http-listen", &format!("{host}:{http}")])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

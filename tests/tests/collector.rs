@@ -5,7 +5,7 @@
 use std::{
     fs,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -229,18 +229,12 @@ fn malformed_cloudtrail_files_report_each_bad_record_and_keep_the_rest() {
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+/// The client certificate names the node the agent runs as (the collector takes the node
+/// from the certificate, never from the payload).
 fn pki(dir: &Path) {
-    let run = |args: &[&str]| {
-        let st = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).stdout(Stdio::null()).status().unwrap();
-        assert!(st.success(), "openssl {args:?}");
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    run(&[&["req", "-x509"][..], &ec, &["-days", "1", "-subj", "/CN=sigil-test-ca", "-keyout", "ca.key", "-out", "ca.pem"]].concat());
-    for (name, ext) in [("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"), ("client", "subjectAltName=DNS:agent.node-a\nextendedKeyUsage=clientAuth\n")] {
-        fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        run(&[&["req"][..], &ec, &["-subj", &format!("/CN={name}"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]].concat());
-        run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext")]);
-    }
+    let pki = sigil_tests::pki::Pki::new(dir);
+    pki.issue("server", "IP:127.0.0.1", "serverAuth");
+    pki.issue("client", "DNS:node-with-cert", "clientAuth");
 }
 
 #[test]

@@ -96,5 +96,12 @@ pub fn run() -> Result<()> {
         let (b, w) = (median(base), median(with));
         println!("{name:<44} {:>8.0} {unit:<5} {:>8.0} {unit:<5} {:>8.3}", b, w, w / b);
     }
+    let issue_dir = dir.join("issue");
+    std::fs::create_dir_all(&issue_dir)?;
+    let rows = crate::bench_issue::run(bin.parent().context("the agent binary has a directory")?, &issue_dir)?;
+    println!("\n{:<44} {:>14} {:>14}", "Workload API token fetch (500 fetches)", "p50", "p99");
+    for (name, p50, p99) in rows {
+        println!("{name:<44} {:>11} µs {:>11} µs", p50, p99);
+    }
     Ok(())
 }

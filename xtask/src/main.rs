@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_issue;
 mod build;
 mod demo;
 mod peers;

@@ -10,8 +10,8 @@ use tonic::{Request, metadata::MetadataValue, transport::Endpoint};
 
 use super::workload_api::SECURITY_HEADER;
 
-/// Fetches JWT-SVIDs for `audience` from the agent at `socket`; returns (spiffe id, token).
-pub async fn fetch_jwt(socket: &Path, audience: Vec<String>, spiffe_id: Option<String>) -> Result<Vec<(String, String)>> {
+/// Connects to the agent's Workload API at `socket`.
+async fn connect(socket: &Path) -> Result<SpiffeWorkloadApiClient<tonic::transport::Channel>> {
     let path: PathBuf = socket.to_owned();
     // The URI is required by tonic but unused: the connector dials the socket.
     let channel = Endpoint::try_from("http://workload-api.invalid")?
@@ -21,9 +21,39 @@ pub async fn fetch_jwt(socket: &Path, audience: Vec<String>, spiffe_id: Option<S
         }))
         .await
         .with_context(|| format!("connecting to the Workload API at {}", socket.display()))?;
-    let mut client = SpiffeWorkloadApiClient::new(channel);
+    Ok(SpiffeWorkloadApiClient::new(channel))
+}
+
+async fn fetch_with(
+    client: &mut SpiffeWorkloadApiClient<tonic::transport::Channel>,
+    audience: Vec<String>,
+    spiffe_id: Option<String>,
+) -> Result<Vec<(String, String)>> {
     let mut req = Request::new(JwtsvidRequest { audience, spiffe_id: spiffe_id.unwrap_or_default() });
     req.metadata_mut().insert(SECURITY_HEADER, MetadataValue::from_static("true"));
-    let resp = client.fetch_jwtsvid(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    // The gRPC code first (e.g. "Unavailable: ..."), so scripts can tell retryable from refused.
+    let resp = client.fetch_jwtsvid(req).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
     Ok(resp.into_inner().svids.into_iter().map(|s| (s.spiffe_id, s.svid)).collect())
+}
+
+/// Fetches JWT-SVIDs for `audience` from the agent at `socket`; returns (spiffe id, token).
+pub async fn fetch_jwt(socket: &Path, audience: Vec<String>, spiffe_id: Option<String>) -> Result<Vec<(String, String)>> {
+    fetch_with(&mut connect(socket).await?, audience, spiffe_id).await
+}
+
+/// Token fetch latency over one connection, for `cargo xtask bench`: `n` fetches, each
+/// for a new audience when `distinct` (so no cache can answer). Returns (p50, p99) in
+/// microseconds.
+pub async fn measure(socket: &Path, audience: &str, n: usize, distinct: bool) -> Result<(u128, u128)> {
+    let mut client = connect(socket).await?;
+    let mut micros = Vec::with_capacity(n);
+    for i in 0..n {
+        let aud = if distinct { format!("{audience}-{i}") } else { audience.to_owned() };
+        let start = std::time::Instant::now();
+        fetch_with(&mut client, vec![aud], None).await?;
+        micros.push(start.elapsed().as_micros());
+    }
+    micros.sort_unstable();
+    let at = |q: f64| micros.get(((micros.len() as f64 * q) as usize).min(micros.len().saturating_sub(1))).copied().unwrap_or(0);
+    Ok((at(0.50), at(0.99)))
 }

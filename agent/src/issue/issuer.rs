@@ -20,10 +20,10 @@ use tracing::{info, warn};
 use super::{
     events::{ConfigChange, ProcessRef, TokenDenied, TokenIssued},
     jwt::{self, Audience, Claims, JwtError},
-    keys::KeyManager,
     limits::{MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_DETAIL, MAX_EVENT_AUDIENCES, MAX_EVENT_FIELD, truncated},
     peer::Peer,
     policy::{self, DenyReason, PodMeta, Policy, PolicyError, Subject},
+    signing::{SignError, TokenSigner},
     watched::{Refresh, Watched},
 };
 use crate::{attest::Attestor, output::Sink};
@@ -71,7 +71,7 @@ pub struct Issuer {
     attestor: Arc<Attestor>,
     policy: Watched<Policy, PolicyError>,
     pods: Option<Watched<HashMap<String, PodMeta>, PolicyError>>,
-    keys: Arc<KeyManager>,
+    signer: Arc<dyn TokenSigner>,
     sink: Arc<dyn Sink>,
     rng: SystemRandom,
     issued: AtomicU64,
@@ -111,7 +111,7 @@ impl Issuer {
     pub fn new(
         cfg: IssuerConfig,
         attestor: Arc<Attestor>,
-        keys: Arc<KeyManager>,
+        signer: Arc<dyn TokenSigner>,
         sink: Arc<dyn Sink>,
     ) -> Result<Self, PolicyError> {
         let policy = Watched::load(&cfg.policy_path, policy::parse).map_err(|e| with_path(&cfg.policy_path, e))?;
@@ -125,7 +125,7 @@ impl Issuer {
             attestor,
             policy,
             pods,
-            keys,
+            signer,
             sink,
             rng: SystemRandom::new(),
             issued: AtomicU64::new(0),
@@ -142,8 +142,8 @@ impl Issuer {
         self.current_policy().trust_domain.clone()
     }
 
-    pub fn keys(&self) -> &KeyManager {
-        &self.keys
+    pub fn signer(&self) -> &dyn TokenSigner {
+        self.signer.as_ref()
     }
 
     pub fn stats(&self) -> TokenStats {
@@ -279,24 +279,34 @@ impl Issuer {
                 sigil_container_id: process.workload.container_id.clone(),
                 sigil_binary_sha256: process.binary.sha256.clone(),
             };
-            let token = jwt::sign(&self.keys, &claims)
-                .map_err(|e| deny(DenyReason::InternalError, format!("signing failed: {e}"), Some(&process)))?;
-            events.push(TokenIssued {
-                kind: "token_issued",
-                time: now_rfc3339(),
-                node: self.node.clone(),
-                jti: claims.jti.clone(),
-                spiffe_id: entry.spiffe_id.clone(),
-                audience: req.audience.clone(),
-                issuer: self.issuer_url.clone(),
-                kid: self.keys.active_kid().unwrap_or_default(),
-                issued_at: iat,
-                expires_at: claims.exp,
-                ttl_seconds: ttl,
-                entry_line: entry.line,
-                process: ProcessRef::from(process.as_ref()),
-            });
-            out.push(Issued { spiffe_id: entry.spiffe_id.clone(), token, hint: entry.hint.clone() });
+            let signed = self.signer.sign(claims).map_err(|e| {
+                let reason = match &e {
+                    SignError::Unavailable(_) => DenyReason::SignerUnavailable,
+                    SignError::Refused(_) => DenyReason::SignerRefused,
+                    SignError::Internal(_) => DenyReason::InternalError,
+                };
+                deny(reason, e.to_string(), Some(&process))
+            })?;
+            // A token served again from the fleet cache was reported when it was issued.
+            if signed.fresh {
+                let c = &signed.claims;
+                events.push(TokenIssued {
+                    kind: "token_issued",
+                    time: now_rfc3339(),
+                    node: self.node.clone(),
+                    jti: c.jti.clone(),
+                    spiffe_id: entry.spiffe_id.clone(),
+                    audience: req.audience.clone(),
+                    issuer: c.iss.clone(),
+                    kid: signed.kid.clone(),
+                    issued_at: c.iat,
+                    expires_at: c.exp,
+                    ttl_seconds: c.exp - c.iat,
+                    entry_line: entry.line,
+                    process: ProcessRef::from(process.as_ref()),
+                });
+            }
+            out.push(Issued { spiffe_id: entry.spiffe_id.clone(), token: signed.token, hint: entry.hint.clone() });
         }
 
         // Still the same process? Read procfs first, then ask the pidfd: if the process is
@@ -363,7 +373,7 @@ impl Issuer {
     /// ValidateJWTSVID: signature by a published key, not expired, audience, and a subject
     /// in this trust domain.
     pub fn validate(&self, token: &str, audience: &str) -> Result<(String, Map<String, Value>), JwtError> {
-        let claims = jwt::verify(&self.keys, token, audience, now_unix())?;
+        let claims = jwt::verify(self.signer.as_ref(), token, audience, now_unix())?;
         let sub = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::Claim("sub"))?.to_owned();
         if !sub.starts_with(&format!("spiffe://{}/", self.trust_domain())) {
             return Err(JwtError::Claim("sub"));
@@ -373,6 +383,6 @@ impl Issuer {
 
     /// The SPIFFE JWT bundle (JWKS with `use: jwt-svid`) for this trust domain.
     pub fn jwt_bundle(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({ "keys": self.keys.jwks("jwt-svid") })).unwrap_or_default()
+        serde_json::to_vec(&serde_json::json!({ "keys": self.signer.jwks("jwt-svid") })).unwrap_or_default()
     }
 }

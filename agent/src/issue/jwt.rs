@@ -87,17 +87,45 @@ struct Header {
 
 pub fn sign(keys: &KeyManager, claims: &Claims) -> Result<String, JwtError> {
     let kid = keys.active_kid().ok_or_else(|| JwtError::Key("no signing key".into()))?;
-    let header = Header { alg: "ES256".into(), kid, typ: Some("JWT".into()) };
-    let head = B64.encode(serde_json::to_vec(&header).map_err(|_| JwtError::Malformed)?);
-    let body = B64.encode(serde_json::to_vec(claims).map_err(|_| JwtError::Malformed)?);
-    let input = format!("{head}.{body}");
-    let (used_kid, sig) = keys.sign(input.as_bytes())?;
-    if used_kid != header.kid {
+    let mut used_kid = String::new();
+    let token = encode(&kid, claims, |input| {
+        let (k, sig) = keys.sign(input)?;
+        used_kid = k;
+        Ok(sig)
+    })?;
+    if used_kid != kid {
         // Rotation happened between reading the kid and signing: sign again with the
         // header naming the key that actually signs.
         return sign(keys, claims);
     }
+    Ok(token)
+}
+
+/// The compact JWS for `claims` under key `kid`; `sign` turns the signing input into an
+/// ES256 (r||s) signature. Shared by the agent's own keys and the cluster signer.
+pub fn encode(
+    kid: &str,
+    claims: &Claims,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, KeyError>,
+) -> Result<String, JwtError> {
+    let header = Header { alg: "ES256".into(), kid: kid.to_owned(), typ: Some("JWT".into()) };
+    let head = B64.encode(serde_json::to_vec(&header).map_err(|_| JwtError::Malformed)?);
+    let body = B64.encode(serde_json::to_vec(claims).map_err(|_| JwtError::Malformed)?);
+    let input = format!("{head}.{body}");
+    let sig = sign(input.as_bytes())?;
     Ok(format!("{input}.{}", B64.encode(sig)))
+}
+
+/// Where a verifier finds the public key a token names.
+pub trait PublicKeys {
+    /// The uncompressed P-256 point for `kid`, if that key is published.
+    fn public_key(&self, kid: &str) -> Option<Vec<u8>>;
+}
+
+impl PublicKeys for KeyManager {
+    fn public_key(&self, kid: &str) -> Option<Vec<u8>> {
+        KeyManager::public_key(self, kid)
+    }
 }
 
 /// A token split and decoded, not yet verified.
@@ -123,7 +151,7 @@ fn parts(token: &str) -> Result<Parts<'_>, JwtError> {
 }
 
 /// Verifies signature, expiry and audience; returns the claims.
-pub fn verify(keys: &KeyManager, token: &str, audience: &str, now: i64) -> Result<Map<String, Value>, JwtError> {
+pub fn verify(keys: &(impl PublicKeys + ?Sized), token: &str, audience: &str, now: i64) -> Result<Map<String, Value>, JwtError> {
     let Parts { header, claims, signing_input: input, signature: sig } = parts(token)?;
     if header.alg != "ES256" {
         return Err(JwtError::Algorithm(header.alg));

@@ -63,6 +63,22 @@ fn generate(rng: &SystemRandom) -> Result<SigningKey, KeyError> {
     Ok(SigningKey { kid: thumbprint(&x, &y), pair, created: SystemTime::now(), retired: None })
 }
 
+impl Jwk {
+    /// The JWK of an uncompressed P-256 point (0x04 || X || Y); its kid is the RFC 7638
+    /// thumbprint, so every holder of the same public key names it the same way.
+    pub fn from_public(point: &[u8], use_: &'static str) -> Self {
+        let (x, y) = coordinates(point);
+        let kid = thumbprint(&x, &y);
+        Jwk { kty: "EC", crv: "P-256", x, y, kid, use_, alg: (use_ == "sig").then_some("ES256") }
+    }
+}
+
+/// The uncompressed SEC1 point from a JWK's base64url coordinates.
+pub fn point_from(x: &str, y: &str) -> Option<Vec<u8>> {
+    let (x, y) = (B64.decode(x).ok()?, B64.decode(y).ok()?);
+    (x.len() == 32 && y.len() == 32).then(|| [&[4u8][..], &x, &y].concat())
+}
+
 /// Splits an uncompressed SEC1 point (0x04 || X || Y) into base64url coordinates.
 fn coordinates(point: &[u8]) -> (String, String) {
     let body = point.get(1..).unwrap_or_default();
@@ -125,20 +141,7 @@ impl KeyManager {
     /// for SPIFFE bundles.
     pub fn jwks(&self, use_: &'static str) -> Vec<Jwk> {
         let Ok(keys) = self.keys.read() else { return Vec::new() };
-        keys.iter()
-            .map(|k| {
-                let (x, y) = coordinates(k.pair.public_key().as_ref());
-                Jwk {
-                    kty: "EC",
-                    crv: "P-256",
-                    x,
-                    y,
-                    kid: k.kid.clone(),
-                    use_,
-                    alg: (use_ == "sig").then_some("ES256"),
-                }
-            })
-            .collect()
+        keys.iter().map(|k| Jwk::from_public(k.pair.public_key().as_ref(), use_)).collect()
     }
 
     pub fn max_ttl(&self) -> Duration {
@@ -166,6 +169,7 @@ mod tests {
         assert_eq!(jwks.len(), 1);
         assert_eq!(jwks[0].kid, kid);
         assert_eq!(B64.decode(&jwks[0].x).expect("b64").len(), 32);
+        assert_eq!(point_from(&jwks[0].x, &jwks[0].y).as_deref(), Some(pk.as_slice()), "JWK round trip");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! A workload asks over the SPIFFE Workload API ([`workload_api`]); the kernel says who it
 //! is ([`peer`]); the attestation record says what it is; the policy ([`policy`]) says
-//! what it may be; [`issuer`] decides and signs ([`jwt`], [`keys`]); [`oidc`] publishes the
-//! keys for cloud STS services.
+//! what it may be; [`issuer`] decides; [`signing`] signs, with the agent's own keys ([`jwt`],
+//! [`keys`]; [`oidc`] publishes them) or through the cluster signer ([`remote`], fleet mode).
 pub mod client;
 pub mod events;
 pub mod h2_authority;
@@ -14,5 +14,7 @@ pub mod limits;
 pub mod oidc;
 pub mod peer;
 pub mod policy;
+pub mod remote;
+pub mod signing;
 pub mod watched;
 pub mod workload_api;

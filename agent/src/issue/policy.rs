@@ -176,10 +176,14 @@ pub enum DenyReason {
     InvalidRequest,
     /// The agent could not sign (no key, RNG failure): not the caller's fault.
     InternalError,
+    /// Fleet mode: the cluster signer is unreachable and no cached token is valid.
+    SignerUnavailable,
+    /// Fleet mode: the cluster signer refused (the ID is not allowed on this node).
+    SignerRefused,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 8] = [
+    pub const ALL: [DenyReason; 10] = [
         DenyReason::NoMatchingEntry,
         DenyReason::BinaryHashMismatch,
         DenyReason::UnknownProcess,
@@ -188,6 +192,8 @@ impl DenyReason {
         DenyReason::MissingSecurityHeader,
         DenyReason::InvalidRequest,
         DenyReason::InternalError,
+        DenyReason::SignerUnavailable,
+        DenyReason::SignerRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -200,6 +206,8 @@ impl DenyReason {
             DenyReason::MissingSecurityHeader => "missing_security_header",
             DenyReason::InvalidRequest => "invalid_request",
             DenyReason::InternalError => "internal_error",
+            DenyReason::SignerUnavailable => "signer_unavailable",
+            DenyReason::SignerRefused => "signer_refused",
         }
     }
 }

@@ -73,6 +73,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 DenyReason::MissingSecurityHeader => Status::invalid_argument("security header missing from request"),
                 DenyReason::MissingAudience | DenyReason::InvalidRequest => Status::invalid_argument(d.detail),
                 DenyReason::InternalError => Status::internal(d.detail),
+                DenyReason::SignerUnavailable => Status::unavailable(d.detail),
                 reason => Status::permission_denied(format!("{reason}: {}", d.detail)),
             }),
         }

@@ -1,7 +1,7 @@
 //! `sigil`: ask the collector which workload run did what.
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -27,6 +27,17 @@ struct Cli {
     /// Print the JSON document instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// CA certificate (PEM) of an https:// collector.
+    #[arg(long, env = "SIGIL_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Operator client certificate and key (PEM) for an https:// collector.
+    #[arg(long, env = "SIGIL_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, env = "SIGIL_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
+    /// File holding the bearer token of the collector's HTTP API.
+    #[arg(long, env = "SIGIL_HTTP_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -47,13 +58,40 @@ enum Cmd {
     Posture,
 }
 
-fn get(base: &str, name: &str, arg: Option<&str>) -> Result<Value> {
-    let mut url = format!("{}/v1/query/{name}", base.trim_end_matches('/'));
+/// The HTTP client with the operator's credentials: a CA and client certificate for an
+/// https:// collector, and/or the API's bearer token.
+fn client(cli: &Cli) -> Result<(ureq::Agent, Option<String>)> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut tls = TlsConfig::builder();
+    if let Some(ca) = &cli.ca {
+        tls = tls.root_certs(RootCerts::new_with_certs(&[Certificate::from_pem(&read(ca)?).context("CA certificate")?]));
+    }
+    if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+        let chain = [Certificate::from_pem(&read(cert)?).context("client certificate")?];
+        let key = PrivateKey::from_pem(&read(key)?).context("client key")?;
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).tls_config(tls.build()).build().new_agent();
+    let token = match &cli.token_file {
+        Some(p) => Some(String::from_utf8(read(p)?).context("token file")?.trim().to_owned()),
+        None => None,
+    };
+    Ok((agent, token))
+}
+
+fn get(cli: &Cli, name: &str, arg: Option<&str>) -> Result<Value> {
+    let (agent, token) = client(cli)?;
+    let mut url = format!("{}/v1/query/{name}", cli.collector.trim_end_matches('/'));
     if let Some(a) = arg {
         url.push('/');
         url.push_str(&percent(a));
     }
-    let mut resp = ureq::get(&url).config().http_status_as_error(false).build().call().with_context(|| format!("asking {url}"))?;
+    let mut req = agent.get(&url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp = req.call().with_context(|| format!("asking {url}"))?;
     let status = resp.status();
     let body = resp.body_mut().read_to_string().context("reading the collector's answer")?;
     let v: Value = serde_json::from_str(&body).with_context(|| format!("collector answered {status} with non-JSON"))?;
@@ -216,7 +254,7 @@ fn main() -> ExitCode {
         Cmd::Unattributed => ("unattributed", None),
         Cmd::Posture => ("posture", None),
     };
-    match get(&cli.collector, name, arg) {
+    match get(&cli, name, arg) {
         Ok(v) => {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
