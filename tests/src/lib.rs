@@ -213,6 +213,9 @@ impl Agent {
     pub fn start(extra: &[&str]) -> Self {
         let mut child = Command::new(agent_bin())
             .args(["run", "--stdout", "--stats-interval", "1"])
+            // Tests lay out kubelet and runtime cgroups under their own top directory
+            // (`TestCgroup`), as a node's operator would configure the agent for them.
+            .args(["--cgroup-root-prefix", TEST_CGROUP_PREFIX])
             .args(extra)
             .env("SIGIL_LOG", "info")
             .stdout(Stdio::piped())
@@ -292,6 +295,9 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
+
+/// The pattern every `TestCgroup` top directory matches.
+pub const TEST_CGROUP_PREFIX: &str = "/sigil-test-*";
 
 /// A cgroup directory tree created for one test, removed (processes killed) on drop.
 pub struct TestCgroup {
