@@ -347,17 +347,17 @@ mod tests {
         let mut tmp = tempfile::NamedTempFile::new().expect("tmp");
         tmp.write_all(b"version one").expect("write");
         let cache = HashCache::new(16, 1 << 20);
-        let mut f = File::open(tmp.path()).expect("open");
-        let a = cache.digest(&mut f).expect("digest");
-        let b = cache.digest(&mut f).expect("digest");
+        let f = File::open(tmp.path()).expect("open");
+        let a = cache.digest(&f).expect("digest");
+        let b = cache.digest(&f).expect("digest");
         assert!(!a.cache_hit);
         assert!(b.cache_hit);
         assert_eq!(a.sha256, b.sha256);
 
         // Rewrite in place: same inode, new size/mtime/ctime.
         std::fs::write(tmp.path(), b"version two, longer").expect("rewrite");
-        let mut f = File::open(tmp.path()).expect("open");
-        let c = cache.digest(&mut f).expect("digest");
+        let f = File::open(tmp.path()).expect("open");
+        let c = cache.digest(&f).expect("digest");
         assert!(!c.cache_hit);
         assert_ne!(c.sha256, a.sha256);
         assert_eq!(c.sha256, sha256_reader(&b"version two, longer"[..]).expect("hash"));
@@ -370,8 +370,8 @@ mod tests {
         let mut tmp = tempfile::NamedTempFile::new().expect("tmp");
         tmp.write_all(&[0u8; 100]).expect("write");
         let cache = HashCache::new(16, 10);
-        let mut f = File::open(tmp.path()).expect("open");
-        assert!(matches!(cache.digest(&mut f), Err(HashError::TooLarge { size: 100, limit: 10 })));
+        let f = File::open(tmp.path()).expect("open");
+        assert!(matches!(cache.digest(&f), Err(HashError::TooLarge { size: 100, limit: 10 })));
         assert_eq!(cache.stats().hash_errors, 1);
     }
 
@@ -436,10 +436,10 @@ mod tests {
             })
             .collect();
         for t in &files {
-            cache.digest(&mut File::open(t.path()).expect("open")).expect("digest");
+            cache.digest(&File::open(t.path()).expect("open")).expect("digest");
         }
         // The first was evicted, the last is still cached.
-        assert!(!cache.digest(&mut File::open(files[0].path()).expect("open")).expect("d").cache_hit);
-        assert!(cache.digest(&mut File::open(files[2].path()).expect("open")).expect("d").cache_hit);
+        assert!(!cache.digest(&File::open(files[0].path()).expect("open")).expect("d").cache_hit);
+        assert!(cache.digest(&File::open(files[2].path()).expect("open")).expect("d").cache_hit);
     }
 }
