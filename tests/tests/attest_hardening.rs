@@ -439,3 +439,39 @@ fn the_agent_refuses_to_run_outside_the_initial_pid_namespace() {
     refuses_in_child_pid_namespace(&["--mount-proc"]);
     refuses_in_child_pid_namespace(&[]);
 }
+
+/// Attacker: a local user (or a workload) whose process execs a second time at once
+/// (`sh -c 'exec app'`, typically after moving itself to another cgroup). When both exec
+/// events are handled in one batch, procfs already shows the second image, and the agent
+/// reported the first exec (with its cgroup and time) as running the second binary. Now a
+/// record whose procfs image is from a later exec (comm changed and the exec'd path names
+/// another file) leaves the binary unknown, with the reason.
+#[test]
+fn an_exec_is_never_reported_with_the_binary_of_a_later_exec() {
+    let agent = Agent::start(&["--no-trace"]);
+    let cg = TestCgroup::create("again.slice/again.scope");
+    let dir = scratch_dir();
+    let bin = unique_binary(&dir, "later-image");
+    let sha = sha256sum(&bin);
+    let children: Vec<_> = (0..40).map(|_| cg.spawn(&bin, &["1"])).collect();
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    for pid in &pids {
+        agent.wait_event("the shell's exec record", |v| {
+            v["kind"] == "process_exec" && v["pid"] == *pid && v["binary"]["exec_path"] == "/bin/sh"
+        });
+        agent.wait_event("the binary's exec record", |v| {
+            v["kind"] == "process_exec" && v["pid"] == *pid && v["binary"]["exec_path"] == bin.to_str().unwrap()
+        });
+    }
+    let bin_path = bin.to_str().unwrap();
+    for v in agent.events().iter().filter(|v| {
+        v["kind"] == "process_exec" && pids.contains(&(v["pid"].as_u64().unwrap_or(0) as u32)) && v["binary"]["exec_path"] == "/bin/sh"
+    }) {
+        assert_ne!(v["binary"]["sha256"], sha.as_str(), "the shell's exec claims the later binary: {v}");
+        assert_ne!(v["binary"]["path"], bin_path, "{v}");
+    }
+    for c in children {
+        finish(c);
+    }
+    let _ = fs::remove_dir_all(dir);
+}

@@ -90,6 +90,35 @@ struct ProcFacts {
     gid: Option<u32>,
 }
 
+/// A process that exec'd again before this exec event was handled (`sh -c 'exec app'`,
+/// both events in one ring-buffer batch) shows the *later* image in procfs. Reporting it
+/// here would pin the later binary to this exec's cgroup and time. Two independent signs
+/// are required: the comm the kernel set at this exec differs from procfs's (a process
+/// may rename itself, but then its exe is still the exec'd file), and the exec'd path
+/// names another file than the running one (a `#!` script does too, but keeps its comm).
+/// The binary is then left unknown, with the reason; the next exec record has it.
+fn forget_later_exec(obs: &Observed, mut f: ProcFacts) -> ProcFacts {
+    let Some(path) = obs.exec_path.as_deref().filter(|p| p.starts_with('/') && obs.source == Source::Ebpf) else {
+        return f;
+    };
+    if obs.comm.is_empty() || obs.comm == f.comm {
+        return f;
+    }
+    let running = f.exe.as_ref().ok().and_then(|e| e.metadata().ok()).map(|m| (m.dev(), m.ino()));
+    let named = fs::metadata(format!("/proc/{}/root{path}", obs.pid)).ok().map(|m| (m.dev(), m.ino()));
+    if let (Some(running), Some(named)) = (running, named)
+        && running != named
+    {
+        f.exe = Err(format!(
+            "the process exec'd again before this exec was attested (now {}, running {}); its next exec record describes that",
+            f.comm,
+            f.exe_path.as_deref().unwrap_or("?")
+        ));
+        f.exe_path = None;
+    }
+    f
+}
+
 fn proc_error(e: procfs::ProcError) -> String {
     match e {
         procfs::ProcError::NotFound(_) => "process exited before it could be attested".to_owned(),
@@ -275,6 +304,7 @@ impl Attestor {
             }
             Ok(facts)
         });
+        let facts = facts.map(|f| forget_later_exec(&obs, f));
         let (rec, pending) = self.build(obs, facts);
         match (pending, self.background.get()) {
             (Some(p), Some((pool, emit))) => self.hash_later(rec, p, pool, emit),
