@@ -88,6 +88,9 @@ struct ProcFacts {
     cgroup_path: Option<String>,
     uid: Option<u32>,
     gid: Option<u32>,
+    /// comm changed between the first and last read: the process exec'd (or renamed
+    /// itself) while it was read, so `exe` may be from a later image than the rest.
+    comm_changed: bool,
 }
 
 /// A process that exec'd again before this exec event was handled (`sh -c 'exec app'`,
@@ -96,12 +99,14 @@ struct ProcFacts {
 /// are required: the comm the kernel set at this exec differs from procfs's (a process
 /// may rename itself, but then its exe is still the exec'd file), and the exec'd path
 /// names another file than the running one (a `#!` script does too, but keeps its comm).
-/// The binary is then left unknown, with the reason; the next exec record has it.
+/// The binary is then left unknown, with the reason; the next exec record has it. The
+/// same holds when comm changed while procfs was being read (the exec happened between
+/// the reads).
 fn forget_later_exec(obs: &Observed, mut f: ProcFacts) -> ProcFacts {
     let Some(path) = obs.exec_path.as_deref().filter(|p| p.starts_with('/') && obs.source == Source::Ebpf) else {
         return f;
     };
-    if obs.comm.is_empty() || obs.comm == f.comm {
+    if obs.comm.is_empty() || (obs.comm == f.comm && !f.comm_changed) {
         return f;
     }
     let running = f.exe.as_ref().ok().and_then(|e| e.metadata().ok()).map(|m| (m.dev(), m.ino()));
@@ -227,7 +232,13 @@ impl Attestor {
         pids.sort_unstable();
         pids.into_iter()
             .filter(|pid| self.lookup(*pid).is_none())
-            .filter_map(|pid| self.attest_from_procfs(pid, Source::ProcfsScan))
+            .filter_map(|pid| {
+                let (rec, pending) = self.attest_from_procfs(pid, Source::ProcfsScan)?;
+                // Hashed in the background when a pool runs (a node may run huge
+                // binaries: start-up must not wait for them); those records are emitted
+                // by the pool.
+                self.dispatch(rec, pending)
+            })
             .collect()
     }
 
@@ -241,7 +252,8 @@ impl Attestor {
         if let Some(rec) = self.table.get(pid).filter(|r| !r.binary.hash_pending && self.still_same(r)) {
             return Some((rec, false));
         }
-        let rec = Arc::new(self.attest_from_procfs(pid, Source::OnRequest)?);
+        let (rec, pending) = self.attest_from_procfs(pid, Source::OnRequest)?;
+        let rec = Arc::new(self.finish(rec, pending));
         Some((rec, true))
     }
 
@@ -264,7 +276,7 @@ impl Attestor {
         same_start && same_exe && cgroup_now == rec.cgroup.path
     }
 
-    fn attest_from_procfs(&self, pid: u32, source: Source) -> Option<ProcessRecord> {
+    fn attest_from_procfs(&self, pid: u32, source: Source) -> Option<(ProcessRecord, Option<PendingHash>)> {
         let obs = Observed {
             source,
             pid,
@@ -282,8 +294,7 @@ impl Attestor {
         if facts.kthread {
             return None;
         }
-        let (rec, pending) = self.build(obs, Ok(facts));
-        Some(self.finish(rec, pending))
+        Some(self.build(obs, Ok(facts)))
     }
 
     /// The current record for `pid`, or None if the process that pid now names is not the
@@ -306,6 +317,12 @@ impl Attestor {
         });
         let facts = facts.map(|f| forget_later_exec(&obs, f));
         let (rec, pending) = self.build(obs, facts);
+        self.dispatch(rec, pending)
+    }
+
+    /// A record with a hash still to compute goes to the pool when one runs (None: the
+    /// pool emits it); otherwise it is finished here.
+    fn dispatch(&self, rec: ProcessRecord, pending: Option<PendingHash>) -> Option<ProcessRecord> {
         match (pending, self.background.get()) {
             (Some(p), Some((pool, emit))) => self.hash_later(rec, p, pool, emit),
             (pending, _) => Some(self.finish(rec, pending)),
@@ -387,6 +404,7 @@ impl Attestor {
         Ok(ProcFacts {
             start_ticks: stat.starttime,
             ppid: u32::try_from(stat.ppid).unwrap_or(0),
+            comm_changed: again.comm != stat.comm,
             comm: stat.comm,
             kthread: stat.flags & PF_KTHREAD != 0,
             exe_path,
@@ -394,6 +412,7 @@ impl Attestor {
             cgroup_path,
             uid: status.as_ref().map(|s| s.ruid),
             gid: status.as_ref().map(|s| s.rgid),
+
         })
     }
 
