@@ -228,6 +228,10 @@ impl Agent {
         // Ready once the probes are attached and the start-up scan is done.
         let ready = if extra.contains(&"--no-scan") { "sigil-agent running" } else { "running processes from procfs" };
         agent.stderr.wait_line("agent start-up", |l| l.contains(ready));
+        // Issuance binds its socket after the scan: wait for it too.
+        if extra.contains(&"--policy") {
+            agent.stderr.wait_line("Workload API start", |l| l.contains("Workload API on"));
+        }
         agent
     }
 
