@@ -358,21 +358,26 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // Kill everything below `top`, then remove directories deepest first.
-        let mut dirs = Vec::new();
-        let mut stack = vec![self.top.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = fs::read_dir(&d) {
-                stack.extend(rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-            }
-            dirs.push(d);
+        remove_cgroup_tree(&self.top);
+    }
+}
+
+/// Kills every process in the cgroup `top` and below, then removes the directories,
+/// deepest first.
+pub fn remove_cgroup_tree(top: &Path) {
+    let mut dirs = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = fs::read_dir(&d) {
+            stack.extend(rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
         }
-        for d in dirs.iter().rev() {
-            let _ = fs::write(d.join("cgroup.kill"), "1");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while fs::remove_dir(d).is_err() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
+        dirs.push(d);
+    }
+    for d in dirs.iter().rev() {
+        let _ = fs::write(d.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(d).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -294,19 +294,10 @@ impl UserDelegation {
 
 impl Drop for UserDelegation {
     fn drop(&mut self) {
-        let mut dirs = Vec::new();
-        let mut stack = vec![self.service.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = fs::read_dir(&d) {
-                stack.extend(rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev().filter(|d| **d != self.service || self.created.contains(d)) {
-            let _ = fs::write(d.join("cgroup.kill"), "1");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while fs::remove_dir(d).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+        // What the user created below the service, then what this test created above.
+        if let Ok(rd) = fs::read_dir(&self.service) {
+            for e in rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+                remove_cgroup_tree(&e.path());
             }
         }
         for d in self.created.iter().rev() {

@@ -302,9 +302,20 @@ mod tests {
         Job { file: f, key, done: Box::new(move |r| drop(tx.send(r.map(|d| d.sha256).map_err(|e| e.to_string())))) }
     }
 
+    fn sparse(len: u64) -> (tempfile::NamedTempFile, File) {
+        let t = tempfile::NamedTempFile::new().expect("tmp");
+        t.as_file().set_len(len).expect("sparse");
+        let f = File::open(t.path()).expect("open");
+        (t, f)
+    }
+
+    fn pool(workers: usize, large_queue_bytes: u64, per_file: Duration) -> HashPool {
+        HashPool::start(Arc::new(HashCache::new(16, 1 << 30)), HashBudget { workers, large_queue_bytes, per_file }).expect("pool")
+    }
+
     #[test]
     fn hashes_off_thread_and_reports_through_the_callback() {
-        let pool = HashPool::start(Arc::new(HashCache::new(16, 1 << 30)), HashBudget::default()).expect("pool");
+        let pool = pool(2, 4 << 30, Duration::from_secs(60));
         let (tx, rx) = mpsc::channel();
         let (_t, f) = file_of(b"abc");
         assert!(pool.submit(job(f, tx)).is_ok());
@@ -316,39 +327,24 @@ mod tests {
     /// A large file over the queue's byte budget is refused at once, and counted.
     #[test]
     fn large_lane_is_bounded_in_bytes() {
-        let budget = HashBudget { workers: 2, large_queue_bytes: 20 << 20, per_file: Duration::from_secs(60) };
-        let pool = HashPool::start(Arc::new(HashCache::new(16, 1 << 30)), budget).expect("pool");
+        let pool = pool(2, 20 << 20, Duration::from_secs(60));
         let (tx, _rx) = mpsc::channel();
-        let mut admitted = 0;
-        let mut refused = 0;
-        let mut keep = Vec::new();
-        for i in 0..4u8 {
-            let t = tempfile::NamedTempFile::new().expect("tmp");
-            t.as_file().set_len(17 << 20 | u64::from(i)).expect("sparse");
-            let f = File::open(t.path()).expect("open");
-            keep.push(t);
-            match pool.submit(job(f, tx.clone())) {
-                Ok(()) => admitted += 1,
-                Err((_, why)) => {
-                    assert_eq!(why, HashSkip::QueueFull);
-                    refused += 1;
-                }
-            }
-        }
-        assert_eq!(admitted, 1, "one 17 MiB file fits a 20 MiB budget");
-        assert_eq!(refused, 3);
+        let files: Vec<_> = (0..4u64).map(|i| sparse(17 << 20 | i)).collect();
+        let outcomes: Vec<_> = files
+            .iter()
+            .map(|(_, f)| pool.submit(job(f.try_clone().expect("dup"), tx.clone())).map_err(|(_, why)| why))
+            .collect();
+        assert!(outcomes[0].is_ok(), "one 17 MiB file fits a 20 MiB budget");
+        assert_eq!(outcomes[1..], [Err(HashSkip::QueueFull); 3]);
         assert_eq!(pool.stats().skipped_queue_full, 3);
     }
 
     /// A file that takes longer than the per-file budget is given up, with that reason.
     #[test]
     fn per_file_time_budget_cancels() {
-        let budget = HashBudget { workers: 1, large_queue_bytes: 4 << 30, per_file: Duration::ZERO };
-        let pool = HashPool::start(Arc::new(HashCache::new(16, 1 << 30)), budget).expect("pool");
+        let pool = pool(1, 4 << 30, Duration::ZERO);
         let (tx, rx) = mpsc::channel();
-        let t = tempfile::NamedTempFile::new().expect("tmp");
-        t.as_file().set_len(64 << 20).expect("sparse");
-        let f = File::open(t.path()).expect("open");
+        let (_t, f) = sparse(64 << 20);
         assert!(pool.submit(job(f, tx)).is_ok());
         let got = rx.recv_timeout(Duration::from_secs(30)).expect("done");
         assert!(got.as_ref().is_err_and(|e| e.contains("time budget")), "{got:?}");
@@ -358,20 +354,17 @@ mod tests {
     /// Stopping completes queued work as skipped rather than dropping it silently.
     #[test]
     fn stop_completes_every_queued_job() {
-        let budget = HashBudget { workers: 1, large_queue_bytes: 4 << 30, per_file: Duration::from_secs(60) };
-        let pool = HashPool::start(Arc::new(HashCache::new(16, 1 << 30)), budget).expect("pool");
+        let pool = pool(1, 4 << 30, Duration::from_secs(60));
         let (tx, rx) = mpsc::channel();
-        let mut keep = Vec::new();
-        for _ in 0..5 {
-            let t = tempfile::NamedTempFile::new().expect("tmp");
-            t.as_file().set_len(256 << 20).expect("sparse");
-            let f = File::open(t.path()).expect("open");
-            keep.push(t);
-            assert!(pool.submit(job(f, tx.clone())).is_ok());
+        let files: Vec<_> = (0..5).map(|_| sparse(256 << 20)).collect();
+        for (_, f) in &files {
+            assert!(pool.submit(job(f.try_clone().expect("dup"), tx.clone())).is_ok());
         }
         drop(tx);
         pool.stop();
         let outcomes: Vec<_> = rx.iter().collect();
         assert_eq!(outcomes.len(), 5, "every job completes");
+        assert!(outcomes.iter().any(|o| o.as_ref().is_err_and(|e| e.contains("stopping"))), "{outcomes:?}");
+        assert!(pool.stats().skipped_shutdown >= 1);
     }
 }
