@@ -412,7 +412,6 @@ impl Attestor {
             cgroup_path,
             uid: status.as_ref().map(|s| s.ruid),
             gid: status.as_ref().map(|s| s.rgid),
-
         })
     }
 
