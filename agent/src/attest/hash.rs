@@ -97,13 +97,17 @@ pub fn ensure_regular(file: &File) -> Result<std::fs::Metadata, HashError> {
 
 /// Opens `path` as seen from the root directory `root` (e.g. `/proc/<pid>/root`) for
 /// hashing, without ever blocking or leaving that root: symlinks are resolved inside it
-/// (`RESOLVE_IN_ROOT`), a final symlink is refused (`O_NOFOLLOW`), opening a FIFO with no
-/// writer returns at once (`O_NONBLOCK`), and the result must be a regular file.
+/// (`RESOLVE_IN_ROOT`, no `/proc` magic links), opening a FIFO with no writer returns at
+/// once (`O_NONBLOCK`), and the descriptor must be a regular file (`fstat`), so a symlink
+/// to `/dev/zero` ends at a character device and is refused. A final symlink is followed
+/// (inside the root): exec paths are often symlinks (`/usr/bin/sh`, `python3`), and
+/// refusing them would only push an attacker from a symlink to a copy, whose digest is
+/// the same.
 pub fn open_for_hashing(root: &Path, path: &str) -> Result<File, HashError> {
     let root_dir = File::open(root)?;
     let rel = CString::new(path.trim_start_matches('/').as_bytes())
         .map_err(|_| HashError::Io(io::Error::from(io::ErrorKind::InvalidInput)))?;
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
     // SAFETY: an all-zero open_how is valid; the fields are set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags as u64;
@@ -390,7 +394,19 @@ mod tests {
         let started = Instant::now();
         let open = |name: &str| open_for_hashing(dir.path(), &format!("/{name}"));
         assert!(matches!(open("fifo"), Err(HashError::NotRegular("a FIFO"))));
-        assert!(matches!(open("zero"), Err(HashError::NotRegular("a symbolic link"))));
+        // Inside the temporary root there is no /dev/zero; from the real root there is.
+        assert!(open("zero").is_err());
+        let zero_link = dir.path().join("zero");
+        assert!(matches!(
+            open_for_hashing(Path::new("/"), zero_link.to_str().expect("utf-8")),
+            Err(HashError::NotRegular("a character device"))
+        ));
+        std::os::unix::fs::symlink("/fifo", dir.path().join("to-fifo")).expect("symlink");
+        assert!(matches!(open("to-fifo"), Err(HashError::NotRegular("a FIFO"))));
+        std::os::unix::fs::symlink("real", dir.path().join("to-real")).expect("symlink");
+        assert!(open("to-real").is_ok(), "a symlink to a regular file (like /usr/bin/sh) is followed");
+        std::os::unix::fs::symlink("/proc/self/exe", dir.path().join("magic")).expect("symlink");
+        assert!(open("magic").is_err(), "no /proc magic links out of the root");
         assert!(matches!(open_for_hashing(Path::new("/"), "/dev/zero"), Err(HashError::NotRegular("a character device"))));
         assert!(matches!(open_for_hashing(Path::new("/"), "/tmp"), Err(HashError::NotRegular("a directory"))));
         let f = open("real").expect("a regular file opens");

@@ -188,6 +188,32 @@ impl Attestor {
         &self.table
     }
 
+    /// The table's record of `pid` for an event about it (a credential use), with the
+    /// digest filled in when it is still pending and the binary is small enough to hash
+    /// now (at most the pool's small-file size: an event cannot be made to wait for a
+    /// huge file). The pool still emits the exec record; its job then hits the cache.
+    pub fn settled(&self, pid: u32) -> Option<Arc<ProcessRecord>> {
+        let rec = self.table.get(pid)?;
+        let small = rec.binary.size.is_some_and(|s| s <= pool::SMALL_FILE_BYTES);
+        if !rec.binary.hash_pending || !small {
+            return Some(rec);
+        }
+        // The executable of this very process (same inode as the record's), or nothing.
+        let digest = Process::new(rec.pid as i32)
+            .ok()
+            .and_then(|p| p.open_relative("exe").ok())
+            .filter(|f| f.metadata().is_ok_and(|m| Some(m.ino()) == rec.binary.inode))
+            .and_then(|f| match self.hashes.lookup(&f).ok()? {
+                Lookup::Hit(d) => Some(d),
+                Lookup::Miss(key) => self.hashes.compute(&f, key, &|| None).ok(),
+            });
+        let Some(d) = digest else { return Some(rec) };
+        let mut done = (*rec).clone();
+        done.binary.hash_pending = false;
+        done.binary.fill_digest(d, "exe");
+        Some(Arc::new(self.table.complete(done)))
+    }
+
     /// The record of an exec, or None when its binary is being hashed in the background
     /// (the record is then emitted through `Emit` once the digest is known).
     pub fn on_exec(&self, ev: &ExecEvent) -> Option<ProcessRecord> {

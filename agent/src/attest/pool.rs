@@ -26,10 +26,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::hash::{Digest, FileKey, HashCache, HashError};
+use super::hash::{Digest, FileKey, HashCache, HashError, Lookup};
 
 /// Files at most this large take the small lane.
-const SMALL_FILE_BYTES: u64 = 16 << 20;
+pub const SMALL_FILE_BYTES: u64 = 16 << 20;
 /// Small-lane jobs waiting at most (each holds one open descriptor).
 const SMALL_QUEUE_JOBS: usize = 1024;
 /// Large-lane jobs waiting at most.
@@ -170,7 +170,12 @@ impl Shared {
             }
         };
         let size = job.key.size;
-        let result = self.cache.compute(&job.file, job.key, &stop);
+        // The same file may have been hashed meanwhile (a burst of execs of one new
+        // binary queues it once per exec, or an event needed it at once).
+        let result = match self.cache.lookup(&job.file) {
+            Ok(Lookup::Hit(d)) => Ok(d),
+            _ => self.cache.compute(&job.file, job.key, &stop),
+        };
         if let Err(e) = &result
             && let Some(why) = HashSkip::of(e)
         {
@@ -186,6 +191,19 @@ impl Shared {
         (job.done)(result);
     }
 }
+
+/// Hashing yields the CPU to the event thread, which must reach procfs before short-lived
+/// processes exit: the calling thread's nice value goes up (Linux applies it per thread).
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HASH_NICE);
+    }
+}
+
+/// The nice value of hashing threads.
+const HASH_NICE: i32 = 10;
 
 /// A fixed set of hashing threads sharing the agent's digest cache.
 pub struct HashPool {
@@ -209,6 +227,7 @@ impl HashPool {
         for i in 0..budget.workers {
             let s = shared.clone();
             workers.push(std::thread::Builder::new().name(format!("hash-{i}")).spawn(move || {
+                lower_priority();
                 while let Some((job, large)) = s.next() {
                     s.run(job, large);
                 }
