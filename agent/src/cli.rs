@@ -69,6 +69,16 @@ pub struct RunArgs {
     /// Executables larger than this are not hashed (the record says so).
     #[arg(long, default_value_t = 1 << 30)]
     pub max_hash_bytes: u64,
+    /// Bytes of large executables (over 16 MiB) waiting to be hashed at most; past it a
+    /// record says `hash_skipped: queue_full` (hashing never holds up the event loop).
+    #[arg(long, default_value_t = 4 << 30)]
+    pub hash_queue_bytes: u64,
+    /// Where the kubelet or container runtimes create cgroups besides the cgroup root
+    /// (repeatable; `*` matches within one path component, e.g.
+    /// `/system.slice/docker-*.scope` for kind nodes). Pod and container names anywhere
+    /// else are not trusted.
+    #[arg(long = "cgroup-root-prefix")]
+    pub cgroup_root_prefixes: Vec<String>,
     /// Emit an `agent_stats` event this often, in seconds (0: only at shutdown).
     #[arg(long, default_value_t = 60)]
     pub stats_interval: u64,
@@ -193,6 +203,8 @@ impl RunArgs {
             ring_buffer_bytes: self.ring_buffer_bytes,
             hash_cache_entries: self.hash_cache_entries,
             max_hash_bytes: self.max_hash_bytes,
+            hash_queue_bytes: self.hash_queue_bytes,
+            layouts: crate::attest::workload::Layouts::new(&self.cgroup_root_prefixes)?,
             stats_interval: (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval)),
             scan: !self.no_scan,
         })

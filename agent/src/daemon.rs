@@ -24,7 +24,7 @@ use sigil_telemetry::Telemetry;
 
 use crate::{
     metrics,
-    attest::Attestor,
+    attest::{Attestor, pool::HashBudget},
     ebpf::{KernelEvent, Probes, features::KernelFeatures, mounts, tracefs},
     trace::{files, fingerprint::Fingerprinter, tracer::Tracer},
     issue::{
@@ -48,14 +48,17 @@ pub enum StartError {
     Privilege(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl StartError {
-    /// sysexits.h: EX_NOPERM, EX_UNAVAILABLE.
+    /// sysexits.h: EX_NOPERM, EX_UNAVAILABLE, EX_CONFIG.
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Privilege(_) => 77,
             StartError::Unavailable(_) => 69,
+            StartError::Config(_) => 78,
         }
     }
 }
@@ -96,6 +99,10 @@ pub struct RunConfig {
     pub ring_buffer_bytes: u32,
     pub hash_cache_entries: usize,
     pub max_hash_bytes: u64,
+    /// Large executables' bytes waiting to be hashed at most.
+    pub hash_queue_bytes: u64,
+    /// Where pod and container cgroups may be (`--cgroup-root-prefix`).
+    pub layouts: crate::attest::workload::Layouts,
     pub stats_interval: Option<Duration>,
     pub scan: bool,
 }
@@ -292,6 +299,7 @@ pub fn run(
     telemetry: Option<Arc<Telemetry>>,
 ) -> anyhow::Result<()> {
     check_privileges()?;
+    crate::attest::pidns::check_initial().map_err(|e| StartError::Config(e.to_string()))?;
     let mounted = mounts::ensure().map_err(|e| StartError::Privilege(e.to_string()))?;
     let features = KernelFeatures::probe();
     if !features.tracepoint.available() || !features.ring_buffer.available() {
@@ -325,8 +333,10 @@ pub fn run(
         None => None,
     };
     let mut events = probes.take_events()?;
-    let attestor =
-        Arc::new(Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes));
+    let attestor = Arc::new(
+        Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes)
+            .with_layouts(cfg.layouts.clone()),
+    );
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if cfg.stdout {
         sinks.push(Arc::new(JsonLines));
@@ -347,6 +357,16 @@ pub fn run(
     };
     let tee = Arc::new(Tee::new(sinks));
     let sink: Arc<dyn Sink> = tee.clone();
+    // Exec records whose binary must be hashed are emitted by the hashing pool.
+    let hashed_sink = sink.clone();
+    attestor.hash_in_background(
+        HashBudget { large_queue_bytes: cfg.hash_queue_bytes, ..HashBudget::default() },
+        Arc::new(move |rec| {
+            if let Err(e) = hashed_sink.emit(rec) {
+                error!("writing output: {e}");
+            }
+        }),
+    )?;
 
     // Metrics are observed from this snapshot, refreshed by the loop below.
     let snapshot: metrics::Snapshot = Arc::default();
@@ -397,7 +417,11 @@ pub fn run(
         while let Some(item) = events.next() {
             stats.events += 1;
             match KernelEvent::decode(&item) {
-                Ok(KernelEvent::Exec(ev)) => sink.emit(&attestor.on_exec(&ev)).context("writing output")?,
+                Ok(KernelEvent::Exec(ev)) => {
+                    if let Some(rec) = attestor.on_exec(&ev) {
+                        sink.emit(&rec).context("writing output")?;
+                    }
+                }
                 Ok(KernelEvent::Exit(ev)) => {
                     if let Some(rec) = attestor.on_exit(&ev) {
                         sink.emit(&rec).context("writing output")?;
@@ -442,6 +466,7 @@ pub fn run(
             last_stats = Instant::now();
         }
     }
+    attestor.stop_hashing();
     let last = snapshot!();
     if let Some(t) = &telemetry {
         if let Ok(mut s) = snapshot.lock() {

@@ -219,6 +219,9 @@ impl Agent {
     pub fn start(extra: &[&str]) -> Self {
         let mut child = Command::new(agent_bin())
             .args(["run", "--stdout", "--stats-interval", "1"])
+            // Tests lay out kubelet and runtime cgroups under their own top directory
+            // (`TestCgroup`), as a node's operator would configure the agent for them.
+            .args(["--cgroup-root-prefix", TEST_CGROUP_PREFIX])
             .args(extra)
             .env("SIGIL_LOG", "info")
             .stdout(Stdio::piped())
@@ -231,6 +234,10 @@ impl Agent {
         // Ready once the probes are attached and the start-up scan is done.
         let ready = if extra.contains(&"--no-scan") { "sigil-agent running" } else { "running processes from procfs" };
         agent.stderr.wait_line("agent start-up", |l| l.contains(ready));
+        // Issuance binds its socket after the scan: wait for it too.
+        if extra.contains(&"--policy") {
+            agent.stderr.wait_line("Workload API start", |l| l.contains("Workload API on"));
+        }
         agent
     }
 
@@ -309,6 +316,9 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The pattern every `TestCgroup` top directory matches.
+pub const TEST_CGROUP_PREFIX: &str = "/sigil-test-*";
+
 /// A cgroup directory tree created for one test, removed (processes killed) on drop.
 pub struct TestCgroup {
     top: PathBuf,
@@ -364,21 +374,26 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // Kill everything below `top`, then remove directories deepest first.
-        let mut dirs = Vec::new();
-        let mut stack = vec![self.top.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = fs::read_dir(&d) {
-                stack.extend(rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-            }
-            dirs.push(d);
+        remove_cgroup_tree(&self.top);
+    }
+}
+
+/// Kills every process in the cgroup `top` and below, then removes the directories,
+/// deepest first.
+pub fn remove_cgroup_tree(top: &Path) {
+    let mut dirs = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = fs::read_dir(&d) {
+            stack.extend(rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
         }
-        for d in dirs.iter().rev() {
-            let _ = fs::write(d.join("cgroup.kill"), "1");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while fs::remove_dir(d).is_err() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
+        dirs.push(d);
+    }
+    for d in dirs.iter().rev() {
+        let _ = fs::write(d.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(d).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -86,6 +86,8 @@ pub fn run() -> Result<()> {
     println!("\n== starting sigil-agent (eBPF exec attestation + SPIFFE Workload API) ==");
     let mut agent = Command::new(&agent_bin)
         .args(["run", "--stdout", "--stats-interval", "0", "--oidc-listen", DEMO_OIDC])
+        // The demo lays out kubelet-style cgroups under /sigil-demo.
+        .args(["--cgroup-root-prefix", "/sigil-demo"])
         .arg("--policy")
         .arg(&policy)
         .arg("--pods")

@@ -6,12 +6,21 @@
 //! After hashing, the open file is stat'ed again; if it changed while we read it, the hash
 //! is thrown away and computed again, so a binary rewritten in place is never reported
 //! with its old digest.
+//!
+//! Only regular files are hashed, and never more bytes than `fstat` reported: whoever
+//! controls the file at an exec path may have put a FIFO, a device or a symlink to
+//! `/dev/zero` there, and a read that blocks or never ends would stall attestation.
 
 use std::{
     collections::{HashMap, VecDeque},
+    ffi::CString,
     fs::File,
     io::{self, Read},
-    os::unix::fs::MetadataExt,
+    os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::fs::{FileTypeExt, MetadataExt},
+    },
+    path::Path,
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -53,6 +62,83 @@ pub enum HashError {
     TooLarge { size: u64, limit: u64 },
     #[error("executable kept changing while it was hashed")]
     Unstable,
+    #[error("not a regular file ({0}): not hashed")]
+    NotRegular(&'static str),
+    #[error("hashing stopped: {0}")]
+    Cancelled(&'static str),
+}
+
+/// What a non-regular file is, for the record.
+fn file_kind(m: &std::fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses anything but a regular file (checked on the open descriptor, so the answer is
+/// about the file that will be read, not about whatever the path names later).
+pub fn ensure_regular(file: &File) -> Result<std::fs::Metadata, HashError> {
+    let m = file.metadata()?;
+    if m.file_type().is_file() { Ok(m) } else { Err(HashError::NotRegular(file_kind(&m))) }
+}
+
+/// Opens `path` as seen from the root directory `root` (e.g. `/proc/<pid>/root`) for
+/// hashing, without ever blocking or leaving that root: symlinks are resolved inside it
+/// (`RESOLVE_IN_ROOT`, no `/proc` magic links), opening a FIFO with no writer returns at
+/// once (`O_NONBLOCK`), and the descriptor must be a regular file (`fstat`), so a symlink
+/// to `/dev/zero` ends at a character device and is refused. A final symlink is followed
+/// (inside the root): exec paths are often symlinks (`/usr/bin/sh`, `python3`), and
+/// refusing them would only push an attacker from a symlink to a copy, whose digest is
+/// the same.
+pub fn open_for_hashing(root: &Path, path: &str) -> Result<File, HashError> {
+    let root_dir = File::open(root)?;
+    let rel = CString::new(path.trim_start_matches('/').as_bytes())
+        .map_err(|_| HashError::Io(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+    // SAFETY: an all-zero open_how is valid; the fields are set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid dirfd, NUL-terminated path and a correctly sized open_how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_dir.as_raw_fd(),
+            rel.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ELOOP) => HashError::NotRegular("a symbolic link"),
+            _ => HashError::Io(e),
+        });
+    }
+    // SAFETY: a fresh descriptor from the kernel that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd as i32) };
+    ensure_regular(&file)?;
+    Ok(file)
+}
+
+/// The cache's answer for an open file: a digest it already knows, or the key to compute.
+pub enum Lookup {
+    Hit(Digest),
+    Miss(FileKey),
 }
 
 /// A digest and whether it came from the cache.
@@ -71,6 +157,9 @@ pub struct HashStats {
     pub hash_errors: u64,
     /// Total time spent hashing, in microseconds.
     pub hash_micros: u64,
+    /// Background hashing: what is pending and what was skipped, by reason.
+    #[serde(flatten)]
+    pub pool: super::pool::PoolStats,
 }
 
 pub struct HashCache {
@@ -102,33 +191,63 @@ impl HashCache {
             hashes_computed: self.computed.load(Ordering::Relaxed),
             hash_errors: self.errors.load(Ordering::Relaxed),
             hash_micros: self.micros.load(Ordering::Relaxed),
+            pool: Default::default(),
         }
     }
 
     /// Digest of an open file (opened from /proc/<pid>/exe, so it is the inode that was
     /// actually executed even if the path now names another file).
-    pub fn digest(&self, file: &mut File) -> Result<Digest, HashError> {
-        let result = self.digest_inner(file);
+    pub fn digest(&self, file: &File) -> Result<Digest, HashError> {
+        match self.lookup(file)? {
+            Lookup::Hit(d) => Ok(d),
+            Lookup::Miss(key) => self.compute(file, key, &|| None),
+        }
+    }
+
+    /// The cached digest of `file`, or the key under which it must be computed. Refuses
+    /// (and counts) files that are not regular or over the size limit.
+    pub fn lookup(&self, file: &File) -> Result<Lookup, HashError> {
+        let result = self.lookup_inner(file);
         if result.is_err() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
-    fn digest_inner(&self, file: &mut File) -> Result<Digest, HashError> {
+    fn lookup_inner(&self, file: &File) -> Result<Lookup, HashError> {
+        ensure_regular(file)?;
         let key = FileKey::of(file)?;
-        if let Some(sha) = self.lookup(&key) {
+        if let Some(sha) = self.cached(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Digest { sha256: sha, cache_hit: true, key });
+            return Ok(Lookup::Hit(Digest { sha256: sha, cache_hit: true, key }));
         }
         if key.size > self.max_bytes {
             return Err(HashError::TooLarge { size: key.size, limit: self.max_bytes });
         }
+        Ok(Lookup::Miss(key))
+    }
+
+    /// Hashes `file` (whose key `lookup` returned), reading at most `key.size` bytes, and
+    /// caches the result if the file did not change meanwhile. `stop` is asked between
+    /// chunks and ends the work early with its reason (a time budget, shutdown).
+    pub fn compute(&self, file: &File, key: FileKey, stop: &dyn Fn() -> Option<&'static str>) -> Result<Digest, HashError> {
+        let result = self.compute_inner(file, key, stop);
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn compute_inner(&self, file: &File, key: FileKey, stop: &dyn Fn() -> Option<&'static str>) -> Result<Digest, HashError> {
         let mut key = key;
         for _ in 0..3 {
+            if key.size > self.max_bytes {
+                return Err(HashError::TooLarge { size: key.size, limit: self.max_bytes });
+            }
             let started = Instant::now();
-            let sha = sha256_from_start(file)?;
+            let sha = sha256_bounded(file, key.size, stop);
             self.micros.fetch_add(duration_micros(started.elapsed()), Ordering::Relaxed);
+            let sha = sha?;
             self.computed.fetch_add(1, Ordering::Relaxed);
             let after = FileKey::of(file)?;
             if after == key {
@@ -140,7 +259,7 @@ impl HashCache {
         Err(HashError::Unstable)
     }
 
-    fn lookup(&self, key: &FileKey) -> Option<String> {
+    fn cached(&self, key: &FileKey) -> Option<String> {
         self.entries.lock().ok()?.0.get(key).cloned()
     }
 
@@ -165,22 +284,35 @@ fn duration_micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// SHA-256 of a whole file, read from offset 0 through `pread` (the fd's position is
-/// irrelevant and other readers are unaffected).
-pub fn sha256_from_start(file: &File) -> io::Result<String> {
+/// SHA-256 of the first `size` bytes of a file, read from offset 0 through `pread` (the
+/// fd's position is irrelevant and other readers are unaffected). Never reads past
+/// `size`: a file that still has bytes there grew while it was read, which the caller's
+/// re-stat catches. `stop` is asked between chunks.
+pub fn sha256_bounded(file: &File, size: u64, stop: &dyn Fn() -> Option<&'static str>) -> Result<String, HashError> {
     use std::os::unix::fs::FileExt;
     let mut ctx = Context::new(&SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     let mut off = 0u64;
-    loop {
-        let n = file.read_at(&mut buf, off)?;
+    while off < size {
+        if let Some(why) = stop() {
+            return Err(HashError::Cancelled(why));
+        }
+        let want = usize::try_from(size - off).unwrap_or(usize::MAX).min(buf.len());
+        let n = file.read_at(&mut buf[..want], off)?;
         if n == 0 {
+            // Shrank while read: the re-stat sees a new size.
             break;
         }
         ctx.update(&buf[..n]);
         off += n as u64;
     }
     Ok(hex::encode(ctx.finish().as_ref()))
+}
+
+/// SHA-256 of a whole regular file (tests and tools).
+pub fn sha256_from_start(file: &File) -> Result<String, HashError> {
+    let m = ensure_regular(file)?;
+    sha256_bounded(file, m.len(), &|| None)
 }
 
 /// SHA-256 of a byte stream (used for files read by path in tests and tools).
@@ -200,7 +332,7 @@ pub fn sha256_reader(mut r: impl Read) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
 
     const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -219,17 +351,17 @@ mod tests {
         let mut tmp = tempfile::NamedTempFile::new().expect("tmp");
         tmp.write_all(b"version one").expect("write");
         let cache = HashCache::new(16, 1 << 20);
-        let mut f = File::open(tmp.path()).expect("open");
-        let a = cache.digest(&mut f).expect("digest");
-        let b = cache.digest(&mut f).expect("digest");
+        let f = File::open(tmp.path()).expect("open");
+        let a = cache.digest(&f).expect("digest");
+        let b = cache.digest(&f).expect("digest");
         assert!(!a.cache_hit);
         assert!(b.cache_hit);
         assert_eq!(a.sha256, b.sha256);
 
         // Rewrite in place: same inode, new size/mtime/ctime.
         std::fs::write(tmp.path(), b"version two, longer").expect("rewrite");
-        let mut f = File::open(tmp.path()).expect("open");
-        let c = cache.digest(&mut f).expect("digest");
+        let f = File::open(tmp.path()).expect("open");
+        let c = cache.digest(&f).expect("digest");
         assert!(!c.cache_hit);
         assert_ne!(c.sha256, a.sha256);
         assert_eq!(c.sha256, sha256_reader(&b"version two, longer"[..]).expect("hash"));
@@ -242,9 +374,71 @@ mod tests {
         let mut tmp = tempfile::NamedTempFile::new().expect("tmp");
         tmp.write_all(&[0u8; 100]).expect("write");
         let cache = HashCache::new(16, 10);
-        let mut f = File::open(tmp.path()).expect("open");
-        assert!(matches!(cache.digest(&mut f), Err(HashError::TooLarge { size: 100, limit: 10 })));
+        let f = File::open(tmp.path()).expect("open");
+        assert!(matches!(cache.digest(&f), Err(HashError::TooLarge { size: 100, limit: 10 })));
         assert_eq!(cache.stats().hash_errors, 1);
+    }
+
+    /// What a local user can put at an exec path once the process is gone: a FIFO (an
+    /// ordinary open would block forever), a symlink to /dev/zero (a read never ends), a
+    /// device. None is read; each is refused at once with what it is.
+    #[test]
+    fn hostile_files_at_an_exec_path_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("tmpdir");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).expect("symlink");
+        std::fs::write(dir.path().join("real"), b"abc").expect("write");
+        let started = Instant::now();
+        let open = |name: &str| open_for_hashing(dir.path(), &format!("/{name}"));
+        assert!(matches!(open("fifo"), Err(HashError::NotRegular("a FIFO"))));
+        // Inside the temporary root there is no /dev/zero; from the real root there is.
+        assert!(open("zero").is_err());
+        let zero_link = dir.path().join("zero");
+        assert!(matches!(
+            open_for_hashing(Path::new("/"), zero_link.to_str().expect("utf-8")),
+            Err(HashError::NotRegular("a character device"))
+        ));
+        std::os::unix::fs::symlink("/fifo", dir.path().join("to-fifo")).expect("symlink");
+        assert!(matches!(open("to-fifo"), Err(HashError::NotRegular("a FIFO"))));
+        std::os::unix::fs::symlink("real", dir.path().join("to-real")).expect("symlink");
+        assert!(open("to-real").is_ok(), "a symlink to a regular file (like /usr/bin/sh) is followed");
+        std::os::unix::fs::symlink("/proc/self/exe", dir.path().join("magic")).expect("symlink");
+        assert!(open("magic").is_err(), "no /proc magic links out of the root");
+        assert!(matches!(open_for_hashing(Path::new("/"), "/dev/zero"), Err(HashError::NotRegular("a character device"))));
+        assert!(matches!(open_for_hashing(Path::new("/"), "/tmp"), Err(HashError::NotRegular("a directory"))));
+        let f = open("real").expect("a regular file opens");
+        assert_eq!(
+            HashCache::new(4, 1 << 20).digest(&f).expect("digest").sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // An absolute symlink resolves inside the given root, not the agent's.
+        std::os::unix::fs::symlink("/real", dir.path().join("abs")).expect("symlink");
+        std::fs::create_dir(dir.path().join("d")).expect("mkdir");
+        std::os::unix::fs::symlink("/", dir.path().join("d/up")).expect("symlink");
+        assert!(open("d/up/real").is_ok(), "`/` inside the root is the root");
+        assert!(open_for_hashing(dir.path(), "/d/up/etc/passwd").is_err(), "the agent's /etc is out of reach");
+        // An already-open descriptor on a FIFO is refused by the cache too.
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("open fifo");
+        assert!(matches!(HashCache::new(4, 1 << 20).digest(&fd), Err(HashError::NotRegular(_))));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "nothing blocked");
+    }
+
+    #[test]
+    fn reads_stop_at_the_size_fstat_reported() {
+        let mut tmp = tempfile::NamedTempFile::new().expect("tmp");
+        tmp.write_all(b"abcdef").expect("write");
+        assert_eq!(
+            sha256_bounded(tmp.as_file(), 3, &|| None).expect("hash"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(matches!(sha256_bounded(tmp.as_file(), 6, &|| Some("stop")), Err(HashError::Cancelled("stop"))));
     }
 
     #[test]
@@ -258,10 +452,10 @@ mod tests {
             })
             .collect();
         for t in &files {
-            cache.digest(&mut File::open(t.path()).expect("open")).expect("digest");
+            cache.digest(&File::open(t.path()).expect("open")).expect("digest");
         }
         // The first was evicted, the last is still cached.
-        assert!(!cache.digest(&mut File::open(files[0].path()).expect("open")).expect("d").cache_hit);
-        assert!(cache.digest(&mut File::open(files[2].path()).expect("open")).expect("d").cache_hit);
+        assert!(!cache.digest(&File::open(files[0].path()).expect("open")).expect("d").cache_hit);
+        assert!(cache.digest(&File::open(files[2].path()).expect("open")).expect("d").cache_hit);
     }
 }

@@ -9,12 +9,20 @@
 pub mod cgroup;
 pub mod clock;
 pub mod hash;
+pub mod pidns;
+pub mod pool;
 pub mod record;
 pub mod script;
 pub mod table;
 pub mod workload;
 
-use std::{fs, io::Read, os::unix::fs::MetadataExt, sync::Arc};
+use std::{
+    fs,
+    io::Read,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::{Arc, OnceLock},
+};
 
 use agent_common::{ExecEvent, ExitEvent};
 use procfs::process::Process;
@@ -22,7 +30,8 @@ use procfs::process::Process;
 use crate::ebpf::decode::c_str;
 use cgroup::CgroupResolver;
 use clock::Clock;
-use hash::{HashCache, HashStats};
+use hash::{FileKey, HashCache, HashError, HashStats, Lookup};
+use pool::{HashBudget, HashPool, HashSkip, Job};
 use record::{Ancestor, Binary, CgroupInfo, ExitRecord, ProcessRecord, Source};
 use table::ProcessTable;
 
@@ -47,13 +56,26 @@ struct Observed {
     exec_path: Option<String>,
 }
 
+/// Where finished records go when their hash was computed off the event thread.
+pub type Emit = Arc<dyn Fn(&ProcessRecord) + Send + Sync>;
+
 pub struct Attestor {
     node: String,
     boot_id: String,
     clock: Clock,
-    hashes: HashCache,
+    hashes: Arc<HashCache>,
     cgroups: CgroupResolver,
-    table: ProcessTable,
+    layouts: workload::Layouts,
+    table: Arc<ProcessTable>,
+    /// Set once by `hash_in_background`; without it every hash is computed inline.
+    background: OnceLock<(HashPool, Emit)>,
+}
+
+/// An executable opened and looked up, whose digest is still to be computed.
+struct PendingHash {
+    file: fs::File,
+    key: FileKey,
+    from: &'static str,
 }
 
 /// Facts read from /proc/<pid>, all through one handle.
@@ -67,6 +89,40 @@ struct ProcFacts {
     cgroup_path: Option<String>,
     uid: Option<u32>,
     gid: Option<u32>,
+    /// comm changed between the first and last read: the process exec'd (or renamed
+    /// itself) while it was read, so `exe` may be from a later image than the rest.
+    comm_changed: bool,
+}
+
+/// A process that exec'd again before this exec event was handled (`sh -c 'exec app'`,
+/// both events in one ring-buffer batch) shows the *later* image in procfs. Reporting it
+/// here would pin the later binary to this exec's cgroup and time. Two independent signs
+/// are required: the comm the kernel set at this exec differs from procfs's (a process
+/// may rename itself, but then its exe is still the exec'd file), and the exec'd path
+/// names another file than the running one (a `#!` script does too, but keeps its comm).
+/// The binary is then left unknown, with the reason; the next exec record has it. The
+/// same holds when comm changed while procfs was being read (the exec happened between
+/// the reads).
+fn forget_later_exec(obs: &Observed, mut f: ProcFacts) -> ProcFacts {
+    let Some(path) = obs.exec_path.as_deref().filter(|p| p.starts_with('/') && obs.source == Source::Ebpf) else {
+        return f;
+    };
+    if obs.comm.is_empty() || (obs.comm == f.comm && !f.comm_changed) {
+        return f;
+    }
+    let running = f.exe.as_ref().ok().and_then(|e| e.metadata().ok()).map(|m| (m.dev(), m.ino()));
+    let named = fs::metadata(format!("/proc/{}/root{path}", obs.pid)).ok().map(|m| (m.dev(), m.ino()));
+    if let (Some(running), Some(named)) = (running, named)
+        && running != named
+    {
+        f.exe = Err(format!(
+            "the process exec'd again before this exec was attested (now {}, running {}); its next exec record describes that",
+            f.comm,
+            f.exe_path.as_deref().unwrap_or("?")
+        ));
+        f.exe_path = None;
+    }
+    f
 }
 
 fn proc_error(e: procfs::ProcError) -> String {
@@ -85,21 +141,83 @@ impl Attestor {
             node,
             boot_id,
             clock: Clock::new(),
-            hashes: HashCache::new(hash_cache_entries, max_hash_bytes),
+            hashes: Arc::new(HashCache::new(hash_cache_entries, max_hash_bytes)),
             cgroups: CgroupResolver::new(cgroup2_mount),
-            table: ProcessTable::default(),
+            layouts: workload::Layouts::default(),
+            table: Arc::default(),
+            background: OnceLock::new(),
+        }
+    }
+
+    /// Where container runtimes and the kubelet may create cgroups besides the root.
+    pub fn with_layouts(mut self, layouts: workload::Layouts) -> Self {
+        self.layouts = layouts;
+        self
+    }
+
+    /// From now on, exec events whose binary is not cached are hashed on a bounded pool;
+    /// their records go to `emit` when the hash is done (or skipped, with the reason).
+    pub fn hash_in_background(&self, budget: HashBudget, emit: Emit) -> std::io::Result<()> {
+        let pool = HashPool::start(self.hashes.clone(), budget)?;
+        // A second call keeps the first pool.
+        let _ = self.background.set((pool, emit));
+        Ok(())
+    }
+
+    /// Ends background hashing; records still waiting are emitted with `shutdown`.
+    pub fn stop_hashing(&self) {
+        if let Some((pool, _)) = self.background.get() {
+            pool.stop();
         }
     }
 
     pub fn hash_stats(&self) -> HashStats {
-        self.hashes.stats()
+        let mut s = self.hashes.stats();
+        if let Some((pool, _)) = self.background.get() {
+            s.pool = pool.stats();
+        }
+        s
+    }
+
+    fn note_skip(&self, e: &HashError) {
+        if let (Some((pool, _)), Some(why)) = (self.background.get(), HashSkip::of(e)) {
+            pool.count_skip(why);
+        }
     }
 
     pub fn table(&self) -> &ProcessTable {
         &self.table
     }
 
-    pub fn on_exec(&self, ev: &ExecEvent) -> ProcessRecord {
+    /// The table's record of `pid` for an event about it (a credential use), with the
+    /// digest filled in when it is still pending and the binary is small enough to hash
+    /// now (at most the pool's small-file size: an event cannot be made to wait for a
+    /// huge file). The pool still emits the exec record; its job then hits the cache.
+    pub fn settled(&self, pid: u32) -> Option<Arc<ProcessRecord>> {
+        let rec = self.table.get(pid)?;
+        let small = rec.binary.size.is_some_and(|s| s <= pool::SMALL_FILE_BYTES);
+        if !rec.binary.hash_pending || !small {
+            return Some(rec);
+        }
+        // The executable of this very process (same inode as the record's), or nothing.
+        let digest = Process::new(rec.pid as i32)
+            .ok()
+            .and_then(|p| p.open_relative("exe").ok())
+            .filter(|f| f.metadata().is_ok_and(|m| Some(m.ino()) == rec.binary.inode))
+            .and_then(|f| match self.hashes.lookup(&f).ok()? {
+                Lookup::Hit(d) => Some(d),
+                Lookup::Miss(key) => self.hashes.compute(&f, key, &|| None).ok(),
+            });
+        let Some(d) = digest else { return Some(rec) };
+        let mut done = (*rec).clone();
+        done.binary.hash_pending = false;
+        done.binary.fill_digest(d, "exe");
+        Some(Arc::new(self.table.complete(done)))
+    }
+
+    /// The record of an exec, or None when its binary is being hashed in the background
+    /// (the record is then emitted through `Emit` once the digest is known).
+    pub fn on_exec(&self, ev: &ExecEvent) -> Option<ProcessRecord> {
         let len = usize::from(ev.filename_len).min(ev.filename.len());
         let mut exec_path = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
         if ev.filename_truncated != 0 {
@@ -141,7 +259,13 @@ impl Attestor {
         pids.sort_unstable();
         pids.into_iter()
             .filter(|pid| self.lookup(*pid).is_none())
-            .filter_map(|pid| self.attest_from_procfs(pid, Source::ProcfsScan))
+            .filter_map(|pid| {
+                let (rec, pending) = self.attest_from_procfs(pid, Source::ProcfsScan)?;
+                // Hashed in the background when a pool runs (a node may run huge
+                // binaries: start-up must not wait for them); those records are emitted
+                // by the pool.
+                self.dispatch(rec, pending)
+            })
             .collect()
     }
 
@@ -150,10 +274,13 @@ impl Attestor {
     /// before its exec event is handled, or after moving to another cgroup). The bool is
     /// true when the record was created by this call.
     pub fn attest_running(&self, pid: u32) -> Option<(Arc<ProcessRecord>, bool)> {
-        if let Some(rec) = self.table.get(pid).filter(|r| self.still_same(r)) {
+        // A record whose hash is still being computed is not good enough to decide on:
+        // attest again here, hashing inline.
+        if let Some(rec) = self.table.get(pid).filter(|r| !r.binary.hash_pending && self.still_same(r)) {
             return Some((rec, false));
         }
-        let rec = Arc::new(self.attest_from_procfs(pid, Source::OnRequest)?);
+        let (rec, pending) = self.attest_from_procfs(pid, Source::OnRequest)?;
+        let rec = Arc::new(self.finish(rec, pending));
         Some((rec, true))
     }
 
@@ -176,7 +303,7 @@ impl Attestor {
         same_start && same_exe && cgroup_now == rec.cgroup.path
     }
 
-    fn attest_from_procfs(&self, pid: u32, source: Source) -> Option<ProcessRecord> {
+    fn attest_from_procfs(&self, pid: u32, source: Source) -> Option<(ProcessRecord, Option<PendingHash>)> {
         let obs = Observed {
             source,
             pid,
@@ -191,7 +318,10 @@ impl Attestor {
         };
         let proc = Process::new(pid as i32).ok()?;
         let facts = self.read_facts(&proc).ok()?;
-        (!facts.kthread).then(|| self.build(obs, Ok(facts)))
+        if facts.kthread {
+            return None;
+        }
+        Some(self.build(obs, Ok(facts)))
     }
 
     /// The current record for `pid`, or None if the process that pid now names is not the
@@ -202,7 +332,7 @@ impl Attestor {
         (now == rec.start_ticks).then_some(rec)
     }
 
-    fn attest(&self, obs: Observed) -> ProcessRecord {
+    fn attest(&self, obs: Observed) -> Option<ProcessRecord> {
         let facts = Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
             let facts = self.read_facts(&p)?;
             // The pid named another process by the time we looked: the start time is
@@ -212,7 +342,74 @@ impl Attestor {
             }
             Ok(facts)
         });
-        self.build(obs, facts)
+        let facts = facts.map(|f| forget_later_exec(&obs, f));
+        let (rec, pending) = self.build(obs, facts);
+        self.dispatch(rec, pending)
+    }
+
+    /// A record with a hash still to compute goes to the pool when one runs (None: the
+    /// pool emits it); otherwise it is finished here.
+    fn dispatch(&self, rec: ProcessRecord, pending: Option<PendingHash>) -> Option<ProcessRecord> {
+        match (pending, self.background.get()) {
+            (Some(p), Some((pool, emit))) => self.hash_later(rec, p, pool, emit),
+            (pending, _) => Some(self.finish(rec, pending)),
+        }
+    }
+
+    /// Completes a record inline (computing a pending hash now) and enters it in the table.
+    fn finish(&self, mut rec: ProcessRecord, pending: Option<PendingHash>) -> ProcessRecord {
+        if let Some(p) = pending {
+            match self.hashes.compute(&p.file, p.key, &|| None) {
+                Ok(d) => rec.binary.fill_digest(d, p.from),
+                Err(e) => {
+                    self.note_skip(&e);
+                    rec.binary.skip(&e);
+                }
+            }
+        }
+        self.commit(rec)
+    }
+
+    /// Enters the record in the table with its hash pending, and queues the hash; the
+    /// finished record is emitted by the worker. If the queue refuses, the record is
+    /// emitted now, saying why it has no digest.
+    fn hash_later(&self, mut rec: ProcessRecord, p: PendingHash, pool: &HashPool, emit: &Emit) -> Option<ProcessRecord> {
+        rec.binary.hash_pending = true;
+        let committed = self.commit(rec.clone());
+        if committed.exec_id != rec.exec_id {
+            // The same exec was already attested (and hashed) on request.
+            return Some(committed);
+        }
+        let (table, emit, from) = (self.table.clone(), emit.clone(), p.from);
+        let job = Job {
+            file: p.file,
+            key: p.key,
+            done: Box::new(move |result| {
+                rec.binary.hash_pending = false;
+                match result {
+                    Ok(d) => rec.binary.fill_digest(d, from),
+                    Err(e) => rec.binary.skip(&e),
+                }
+                emit(&table.complete(rec));
+            }),
+        };
+        if let Err((job, _)) = pool.submit(job) {
+            (job.done)(Err(HashError::Cancelled(pool::QUEUE_FULL)));
+        }
+        None
+    }
+
+    /// Enters a finished record in the table. The same exec already attested on request
+    /// (its Workload API call beat this event) keeps that record, so one exec has one
+    /// exec_id everywhere.
+    fn commit(&self, rec: ProcessRecord) -> ProcessRecord {
+        if let Some(prev) = self.table.get(rec.pid)
+            && table::same_exec_on_request(&prev, &rec)
+        {
+            return (*prev).clone();
+        }
+        self.table.insert(Arc::new(rec.clone()));
+        rec
     }
 
     fn read_facts(&self, p: &Process) -> Result<ProcFacts, String> {
@@ -234,6 +431,7 @@ impl Attestor {
         Ok(ProcFacts {
             start_ticks: stat.starttime,
             ppid: u32::try_from(stat.ppid).unwrap_or(0),
+            comm_changed: again.comm != stat.comm,
             comm: stat.comm,
             kthread: stat.flags & PF_KTHREAD != 0,
             exe_path,
@@ -244,8 +442,9 @@ impl Attestor {
         })
     }
 
-    fn build(&self, obs: Observed, facts: Result<ProcFacts, String>) -> ProcessRecord {
-        let (start_ticks, binary, cgroup_path_from_proc, ppid, comm, uid, gid) = match facts {
+    /// The record, and the executable still to hash when the cache did not know it.
+    fn build(&self, obs: Observed, facts: Result<ProcFacts, String>) -> (ProcessRecord, Option<PendingHash>) {
+        let (start_ticks, (binary, pending), cgroup_path_from_proc, ppid, comm, uid, gid) = match facts {
             Ok(mut f) => {
                 let binary = self.binary(&obs, &mut f);
                 let ppid = if obs.ppid != 0 { obs.ppid } else { f.ppid };
@@ -266,7 +465,7 @@ impl Attestor {
         // procfs path is the fallback for scans and unresolvable ids.
         let cgroup_id = obs.cgroup_id.or_else(|| cgroup_path_from_proc.as_deref().and_then(|p| self.cgroups.id_of(p)));
         let cgroup_path = cgroup_id.and_then(|id| self.cgroups.path_of(id)).or(cgroup_path_from_proc);
-        let workload = workload::parse_cgroup_path(cgroup_path.as_deref().unwrap_or(""));
+        let workload = self.layouts.parse(cgroup_path.as_deref().unwrap_or(""));
         let process_id = format!("{}:{}:{}", self.boot_id, obs.pid, start_ticks);
         let rec = ProcessRecord {
             kind: "process_exec",
@@ -288,34 +487,25 @@ impl Attestor {
             ancestry: self.ancestry(ppid, start_ticks),
             script: script::identify(obs.pid, start_ticks, obs.exec_path.as_deref(), &self.hashes),
         };
-        // The same exec already attested on request (its Workload API call beat this
-        // event): keep that record, so one exec has one exec_id everywhere.
-        if let Some(prev) = self.table.get(obs.pid) {
-            let same_exec = prev.source == Source::OnRequest
-                && obs.source == Source::Ebpf
-                && prev.process_id == rec.process_id
-                && prev.binary.inode == rec.binary.inode
-                && prev.cgroup.path == rec.cgroup.path;
-            if same_exec {
-                return (*prev).clone();
-            }
-        }
-        self.table.insert(Arc::new(rec.clone()));
-        rec
+        (rec, pending)
     }
 
     /// A process that exited before procfs could be read (short-lived commands). Its exe
     /// is gone, but the parent usually shares its mount namespace; requiring the same
     /// cgroup rules out the common case where it does not (a container runtime's shim
     /// exec'ing the entrypoint lives in the host's namespace, in another cgroup).
-    fn binary_of_exited(&self, obs: &Observed, why: String) -> Binary {
+    ///
+    /// Whatever is at that path now is under the control of whoever can write there: it
+    /// is opened without blocking or following a final symlink, inside the parent's root,
+    /// and only a regular file is hashed (see `hash::open_for_hashing`).
+    fn binary_of_exited(&self, obs: &Observed, why: String) -> (Binary, Option<PendingHash>) {
         let mut b = Binary::unknown(obs.exec_path.clone());
         b.error = Some(why);
         let (Some(path), Some(cgroup_id)) = (obs.exec_path.as_deref().filter(|p| p.starts_with('/')), obs.cgroup_id)
         else {
-            return b;
+            return (b, None);
         };
-        let Ok(parent) = Process::new(obs.ppid as i32) else { return b };
+        let Ok(parent) = Process::new(obs.ppid as i32) else { return (b, None) };
         let mut text = String::new();
         let parent_cgroup = parent
             .open_relative("cgroup")
@@ -324,45 +514,69 @@ impl Attestor {
             .and_then(|_| cgroup::v2_path_from_proc(&text))
             .and_then(|p| self.cgroups.id_of(&p));
         if parent_cgroup != Some(cgroup_id) {
-            return b;
+            return (b, None);
         }
-        if let Ok(mut file) = fs::File::open(format!("/proc/{}/root{}", obs.ppid, path))
-            && let Ok(d) = self.hashes.digest(&mut file) {
-                b.fill_digest(d, "exec_path");
+        let root = format!("/proc/{}/root", obs.ppid);
+        match hash::open_for_hashing(Path::new(&root), path) {
+            Ok(file) => self.look_up(b, file, "exec_path"),
+            Err(e) => {
+                self.note_skip(&e);
+                let why = b.error.take().unwrap_or_default();
+                b.skip(&e);
+                b.error = Some(format!("{why}; the file now at the exec path: {e}"));
+                (b, None)
             }
-        b
+        }
     }
 
-    fn binary(&self, obs: &Observed, f: &mut ProcFacts) -> Binary {
+    /// Looks the open executable up in the cache. A miss is hashed later (by the caller,
+    /// inline or on the pool); a refusal (not a regular file, too large) is recorded.
+    fn look_up(&self, mut b: Binary, file: fs::File, from: &'static str) -> (Binary, Option<PendingHash>) {
+        match self.hashes.lookup(&file) {
+            Ok(Lookup::Hit(d)) => {
+                b.fill_digest(d, from);
+                (b, None)
+            }
+            Ok(Lookup::Miss(key)) => {
+                b.size = Some(key.size);
+                b.inode = Some(key.ino);
+                (b, Some(PendingHash { file, key, from }))
+            }
+            Err(e) => {
+                self.note_skip(&e);
+                b.skip(&e);
+                (b, None)
+            }
+        }
+    }
+
+    fn binary(&self, obs: &Observed, f: &mut ProcFacts) -> (Binary, Option<PendingHash>) {
         let mut b = Binary::unknown(obs.exec_path.clone());
         b.path = f.exe_path.as_ref().map(|p| p.trim_end_matches(" (deleted)").to_owned());
         b.replaced_after_exec = f.exe_path.as_deref().is_some_and(|p| p.ends_with(" (deleted)"));
-        let exe = match &mut f.exe {
+        let exe = match std::mem::replace(&mut f.exe, Err(String::new())) {
             Ok(file) => file,
             Err(e) => {
-                b.error = Some(e.clone());
-                return b;
+                b.error = Some(e);
+                return (b, None);
             }
         };
-        match self.hashes.digest(exe) {
-            Ok(d) => {
-                let key = d.key;
-                b.fill_digest(d, "exe");
-                // Does the exec'd path (seen from the process's own root) still name the
-                // file that runs? If not, it was replaced after exec.
-                if let Some(path) = obs.exec_path.as_deref().filter(|p| p.starts_with('/')) {
-                    let inside = format!("/proc/{}/root{}", obs.pid, path);
-                    if let Ok(m) = fs::metadata(inside) {
-                        let same = m.dev() == key.dev && m.ino() == key.ino;
-                        // For a `#!` script the exec'd path is the script and the exe its
-                        // interpreter: different files by design, not a replacement.
-                        b.replaced_after_exec |= !same && b.path.as_deref() == Some(path);
-                    }
-                }
+        // The executed inode, before anything is read: the replacement check needs only
+        // its identity, so it happens now, while the process exists.
+        let running = exe.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let (mut b, pending) = self.look_up(b, exe, "exe");
+        if let (Some((dev, ino)), Some(path)) = (running, obs.exec_path.as_deref().filter(|p| p.starts_with('/'))) {
+            // Does the exec'd path (seen from the process's own root) still name the
+            // file that runs? If not, it was replaced after exec.
+            let inside = format!("/proc/{}/root{}", obs.pid, path);
+            if let Ok(m) = fs::metadata(inside) {
+                let same = m.dev() == dev && m.ino() == ino;
+                // For a `#!` script the exec'd path is the script and the exe its
+                // interpreter: different files by design, not a replacement.
+                b.replaced_after_exec |= !same && b.path.as_deref() == Some(path);
             }
-            Err(e) => b.error = Some(e.to_string()),
         }
-        b
+        (b, pending)
     }
 
     fn ancestry(&self, ppid: u32, child_start: u64) -> Vec<Ancestor> {

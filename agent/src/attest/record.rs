@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::workload::Workload;
+use super::{hash::HashError, pool::HashSkip, workload::Workload};
 
 /// How the agent learned about the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +39,12 @@ pub struct Binary {
     pub replaced_after_exec: bool,
     /// Why a field could not be filled.
     pub error: Option<String>,
+    /// Why no digest was computed, when it was skipped on purpose (a hostile or huge
+    /// file, a full hash queue, a time budget): the record is complete otherwise.
+    pub hash_skipped: Option<HashSkip>,
+    /// The digest is being computed off the event thread. Emitted records never carry
+    /// `true`; the process table holds such a record until the hash is done.
+    pub hash_pending: bool,
 }
 
 impl Binary {
@@ -53,7 +59,18 @@ impl Binary {
             hashed_from: None,
             replaced_after_exec: false,
             error: None,
+            hash_skipped: None,
+            hash_pending: false,
         }
+    }
+
+    /// No digest, and why.
+    pub fn skip(&mut self, e: &HashError) {
+        self.sha256 = None;
+        self.hash_cache = None;
+        self.hashed_from = None;
+        self.hash_skipped = HashSkip::of(e);
+        self.error = Some(e.to_string());
     }
 
     pub fn fill_digest(&mut self, d: super::hash::Digest, from: &'static str) {

@@ -5,7 +5,17 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use super::record::ProcessRecord;
+use super::record::{ProcessRecord, Source};
+
+/// `prev` is the on-request record of the exec `rec` (from the exec event) describes:
+/// same process instance, same executable inode, same cgroup.
+pub fn same_exec_on_request(prev: &ProcessRecord, rec: &ProcessRecord) -> bool {
+    prev.source == Source::OnRequest
+        && rec.source == Source::Ebpf
+        && prev.process_id == rec.process_id
+        && prev.binary.inode == rec.binary.inode
+        && prev.cgroup.path == rec.cgroup.path
+}
 
 /// Shared between the event loop (writer) and, later, the Workload API (readers).
 #[derive(Default)]
@@ -23,6 +33,22 @@ impl ProcessTable {
     pub fn insert(&self, rec: Arc<ProcessRecord>) {
         if let Ok(mut t) = self.inner.write() {
             t.insert(rec.pid, rec);
+        }
+    }
+
+    /// A record whose hash was computed in the background. It replaces the table's entry
+    /// only if that entry is still this exec (the process may have exited or exec'd
+    /// again meanwhile); an on-request record of the same exec wins, as in `insert`'s
+    /// callers. Returns the record to emit.
+    pub fn complete(&self, rec: ProcessRecord) -> ProcessRecord {
+        let Ok(mut t) = self.inner.write() else { return rec };
+        match t.get(&rec.pid) {
+            Some(cur) if cur.exec_id == rec.exec_id => {
+                t.insert(rec.pid, Arc::new(rec.clone()));
+                rec
+            }
+            Some(cur) if same_exec_on_request(cur, &rec) => (**cur).clone(),
+            _ => rec,
         }
     }
 

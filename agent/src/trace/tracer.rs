@@ -164,7 +164,7 @@ impl Tracer {
     }
 
     fn process(attestor: &Attestor, pid: u32) -> Option<Arc<ProcessRecord>> {
-        attestor.table().get(pid).or_else(|| attestor.attest_running(pid).map(|(r, _)| r))
+        attestor.settled(pid).or_else(|| attestor.attest_running(pid).map(|(r, _)| r))
     }
 
     pub fn on_data(&mut self, ev: &DataEvent, attestor: &Attestor, probes: &mut Probes) -> Vec<CredentialUse> {
