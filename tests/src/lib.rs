@@ -450,8 +450,12 @@ pub fn sha256sum(path: &Path) -> String {
 }
 
 /// A scratch directory under /tmp (executable, unlike some tmpfs mounts' noexec).
+/// Under `SIGIL_SCRATCH_ROOT` when set: `cargo xtask test` points it at one directory per
+/// run and removes that afterwards, so copies of binaries and huge sparse files from the
+/// tests never pile up in /tmp.
 pub fn scratch_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(unique("sigil-scratch-"));
+    let root = std::env::var_os("SIGIL_SCRATCH_ROOT").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let d = root.join(unique("sigil-scratch-"));
     fs::create_dir_all(&d).unwrap();
     d
 }

@@ -19,16 +19,25 @@ pub fn run(args: &[String]) -> Result<()> {
     let python = provision::python_env(PYTHON_PACKAGES)?;
     let bin_dir = build::all(false)?;
     fuzz(FUZZ_SECONDS)?;
+    // Everything the tests write (binary copies, sparse executables) goes here, removed
+    // afterwards whatever the outcome.
+    let scratch = std::env::temp_dir().join(format!("sigil-test-run-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
     // One cargo invocation for unit and kernel tests, so one summary covers everything.
     let mut cmd = build::cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .env("SIGIL_EBPF_OBJECT", build::ebpf_object())
         .env("SIGIL_AGENT_BIN", bin_dir.join("sigil-agent"))
-        .env("SIGIL_PYTHON", python);
+        .env("SIGIL_PYTHON", python)
+        .env("SIGIL_SCRATCH_ROOT", &scratch);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
-    run_counting(&mut cmd)
+    let outcome = run_counting(&mut cmd);
+    if let Err(e) = std::fs::remove_dir_all(&scratch) {
+        eprintln!("xtask: could not remove {}: {e}", scratch.display());
+    }
+    outcome
 }
 
 /// Runs `cargo test`, passing its output through, and closes with one total line over all
