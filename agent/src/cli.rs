@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     daemon::{IssuanceConfig, RunConfig, TraceConfig, default_node_name},
+    k8s::watch::{ApiSource, WatchConfig},
     stream::exporter::CollectorConfig,
 };
 
@@ -73,8 +74,23 @@ pub struct RunArgs {
     pub policy: Option<PathBuf>,
     /// Pod namespace and service account by pod UID (TOML), for nodes where the agent
     /// does not ask an API server.
-    #[arg(long, requires = "policy")]
+    #[arg(long, requires = "policy", conflicts_with = "kubernetes")]
     pub pods: Option<PathBuf>,
+    /// Read this node's pods (namespace, service account, name, labels, owner) from the
+    /// Kubernetes API server: in-cluster credentials unless --kubeconfig or --kube-api.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig for the API server (implies --kubernetes).
+    #[arg(long, conflicts_with = "kube_api")]
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL without credentials, e.g. a local test server or `kubectl proxy`
+    /// (implies --kubernetes).
+    #[arg(long)]
+    pub kube_api: Option<String>,
+    /// How long a token request from a pod waits for the pod watch to deliver that pod,
+    /// in milliseconds, before it is refused as pod_metadata_unavailable.
+    #[arg(long, default_value_t = 2000)]
+    pub pod_wait_ms: u64,
     /// Workload API socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -150,6 +166,7 @@ impl RunArgs {
         if let Some(url) = &self.collector {
             crate::stream::exporter::check_transport(url)?;
         }
+        let kubernetes = self.kubernetes_config()?;
         let collector = self.collector.as_ref().map(|url| CollectorConfig {
             url: url.clone(),
             ca: self.collector_ca.clone(),
@@ -174,6 +191,20 @@ impl RunArgs {
             max_hash_bytes: self.max_hash_bytes,
             stats_interval: (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval)),
             scan: !self.no_scan,
+            kubernetes,
         })
+    }
+
+    fn kubernetes_config(&self) -> anyhow::Result<Option<WatchConfig>> {
+        let api = match (&self.kubeconfig, &self.kube_api) {
+            (Some(path), _) => ApiSource::Kubeconfig(path.clone()),
+            (None, Some(url)) => ApiSource::Url(url.clone()),
+            (None, None) if self.kubernetes => ApiSource::InCluster,
+            (None, None) => return Ok(None),
+        };
+        if self.pods.is_some() {
+            anyhow::bail!("--pods and the API server (--kubernetes, --kubeconfig, --kube-api) are alternatives; pass one");
+        }
+        Ok(Some(WatchConfig { api, pod_wait: Duration::from_millis(self.pod_wait_ms) }))
     }
 }

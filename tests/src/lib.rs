@@ -4,6 +4,8 @@
 //! Every test drives the kernel for real; nothing here fakes an event.
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should stop the test loudly
 
+pub mod fake_apiserver;
+pub mod manifests;
 pub mod workload_api;
 
 use std::{
@@ -211,7 +213,21 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(agent_bin())
+        Self::start_wrapped(&[], extra)
+    }
+
+    /// Starts the agent through `wrapper` (e.g. `setpriv --bounding-set ... --`), so it
+    /// runs with exactly the privileges a deployment gives it.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let mut child = cmd
             .args(["run", "--stdout", "--stats-interval", "1"])
             .args(extra)
             .env("SIGIL_LOG", "info")
@@ -226,6 +242,10 @@ impl Agent {
         let ready = if extra.contains(&"--no-scan") { "sigil-agent running" } else { "running processes from procfs" };
         agent.stderr.wait_line("agent start-up", |l| l.contains(ready));
         agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for a JSON event matching `pred`.

@@ -53,6 +53,8 @@ pub struct Attestor {
     hashes: HashCache,
     cgroups: CgroupResolver,
     table: ProcessTable,
+    /// Pod metadata from the API server, when the agent watches it.
+    pods: std::sync::OnceLock<Arc<crate::k8s::PodCache>>,
 }
 
 /// Facts read from /proc/<pid>, all through one handle.
@@ -87,7 +89,14 @@ impl Attestor {
             hashes: HashCache::new(hash_cache_entries, max_hash_bytes),
             cgroups: CgroupResolver::new(cgroup2_mount),
             table: ProcessTable::default(),
+            pods: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records from now on carry their pod's metadata and run key from `cache` (looked
+    /// up without waiting: attestation must not stall behind the API server).
+    pub fn use_pod_cache(&self, cache: Arc<crate::k8s::PodCache>) {
+        let _ = self.pods.set(cache);
     }
 
     pub fn hash_stats(&self) -> HashStats {
@@ -266,6 +275,7 @@ impl Attestor {
         let cgroup_id = obs.cgroup_id.or_else(|| cgroup_path_from_proc.as_deref().and_then(|p| self.cgroups.id_of(p)));
         let cgroup_path = cgroup_id.and_then(|id| self.cgroups.path_of(id)).or(cgroup_path_from_proc);
         let workload = workload::parse_cgroup_path(cgroup_path.as_deref().unwrap_or(""));
+        let pod = workload.pod_uid.as_deref().zip(self.pods.get()).and_then(|(uid, c)| c.get(uid)).map(|m| (*m).clone());
         let process_id = format!("{}:{}:{}", self.boot_id, obs.pid, start_ticks);
         let rec = ProcessRecord {
             kind: "process_exec",
@@ -285,6 +295,8 @@ impl Attestor {
             cgroup: CgroupInfo { id: cgroup_id.unwrap_or(0), path: cgroup_path },
             workload,
             ancestry: self.ancestry(ppid, start_ticks),
+            run: pod.as_ref().and_then(crate::k8s::PodMeta::run_key),
+            pod,
         };
         // The same exec already attested on request (its Workload API call beat this
         // event): keep that record, so one exec has one exec_id everywhere.

@@ -25,7 +25,22 @@ use super::{
     policy::{self, DenyReason, PodMeta, Policy, PolicyError, Subject},
     watched::{Refresh, Watched},
 };
-use crate::{attest::Attestor, output::Sink};
+use crate::{
+    attest::{Attestor, record::ProcessRecord},
+    k8s::{Lookup, PodCache},
+    output::Sink,
+};
+
+/// The run an issuance event is about, with the pod metadata the decision used (fresher
+/// than the record's when the pod was described after its exec).
+fn process_ref(process: &ProcessRecord, meta: Option<&PodMeta>) -> ProcessRef {
+    let mut r = ProcessRef::from(process);
+    if let Some(m) = meta {
+        r.run = m.run_key();
+        r.pod = Some(m.clone());
+    }
+    r
+}
 
 /// A refused request: why, in words a workload operator can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +70,8 @@ pub struct IssuerConfig {
     pub issuer_url: String,
     pub policy_path: PathBuf,
     pub pods_path: Option<PathBuf>,
+    /// Pod metadata from the API server's watch (instead of `pods_path`).
+    pub pod_cache: Option<Arc<PodCache>>,
 }
 
 /// Counters for `agent_stats` (and, later, metrics).
@@ -70,6 +87,7 @@ pub struct Issuer {
     attestor: Arc<Attestor>,
     policy: Watched<Policy, PolicyError>,
     pods: Option<Watched<HashMap<String, PodMeta>, PolicyError>>,
+    pod_cache: Option<Arc<PodCache>>,
     keys: Arc<KeyManager>,
     sink: Arc<dyn Sink>,
     rng: SystemRandom,
@@ -110,6 +128,7 @@ impl Issuer {
             attestor,
             policy,
             pods,
+            pod_cache: cfg.pod_cache,
             keys,
             sink,
             rng: SystemRandom::new(),
@@ -143,7 +162,25 @@ impl Issuer {
         p
     }
 
-    fn pod_meta(&self, uid: Option<&str>) -> Option<PodMeta> {
+    /// The caller's pod metadata. From the API server's watch, a pod the watch has not
+    /// described within the cache's bounded wait (just started, or deleted) is an error:
+    /// the request is refused rather than matched against missing or stale metadata.
+    fn pod_meta(&self, uid: Option<&str>) -> Result<Option<PodMeta>, String> {
+        let Some(cache) = &self.pod_cache else { return Ok(self.pods_file_meta(uid)) };
+        let Some(uid) = uid else { return Ok(None) };
+        match cache.lookup(uid) {
+            Lookup::Found(m) => Ok(Some((*m).clone())),
+            Lookup::Deleted => Err(format!("pod {uid} was deleted according to the API server")),
+            Lookup::NotSeen { synced: true } => {
+                Err(format!("pod {uid} is not among this node's pods in the API server (waited for the watch to catch up)"))
+            }
+            Lookup::NotSeen { synced: false } => {
+                Err(format!("pod {uid}: this node's pods have not been listed from the API server yet"))
+            }
+        }
+    }
+
+    fn pods_file_meta(&self, uid: Option<&str>) -> Option<PodMeta> {
         let pods = self.pods.as_ref()?;
         let (map, refresh) = pods.current();
         self.report(pods.path(), refresh);
@@ -180,7 +217,7 @@ impl Issuer {
     /// when no workload asks for a token).
     pub fn refresh(&self) {
         let _ = self.current_policy();
-        let _ = self.pod_meta(None);
+        let _ = self.pods_file_meta(None);
     }
 
     pub fn fetch_jwt(&self, peer: &Peer, req: &JwtRequest) -> Result<Vec<Issued>, Denial> {
@@ -195,7 +232,7 @@ impl Issuer {
     }
 
     fn fetch_jwt_inner(&self, peer: &Peer, req: &JwtRequest) -> Result<Vec<Issued>, Denial> {
-        let deny = |reason, detail: String, process: Option<&crate::attest::record::ProcessRecord>| {
+        let deny = |reason, detail: String, process: Option<&ProcessRecord>| {
             self.deny(peer, req, reason, detail, process)
         };
         if !req.has_security_header {
@@ -216,7 +253,10 @@ impl Issuer {
             let _ = self.sink.emit(process.as_ref());
         }
         let policy = self.current_policy();
-        let meta = self.pod_meta(process.workload.pod_uid.as_deref());
+        let meta = match self.pod_meta(process.workload.pod_uid.as_deref()) {
+            Ok(m) => m,
+            Err(detail) => return Err(deny(DenyReason::PodMetadataUnavailable, detail, Some(&process))),
+        };
         let subject = Subject { node: &self.node, process: &process, pod: meta.as_ref() };
         let entries = match policy.evaluate(&subject, req.spiffe_id.as_deref()) {
             Ok(e) => e,
@@ -242,6 +282,10 @@ impl Issuer {
                 sigil_pod_uid: process.workload.pod_uid.clone(),
                 sigil_container_id: process.workload.container_id.clone(),
                 sigil_binary_sha256: process.binary.sha256.clone(),
+                sigil_k8s_ns: meta.as_ref().and_then(|m| m.namespace.clone()),
+                sigil_k8s_sa: meta.as_ref().and_then(|m| m.service_account.clone()),
+                sigil_k8s_pod: meta.as_ref().and_then(|m| m.name.clone()),
+                sigil_run: meta.as_ref().and_then(PodMeta::run_key),
             };
             let token = jwt::sign(&self.keys, &claims)
                 .map_err(|e| deny(DenyReason::InternalError, format!("signing failed: {e}"), Some(&process)))?;
@@ -258,7 +302,7 @@ impl Issuer {
                 expires_at: claims.exp,
                 ttl_seconds: ttl,
                 entry_line: entry.line,
-                process: ProcessRef::from(process.as_ref()),
+                process: process_ref(&process, meta.as_ref()),
             });
             out.push(Issued { spiffe_id: entry.spiffe_id.clone(), token, hint: entry.hint.clone() });
         }
@@ -297,7 +341,7 @@ impl Issuer {
         req: &JwtRequest,
         reason: DenyReason,
         detail: String,
-        process: Option<&crate::attest::record::ProcessRecord>,
+        process: Option<&ProcessRecord>,
     ) -> Denial {
         if let Ok(mut d) = self.denied.lock() {
             *d.entry(reason).or_default() += 1;

@@ -71,10 +71,17 @@ impl SqliteStore {
 
 /// Projects one newly stored agent event into the typed tables.
 fn project(tx: &Transaction<'_>, id: &str, node: &str, kind: &str, v: &Value, time: i64) -> Result<(), StoreError> {
-    let process_run = |p: &Value| p.get("workload").map(|w| run_id(node, w, s(p, &["cgroup_path"])));
+    // The agent's `run` key (a Job's execution, a Deployment's pod: what users mean by a
+    // run) when it knew the pod; else the run is derived from the workload.
+    let process_run = |p: &Value| match s(p, &["run"]) {
+        Some(r) => Some(r.to_owned()),
+        None => p.get("workload").map(|w| run_id(node, w, s(p, &["cgroup_path"]))),
+    };
     match kind {
         "process_exec" => {
-            let run = run_id(node, v.get("workload").unwrap_or(&Value::Null), s(v, &["cgroup", "path"]));
+            let run = s(v, &["run"]).map(str::to_owned).unwrap_or_else(|| {
+                run_id(node, v.get("workload").unwrap_or(&Value::Null), s(v, &["cgroup", "path"]))
+            });
             let w = v.get("workload").unwrap_or(&Value::Null);
             tx.execute(
                 "INSERT INTO runs (run_id, node, kind, pod_uid, container_id, unit, cgroup_path, started, last_seen)
