@@ -184,8 +184,13 @@ fn a_pod_process_matches_ns_and_sa_from_the_api_server_and_records_events_and_to
     // Every attested process of the pod carries it, and the run key.
     let sleeper = unique_binary(&c.dir, "worker");
     let child = pod.cgroup.spawn(&sleeper, &["30"]);
-    let rec = c.agent.wait_exec(child.id(), &sleeper);
-    assert_eq!(rec["pod"]["namespace"], NS);
+    // The exec of the worker itself (not the shell's earlier exec, which a loaded agent
+    // may attest only after the shell became the worker).
+    let (pid, path) = (child.id(), sleeper.display().to_string());
+    let rec = c.agent.wait_event("the worker's exec", |v| {
+        v["kind"] == "process_exec" && v["pid"] == pid && v["binary"]["exec_path"] == path.as_str()
+    });
+    assert_eq!(rec["pod"]["namespace"], NS, "{rec}");
     assert_eq!(rec["pod"]["service_account"], "checkout");
     assert_eq!(rec["run"], run.as_str());
     finish(child);
