@@ -346,6 +346,11 @@ fn a_uid_65534_workload_gets_its_token_from_an_agent_holding_only_the_manifests_
     let want = caps.iter().fold(0u64, |m, c| m | 1 << cap_number(c));
     assert_eq!(eff, want, "agent CapEff {eff:#x}, manifest {caps:?} = {want:#x}");
     assert_eq!(eff & (1 << cap_number("kill")), 0);
+    // ...and with them runs everything: the connect hook and the TLS uprobes load too.
+    let running = c.agent.stderr.wait_line("start-up summary", |l| l.contains("sigil-agent running on"));
+    assert!(running.contains("cgroup_sock_addr=yes"), "{running}");
+    c.agent.stderr.wait_line("TLS capture attached", |l| l.contains("TLS capture attached to"));
+    assert!(!c.agent.stderr.snapshot().iter().any(|l| l.contains("tracing is off")));
 
     let pod = c.create_pod(json!({"app": "checkout"}));
     let s = c.socket.display().to_string();
