@@ -67,12 +67,12 @@ selectors = ["k8s:ns:{NS}", "k8s:pod-label:app:checkout", "k8s:owner:Deployment:
 
 impl Cluster {
     fn start() -> Self {
-        Self::start_with(&[], "")
+        Self::start_with(&[], "", &[])
     }
 
     /// An agent (optionally through `wrapper`) watching a fresh stand-in API server for
     /// a node of its own; `extra` selectors are added to every entry.
-    fn start_with(wrapper: &[&str], extra: &str) -> Self {
+    fn start_with(wrapper: &[&str], extra: &str, more_args: &[&str]) -> Self {
         let dir = scratch_dir();
         let client = unique_client(&dir, "checkout");
         let policy_path = dir.join("policy.toml");
@@ -83,7 +83,8 @@ impl Cluster {
         let listen = format!("127.0.0.1:{}", free_port());
         let (p, s) = (policy_path.display().to_string(), socket.display().to_string());
         let url = api.url();
-        let args = ["--node-name", &node, "--kube-api", &url, "--policy", &p, "--socket", &s, "--oidc-listen", &listen];
+        let mut args = vec!["--node-name", &node, "--kube-api", &url, "--policy", &p, "--socket", &s, "--oidc-listen", &listen];
+        args.extend_from_slice(more_args);
         let agent = Agent::start_wrapped(wrapper, &args);
         agent.stderr.wait_line("Workload API start", |l| l.contains("Workload API on"));
         agent.stderr.wait_line("first pod list", |l| l.contains("pod watch: listed"));
@@ -92,9 +93,14 @@ impl Cluster {
 
     /// A pod of Deployment `checkout` (through its ReplicaSet) on this node.
     fn create_pod(&self, labels: Value) -> Pod {
+        self.create_owned(("ReplicaSet", "checkout-5d8f7c9b4"), labels)
+    }
+
+    /// A pod controlled by `owner` (kind, name) on this node, named as its controller would.
+    fn create_owned(&self, owner: (&str, &str), labels: Value) -> Pod {
         let uid = fresh_uid();
-        let name = format!("checkout-5d8f7c9b4-{}", &uid[uid.len() - 5..]);
-        self.put(&name, &uid, labels);
+        let name = format!("{}-{}", owner.1, &uid[uid.len() - 5..]);
+        self.put_owned(&name, &uid, owner, labels);
         let container = format!("{:0>64}", uid.replace('-', ""));
         let layout = format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
@@ -103,8 +109,14 @@ impl Cluster {
         Pod { name, uid, cgroup: TestCgroup::create(&layout) }
     }
 
-    fn put(&self, name: &str, uid: &str, mut labels: Value) {
-        labels["pod-template-hash"] = json!("5d8f7c9b4");
+    fn put(&self, name: &str, uid: &str, labels: Value) {
+        self.put_owned(name, uid, ("ReplicaSet", "checkout-5d8f7c9b4"), labels);
+    }
+
+    fn put_owned(&self, name: &str, uid: &str, owner: (&str, &str), mut labels: Value) {
+        if owner.0 == "ReplicaSet" {
+            labels["pod-template-hash"] = json!("5d8f7c9b4");
+        }
         self.api.put_pod(FakeApiServer::pod(&PodSpec {
             namespace: NS,
             name,
@@ -112,7 +124,7 @@ impl Cluster {
             node: &self.node,
             service_account: "checkout",
             labels,
-            owner: Some(("ReplicaSet", "checkout-5d8f7c9b4")),
+            owner: Some(owner),
         }));
     }
 
@@ -194,6 +206,44 @@ fn a_pod_process_matches_ns_and_sa_from_the_api_server_and_records_events_and_to
     assert_eq!(rec["pod"]["service_account"], "checkout");
     assert_eq!(rec["run"], run.as_str());
     finish(child);
+}
+
+/// A Job's pods (the first attempt and a retry) are one run, as users mean it, and the
+/// collector groups what they did by it.
+#[test]
+fn a_jobs_pods_are_one_run_and_the_collector_groups_by_it() {
+    let collector = Collector::start(&scratch_dir().join("collector.db"));
+    let c = Cluster::start_with(&[], "", &["--collector", &collector.grpc]);
+    let first = c.create_owned(("Job", "migrate-7"), json!({}));
+    let retry = c.create_owned(("Job", "migrate-7"), json!({}));
+    let run = format!("k8s/{NS}/job/migrate-7");
+    let mut children = Vec::new();
+    for (pod, name) in [(&first, "migrate-a"), (&retry, "migrate-b")] {
+        let worker = unique_binary(&c.dir, name);
+        let child = pod.cgroup.spawn(&worker, &["30"]);
+        let (pid, path) = (child.id(), worker.display().to_string());
+        let rec = c.agent.wait_event("the worker's exec", |v| {
+            v["kind"] == "process_exec" && v["pid"] == pid && v["binary"]["exec_path"] == path.as_str()
+        });
+        assert_eq!(rec["run"], run.as_str(), "{rec}");
+        assert_eq!(rec["pod"]["owner"]["kind"], "Job");
+        children.push((child, path));
+    }
+    let paths: Vec<String> = children.iter().map(|(_, p)| p.clone()).collect();
+    let v = collector.wait_for("both pods' processes in one run", &["run", &run], |v| {
+        let execs: Vec<&str> = v["timeline"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["what"] == "exec")
+            .filter_map(|e| e["detail"]["binary_path"].as_str())
+            .collect();
+        paths.iter().all(|p| execs.contains(&p.as_str()))
+    });
+    assert_eq!(v["run"]["run_id"], run.as_str());
+    for (child, _) in children {
+        finish(child);
+    }
 }
 
 /// A workload in a pod that is relabelled out of an entry, or deleted while its process
@@ -338,7 +388,7 @@ fn a_uid_65534_workload_gets_its_token_from_an_agent_holding_only_the_manifests_
     assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUser"], 0, "the manifest runs the agent as uid 0");
     let bounding = format!("-all,{}", caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(","));
     let wrapper = ["setpriv", "--bounding-set", &bounding, "--inh-caps", "-all", "--"];
-    let c = Cluster::start_with(&wrapper, r#", "unix:uid:65534""#);
+    let c = Cluster::start_with(&wrapper, r#", "unix:uid:65534""#, &[]);
 
     // The agent runs with exactly those capabilities, no more.
     let status = fs::read_to_string(format!("/proc/{}/status", c.agent.pid())).unwrap();
