@@ -50,6 +50,24 @@ fn fresh_uid() -> String {
     format!("7e57{:0>4}-0000-4000-8000-{:0>12}", &digits[digits.len().saturating_sub(4)..], &digits[digits.len().saturating_sub(12)..])
 }
 
+/// A cgroup laid out as a containerd container of pod `uid` (systemd driver).
+fn container_cgroup(uid: &str) -> TestCgroup {
+    TestCgroup::create(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{:0>64}.scope",
+        uid.replace('-', "_"),
+        uid.replace('-', "")
+    ))
+}
+
+/// The exec record of `child` running `worker` (not the shell's earlier exec, which a
+/// loaded agent may attest only after the shell became the worker).
+fn worker_exec(agent: &Agent, child: &std::process::Child, worker: &std::path::Path) -> Value {
+    let (pid, path) = (child.id(), worker.display().to_string());
+    agent.wait_event("the worker's exec", |v| {
+        v["kind"] == "process_exec" && v["pid"] == pid && v["binary"]["exec_path"] == path.as_str()
+    })
+}
+
 fn policy(client_sha: &str, extra: &str) -> String {
     format!(
         r#"trust_domain = "sigil.test"
@@ -101,12 +119,7 @@ impl Cluster {
         let uid = fresh_uid();
         let name = format!("{}-{}", owner.1, &uid[uid.len() - 5..]);
         self.put_owned(&name, &uid, owner, labels);
-        let container = format!("{:0>64}", uid.replace('-', ""));
-        let layout = format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
-            uid.replace('-', "_")
-        );
-        Pod { name, uid, cgroup: TestCgroup::create(&layout) }
+        Pod { name, cgroup: container_cgroup(&uid), uid }
     }
 
     fn put(&self, name: &str, uid: &str, labels: Value) {
@@ -196,12 +209,7 @@ fn a_pod_process_matches_ns_and_sa_from_the_api_server_and_records_events_and_to
     // Every attested process of the pod carries it, and the run key.
     let sleeper = unique_binary(&c.dir, "worker");
     let child = pod.cgroup.spawn(&sleeper, &["30"]);
-    // The exec of the worker itself (not the shell's earlier exec, which a loaded agent
-    // may attest only after the shell became the worker).
-    let (pid, path) = (child.id(), sleeper.display().to_string());
-    let rec = c.agent.wait_event("the worker's exec", |v| {
-        v["kind"] == "process_exec" && v["pid"] == pid && v["binary"]["exec_path"] == path.as_str()
-    });
+    let rec = worker_exec(&c.agent, &child, &sleeper);
     assert_eq!(rec["pod"]["namespace"], NS, "{rec}");
     assert_eq!(rec["pod"]["service_account"], "checkout");
     assert_eq!(rec["run"], run.as_str());
@@ -221,13 +229,10 @@ fn a_jobs_pods_are_one_run_and_the_collector_groups_by_it() {
     for (pod, name) in [(&first, "migrate-a"), (&retry, "migrate-b")] {
         let worker = unique_binary(&c.dir, name);
         let child = pod.cgroup.spawn(&worker, &["30"]);
-        let (pid, path) = (child.id(), worker.display().to_string());
-        let rec = c.agent.wait_event("the worker's exec", |v| {
-            v["kind"] == "process_exec" && v["pid"] == pid && v["binary"]["exec_path"] == path.as_str()
-        });
+        let rec = worker_exec(&c.agent, &child, &worker);
         assert_eq!(rec["run"], run.as_str(), "{rec}");
         assert_eq!(rec["pod"]["owner"]["kind"], "Job");
-        children.push((child, path));
+        children.push((child, worker.display().to_string()));
     }
     let paths: Vec<String> = children.iter().map(|(_, p)| p.clone()).collect();
     let v = collector.wait_for("both pods' processes in one run", &["run", &run], |v| {
@@ -276,15 +281,7 @@ fn a_workload_in_a_pod_the_api_server_has_not_described_is_refused_not_guessed()
     let c = Cluster::start();
     let known = c.create_pod(json!({"app": "checkout"}));
     let forged_uid = fresh_uid();
-    let forged = Pod {
-        name: "not-on-the-api-server".into(),
-        cgroup: TestCgroup::create(&format!(
-            "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{:0>64}.scope",
-            forged_uid.replace('-', "_"),
-            forged_uid.replace('-', "")
-        )),
-        uid: forged_uid,
-    };
+    let forged = Pod { name: "not-on-the-api-server".into(), cgroup: container_cgroup(&forged_uid), uid: forged_uid };
     let why = c.ask(&forged, ID_SA).expect_err("an undescribed pod gets nothing");
     assert!(why.contains("pod metadata unavailable") || why.contains("pod_metadata_unavailable"), "{why}");
     c.agent.wait_event("token_denied for the undescribed pod", |v| {
@@ -298,12 +295,7 @@ fn a_workload_in_a_pod_the_api_server_has_not_described_is_refused_not_guessed()
     let late = {
         let uid = fresh_uid();
         let name = format!("checkout-late-{}", &uid[uid.len() - 5..]);
-        let layout = format!(
-            "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{:0>64}.scope",
-            uid.replace('-', "_"),
-            uid.replace('-', "")
-        );
-        Pod { name, cgroup: TestCgroup::create(&layout), uid }
+        Pod { name, cgroup: container_cgroup(&uid), uid }
     };
     thread::scope(|s| {
         let asking = s.spawn(|| c.ask(&late, ID_SA));
