@@ -14,6 +14,10 @@
 //!   `{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired",...}}`, as
 //!   after etcd compaction or an API server restart.
 //!
+//! [`FakeApiServer::start_tls`] serves HTTPS with a certificate from a fresh test CA and
+//! demands a bearer token, as the in-cluster endpoint does; [`FakeApiServer::kubeconfig`]
+//! writes the kubeconfig a client needs for it.
+//!
 //! Tests drive it: create, relabel and delete pods, end every open watch, forget history
 //! and send 410 to open watches, or stop and restart the server on the same port (state
 //! survives, as in etcd; the watch history does not, as in the API server's watch cache).
@@ -23,6 +27,8 @@ use std::{
     collections::{BTreeMap, HashMap},
     convert::Infallible,
     net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -34,7 +40,7 @@ use axum::{
     Router,
     body::Body,
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -45,6 +51,13 @@ use hyper_util::{
 };
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
+};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// What open watches are told.
@@ -73,6 +86,14 @@ struct Shared {
     events: broadcast::Sender<Msg>,
     lists: AtomicU64,
     watches: AtomicU64,
+    /// The bearer token requests must carry (TLS mode).
+    token: Option<String>,
+}
+
+/// HTTPS material of a TLS-mode server.
+struct Tls {
+    acceptor: TlsAcceptor,
+    ca: PathBuf,
 }
 
 /// The running stand-in (its own Tokio runtime, so tests stay synchronous).
@@ -81,6 +102,7 @@ pub struct FakeApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
     serving: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<Tls>,
 }
 
 fn node_of(pod: &Value) -> Option<&str> {
@@ -101,25 +123,77 @@ fn gone(from: u64, oldest: u64) -> Value {
         "message": format!("too old resource version: {from} ({oldest})"), "reason": "Expired", "code": 410}})
 }
 
+fn openssl(args: &[&str]) {
+    let st = Command::new("openssl").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A test CA (`ca.crt`) and a server certificate for 127.0.0.1 it signed, in `dir`.
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(&[&["req", "-x509"][..], &ec, &["-days", "1", "-subj", "/CN=sigil test cluster CA", "-keyout", &p("ca.key"), "-out", &p("ca.crt"),
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]].concat());
+    openssl(&[&["req"][..], &ec, &["-subj", "/CN=kube-apiserver", "-keyout", &p("tls.key"), "-out", &p("tls.csr")]].concat());
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(&["x509", "-req", "-in", &p("tls.csr"), "-CA", &p("ca.crt"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-days", "1",
+        "-extfile", &p("ext.cnf"), "-out", &p("tls.crt")]);
+    (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
+}
+
 impl FakeApiServer {
+    /// Plain HTTP, no authentication (`sigil-agent run --kube-api <url>`).
     pub fn start() -> Self {
+        Self::launch(None, None)
+    }
+
+    /// HTTPS with a certificate from a fresh test CA in `dir`, requiring `Authorization:
+    /// Bearer <token>` as the real API server does for a service account.
+    pub fn start_tls(dir: &Path, token: &str) -> Self {
+        let (ca, cert, key) = test_ca(dir);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Self::launch(Some(Tls { acceptor: TlsAcceptor::from(Arc::new(config)), ca }), Some(token.to_owned()))
+    }
+
+    fn launch(tls: Option<Tls>, token: Option<String>) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let shared = Arc::new(Shared {
             store: Mutex::new(Store { rv: 100, ..Default::default() }),
             events: broadcast::channel(1024).0,
             lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
+            token,
         });
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut me = Self { rt, shared, addr, serving: None };
+        let mut me = Self { rt, shared, addr, serving: None, tls };
         me.serve(listener);
         me
     }
 
-    /// `http://127.0.0.1:<port>` (for `sigil-agent run --kube-api`).
+    /// `http(s)://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig for this server (its CA and token in TLS mode) to `path`.
+    pub fn kubeconfig(&self, path: &Path) {
+        let ca = self.tls.as_ref().map(|t| format!("\n    certificate-authority: {}", t.ca.display())).unwrap_or_default();
+        let token = self.shared.token.as_ref().map(|t| format!("\n    token: {t}")).unwrap_or_default();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {}{ca}\n\
+             users:\n- name: agent\n  user:{token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: agent\n",
+            self.url()
+        );
+        std::fs::write(path, text).unwrap();
     }
 
     /// Lists answered so far (each relist by a client is one more).
@@ -134,6 +208,7 @@ impl FakeApiServer {
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let app = Router::new().route("/api/v1/pods", get(pods)).with_state(self.shared.clone());
+        let tls = self.tls.as_ref().map(|t| t.acceptor.clone());
         self.serving = Some(self.rt.spawn(async move {
             // Connections live in this set: aborting the accept loop drops them all, as a
             // killed API server would.
@@ -141,8 +216,19 @@ impl FakeApiServer {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let svc = TowerToHyperService::new(app.clone());
+                let tls = tls.clone();
                 conns.spawn(async move {
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                    let http = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         }));
@@ -284,7 +370,13 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-async fn pods(State(sh): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn pods(State(sh): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(token) = &sh.token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {token}").as_str()) {
+            return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into());
+        }
+    }
     let node = match q.get("fieldSelector").map(String::as_str) {
         None | Some("") => None,
         Some(f) => match f.strip_prefix("spec.nodeName=") {

@@ -85,23 +85,29 @@ selectors = ["k8s:ns:{NS}", "k8s:pod-label:app:checkout", "k8s:owner:Deployment:
 
 impl Cluster {
     fn start() -> Self {
-        Self::start_with(&[], "", &[])
+        Self::start_with(&[], "", &[], false)
     }
 
     /// An agent (optionally through `wrapper`) watching a fresh stand-in API server for
-    /// a node of its own; `extra` selectors are added to every entry.
-    fn start_with(wrapper: &[&str], extra: &str, more_args: &[&str]) -> Self {
+    /// a node of its own; `extra` selectors are added to every entry. With `tls`, the
+    /// server speaks HTTPS with a test CA and wants a bearer token, and the agent gets
+    /// both from a kubeconfig (as in-cluster: a CA and a service account token).
+    fn start_with(wrapper: &[&str], extra: &str, more_args: &[&str], tls: bool) -> Self {
         let dir = scratch_dir();
         let client = unique_client(&dir, "checkout");
         let policy_path = dir.join("policy.toml");
         fs::write(&policy_path, policy(&sha256sum(&client), extra)).unwrap();
-        let api = FakeApiServer::start();
+        let api = if tls { FakeApiServer::start_tls(&dir, &unique("sa-token-")) } else { FakeApiServer::start() };
+        let kubeconfig = dir.join("kubeconfig");
+        api.kubeconfig(&kubeconfig);
+        let kubeconfig = kubeconfig.display().to_string();
         let node = unique("node-");
         let socket = dir.join("workload.sock");
         let listen = format!("127.0.0.1:{}", free_port());
         let (p, s) = (policy_path.display().to_string(), socket.display().to_string());
         let url = api.url();
-        let mut args = vec!["--node-name", &node, "--kube-api", &url, "--policy", &p, "--socket", &s, "--oidc-listen", &listen];
+        let api_args = if tls { ["--kubeconfig", &kubeconfig] } else { ["--kube-api", &url] };
+        let mut args = vec!["--node-name", &node, api_args[0], api_args[1], "--policy", &p, "--socket", &s, "--oidc-listen", &listen];
         args.extend_from_slice(more_args);
         let agent = Agent::start_wrapped(wrapper, &args);
         agent.stderr.wait_line("Workload API start", |l| l.contains("Workload API on"));
@@ -221,7 +227,7 @@ fn a_pod_process_matches_ns_and_sa_from_the_api_server_and_records_events_and_to
 #[test]
 fn a_jobs_pods_are_one_run_and_the_collector_groups_by_it() {
     let collector = Collector::start(&scratch_dir().join("collector.db"));
-    let c = Cluster::start_with(&[], "", &["--collector", &collector.grpc]);
+    let c = Cluster::start_with(&[], "", &["--collector", &collector.grpc], false);
     let first = c.create_owned(("Job", "migrate-7"), json!({}));
     let retry = c.create_owned(("Job", "migrate-7"), json!({}));
     let run = format!("k8s/{NS}/job/migrate-7");
@@ -305,11 +311,12 @@ fn a_workload_in_a_pod_the_api_server_has_not_described_is_refused_not_guessed()
     });
 }
 
-/// The same agent through a watch that ends, a 410 Gone, and an API server restart:
-/// every answer afterwards reflects the API server's state, never a stale one.
+/// The same agent (over HTTPS with a CA and a bearer token from its kubeconfig) through a
+/// watch that ends, a 410 Gone, and an API server restart: every answer afterwards
+/// reflects the API server's state, never a stale one.
 #[test]
 fn the_pod_watch_survives_a_watch_end_a_410_and_an_api_server_restart_without_stale_answers() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start_with(&[], "", &[], true);
     let a = c.create_pod(json!({"app": "checkout"}));
     let b = c.create_pod(json!({"app": "checkout"}));
     c.expect_within(CHANGE, &a, ID_LABEL, Ok(()));
@@ -380,7 +387,7 @@ fn a_uid_65534_workload_gets_its_token_from_an_agent_holding_only_the_manifests_
     assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUser"], 0, "the manifest runs the agent as uid 0");
     let bounding = format!("-all,{}", caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(","));
     let wrapper = ["setpriv", "--bounding-set", &bounding, "--inh-caps", "-all", "--"];
-    let c = Cluster::start_with(&wrapper, r#", "unix:uid:65534""#, &[]);
+    let c = Cluster::start_with(&wrapper, r#", "unix:uid:65534""#, &[], true);
 
     // The agent runs with exactly those capabilities, no more.
     let status = fs::read_to_string(format!("/proc/{}/status", c.agent.pid())).unwrap();
