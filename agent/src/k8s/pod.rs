@@ -78,10 +78,13 @@ impl PodMeta {
 
 /// The UIDs a pod's processes can carry in their cgroup path: its own, and for a static
 /// pod the config hash the kubelet used (lower case, as the cgroup parser reports them).
+/// The hash counts only on a mirror pod, which its node owns: anyone else's pod claiming
+/// the annotation would otherwise name a static pod's processes.
 pub fn cgroup_uids(pod: &Pod) -> Vec<String> {
     let m = &pod.metadata;
     let mut uids: Vec<String> = m.uid.iter().map(|u| u.to_ascii_lowercase()).collect();
-    if let Some(hash) = m.annotations.as_ref().and_then(|a| a.get(MIRROR_ANNOTATION)) {
+    let node_owned = m.owner_references.as_ref().is_some_and(|r| r.iter().any(|o| o.kind == "Node"));
+    if let Some(hash) = m.annotations.as_ref().and_then(|a| a.get(MIRROR_ANNOTATION)).filter(|_| node_owned) {
         uids.push(hash.to_ascii_lowercase());
     }
     uids
@@ -188,13 +191,20 @@ mod tests {
     }
 
     #[test]
-    fn a_static_pod_is_found_by_its_config_hash_and_a_bare_pod_runs_alone() {
+    fn a_static_pod_is_found_by_its_config_hash_and_a_bare_pod_cannot_claim_one() {
         let p = pod(serde_json::json!({
             "metadata": {"name": "etcd-n1", "namespace": "kube-system", "uid": "AB-CD",
-                         "annotations": {"kubernetes.io/config.mirror": "0123ABCD"}},
+                         "annotations": {"kubernetes.io/config.mirror": "0123ABCD"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "n", "controller": true}]},
         }));
         assert_eq!(cgroup_uids(&p), vec!["ab-cd".to_owned(), "0123abcd".to_owned()]);
-        assert_eq!(PodMeta::from(&p).run_key().as_deref(), Some("k8s/kube-system/pod/etcd-n1"));
+        assert_eq!(PodMeta::from(&p).run_key().as_deref(), Some("k8s/kube-system/node/n1/etcd-n1"));
+        // A pod its node does not own cannot claim a static pod's cgroups.
+        let impostor = pod(serde_json::json!({
+            "metadata": {"name": "x", "namespace": "web", "uid": "EF", "annotations": {"kubernetes.io/config.mirror": "0123ABCD"}},
+        }));
+        assert_eq!(cgroup_uids(&impostor), vec!["ef".to_owned()]);
+        assert_eq!(PodMeta::from(&impostor).run_key().as_deref(), Some("k8s/web/pod/x"));
         assert_eq!(PodMeta::default().run_key(), None);
     }
 }
