@@ -267,6 +267,10 @@ fn a_workload_whose_pod_is_relabelled_or_deleted_loses_its_identity_within_two_s
 
     c.api.relabel(NS, &pod.name, json!({"app": "web", "pod-template-hash": "5d8f7c9b4"}));
     c.expect_within(CHANGE, &pod, ID_LABEL, Err("no_matching_entry"));
+    // The denial names the pod as the decision saw it: relabelled.
+    c.agent.wait_event("token_denied naming the relabelled pod", |v| {
+        v["kind"] == "token_denied" && v["reason"] == "no_matching_entry" && v["process"]["pod"]["labels"]["app"] == "web"
+    });
     assert!(c.ask(&pod, ID_SA).is_ok(), "namespace and service account did not change");
 
     c.api.relabel(NS, &pod.name, json!({"app": "checkout", "pod-template-hash": "5d8f7c9b4"}));

@@ -233,7 +233,7 @@ impl Issuer {
 
     fn fetch_jwt_inner(&self, peer: &Peer, req: &JwtRequest) -> Result<Vec<Issued>, Denial> {
         let deny = |reason, detail: String, process: Option<&ProcessRecord>| {
-            self.deny(peer, req, reason, detail, process)
+            self.deny(peer, req, reason, detail, process.map(ProcessRef::from))
         };
         if !req.has_security_header {
             return Err(deny(
@@ -257,10 +257,14 @@ impl Issuer {
             Ok(m) => m,
             Err(detail) => return Err(deny(DenyReason::PodMetadataUnavailable, detail, Some(&process))),
         };
+        // From here on, events name the pod as the decision saw it.
+        let deny = |reason, detail: String, process: &ProcessRecord| {
+            self.deny(peer, req, reason, detail, Some(process_ref(process, meta.as_ref())))
+        };
         let subject = Subject { node: &self.node, process: &process, pod: meta.as_ref() };
         let entries = match policy.evaluate(&subject, req.spiffe_id.as_deref()) {
             Ok(e) => e,
-            Err((reason, detail)) => return Err(deny(reason, detail, Some(&process))),
+            Err((reason, detail)) => return Err(deny(reason, detail, &process)),
         };
 
         let iat = now_unix();
@@ -268,7 +272,7 @@ impl Issuer {
         let mut events = Vec::with_capacity(entries.len());
         for entry in entries {
             let ttl = entry.ttl.as_secs() as i64;
-            let jti = self.jti().map_err(|e| deny(DenyReason::InternalError, e, Some(&process)))?;
+            let jti = self.jti().map_err(|e| deny(DenyReason::InternalError, e, &process))?;
             let claims = Claims {
                 iss: self.issuer_url.clone(),
                 sub: entry.spiffe_id.clone(),
@@ -288,7 +292,7 @@ impl Issuer {
                 sigil_run: meta.as_ref().and_then(PodMeta::run_key),
             };
             let token = jwt::sign(&self.keys, &claims)
-                .map_err(|e| deny(DenyReason::InternalError, format!("signing failed: {e}"), Some(&process)))?;
+                .map_err(|e| deny(DenyReason::InternalError, format!("signing failed: {e}"), &process))?;
             events.push(TokenIssued {
                 kind: "token_issued",
                 time: now_rfc3339(),
@@ -313,7 +317,7 @@ impl Issuer {
             return Err(deny(
                 DenyReason::ProcessChanged,
                 "the calling process exited or exec'd another binary while its request was decided".into(),
-                Some(&process),
+                &process,
             ));
         }
         for ev in &events {
@@ -341,7 +345,7 @@ impl Issuer {
         req: &JwtRequest,
         reason: DenyReason,
         detail: String,
-        process: Option<&ProcessRecord>,
+        process: Option<ProcessRef>,
     ) -> Denial {
         if let Ok(mut d) = self.denied.lock() {
             *d.entry(reason).or_default() += 1;
@@ -355,7 +359,7 @@ impl Issuer {
             audience: req.audience.clone(),
             requested_spiffe_id: req.spiffe_id.clone(),
             peer_pid: peer.pid,
-            process: process.map(ProcessRef::from),
+            process,
         };
         if let Err(e) = self.sink.emit(&ev) {
             warn!("could not emit token_denied: {e}");
