@@ -355,6 +355,10 @@ pub fn run(
         Some(ic) => Some(start_issuance(ic, &cfg.node, pod_cache, attestor.clone(), sink.clone(), &rt, &stop)?),
         None => None,
     };
+    // Without the API server, the `--pods` file names the pods in records.
+    if let Some(c) = issuer.as_ref().and_then(|i| i.pods_file_cache()) {
+        attestor.use_pod_cache(c);
+    }
     if let (Some(i), Some(h)) = (&issuer, lifetimes) {
         i.record_lifetimes_in(h);
     }

@@ -68,6 +68,13 @@ fn worker_exec(agent: &Agent, child: &std::process::Child, worker: &std::path::P
     })
 }
 
+/// The claims of `token`, verified by PyJWT against the issuer's published keys.
+fn verified_claims(issuer: &str, token: &str) -> Value {
+    let out = std::process::Command::new(python()).arg(python_script("verify_jwt.py")).args([token, issuer, AUDIENCE]).output().unwrap();
+    assert!(out.status.success(), "PyJWT refused the token: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["claims"].clone()
+}
+
 fn policy(client_sha: &str, extra: &str) -> String {
     format!(
         r#"trust_domain = "sigil.test"
@@ -177,13 +184,7 @@ impl Cluster {
     }
 
     fn claims(&self, token: &str) -> Value {
-        let out = std::process::Command::new(python())
-            .arg(python_script("verify_jwt.py"))
-            .args([token, &self.issuer, AUDIENCE])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "PyJWT refused the token: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["claims"].clone()
+        verified_claims(&self.issuer, token)
     }
 }
 
@@ -424,4 +425,42 @@ fn a_uid_65534_workload_gets_its_token_from_an_agent_holding_only_the_manifests_
     assert_eq!(claims["sigil_k8s_sa"], "checkout");
     // Root in the same pod is not uid 65534: the uid selector still holds.
     assert!(c.ask(&pod, ID_SA).is_err(), "a root process must not match unix:uid:65534");
+}
+
+/// Clusters without API access: the `--pods` file names the pod (owner and labels too)
+/// in records and tokens, and its selectors match as the API server's would.
+#[test]
+fn without_api_access_the_pods_file_names_the_pod_in_records_and_tokens() {
+    let dir = scratch_dir();
+    let client = unique_client(&dir, "checkout");
+    let policy_path = dir.join("policy.toml");
+    fs::write(&policy_path, policy(&sha256sum(&client), "")).unwrap();
+    let uid = fresh_uid();
+    let pods = dir.join("pods.toml");
+    fs::write(
+        &pods,
+        format!(
+            "[[pod]]\nuid = \"{uid}\"\nnamespace = \"{NS}\"\nservice_account = \"checkout\"\nname = \"checkout-1\"\n\
+             labels = {{ app = \"checkout\" }}\nowner = {{ kind = \"Deployment\", name = \"checkout\" }}\n"
+        ),
+    )
+    .unwrap();
+    let socket = dir.join("workload.sock");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (p, f, s) = (policy_path.display().to_string(), pods.display().to_string(), socket.display().to_string());
+    let agent = Agent::start(&["--policy", &p, "--pods", &f, "--socket", &s, "--oidc-listen", &listen]);
+    agent.stderr.wait_line("Workload API start", |l| l.contains("Workload API on"));
+    let cg = container_cgroup(&uid);
+
+    let worker = unique_binary(&dir, "worker");
+    let child = cg.spawn(&worker, &["30"]);
+    let rec = worker_exec(&agent, &child, &worker);
+    assert_eq!(rec["pod"]["name"], "checkout-1", "{rec}");
+    assert_eq!(rec["run"], format!("k8s/{NS}/deployment/checkout/checkout-1").as_str());
+    finish(child);
+
+    let (code, token, err) = cg.run(&client, &["token", "--audience", AUDIENCE, "--socket", &s, "--spiffe-id", ID_LABEL]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(verified_claims(&format!("http://{listen}"), &token)["sigil_k8s_pod"], "checkout-1");
+    let _ = fs::remove_dir_all(&dir);
 }

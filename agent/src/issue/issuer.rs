@@ -42,6 +42,10 @@ fn process_ref(process: &ProcessRecord, meta: Option<&PodMeta>) -> ProcessRef {
     r
 }
 
+fn fill_from_file(cache: &PodCache, pods: &HashMap<String, PodMeta>) {
+    cache.replace_all(pods.iter().map(|(uid, meta)| (vec![uid.clone()], meta.clone())).collect());
+}
+
 /// A refused request: why, in words a workload operator can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -88,6 +92,8 @@ pub struct Issuer {
     policy: Watched<Policy, PolicyError>,
     pods: Option<Watched<HashMap<String, PodMeta>, PolicyError>>,
     pod_cache: Option<Arc<PodCache>>,
+    /// The `--pods` file's pods, for attestation records (refilled on each reload).
+    file_pods: Option<Arc<PodCache>>,
     keys: Arc<KeyManager>,
     sink: Arc<dyn Sink>,
     rng: SystemRandom,
@@ -122,6 +128,11 @@ impl Issuer {
             Some(p) => Some(Watched::load(p, policy::parse_pods).map_err(|e| with_path(p, e))?),
             None => None,
         };
+        let file_pods = pods.as_ref().map(|w| {
+            let cache = Arc::new(PodCache::new(std::time::Duration::ZERO));
+            fill_from_file(&cache, &w.current().0);
+            cache
+        });
         Ok(Self {
             node: cfg.node,
             issuer_url: cfg.issuer_url,
@@ -129,6 +140,7 @@ impl Issuer {
             policy,
             pods,
             pod_cache: cfg.pod_cache,
+            file_pods,
             keys,
             sink,
             rng: SystemRandom::new(),
@@ -180,9 +192,18 @@ impl Issuer {
         }
     }
 
+    /// The `--pods` file as a pod cache, so attestation records carry the pods it names
+    /// (None with the API server, whose cache the records use already).
+    pub fn pods_file_cache(&self) -> Option<Arc<PodCache>> {
+        self.file_pods.clone()
+    }
+
     fn pods_file_meta(&self, uid: Option<&str>) -> Option<PodMeta> {
         let pods = self.pods.as_ref()?;
         let (map, refresh) = pods.current();
+        if let (Refresh::Reloaded, Some(cache)) = (&refresh, &self.file_pods) {
+            fill_from_file(cache, &map);
+        }
         self.report(pods.path(), refresh);
         map.get(uid?).cloned()
     }
