@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     daemon::{IssuanceConfig, RunConfig, TraceConfig, default_node_name},
+    k8s::watch::{ApiSource, WatchConfig},
     stream::exporter::CollectorConfig,
 };
 
@@ -90,8 +91,23 @@ pub struct RunArgs {
     pub policy: Option<PathBuf>,
     /// Pod namespace and service account by pod UID (TOML), for nodes where the agent
     /// does not ask an API server.
-    #[arg(long, requires = "policy")]
+    #[arg(long, requires = "policy", conflicts_with = "kubernetes")]
     pub pods: Option<PathBuf>,
+    /// Read this node's pods (namespace, service account, name, labels, owner) from the
+    /// Kubernetes API server: in-cluster credentials unless --kubeconfig or --kube-api.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig for the API server (implies --kubernetes).
+    #[arg(long, conflicts_with = "kube_api")]
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL without credentials, e.g. a local test server or `kubectl proxy`
+    /// (implies --kubernetes).
+    #[arg(long)]
+    pub kube_api: Option<String>,
+    /// How long a token request from a pod waits for the pod watch to deliver that pod,
+    /// in milliseconds, before it is refused as pod_metadata_unavailable.
+    #[arg(long, default_value_t = 2000)]
+    pub pod_wait_ms: u64,
     /// Workload API socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -188,6 +204,7 @@ impl RunArgs {
         if let Some(url) = &self.collector {
             crate::stream::exporter::check_transport(url)?;
         }
+        let kubernetes = self.kubernetes_config()?;
         let collector = self.collector.as_ref().map(remote);
         Ok(RunConfig {
             metrics_listen: self.metrics_listen,
@@ -207,6 +224,61 @@ impl RunArgs {
             layouts: crate::attest::workload::Layouts::new(&self.cgroup_root_prefixes)?,
             stats_interval: (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval)),
             scan: !self.no_scan,
+            kubernetes,
         })
+    }
+
+    fn kubernetes_config(&self) -> anyhow::Result<Option<WatchConfig>> {
+        // Checked here, before anything is loaded, so a misconfiguration exits with 64.
+        let api = match (&self.kubeconfig, &self.kube_api) {
+            (Some(path), _) => {
+                std::fs::metadata(path).map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+                ApiSource::Kubeconfig(path.clone())
+            }
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!("--kube-api {url:?} must be an http:// or https:// URL");
+                }
+                ApiSource::Url(url.clone())
+            }
+            (None, None) if self.kubernetes => {
+                if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+                    anyhow::bail!(
+                        "--kubernetes without --kubeconfig or --kube-api needs in-cluster credentials, and KUBERNETES_SERVICE_HOST is not set (not running in a pod?)"
+                    );
+                }
+                ApiSource::InCluster
+            }
+            (None, None) => return Ok(None),
+        };
+        if self.pods.is_some() {
+            anyhow::bail!("--pods and the API server (--kubernetes, --kubeconfig, --kube-api) are alternatives; pass one");
+        }
+        Ok(Some(WatchConfig { api, pod_wait: Duration::from_millis(self.pod_wait_ms) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> anyhow::Result<RunConfig> {
+        let cli = Cli::try_parse_from([&["sigil-agent", "run", "--stdout"][..], args].concat())?;
+        let Cmd::Run(run) = cli.cmd else { anyhow::bail!("not run") };
+        run.config()
+    }
+
+    #[test]
+    fn pod_metadata_sources_are_checked_before_anything_is_loaded() {
+        let k = config(&["--kube-api", "http://127.0.0.1:6443", "--pod-wait-ms", "500"]).expect("valid").kubernetes.expect("on");
+        assert_eq!(k.api, ApiSource::Url("http://127.0.0.1:6443".into()));
+        assert_eq!(k.pod_wait, Duration::from_millis(500));
+        assert!(config(&[]).expect("valid").kubernetes.is_none());
+        let bad = config(&["--kube-api", "127.0.0.1:6443"]).expect_err("no scheme");
+        assert!(bad.to_string().contains("http://"), "{bad}");
+        let missing = config(&["--kubeconfig", "/nonexistent/kubeconfig"]).expect_err("missing file");
+        assert!(missing.to_string().contains("/nonexistent/kubeconfig"), "{missing}");
+        assert!(config(&["--policy", "p.toml", "--pods", "pods.toml", "--kubernetes"]).is_err(), "--pods or the API server, not both");
+        assert!(config(&["--policy", "p.toml", "--pods", "pods.toml", "--kube-api", "http://a"]).is_err());
     }
 }

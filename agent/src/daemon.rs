@@ -105,6 +105,8 @@ pub struct RunConfig {
     pub layouts: crate::attest::workload::Layouts,
     pub stats_interval: Option<Duration>,
     pub scan: bool,
+    /// Pod metadata from the API server (`--kubernetes`).
+    pub kubernetes: Option<crate::k8s::watch::WatchConfig>,
 }
 
 /// How often /proc/*/maps is scanned for newly loaded TLS libraries.
@@ -148,6 +150,7 @@ async fn stopped(stop: Arc<AtomicBool>) {
 fn start_issuance(
     ic: &IssuanceConfig,
     node: &str,
+    pod_cache: Option<Arc<crate::k8s::PodCache>>,
     attestor: Arc<Attestor>,
     sink: Arc<dyn Sink>,
     rt: &tokio::runtime::Handle,
@@ -172,6 +175,7 @@ fn start_issuance(
             issuer_url: ic.issuer_url.clone(),
             policy_path: ic.policy.clone(),
             pods_path: ic.pods.clone(),
+            pod_cache,
         },
         attestor,
         signer.clone(),
@@ -337,6 +341,14 @@ pub fn run(
         Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes)
             .with_layouts(cfg.layouts.clone()),
     );
+    let pod_cache = match &cfg.kubernetes {
+        Some(kc) => {
+            let cache = crate::k8s::watch::start(kc, &cfg.node, &rt, stopped(stop.clone()))?;
+            attestor.use_pod_cache(cache.clone());
+            Some(cache)
+        }
+        None => None,
+    };
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if cfg.stdout {
         sinks.push(Arc::new(JsonLines));
@@ -396,9 +408,13 @@ pub fn run(
     }
     // Issuance starts after the scan, so every running process already has a record.
     let issuer = match &cfg.issuance {
-        Some(ic) => Some(start_issuance(ic, &cfg.node, attestor.clone(), sink.clone(), &rt, &stop)?),
+        Some(ic) => Some(start_issuance(ic, &cfg.node, pod_cache, attestor.clone(), sink.clone(), &rt, &stop)?),
         None => None,
     };
+    // Without the API server, the `--pods` file names the pods in records.
+    if let Some(c) = issuer.as_ref().and_then(|i| i.pods_file_cache()) {
+        attestor.use_pod_cache(c);
+    }
     if let (Some(i), Some(h)) = (&issuer, lifetimes) {
         i.record_lifetimes_in(h);
     }

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod ebpf;
 pub mod h2frame;
 pub mod issue;
+pub mod k8s;
 pub mod metrics;
 pub mod output;
 pub mod stream;

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should stop the test loudly
 
 pub mod pki;
+pub mod fake_apiserver;
+pub mod manifests;
 pub mod workload_api;
 
 use std::{
@@ -217,7 +219,21 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(agent_bin())
+        Self::start_wrapped(&[], extra)
+    }
+
+    /// Starts the agent through `wrapper` (e.g. `setpriv --bounding-set ... --`), so it
+    /// runs with exactly the privileges a deployment gives it.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let mut child = cmd
             .args(["run", "--stdout", "--stats-interval", "1"])
             // Tests lay out kubelet and runtime cgroups under their own top directory
             // (`TestCgroup`), as a node's operator would configure the agent for them.

@@ -8,8 +8,10 @@ use crate::{build, provision};
 /// python3 for attacker helpers that run as an unprivileged user, who cannot reach the
 /// provisioned virtualenv).
 const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3"];
-/// Third-party clients the tests check Sigil against.
-pub const PYTHON_PACKAGES: &[&str] = &["spiffe==0.3.2", "pyjwt[crypto]==2.15.1", "boto3==1.44.5"];
+/// Third-party clients the tests check Sigil against, and kubernetes-validate (with
+/// PyYAML), which checks deploy/ against the Kubernetes schemas offline.
+pub const PYTHON_PACKAGES: &[&str] =
+    &["spiffe==0.3.2", "pyjwt[crypto]==2.15.1", "boto3==1.44.5", "kubernetes-validate==1.37.0"];
 
 pub fn run(args: &[String]) -> Result<()> {
     if !provision::is_root() {

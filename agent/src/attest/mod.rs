@@ -69,6 +69,8 @@ pub struct Attestor {
     table: Arc<ProcessTable>,
     /// Set once by `hash_in_background`; without it every hash is computed inline.
     background: OnceLock<(HashPool, Emit)>,
+    /// Pod metadata from the API server, when the agent watches it.
+    pods: OnceLock<Arc<crate::k8s::PodCache>>,
 }
 
 /// An executable opened and looked up, whose digest is still to be computed.
@@ -146,6 +148,7 @@ impl Attestor {
             layouts: workload::Layouts::default(),
             table: Arc::default(),
             background: OnceLock::new(),
+            pods: OnceLock::new(),
         }
     }
 
@@ -169,6 +172,12 @@ impl Attestor {
         if let Some((pool, _)) = self.background.get() {
             pool.stop();
         }
+    }
+
+    /// Records from now on carry their pod's metadata and run key from `cache` (looked
+    /// up without waiting: attestation must not stall behind the API server).
+    pub fn use_pod_cache(&self, cache: Arc<crate::k8s::PodCache>) {
+        let _ = self.pods.set(cache);
     }
 
     pub fn hash_stats(&self) -> HashStats {
@@ -466,6 +475,7 @@ impl Attestor {
         let cgroup_id = obs.cgroup_id.or_else(|| cgroup_path_from_proc.as_deref().and_then(|p| self.cgroups.id_of(p)));
         let cgroup_path = cgroup_id.and_then(|id| self.cgroups.path_of(id)).or(cgroup_path_from_proc);
         let workload = self.layouts.parse(cgroup_path.as_deref().unwrap_or(""));
+        let pod = workload.pod_uid.as_deref().zip(self.pods.get()).and_then(|(uid, c)| c.get(uid)).map(|m| (*m).clone());
         let process_id = format!("{}:{}:{}", self.boot_id, obs.pid, start_ticks);
         let rec = ProcessRecord {
             kind: "process_exec",
@@ -486,6 +496,8 @@ impl Attestor {
             workload,
             ancestry: self.ancestry(ppid, start_ticks),
             script: script::identify(obs.pid, start_ticks, obs.exec_path.as_deref(), &self.hashes),
+            run: pod.as_ref().and_then(crate::k8s::PodMeta::run_key),
+            pod,
         };
         (rec, pending)
     }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::{hash::HashError, pool::HashSkip, workload::Workload};
+use crate::k8s::PodMeta;
 
 /// How the agent learned about the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -124,6 +125,15 @@ pub struct ProcessRecord {
     pub ancestry: Vec<Ancestor>,
     /// The script an interpreter was started on (`#!` file or first argument), if any.
     pub script: Option<super::script::Script>,
+    /// The pod's namespace, service account, name, labels and owner, when the pod watch
+    /// had delivered the pod by the time of this record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodMeta>,
+    /// The run this process belongs to, as users mean it (a Job's execution, a
+    /// Deployment's pod): see [`PodMeta::run_key`]. Absent outside known pods, where the
+    /// collector groups by container, unit or cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 /// The last thread of an attested process exited.
@@ -148,6 +158,10 @@ pub struct ProcessRef {
     pub binary_sha256: Option<String>,
     pub cgroup_path: Option<String>,
     pub workload: Workload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodMeta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl From<&ProcessRecord> for ProcessRef {
@@ -160,6 +174,8 @@ impl From<&ProcessRecord> for ProcessRef {
             binary_sha256: r.binary.sha256.clone(),
             cgroup_path: r.cgroup.path.clone(),
             workload: r.workload.clone(),
+            pod: r.pod.clone(),
+            run: r.run.clone(),
         }
     }
 }

@@ -26,7 +26,26 @@ use super::{
     signing::{SignError, TokenSigner},
     watched::{Refresh, Watched},
 };
-use crate::{attest::Attestor, output::Sink};
+use crate::{
+    attest::{Attestor, record::ProcessRecord},
+    k8s::{Lookup, PodCache},
+    output::Sink,
+};
+
+/// The run an issuance event is about, with the pod metadata the decision used (fresher
+/// than the record's when the pod was described after its exec).
+fn process_ref(process: &ProcessRecord, meta: Option<&PodMeta>) -> ProcessRef {
+    let mut r = ProcessRef::from(process);
+    if let Some(m) = meta {
+        r.run = m.run_key();
+        r.pod = Some(m.clone());
+    }
+    r
+}
+
+fn fill_from_file(cache: &PodCache, pods: &HashMap<String, PodMeta>) {
+    cache.replace_all(pods.iter().map(|(uid, meta)| (vec![uid.clone()], meta.clone())).collect());
+}
 
 /// A refused request: why, in words a workload operator can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +75,8 @@ pub struct IssuerConfig {
     pub issuer_url: String,
     pub policy_path: PathBuf,
     pub pods_path: Option<PathBuf>,
+    /// Pod metadata from the API server's watch (instead of `pods_path`).
+    pub pod_cache: Option<Arc<PodCache>>,
 }
 
 /// Counters for `agent_stats` (and, later, metrics).
@@ -72,6 +93,9 @@ pub struct Issuer {
     policy: Watched<Policy, PolicyError>,
     pods: Option<Watched<HashMap<String, PodMeta>, PolicyError>>,
     signer: Arc<dyn TokenSigner>,
+    pod_cache: Option<Arc<PodCache>>,
+    /// The `--pods` file's pods, for attestation records (refilled on each reload).
+    file_pods: Option<Arc<PodCache>>,
     sink: Arc<dyn Sink>,
     rng: SystemRandom,
     issued: AtomicU64,
@@ -119,6 +143,11 @@ impl Issuer {
             Some(p) => Some(Watched::load(p, policy::parse_pods).map_err(|e| with_path(p, e))?),
             None => None,
         };
+        let file_pods = pods.as_ref().map(|w| {
+            let cache = Arc::new(PodCache::new(std::time::Duration::ZERO));
+            fill_from_file(&cache, &w.current().0);
+            cache
+        });
         Ok(Self {
             node: cfg.node,
             issuer_url: cfg.issuer_url,
@@ -126,6 +155,8 @@ impl Issuer {
             policy,
             pods,
             signer,
+            pod_cache: cfg.pod_cache,
+            file_pods,
             sink,
             rng: SystemRandom::new(),
             issued: AtomicU64::new(0),
@@ -158,9 +189,36 @@ impl Issuer {
         p
     }
 
-    fn pod_meta(&self, uid: Option<&str>) -> Option<PodMeta> {
+    /// The caller's pod metadata. From the API server's watch, a pod the watch has not
+    /// described within the cache's bounded wait (just started, or deleted) is an error:
+    /// the request is refused rather than matched against missing or stale metadata.
+    fn pod_meta(&self, uid: Option<&str>) -> Result<Option<PodMeta>, String> {
+        let Some(cache) = &self.pod_cache else { return Ok(self.pods_file_meta(uid)) };
+        let Some(uid) = uid else { return Ok(None) };
+        match cache.lookup(uid) {
+            Lookup::Found(m) => Ok(Some((*m).clone())),
+            Lookup::Deleted => Err(format!("pod {uid} was deleted according to the API server")),
+            Lookup::NotSeen { synced: true } => {
+                Err(format!("pod {uid} is not among this node's pods in the API server (waited for the watch to catch up)"))
+            }
+            Lookup::NotSeen { synced: false } => {
+                Err(format!("pod {uid}: this node's pods have not been listed from the API server yet"))
+            }
+        }
+    }
+
+    /// The `--pods` file as a pod cache, so attestation records carry the pods it names
+    /// (None with the API server, whose cache the records use already).
+    pub fn pods_file_cache(&self) -> Option<Arc<PodCache>> {
+        self.file_pods.clone()
+    }
+
+    fn pods_file_meta(&self, uid: Option<&str>) -> Option<PodMeta> {
         let pods = self.pods.as_ref()?;
         let (map, refresh) = pods.current();
+        if let (Refresh::Reloaded, Some(cache)) = (&refresh, &self.file_pods) {
+            fill_from_file(cache, &map);
+        }
         self.report(pods.path(), refresh);
         map.get(uid?).cloned()
     }
@@ -195,7 +253,7 @@ impl Issuer {
     /// when no workload asks for a token).
     pub fn refresh(&self) {
         let _ = self.current_policy();
-        let _ = self.pod_meta(None);
+        let _ = self.pods_file_meta(None);
     }
 
     pub fn fetch_jwt(&self, peer: &Peer, req: &JwtRequest) -> Result<Vec<Issued>, Denial> {
@@ -210,8 +268,8 @@ impl Issuer {
     }
 
     fn fetch_jwt_inner(&self, peer: &Peer, req: &JwtRequest) -> Result<Vec<Issued>, Denial> {
-        let deny = |reason, detail: String, process: Option<&crate::attest::record::ProcessRecord>| {
-            self.deny(peer, req, reason, detail, process)
+        let deny = |reason, detail: String, process: Option<&ProcessRecord>| {
+            self.deny(peer, req, reason, detail, process.map(ProcessRef::from))
         };
         if !req.has_security_header {
             return Err(deny(
@@ -244,11 +302,18 @@ impl Issuer {
             let _ = self.sink.emit(process.as_ref());
         }
         let policy = self.current_policy();
-        let meta = self.pod_meta(process.workload.pod_uid.as_deref());
+        let meta = match self.pod_meta(process.workload.pod_uid.as_deref()) {
+            Ok(m) => m,
+            Err(detail) => return Err(deny(DenyReason::PodMetadataUnavailable, detail, Some(&process))),
+        };
+        // From here on, events name the pod as the decision saw it.
+        let deny = |reason, detail: String, process: &ProcessRecord| {
+            self.deny(peer, req, reason, detail, Some(process_ref(process, meta.as_ref())))
+        };
         let subject = Subject { node: &self.node, process: &process, pod: meta.as_ref() };
         let entries = match policy.evaluate(&subject, req.spiffe_id.as_deref()) {
             Ok(e) => e,
-            Err((reason, detail)) => return Err(deny(reason, detail, Some(&process))),
+            Err((reason, detail)) => return Err(deny(reason, detail, &process)),
         };
 
         // A script hash was taken when the exec was attested; the file may have been
@@ -256,7 +321,7 @@ impl Issuer {
         if entries.iter().any(|e| e.selectors.iter().any(|s| matches!(s, policy::Selector::ScriptSha256(_))))
             && let Err(why) = script_unchanged(&process)
         {
-            return Err(deny(DenyReason::ProcessChanged, why, Some(&process)));
+            return Err(deny(DenyReason::ProcessChanged, why, &process));
         }
 
         let iat = now_unix();
@@ -264,7 +329,7 @@ impl Issuer {
         let mut events = Vec::with_capacity(entries.len());
         for entry in entries {
             let ttl = entry.ttl.as_secs() as i64;
-            let jti = self.jti().map_err(|e| deny(DenyReason::InternalError, e, Some(&process)))?;
+            let jti = self.jti().map_err(|e| deny(DenyReason::InternalError, e, &process))?;
             let claims = Claims {
                 iss: self.issuer_url.clone(),
                 sub: entry.spiffe_id.clone(),
@@ -278,6 +343,10 @@ impl Issuer {
                 sigil_pod_uid: process.workload.pod_uid.clone(),
                 sigil_container_id: process.workload.container_id.clone(),
                 sigil_binary_sha256: process.binary.sha256.clone(),
+                sigil_k8s_ns: meta.as_ref().and_then(|m| m.namespace.clone()),
+                sigil_k8s_sa: meta.as_ref().and_then(|m| m.service_account.clone()),
+                sigil_k8s_pod: meta.as_ref().and_then(|m| m.name.clone()),
+                sigil_run: meta.as_ref().and_then(PodMeta::run_key),
             };
             let signed = self.signer.sign(claims).map_err(|e| {
                 let reason = match &e {
@@ -285,7 +354,7 @@ impl Issuer {
                     SignError::Refused(_) => DenyReason::SignerRefused,
                     SignError::Internal(_) => DenyReason::InternalError,
                 };
-                deny(reason, e.to_string(), Some(&process))
+                deny(reason, e.to_string(), &process)
             })?;
             // A token served again from the fleet cache was reported when it was issued.
             if signed.fresh {
@@ -303,7 +372,7 @@ impl Issuer {
                     expires_at: c.exp,
                     ttl_seconds: c.exp - c.iat,
                     entry_line: entry.line,
-                    process: ProcessRef::from(process.as_ref()),
+                    process: process_ref(&process, meta.as_ref()),
                 });
             }
             out.push(Issued { spiffe_id: entry.spiffe_id.clone(), token: signed.token, hint: entry.hint.clone() });
@@ -312,13 +381,13 @@ impl Issuer {
         // Still the same process? Read procfs first, then ask the pidfd: if the process is
         // still alive after the read, the read was about it and not a pid successor.
         if !peer.same_exec_as_at_accept() {
-            return Err(deny(DenyReason::ProcessChanged, exec_since_connect(peer.pid), Some(&process)));
+            return Err(deny(DenyReason::ProcessChanged, exec_since_connect(peer.pid), &process));
         }
         if !self.attestor.still_same(&process) || !peer.still_alive() {
             return Err(deny(
                 DenyReason::ProcessChanged,
                 "the calling process exited or exec'd another binary while its request was decided".into(),
-                Some(&process),
+                &process,
             ));
         }
         for ev in &events {
@@ -346,7 +415,7 @@ impl Issuer {
         req: &JwtRequest,
         reason: DenyReason,
         detail: String,
-        process: Option<&crate::attest::record::ProcessRecord>,
+        process: Option<ProcessRef>,
     ) -> Denial {
         if let Ok(mut d) = self.denied.lock() {
             *d.entry(reason).or_default() += 1;
@@ -362,7 +431,7 @@ impl Issuer {
             audience_count: req.audience.len(),
             requested_spiffe_id: req.spiffe_id.as_deref().map(|s| truncated(s, MAX_EVENT_FIELD)),
             peer_pid: peer.pid,
-            process: process.map(ProcessRef::from),
+            process,
         };
         if let Err(e) = self.sink.emit(&ev) {
             warn!("could not emit token_denied: {e}");

@@ -74,6 +74,16 @@ pub struct Claims {
     pub sigil_container_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigil_binary_sha256: Option<String>,
+    /// The pod's namespace, service account and name (from the API server or `--pods`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigil_k8s_ns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigil_k8s_sa: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigil_k8s_pod: Option<String>,
+    /// The run key (`k8s/<ns>/job/<job>`, ...): which run the token was issued to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigil_run: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,6 +202,10 @@ mod tests {
             sigil_pod_uid: Some("uid".into()),
             sigil_container_id: None,
             sigil_binary_sha256: Some("00".repeat(32)),
+            sigil_k8s_ns: Some("payments".into()),
+            sigil_k8s_sa: None,
+            sigil_k8s_pod: None,
+            sigil_run: None,
         }
     }
 

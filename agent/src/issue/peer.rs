@@ -125,13 +125,31 @@ impl Peer {
 
     /// False once the process that connected has exited (its pid may then be reused).
     /// Without a pidfd this cannot tell, and says true: callers re-check the start time.
+    ///
+    /// A pidfd becomes readable (POLLIN) when its process exits. Polling needs no
+    /// permission over the process, unlike `pidfd_send_signal(0)`, which fails with EPERM
+    /// for a caller of another uid unless the agent holds CAP_KILL (the DaemonSet does
+    /// not, and should not: the agent never signals workloads).
     pub fn still_alive(&self) -> bool {
         match &self.pidfd {
-            // SAFETY: signal 0 only checks for existence; the fd is a valid pidfd we own.
-            Some(fd) => unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0
-            },
+            Some(fd) => pidfd_alive(fd.as_raw_fd()),
             None => true,
+        }
+    }
+}
+
+/// True while the process behind `pidfd` has not exited. An error other than EINTR is
+/// answered "not alive": refusing a token is the safe side.
+fn pidfd_alive(pidfd: libc::c_int) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if rc >= 0 {
+            return rc == 0 || pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) == 0;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false;
         }
     }
 }
@@ -263,5 +281,25 @@ mod tests {
         assert_ne!(second, first, "the exec is told apart by its AT_RANDOM bytes");
         drop(stdin);
         let _ = child.wait();
+    }
+
+    /// A local unprivileged user's process exits after connecting: the pidfd must say so
+    /// even though the agent could not signal it (another uid, no CAP_KILL needed).
+    #[test]
+    fn a_pidfd_of_another_uids_process_reads_alive_then_exited() {
+        let mut child = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"])
+            .spawn()
+            .expect("setpriv sleep");
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: pidfd_open on our own child; the result is a new fd we then own.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+        assert!(raw >= 0, "pidfd_open: {}", io::Error::last_os_error());
+        // SAFETY: the kernel returned a new fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        assert!(pidfd_alive(fd.as_raw_fd()));
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(!pidfd_alive(fd.as_raw_fd()));
     }
 }

@@ -38,12 +38,7 @@ impl From<std::io::Error> for PolicyError {
     }
 }
 
-/// Kubernetes facts about a pod that the cgroup path does not carry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodMeta {
-    pub namespace: Option<String>,
-    pub service_account: Option<String>,
-}
+pub use crate::k8s::PodMeta;
 
 /// Everything a selector can look at.
 pub struct Subject<'a> {
@@ -57,6 +52,12 @@ pub enum Selector {
     Node(String),
     K8sNamespace(String),
     K8sServiceAccount(String),
+    K8sPodName(String),
+    /// `k8s:pod-label:KEY:VALUE`
+    K8sPodLabel(String, String),
+    /// `k8s:owner:KIND:NAME`, e.g. `k8s:owner:Deployment:checkout` (see `k8s::pod` for
+    /// how owners are named).
+    K8sOwner(String, String),
     K8sPodUid(String),
     K8sContainerId(String),
     CgroupPath(GlobMatcher),
@@ -82,10 +83,24 @@ impl Selector {
         }
         let v = value.to_owned();
         let number = |what| value.parse::<u32>().map_err(|_| format!("selector {s:?}: {what} must be a number"));
+        // Label keys may contain `/` and `.` but never `:`, so the first `:` splits.
+        let pair = |v: &str, form: &str| match v.split_once(':') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_owned(), b.to_owned())),
+            _ => Err(format!("selector {s:?}: the value must be {form}")),
+        };
         Ok(match (kind, key) {
             ("node", "name") => Selector::Node(v),
             ("k8s", "ns") => Selector::K8sNamespace(v),
             ("k8s", "sa") => Selector::K8sServiceAccount(v),
+            ("k8s", "pod-name") => Selector::K8sPodName(v),
+            ("k8s", "pod-label") => {
+                let (k, val) = pair(value, "KEY:VALUE")?;
+                Selector::K8sPodLabel(k, val)
+            }
+            ("k8s", "owner") => {
+                let (k, name) = pair(value, "KIND:NAME (e.g. Deployment:checkout)")?;
+                Selector::K8sOwner(k, name)
+            }
             ("k8s", "pod-uid") => Selector::K8sPodUid(v.to_ascii_lowercase()),
             ("k8s", "container-id") => Selector::K8sContainerId(v.to_ascii_lowercase()),
             ("cgroup", "path") => Selector::CgroupPath(
@@ -110,7 +125,7 @@ impl Selector {
             ("systemd", "unit") => Selector::SystemdUnit(v),
             _ => {
                 return Err(format!(
-                    "unknown selector type {kind}:{key} (known: node:name, k8s:ns, k8s:sa, k8s:pod-uid, k8s:container-id, cgroup:path, unix:sha256, unix:path, unix:script-path, unix:script-sha256, unix:uid, unix:gid, systemd:unit)"
+                    "unknown selector type {kind}:{key} (known: node:name, k8s:ns, k8s:sa, k8s:pod-name, k8s:pod-label, k8s:owner, k8s:pod-uid, k8s:container-id, cgroup:path, unix:sha256, unix:path, unix:script-path, unix:script-sha256, unix:uid, unix:gid, systemd:unit)"
                 ));
             }
         })
@@ -132,6 +147,11 @@ impl Selector {
             Selector::Node(n) => s.node == n,
             Selector::K8sNamespace(ns) => s.pod.is_some_and(|m| eq(&m.namespace, ns)),
             Selector::K8sServiceAccount(sa) => s.pod.is_some_and(|m| eq(&m.service_account, sa)),
+            Selector::K8sPodName(n) => s.pod.is_some_and(|m| eq(&m.name, n)),
+            Selector::K8sPodLabel(k, v) => s.pod.is_some_and(|m| m.labels.get(k) == Some(v)),
+            Selector::K8sOwner(kind, name) => {
+                s.pod.and_then(|m| m.owner.as_ref()).is_some_and(|o| o.kind == *kind && o.name == *name)
+            }
             Selector::K8sPodUid(u) => eq(&w.pod_uid, u),
             Selector::K8sContainerId(c) => eq(&w.container_id, c),
             Selector::CgroupPath(g) => p.cgroup.path.as_deref().is_some_and(|c| g.is_match(c)),
@@ -174,6 +194,9 @@ pub enum DenyReason {
     MissingSecurityHeader,
     /// The request exceeds what the Workload API accepts (too many or too long audiences).
     InvalidRequest,
+    /// The caller runs in a pod the API server has not described (yet, or any more):
+    /// refused rather than matched against guessed or stale metadata.
+    PodMetadataUnavailable,
     /// The agent could not sign (no key, RNG failure): not the caller's fault.
     InternalError,
     /// Fleet mode: the cluster signer is unreachable and no cached token is valid.
@@ -183,7 +206,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 11] = [
         DenyReason::NoMatchingEntry,
         DenyReason::BinaryHashMismatch,
         DenyReason::UnknownProcess,
@@ -191,6 +214,7 @@ impl DenyReason {
         DenyReason::MissingAudience,
         DenyReason::MissingSecurityHeader,
         DenyReason::InvalidRequest,
+        DenyReason::PodMetadataUnavailable,
         DenyReason::InternalError,
         DenyReason::SignerUnavailable,
         DenyReason::SignerRefused,
@@ -205,6 +229,7 @@ impl DenyReason {
             DenyReason::MissingAudience => "missing_audience",
             DenyReason::MissingSecurityHeader => "missing_security_header",
             DenyReason::InvalidRequest => "invalid_request",
+            DenyReason::PodMetadataUnavailable => "pod_metadata_unavailable",
             DenyReason::InternalError => "internal_error",
             DenyReason::SignerUnavailable => "signer_unavailable",
             DenyReason::SignerRefused => "signer_refused",
@@ -366,10 +391,24 @@ struct PodDoc {
     uid: String,
     namespace: Option<String>,
     service_account: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    /// `owner = { kind = "Deployment", name = "checkout" }`
+    owner: Option<OwnerDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerDoc {
+    kind: String,
+    name: String,
 }
 
 /// Pod metadata for nodes where the agent does not ask an API server (tests, demos,
-/// bare hosts): `[[pod]] uid = "...", namespace = "...", service_account = "..."`.
+/// bare hosts, clusters without API access): `[[pod]] uid = "...", namespace = "...",
+/// service_account = "..."`, optionally `name`, `labels = { app = "..." }` and
+/// `owner = { kind = "Deployment", name = "..." }`.
 pub fn parse_pods(text: &str) -> Result<std::collections::HashMap<String, PodMeta>, PolicyError> {
     let doc: PodsDoc = toml::from_str(text).map_err(|e| PolicyError {
         file: String::new(),
@@ -379,7 +418,17 @@ pub fn parse_pods(text: &str) -> Result<std::collections::HashMap<String, PodMet
     Ok(doc
         .pod
         .into_iter()
-        .map(|p| (p.uid.to_ascii_lowercase(), PodMeta { namespace: p.namespace, service_account: p.service_account }))
+        .map(|p| {
+            let owner = p.owner.map(|o| crate::k8s::Owner { kind: o.kind, name: o.name, via: None });
+            let meta = PodMeta {
+                namespace: p.namespace,
+                service_account: p.service_account,
+                name: p.name,
+                labels: p.labels,
+                owner,
+            };
+            (p.uid.to_ascii_lowercase(), meta)
+        })
         .collect())
 }
 
@@ -417,6 +466,8 @@ mod tests {
             workload: parse_cgroup_path(cgroup),
             ancestry: vec![],
             script: None,
+            pod: None,
+            run: None,
         }
     }
 
@@ -450,7 +501,11 @@ selectors = ["cgroup:path:/batch.slice/**", "unix:uid:1000"]
     #[test]
     fn all_selectors_must_match_and_a_wrong_binary_is_named_as_such() {
         let p = parse(POLICY).expect("valid");
-        let meta = PodMeta { namespace: Some("payments".into()), service_account: Some("checkout".into()) };
+        let meta = PodMeta {
+            namespace: Some("payments".into()),
+            service_account: Some("checkout".into()),
+            ..Default::default()
+        };
         let good = process(SHA, &pod_cgroup());
         let s = Subject { node: "n1", process: &good, pod: Some(&meta) };
         let ok = p.evaluate(&s, None).expect("entitled");
@@ -494,6 +549,44 @@ selectors = ["cgroup:path:/batch.slice/**", "unix:uid:1000"]
             let e = parse(text).expect_err(text);
             assert_eq!(e.line, line, "{text}: {e}");
             assert!(e.reason.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn pod_name_label_and_owner_selectors_match_only_their_pod() {
+        let p = parse(
+            r#"trust_domain = "t.test"
+[[entry]]
+spiffe_id = "spiffe://t.test/checkout"
+selectors = ["k8s:ns:payments", "k8s:pod-name:checkout-1", "k8s:pod-label:app.kubernetes.io/name:checkout", "k8s:owner:Deployment:checkout"]
+"#,
+        )
+        .expect("valid");
+        let meta = parse_pods(
+            r#"[[pod]]
+uid = "u"
+namespace = "payments"
+name = "checkout-1"
+labels = { "app.kubernetes.io/name" = "checkout" }
+owner = { kind = "Deployment", name = "checkout" }
+"#,
+        )
+        .expect("pods")["u"]
+            .clone();
+        let proc = process(SHA, &pod_cgroup());
+        let ok = |m: &PodMeta| p.evaluate(&Subject { node: "n1", process: &proc, pod: Some(m) }, None).is_ok();
+        assert!(ok(&meta));
+        let mut relabelled = meta.clone();
+        relabelled.labels.insert("app.kubernetes.io/name".into(), "web".into());
+        assert!(!ok(&relabelled));
+        let mut other_owner = meta.clone();
+        other_owner.owner = Some(crate::k8s::Owner { kind: "StatefulSet".into(), name: "checkout".into(), via: None });
+        assert!(!ok(&other_owner));
+        let mut renamed = meta.clone();
+        renamed.name = Some("checkout-2".into());
+        assert!(!ok(&renamed));
+        for bad in ["k8s:pod-label:novalue", "k8s:owner:Deployment:", "k8s:pod-label::v"] {
+            assert!(Selector::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -163,6 +163,10 @@ impl TokenSigner for RemoteSigner {
                 pod_uid: claims.sigil_pod_uid.clone().unwrap_or_default(),
                 container_id: claims.sigil_container_id.clone().unwrap_or_default(),
                 binary_sha256: claims.sigil_binary_sha256.clone().unwrap_or_default(),
+                k8s_namespace: claims.sigil_k8s_ns.clone().unwrap_or_default(),
+                k8s_service_account: claims.sigil_k8s_sa.clone().unwrap_or_default(),
+                k8s_pod_name: claims.sigil_k8s_pod.clone().unwrap_or_default(),
+                run: claims.sigil_run.clone().unwrap_or_default(),
             }),
         };
         let resp = match self.call(req) {

@@ -344,6 +344,10 @@ mod tests {
             sigil_pod_uid: None,
             sigil_container_id: None,
             sigil_binary_sha256: None,
+            sigil_k8s_ns: None,
+            sigil_k8s_sa: None,
+            sigil_k8s_pod: None,
+            sigil_run: None,
         };
         let (token, kid) = b.sign(&claims).expect("b signs");
         assert_eq!(Some(kid), a.current_kid());

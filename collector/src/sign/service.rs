@@ -163,6 +163,10 @@ impl Signer for SignerService {
             sigil_pod_uid: non_empty(ev.pod_uid),
             sigil_container_id: non_empty(ev.container_id),
             sigil_binary_sha256: non_empty(ev.binary_sha256),
+            sigil_k8s_ns: non_empty(ev.k8s_namespace),
+            sigil_k8s_sa: non_empty(ev.k8s_service_account),
+            sigil_k8s_pod: non_empty(ev.k8s_pod_name),
+            sigil_run: non_empty(ev.run),
         };
         let (token, kid) = self.keys.sign(&claims).map_err(|e| Status::internal(format!("signing failed: {e}")))?;
         Ok(Response::new(SignJwtResponse {

@@ -47,6 +47,12 @@ pub fn run_id(node: &str, workload: &Value, cgroup_path: Option<&str>) -> String
     }
 }
 
+/// The agent's `run` key when it knew the process's pod (a Job's execution, a
+/// Deployment's pod: what users mean by a run), else the run derived from the workload.
+fn run_of(node: &str, process: &Value, cgroup_path: Option<&str>) -> String {
+    s(process, &["run"]).map_or_else(|| run_id(node, process.get("workload").unwrap_or(&Value::Null), cgroup_path), str::to_owned)
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -71,10 +77,10 @@ impl SqliteStore {
 
 /// Projects one newly stored agent event into the typed tables.
 fn project(tx: &Transaction<'_>, id: &str, node: &str, kind: &str, v: &Value, time: i64) -> Result<(), StoreError> {
-    let process_run = |p: &Value| p.get("workload").map(|w| run_id(node, w, s(p, &["cgroup_path"])));
+    let process_run = |p: &Value| p.get("workload").map(|_| run_of(node, p, s(p, &["cgroup_path"])));
     match kind {
         "process_exec" => {
-            let run = run_id(node, v.get("workload").unwrap_or(&Value::Null), s(v, &["cgroup", "path"]));
+            let run = run_of(node, v, s(v, &["cgroup", "path"]));
             let w = v.get("workload").unwrap_or(&Value::Null);
             tx.execute(
                 "INSERT INTO runs (run_id, node, kind, pod_uid, container_id, unit, cgroup_path, started, last_seen)
