@@ -11,21 +11,7 @@ import os
 import socket
 import sys
 
-
-def read_response(s: socket.socket) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise SystemExit("connection closed before the response")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    while len(rest) < length:
-        rest += s.recv(65536)
+from http_response import read_response
 
 
 def main() -> None:

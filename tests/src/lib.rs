@@ -477,3 +477,17 @@ pub fn assert_secret_absent(agent: &Agent, dirs: &[&Path], texts: &[&str], secre
         }
     }
 }
+
+/// Spawns `bin 30` in `cg` so that it gets `pid` (steered through ns_last_pid), retrying
+/// when another process takes it first. Tests using it belong in their own test binary.
+pub fn spawn_with_pid(cg: &TestCgroup, bin: &Path, pid: u32) -> Child {
+    for _ in 0..50 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let child = cg.spawn(bin, &["30"]);
+        if child.id() == pid {
+            return child;
+        }
+        finish(child);
+    }
+    panic!("could not get pid {pid} back after 50 tries");
+}
