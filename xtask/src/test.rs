@@ -91,10 +91,7 @@ fn fuzz(seconds: u32) -> Result<()> {
                 .arg("--")
                 .arg(format!("-max_total_time={seconds}"))
                 .args(["-rss_limit_mb=2048", "-print_final_stats=1"])
-                .env("RUSTUP_TOOLCHAIN", provision::NIGHTLY)
-                // C dependencies (the collector's bundled SQLite) are not what is fuzzed;
-                // their debug assembly alone needs GBs of temporary space.
-                .env("CFLAGS", "-g0"),
+                .env("RUSTUP_TOOLCHAIN", provision::NIGHTLY),
         )?;
     }
     Ok(())
