@@ -6,7 +6,10 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use aya_ebpf::maps::HashMap;
-use sigil_agent_common::{FileOpenEvent, TracepointOffsets, WATCH_NAME_LEN};
+use sigil_agent_common::{
+    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, FileOpenEvent, TLS_CALLS_ENTRIES, TracepointOffsets,
+    WATCH_NAME_LEN,
+};
 
 /// All events go through one ring buffer so user space sees them in kernel order.
 /// The size is overridden by the loader (`--ring-buffer-bytes`).
@@ -39,6 +42,19 @@ pub static TP_OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets
     exit_group_dead: 0,
 });
 
+/// Everything the kernel side gave up on, by [`DropReason`] (user space sums the CPUs).
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// Counts one loss of `reason`.
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
 /// Counts an event that could not be reserved in the ring buffer.
 #[inline(always)]
 pub fn count_lost(kind: u32) {
@@ -46,6 +62,7 @@ pub fn count_lost(kind: u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
         unsafe { *slot += 1 };
     }
+    count_drop(DropReason::RingBufferFull);
 }
 
 // === credential-use tracing ===
@@ -89,8 +106,13 @@ pub struct TlsCall {
     pub source: u32,
 }
 
+/// LRU, keyed by thread: a thread that dies (or blocks forever) inside a TLS write never
+/// reaches the return probe, and with a plain hash map its entry stayed until the map was
+/// full and every later TLS write went uncaptured. Now the oldest entry makes room, and a
+/// call that finds its entry gone on return is counted (`DropReason::TlsCallLost`). The
+/// loader may resize it (`--tls-calls-entries`).
 #[map]
-pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TLS_CALLS_ENTRIES, 0);
 
 /// Last socket fd seen under a TLS connection object, for writes that the library
 /// buffers and flushes later. Key: tgid and the object's address.
@@ -122,3 +144,15 @@ pub static WATCH_LENGTHS: Global<u32> = Global::new(0);
 /// Per-CPU scratch for an open() candidate, so unwatched opens never touch the ring buffer.
 #[map]
 pub static OPEN_SCRATCH: PerCpuArray<FileOpenEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// A data event with room behind it, so writev/sendmsg can copy iovec after iovec at a
+/// variable offset: each copy starts below `DATA_CAPTURE` and is at most `DATA_CAPTURE`
+/// long, which the verifier can check against this size without knowing the sum.
+#[repr(C)]
+pub struct IovScratch {
+    pub ev: DataEvent,
+    pub spill: [u8; DATA_CAPTURE],
+}
+
+#[map]
+pub static IOV_SCRATCH: PerCpuArray<IovScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Ring-buffer size in bytes (a power of two, multiple of the page size).
     #[arg(long, default_value_t = 4 << 20)]
     pub ring_buffer_bytes: u32,
+    /// Threads that can be inside a TLS write at once and still be captured (the kernel's
+    /// per-thread TLS call map, LRU; losses are counted as kernel drops).
+    #[arg(long, default_value_t = agent_common::TLS_CALLS_ENTRIES, hide = true)]
+    pub tls_calls_entries: u32,
     /// Binary digests kept in memory.
     #[arg(long, default_value_t = 8192)]
     pub hash_cache_entries: usize,
@@ -218,6 +222,7 @@ impl RunArgs {
             trace,
             node: self.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(default_node_name),
             ring_buffer_bytes: self.ring_buffer_bytes,
+            tls_calls_entries: self.tls_calls_entries.max(1),
             hash_cache_entries: self.hash_cache_entries,
             max_hash_bytes: self.max_hash_bytes,
             hash_queue_bytes: self.hash_queue_bytes,

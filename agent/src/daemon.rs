@@ -97,6 +97,7 @@ pub struct RunConfig {
     pub issuance: Option<IssuanceConfig>,
     pub trace: Option<TraceConfig>,
     pub ring_buffer_bytes: u32,
+    pub tls_calls_entries: u32,
     pub hash_cache_entries: usize,
     pub max_hash_bytes: u64,
     /// Large executables' bytes waiting to be hashed at most.
@@ -313,7 +314,7 @@ pub fn run(
         .into());
     }
     let offsets = tracefs::process_offsets(&mounted.tracefs)?;
-    let mut probes = Probes::load(offsets, cfg.ring_buffer_bytes, files::WATCHED).map_err(|e| {
+    let mut probes = Probes::load(offsets, cfg.ring_buffer_bytes, cfg.tls_calls_entries, files::WATCHED).map_err(|e| {
         if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() }
     })?;
     probes.attach_process_lifecycle().map_err(|e| {
@@ -528,6 +529,7 @@ impl Counters {
                 data: at(EventKind::Data),
                 file_open: at(EventKind::FileOpen),
             },
+            kernel_drops: probes.drops().unwrap_or_default().into_iter().map(|(r, n)| (r.as_str(), n)).collect(),
             decode_errors: self.decode_errors,
             processes_tracked: attestor.table().len(),
             tokens: issuer.map(Issuer::stats),

@@ -48,6 +48,18 @@ pub fn register(meter: &Meter, snap: Snapshot) -> Histogram<f64> {
             }
         })
         .build();
+    let s = snap.clone();
+    meter
+        .u64_observable_counter("sigil.agent.kernel.drops")
+        .with_description("Captures the kernel side gave up on, by reason (full maps or ring buffer, cut copies)")
+        .with_callback(move |o| {
+            if let Some(drops) = read(&s, |a| a.kernel_drops.clone()) {
+                for (reason, n) in drops {
+                    o.observe(n, &[KeyValue::new("reason", reason)]);
+                }
+            }
+        })
+        .build();
     let counters: [Reading; 8] = [
         ("sigil.agent.decode_errors", "Ring-buffer records that could not be decoded", |a| a.decode_errors),
         ("sigil.agent.hash.cache_hits", "Binary digests answered from the cache", |a| a.hash.cache_hits),

@@ -99,6 +99,9 @@ pub struct AgentStats {
     pub hash: crate::attest::hash::HashStats,
     /// Events the kernel could not queue because the ring buffer was full.
     pub ring_buffer_lost: LostByKind,
+    /// Everything the kernel side gave up on (full maps, full ring buffer, cut copies),
+    /// by `agent_common::DropReason` label.
+    pub kernel_drops: std::collections::BTreeMap<&'static str, u64>,
     /// Records that arrived but could not be decoded (never silently ignored).
     pub decode_errors: u64,
     pub processes_tracked: usize,

@@ -11,18 +11,7 @@ import socket
 import ssl
 import sys
 
-
-def read_response(s: ssl.SSLSocket) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += s.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    while len(rest) < length:
-        rest += s.recv(65536)
+from http_response import read_response
 
 
 def main() -> None:

@@ -499,3 +499,46 @@ pub fn ensure_tracefs() {
         assert!(st.success());
     }
 }
+
+/// The agent's Prometheus exposition at `addr` (`--metrics-listen`).
+pub fn scrape_metrics(addr: &str) -> String {
+    let out = Command::new("curl").args(["-s", &format!("http://{addr}/metrics")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails if `secret` appears in anything the agent produced: its events and log lines,
+/// every file under `dirs` (state, spool), and `texts` (e.g. a /metrics scrape).
+pub fn assert_secret_absent(agent: &Agent, dirs: &[&Path], texts: &[&str], secret: &str) {
+    for line in agent.stdout.snapshot().iter().chain(agent.stderr.snapshot().iter()) {
+        assert!(!line.contains(secret), "secret {secret:?} leaked into agent output: {line}");
+    }
+    for text in texts {
+        assert!(!text.contains(secret), "secret {secret:?} leaked into {text}");
+    }
+    let mut stack: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = fs::read(&p).unwrap_or_default();
+                assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret in {}", p.display());
+            }
+        }
+    }
+}
+
+/// Spawns `bin 30` in `cg` so that it gets `pid` (steered through ns_last_pid), retrying
+/// when another process takes it first. Tests using it belong in their own test binary.
+pub fn spawn_with_pid(cg: &TestCgroup, bin: &Path, pid: u32) -> Child {
+    for _ in 0..50 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let child = cg.spawn(bin, &["30"]);
+        if child.id() == pid {
+            return child;
+        }
+        finish(child);
+    }
+    panic!("could not get pid {pid} back after 50 tries");
+}

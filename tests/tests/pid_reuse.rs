@@ -4,23 +4,10 @@
 //! Its own test binary: it steers the kernel's next pid through ns_last_pid, which other
 //! tests spawning processes at the same moment would disturb.
 
-use std::{fs, process::Child, time::Duration};
+use std::{fs, time::Duration};
 
 use sigil_agent::attest::Attestor;
 use sigil_tests::*;
-
-/// Spawns `bin` in `cg` so that it gets `pid`, retrying when another process takes it first.
-fn spawn_with_pid(cg: &TestCgroup, bin: &std::path::Path, pid: u32) -> Child {
-    for _ in 0..50 {
-        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
-        let child = cg.spawn(bin, &["30"]);
-        if child.id() == pid {
-            return child;
-        }
-        finish(child);
-    }
-    panic!("could not get pid {pid} back after 50 tries");
-}
 
 #[test]
 fn a_recycled_pid_gets_a_fresh_record_not_the_old_one() {

@@ -5,10 +5,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sigil_agent_common::{ConnectEvent, DataEvent, DataSource, EventKind};
+use sigil_agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, DropReason, EventKind};
 
-use super::{SYSCALL_ARG, SYSCALL_RET, process::header, tls::{copy_user, note_fd}};
-use crate::maps::{CONNS, EVENTS, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_lost, sock_key};
+use super::{SYSCALL_ARG, SYSCALL_RET, process::header, tls::{copy_user, copy_user_to, note_fd}};
+use crate::maps::{
+    CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_drop, count_lost, sock_key,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -42,14 +44,17 @@ pub fn sigil_write(ctx: TracePointContext) -> u32 {
     try_write(&ctx).unwrap_or(0)
 }
 
-/// sendmsg only tells us which fd a TLS library writes to; its iovecs are not captured.
+/// writev(fd, iov, iovcnt): the iovecs of a plaintext write, or the fd a TLS library
+/// writes its records to.
+#[tracepoint]
+pub fn sigil_writev(ctx: TracePointContext) -> u32 {
+    try_writev(&ctx).unwrap_or(0)
+}
+
+/// sendmsg(fd, msg, flags): likewise, with the iovecs inside a `struct msghdr`.
 #[tracepoint]
 pub fn sigil_sendmsg(ctx: TracePointContext) -> u32 {
-    // SAFETY: fixed syscall tracepoint layout.
-    if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[0]) } {
-        note_fd(bpf_get_current_pid_tgid(), fd as i32);
-    }
-    0
+    try_sendmsg(&ctx).unwrap_or(0)
 }
 
 fn try_connect_enter(ctx: &TracePointContext) -> Result<u32, i64> {
@@ -64,7 +69,10 @@ fn try_connect_enter(ctx: &TracePointContext) -> Result<u32, i64> {
         AF_INET6 => pending.addr = unsafe { bpf_probe_read_user((addr + 8) as *const [u8; 16]) }?,
         _ => return Ok(0),
     }
-    PENDING_CONNECT.insert(&bpf_get_current_pid_tgid(), &pending, 0)?;
+    if let Err(e) = PENDING_CONNECT.insert(&bpf_get_current_pid_tgid(), &pending, 0) {
+        count_drop(DropReason::PendingConnectInsert);
+        return Err(e.into());
+    }
     Ok(0)
 }
 
@@ -79,7 +87,9 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     let tgid = (pid_tgid >> 32) as u32;
-    CONNS.insert(&sock_key(tgid, p.fd), &1, 0)?;
+    if CONNS.insert(&sock_key(tgid, p.fd), &1, 0).is_err() {
+        count_drop(DropReason::ConnInsert);
+    }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost(EventKind::Connect.loss_slot());
         return Ok(0);
@@ -100,24 +110,119 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
-fn try_write(ctx: &TracePointContext) -> Result<u32, i64> {
+/// The fd of a syscall's first argument and, when its plaintext is to be copied (a
+/// connected socket still marked for capture, written outside any TLS library call), the
+/// writer's tgid.
+#[inline(always)]
+fn plaintext_socket(ctx: &TracePointContext) -> Result<(i32, Option<u32>), i64> {
     // SAFETY: fixed syscall tracepoint layout.
     let fd = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[0]) }.map_err(|e| e as i64)? as i32;
     let pid_tgid = bpf_get_current_pid_tgid();
     // Inside a TLS library call: this is ciphertext. Only learn the fd.
     if note_fd(pid_tgid, fd) {
-        return Ok(0);
+        return Ok((fd, None));
     }
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value.
     match unsafe { CONNS.get(&sock_key(tgid, fd)) } {
-        Some(1) => {}
-        _ => return Ok(0),
+        Some(1) => Ok((fd, Some(tgid))),
+        _ => Ok((fd, None)),
     }
+}
+
+fn try_write(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (fd, Some(tgid)) = plaintext_socket(ctx)? else { return Ok(0) };
+    // SAFETY: fixed syscall tracepoint layout.
     let buf: u64 = unsafe { ctx.read_at(SYSCALL_ARG[1]) }.map_err(|e| e as i64)?;
     let len: u64 = unsafe { ctx.read_at(SYSCALL_ARG[2]) }.map_err(|e| e as i64)?;
     emit_data(tgid, 0, fd, DataSource::PlainSocket, buf, len);
     Ok(0)
+}
+
+fn try_writev(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (fd, Some(tgid)) = plaintext_socket(ctx)? else { return Ok(0) };
+    // SAFETY: fixed syscall tracepoint layout.
+    let iov: u64 = unsafe { ctx.read_at(SYSCALL_ARG[1]) }.map_err(|e| e as i64)?;
+    let count: u64 = unsafe { ctx.read_at(SYSCALL_ARG[2]) }.map_err(|e| e as i64)?;
+    emit_iovecs(tgid, fd, iov, count);
+    Ok(0)
+}
+
+/// `struct msghdr` on 64-bit: msg_name, msg_namelen (+pad), then msg_iov and msg_iovlen.
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+
+fn try_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (fd, Some(tgid)) = plaintext_socket(ctx)? else { return Ok(0) };
+    // SAFETY: fixed syscall tracepoint layout; user memory is read with the probe helper.
+    let msg: u64 = unsafe { ctx.read_at(SYSCALL_ARG[1]) }.map_err(|e| e as i64)?;
+    let iov: u64 = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }?;
+    let count: u64 = unsafe { bpf_probe_read_user((msg + MSGHDR_IOVLEN) as *const u64) }?;
+    emit_iovecs(tgid, fd, iov, count);
+    Ok(0)
+}
+
+/// iovecs read per writev/sendmsg. HTTP clients gather a request from a few pieces
+/// (head, body, chunk framing); more are counted as `IovecsBeyondLimit`.
+const MAX_IOVECS: u64 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// One data event with the first DATA_CAPTURE bytes of the iovecs, back to back, and
+/// their total length, as if the client had made one write.
+#[inline(always)]
+fn emit_iovecs(tgid: u32, fd: i32, iov: u64, count: u64) {
+    let Some(scratch) = IOV_SCRATCH.get_ptr_mut(0) else { return };
+    let mut copied: u32 = 0;
+    let mut total: u64 = 0;
+    let mut i: u64 = 0;
+    while i < MAX_IOVECS && i < count {
+        // SAFETY: user memory read through the probe helper.
+        let Ok(v) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else { break };
+        total = total.saturating_add(v.len);
+        if copied < DATA_CAPTURE as u32 && v.len > 0 {
+            // Below DATA_CAPTURE on every path the verifier walks; the copy after it is at
+            // most DATA_CAPTURE long and lands in `data` or the spill behind it. The volatile
+            // read keeps LLVM from dropping the mask (it knows `copied` < DATA_CAPTURE here;
+            // the verifier, tracking another register, does not).
+            // SAFETY: a read of a local.
+            let at = unsafe { core::ptr::read_volatile(&copied) } & (DATA_CAPTURE as u32 - 1);
+            let room = (DATA_CAPTURE as u32 - at) as u64;
+            let want = if v.len < room { v.len } else { room };
+            // SAFETY: `at` < DATA_CAPTURE and at most DATA_CAPTURE bytes are written, so
+            // the copy stays inside `ev.data` + `spill` (2 * DATA_CAPTURE bytes).
+            copied += unsafe { copy_user_to((*scratch).ev.data.as_mut_ptr().add(at as usize), v.base, want) };
+        }
+        i += 1;
+    }
+    if count > MAX_IOVECS {
+        count_drop(DropReason::IovecsBeyondLimit);
+    }
+    if total > DATA_CAPTURE as u64 {
+        count_drop(DropReason::DataTruncated);
+    }
+    if total == 0 {
+        return;
+    }
+    // SAFETY: per-CPU scratch owned by this program run.
+    unsafe {
+        let ev = &mut (*scratch).ev;
+        ev.header = header(EventKind::Data, tgid);
+        ev.conn = 0;
+        ev.len = total;
+        ev.fd = fd;
+        ev.source = DataSource::PlainSocket as u32;
+        ev.captured = if copied > DATA_CAPTURE as u32 { DATA_CAPTURE as u32 } else { copied };
+        ev._pad0 = 0;
+        if EVENTS.output::<DataEvent>(ev, 0).is_err() {
+            count_lost(EventKind::Data.loss_slot());
+        }
+    }
 }
 
 /// Copies the first bytes of a user buffer into a data event.

@@ -10,10 +10,10 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sigil_agent_common::{DATA_CAPTURE, DataSource};
+use sigil_agent_common::{DATA_CAPTURE, DataSource, DropReason};
 
 use super::net::emit_data;
-use crate::maps::{TLS_CALLS, TLS_FDS, TLS_SKIP, TlsCall, TlsConnKey, sock_key};
+use crate::maps::{TLS_CALLS, TLS_FDS, TLS_SKIP, TlsCall, TlsConnKey, count_drop, sock_key};
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {
@@ -24,7 +24,9 @@ fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {
     // SSL_write's length is an int: keep the low 32 bits.
     let len = if source == DataSource::OpenSsl && !has_written { len & 0xffff_ffff } else { len };
     let call = TlsCall { conn, buf, len, written, fd: -1, source: source as u32 };
-    let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    if TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0).is_err() {
+        count_drop(DropReason::TlsCallInsert);
+    }
     0
 }
 
@@ -32,7 +34,11 @@ fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {
 fn leave(accepted: u64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: plain data copied out of our own map.
-    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else { return 0 };
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        // Evicted while this thread was inside the call (or never saved): not captured.
+        count_drop(DropReason::TlsCallLost);
+        return 0;
+    };
     let _ = TLS_CALLS.remove(&pid_tgid);
     let tgid = (pid_tgid >> 32) as u32;
     let key = TlsConnKey { tgid, _pad: 0, conn: call.conn };
@@ -80,12 +86,33 @@ pub fn note_fd(pid_tgid: u64, fd: i32) -> bool {
 }
 
 /// Copies up to DATA_CAPTURE bytes from user memory; returns how many were copied.
+/// A cut copy and a failed one are counted as drops.
 #[inline(always)]
 pub fn copy_user(dst: &mut [u8; DATA_CAPTURE], src: u64, len: u64) -> u32 {
+    if len > DATA_CAPTURE as u64 {
+        count_drop(DropReason::DataTruncated);
+    }
+    // SAFETY: the destination is DATA_CAPTURE bytes long, the length is bounded below.
+    unsafe { copy_user_to(dst.as_mut_ptr(), src, len) }
+}
+
+/// Copies `min(len, DATA_CAPTURE)` bytes from user memory to `dst`; returns how many.
+///
+/// # Safety
+/// `dst` must have room for DATA_CAPTURE bytes.
+#[inline(always)]
+pub unsafe fn copy_user_to(dst: *mut u8, src: u64, len: u64) -> u32 {
+    // Masked rather than only compared, so the verifier sees the bound on every path.
     let n = if len >= DATA_CAPTURE as u64 { DATA_CAPTURE as u32 } else { (len as u32) & (DATA_CAPTURE as u32 - 1) };
-    // SAFETY: `n` <= DATA_CAPTURE, the size of `dst`; the helper faults safely on bad `src`.
-    let rc = unsafe { read_user_raw(dst.as_mut_ptr() as *mut c_void, n, src as *const c_void) };
-    if rc == 0 { n } else { 0 }
+    // SAFETY: `n` <= DATA_CAPTURE, which the caller guarantees `dst` holds; the helper
+    // faults safely on a bad `src`.
+    let rc = unsafe { read_user_raw(dst as *mut c_void, n, src as *const c_void) };
+    if rc == 0 {
+        n
+    } else {
+        count_drop(DropReason::UserCopyFailed);
+        0
+    }
 }
 
 #[uprobe]

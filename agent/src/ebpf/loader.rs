@@ -4,7 +4,7 @@ use std::io;
 
 use std::path::Path;
 
-use agent_common::{TracepointOffsets, WATCH_NAME_LEN};
+use agent_common::{DROP_REASONS, DROPS_MAP, DropReason, TLS_CALLS_MAP, TracepointOffsets, WATCH_NAME_LEN};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -64,6 +64,7 @@ fn program_error(name: &'static str, source: ProgramError) -> LoadError {
 pub struct Probes {
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
     /// Names of attached programs, in attach order, for the start-up log line.
     pub attached: Vec<&'static str>,
 }
@@ -78,12 +79,13 @@ const PROCESS_PROGRAMS: [(&str, &str, &str); 3] = [
 
 /// (program, syscall tracepoint) for credential-use tracing. `sigil_write` serves both
 /// write and sendto: their first three arguments are (fd, buffer, length).
-const TRACE_PROGRAMS: [(&str, &str); 8] = [
+const TRACE_PROGRAMS: [(&str, &str); 9] = [
     ("sigil_connect_enter", "sys_enter_connect"),
     ("sigil_connect_exit", "sys_exit_connect"),
     ("sigil_close", "sys_enter_close"),
     ("sigil_write", "sys_enter_write"),
     ("sigil_write", "sys_enter_sendto"),
+    ("sigil_writev", "sys_enter_writev"),
     ("sigil_sendmsg", "sys_enter_sendmsg"),
     ("sigil_openat", "sys_enter_openat"),
     ("sigil_open", "sys_enter_open"),
@@ -135,8 +137,14 @@ impl Probes {
     }
 
     /// `watched_names` are the credential-file suffixes the open() filter will look for;
-    /// their lengths are fixed at load time.
-    pub fn load(offsets: TracepointOffsets, ring_buffer_bytes: u32, watched_names: &[&str]) -> Result<Self, LoadError> {
+    /// their lengths are fixed at load time. `tls_calls_entries` sizes the per-thread TLS
+    /// call map (threads inside a TLS write at one moment).
+    pub fn load(
+        offsets: TracepointOffsets,
+        ring_buffer_bytes: u32,
+        tls_calls_entries: u32,
+        watched_names: &[&str],
+    ) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
@@ -148,6 +156,7 @@ impl Probes {
             .override_global("TP_OFFSETS", &offsets, true)
             .override_global("WATCH_LENGTHS", &lengths, true)
             .map_max_entries("EVENTS", ring_buffer_bytes)
+            .map_max_entries(TLS_CALLS_MAP, tls_calls_entries.max(1))
             .load(OBJECT)
             .map_err(|e| match permission_cause(&e) {
                 Some(why) => LoadError::PermissionDenied(why),
@@ -155,7 +164,9 @@ impl Probes {
             })?;
         let lost = ebpf.take_map("LOST").ok_or(LoadError::Missing("map LOST"))?;
         let lost = PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: "LOST", source })?;
-        Ok(Self { ebpf, lost, attached: Vec::new() })
+        let drops = ebpf.take_map(DROPS_MAP).ok_or(LoadError::Missing("map DROPS"))?;
+        let drops = PerCpuArray::try_from(drops).map_err(|source| LoadError::Map { name: "DROPS", source })?;
+        Ok(Self { ebpf, lost, drops, attached: Vec::new() })
     }
 
     /// Attaches fork, exec and exit tracepoints.
@@ -172,7 +183,16 @@ impl Probes {
     /// Attaches the syscall tracepoints and loads (without attaching) the TLS uprobes.
     pub fn attach_tracing(&mut self, tracefs: &Path) -> Result<(), LoadError> {
         // The programs read syscall arguments at fixed 8-byte slots from offset 16.
-        for (tp, field, want) in [("sys_enter_write", "fd", 16), ("sys_enter_write", "buf", 24), ("sys_enter_connect", "uservaddr", 24), ("sys_exit_connect", "ret", 16)] {
+        const LAYOUT: [(&str, &str, u32); 7] = [
+            ("sys_enter_write", "fd", 16),
+            ("sys_enter_write", "buf", 24),
+            ("sys_enter_connect", "uservaddr", 24),
+            ("sys_exit_connect", "ret", 16),
+            ("sys_enter_writev", "vec", 24),
+            ("sys_enter_writev", "vlen", 32),
+            ("sys_enter_sendmsg", "msg", 24),
+        ];
+        for (tp, field, want) in LAYOUT {
             let format = std::fs::read_to_string(tracefs.join("events/syscalls").join(tp).join("format")).unwrap_or_default();
             if super::tracefs::field_offset(&format, field) != Some(want) {
                 return Err(LoadError::Layout(format!("{tp}.{field}")));
@@ -264,6 +284,19 @@ impl Probes {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Missing("map EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| LoadError::Map { name: "EVENTS", source })
+    }
+
+    /// Everything the kernel side gave up on, per reason, summed over CPUs.
+    pub fn drops(&self) -> Result<Vec<(DropReason, u64)>, LoadError> {
+        (0..DROP_REASONS)
+            .zip(DropReason::ALL)
+            .map(|(i, reason)| {
+                self.drops
+                    .get(&i, 0)
+                    .map(|v| (reason, v.iter().sum()))
+                    .map_err(|source| LoadError::Map { name: "DROPS", source })
+            })
+            .collect()
     }
 
     /// Events the kernel side could not queue, per `EventKind::loss_slot`, summed over CPUs.

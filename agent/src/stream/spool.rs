@@ -647,6 +647,42 @@ fn encode_record(seq: u64, kind: &str, payload: &[u8]) -> Result<Vec<u8>, SpoolE
     Ok(buf)
 }
 
+/// What [`decode_records`] found in a run of segment bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// Intact records, in order.
+    pub records: usize,
+    /// Bytes those records occupy.
+    pub consumed: usize,
+    /// Why reading stopped before the end of the bytes, if it did.
+    pub stopped: Option<&'static str>,
+}
+
+/// Reads the records in `bytes` (a segment's content after its magic) with the same
+/// reader open and peek use, up to the first one that is not intact. For the fuzzer and
+/// for tools that inspect a spool without opening (and locking) it.
+pub fn decode_records(bytes: &[u8]) -> Decoded {
+    let mut reader = bytes;
+    let mut out = Decoded { records: 0, consumed: 0, stopped: None };
+    while out.consumed < bytes.len() {
+        match read_record(&mut reader, (bytes.len() - out.consumed) as u64) {
+            Ok((_, len)) => {
+                out.records += 1;
+                out.consumed += len as usize;
+            }
+            Err(ReadError::Corrupt(reason)) => {
+                out.stopped = Some(reason);
+                break;
+            }
+            Err(ReadError::Io(_)) => {
+                out.stopped = Some("unexpected end of the bytes");
+                break;
+            }
+        }
+    }
+    out
+}
+
 struct Record {
     seq: u64,
     kind: String,
@@ -1239,5 +1275,21 @@ mod tests {
             Spool::open(dir.path(), 1 << 20),
             Err(SpoolError::State { .. })
         ));
+    }
+
+    #[test]
+    fn decode_records_reads_intact_records_and_stops_at_a_bad_one() {
+        let mut bytes = encode_record(7, "process_exec", b"{}").expect("encodes");
+        let first = bytes.len();
+        bytes.extend(encode_record(8, "credential_use", b"{\"a\":1}").expect("encodes"));
+        assert_eq!(decode_records(&bytes), Decoded { records: 2, consumed: bytes.len(), stopped: None });
+        let torn = &bytes[..bytes.len() - 1];
+        let d = decode_records(torn);
+        assert_eq!((d.records, d.consumed), (1, first));
+        assert!(d.stopped.is_some());
+        let mut rotten = bytes.clone();
+        rotten[first + 12] ^= 1;
+        assert_eq!(decode_records(&rotten).stopped, Some("record checksum mismatch"));
+        assert_eq!(decode_records(&[]), Decoded { records: 0, consumed: 0, stopped: None });
     }
 }

@@ -360,31 +360,73 @@ fn basic_from_decoded(header: &str, decoded: &[u8]) -> Option<Credential> {
         Some(i) => (decoded.get(..i)?, decoded.get(i + 1..)?),
         None => (decoded, &[][..]),
     };
-    let (username, secret, class) = if password.is_empty() {
-        // Keys sent as the user name with an empty password (Stripe-style): the user
-        // name *is* the secret and must not be reported.
-        let class = std::str::from_utf8(user)
-            .ok()
-            .and_then(family)
-            .map_or(Class::Unknown, |(_, class)| class);
-        (None, user, class)
-    } else {
-        let username = (!user.is_empty()).then(|| String::from_utf8_lossy(user).into_owned());
-        (username, password, Class::Static)
-    };
+    // Either half may be the credential: GitHub takes `<token>:x-oauth-basic`, GitHub Apps
+    // `x-access-token:<token>`, Stripe `<key>:`. A half that looks like a token is the
+    // secret, and a secret is never reported as the user name.
+    let user_text = std::str::from_utf8(user).ok();
+    let user_family = user_text.and_then(family);
+    let password_family = std::str::from_utf8(password).ok().and_then(family);
+    // A user name we cannot read, or one that looks machine-generated, may be a secret.
+    let user_is_secret = user_family.is_some() || user_text.is_none_or(looks_like_secret);
+    let in_password = password_family.is_some()
+        || (user_family.is_none() && !password.is_empty() && !(user_is_secret && is_placeholder(password)));
+    let (secret, family) = if in_password { (password, password_family) } else { (user, user_family) };
     if secret.is_empty() {
         return None;
     }
+    let username = (in_password && !user_is_secret && !user.is_empty()).then(|| String::from_utf8_lossy(user).into_owned());
+    let class = match &family {
+        Some((_, class)) => class.clone(),
+        // A password: long-lived until someone changes it.
+        None if in_password => Class::Static,
+        // A key sent as the user name, with no family we know.
+        None => Class::Unknown,
+    };
     Some(Credential {
         detector: Detector::BasicAuth,
         class,
         identifiers: Identifiers {
             header: Some(header.to_owned()),
             username,
+            token_family: family.map(|(name, _)| name.to_owned()),
             ..Identifiers::default()
         },
         secret: Secret::new(secret),
     })
+}
+
+/// Fixed passwords that services document for "the token is in the user name".
+fn is_placeholder(password: &[u8]) -> bool {
+    const PLACEHOLDERS: &[&[u8]] = &[b"x-oauth-basic", b"x-oauth-token", b"x", b"X", b"api_token", b"api"];
+    PLACEHOLDERS.contains(&password)
+}
+
+/// Could this user name be a secret rather than a name? Machine-generated tokens are long,
+/// mix letters and digits, and have high per-character entropy; names, e-mail addresses and
+/// service-account ids do not (an `@` means an address, which is not secret).
+pub(crate) fn looks_like_secret(s: &str) -> bool {
+    if s.len() < 20 || s.contains('@') || s.contains(char::is_whitespace) {
+        return false;
+    }
+    let has_digit = s.bytes().any(|b| b.is_ascii_digit());
+    let has_alpha = s.bytes().any(|b| b.is_ascii_alphabetic());
+    has_digit && has_alpha && shannon_bits_per_char(s.as_bytes()) >= 3.5
+}
+
+fn shannon_bits_per_char(bytes: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in bytes {
+        counts[usize::from(b)] += 1;
+    }
+    let n = bytes.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 /// Known token families by documented prefix. Order matters: longer prefixes that
@@ -893,6 +935,63 @@ mod tests {
                 detect(&req("/", &[("authorization", bad)]), NOW, &[]).is_empty(),
                 "{bad}"
             );
+        }
+    }
+
+    /// A workload sends a GitHub token the way git does (`<token>:x-oauth-basic`): the
+    /// token is the credential and no identifier may carry it.
+    #[test]
+    fn github_token_as_basic_user_name_is_the_secret_not_the_user_name() {
+        let token = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+        for password in ["x-oauth-basic", "", "x"] {
+            let value = format!("Basic {}", STANDARD.encode(format!("{token}:{password}")));
+            let c = one(&[("Authorization", &value)]);
+            assert_eq!(c.detector, Detector::BasicAuth);
+            assert_eq!(c.identifiers.username, None, "{password:?}");
+            assert_eq!(c.identifiers.token_family.as_deref(), Some("github_pat"));
+            assert_eq!(c.class, Class::Static);
+            assert_eq!(c.secret.expose(), token.as_bytes());
+            let ids = serde_json::to_string(&c.identifiers).expect("serializes");
+            assert!(!ids.contains(token) && !ids.contains("16C7e42F"), "{ids}");
+        }
+        // A GitHub App installation token in the password, with the documented user name.
+        let ghs = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
+        let value = format!("Basic {}", STANDARD.encode(format!("x-access-token:{ghs}")));
+        let c = one(&[("Authorization", &value)]);
+        assert_eq!(c.identifiers.username.as_deref(), Some("x-access-token"));
+        assert_eq!(c.identifiers.token_family.as_deref(), Some("github_server_to_server"));
+        assert_eq!(c.secret.expose(), ghs.as_bytes());
+    }
+
+    /// A random API key as the user name (no known prefix) with a placeholder or a real
+    /// password: the user name is never reported.
+    #[test]
+    fn high_entropy_basic_user_names_are_never_identifiers() {
+        let key = "q8Zt3VwX1nR7pL0sK4mB9yHc2Fd6Ju5A";
+        let value = format!("Basic {}", STANDARD.encode(format!("{key}:x-oauth-basic")));
+        let c = one(&[("authorization", &value)]);
+        assert_eq!(c.identifiers.username, None);
+        assert_eq!(c.secret.expose(), key.as_bytes());
+        assert_eq!(c.class, Class::Unknown);
+        let value = format!("Basic {}", STANDARD.encode(format!("{key}:hunter2")));
+        let c = one(&[("authorization", &value)]);
+        assert_eq!((c.identifiers.username, c.secret.expose()), (None, &b"hunter2"[..]));
+        // Names stay names: people, bots, e-mail addresses, service accounts.
+        for user in ["alice", "deploy-bot", "jenkins", "svc-ci@example-project.iam.gserviceaccount.com", "x-access-token"] {
+            let value = format!("Basic {}", STANDARD.encode(format!("{user}:pw")));
+            assert_eq!(one(&[("authorization", &value)]).identifiers.username.as_deref(), Some(user));
+        }
+        // A user name that is not UTF-8 could be anything: not reported.
+        let value = format!("Basic {}", STANDARD.encode(b"\xff\xfe:pw"));
+        assert_eq!(one(&[("authorization", &value)]).identifiers.username, None);
+    }
+
+    #[test]
+    fn looks_like_secret_separates_tokens_from_names() {
+        assert!(looks_like_secret("q8Zt3VwX1nR7pL0sK4mB9yHc2Fd6Ju5A"));
+        assert!(looks_like_secret("AKIAIOSFODNN7EXAMPLE"));
+        for name in ["alice", "aaaaaaaaaaaaaaaaaaaaaaaa1", "first.last@example.com", "a very long name 123456"] {
+            assert!(!looks_like_secret(name), "{name}");
         }
     }
 

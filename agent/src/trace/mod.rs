@@ -12,4 +12,5 @@ pub mod fingerprint;
 pub mod http;
 pub mod libs;
 pub mod redact;
+pub mod streams;
 pub mod tracer;

@@ -12,7 +12,13 @@ const CREDENTIAL_PARAMS: &[&str] = &[
     "x-amz-credential",
     "x-amz-signature",
     "x-amz-security-token",
+    "x-goog-credential",
+    "x-goog-signature",
+    "x-goog-security-token",
     "access_token",
+    "refresh_token",
+    "private_token",
+    "client_assertion",
     "id_token",
     "token",
     "api_key",
@@ -41,7 +47,7 @@ pub fn strip_credential_params(target: &str) -> String {
         None => (rest, None),
     };
     let mut out = String::with_capacity(target.len());
-    out.push_str(path);
+    out.push_str(&filter_path(path));
     if let Some(query) = query.map(filter_params).filter(|q| !q.is_empty()) {
         out.push('?');
         out.push_str(&query);
@@ -53,12 +59,60 @@ pub fn strip_credential_params(target: &str) -> String {
     out
 }
 
+/// Keeps the parameters that are not credentials, with the separator (`&` or `;`, both
+/// accepted by common servers) that came before each kept one.
 fn filter_params(query: &str) -> String {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|param| !param.is_empty() && !is_credential_param(param))
+    let mut out = String::with_capacity(query.len());
+    for (separator, param) in split_params(query) {
+        if param.is_empty() || is_credential_param(param) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(separator.unwrap_or('&'));
+        }
+        out.push_str(param);
+    }
+    out
+}
+
+/// `a=1&b=2;c=3` -> `(None, "a=1")`, `(Some('&'), "b=2")`, `(Some(';'), "c=3")`.
+fn split_params(query: &str) -> impl Iterator<Item = (Option<char>, &str)> {
+    let mut rest = Some(query);
+    let mut separator = None;
+    std::iter::from_fn(move || {
+        let current = rest?;
+        let this_separator = separator;
+        match current.find(['&', ';']) {
+            Some(i) => {
+                separator = current[i..].chars().next();
+                rest = Some(&current[i + 1..]);
+                Some((this_separator, &current[..i]))
+            }
+            None => {
+                rest = None;
+                Some((this_separator, current))
+            }
+        }
+    })
+}
+
+/// Path segments may carry `;name=value` parameters (RFC 3986 matrix parameters, Java
+/// servlets' `;jsessionid=`): credential ones are removed there too.
+fn filter_path(path: &str) -> String {
+    if !path.contains(';') {
+        return path.to_owned();
+    }
+    let segments: Vec<String> = path
+        .split('/')
+        .map(|segment| match segment.split_once(';') {
+            Some((name, params)) => {
+                let kept = filter_params(params);
+                if kept.is_empty() { name.to_owned() } else { format!("{name};{kept}") }
+            }
+            None => segment.to_owned(),
+        })
         .collect();
-    kept.join("&")
+    segments.join("/")
 }
 
 fn is_credential_param(param: &str) -> bool {
@@ -79,7 +133,7 @@ pub(crate) fn query_params(target: &str) -> impl Iterator<Item = (Cow<'_, str>, 
         .split('#')
         .next()
         .unwrap_or("");
-    query.split('&').filter(|p| !p.is_empty()).map(|param| {
+    split_params(query).map(|(_, param)| param).filter(|p| !p.is_empty()).map(|param| {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
         (percent_decode(name), percent_decode(value))
     })
@@ -175,6 +229,51 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A GCS V4 signed URL as `gsutil signurl` / the client libraries produce it: the
+    /// signature is a bearer capability and the credential names the signing account.
+    #[test]
+    fn strips_gcs_v4_signed_url_parameters() {
+        let target = "/my-bucket/report.csv?X-Goog-Algorithm=GOOG4-RSA-SHA256\
+            &X-Goog-Credential=signer%40proj.iam.gserviceaccount.com%2F20240101%2Fauto%2Fstorage%2Fgoog4_request\
+            &X-Goog-Date=20240101T000000Z&X-Goog-Expires=900&X-Goog-SignedHeaders=host\
+            &X-Goog-Signature=5a1b2c3d4e5f60718293a4b5c6d7e8f9";
+        assert_eq!(
+            strip_credential_params(target),
+            "/my-bucket/report.csv?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Date=20240101T000000Z\
+             &X-Goog-Expires=900&X-Goog-SignedHeaders=host"
+        );
+    }
+
+    #[test]
+    fn strips_oauth_and_gitlab_token_parameters() {
+        for name in ["X-Goog-Signature", "x-goog-credential", "private_token", "refresh_token", "client_assertion", "client_secret"] {
+            let target = format!("/p?keep=1&{name}=s3cr3t&also=2");
+            assert_eq!(strip_credential_params(&target), "/p?keep=1&also=2", "{name}");
+        }
+        assert_eq!(
+            strip_credential_params(
+                "/oauth/token?grant_type=client_credentials&client_assertion_type=urn%3Aietf&client_assertion=eyJ.x.y"
+            ),
+            "/oauth/token?grant_type=client_credentials&client_assertion_type=urn%3Aietf"
+        );
+    }
+
+    /// `;` separates parameters for many servers (and in HTML 4's recommendation): a
+    /// secret behind one must not survive as part of its neighbour.
+    #[test]
+    fn semicolon_separated_parameters_are_filtered_and_separators_kept() {
+        assert_eq!(strip_credential_params("/a?x=1;token=s3cr3t;y=2"), "/a?x=1;y=2");
+        assert_eq!(strip_credential_params("/a?token=s3cr3t;y=2&z=3"), "/a?y=2&z=3");
+        assert_eq!(strip_credential_params("/a?x=1&private_token=s;refresh_token=t"), "/a?x=1");
+        assert_eq!(strip_credential_params("/cb#state=1;access_token=abc"), "/cb#state=1");
+        // Path (matrix) parameters.
+        assert_eq!(strip_credential_params("/app;jsessionid=1;token=abc/x?y=1"), "/app;jsessionid=1/x?y=1");
+        assert_eq!(strip_credential_params("/app;access_token=abc"), "/app");
+        // Detection reads `;`-separated parameters the same way.
+        let names: Vec<String> = query_params("/a?x=1;X-Amz-Credential=K").map(|(n, _)| n.into_owned()).collect();
+        assert_eq!(names, ["x", "X-Amz-Credential"]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Kernel captures -> credential-use events.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -16,9 +16,9 @@ use super::{
     events::{CredentialFileRead, CredentialUse, Destination},
     files,
     fingerprint::Fingerprinter,
-    http::HttpStream,
     libs::LibraryWatcher,
     redact::strip_credential_params,
+    streams::{StreamKey, StreamTable},
 };
 use crate::{
     attest::{Attestor, clock::Clock, record::{ProcessRecord, ProcessRef}},
@@ -27,14 +27,6 @@ use crate::{
 
 /// HTTP streams remembered at most (one per connection and direction).
 const STREAMS: usize = 16_384;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct StreamKey {
-    tgid: u32,
-    fd: i32,
-    /// TLS connection object; 0 for plain sockets.
-    conn: u64,
-}
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct TraceStats {
@@ -97,8 +89,7 @@ pub struct Tracer {
     sigil_issuers: Vec<String>,
     clock: Clock,
     conns: ConnTable,
-    streams: HashMap<StreamKey, HttpStream>,
-    order: VecDeque<StreamKey>,
+    streams: StreamTable,
     pub libs: LibraryWatcher,
     stats: TraceStats,
     /// Fingerprint -> workload runs that used it (static credentials only).
@@ -110,6 +101,28 @@ pub fn looks_like_http(first: &[u8]) -> bool {
     const STARTS: [&[u8]; 10] =
         [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ", b"PRI * HTTP/2"];
     STARTS.iter().any(|s| first.starts_with(s) || (first.len() < s.len() && s.starts_with(first)))
+}
+
+/// The record of the process that `pid` named when it wrote at `boot_ns`.
+///
+/// The table's record alone is not enough: the writer may have exited and its pid been
+/// reused before its events are handled (or its exit event lost), and the Workload API
+/// may already have attested the pid's next owner. So the record must have started before
+/// the write, and when the process now at `pid` also did, it is the writer and its record
+/// must be that process's. When the writer has exited, an earlier record is the best
+/// evidence there is (a writer that lived and died between two of our looks, with no exec
+/// event, cannot be told apart from its predecessor).
+pub fn process_at(attestor: &Attestor, clock: &Clock, pid: u32, boot_ns: u64) -> Option<Arc<ProcessRecord>> {
+    let started_by = |ticks: u64| clock.ticks_to_boot_ns(ticks) <= boot_ns.saturating_add(clock.tick_ns());
+    let recorded = attestor.settled(pid).filter(|r| started_by(r.start_ticks));
+    let running_since = procfs::process::Process::new(pid as i32).ok().and_then(|p| p.stat().ok()).map(|s| s.starttime);
+    match running_since {
+        Some(ticks) if started_by(ticks) => match recorded {
+            Some(r) if r.start_ticks == ticks => Some(r),
+            _ => attestor.attest_running(pid).map(|(r, _)| r).filter(|r| r.start_ticks == ticks),
+        },
+        _ => recorded,
+    }
 }
 
 fn now_unix() -> i64 {
@@ -124,8 +137,7 @@ impl Tracer {
             sigil_issuers,
             clock: Clock::new(),
             conns: ConnTable::default(),
-            streams: HashMap::new(),
-            order: VecDeque::new(),
+            streams: StreamTable::new(STREAMS),
             libs: LibraryWatcher::default(),
             stats: TraceStats::default(),
             static_runs: HashMap::new(),
@@ -159,12 +171,7 @@ impl Tracer {
     pub fn on_connect(&mut self, ev: &ConnectEvent) {
         self.conns.on_connect(ev);
         // The fd now names a new connection: forget streams of the old one on it.
-        let (tgid, fd) = (ev.header.pid, ev.fd);
-        self.streams.retain(|k, _| !(k.tgid == tgid && k.fd == fd));
-    }
-
-    fn process(attestor: &Attestor, pid: u32) -> Option<Arc<ProcessRecord>> {
-        attestor.settled(pid).or_else(|| attestor.attest_running(pid).map(|(r, _)| r))
+        self.streams.forget_fd(ev.header.pid, ev.fd);
     }
 
     pub fn on_data(&mut self, ev: &DataEvent, attestor: &Attestor, probes: &mut Probes) -> Vec<CredentialUse> {
@@ -176,44 +183,31 @@ impl Tracer {
         let tgid = ev.header.pid;
         let key = StreamKey { tgid, fd: ev.fd, conn: ev.conn };
 
-        if !self.streams.contains_key(&key) {
-            if !looks_like_http(captured) {
-                // Not a client's requests (TLS handshakes, database protocols, a server's
-                // responses): have the kernel stop copying this connection.
-                let stopped = if source == DataSource::PlainSocket {
-                    self.stats.plain_sockets_ignored += 1;
-                    probes.stop_plain_capture(tgid, ev.fd)
-                } else if ev.fd >= 0 {
-                    self.stats.tls_connections_ignored += 1;
-                    probes.skip_tls(tgid, ev.fd, ev.conn)
-                } else {
-                    Ok(())
-                };
-                if let Err(e) = stopped {
-                    warn!("could not stop capturing a connection that is not HTTP requests: {e}");
-                }
-                return Vec::new();
+        if !self.streams.contains(&key) && !looks_like_http(captured) {
+            // Not a client's requests (TLS handshakes, database protocols, a server's
+            // responses): have the kernel stop copying this connection.
+            let stopped = if source == DataSource::PlainSocket {
+                self.stats.plain_sockets_ignored += 1;
+                probes.stop_plain_capture(tgid, ev.fd)
+            } else if ev.fd >= 0 {
+                self.stats.tls_connections_ignored += 1;
+                probes.skip_tls(tgid, ev.fd, ev.conn)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = stopped {
+                warn!("could not stop capturing a connection that is not HTTP requests: {e}");
             }
-            self.streams.insert(key, HttpStream::new());
-            self.order.push_back(key);
-            while self.streams.len() > STREAMS {
-                match self.order.pop_front() {
-                    Some(old) => {
-                        self.streams.remove(&old);
-                    }
-                    None => break,
-                }
-            }
+            return Vec::new();
         }
-        let Some(stream) = self.streams.get_mut(&key) else { return Vec::new() };
-        let requests = stream.feed(captured, true_len);
+        let requests = self.streams.get_or_insert(key).feed(captured, true_len);
         if requests.is_empty() {
             return Vec::new();
         }
         self.stats.requests += requests.len() as u64;
 
         let now = now_unix();
-        let process = Self::process(attestor, tgid);
+        let process = process_at(attestor, &self.clock, tgid, ev.header.boot_ns);
         let dest = self.conns.destination(tgid, ev.fd);
         let mut out = Vec::new();
         for req in requests {
@@ -263,7 +257,7 @@ impl Tracer {
             libc::O_RDWR => "read_write",
             _ => "read",
         };
-        let process = Self::process(attestor, ev.header.pid);
+        let process = process_at(attestor, &self.clock, ev.header.pid, ev.header.boot_ns);
         Some(CredentialFileRead {
             kind: "credential_file_read",
             time: self.clock.rfc3339(ev.header.boot_ns),

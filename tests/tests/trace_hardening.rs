@@ -1,0 +1,251 @@
+#![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
+//! Credential-use tracing under attack and at its limits, against the real kernel: real
+//! clients (curl, Python's ssl and socket modules) over real TLS and plain TCP to real local
+//! servers. Each planted secret is then searched for in every output of the agent: events,
+//! log lines, its state directory and its /metrics page.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Stdio},
+};
+
+use base64::Engine;
+use serde_json::Value;
+use sigil_agent::trace::{detect::Secret, fingerprint::Fingerprinter};
+use sigil_tests::*;
+
+struct Traced {
+    agent: Agent,
+    state: PathBuf,
+    dir: PathBuf,
+    metrics: String,
+}
+
+fn traced(extra: &[&str]) -> Traced {
+    let dir = scratch_dir();
+    let state = dir.join("state");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["--state-dir", state.to_str().unwrap(), "--metrics-listen", &metrics];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&args);
+    agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
+    Traced { agent, state, dir, metrics }
+}
+
+impl Traced {
+    fn uses_in(&self, cg: &TestCgroup, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.agent.wait_event(what, |v| {
+            v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str() && pred(v)
+        })
+    }
+
+    /// The secret is in no event, log line, state file, or metric.
+    fn assert_nowhere(&self, secret: &str) {
+        let metrics = scrape_metrics(&self.metrics);
+        assert!(metrics.contains("sigil_agent"), "the metrics page answered: {metrics}");
+        assert_secret_absent(&self.agent, &[&self.state], &[&metrics], secret);
+    }
+
+    /// What the agent's fingerprint of `secret` is (its generated key is in the state dir).
+    fn fingerprint_of(&self, secret: &str) -> String {
+        let key = fs::read(self.state.join("fingerprint.key")).unwrap();
+        Fingerprinter::new(&key).fingerprint(&Secret::new(secret.as_bytes().to_vec()))
+    }
+
+    /// Waits for an `agent_stats` event counting at least `min` kernel drops of `reason`.
+    fn wait_drops(&self, reason: &str, min: u64) {
+        self.agent.wait_event(&format!("agent_stats with {min}+ {reason} drops"), |v| {
+            v["kind"] == "agent_stats" && v["kernel_drops"][reason].as_u64().is_some_and(|n| n >= min)
+        });
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A reader of Sigil's output (a dashboard user, whoever can read the collector's store or
+/// the agent's logs) must not learn a workload's GitHub token when the workload sends it
+/// the way git does: `Authorization: Basic base64(<token>:x-oauth-basic)`. At the branch
+/// point the token was reported as `identifiers.username`.
+#[test]
+fn a_github_token_sent_as_the_basic_auth_user_name_is_only_fingerprinted() {
+    let t = traced(&[]);
+    let server = PyServer::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/git-basic.scope");
+    let token = format!("ghp_PLANTEDbasic{}", unique("Z")).replace('x', "0");
+    let url = format!("https://127.0.0.1:{}/org/repo.git/info/refs?service=git-upload-pack", server.port);
+    let (code, _, err) =
+        cg.run(Path::new("/usr/bin/curl"), &["-sk", "-o", "/dev/null", "-u", &format!("{token}:x-oauth-basic"), &url]);
+    assert_eq!(code, 0, "{err}");
+
+    let ev = t.uses_in(&cg, "basic auth use", |v| v["detector"] == "basic_auth");
+    assert_eq!(ev["identifiers"]["username"], Value::Null, "the token is not a user name: {ev}");
+    assert_eq!(ev["identifiers"]["token_family"], "github_pat");
+    assert_eq!(ev["class"], "static");
+    assert_eq!(ev["identifiers"]["header"], "authorization");
+    assert_eq!(ev["fingerprint"], t.fingerprint_of(&token).as_str(), "the token itself is what is fingerprinted");
+    // Nothing anywhere holds the token, its distinctive part, or the header it came in.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{token}:x-oauth-basic"));
+    for needle in [token.as_str(), &token[4..], &basic] {
+        t.assert_nowhere(needle);
+    }
+}
+
+/// A reader of Sigil's output must not get a usable presigned URL or OAuth secret from an
+/// event's `path`: GCS V4 signed URLs, GitLab `private_token`, OAuth `refresh_token`,
+/// `client_assertion` and `client_secret`, also when parameters are `;`-separated.
+#[test]
+fn a_presigned_gcs_url_and_oauth_parameters_are_stripped_from_the_reported_path() {
+    let t = traced(&[]);
+    let server = PyServer::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/presigned.scope");
+    let signature = format!("5ab1{}", unique("c0ffee").replace('x', "e"));
+    let signer = "PLANTEDsigner%40proj.iam.gserviceaccount.com%2F20240101%2Fauto%2Fstorage%2Fgoog4_request";
+    let private = unique("PLANTEDprivate");
+    let refresh = unique("PLANTEDrefresh");
+    let assertion = unique("PLANTEDassertion");
+    let client_secret = unique("PLANTEDclientsecret");
+    let target = format!(
+        "/bucket/report.csv?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential={signer}&X-Goog-Date=20240101T000000Z\
+         &X-Goog-Expires=900&X-Goog-SignedHeaders=host&X-Goog-Signature={signature}\
+         ;private_token={private};refresh_token={refresh}&client_assertion={assertion};client_secret={client_secret};page=2"
+    );
+    let bearer = unique("sk-ant-PLANTEDbearer");
+    let url = format!("https://127.0.0.1:{}{target}", server.port);
+    let (code, _, err) = cg.run(
+        Path::new("/usr/bin/curl"),
+        &["-sk", "-o", "/dev/null", &url, "-H", &format!("Authorization: Bearer {bearer}")],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let ev = t.uses_in(&cg, "use with a presigned target", |v| v["method"] == "GET" && v["detector"] == "bearer_token");
+    assert_eq!(
+        ev["path"],
+        "/bucket/report.csv?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Date=20240101T000000Z&X-Goog-Expires=900\
+         &X-Goog-SignedHeaders=host;page=2"
+    );
+    for secret in [signature.as_str(), "PLANTEDsigner", &private, &refresh, &assertion, &client_secret, &bearer] {
+        t.assert_nowhere(secret);
+    }
+}
+
+/// Starts tests/python/tls_blockers.py with `n` threads, and waits until every one of them
+/// is blocked inside SSL_write.
+fn block_threads_in_ssl_write(cg: &TestCgroup, dir: &Path, n: usize) -> (Child, BufReader<ChildStdout>) {
+    let certs = dir.join(unique("blockers"));
+    fs::create_dir_all(&certs).unwrap();
+    self_signed_cert(&certs);
+    let mut child = cg
+        .command(
+            &python(),
+            &[
+                python_script("tls_blockers.py").to_str().unwrap(),
+                &n.to_string(),
+                certs.join("cert.pem").to_str().unwrap(),
+                certs.join("key.pem").to_str().unwrap(),
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "BLOCKED");
+    (child, out)
+}
+
+/// A workload in a pod can keep many threads inside SSL_write (blocked on a peer that never
+/// reads, or killed there). At the branch point each left an entry in the kernel's
+/// TLS_CALLS map until it was full, and from then on no TLS write on the node was captured,
+/// silently. The map is shrunk to 64 entries here so 160 threads overflow it; TLS capture
+/// must go on, and every write the kernel lost must be counted in agent_stats and in
+/// `sigil_agent_kernel_drops_total{reason="tls_call_lost"}`.
+#[test]
+fn threads_stuck_or_killed_inside_ssl_write_do_not_stop_tls_capture_and_losses_are_counted() {
+    const ENTRIES: usize = 64;
+    const THREADS: usize = 160;
+    let t = traced(&["--tls-calls-entries", &ENTRIES.to_string()]);
+    let server = PyServer::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/ssl-stuck.scope");
+    let curl_with = |path: &str, token: &str| {
+        let url = format!("https://127.0.0.1:{}{path}", server.port);
+        let (code, _, err) =
+            cg.run(Path::new("/usr/bin/curl"), &["-sk", "-o", "/dev/null", &url, "-H", &format!("Authorization: Bearer {token}")]);
+        assert_eq!(code, 0, "{err}");
+    };
+
+    // 1. Threads blocked inside SSL_write, more than the map holds.
+    let (mut blockers, mut out) = block_threads_in_ssl_write(&cg, &t.dir, THREADS);
+    let while_blocked = unique("glpat-PLANTEDwhileblocked");
+    curl_with("/while-blocked", &while_blocked);
+    t.uses_in(&cg, "capture while the map is over-full", |v| v["path"] == "/while-blocked");
+    // Let them all return: at least THREADS - ENTRIES find their entry evicted.
+    let mut stdin = blockers.stdin.take().unwrap();
+    writeln!(stdin, "release").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "DONE");
+    blockers.wait().unwrap();
+    // (Other processes on the machine use TLS too, so this is a lower bound only.)
+    t.wait_drops("tls_call_lost", (THREADS - ENTRIES) as u64);
+
+    // 2. Threads killed inside SSL_write: their entries are never removed by a return.
+    let (mut doomed, _out) = block_threads_in_ssl_write(&cg, &t.dir, THREADS);
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let after_kill = unique("glpat-PLANTEDafterkill");
+    curl_with("/after-kill", &after_kill);
+    t.uses_in(&cg, "capture after threads died inside SSL_write", |v| v["path"] == "/after-kill");
+
+    // The loss is a metric too, labelled by reason.
+    let metrics = scrape_metrics(&t.metrics);
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("sigil_agent_kernel_drops_total") && l.contains("reason=\"tls_call_lost\""))
+        .unwrap_or_else(|| panic!("no tls_call_lost drop counter in /metrics:\n{metrics}"));
+    let value: f64 = counted.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value >= (THREADS - ENTRIES) as f64, "{counted}");
+    for token in [&while_blocked, &after_kill] {
+        t.assert_nowhere(token);
+    }
+}
+
+/// A workload that sends its API key over plain HTTP with gathered writes (sendmsg with an
+/// iovec per header line, writev) went unseen at the branch point, which only copied
+/// write() and sendto(). Both are captured now, and the keys are only fingerprinted.
+#[test]
+fn plain_http_sent_with_sendmsg_or_writev_is_captured() {
+    let t = traced(&[]);
+    let server = PyServer::start(None);
+    let cg = TestCgroup::create("trace.slice/iov.scope");
+    let key = unique("sk-proj-PLANTEDsendmsg");
+    let token = unique("xoxb-PLANTEDwritev");
+    let (code, out, err) = cg.run(
+        &python(),
+        &[python_script("iov_client.py").to_str().unwrap(), &server.port.to_string(), &key, &token],
+    );
+    assert_eq!((code, out.as_str()), (0, "DONE"), "{err}");
+
+    let sent = t.uses_in(&cg, "API key sent with sendmsg", |v| v["path"] == "/via-sendmsg");
+    assert_eq!(sent["detector"], "api_key");
+    assert_eq!(sent["transport"], "plain");
+    assert_eq!(sent["identifiers"]["header"], "x-api-key");
+    assert_eq!(sent["identifiers"]["token_family"], "openai");
+    assert_eq!(sent["destination"]["port"], server.port);
+    assert_eq!(sent["fingerprint"], t.fingerprint_of(&key).as_str());
+    let written = t.uses_in(&cg, "bearer token sent with writev", |v| v["path"] == "/via-writev");
+    assert_eq!(written["method"], "POST");
+    assert_eq!(written["detector"], "bearer_token");
+    assert_eq!(written["identifiers"]["token_family"], "slack");
+    assert_eq!(written["fingerprint"], t.fingerprint_of(&token).as_str());
+    for secret in [&key, &token] {
+        t.assert_nowhere(secret);
+    }
+}
