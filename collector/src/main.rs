@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sigil_collector::{
-    cloud::{Parsed, cloudtrail, gcp},
+    cloud::{Limits, Provider, ingest},
     server::{self, ServerConfig, SharedStore, TlsFiles},
     store::sqlite::{SqliteStore, now_unix},
 };
@@ -48,16 +48,25 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         otlp_interval_seconds: u64,
     },
-    /// Ingest cloud audit logs from files.
+    /// Ingest cloud audit logs from files. Kept as evidence: retention ages imports by
+    /// when they were ingested, not by when the calls happened.
     Ingest {
         #[command(subcommand)]
         what: IngestCmd,
+        /// Largest file (and largest decompressed document) read; larger files are named
+        /// and skipped.
+        #[arg(long, global = true, default_value_t = Limits::default().max_file_bytes)]
+        max_file_bytes: u64,
+        /// Largest single record; larger records are reported and skipped.
+        #[arg(long, global = true, default_value_t = Limits::default().max_record_bytes)]
+        max_record_bytes: usize,
     },
 }
 
 #[derive(Subcommand)]
 enum IngestCmd {
-    /// AWS CloudTrail log files ({"Records":[...]}, gzipped or not) or a directory of them.
+    /// AWS CloudTrail log files ({"Records":[...]}, gzipped or not, JSON lines, Logstash or
+    /// OpenSearch exports) or a directory of them (judged by content, whatever the name).
     Cloudtrail { path: PathBuf },
     /// GCP Cloud Audit Log entries (JSON lines or a JSON array), a file or a directory.
     GcpAudit { path: PathBuf },
@@ -101,22 +110,23 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Result<ExitCode> {
     let store: SharedStore = Arc::new(SqliteStore::open(&cli.db)?);
     match cli.cmd {
-        Cmd::Ingest { what } => {
-            let parsed: Parsed = match what {
-                IngestCmd::Cloudtrail { path } => cloudtrail::parse_path(&path)?,
-                IngestCmd::GcpAudit { path } => gcp::parse_path(&path)?,
+        Cmd::Ingest { what, max_file_bytes, max_record_bytes } => {
+            let (provider, path) = match what {
+                IngestCmd::Cloudtrail { path } => (Provider::Aws, path),
+                IngestCmd::GcpAudit { path } => (Provider::Gcp, path),
             };
-            // Each bad record on its own line, then the summary: nothing valid is dropped.
-            for e in &parsed.errors {
-                eprintln!("skipped: {e}");
-            }
-            let errors = parsed.errors.len();
-            let out = store.ingest_cloud(&parsed.actions)?;
+            let limits = Limits { max_file_bytes, max_record_bytes };
+            // Each bad record and each file left out on its own line, then the summary:
+            // nothing valid is dropped, nothing is left out silently.
+            let totals = ingest::ingest_path(&*store, provider, &path, &limits, &mut |n| eprintln!("{n}"))?;
             let links = store.correlate()?;
             println!(
                 "ingested {} cloud actions ({} already stored), {} skipped with errors, {} new attribution links",
-                out.stored, out.duplicates, errors, links.len()
+                totals.stored, totals.duplicates, totals.record_errors, links.len()
             );
+            if totals.skipped_files > 0 {
+                println!("{} files not ingested (each named above with the reason)", totals.skipped_files);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, .. } => {

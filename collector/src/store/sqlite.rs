@@ -251,19 +251,26 @@ impl Store for SqliteStore {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let mut n = 0;
-            for (table, col) in [
-                ("events", "time"),
-                ("processes", "time"),
-                ("token_issuances", "time"),
-                ("token_denials", "time"),
-                ("credential_uses", "time"),
-                ("credential_file_reads", "time"),
-                ("cloud_actions", "time"),
-            ] {
-                n += tx.execute(&format!("DELETE FROM {table} WHERE {col} < ?1"), params![before])?;
-            }
+            // Imported audit logs are evidence a responder brought in, often months old:
+            // they age by when they were ingested, not by when the calls happened. What
+            // they are attributed to (runs, processes, credentials, tokens) is kept while
+            // they are, so a trace still answers.
+            n += tx.execute("DELETE FROM cloud_actions WHERE ingested < ?1", params![before])?;
             n += tx.execute("DELETE FROM links WHERE cloud_action_id NOT IN (SELECT id FROM cloud_actions)", [])?;
-            n += tx.execute("DELETE FROM runs WHERE last_seen < ?1", params![before])?;
+            for (table, key) in [
+                ("processes", "run_id"),
+                ("token_issuances", "run_id"),
+                ("token_denials", "run_id"),
+                ("credential_uses", "run_id"),
+                ("credential_file_reads", "run_id"),
+            ] {
+                n += tx.execute(
+                    &format!("DELETE FROM {table} WHERE time < ?1 AND ({key} IS NULL OR {key} NOT IN (SELECT run_id FROM links))"),
+                    params![before],
+                )?;
+            }
+            n += tx.execute("DELETE FROM events WHERE time < ?1", params![before])?;
+            n += tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?;
             tx.commit()?;
             Ok(n)
         })
