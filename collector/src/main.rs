@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sigil_collector::{
     cloud::{Limits, Provider, ingest},
-    server::{self, ServerConfig, SharedStore, TlsFiles},
+    server::{self, RequestLimits, ServerConfig, SharedStore, TlsFiles},
     store::sqlite::{SqliteStore, now_unix},
 };
 use tracing::{error, info};
@@ -47,6 +47,13 @@ enum Cmd {
         otlp_endpoint: Option<String>,
         #[arg(long, default_value_t = 30)]
         otlp_interval_seconds: u64,
+        /// Largest gRPC message (agent batch or query) accepted; larger ones are refused
+        /// with OUT_OF_RANGE.
+        #[arg(long, default_value_t = RequestLimits::default().max_grpc_message_bytes)]
+        max_grpc_message_bytes: usize,
+        /// Largest HTTP audit-log upload (/v1/ingest/*) accepted; larger ones get a 413.
+        #[arg(long, default_value_t = RequestLimits::default().max_ingest_body_bytes)]
+        max_ingest_body_bytes: usize,
     },
     /// Ingest cloud audit logs from files. Kept as evidence: retention ages imports by
     /// when they were ingested, not by when the calls happened.
@@ -118,18 +125,21 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
             let limits = Limits { max_file_bytes, max_record_bytes };
             // Each bad record and each file left out on its own line, then the summary:
             // nothing valid is dropped, nothing is left out silently.
+            let started = std::time::Instant::now();
             let totals = ingest::ingest_path(&*store, provider, &path, &limits, &mut |n| eprintln!("{n}"))?;
+            let stored_in = started.elapsed();
             let links = store.correlate()?;
             println!(
-                "ingested {} cloud actions ({} already stored), {} skipped with errors, {} new attribution links",
-                totals.stored, totals.duplicates, totals.record_errors, links.len()
+                "ingested {} cloud actions ({} already stored), {} skipped with errors, {} new attribution links (read and stored in {:.2}s, correlated in {:.2}s)",
+                totals.stored, totals.duplicates, totals.record_errors, links.len(), stored_in.as_secs_f64(), (started.elapsed() - stored_in).as_secs_f64()
             );
             if totals.skipped_files > 0 {
                 println!("{} files not ingested (each named above with the reason)", totals.skipped_files);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, .. } => {
+        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, max_grpc_message_bytes, max_ingest_body_bytes, .. } => {
+            let limits = RequestLimits { max_grpc_message_bytes, max_ingest_body_bytes, ..RequestLimits::default() };
             let telemetry = telemetry.context("telemetry is created for serve")?;
             let tls = match (tls_cert, tls_key, client_ca) {
                 (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles { cert, key, client_ca }),
@@ -163,7 +173,7 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
                         }
                     }
                 };
-                let result = server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone() }, store, shutdown).await;
+                let result = server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone(), limits }, store, shutdown).await;
                 telemetry.flush();
                 result
             })?;

@@ -49,49 +49,21 @@ pub enum IngestError {
     Store { stored: u64, source: StoreError },
 }
 
-/// A [`Sink`] that stores actions in batches and reports everything else as it comes.
-pub struct StoreSink<'s> {
-    store: &'s dyn Store,
+/// A [`Sink`] that hands actions to the store writer in batches and reports everything
+/// else as it comes.
+struct StoreSink<'s> {
     batch: Vec<CloudAction>,
+    writer: std::sync::mpsc::SyncSender<Vec<CloudAction>>,
     totals: Totals,
     report: &'s mut dyn FnMut(Notice<'_>),
-    failed: Option<StoreError>,
 }
 
-impl<'s> StoreSink<'s> {
-    pub fn new(store: &'s dyn Store, report: &'s mut dyn FnMut(Notice<'_>)) -> Self {
-        Self {
-            store,
-            batch: Vec::with_capacity(BATCH),
-            totals: Totals::default(),
-            report,
-            failed: None,
-        }
-    }
-
+impl StoreSink<'_> {
     fn flush(&mut self) {
-        if self.batch.is_empty() || self.failed.is_some() {
-            return;
-        }
-        match self.store.ingest_cloud(&self.batch) {
-            Ok(out) => {
-                self.totals.stored += u64::from(out.stored);
-                self.totals.duplicates += u64::from(out.duplicates);
-            }
-            Err(e) => self.failed = Some(e),
-        }
-        self.batch.clear();
-    }
-
-    /// Stores what is left and returns the totals, or the store failure that stopped it.
-    pub fn finish(mut self) -> Result<Totals, IngestError> {
-        self.flush();
-        match self.failed {
-            None => Ok(self.totals),
-            Some(source) => Err(IngestError::Store {
-                stored: self.totals.stored,
-                source,
-            }),
+        if !self.batch.is_empty() {
+            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+            // The writer only hangs up after a store failure, which `ingest_path` reports.
+            let _ = self.writer.send(batch);
         }
     }
 }
@@ -115,6 +87,22 @@ impl Sink for StoreSink<'_> {
     }
 }
 
+/// Stores batches as they arrive, one transaction each, until the reader is done or the
+/// store fails; returns (stored, duplicates) and the failure, if any.
+fn write_batches(store: &dyn Store, batches: std::sync::mpsc::Receiver<Vec<CloudAction>>) -> (u64, u64, Option<StoreError>) {
+    let (mut stored, mut duplicates) = (0, 0);
+    for batch in batches {
+        match store.ingest_cloud(&batch) {
+            Ok(out) => {
+                stored += u64::from(out.stored);
+                duplicates += u64::from(out.duplicates);
+            }
+            Err(e) => return (stored, duplicates, Some(e)),
+        }
+    }
+    (stored, duplicates, None)
+}
+
 /// Ingests a file or a directory of `provider` audit logs into `store`, reporting each
 /// bad record and each file left out through `report`. Correlation is the caller's: one
 /// run after everything is stored costs less than one per batch.
@@ -125,20 +113,29 @@ pub fn ingest_path(
     limits: &Limits,
     report: &mut dyn FnMut(Notice<'_>),
 ) -> Result<Totals, IngestError> {
-    let mut sink = StoreSink::new(store, report);
-    let walked = match provider {
-        Provider::Aws => cloudtrail::parse_path_into(path, limits, &mut sink),
-        Provider::Gcp => gcp::parse_path_into(path, limits, &mut sink),
-    };
-    if let Err(source) = walked {
-        // Keep what was already stored; say why the rest was not read.
-        sink.finish()?;
-        return Err(IngestError::Io {
-            path: path.display().to_string(),
-            source,
-        });
+    // Reading and storing overlap: one thread parses while another commits the previous
+    // batch. Two batches in flight bound the memory.
+    let (tx, rx) = std::sync::mpsc::sync_channel(2);
+    let (walked, mut totals, (stored, duplicates, failed)) = std::thread::scope(|scope| {
+        let storing = scope.spawn(move || write_batches(store, rx));
+        let mut sink = StoreSink { batch: Vec::with_capacity(BATCH), writer: tx, totals: Totals::default(), report };
+        let walked = match provider {
+            Provider::Aws => cloudtrail::parse_path_into(path, limits, &mut sink),
+            Provider::Gcp => gcp::parse_path_into(path, limits, &mut sink),
+        };
+        sink.flush();
+        let StoreSink { totals, writer, .. } = sink;
+        drop(writer); // ends the writer's loop once the last batch is stored
+        // A panic in the writer poisoned the store's lock: say so rather than guess counts.
+        (walked, totals, storing.join().unwrap_or((0, 0, Some(StoreError::Poisoned))))
+    });
+    totals.stored = stored;
+    totals.duplicates = duplicates;
+    if let Some(source) = failed {
+        return Err(IngestError::Store { stored, source });
     }
-    sink.finish()
+    walked.map_err(|source| IngestError::Io { path: path.display().to_string(), source })?;
+    Ok(totals)
 }
 
 #[cfg(test)]

@@ -31,6 +31,16 @@ pub enum Provider {
     Gcp,
 }
 
+impl Provider {
+    /// The name stored and shown (`aws`, `gcp`), as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Aws => "aws",
+            Provider::Gcp => "gcp",
+        }
+    }
+}
+
 /// One API call recorded by a cloud provider's audit log, normalised across providers so
 /// that attribution works on a single shape.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
