@@ -51,9 +51,7 @@ const ASSUME_ROLE_EVENTS: [&str; 3] = [
 /// Parses one CloudTrail input (plain or gzip). Never fails as a whole: complete records are
 /// returned even when others, or the document itself, are damaged.
 pub fn parse(source_name: &str, bytes: &[u8]) -> Parsed {
-    let mut out = Parsed::default();
-    parse_into(source_name, bytes, &Limits::default(), &mut out);
-    out
+    Parsed::of(source_name, bytes, parse_into)
 }
 
 /// [`parse`], handing each action and error to `sink` as it is read.
@@ -65,9 +63,7 @@ pub fn parse_into(source_name: &str, bytes: &[u8], limits: &Limits, sink: &mut d
 /// judged by content whatever the extension; `CloudTrail-Digest` directories and other
 /// files are reported as skipped).
 pub fn parse_path(path: &Path) -> Result<Parsed, std::io::Error> {
-    let mut out = Parsed::default();
-    parse_path_into(path, &Limits::default(), &mut out)?;
-    Ok(out)
+    Parsed::collect(|out| parse_path_into(path, &Limits::default(), out))
 }
 
 /// [`parse_path`], handing results to `sink` file by file.

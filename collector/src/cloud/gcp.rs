@@ -31,9 +31,7 @@ pub(crate) const KIND: Kind = Kind {
 /// Parses one GCP audit-log input (plain or gzip). Never fails as a whole: complete entries
 /// are returned even when others, or the document itself, are damaged.
 pub fn parse(source_name: &str, bytes: &[u8]) -> Parsed {
-    let mut out = Parsed::default();
-    parse_into(source_name, bytes, &Limits::default(), &mut out);
-    out
+    Parsed::of(source_name, bytes, parse_into)
 }
 
 /// [`parse`], handing each action and error to `sink` as it is read.
@@ -44,9 +42,7 @@ pub fn parse_into(source_name: &str, bytes: &[u8], limits: &Limits, sink: &mut d
 /// Parses a file, or every GCP audit-log file under a directory (recursively, sorted by
 /// path, judged by content whatever the extension; other files are reported as skipped).
 pub fn parse_path(path: &Path) -> Result<Parsed, std::io::Error> {
-    let mut out = Parsed::default();
-    parse_path_into(path, &Limits::default(), &mut out)?;
-    Ok(out)
+    Parsed::collect(|out| parse_path_into(path, &Limits::default(), out))
 }
 
 /// [`parse_path`], handing results to `sink` file by file.

@@ -122,6 +122,22 @@ pub struct Parsed {
     pub skipped: Vec<SkippedFile>,
 }
 
+impl Parsed {
+    /// Everything `feed` hands a sink, collected.
+    fn collect<E>(feed: impl FnOnce(&mut Parsed) -> Result<(), E>) -> Result<Parsed, E> {
+        let mut out = Parsed::default();
+        feed(&mut out)?;
+        Ok(out)
+    }
+
+    /// One input parsed by a provider's `parse_into`, collected.
+    fn of(source_name: &str, bytes: &[u8], parse: fn(&str, &[u8], &Limits, &mut dyn Sink)) -> Parsed {
+        let mut out = Parsed::default();
+        parse(source_name, bytes, &Limits::default(), &mut out);
+        out
+    }
+}
+
 impl Sink for Parsed {
     fn action(&mut self, action: CloudAction) {
         self.actions.push(action);
