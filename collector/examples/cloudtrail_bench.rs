@@ -33,9 +33,12 @@ fn record(i: u64, id_prefix: &str) -> String {
     let time = rfc3339(BASE_TIME + (i / 16) as i64 % 86_000);
     let id = format!("{id_prefix}{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i as u32, (i >> 32) as u16, i % 4096, (i / 7) % 4096, i * 2_654_435_761 % (1 << 48));
     let req = format!("SIGILBENCH{:016X}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let session = i % 64;
+    // As in a real account, every role assumption hands out its own temporary key, used
+    // by the calls that follow it (a block of 320 records shares one session).
+    let session = i / 320;
+    let role = session % 64;
     let assumed = format!(
-        r#"{{"type":"AssumedRole","principalId":"AROASIGILBENCHROLE{session:02}:ci-{session}","arn":"arn:aws:sts::111122223333:assumed-role/sigil-bench-{session}/ci-{session}","accountId":"111122223333","accessKeyId":"ASIASIGILBENCH{session:06}","sessionContext":{{"sessionIssuer":{{"type":"Role","principalId":"AROASIGILBENCHROLE{session:02}","arn":"arn:aws:iam::111122223333:role/sigil-bench-{session}","accountId":"111122223333","userName":"sigil-bench-{session}"}},"attributes":{{"creationDate":"{time}","mfaAuthenticated":"false"}}}}}}"#
+        r#"{{"type":"AssumedRole","principalId":"AROASIGILBENCHROLE{role:02}:ci-{session}","arn":"arn:aws:sts::111122223333:assumed-role/sigil-bench-{role}/ci-{session}","accountId":"111122223333","accessKeyId":"ASIASIGILBENCH{session:06}","sessionContext":{{"sessionIssuer":{{"type":"Role","principalId":"AROASIGILBENCHROLE{role:02}","arn":"arn:aws:iam::111122223333:role/sigil-bench-{role}","accountId":"111122223333","userName":"sigil-bench-{role}"}},"attributes":{{"creationDate":"{time}","mfaAuthenticated":"false"}}}}}}"#
     );
     let user = i % 16;
     let iam_user = format!(
@@ -61,7 +64,7 @@ fn record(i: u64, id_prefix: &str) -> String {
             i % 10_000
         ),
         16 => format!(
-            r#"{{{head},"userIdentity":{{"type":"WebIdentityUser","principalId":"arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com:sts.amazonaws.com:repo:sigil-dev/bench:ref:refs/heads/main","userName":"repo:sigil-dev/bench:ref:refs/heads/main","identityProvider":"token.actions.githubusercontent.com"}},"eventSource":"sts.amazonaws.com","eventName":"AssumeRoleWithWebIdentity","requestParameters":{{"roleArn":"arn:aws:iam::111122223333:role/sigil-bench-{session}","roleSessionName":"gha-run-{i}","durationSeconds":3600}},"responseElements":{{"credentials":{{"accessKeyId":"ASIASIGILBENCH{session:06}","sessionToken":"redacted","expiration":"Nov 23, 2026, 11:59:59 PM"}},"subjectFromWebIdentityToken":"repo:sigil-dev/bench:ref:refs/heads/main","assumedRoleUser":{{"assumedRoleId":"AROASIGILBENCHROLE{session:02}:gha-run-{i}","arn":"arn:aws:sts::111122223333:assumed-role/sigil-bench-{session}/gha-run-{i}"}},"provider":"arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com","audience":"sts.amazonaws.com"}},"readOnly":true,"eventType":"AwsApiCall","managementEvent":true,"eventCategory":"Management",{tail}}}"#
+            r#"{{{head},"userIdentity":{{"type":"WebIdentityUser","principalId":"arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com:sts.amazonaws.com:repo:sigil-dev/bench:ref:refs/heads/main","userName":"repo:sigil-dev/bench:ref:refs/heads/main","identityProvider":"token.actions.githubusercontent.com"}},"eventSource":"sts.amazonaws.com","eventName":"AssumeRoleWithWebIdentity","requestParameters":{{"roleArn":"arn:aws:iam::111122223333:role/sigil-bench-{role}","roleSessionName":"gha-run-{i}","durationSeconds":3600}},"responseElements":{{"credentials":{{"accessKeyId":"ASIASIGILBENCH{session:06}","sessionToken":"redacted","expiration":"Nov 23, 2026, 11:59:59 PM"}},"subjectFromWebIdentityToken":"repo:sigil-dev/bench:ref:refs/heads/main","assumedRoleUser":{{"assumedRoleId":"AROASIGILBENCHROLE{role:02}:gha-run-{i}","arn":"arn:aws:sts::111122223333:assumed-role/sigil-bench-{role}/gha-run-{i}"}},"provider":"arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com","audience":"sts.amazonaws.com"}},"readOnly":true,"eventType":"AwsApiCall","managementEvent":true,"eventCategory":"Management",{tail}}}"#
         ),
         17 => format!(
             r#"{{{head},"userIdentity":{iam_user},"eventSource":"iam.amazonaws.com","eventName":"ListRoles","errorCode":"AccessDenied","errorMessage":"User: arn:aws:iam::111122223333:user/bench-{user} is not authorized to perform: iam:ListRoles on resource: arn:aws:iam::111122223333:role/ because no identity-based policy allows the iam:ListRoles action","requestParameters":null,"responseElements":null,"readOnly":true,"eventType":"AwsApiCall","managementEvent":true,"eventCategory":"Management",{tail}}}"#

@@ -40,12 +40,13 @@ pub struct Totals {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("{path}: {source}")]
+    /// The path could not be read (the cause is the error's source).
+    #[error("{path}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("storing cloud actions (the {stored} stored before stay stored): {source}")]
+    #[error("storing cloud actions failed; the {stored} stored before the failure stay stored")]
     Store { stored: u64, source: StoreError },
 }
 
