@@ -6,9 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sigil_collector::{
-    cloud::{Parsed, cloudtrail, gcp},
+    cloud::{Limits, Provider, ingest},
     http_auth::ApiAuth,
-    server::{self, ServerConfig, SharedStore, TlsFiles},
+    server::{self, RequestLimits, ServerConfig, SharedStore, TlsFiles},
     sign::SignerArgs,
     store::sqlite::{SqliteStore, now_unix},
 };
@@ -49,6 +49,13 @@ enum Cmd {
         otlp_endpoint: Option<String>,
         #[arg(long, default_value_t = 30)]
         otlp_interval_seconds: u64,
+        /// Largest gRPC message (agent batch or query) accepted; larger ones are refused
+        /// with OUT_OF_RANGE.
+        #[arg(long, default_value_t = RequestLimits::default().max_grpc_message_bytes)]
+        max_grpc_message_bytes: usize,
+        /// Largest HTTP audit-log upload (/v1/ingest/*) accepted; larger ones get a 413.
+        #[arg(long, default_value_t = RequestLimits::default().max_ingest_body_bytes)]
+        max_ingest_body_bytes: usize,
         /// Bearer token (16+ characters) that grants the HTTP API (queries, uploads).
         #[arg(long, env = "SIGIL_HTTP_TOKEN_FILE")]
         http_token_file: Option<PathBuf>,
@@ -61,16 +68,25 @@ enum Cmd {
         #[command(flatten)]
         signer: SignerArgs,
     },
-    /// Ingest cloud audit logs from files.
+    /// Ingest cloud audit logs from files. Kept as evidence: retention ages imports by
+    /// when they were ingested, not by when the calls happened.
     Ingest {
         #[command(subcommand)]
         what: IngestCmd,
+        /// Largest file (and largest decompressed document) read; larger files are named
+        /// and skipped.
+        #[arg(long, global = true, default_value_t = Limits::default().max_file_bytes)]
+        max_file_bytes: u64,
+        /// Largest single record; larger records are reported and skipped.
+        #[arg(long, global = true, default_value_t = Limits::default().max_record_bytes)]
+        max_record_bytes: usize,
     },
 }
 
 #[derive(Subcommand)]
 enum IngestCmd {
-    /// AWS CloudTrail log files ({"Records":[...]}, gzipped or not) or a directory of them.
+    /// AWS CloudTrail log files ({"Records":[...]}, gzipped or not, JSON lines, Logstash or
+    /// OpenSearch exports) or a directory of them (judged by content, whatever the name).
     Cloudtrail { path: PathBuf },
     /// GCP Cloud Audit Log entries (JSON lines or a JSON array), a file or a directory.
     GcpAudit { path: PathBuf },
@@ -114,22 +130,25 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Result<ExitCode> {
     let store: SharedStore = Arc::new(SqliteStore::open(&cli.db)?);
     match cli.cmd {
-        Cmd::Ingest { what } => {
-            let parsed: Parsed = match what {
-                IngestCmd::Cloudtrail { path } => cloudtrail::parse_path(&path)?,
-                IngestCmd::GcpAudit { path } => gcp::parse_path(&path)?,
+        Cmd::Ingest { what, max_file_bytes, max_record_bytes } => {
+            let (provider, path) = match what {
+                IngestCmd::Cloudtrail { path } => (Provider::Aws, path),
+                IngestCmd::GcpAudit { path } => (Provider::Gcp, path),
             };
-            // Each bad record on its own line, then the summary: nothing valid is dropped.
-            for e in &parsed.errors {
-                eprintln!("skipped: {e}");
-            }
-            let errors = parsed.errors.len();
-            let out = store.ingest_cloud(&parsed.actions)?;
+            let limits = Limits { max_file_bytes, max_record_bytes };
+            // Each bad record and each file left out on its own line, then the summary:
+            // nothing valid is dropped, nothing is left out silently.
+            let started = std::time::Instant::now();
+            let totals = ingest::ingest_path(&*store, provider, &path, &limits, &mut |n| eprintln!("{n}"))?;
+            let stored_in = started.elapsed();
             let links = store.correlate()?;
             println!(
-                "ingested {} cloud actions ({} already stored), {} skipped with errors, {} new attribution links",
-                out.stored, out.duplicates, errors, links.len()
+                "ingested {} cloud actions ({} already stored), {} skipped with errors, {} new attribution links (read and stored in {:.2}s, correlated in {:.2}s)",
+                totals.stored, totals.duplicates, totals.record_errors, links.len(), stored_in.as_secs_f64(), (started.elapsed() - stored_in).as_secs_f64()
             );
+            if totals.skipped_files > 0 {
+                println!("{} files not ingested (each named above with the reason)", totals.skipped_files);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::RotateKeys { signer } => {
@@ -140,9 +159,10 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
             println!("rotated: {before} retired, {} signs now", keys.current_kid().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, http_token_file, signer, .. } => {
+        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, http_token_file, signer, max_grpc_message_bytes, max_ingest_body_bytes, .. } => {
             let http_auth = ApiAuth::from_file(http_token_file.as_deref())?;
             let signer = signer.setup(&cli.db)?;
+            let limits = RequestLimits { max_grpc_message_bytes, max_ingest_body_bytes, ..RequestLimits::default() };
             let telemetry = telemetry.context("telemetry is created for serve")?;
             let tls = match (tls_cert, tls_key, client_ca) {
                 (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles { cert, key, client_ca }),
@@ -176,7 +196,7 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
                         }
                     }
                 };
-                let result = server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone(), signer, http_auth }, store, shutdown).await;
+                let result = server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone(), signer, http_auth, limits }, store, shutdown).await;
                 telemetry.flush();
                 result
             })?;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path as UrlPath, State},
+    extract::{DefaultBodyLimit, Path as UrlPath, State, rejection::BytesRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -28,7 +28,7 @@ use crate::{
     metrics,
     node_identity::{self, NodeError},
     sign::{self, SignerSetup},
-    cloud::{Parsed, cloudtrail, gcp},
+    cloud::{Limits, Parsed, cloudtrail, gcp},
     store::{AgentEvent, Query, Store, StoreError},
 };
 
@@ -52,6 +52,25 @@ pub struct ServerConfig {
     pub signer: Option<SignerSetup>,
     /// Who may use the HTTP API (see [`http_auth`]).
     pub http_auth: ApiAuth,
+    pub limits: RequestLimits,
+}
+
+/// Bounds on what one request may make the collector read: a peer (or a broken agent)
+/// must not be able to make it buffer without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest gRPC message decoded (agent batches, queries).
+    pub max_grpc_message_bytes: usize,
+    /// Largest body of an HTTP audit-log upload (`/v1/ingest/*`), as sent.
+    pub max_ingest_body_bytes: usize,
+    /// Largest audit-log document an upload may decompress to.
+    pub max_ingest_decompressed_bytes: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self { max_grpc_message_bytes: 4 << 20, max_ingest_body_bytes: 32 << 20, max_ingest_decompressed_bytes: 256 << 20 }
+    }
 }
 
 /// What handlers share: the store and the in-process counters.
@@ -60,6 +79,7 @@ pub struct Shared {
     pub store: SharedStore,
     pub counters: Arc<metrics::Counters>,
     pub telemetry: Option<Arc<sigil_telemetry::Telemetry>>,
+    pub limits: RequestLimits,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
@@ -202,16 +222,37 @@ async fn http_query_plain(State(s): State<SharedStore>, UrlPath(name): UrlPath<S
     ask(&s, q).await.map(Json).map_err(ApiError)
 }
 
-async fn http_cloudtrail(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let parsed = cloudtrail::parse("<http body>", &body);
-    s.counters.record_errors("aws", parsed.errors.len());
-    ingest_cloud(&s, parsed).await.map(Json).map_err(ApiError)
+/// An audit-log upload as parsed, or the response refusing it. An upload over the body
+/// limit is refused whole (413) before anything from it is stored; earlier uploads stay.
+fn upload(s: &Shared, body: Result<Bytes, BytesRejection>, parse: fn(&str, &[u8], &Limits, &mut dyn crate::cloud::Sink)) -> Result<Parsed, (StatusCode, Json<Value>)> {
+    let body = body.map_err(|r| {
+        let status = r.status();
+        let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "request body is larger than {} bytes, the limit for audit-log uploads (--max-ingest-body-bytes); nothing from it was stored: split it into smaller uploads",
+                s.limits.max_ingest_body_bytes
+            )
+        } else {
+            r.body_text()
+        };
+        (status, Json(json!({ "error": error })))
+    })?;
+    let limits = Limits { max_file_bytes: s.limits.max_ingest_decompressed_bytes, ..Limits::default() };
+    let mut parsed = Parsed::default();
+    parse("<http body>", &body, &limits, &mut parsed);
+    Ok(parsed)
 }
 
-async fn http_gcp(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let parsed = gcp::parse("<http body>", &body);
+async fn http_cloudtrail(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, Response> {
+    let parsed = upload(&s, body, cloudtrail::parse_into).map_err(IntoResponse::into_response)?;
+    s.counters.record_errors("aws", parsed.errors.len());
+    ingest_cloud(&s, parsed).await.map(Json).map_err(|e| ApiError(e).into_response())
+}
+
+async fn http_gcp(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, Response> {
+    let parsed = upload(&s, body, gcp::parse_into).map_err(IntoResponse::into_response)?;
     s.counters.record_errors("gcp", parsed.errors.len());
-    ingest_cloud(&s, parsed).await.map(Json).map_err(ApiError)
+    ingest_cloud(&s, parsed).await.map(Json).map_err(|e| ApiError(e).into_response())
 }
 
 async fn http_metrics(State(t): State<Arc<sigil_telemetry::Telemetry>>) -> impl IntoResponse {
@@ -227,6 +268,7 @@ pub fn http_router(shared: Shared, telemetry: Arc<sigil_telemetry::Telemetry>) -
     let ingest = Router::new()
         .route("/v1/ingest/cloudtrail", post(http_cloudtrail))
         .route("/v1/ingest/gcp-audit", post(http_gcp))
+        .layer(DefaultBodyLimit::max(shared.limits.max_ingest_body_bytes))
         .with_state(shared);
     let metrics = Router::new().route("/metrics", get(http_metrics)).with_state(telemetry);
     Router::new().route("/healthz", get(|| async { "ok" })).merge(queries).merge(ingest).merge(metrics)
@@ -234,7 +276,7 @@ pub fn http_router(shared: Shared, telemetry: Arc<sigil_telemetry::Telemetry>) -
 
 /// Serves gRPC and HTTP until `shutdown` resolves.
 pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
-    let shared = Shared { store: store.clone(), counters: Arc::default(), telemetry: Some(cfg.telemetry.clone()) };
+    let shared = Shared { store: store.clone(), counters: Arc::default(), telemetry: Some(cfg.telemetry.clone()), limits: cfg.limits };
     let snapshot: metrics::Snapshot = Arc::default();
     metrics::register(&cfg.telemetry.meter("sigil-collector"), shared.counters.clone(), snapshot.clone());
     {
@@ -279,8 +321,8 @@ pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::fu
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
     let mut routes = builder
-        .add_service(IngestServer::new(IngestService(shared.clone())))
-        .add_service(QueryServer::new(QueryService(store.clone())));
+        .add_service(IngestServer::new(IngestService(shared.clone())).max_decoding_message_size(cfg.limits.max_grpc_message_bytes))
+        .add_service(QueryServer::new(QueryService(store.clone())).max_decoding_message_size(cfg.limits.max_grpc_message_bytes));
     if let Some(sg) = cfg.signer {
         let service = sign::service::SignerService::new(sg.keys.clone(), &sg.policy, sg.issuer.clone(), shared.clone())?;
         routes = routes.add_service(SignerServer::new(service));

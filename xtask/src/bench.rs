@@ -63,7 +63,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run() -> Result<()> {
+pub fn run(only: Option<&str>) -> Result<()> {
+    match only {
+        None => {}
+        Some("cloudtrail") => return crate::bench_cloud::run_bench().map(|_| ()),
+        Some("agent") => return agent(),
+        Some(other) => bail!("unknown bench part {other:?} (agent, cloudtrail)"),
+    }
+    agent()?;
+    crate::bench_cloud::run_bench().map(|_| ())
+}
+
+fn agent() -> Result<()> {
     if !provision::is_root() {
         bail!("cargo xtask bench needs root: the agent loads eBPF programs");
     }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_cloud;
 mod bench_issue;
 mod build;
 mod demo;
@@ -35,8 +36,13 @@ enum Cmd {
     },
     /// Run the demo: the agent attesting demo workloads in demo cgroups.
     Demo,
-    /// Measure what the agent costs the workloads it watches (ratios against a baseline).
-    Bench,
+    /// Measure what the agent costs the workloads it watches (ratios against a baseline),
+    /// and CloudTrail ingest at scale.
+    Bench {
+        /// Run only this part: `agent` or `cloudtrail`.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Run the whole test suite: unit tests, then the root-only kernel integration tests.
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -52,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => build::ebpf().map(|_| ()),
         Cmd::Build { release } => build::all(release).map(|_| ()),
         Cmd::Demo => demo::run(),
-        Cmd::Bench => bench::run(),
+        Cmd::Bench { only } => bench::run(only.as_deref()),
         Cmd::Test { args } => test::run(&args),
     }
 }

@@ -6,13 +6,38 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{
-    AssumedRole, CloudAction, Item, Layout, Parsed, Provider, decode_input, get_path, opt_str,
-    parse_expiration, parse_path_with, req_str, req_time, split_document,
+    AssumedRole, CloudAction, Emitter, Kind, Layout, Limits, Parsed, Position, Provider, Sink,
+    get_path, opt_str, parse_document, parse_expiration, parse_path_with, req_str, req_time,
 };
 
 const LAYOUT: Layout = Layout {
     element: "record",
     records_key: Some("Records"),
+};
+
+/// How CloudTrail files are told from other files in a directory.
+pub(crate) const KIND: Kind = Kind {
+    name: "CloudTrail",
+    markers: &["\"eventID\"", "\"eventSource\"", "\"eventName\"", "\"Records\""],
+    not_events: &[
+        (
+            "\"digestStartTime\"",
+            "CloudTrail digest file (an integrity manifest, not events)",
+        ),
+        (
+            "\"digestS3Object\"",
+            "CloudTrail digest file (an integrity manifest, not events)",
+        ),
+    ],
+    skip_dirs: &[(
+        "CloudTrail-Digest",
+        "directory of CloudTrail digest files (integrity manifests, not events)",
+    )],
+    other: (
+        "GCP audit log",
+        &["\"protoPayload\"", "\"insertId\""],
+        "sigil-collector ingest gcp-audit",
+    ),
 };
 
 /// The STS calls that mint temporary credentials: these are what tie a later call's
@@ -26,37 +51,46 @@ const ASSUME_ROLE_EVENTS: [&str; 3] = [
 /// Parses one CloudTrail input (plain or gzip). Never fails as a whole: complete records are
 /// returned even when others, or the document itself, are damaged.
 pub fn parse(source_name: &str, bytes: &[u8]) -> Parsed {
-    let mut out = Parsed::default();
-    let data = decode_input(source_name, bytes, &mut out);
-    for item in split_document(&data, &LAYOUT) {
-        match item {
-            Item::Error { position, reason } => out.error(source_name, position, reason),
-            Item::Value { position, value } => ingest(source_name, &position, value, &mut out),
-        }
-    }
-    out
+    Parsed::of(source_name, bytes, parse_into)
 }
 
-/// Parses a file, or every `.json` / `.json.gz` file under a directory (recursively, sorted
-/// by path; `CloudTrail-Digest` directories are skipped because digests are not events).
+/// [`parse`], handing each action and error to `sink` as it is read.
+pub fn parse_into(source_name: &str, bytes: &[u8], limits: &Limits, sink: &mut dyn Sink) {
+    parse_document(source_name, bytes, &LAYOUT, limits, sink, record);
+}
+
+/// Parses a file, or every CloudTrail file under a directory (recursively, sorted by path,
+/// judged by content whatever the extension; `CloudTrail-Digest` directories and other
+/// files are reported as skipped).
 pub fn parse_path(path: &Path) -> Result<Parsed, std::io::Error> {
-    parse_path_with(path, &[".json", ".json.gz"], parse)
+    Parsed::collect(|out| parse_path_into(path, &Limits::default(), out))
+}
+
+/// [`parse_path`], handing results to `sink` file by file.
+pub fn parse_path_into(path: &Path, limits: &Limits, sink: &mut dyn Sink) -> std::io::Result<()> {
+    parse_path_with(path, &KIND, limits, sink, parse_into)
 }
 
 /// Accepts a record, or a container of records where one was expected: a whole delivery
-/// file written as one JSON line, or an EventBridge "AWS API Call via CloudTrail" event.
-fn ingest(source_name: &str, position: &str, value: Value, out: &mut Parsed) {
+/// file inside an array, an EventBridge "AWS API Call via CloudTrail" event, or an
+/// OpenSearch/Elasticsearch hit (`_source`) from a SIEM export.
+fn record(position: Position, value: Value, out: &mut Emitter<'_>) {
     if let Value::Object(map) = &value
         && !map.contains_key("eventID")
     {
         if let Some(Value::Array(records)) = map.get("Records") {
             for (n, record) in records.iter().enumerate() {
                 match to_action(record.clone()) {
-                    Ok(action) => out.actions.push(action),
-                    Err(reason) => {
-                        out.error(source_name, format!("{position} record {}", n + 1), reason)
-                    }
+                    Ok(action) => out.action(action),
+                    Err(reason) => out.error(format_args!("{position} record {}", n + 1), reason),
                 }
+            }
+            return;
+        }
+        if let Some(source @ Value::Object(_)) = map.get("_source") {
+            match to_action(source.clone()) {
+                Ok(action) => out.action(action),
+                Err(reason) => out.error(position, format!("in OpenSearch `_source`: {reason}")),
             }
             return;
         }
@@ -65,19 +99,25 @@ fn ingest(source_name: &str, position: &str, value: Value, out: &mut Parsed) {
             && kind.ends_with("via CloudTrail")
         {
             match to_action(detail.clone()) {
-                Ok(action) => out.actions.push(action),
-                Err(reason) => out.error(
-                    source_name,
-                    position,
-                    format!("in EventBridge `detail`: {reason}"),
-                ),
+                Ok(action) => out.action(action),
+                Err(reason) => out.error(position, format!("in EventBridge `detail`: {reason}")),
             }
             return;
         }
     }
     match to_action(value) {
-        Ok(action) => out.actions.push(action),
-        Err(reason) => out.error(source_name, position, reason),
+        Ok(action) => out.action(action),
+        Err(reason) => out.error(position, reason),
+    }
+}
+
+/// When the call happened: `eventTime`, or `@timestamp` where Logstash's cloudtrail codec
+/// (and SIEM exports built on it) moved it.
+fn event_time(record: &Value) -> Result<i64, String> {
+    match get_path(record, &["eventTime"])? {
+        None if get_path(record, &["@timestamp"])?.is_some() => req_time(record, &["@timestamp"]),
+        None => Err("missing field `eventTime` (or Logstash's `@timestamp`)".into()),
+        Some(_) => req_time(record, &["eventTime"]),
     }
 }
 
@@ -88,7 +128,7 @@ fn to_action(record: Value) -> Result<CloudAction, String> {
         return Err("record is not a JSON object".into());
     }
     let id = req_str(&record, &["eventID"])?;
-    let time_unix = req_time(&record, &["eventTime"])?;
+    let time_unix = event_time(&record)?;
     let action = req_str(&record, &["eventName"])?;
     let service = req_str(&record, &["eventSource"])?;
     let region = opt_str(&record, &["awsRegion"])?;
@@ -592,24 +632,145 @@ mod tests {
                 .iter()
                 .any(|e| e.source_name.ends_with("truncated.json"))
         );
+        // Files are judged by content: the JSON-lines export is walked too, whatever its
+        // extension, and what is not CloudTrail is named with the reason.
         assert!(
             parsed
                 .errors
                 .iter()
-                .all(|e| !e.source_name.ends_with(".jsonl")),
-            "only .json/.json.gz are walked"
+                .any(|e| e.source_name.ends_with("records.jsonl") && e.position == "line 2"),
+            "{:?}",
+            parsed.errors
+        );
+        let skipped = parse_path(&dir).unwrap().skipped;
+        let reasons: Vec<(&str, &str)> = skipped
+            .iter()
+            .map(|s| (s.path.rsplit('/').next().unwrap(), s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    "CloudTrail-Digest",
+                    "directory of CloudTrail digest files (integrity manifests, not events)"
+                ),
+                ("README.txt", "text that is not JSON"),
+            ]
         );
         // A single file is parsed whatever its name; a missing path is an I/O error.
         assert_eq!(parse_path(&data("records.jsonl")).unwrap().actions.len(), 3);
         assert!(parse_path(&data("does-not-exist")).is_err());
     }
 
+    /// The same three calls as the S3 deliveries, as SIEM pipelines export them: Logstash's
+    /// cloudtrail codec (`eventTime` moved to `@timestamp`) written as JSON lines to a
+    /// `.log`, an OpenSearch/Elasticsearch dump of hits (`_source`), and the same events
+    /// with nested fields flattened into dotted keys.
+    #[test]
+    fn siem_exports_carry_the_same_facts_as_deliveries() {
+        let mut delivered = parse("d", &read("iamuser_getobject.json").1).actions;
+        delivered.extend(parse("d", &read("webidentity_flow.json").1).actions);
+        let facts = |a: &CloudAction| {
+            let mut a = a.clone();
+            a.raw = Value::Null;
+            a
+        };
+        for file in [
+            "siem/logstash-cloudtrail.log",
+            "siem/opensearch-export.ndjson",
+            "siem/flattened.json",
+        ] {
+            let (name, bytes) = read(file);
+            let parsed = parse(&name, &bytes);
+            assert!(parsed.errors.is_empty(), "{file}: {:?}", parsed.errors);
+            assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID, PUTOBJECT_ID], "{file}");
+            for (got, want) in parsed.actions.iter().zip(&delivered) {
+                assert_eq!(facts(got), facts(want), "{file}");
+            }
+        }
+        // A directory of them is ingested whatever the extensions.
+        let parsed = parse_path(&data("siem")).unwrap();
+        assert!(parsed.errors.is_empty() && parsed.skipped.is_empty(), "{parsed:?}");
+        assert_eq!(parsed.actions.len(), 9);
+        // Neither time field: the error names both.
+        let parsed = parse("t", br#"{"eventID":"x","eventName":"GetObject","eventSource":"s3.amazonaws.com"}"#);
+        assert_error(&parsed.errors[0], "t", "line 1", "missing field `eventTime` (or Logstash's `@timestamp`)");
+        let parsed = parse("t", br#"{"eventID":"x","@timestamp":"yesterday","eventName":"GetObject","eventSource":"s3"}"#);
+        assert_error(&parsed.errors[0], "t", "line 1", "field `@timestamp` is not an RFC 3339 timestamp");
+        let parsed = parse("t", br#"{"_index":"i","_source":{"eventID":"x","eventName":"GetObject","eventSource":"s3"}}"#);
+        assert_error(&parsed.errors[0], "t", "line 1", "in OpenSearch `_source`: missing field `eventTime`");
+    }
+
+    /// A responder points `ingest cloudtrail` at a folder of whatever was collected: audit
+    /// data is ingested whatever its name, and every other file is named with the reason.
+    #[test]
+    fn directories_are_judged_by_content_and_every_skip_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (_, delivery) = read("webidentity_flow.json");
+        std::fs::write(d.join("trail.log"), &delivery).unwrap();
+        std::fs::write(d.join("export.txt.gz"), gzip(&read("iamuser_getobject.json").1)).unwrap();
+        std::fs::write(d.join("image.png"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+        std::fs::write(d.join("notes.txt"), "collected from the incident bucket\n").unwrap();
+        std::fs::write(d.join("empty.json"), "").unwrap();
+        std::fs::write(d.join("other.json"), "{\"hello\": \"world\"}").unwrap();
+        std::fs::write(
+            d.join("digest.json"),
+            r#"{"awsAccountId":"111122223333","digestStartTime":"2026-11-23T14:00:00Z","digestEndTime":"2026-11-23T15:00:00Z","logFiles":[]}"#,
+        )
+        .unwrap();
+        let gcp =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gcp/audit.jsonl"))
+                .unwrap();
+        std::fs::write(d.join("gcp.jsonl"), gcp).unwrap();
+        let fifo = d.join("pipe.json");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let parsed = parse_path(d).unwrap();
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID, PUTOBJECT_ID]);
+        let reasons: Vec<(String, &str)> = parsed
+            .skipped
+            .iter()
+            .map(|s| (s.path.rsplit('/').next().unwrap().to_owned(), s.reason.as_str()))
+            .collect();
+        let names: Vec<&str> = reasons.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["pipe.json", "digest.json", "empty.json", "gcp.jsonl", "image.png", "notes.txt", "other.json"],
+            "{reasons:?}"
+        );
+        let reason = |name: &str| reasons.iter().find(|(n, _)| n == name).unwrap().1;
+        assert!(reason("pipe.json").contains("not a regular file"));
+        assert_eq!(reason("digest.json"), "CloudTrail digest file (an integrity manifest, not events)");
+        assert_eq!(reason("empty.json"), "empty");
+        assert!(reason("gcp.jsonl").contains("ingest it with `sigil-collector ingest gcp-audit`"));
+        assert!(reason("image.png").starts_with("binary data"));
+        assert_eq!(reason("notes.txt"), "text that is not JSON");
+        assert!(reason("other.json").starts_with("JSON, but no CloudTrail fields"));
+    }
+
+    /// A record above the per-record bound is reported and skipped; its neighbours are kept.
+    #[test]
+    fn oversized_record_costs_only_itself() {
+        let big = "x".repeat(4096);
+        let doc = format!(
+            r#"{{"Records":[{{"eventID":"a","eventTime":"2026-11-23T14:02:11Z","eventName":"X","eventSource":"y"}},{{"eventID":"big","pad":"{big}"}},{{"eventID":"c","eventTime":"2026-11-23T14:02:11Z","eventName":"X","eventSource":"y"}}]}}"#
+        );
+        let limits = Limits { max_record_bytes: 1024, ..Limits::default() };
+        let mut parsed = Parsed::default();
+        parse_into("o", doc.as_bytes(), &limits, &mut parsed);
+        assert_eq!(ids(&parsed), ["a", "c"]);
+        assert_error(&parsed.errors[0], "o", "record 2", "above the bound of 1024 bytes");
+    }
+
     #[test]
     fn structural_damage_mid_array() {
-        // Balanced but invalid element: only that element is lost.
-        let parsed = parse("m", br#"{"Records":[{"eventID":tru},{"eventID":"b","eventTime":"2026-11-23T14:02:11Z","eventName":"X","eventSource":"y"}]}"#);
+        // Invalid JSON inside an element: the elements before it are kept, the damage is
+        // located, and the rest of the array is skipped (its boundaries are guesses).
+        let parsed = parse("m", br#"{"Records":[{"eventID":"b","eventTime":"2026-11-23T14:02:11Z","eventName":"X","eventSource":"y"},{"eventID":tru},{"eventID":"c"}]}"#);
         assert_eq!(ids(&parsed), ["b"]);
-        assert_error(&parsed.errors[0], "m", "record 1", "not JSON");
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert_error(&parsed.errors[0], "m", "byte 111", "malformed JSON in record 2: unexpected `}` (expected ident)");
         // Broken brackets: stop, and say where.
         let parsed = parse("m", br#"{"Records":[{"eventID":"a"]}"#);
         assert_eq!(parsed.errors.len(), 1);

@@ -6,8 +6,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{
-    CloudAction, Item, Layout, Parsed, Provider, decode_input, get_path, opt_str, parse_path_with,
-    req_str, req_time, split_document,
+    CloudAction, Emitter, Kind, Layout, Limits, Parsed, Position, Provider, Sink, get_path,
+    opt_str, parse_document, parse_path_with, req_str, req_time,
 };
 
 const LAYOUT: Layout = Layout {
@@ -15,27 +15,46 @@ const LAYOUT: Layout = Layout {
     records_key: None,
 };
 
+/// How GCP audit-log files are told from other files in a directory.
+pub(crate) const KIND: Kind = Kind {
+    name: "GCP audit log",
+    markers: &["\"protoPayload\"", "\"insertId\""],
+    not_events: &[],
+    skip_dirs: &[],
+    other: (
+        "CloudTrail",
+        &["\"eventID\"", "\"eventSource\"", "\"Records\""],
+        "sigil-collector ingest cloudtrail",
+    ),
+};
+
 /// Parses one GCP audit-log input (plain or gzip). Never fails as a whole: complete entries
 /// are returned even when others, or the document itself, are damaged.
 pub fn parse(source_name: &str, bytes: &[u8]) -> Parsed {
-    let mut out = Parsed::default();
-    let data = decode_input(source_name, bytes, &mut out);
-    for item in split_document(&data, &LAYOUT) {
-        match item {
-            Item::Error { position, reason } => out.error(source_name, position, reason),
-            Item::Value { position, value } => match to_action(value) {
-                Ok(action) => out.actions.push(action),
-                Err(reason) => out.error(source_name, position, reason),
-            },
-        }
-    }
-    out
+    Parsed::of(source_name, bytes, parse_into)
 }
 
-/// Parses a file, or every `.json` / `.jsonl` / `.json.gz` file under a directory
-/// (recursively, sorted by path).
+/// [`parse`], handing each action and error to `sink` as it is read.
+pub fn parse_into(source_name: &str, bytes: &[u8], limits: &Limits, sink: &mut dyn Sink) {
+    parse_document(source_name, bytes, &LAYOUT, limits, sink, record);
+}
+
+/// Parses a file, or every GCP audit-log file under a directory (recursively, sorted by
+/// path, judged by content whatever the extension; other files are reported as skipped).
 pub fn parse_path(path: &Path) -> Result<Parsed, std::io::Error> {
-    parse_path_with(path, &[".json", ".jsonl", ".json.gz"], parse)
+    Parsed::collect(|out| parse_path_into(path, &Limits::default(), out))
+}
+
+/// [`parse_path`], handing results to `sink` file by file.
+pub fn parse_path_into(path: &Path, limits: &Limits, sink: &mut dyn Sink) -> std::io::Result<()> {
+    parse_path_with(path, &KIND, limits, sink, parse_into)
+}
+
+fn record(position: Position, value: Value, out: &mut Emitter<'_>) {
+    match to_action(value) {
+        Ok(action) => out.action(action),
+        Err(reason) => out.error(position, reason),
+    }
 }
 
 /// Classifies the authenticated principal so that service-account activity (the thing a

@@ -215,22 +215,25 @@ impl Store for SqliteStore {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let mut out = IngestOutcome::default();
+            // One prepared statement for the whole batch: re-preparing per row cost more
+            // than the insert itself.
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO cloud_actions (id, provider, time, ingested, action, service, region, principal, principal_type,
+                    access_key_id, source_ip, user_agent, error_code, issued_access_key_id, role_session_name, web_identity_subject, delegation, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            )?;
             for a in actions {
                 let assumed = a.assumed.as_ref();
-                let n = tx.execute(
-                    "INSERT OR IGNORE INTO cloud_actions (id, provider, time, ingested, action, service, region, principal, principal_type,
-                        access_key_id, source_ip, user_agent, error_code, issued_access_key_id, role_session_name, web_identity_subject, delegation, json)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-                    params![
-                        a.id, serde_json::to_value(a.provider).ok().and_then(|v| v.as_str().map(str::to_owned)), a.time_unix, ingested,
-                        a.action, a.service, a.region, a.principal, a.principal_type, a.access_key_id, a.source_ip, a.user_agent,
-                        a.error_code, assumed.and_then(|r| r.issued_access_key_id.clone()), assumed.and_then(|r| r.role_session_name.clone()),
-                        assumed.and_then(|r| r.web_identity_subject.clone()), serde_json::to_string(&a.delegation).unwrap_or_default(),
-                        a.raw.to_string()
-                    ],
-                )?;
+                let n = insert.execute(params![
+                    a.id, a.provider.as_str(), a.time_unix, ingested,
+                    a.action, a.service, a.region, a.principal, a.principal_type, a.access_key_id, a.source_ip, a.user_agent,
+                    a.error_code, assumed.and_then(|r| r.issued_access_key_id.as_deref()), assumed.and_then(|r| r.role_session_name.as_deref()),
+                    assumed.and_then(|r| r.web_identity_subject.as_deref()), serde_json::to_string(&a.delegation).unwrap_or_default(),
+                    a.raw.to_string()
+                ])?;
                 if n == 0 { out.duplicates += 1 } else { out.stored += 1 }
             }
+            drop(insert);
             tx.commit()?;
             Ok(out)
         })
@@ -257,19 +260,26 @@ impl Store for SqliteStore {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let mut n = 0;
-            for (table, col) in [
-                ("events", "time"),
-                ("processes", "time"),
-                ("token_issuances", "time"),
-                ("token_denials", "time"),
-                ("credential_uses", "time"),
-                ("credential_file_reads", "time"),
-                ("cloud_actions", "time"),
-            ] {
-                n += tx.execute(&format!("DELETE FROM {table} WHERE {col} < ?1"), params![before])?;
-            }
+            // Imported audit logs are evidence a responder brought in, often months old:
+            // they age by when they were ingested, not by when the calls happened. What
+            // they are attributed to (runs, processes, credentials, tokens) is kept while
+            // they are, so a trace still answers.
+            n += tx.execute("DELETE FROM cloud_actions WHERE ingested < ?1", params![before])?;
             n += tx.execute("DELETE FROM links WHERE cloud_action_id NOT IN (SELECT id FROM cloud_actions)", [])?;
-            n += tx.execute("DELETE FROM runs WHERE last_seen < ?1", params![before])?;
+            for (table, key) in [
+                ("processes", "run_id"),
+                ("token_issuances", "run_id"),
+                ("token_denials", "run_id"),
+                ("credential_uses", "run_id"),
+                ("credential_file_reads", "run_id"),
+            ] {
+                n += tx.execute(
+                    &format!("DELETE FROM {table} WHERE time < ?1 AND ({key} IS NULL OR {key} NOT IN (SELECT run_id FROM links))"),
+                    params![before],
+                )?;
+            }
+            n += tx.execute("DELETE FROM events WHERE time < ?1", params![before])?;
+            n += tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?;
             tx.commit()?;
             Ok(n)
         })
