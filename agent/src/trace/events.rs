@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::{
+    body::Exchange,
     detect::{Class, Detector, Identifiers},
     files::FileKind,
     http::Protocol,
@@ -40,6 +41,9 @@ pub struct CredentialUse {
     /// Keyed hash of the secret part: equal across runs and nodes for one credential.
     pub fingerprint: String,
     pub identifiers: Identifiers,
+    /// Set when the credential was presented in a request body to a token endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<Exchange>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -64,6 +64,27 @@ impl HttpStream {
     /// `captured` is the prefix of one write; `true_len` is that write's real length
     /// (>= captured.len()).
     pub fn feed(&mut self, captured: &[u8], true_len: usize) -> Vec<Request> {
+        self.feed_with_bodies(captured, true_len).into_iter().map(|(r, _)| r).collect()
+    }
+
+    /// [`Self::feed`], also handing back the complete body of each request that
+    /// `body::wants_body` selected (such requests are emitted once their body is in).
+    pub fn feed_with_bodies(&mut self, captured: &[u8], true_len: usize) -> Vec<(Request, Option<Vec<u8>>)> {
+        let out = self.feed_requests(captured, true_len);
+        let mut bodies = match &mut self.state {
+            State::Http1(h1) => std::mem::take(&mut h1.bodies),
+            _ => Vec::new(),
+        };
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let body = bodies.iter().position(|(at, _)| *at == i).map(|p| bodies.swap_remove(p).1);
+                (r, body)
+            })
+            .collect()
+    }
+
+    fn feed_requests(&mut self, captured: &[u8], true_len: usize) -> Vec<Request> {
         let true_len = true_len.max(captured.len());
         let mut out = Vec::new();
         match &mut self.state {
@@ -112,6 +133,17 @@ struct Http1 {
     lost: bool,
     /// A request line was seen, so garbage later means "lost", not "not HTTP".
     confirmed: bool,
+    /// A request held back until its body (wanted by `body::wants_body`) is complete.
+    holding: Option<Holding>,
+    /// Bodies completed during the current `feed`, by index into its output.
+    bodies: Vec<(usize, Vec<u8>)>,
+}
+
+/// A request whose body is being collected; `whole` turns false when bytes are missing.
+struct Holding {
+    request: Request,
+    body: Vec<u8>,
+    whole: bool,
 }
 
 enum Body {
@@ -145,6 +177,18 @@ impl Http1 {
             body_left: 0,
             lost: false,
             confirmed: false,
+            holding: None,
+            bodies: Vec::new(),
+        }
+    }
+
+    /// Emits a held request: with its body if every byte of it was captured.
+    fn release(&mut self, out: &mut Vec<Request>) {
+        if let Some(h) = self.holding.take() {
+            if h.whole {
+                self.bodies.push((out.len(), h.body));
+            }
+            out.push(h.request);
         }
     }
 
@@ -161,8 +205,17 @@ impl Http1 {
             if self.body_left > 0 {
                 let skip = usize::try_from(self.body_left).unwrap_or(usize::MAX);
                 let skip = skip.min(true_len.saturating_sub(pos));
+                if let Some(h) = self.holding.as_mut() {
+                    match captured.get(pos..pos.saturating_add(skip)) {
+                        Some(bytes) => h.body.extend_from_slice(bytes),
+                        None => h.whole = false,
+                    }
+                }
                 pos = pos.saturating_add(skip);
                 self.body_left = self.body_left.saturating_sub(skip as u64);
+                if self.body_left == 0 {
+                    self.release(out);
+                }
             }
             if pos >= true_len {
                 return Next::Stay;
@@ -190,8 +243,13 @@ impl Http1 {
                     self.head.clear();
                     self.lost = false;
                     self.confirmed = true;
-                    out.push(request);
                     pos = pos.saturating_add(len.saturating_sub(buffered));
+                    match body {
+                        Body::Length(n) if super::body::wants_body(&request, n) => {
+                            self.holding = Some(Holding { request, body: Vec::new(), whole: true });
+                        }
+                        _ => out.push(request),
+                    }
                     match body {
                         Body::Empty => {}
                         Body::Length(n) => self.body_left = n,

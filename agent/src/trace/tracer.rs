@@ -11,6 +11,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::{
+    body::detect_body,
     conn::ConnTable,
     detect::detect,
     events::{CredentialFileRead, CredentialUse, Destination},
@@ -206,7 +207,7 @@ impl Tracer {
             }
         }
         let Some(stream) = self.streams.get_mut(&key) else { return Vec::new() };
-        let requests = stream.feed(captured, true_len);
+        let requests = stream.feed_with_bodies(captured, true_len);
         if requests.is_empty() {
             return Vec::new();
         }
@@ -216,8 +217,10 @@ impl Tracer {
         let process = Self::process(attestor, tgid);
         let dest = self.conns.destination(tgid, ev.fd);
         let mut out = Vec::new();
-        for req in requests {
-            for cred in detect(&req, now, &self.sigil_issuers) {
+        for (req, body) in requests {
+            let in_headers = detect(&req, now, &self.sigil_issuers).into_iter().map(|c| (c, None));
+            let in_body = body.map(|b| detect_body(&req, &b, now, &self.sigil_issuers)).unwrap_or_default();
+            for (cred, exchange) in in_headers.chain(in_body.into_iter().map(|(c, e)| (c, Some(e)))) {
                 out.push(CredentialUse {
                     kind: "credential_use",
                     time: self.clock.rfc3339(ev.header.boot_ns),
@@ -242,6 +245,7 @@ impl Tracer {
                     fingerprint: self.fingerprinter.fingerprint(&cred.secret),
                     class: cred.class,
                     identifiers: cred.identifiers,
+                    exchange,
                 });
             }
         }
