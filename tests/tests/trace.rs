@@ -291,3 +291,36 @@ fn gnutls_clients_are_traced_too() {
     assert_eq!(ev["process"]["binary_path"], "/usr/bin/gnutls-cli");
     t.assert_never_kept(&token);
 }
+
+/// The moment a workload trades its identity for cloud credentials: boto3's
+/// AssumeRoleWithWebIdentity carries the token in a form body, never a header.
+#[test]
+fn boto3_assume_role_with_web_identity_is_an_exchange_attributed_to_the_run() {
+    let t = traced();
+    let server = PyServer::start(Some(&t.dir));
+    let endpoint = format!("https://127.0.0.1:{}", server.port);
+    let cg = TestCgroup::create("trace.slice/sts-exchange.scope");
+    let token = jwt("https://issuer.example", "system:serviceaccount:ns:reporting", now() - 10, now() + 900);
+    let role = "arn:aws:iam::123456789012:role/sigil-reporting";
+    let session = unique("run-");
+    let script = python_script("sts_client.py").display().to_string();
+    let (code, out, err) = cg.run(&python(), &[&script, &endpoint, role, &session, &token]);
+    assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
+
+    let ev = t.uses_in(&cg, "STS web identity exchange", |v| v["detector"] == "token_exchange");
+    assert_eq!(ev["exchange"]["kind"], "aws_sts_assume_role_with_web_identity");
+    assert_eq!(ev["exchange"]["role_arn"], role);
+    assert_eq!(ev["exchange"]["role_session_name"], session.as_str());
+    assert_eq!(ev["identifiers"]["header"], "body:WebIdentityToken");
+    assert_eq!(ev["identifiers"]["jwt_iss"], "https://issuer.example");
+    assert_eq!(ev["identifiers"]["jwt_sub"], "system:serviceaccount:ns:reporting");
+    assert!(ev["identifiers"]["jwt_jti"].as_str().unwrap().starts_with('j'));
+    assert_eq!(ev["class"], "short_lived");
+    assert_eq!(ev["method"], "POST");
+    assert_eq!(ev["destination"]["port"], server.port);
+    assert_eq!(ev["tls_library"], "openssl");
+    assert!(ev["fingerprint"].as_str().unwrap().starts_with("hmac-sha256:"));
+    t.assert_never_kept(&token);
+    // The signature part alone is never kept either (a partial copy would still leak).
+    t.assert_never_kept(token.rsplit('.').next().unwrap());
+}
