@@ -324,3 +324,38 @@ fn boto3_assume_role_with_web_identity_is_an_exchange_attributed_to_the_run() {
     // The signature part alone is never kept either (a partial copy would still leak).
     t.assert_never_kept(token.rsplit('.').next().unwrap());
 }
+
+/// A keep-alive client repeating one bearer token: the first use is reported at once,
+/// the repeats fold into aggregates, and when the process exits every use is accounted
+/// for (counts add up to the requests sent, before the exit record).
+#[test]
+fn repeated_uses_fold_into_aggregates_whose_counts_add_up() {
+    let t = traced();
+    let server = PyServer::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/keepalive.scope");
+    let token = format!("ghp_{}", unique("AGGREGATEplanted").replace(['-', '_'], "x"));
+    let script = python_script("tls_loop.py").display().to_string();
+    let mut client = cg.command(&python(), &[&script, &server.port.to_string(), "200", &token]).stdout(Stdio::null()).spawn().unwrap();
+    let pid = client.id();
+    assert!(client.wait().unwrap().success());
+    t.agent.wait_event("exit of the keep-alive client", |v| v["kind"] == "process_exit" && v["pid"] == pid);
+
+    let uses: Vec<Value> = t
+        .agent
+        .events()
+        .into_iter()
+        .filter(|v| v["kind"] == "credential_use" && v["pid"] == pid && v["identifiers"]["token_family"] == "github_pat")
+        .collect();
+    let counts: Vec<u64> = uses.iter().map(|v| v["count"].as_u64().unwrap()).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 200, "every use is accounted for: {counts:?}");
+    assert_eq!(counts[0], 1, "the first use is its own event");
+    assert!(uses[0]["first_seen"].is_null());
+    assert!(uses.len() < 20, "repeats were folded: {} events", uses.len());
+    let fingerprints: std::collections::HashSet<_> = uses.iter().map(|v| v["fingerprint"].clone()).collect();
+    assert_eq!(fingerprints.len(), 1);
+    for agg in &uses[1..] {
+        assert!(agg["first_seen"].as_str().unwrap() <= agg["last_seen"].as_str().unwrap());
+        assert_eq!(agg["process"]["cgroup_path"], cg.path.as_str(), "aggregates keep their attribution");
+    }
+    t.assert_never_kept(&token);
+}

@@ -3,7 +3,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, FileOpenEvent};
@@ -11,6 +11,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::{
+    aggregate::Aggregator,
     body::detect_body,
     conn::ConnTable,
     detect::detect,
@@ -104,6 +105,7 @@ pub struct Tracer {
     stats: TraceStats,
     /// Fingerprint -> workload runs that used it (static credentials only).
     static_runs: HashMap<String, std::collections::HashSet<String>>,
+    aggregator: Aggregator,
 }
 
 /// Could these be the first bytes of an HTTP/1 request or an HTTP/2 connection?
@@ -130,6 +132,7 @@ impl Tracer {
             libs: LibraryWatcher::default(),
             stats: TraceStats::default(),
             static_runs: HashMap::new(),
+            aggregator: Aggregator::default(),
         }
     }
 
@@ -246,6 +249,9 @@ impl Tracer {
                     class: cred.class,
                     identifiers: cred.identifiers,
                     exchange,
+                    count: None,
+                    first_seen: None,
+                    last_seen: None,
                 });
             }
         }
@@ -253,7 +259,23 @@ impl Tracer {
         for used in &out {
             self.count_use(used, process.as_deref());
         }
-        out
+        let now = Instant::now();
+        out.into_iter().filter_map(|u| self.aggregator.observe(u, now)).collect()
+    }
+
+    /// Aggregates of repeated uses whose interval has ended (call periodically).
+    pub fn due(&mut self) -> Vec<CredentialUse> {
+        self.aggregator.due(Instant::now())
+    }
+
+    /// Pending aggregates of a process that exited.
+    pub fn on_exit(&mut self, pid: u32) -> Vec<CredentialUse> {
+        self.aggregator.exited(pid)
+    }
+
+    /// Everything still pending (the agent is stopping).
+    pub fn flush(&mut self) -> Vec<CredentialUse> {
+        self.aggregator.flush()
     }
 
     pub fn on_file_open(&mut self, ev: &FileOpenEvent, attestor: &Attestor) -> Option<CredentialFileRead> {
