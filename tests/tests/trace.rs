@@ -359,3 +359,44 @@ fn repeated_uses_fold_into_aggregates_whose_counts_add_up() {
     }
     t.assert_never_kept(&token);
 }
+
+/// Token exchanges by a plain HTTP client: a GCP STS exchange whose JSON body curl sends
+/// in a separate write after `100 Continue` (the body is reassembled across writes), and
+/// an OAuth client-credentials grant whose client secret is in a form body.
+#[test]
+fn curl_token_exchanges_in_split_json_and_form_bodies_are_recorded() {
+    let t = traced();
+    let tls = PyServer::start(Some(&t.dir));
+    let plain = PyServer::start(None);
+    let cg = TestCgroup::create("trace.slice/curl-exchange.scope");
+    let token = jwt("https://container.googleapis.com/v1/projects/p/clusters/c", "system:serviceaccount:ns:etl", now() - 5, now() + 3600);
+    let json = format!(
+        r#"{{"grantType":"urn:ietf:params:oauth:grant-type:token-exchange","audience":"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k","subjectTokenType":"urn:ietf:params:oauth:token-type:jwt","requestedTokenType":"urn:ietf:params:oauth:token-type:access_token","scope":"https://www.googleapis.com/auth/cloud-platform","subjectToken":"{token}"}}"#
+    );
+    let url = format!("https://127.0.0.1:{}/v1/token", tls.port);
+    let (code, _, err) = cg.run(
+        Path::new("/usr/bin/curl"),
+        &["-sk", "-o", "/dev/null", &url, "-H", "Host: sts.googleapis.com", "-H", "Content-Type: application/json", "-H", "Expect: 100-continue", "--data", &json],
+    );
+    assert_eq!(code, 0, "{err}");
+    let client_secret = unique("PLANTEDclientSECRET");
+    let form = format!("grant_type=client_credentials&client_id=etl-app&client_secret={client_secret}&scope=read");
+    let url = format!("http://127.0.0.1:{}/oauth2/token", plain.port);
+    let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-s", "-o", "/dev/null", &url, "--data", &form]);
+    assert_eq!(code, 0, "{err}");
+
+    let gcp = t.uses_in(&cg, "GCP STS exchange", |v| v["exchange"]["kind"] == "gcp_sts_token_exchange");
+    assert_eq!(gcp["detector"], "token_exchange");
+    assert_eq!(gcp["identifiers"]["header"], "body:subjectToken");
+    assert_eq!(gcp["identifiers"]["jwt_sub"], "system:serviceaccount:ns:etl");
+    assert!(gcp["identifiers"]["jwt_jti"].is_string());
+    assert_eq!(gcp["exchange"]["audience"], "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k");
+    assert_eq!(gcp["destination"]["host"], "sts.googleapis.com");
+    let cc = t.uses_in(&cg, "OAuth client credentials", |v| v["exchange"]["kind"] == "oauth_client_credentials");
+    assert_eq!(cc["exchange"]["client_id"], "etl-app");
+    assert_eq!(cc["class"], "static");
+    assert_eq!(cc["transport"], "plain");
+    assert_eq!(cc["identifiers"]["header"], "body:client_secret");
+    t.assert_never_kept(&token);
+    t.assert_never_kept(&client_secret);
+}

@@ -274,12 +274,15 @@ mod tests {
         let mut s = HttpStream::new();
         let mut first = head.into_bytes();
         first.extend_from_slice(&body[..20]);
-        assert!(s.feed_with_bodies(&first, first.len()).is_empty(), "held until the body is in");
+        let (heads, bodies) = s.feed_with_bodies(&first, first.len());
+        assert_eq!(heads.len(), 1, "the head is reported at once");
+        assert!(bodies.is_empty(), "the body is not complete yet");
         let mut rest = body[20..].to_vec();
         rest.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
-        let got = s.feed_with_bodies(&rest, rest.len());
-        let paths: Vec<_> = got.iter().map(|(r, b)| (r.path.as_str(), b.as_deref())).collect();
-        assert_eq!(paths, [("/token", Some(body.as_slice())), ("/next", None)]);
+        let (heads, bodies) = s.feed_with_bodies(&rest, rest.len());
+        assert_eq!(heads.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/next"]);
+        assert_eq!(bodies.len(), 1);
+        assert_eq!((bodies[0].0.path.as_str(), bodies[0].1.as_slice()), ("/token", body.as_slice()));
     }
 
     #[test]
@@ -289,16 +292,17 @@ mod tests {
         let mut write = head.as_bytes().to_vec();
         write.resize(4096, b'x');
         let mut s = HttpStream::new();
-        let got = s.feed_with_bodies(&write, head.len() + 6000);
-        assert_eq!(got.len(), 1, "a body over MAX_BODY is never held");
-        assert!(got[0].1.is_none());
+        let (heads, bodies) = s.feed_with_bodies(&write, head.len() + 6000);
+        assert_eq!((heads.len(), bodies.len()), (1, 0), "a body over MAX_BODY is never held");
         let head = "POST /t HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n";
         let mut write = head.as_bytes().to_vec();
         write.resize(4096, b'x');
         let mut s = HttpStream::new();
-        let got = s.feed_with_bodies(&write, head.len() + 5000);
-        assert_eq!(got.len(), 1, "the request is emitted, without its half-captured body");
-        assert!(got[0].1.is_none());
+        let (heads, bodies) = s.feed_with_bodies(&write, head.len() + 5000);
+        assert_eq!(heads.len(), 1);
+        let rest = vec![b'x'; 5000 - (4096 - head.len())];
+        let (more, bodies2) = s.feed_with_bodies(&rest, rest.len());
+        assert!(more.is_empty() && bodies.is_empty() && bodies2.is_empty(), "a half-captured body is dropped, not guessed");
     }
 
     #[test]

@@ -64,24 +64,19 @@ impl HttpStream {
     /// `captured` is the prefix of one write; `true_len` is that write's real length
     /// (>= captured.len()).
     pub fn feed(&mut self, captured: &[u8], true_len: usize) -> Vec<Request> {
-        self.feed_with_bodies(captured, true_len).into_iter().map(|(r, _)| r).collect()
+        self.feed_with_bodies(captured, true_len).0
     }
 
-    /// [`Self::feed`], also handing back the complete body of each request that
-    /// `body::wants_body` selected (such requests are emitted once their body is in).
-    pub fn feed_with_bodies(&mut self, captured: &[u8], true_len: usize) -> Vec<(Request, Option<Vec<u8>>)> {
+    /// [`Self::feed`], plus the requests whose body (selected by `body::wants_body`)
+    /// was completed by this write, each with that body. Heads are never held back for
+    /// their body: header credentials are reported at once either way.
+    pub fn feed_with_bodies(&mut self, captured: &[u8], true_len: usize) -> (Vec<Request>, Vec<(Request, Vec<u8>)>) {
         let out = self.feed_requests(captured, true_len);
-        let mut bodies = match &mut self.state {
+        let bodies = match &mut self.state {
             State::Http1(h1) => std::mem::take(&mut h1.bodies),
             _ => Vec::new(),
         };
-        out.into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let body = bodies.iter().position(|(at, _)| *at == i).map(|p| bodies.swap_remove(p).1);
-                (r, body)
-            })
-            .collect()
+        (out, bodies)
     }
 
     fn feed_requests(&mut self, captured: &[u8], true_len: usize) -> Vec<Request> {
@@ -133,10 +128,10 @@ struct Http1 {
     lost: bool,
     /// A request line was seen, so garbage later means "lost", not "not HTTP".
     confirmed: bool,
-    /// A request held back until its body (wanted by `body::wants_body`) is complete.
+    /// A request whose body (wanted by `body::wants_body`) is still arriving.
     holding: Option<Holding>,
-    /// Bodies completed during the current `feed`, by index into its output.
-    bodies: Vec<(usize, Vec<u8>)>,
+    /// Bodies completed during the current `feed`, with their requests.
+    bodies: Vec<(Request, Vec<u8>)>,
 }
 
 /// A request whose body is being collected; `whole` turns false when bytes are missing.
@@ -182,13 +177,10 @@ impl Http1 {
         }
     }
 
-    /// Emits a held request: with its body if every byte of it was captured.
-    fn release(&mut self, out: &mut Vec<Request>) {
-        if let Some(h) = self.holding.take() {
-            if h.whole {
-                self.bodies.push((out.len(), h.body));
-            }
-            out.push(h.request);
+    /// Hands a finished body over, if every byte of it was captured.
+    fn release(&mut self) {
+        if let Some(h) = self.holding.take().filter(|h| h.whole) {
+            self.bodies.push((h.request, h.body));
         }
     }
 
@@ -214,7 +206,7 @@ impl Http1 {
                 pos = pos.saturating_add(skip);
                 self.body_left = self.body_left.saturating_sub(skip as u64);
                 if self.body_left == 0 {
-                    self.release(out);
+                    self.release();
                 }
             }
             if pos >= true_len {
@@ -244,12 +236,13 @@ impl Http1 {
                     self.lost = false;
                     self.confirmed = true;
                     pos = pos.saturating_add(len.saturating_sub(buffered));
-                    match body {
-                        Body::Length(n) if super::body::wants_body(&request, n) => {
-                            self.holding = Some(Holding { request, body: Vec::new(), whole: true });
-                        }
-                        _ => out.push(request),
+                    if let Body::Length(n) = body
+                        && super::body::wants_body(&request, n)
+                    {
+                        let request = request.clone();
+                        self.holding = Some(Holding { request, body: Vec::new(), whole: true });
                     }
+                    out.push(request);
                     match body {
                         Body::Empty => {}
                         Body::Length(n) => self.body_left = n,

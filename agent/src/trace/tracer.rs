@@ -18,7 +18,7 @@ use super::{
     events::{CredentialFileRead, CredentialUse, Destination},
     files,
     fingerprint::Fingerprinter,
-    http::HttpStream,
+    http::{HttpStream, Request},
     libs::LibraryWatcher,
     redact::strip_credential_params,
 };
@@ -210,8 +210,8 @@ impl Tracer {
             }
         }
         let Some(stream) = self.streams.get_mut(&key) else { return Vec::new() };
-        let requests = stream.feed_with_bodies(captured, true_len);
-        if requests.is_empty() {
+        let (requests, bodies) = stream.feed_with_bodies(captured, true_len);
+        if requests.is_empty() && bodies.is_empty() {
             return Vec::new();
         }
         self.stats.requests += requests.len() as u64;
@@ -220,10 +220,12 @@ impl Tracer {
         let process = Self::process(attestor, tgid);
         let dest = self.conns.destination(tgid, ev.fd);
         let mut out = Vec::new();
-        for (req, body) in requests {
-            let in_headers = detect(&req, now, &self.sigil_issuers).into_iter().map(|c| (c, None));
-            let in_body = body.map(|b| detect_body(&req, &b, now, &self.sigil_issuers)).unwrap_or_default();
-            for (cred, exchange) in in_headers.chain(in_body.into_iter().map(|(c, e)| (c, Some(e)))) {
+        let issuers = &self.sigil_issuers;
+        let in_headers = requests.iter().map(|r| (r, detect(r, now, issuers).into_iter().map(|c| (c, None)).collect()));
+        let in_bodies = bodies.iter().map(|(r, b)| (r, detect_body(r, b, now, issuers).into_iter().map(|(c, e)| (c, Some(e))).collect()));
+        let found: Vec<(&Request, Vec<_>)> = in_headers.chain(in_bodies).collect();
+        for (req, creds) in found {
+            for (cred, exchange) in creds {
                 out.push(CredentialUse {
                     kind: "credential_use",
                     time: self.clock.rfc3339(ev.header.boot_ns),
