@@ -303,8 +303,8 @@ fn boto3_assume_role_with_web_identity_is_an_exchange_attributed_to_the_run() {
     let token = jwt("https://issuer.example", "system:serviceaccount:ns:reporting", now() - 10, now() + 900);
     let role = "arn:aws:iam::123456789012:role/sigil-reporting";
     let session = unique("run-");
-    let script = python_script("sts_client.py").display().to_string();
-    let (code, out, err) = cg.run(&python(), &[&script, &endpoint, role, &session, &token]);
+    let script = python_script("aws_client.py").display().to_string();
+    let (code, out, err) = cg.run(&python(), &[&script, &endpoint, "--web-identity", role, &session, &token]);
     assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
 
     let ev = t.uses_in(&cg, "STS web identity exchange", |v| v["detector"] == "token_exchange");
