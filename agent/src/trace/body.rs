@@ -97,6 +97,26 @@ fn fields(enc: Encoding, body: &[u8]) -> Vec<Field> {
     }
 }
 
+/// Exchanges whose credential travels in a header and whose endpoint says what is
+/// traded: GCP IAM Credentials minting a service account's token
+/// (`POST .../serviceAccounts/<email>:generateAccessToken`, `:generateIdToken`,
+/// `:signJwt`). The service account is kept as `client_id`.
+pub fn header_exchange(req: &Request) -> Option<Exchange> {
+    if !req.method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let path = req.path.split('?').next().unwrap_or("");
+    let (account, verb) = path.rsplit_once("/serviceAccounts/")?.1.split_once(':')?;
+    let kind = match verb {
+        "generateAccessToken" => "gcp_iam_generate_access_token",
+        "generateIdToken" => "gcp_iam_generate_id_token",
+        "signJwt" => "gcp_iam_sign_jwt",
+        _ => return None,
+    };
+    let account = super::redact::percent_decode(account).into_owned();
+    Some(Exchange { kind, client_id: Some(account), ..Exchange::default() })
+}
+
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -303,6 +323,20 @@ mod tests {
         let rest = vec![b'x'; 5000 - (4096 - head.len())];
         let (more, bodies2) = s.feed_with_bodies(&rest, rest.len());
         assert!(more.is_empty() && bodies.is_empty() && bodies2.is_empty(), "a half-captured body is dropped, not guessed");
+    }
+
+    #[test]
+    fn gcp_iam_credentials_calls_are_exchanges_by_path() {
+        let mut req = post("iamcredentials.googleapis.com", "application/json");
+        req.path = "/v1/projects/-/serviceAccounts/etl%40p.iam.gserviceaccount.com:generateAccessToken".into();
+        let ex = header_exchange(&req).expect("an exchange");
+        assert_eq!(ex.kind, "gcp_iam_generate_access_token");
+        assert_eq!(ex.client_id.as_deref(), Some("etl@p.iam.gserviceaccount.com"));
+        req.path = "/v1/projects/-/serviceAccounts/a@b:getIamPolicy".into();
+        assert!(header_exchange(&req).is_none());
+        req.path = "/v1/projects/-/serviceAccounts/a@b:signJwt".into();
+        req.method = "GET".into();
+        assert!(header_exchange(&req).is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::{
     aggregate::Aggregator,
-    body::detect_body,
+    body::{detect_body, header_exchange},
     conn::ConnTable,
     detect::detect,
     events::{CredentialFileRead, CredentialUse, Destination},
@@ -221,7 +221,7 @@ impl Tracer {
         let dest = self.conns.destination(tgid, ev.fd);
         let mut out = Vec::new();
         let issuers = &self.sigil_issuers;
-        let in_headers = requests.iter().map(|r| (r, detect(r, now, issuers).into_iter().map(|c| (c, None)).collect()));
+        let in_headers = requests.iter().map(|r| (r, detect(r, now, issuers).into_iter().map(|c| (c, header_exchange(r))).collect()));
         let in_bodies = bodies.iter().map(|(r, b)| (r, detect_body(r, b, now, issuers).into_iter().map(|(c, e)| (c, Some(e))).collect()));
         let found: Vec<(&Request, Vec<_>)> = in_headers.chain(in_bodies).collect();
         for (req, creds) in found {
