@@ -2,7 +2,7 @@
 request: the hot path of credential-use tracing (SSL_write uprobes, socket tracepoints,
 request parsing). Prints requests per second.
 
-usage: tls_loop.py PORT REQUESTS [TOKEN]
+usage: tls_loop.py PORT REQUESTS [TOKEN [HOLD_SECONDS]]
 """
 import http.client
 import ssl
@@ -24,6 +24,8 @@ def main() -> None:
         conn.getresponse().read()
     elapsed = time.perf_counter() - start
     print(f"{n / elapsed:.1f}", flush=True)
+    if len(sys.argv) > 4:  # stay alive (connection open) so a test can stop the agent first
+        time.sleep(float(sys.argv[4]))
 
 
 if __name__ == "__main__":

@@ -400,3 +400,35 @@ fn curl_token_exchanges_in_split_json_and_form_bodies_are_recorded() {
     t.assert_never_kept(&token);
     t.assert_never_kept(&client_secret);
 }
+
+/// Uses still being counted when the agent stops are flushed, not lost: the client is
+/// still running (so no exit flushes them) when the agent receives SIGTERM.
+#[test]
+fn pending_aggregates_are_flushed_when_the_agent_stops() {
+    let dir = scratch_dir();
+    let agent = Agent::start(&["--state-dir", &dir.join("state").display().to_string()]);
+    agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
+    let server = PyServer::start(Some(&dir));
+    let cg = TestCgroup::create("trace.slice/held-client.scope");
+    let token = format!("ghp_{}", unique("SHUTDOWNplanted").replace(['-', '_'], "x"));
+    let script = python_script("tls_loop.py").display().to_string();
+    let mut client =
+        cg.command(&python(), &[&script, &server.port.to_string(), "50", &token, "120"]).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = client.id();
+    let mut rate = String::new();
+    BufReader::new(client.stdout.take().unwrap()).read_line(&mut rate).unwrap();
+    assert!(rate.trim().parse::<f64>().is_ok(), "the loop finished: {rate:?}");
+    agent.wait_event("the first use", |v| v["kind"] == "credential_use" && v["pid"] == pid);
+
+    let (_, events) = agent.stop();
+    finish(client);
+    let counts: Vec<u64> = events
+        .iter()
+        .filter(|v| v["kind"] == "credential_use" && v["pid"] == pid)
+        .map(|v| v["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 50, "{counts:?}");
+    assert!(counts.len() <= 3, "folded: {counts:?}");
+    assert!(events.iter().all(|v| !v.to_string().contains(&token)));
+    let _ = fs::remove_dir_all(&dir);
+}
