@@ -440,6 +440,10 @@ pub fn run(
                     }
                 }
                 Ok(KernelEvent::Exit(ev)) => {
+                    // Uses still being counted belong before the exit that ends them.
+                    for used in tracer.as_mut().map(|t| t.on_exit(ev.header.pid)).unwrap_or_default() {
+                        sink.emit(&used).context("writing output")?;
+                    }
                     if let Some(rec) = attestor.on_exit(&ev) {
                         sink.emit(&rec).context("writing output")?;
                     }
@@ -467,6 +471,9 @@ pub fn run(
                 }
             }
         }
+        for used in tracer.as_mut().map(Tracer::due).unwrap_or_default() {
+            sink.emit(&used).context("writing output")?;
+        }
         if let Some(t) = tracer.as_mut().filter(|_| last_lib_scan.elapsed() >= LIBRARY_SCAN) {
             t.libs.scan(&mut probes);
             last_lib_scan = Instant::now();
@@ -482,6 +489,9 @@ pub fn run(
             sink.emit(&snapshot!()).context("writing output")?;
             last_stats = Instant::now();
         }
+    }
+    for used in tracer.as_mut().map(Tracer::flush).unwrap_or_default() {
+        sink.emit(&used).context("writing output")?;
     }
     attestor.stop_hashing();
     let last = snapshot!();

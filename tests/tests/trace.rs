@@ -277,3 +277,144 @@ fn gnutls_clients_are_traced_too() {
     assert_eq!(ev["process"]["binary_path"], "/usr/bin/gnutls-cli");
     t.assert_never_kept(&token);
 }
+
+/// The moment a workload trades its identity for cloud credentials: boto3's
+/// AssumeRoleWithWebIdentity carries the token in a form body, never a header.
+#[test]
+fn boto3_assume_role_with_web_identity_is_an_exchange_attributed_to_the_run() {
+    let t = traced();
+    let server = PyServer::start(Some(&t.dir));
+    let endpoint = format!("https://127.0.0.1:{}", server.port);
+    let cg = TestCgroup::create("trace.slice/sts-exchange.scope");
+    let token = jwt("https://issuer.example", "system:serviceaccount:ns:reporting", now() - 10, now() + 900);
+    let role = "arn:aws:iam::123456789012:role/sigil-reporting";
+    let session = unique("run-");
+    let script = python_script("aws_client.py").display().to_string();
+    let (code, out, err) = cg.run(&python(), &[&script, &endpoint, "--web-identity", role, &session, &token]);
+    assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
+
+    let ev = t.uses_in(&cg, "STS web identity exchange", |v| v["detector"] == "token_exchange");
+    assert_eq!(ev["exchange"]["kind"], "aws_sts_assume_role_with_web_identity");
+    assert_eq!(ev["exchange"]["role_arn"], role);
+    assert_eq!(ev["exchange"]["role_session_name"], session.as_str());
+    assert_eq!(ev["identifiers"]["header"], "body:WebIdentityToken");
+    assert_eq!(ev["identifiers"]["jwt_iss"], "https://issuer.example");
+    assert_eq!(ev["identifiers"]["jwt_sub"], "system:serviceaccount:ns:reporting");
+    assert!(ev["identifiers"]["jwt_jti"].as_str().unwrap().starts_with('j'));
+    assert_eq!(ev["class"], "short_lived");
+    assert_eq!(ev["method"], "POST");
+    assert_eq!(ev["destination"]["port"], server.port);
+    assert_eq!(ev["tls_library"], "openssl");
+    assert!(ev["fingerprint"].as_str().unwrap().starts_with("hmac-sha256:"));
+    t.assert_never_kept(&token);
+    // The signature part alone is never kept either (a partial copy would still leak).
+    t.assert_never_kept(token.rsplit('.').next().unwrap());
+}
+
+/// A keep-alive client repeating one bearer token: the first use is reported at once,
+/// the repeats fold into aggregates, and when the process exits every use is accounted
+/// for (counts add up to the requests sent, before the exit record).
+#[test]
+fn repeated_uses_fold_into_aggregates_whose_counts_add_up() {
+    let t = traced();
+    let server = PyServer::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/keepalive.scope");
+    let token = format!("ghp_{}", unique("AGGREGATEplanted").replace(['-', '_'], "x"));
+    let script = python_script("tls_loop.py").display().to_string();
+    let mut client = cg.command(&python(), &[&script, &server.port.to_string(), "200", &token]).stdout(Stdio::null()).spawn().unwrap();
+    let pid = client.id();
+    assert!(client.wait().unwrap().success());
+    t.agent.wait_event("exit of the keep-alive client", |v| v["kind"] == "process_exit" && v["pid"] == pid);
+
+    let uses: Vec<Value> = t
+        .agent
+        .events()
+        .into_iter()
+        .filter(|v| v["kind"] == "credential_use" && v["pid"] == pid && v["identifiers"]["token_family"] == "github_pat")
+        .collect();
+    let counts: Vec<u64> = uses.iter().map(|v| v["count"].as_u64().unwrap()).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 200, "every use is accounted for: {counts:?}");
+    assert_eq!(counts[0], 1, "the first use is its own event");
+    assert!(uses[0]["first_seen"].is_null());
+    assert!(uses.len() < 20, "repeats were folded: {} events", uses.len());
+    let fingerprints: std::collections::HashSet<_> = uses.iter().map(|v| v["fingerprint"].clone()).collect();
+    assert_eq!(fingerprints.len(), 1);
+    for agg in &uses[1..] {
+        assert!(agg["first_seen"].as_str().unwrap() <= agg["last_seen"].as_str().unwrap());
+        assert_eq!(agg["process"]["cgroup_path"], cg.path.as_str(), "aggregates keep their attribution");
+    }
+    t.assert_never_kept(&token);
+}
+
+/// Token exchanges by a plain HTTP client: a GCP STS exchange whose JSON body curl sends
+/// in a separate write after `100 Continue` (the body is reassembled across writes), and
+/// an OAuth client-credentials grant whose client secret is in a form body.
+#[test]
+fn curl_token_exchanges_in_split_json_and_form_bodies_are_recorded() {
+    let t = traced();
+    let tls = PyServer::start(Some(&t.dir));
+    let plain = PyServer::start(None);
+    let cg = TestCgroup::create("trace.slice/curl-exchange.scope");
+    let token = jwt("https://container.googleapis.com/v1/projects/p/clusters/c", "system:serviceaccount:ns:etl", now() - 5, now() + 3600);
+    let json = format!(
+        r#"{{"grantType":"urn:ietf:params:oauth:grant-type:token-exchange","audience":"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k","subjectTokenType":"urn:ietf:params:oauth:token-type:jwt","requestedTokenType":"urn:ietf:params:oauth:token-type:access_token","scope":"https://www.googleapis.com/auth/cloud-platform","subjectToken":"{token}"}}"#
+    );
+    let url = format!("https://127.0.0.1:{}/v1/token", tls.port);
+    let (code, _, err) = cg.run(
+        Path::new("/usr/bin/curl"),
+        &["-sk", "-o", "/dev/null", &url, "-H", "Host: sts.googleapis.com", "-H", "Content-Type: application/json", "-H", "Expect: 100-continue", "--data", &json],
+    );
+    assert_eq!(code, 0, "{err}");
+    let client_secret = unique("PLANTEDclientSECRET");
+    let form = format!("grant_type=client_credentials&client_id=etl-app&client_secret={client_secret}&scope=read");
+    let url = format!("http://127.0.0.1:{}/oauth2/token", plain.port);
+    let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-s", "-o", "/dev/null", &url, "--data", &form]);
+    assert_eq!(code, 0, "{err}");
+
+    let gcp = t.uses_in(&cg, "GCP STS exchange", |v| v["exchange"]["kind"] == "gcp_sts_token_exchange");
+    assert_eq!(gcp["detector"], "token_exchange");
+    assert_eq!(gcp["identifiers"]["header"], "body:subjectToken");
+    assert_eq!(gcp["identifiers"]["jwt_sub"], "system:serviceaccount:ns:etl");
+    assert!(gcp["identifiers"]["jwt_jti"].is_string());
+    assert_eq!(gcp["exchange"]["audience"], "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k");
+    assert_eq!(gcp["destination"]["host"], "sts.googleapis.com");
+    let cc = t.uses_in(&cg, "OAuth client credentials", |v| v["exchange"]["kind"] == "oauth_client_credentials");
+    assert_eq!(cc["exchange"]["client_id"], "etl-app");
+    assert_eq!(cc["class"], "static");
+    assert_eq!(cc["transport"], "plain");
+    assert_eq!(cc["identifiers"]["header"], "body:client_secret");
+    t.assert_never_kept(&token);
+    t.assert_never_kept(&client_secret);
+}
+
+/// Uses still being counted when the agent stops are flushed, not lost: the client is
+/// still running (so no exit flushes them) when the agent receives SIGTERM.
+#[test]
+fn pending_aggregates_are_flushed_when_the_agent_stops() {
+    let dir = scratch_dir();
+    let agent = Agent::start(&["--state-dir", &dir.join("state").display().to_string()]);
+    agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
+    let server = PyServer::start(Some(&dir));
+    let cg = TestCgroup::create("trace.slice/held-client.scope");
+    let token = format!("ghp_{}", unique("SHUTDOWNplanted").replace(['-', '_'], "x"));
+    let script = python_script("tls_loop.py").display().to_string();
+    let mut client =
+        cg.command(&python(), &[&script, &server.port.to_string(), "50", &token, "120"]).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = client.id();
+    let mut rate = String::new();
+    BufReader::new(client.stdout.take().unwrap()).read_line(&mut rate).unwrap();
+    assert!(rate.trim().parse::<f64>().is_ok(), "the loop finished: {rate:?}");
+    agent.wait_event("the first use", |v| v["kind"] == "credential_use" && v["pid"] == pid);
+
+    let (_, events) = agent.stop();
+    finish(client);
+    let counts: Vec<u64> = events
+        .iter()
+        .filter(|v| v["kind"] == "credential_use" && v["pid"] == pid)
+        .map(|v| v["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 50, "{counts:?}");
+    assert!(counts.len() <= 3, "folded: {counts:?}");
+    assert!(events.iter().all(|v| !v.to_string().contains(&token)));
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -25,6 +25,8 @@ pub enum Detector {
     BearerToken,
     ApiKey,
     BasicAuth,
+    /// A credential traded at a token endpoint, found in the request body (see `body`).
+    TokenExchange,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -166,6 +168,12 @@ pub fn detect(req: &Request, now: i64, sigil_issuers: &[String]) -> Vec<Credenti
     }
     found.extend(ctx.presigned());
     found
+}
+
+/// Classifies one token found outside the headers (a request body field): a JWT's
+/// claims, or its family by prefix. `field` names where it was found.
+pub(crate) fn token_in(req: &Request, now: i64, sigil_issuers: &[String], detector: Detector, field: &str, token: &str) -> Credential {
+    Context { req, now, sigil_issuers }.token(detector, field, token)
 }
 
 struct Context<'a> {

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::{
+    body::Exchange,
     detect::{Class, Detector, Identifiers},
     files::FileKind,
     http::Protocol,
@@ -40,6 +41,18 @@ pub struct CredentialUse {
     /// Keyed hash of the secret part: equal across runs and nodes for one credential.
     pub fingerprint: String,
     pub identifiers: Identifiers,
+    /// Set when the credential was presented in a request body to a token endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<Exchange>,
+    /// Uses this event stands for: 1 for a first use, more for an aggregate of repeats
+    /// (see `aggregate`). Absent means 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Times of the first and last use an aggregate counts (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -64,6 +64,22 @@ impl HttpStream {
     /// `captured` is the prefix of one write; `true_len` is that write's real length
     /// (>= captured.len()).
     pub fn feed(&mut self, captured: &[u8], true_len: usize) -> Vec<Request> {
+        self.feed_with_bodies(captured, true_len).0
+    }
+
+    /// [`Self::feed`], plus the requests whose body (selected by `body::wants_body`)
+    /// was completed by this write, each with that body. Heads are never held back for
+    /// their body: header credentials are reported at once either way.
+    pub fn feed_with_bodies(&mut self, captured: &[u8], true_len: usize) -> (Vec<Request>, Vec<(Request, Vec<u8>)>) {
+        let out = self.feed_requests(captured, true_len);
+        let bodies = match &mut self.state {
+            State::Http1(h1) => std::mem::take(&mut h1.bodies),
+            _ => Vec::new(),
+        };
+        (out, bodies)
+    }
+
+    fn feed_requests(&mut self, captured: &[u8], true_len: usize) -> Vec<Request> {
         let true_len = true_len.max(captured.len());
         let mut out = Vec::new();
         match &mut self.state {
@@ -112,6 +128,17 @@ struct Http1 {
     lost: bool,
     /// A request line was seen, so garbage later means "lost", not "not HTTP".
     confirmed: bool,
+    /// A request whose body (wanted by `body::wants_body`) is still arriving.
+    holding: Option<Holding>,
+    /// Bodies completed during the current `feed`, with their requests.
+    bodies: Vec<(Request, Vec<u8>)>,
+}
+
+/// A request whose body is being collected; `whole` turns false when bytes are missing.
+struct Holding {
+    request: Request,
+    body: Vec<u8>,
+    whole: bool,
 }
 
 enum Body {
@@ -145,6 +172,15 @@ impl Http1 {
             body_left: 0,
             lost: false,
             confirmed: false,
+            holding: None,
+            bodies: Vec::new(),
+        }
+    }
+
+    /// Hands a finished body over, if every byte of it was captured.
+    fn release(&mut self) {
+        if let Some(h) = self.holding.take().filter(|h| h.whole) {
+            self.bodies.push((h.request, h.body));
         }
     }
 
@@ -161,8 +197,17 @@ impl Http1 {
             if self.body_left > 0 {
                 let skip = usize::try_from(self.body_left).unwrap_or(usize::MAX);
                 let skip = skip.min(true_len.saturating_sub(pos));
+                if let Some(h) = self.holding.as_mut() {
+                    match captured.get(pos..pos.saturating_add(skip)) {
+                        Some(bytes) => h.body.extend_from_slice(bytes),
+                        None => h.whole = false,
+                    }
+                }
                 pos = pos.saturating_add(skip);
                 self.body_left = self.body_left.saturating_sub(skip as u64);
+                if self.body_left == 0 {
+                    self.release();
+                }
             }
             if pos >= true_len {
                 return Next::Stay;
@@ -190,8 +235,14 @@ impl Http1 {
                     self.head.clear();
                     self.lost = false;
                     self.confirmed = true;
-                    out.push(request);
                     pos = pos.saturating_add(len.saturating_sub(buffered));
+                    if let Body::Length(n) = body
+                        && super::body::wants_body(&request, n)
+                    {
+                        let request = request.clone();
+                        self.holding = Some(Holding { request, body: Vec::new(), whole: true });
+                    }
+                    out.push(request);
                     match body {
                         Body::Empty => {}
                         Body::Length(n) => self.body_left = n,

@@ -4,6 +4,8 @@
 //! Kernel captures ([`tracer`]) -> per-connection request recovery ([`http`]) ->
 //! [`detect`] -> [`fingerprint`] -> [`events`]. [`conn`] knows where each socket goes,
 //! [`libs`] which TLS libraries to hook, [`files`] which credential files to watch.
+pub mod aggregate;
+pub mod body;
 pub mod conn;
 pub mod detect;
 pub mod events;

@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, FileOpenEvent};
@@ -11,11 +11,14 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::{
+    aggregate::Aggregator,
+    body::{detect_body, header_exchange},
     conn::ConnTable,
     detect::detect,
     events::{CredentialFileRead, CredentialUse, Destination},
     files,
     fingerprint::Fingerprinter,
+    http::Request,
     libs::LibraryWatcher,
     redact::strip_credential_params,
     streams::{StreamKey, StreamTable},
@@ -94,6 +97,7 @@ pub struct Tracer {
     stats: TraceStats,
     /// Fingerprint -> workload runs that used it (static credentials only).
     static_runs: HashMap<String, std::collections::HashSet<String>>,
+    aggregator: Aggregator,
 }
 
 /// Could these be the first bytes of an HTTP/1 request or an HTTP/2 connection?
@@ -141,6 +145,7 @@ impl Tracer {
             libs: LibraryWatcher::default(),
             stats: TraceStats::default(),
             static_runs: HashMap::new(),
+            aggregator: Aggregator::default(),
         }
     }
 
@@ -200,8 +205,8 @@ impl Tracer {
             }
             return Vec::new();
         }
-        let requests = self.streams.get_or_insert(key).feed(captured, true_len);
-        if requests.is_empty() {
+        let (requests, bodies) = self.streams.get_or_insert(key).feed_with_bodies(captured, true_len);
+        if requests.is_empty() && bodies.is_empty() {
             return Vec::new();
         }
         self.stats.requests += requests.len() as u64;
@@ -210,8 +215,12 @@ impl Tracer {
         let process = process_at(attestor, &self.clock, tgid, ev.header.boot_ns);
         let dest = self.conns.destination(tgid, ev.fd);
         let mut out = Vec::new();
-        for req in requests {
-            for cred in detect(&req, now, &self.sigil_issuers) {
+        let issuers = &self.sigil_issuers;
+        let in_headers = requests.iter().map(|r| (r, detect(r, now, issuers).into_iter().map(|c| (c, header_exchange(r))).collect()));
+        let in_bodies = bodies.iter().map(|(r, b)| (r, detect_body(r, b, now, issuers).into_iter().map(|(c, e)| (c, Some(e))).collect()));
+        let found: Vec<(&Request, Vec<_>)> = in_headers.chain(in_bodies).collect();
+        for (req, creds) in found {
+            for (cred, exchange) in creds {
                 out.push(CredentialUse {
                     kind: "credential_use",
                     time: self.clock.rfc3339(ev.header.boot_ns),
@@ -236,6 +245,10 @@ impl Tracer {
                     fingerprint: self.fingerprinter.fingerprint(&cred.secret),
                     class: cred.class,
                     identifiers: cred.identifiers,
+                    exchange,
+                    count: None,
+                    first_seen: None,
+                    last_seen: None,
                 });
             }
         }
@@ -243,7 +256,23 @@ impl Tracer {
         for used in &out {
             self.count_use(used, process.as_deref());
         }
-        out
+        let now = Instant::now();
+        out.into_iter().filter_map(|u| self.aggregator.observe(u, now)).collect()
+    }
+
+    /// Aggregates of repeated uses whose interval has ended (call periodically).
+    pub fn due(&mut self) -> Vec<CredentialUse> {
+        self.aggregator.due(Instant::now())
+    }
+
+    /// Pending aggregates of a process that exited.
+    pub fn on_exit(&mut self, pid: u32) -> Vec<CredentialUse> {
+        self.aggregator.exited(pid)
+    }
+
+    /// Everything still pending (the agent is stopping).
+    pub fn flush(&mut self) -> Vec<CredentialUse> {
+        self.aggregator.flush()
     }
 
     pub fn on_file_open(&mut self, ev: &FileOpenEvent, attestor: &Attestor) -> Option<CredentialFileRead> {
