@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_exec;
 mod bench_issue;
 mod build;
 mod demo;
@@ -36,7 +37,11 @@ enum Cmd {
     /// Run the demo: the agent attesting demo workloads in demo cgroups.
     Demo,
     /// Measure what the agent costs the workloads it watches (ratios against a baseline).
-    Bench,
+    Bench {
+        /// A short version (one round, fewer execs and requests).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run the whole test suite: unit tests, then the root-only kernel integration tests.
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -52,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => build::ebpf().map(|_| ()),
         Cmd::Build { release } => build::all(release).map(|_| ()),
         Cmd::Demo => demo::run(),
-        Cmd::Bench => bench::run(),
+        Cmd::Bench { quick } => bench::run(quick),
         Cmd::Test { args } => test::run(&args),
     }
 }

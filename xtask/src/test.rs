@@ -6,8 +6,8 @@ use crate::{build, provision};
 
 /// Debian packages the tests drive as real peers (mount, setpriv, unshare, sha256sum;
 /// python3 for attacker helpers that run as an unprivileged user, who cannot reach the
-/// provisioned virtualenv).
-const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3"];
+/// provisioned virtualenv; bpftrace, the baseline `cargo xtask bench` compares against).
+const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3", "bpftrace"];
 /// Third-party clients the tests check Sigil against.
 pub const PYTHON_PACKAGES: &[&str] = &["spiffe==0.3.2", "pyjwt[crypto]==2.15.1", "boto3==1.44.5"];
 

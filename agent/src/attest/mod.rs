@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod clock;
 pub mod hash;
+pub mod hash_bench;
 pub mod pidns;
 pub mod pool;
 pub mod record;
