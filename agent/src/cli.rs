@@ -29,6 +29,15 @@ pub enum Cmd {
     Probe,
     /// Ask the local agent for a JWT-SVID and print it (for scripts and demos).
     Token(TokenArgs),
+    /// Benchmark: SHA-256 throughput of the agent's hasher on FILE and the cost of a
+    /// hash-cache hit, as JSON (`cargo xtask bench`).
+    #[command(hide = true)]
+    HashBench {
+        file: PathBuf,
+        /// Full hashes to time (the fastest counts).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
 }
 
 #[derive(Args, Debug)]

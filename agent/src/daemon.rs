@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use sigil_telemetry::Telemetry;
 
 use crate::{
+    cpu,
     metrics,
     attest::{Attestor, pool::HashBudget},
     ebpf::{KernelEvent, Probes, features::KernelFeatures, mounts, tracefs},
@@ -433,7 +434,10 @@ pub fn run(
         wait_readable(events.as_raw_fd(), Duration::from_millis(200));
         while let Some(item) = events.next() {
             stats.events += 1;
-            match KernelEvent::decode(&item) {
+            let cpu_before = cpu::thread_cpu_us();
+            let decoded = KernelEvent::decode(&item);
+            let kind = decoded.as_ref().map_or("undecodable", KernelEvent::label);
+            match decoded {
                 Ok(KernelEvent::Exec(ev)) => {
                     if let Some(rec) = attestor.on_exec(&ev) {
                         sink.emit(&rec).context("writing output")?;
@@ -470,6 +474,7 @@ pub fn run(
                     warn!("dropping undecodable ring-buffer record ({} so far): {e}", stats.decode_errors);
                 }
             }
+            stats.cpu.add(kind, cpu::thread_cpu_us().saturating_sub(cpu_before));
         }
         for used in tracer.as_mut().map(Tracer::due).unwrap_or_default() {
             sink.emit(&used).context("writing output")?;
@@ -510,6 +515,7 @@ pub fn run(
 struct Counters {
     events: u64,
     decode_errors: u64,
+    cpu: cpu::CpuByKind,
 }
 
 impl Counters {
@@ -546,6 +552,7 @@ impl Counters {
             trace: tracer.map(Tracer::stats),
             export: exporter.map(SpoolSink::stats),
             events: self.events,
+            cpu_by_kind: self.cpu.snapshot(),
             emitted: tee.events_by_kind(),
         }
     }

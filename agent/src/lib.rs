@@ -4,6 +4,7 @@
 //! [`output`] (sinks). [`daemon`] wires the stages together; [`cli`] is the command line.
 pub mod attest;
 pub mod cli;
+pub mod cpu;
 pub mod daemon;
 pub mod ebpf;
 pub mod h2frame;

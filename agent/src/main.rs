@@ -77,6 +77,10 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> an
             }
             Ok(())
         }
+        Cmd::HashBench { file, repeat } => {
+            println!("{}", sigil_agent::attest::hash_bench::measure(&file, repeat)?);
+            Ok(())
+        }
         Cmd::Run(args) => {
             let cfg = args.config()?;
             let stop = Arc::new(AtomicBool::new(false));

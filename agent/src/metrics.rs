@@ -95,6 +95,17 @@ pub fn register(meter: &Meter, snap: Snapshot) -> Histogram<f64> {
         .build();
     let s = snap.clone();
     meter
+        .f64_observable_gauge("sigil.agent.event.cpu_per_event")
+        .with_unit("us")
+        .with_description("Event-thread CPU time per kernel event since start, by kind (getrusage)")
+        .with_callback(move |o| {
+            for (kind, c) in read(&s, |a| a.cpu_by_kind.clone()).unwrap_or_default() {
+                o.observe(c.us_per_event, &[KeyValue::new("kind", kind)]);
+            }
+        })
+        .build();
+    let s = snap.clone();
+    meter
         .u64_observable_counter("sigil.agent.token.denials")
         .with_description("Token requests refused, by reason")
         .with_callback(move |o| {

@@ -113,6 +113,8 @@ pub struct AgentStats {
     pub export: Option<crate::stream::exporter::ExportStats>,
     /// Kernel records read from the ring buffer.
     pub events: u64,
+    /// Event-thread CPU time per kernel event, by kind.
+    pub cpu_by_kind: std::collections::BTreeMap<&'static str, crate::cpu::CpuCost>,
     /// Identity events emitted, by kind.
     pub emitted: std::collections::BTreeMap<String, u64>,
 }

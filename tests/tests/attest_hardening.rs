@@ -255,6 +255,9 @@ fn a_burst_of_huge_distinct_executables_does_not_delay_an_ordinary_exec() {
     let last = events.iter().rev().find(|v| v["kind"] == "agent_stats").expect("final agent_stats");
     assert!(last["hash"]["skipped_queue_full"].as_u64() >= Some(skipped as u64), "{last}");
     eprintln!("final hash stats: {}", last["hash"]);
+    // The event thread's CPU time is accounted per kind, covering every exec it handled.
+    let exec_cpu = &last["cpu_by_kind"]["exec"];
+    assert!(exec_cpu["events"].as_u64() >= Some(7) && exec_cpu["cpu_us"].as_u64() > Some(0), "{last}");
     for (kind, lost) in last["ring_buffer_lost"].as_object().unwrap() {
         assert_eq!(lost, 0, "ring buffer lost {kind} events");
     }

@@ -5,57 +5,56 @@
 //! the median of each side is compared. Ratios near 1.0 mean the agent is invisible.
 
 use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use serde_json::{Map, Value, json};
 
 use crate::{
-    build,
-    peers::{self, Guard},
-    provision,
+    bench_exec::{self, Agent},
+    build, peers, provision,
     test::PYTHON_PACKAGES,
 };
 
-const ROUNDS: usize = 3;
-const TLS_REQUESTS: usize = 3000;
-const EXECS: usize = 1500;
-
-fn start_agent(bin: &Path, state: &Path) -> Result<Guard> {
-    let mut child = Command::new(bin)
-        .args(["run", "--stdout", "--stats-interval", "0", "--state-dir"])
-        .arg(state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().context("agent stderr")?;
-    let guard = Guard(child);
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        if line.contains("running processes from procfs") {
-            // Keep draining the log in the background so the agent never blocks on it.
-            return Ok(guard);
-        }
-    }
-    bail!("the agent exited during start-up")
+/// How long each part runs; `--quick` shrinks every count.
+struct Sizes {
+    rounds: usize,
+    execs: usize,
+    tls_requests: usize,
+    cached_hashes: usize,
+    hash_mib: usize,
+    storm_workers: &'static [usize],
+    storm_seconds: u64,
 }
 
-fn tls_round(python: &Path, script: &Path, port: u16) -> Result<f64> {
-    let out = Command::new(python).arg(script).arg(port.to_string()).arg(TLS_REQUESTS.to_string()).output()?;
+const FULL: Sizes = Sizes {
+    rounds: 3,
+    execs: 2000,
+    tls_requests: 3000,
+    cached_hashes: 10_000,
+    hash_mib: 128,
+    storm_workers: &[1, 2, 4, 8, 16],
+    storm_seconds: 3,
+};
+const QUICK: Sizes = Sizes {
+    rounds: 1,
+    execs: 500,
+    tls_requests: 500,
+    cached_hashes: 1000,
+    hash_mib: 32,
+    storm_workers: &[2, 8],
+    storm_seconds: 2,
+};
+
+fn tls_round(python: &Path, script: &Path, port: u16, requests: usize) -> Result<f64> {
+    let out = Command::new(python).arg(script).arg(port.to_string()).arg(requests.to_string()).output()?;
     if !out.status.success() {
         bail!("TLS loop failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
-
-fn exec_round() -> Result<f64> {
-    let start = Instant::now();
-    for _ in 0..EXECS {
-        Command::new("/bin/true").status()?;
-    }
-    Ok(EXECS as f64 / start.elapsed().as_secs_f64())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -63,56 +62,173 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(only: Option<&str>) -> Result<()> {
+pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     match only {
         None => {}
         Some("cloudtrail") => return crate::bench_cloud::run_bench().map(|_| ()),
-        Some("agent") => return agent(),
+        Some("agent") => return agent(quick),
         Some(other) => bail!("unknown bench part {other:?} (agent, cloudtrail)"),
     }
-    agent()?;
+    agent(quick)?;
     crate::bench_cloud::run_bench().map(|_| ())
 }
 
-fn agent() -> Result<()> {
+/// The release binaries the bench runs (agent and collector only: no test binaries).
+fn release_bins() -> Result<PathBuf> {
+    let object = build::ebpf()?;
+    provision::run(
+        build::cargo()
+            .args(["build", "--release", "-p", "sigil-agent", "-p", "sigil-collector", "--bins"])
+            .env("SIGIL_EBPF_OBJECT", &object),
+    )?;
+    Ok(build::workspace_root().join("target/release"))
+}
+
+/// One line of the closing table.
+struct Row {
+    figure: String,
+    goal: &'static str,
+    measured: String,
+}
+
+fn row(rows: &mut Vec<Row>, figure: impl Into<String>, goal: &'static str, measured: String) {
+    rows.push(Row { figure: figure.into(), goal, measured });
+}
+
+/// Where every benchmark's figures are merged (each writes its own keys).
+pub fn results_path() -> PathBuf {
+    build::workspace_root().join("target/bench/results.json")
+}
+
+/// Adds `fresh` to whatever target/bench/results.json already holds (other benches
+/// write their own keys there).
+pub fn record_results(fresh: Map<String, Value>) -> Result<()> {
+    let path = results_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut all = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| if let Value::Object(m) = v { Some(m) } else { None })
+        .unwrap_or_default();
+    all.extend(fresh);
+    std::fs::write(&path, serde_json::to_vec_pretty(&Value::Object(all))?)?;
+    Ok(())
+}
+
+fn agent(quick: bool) -> Result<()> {
     if !provision::is_root() {
         bail!("cargo xtask bench needs root: the agent loads eBPF programs");
     }
-    provision::debian_packages(&["openssl"])?;
+    let sz = if quick { &QUICK } else { &FULL };
+    provision::debian_packages(&["openssl", "bpftrace"])?;
     let python = provision::python_env(PYTHON_PACKAGES)?;
-    let bin = build::all(true)?.join("sigil-agent");
+    let bin_dir = release_bins()?;
+    let bin = bin_dir.join("sigil-agent");
     let root = build::workspace_root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
+    let mut rows = Vec::new();
+    let mut res = Map::new();
+
+    // Exec cost against nothing and against bpftrace, in one run.
+    let e = bench_exec::exec_loop(&bin, &dir, sz.execs, sz.rounds)?;
+    let (vs_nothing, vs_bpftrace) = (e.agent_s / e.nothing_s, e.agent_s / e.bpftrace_s);
+    let (nt_nothing, nt_bpftrace) = (e.agent_no_trace_s / e.nothing_s, e.agent_no_trace_s / e.bpftrace_s);
+    let loop_name = format!("bash loop of {} /bin/true execs (median of {})", sz.execs, sz.rounds);
+    row(&mut rows, format!("{loop_name}: agent / nothing"), "<= 1.05", format!("{vs_nothing:.3}"));
+    row(&mut rows, "  same loop: agent / bpftrace", "<= 1.05", format!("{vs_bpftrace:.3}"));
+    row(&mut rows, "  same loop: agent --no-trace / nothing", "<= 1.05", format!("{nt_nothing:.3}"));
+    row(&mut rows, "  same loop: agent --no-trace / bpftrace", "<= 1.05", format!("{nt_bpftrace:.3}"));
+    row(&mut rows, "  same loop: bpftrace / nothing", "-", format!("{:.3}", e.bpftrace_s / e.nothing_s));
+    row(&mut rows, "  agent CPU per exec, all threads", "-", format!("{:.0} µs", e.agent_cpu_us_per_exec));
+    row(&mut rows, "  agent CPU per exec event, event thread", "-", format!("{:.0} µs", e.agent_thread_us_per_exec));
+    row(&mut rows, "  ring-buffer losses during the loops", "0", e.lost.to_string());
+    row(&mut rows, "agent RSS at rest", "< 64 MiB", format!("{:.1} MiB", e.rss_rest_kib as f64 / 1024.0));
+    row(&mut rows, "agent RSS after the exec loop (peak)", "-", format!("{:.1} MiB ({:.1})", e.rss_loop_kib as f64 / 1024.0, e.rss_loop_hwm_kib as f64 / 1024.0));
+    res.extend([
+        ("exec_loop.execs".into(), json!(sz.execs)),
+        ("exec_loop.nothing_s".into(), json!(e.nothing_s)),
+        ("exec_loop.bpftrace_s".into(), json!(e.bpftrace_s)),
+        ("exec_loop.agent_s".into(), json!(e.agent_s)),
+        ("exec_loop.agent_no_trace_s".into(), json!(e.agent_no_trace_s)),
+        ("exec_loop.agent_over_nothing".into(), json!(vs_nothing)),
+        ("exec_loop.agent_over_bpftrace".into(), json!(vs_bpftrace)),
+        ("exec_loop.agent_no_trace_over_nothing".into(), json!(nt_nothing)),
+        ("exec_loop.agent_no_trace_over_bpftrace".into(), json!(nt_bpftrace)),
+        ("exec_loop.agent_cpu_us_per_exec".into(), json!(e.agent_cpu_us_per_exec)),
+        ("exec_loop.event_thread_us_per_exec".into(), json!(e.agent_thread_us_per_exec)),
+        ("exec_loop.ring_buffer_lost".into(), json!(e.lost)),
+        ("rss.rest_kib".into(), json!(e.rss_rest_kib)),
+        ("rss.exec_loop_kib".into(), json!(e.rss_loop_kib)),
+        ("rss.exec_loop_hwm_kib".into(), json!(e.rss_loop_hwm_kib)),
+    ]);
+
+    let (rss, computed) = bench_exec::rss_with_cached_hashes(&bin, &dir, sz.cached_hashes)?;
+    row(&mut rows, format!("agent RSS with {computed} cached hashes"), "-", format!("{:.1} MiB", rss as f64 / 1024.0));
+    res.extend([("rss.cached_hashes".into(), json!(computed)), ("rss.cached_hashes_kib".into(), json!(rss))]);
+
+    let (agent_mbs, openssl_mbs, hit_ns) = bench_exec::hashing(&bin, &dir, sz.hash_mib)?;
+    row(&mut rows, format!("SHA-256 of {} MiB: agent / openssl dgst", sz.hash_mib), ">= 0.9", format!("{:.2} ({agent_mbs:.0} vs {openssl_mbs:.0} MB/s)", agent_mbs / openssl_mbs));
+    row(&mut rows, "hash-cache hit (fstat + lookup)", "-", format!("{:.2} µs", hit_ns / 1000.0));
+    res.extend([
+        ("hash.agent_mb_per_s".into(), json!(agent_mbs)),
+        ("hash.openssl_mb_per_s".into(), json!(openssl_mbs)),
+        ("hash.agent_over_openssl".into(), json!(agent_mbs / openssl_mbs)),
+        ("hash.cache_hit_ns".into(), json!(hit_ns)),
+    ]);
+
+    let storm = bench_exec::storm(&bin, &dir, sz.storm_workers, sz.storm_seconds)?;
+    row(&mut rows, "exec rate with zero ring-buffer loss (4 MiB ring)", ">= 20k/s", format!("{:.0}/s", storm.max_lossless_rate));
+    row(
+        &mut rows,
+        "  exec rate at which losses start",
+        "-",
+        storm.first_loss_rate.map_or("none up to the highest rate reached".to_owned(), |r| format!("{r:.0}/s")),
+    );
+    row(&mut rows, "  agent recovers by itself after loss (4 KiB ring too)", "yes", if storm.recovered { "yes" } else { "NO" }.to_owned());
+    for (ring, w, rate, lost) in &storm.steps {
+        eprintln!("bench: storm step ring={ring} B workers={w}: {rate:.0} exec/s, {lost} lost");
+    }
+    res.extend([
+        ("storm.max_lossless_exec_per_s".into(), json!(storm.max_lossless_rate)),
+        ("storm.first_loss_exec_per_s".into(), json!(storm.first_loss_rate)),
+        ("storm.recovered".into(), json!(storm.recovered)),
+        ("storm.steps".into(), json!(storm.steps)),
+    ]);
+
+    // TLS keep-alive loop with a bearer token (the tracer's hot path).
     let port = 18_600;
     let _server = peers::https_server(&python, &dir, port)?;
     let script = root.join("tests/python/tls_loop.py");
-
-    let (mut tls_base, mut tls_agent, mut exec_base, mut exec_agent) = (vec![], vec![], vec![], vec![]);
-    for round in 1..=ROUNDS {
-        eprintln!("bench: round {round}/{ROUNDS}");
-        tls_base.push(tls_round(&python, &script, port)?);
-        exec_base.push(exec_round()?);
-        let agent = start_agent(&bin, &dir.join("state"))?;
+    let (mut tls_base, mut tls_agent) = (vec![], vec![]);
+    for round in 1..=sz.rounds {
+        eprintln!("bench: TLS round {round}/{}", sz.rounds);
+        tls_base.push(tls_round(&python, &script, port, sz.tls_requests)?);
+        let agent = Agent::start(&bin, &dir.join("state-tls"), &[])?;
         std::thread::sleep(Duration::from_millis(500));
-        tls_agent.push(tls_round(&python, &script, port)?);
-        exec_agent.push(exec_round()?);
-        drop(agent);
+        tls_agent.push(tls_round(&python, &script, port, sz.tls_requests)?);
+        agent.stop();
     }
-    println!("\n{:<44} {:>14} {:>14} {:>8}", "benchmark (median of 3 rounds)", "baseline", "with agent", "ratio");
-    for (name, unit, base, with) in [
-        ("TLS keep-alive requests with a bearer token", "req/s", tls_base, tls_agent),
-        ("exec of /bin/true", "exec/s", exec_base, exec_agent),
-    ] {
-        let (b, w) = (median(base), median(with));
-        println!("{name:<44} {:>8.0} {unit:<5} {:>8.0} {unit:<5} {:>8.3}", b, w, w / b);
-    }
+    let (b, w) = (median(tls_base), median(tls_agent));
+    row(&mut rows, "TLS keep-alive bearer loop: agent / nothing (req/s)", ">= 0.95", format!("{:.3} ({w:.0} vs {b:.0})", w / b));
+    res.extend([("tls.nothing_req_per_s".into(), json!(b)), ("tls.agent_req_per_s".into(), json!(w)), ("tls.agent_over_nothing".into(), json!(w / b))]);
+
     let issue_dir = dir.join("issue");
     std::fs::create_dir_all(&issue_dir)?;
-    let rows = crate::bench_issue::run(bin.parent().context("the agent binary has a directory")?, &issue_dir)?;
-    println!("\n{:<44} {:>14} {:>14}", "Workload API token fetch (500 fetches)", "p50", "p99");
-    for (name, p50, p99) in rows {
-        println!("{name:<44} {:>11} µs {:>11} µs", p50, p99);
+    for (name, p50, p99) in crate::bench_issue::run(&bin_dir, &issue_dir)? {
+        row(&mut rows, format!("Workload API, compiled client, {name}: p50 / p99"), "p99 < 1 ms", format!("{p50} µs / {p99} µs"));
+        res.insert(format!("workload_api.{name}.p50_us"), json!(p50));
+        res.insert(format!("workload_api.{name}.p99_us"), json!(p99));
     }
+
+    println!("\n{:<68} {:>12}  measured", "figure", "goal");
+    for r in &rows {
+        println!("{:<68} {:>12}  {}", r.figure, r.goal, r.measured);
+    }
+    res.insert("bench.quick".into(), json!(quick));
+    record_results(res)?;
+    println!("\nresults: {}", results_path().display());
     Ok(())
 }

@@ -23,23 +23,6 @@ fn example(dir: &Path, args: &[&str]) -> Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-/// Merges `figures` into the results file, keeping what other benchmarks wrote there.
-pub fn record_results(figures: &Value) -> Result<()> {
-    let path = build::workspace_root().join("target/bench/results.json");
-    std::fs::create_dir_all(path.parent().context("results path")?)?;
-    let mut all = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| json!({})),
-        Err(_) => json!({}),
-    };
-    if let (Some(all), Some(new)) = (all.as_object_mut(), figures.as_object()) {
-        for (k, v) in new {
-            all.insert(k.clone(), v.clone());
-        }
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&all)?)?;
-    Ok(())
-}
-
 pub fn run_bench() -> Result<Value> {
     run(build::cargo().args(["build", "--release", "-p", "sigil-collector", "--bin", "sigil-collector", "--example", "cloudtrail_bench"]))?;
     let root = build::workspace_root();
@@ -48,7 +31,9 @@ pub fn run_bench() -> Result<Value> {
     let result = measure(&root, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     let figures = result?;
-    record_results(&figures)?;
+    if let Value::Object(m) = &figures {
+        crate::bench::record_results(m.clone())?;
+    }
     Ok(figures)
 }
 

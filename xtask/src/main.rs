@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_cloud;
+mod bench_exec;
 mod bench_issue;
 mod build;
 mod demo;
@@ -36,9 +37,12 @@ enum Cmd {
     },
     /// Run the demo: the agent attesting demo workloads in demo cgroups.
     Demo,
-    /// Measure what the agent costs the workloads it watches (ratios against a baseline),
-    /// and CloudTrail ingest at scale.
+    /// Measure what the agent costs the workloads it watches (ratios against a baseline
+    /// in the same run), and CloudTrail ingest at scale.
     Bench {
+        /// A short version (one round, fewer execs and requests).
+        #[arg(long)]
+        quick: bool,
         /// Run only this part: `agent` or `cloudtrail`.
         #[arg(long)]
         only: Option<String>,
@@ -58,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => build::ebpf().map(|_| ()),
         Cmd::Build { release } => build::all(release).map(|_| ()),
         Cmd::Demo => demo::run(),
-        Cmd::Bench { only } => bench::run(only.as_deref()),
+        Cmd::Bench { quick, only } => bench::run(quick, only.as_deref()),
         Cmd::Test { args } => test::run(&args),
     }
 }

@@ -6,8 +6,8 @@ use crate::{build, provision};
 
 /// Debian packages the tests drive as real peers (mount, setpriv, unshare, sha256sum;
 /// python3 for attacker helpers that run as an unprivileged user, who cannot reach the
-/// provisioned virtualenv).
-const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3"];
+/// provisioned virtualenv; bpftrace, the baseline `cargo xtask bench` compares against).
+const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3", "bpftrace"];
 /// Third-party clients the tests check Sigil against, and kubernetes-validate (with
 /// PyYAML), which checks deploy/ against the Kubernetes schemas offline.
 pub const PYTHON_PACKAGES: &[&str] =

@@ -43,14 +43,18 @@ pub struct FileKey {
 
 impl FileKey {
     pub fn of(file: &File) -> io::Result<Self> {
-        let m = file.metadata()?;
-        Ok(Self {
+        Ok(Self::from_metadata(&file.metadata()?))
+    }
+
+    /// The key of metadata already read (one `fstat` per lookup on the exec path).
+    pub fn from_metadata(m: &std::fs::Metadata) -> Self {
+        Self {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
             mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
             ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-        })
+        }
     }
 }
 
@@ -215,8 +219,7 @@ impl HashCache {
     }
 
     fn lookup_inner(&self, file: &File) -> Result<Lookup, HashError> {
-        ensure_regular(file)?;
-        let key = FileKey::of(file)?;
+        let key = FileKey::from_metadata(&ensure_regular(file)?);
         if let Some(sha) = self.cached(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Lookup::Hit(Digest { sha256: sha, cache_hit: true, key }));

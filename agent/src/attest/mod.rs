@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod clock;
 pub mod hash;
+pub mod hash_bench;
 pub mod pidns;
 pub mod pool;
 pub mod record;
@@ -326,7 +327,7 @@ impl Attestor {
             exec_path: None,
         };
         let proc = Process::new(pid as i32).ok()?;
-        let facts = self.read_facts(&proc).ok()?;
+        let facts = self.read_facts(&proc, true).ok()?;
         if facts.kthread {
             return None;
         }
@@ -343,7 +344,8 @@ impl Attestor {
 
     fn attest(&self, obs: Observed) -> Option<ProcessRecord> {
         let facts = Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
-            let facts = self.read_facts(&p)?;
+            // The kernel gave the credentials at exec: status is not read.
+            let facts = self.read_facts(&p, false)?;
             // The pid named another process by the time we looked: the start time is
             // after the exec we are attesting (allow one tick of procfs rounding).
             if self.clock.ticks_to_boot_ns(facts.start_ticks) > obs.boot_ns + self.clock.tick_ns() {
@@ -421,9 +423,10 @@ impl Attestor {
         rec
     }
 
-    fn read_facts(&self, p: &Process) -> Result<ProcFacts, String> {
+    /// `ids`: also read uid/gid from status (procfs sources; an exec event carries them).
+    fn read_facts(&self, p: &Process, ids: bool) -> Result<ProcFacts, String> {
         let stat = p.stat().map_err(proc_error)?;
-        let status = p.status().ok();
+        let status = if ids { p.status().ok() } else { None };
         let exe = p.open_relative("exe").map_err(proc_error);
         let exe_path = p.exe().ok().map(|p| p.to_string_lossy().into_owned());
         let mut cgroup_text = String::new();

@@ -36,6 +36,17 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 impl KernelEvent {
+    /// The kind's name in stats and metrics (a fixed vocabulary).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Exec(_) => "exec",
+            Self::Exit(_) => "exit",
+            Self::Connect(_) => "connect",
+            Self::Data(_) => "data",
+            Self::FileOpen(_) => "file_open",
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let header: EventHeader = read(bytes)?;
         match EventKind::from_u32(header.kind) {
