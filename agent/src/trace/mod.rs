@@ -4,12 +4,16 @@
 //! Kernel captures ([`tracer`]) -> per-connection request recovery ([`http`]) ->
 //! [`detect`] -> [`fingerprint`] -> [`events`]. [`conn`] knows where each socket goes,
 //! [`libs`] which TLS libraries to hook, [`files`] which credential files to watch.
+pub mod catalogue;
 pub mod conn;
 pub mod detect;
 pub mod events;
 pub mod files;
+#[cfg(test)]
+mod families_test;
 pub mod fingerprint;
 pub mod http;
 pub mod libs;
 pub mod redact;
+pub mod scrub;
 pub mod tracer;

@@ -18,7 +18,7 @@ use super::{
     fingerprint::Fingerprinter,
     http::HttpStream,
     libs::LibraryWatcher,
-    redact::strip_credential_params,
+    scrub::event_path,
 };
 use crate::{
     attest::{Attestor, clock::Clock, record::{ProcessRecord, ProcessRef}},
@@ -217,7 +217,9 @@ impl Tracer {
         let dest = self.conns.destination(tgid, ev.fd);
         let mut out = Vec::new();
         for req in requests {
-            for cred in detect(&req, now, &self.sigil_issuers) {
+            let credentials = detect(&req, now, &self.sigil_issuers);
+            let path = event_path(&req.path, &credentials);
+            for cred in credentials {
                 out.push(CredentialUse {
                     kind: "credential_use",
                     time: self.clock.rfc3339(ev.header.boot_ns),
@@ -237,7 +239,7 @@ impl Tracer {
                     },
                     protocol: req.protocol,
                     method: req.method.clone(),
-                    path: strip_credential_params(&req.path),
+                    path: path.clone(),
                     detector: cred.detector,
                     fingerprint: self.fingerprinter.fingerprint(&cred.secret),
                     class: cred.class,
