@@ -28,6 +28,15 @@ pub enum Cmd {
     Probe,
     /// Ask the local agent for a JWT-SVID and print it (for scripts and demos).
     Token(TokenArgs),
+    /// List the credential families Sigil names, and where each is looked for.
+    Families(FamiliesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FamiliesArgs {
+    /// One JSON object per family instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

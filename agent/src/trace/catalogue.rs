@@ -358,9 +358,72 @@ impl Catalogue {
         })
     }
 
-    /// True for a scheme some family's clients send (`SSWS`, `Bot`, `Api-Token`...).
-    pub fn knows_scheme(&self, scheme: &str) -> bool {
-        self.matchable().any(|f| f.lists(Placement::Scheme, scheme))
+    /// What `sigil-agent families` prints: a table for people, or one JSON object per
+    /// line for scripts.
+    pub fn listing(&self, json: bool) -> Result<String, serde_json::Error> {
+        let mut out = String::new();
+        if json {
+            for f in &self.families {
+                out.push_str(&serde_json::to_string(&f.spec)?);
+                out.push('\n');
+            }
+            return Ok(out);
+        }
+        let rows: Vec<[String; 5]> = self
+            .families
+            .iter()
+            .map(|f| {
+                let s = &f.spec;
+                let shape = match s.prefixes.as_slice() {
+                    [] => s.pattern.clone(),
+                    prefixes => prefixes.join(" "),
+                };
+                let mut places: Vec<String> = Vec::new();
+                places.extend(s.headers.iter().map(|h| format!("header {h}")));
+                places.extend(s.schemes.iter().map(|h| format!("Authorization: {h}")));
+                places.extend(s.query.iter().map(|q| format!("?{q}=")));
+                places.extend(s.cookies.iter().map(|c| format!("cookie {c}")));
+                places.extend(s.path.iter().map(|_| "URL path".to_owned()));
+                if places.is_empty() {
+                    places.push("Authorization, any header, query or cookie".to_owned());
+                }
+                let lifetime = match s.lifetime {
+                    Lifetime::Static => "static",
+                    Lifetime::ShortLived => "short_lived",
+                };
+                [s.name.clone(), s.vendor.clone(), lifetime.to_owned(), shape, places.join(", ")]
+            })
+            .collect();
+        let header = ["FAMILY", "VENDOR", "LIFETIME", "PREFIX OR SHAPE", "WHERE"];
+        let widths: Vec<usize> = (0..header.len())
+            .map(|i| {
+                rows.iter()
+                    .filter_map(|r| r.get(i))
+                    .map(String::len)
+                    .chain(header.get(i).map(|h| h.len()))
+                    .max()
+                    .unwrap_or(0)
+                    .min(48)
+            })
+            .collect();
+        let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+            let cells: Vec<String> = cells
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        };
+        line(&mut header.iter().copied());
+        for row in &rows {
+            line(&mut row.iter().map(String::as_str));
+        }
+        out.push_str(&format!(
+            "{} families. Any bearer token, Basic credential or generic API-key header is \
+             reported too (family `generic`); SigV4 is recognised for any key id.\n",
+            self.families.len()
+        ));
+        Ok(out)
     }
 }
 
@@ -384,6 +447,20 @@ mod tests {
                 || f.path.as_ref().is_some_and(|p| p.capture_names().flatten().any(|n| n == "id"));
             assert_eq!(id_group, f.spec.identifier.is_some(), "{}: `id` group iff identifier", f.spec.name);
         }
+    }
+
+    #[test]
+    fn listing_names_every_family_in_both_forms() {
+        let c = catalogue();
+        let table = c.listing(false).expect("renders");
+        let json = c.listing(true).expect("renders");
+        assert_eq!(json.lines().count(), c.families().len());
+        for f in c.families() {
+            assert!(table.lines().any(|l| l.starts_with(&format!("{} ", f.name()))), "{}", f.name());
+        }
+        assert!(table.contains("header X-Vault-Token") && table.contains("Authorization: SSWS"));
+        let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap_or("")).expect("json");
+        assert!(first["name"].is_string() && first["lifetime"].is_string());
     }
 
     #[test]
