@@ -361,7 +361,13 @@ pub fn run(
         while let Some(item) = events.next() {
             stats.events += 1;
             match KernelEvent::decode(&item) {
-                Ok(KernelEvent::Exec(ev)) => sink.emit(&attestor.on_exec(&ev)).context("writing output")?,
+                Ok(KernelEvent::Exec(ev)) => {
+                    let rec = attestor.on_exec(&ev);
+                    if let Some(t) = tracer.as_mut() {
+                        t.on_exec(&rec);
+                    }
+                    sink.emit(&rec).context("writing output")?;
+                }
                 Ok(KernelEvent::Exit(ev)) => {
                     if let Some(rec) = attestor.on_exit(&ev) {
                         sink.emit(&rec).context("writing output")?;

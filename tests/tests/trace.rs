@@ -389,3 +389,43 @@ fn vendor_headers_schemes_query_cookies_and_webhook_paths_are_named_over_tls() {
         t.assert_never_kept(secret);
     }
 }
+
+/// Clients whose TLS Sigil cannot see (Go's crypto/tls, rustls, Java's JSSE) are reported
+/// as `uncovered` in `agent_stats` when they run, so the blind spots are visible on the
+/// node; a libssl client (curl) is not.
+#[test]
+fn go_rustls_and_java_clients_are_reported_as_uncovered_when_they_run() {
+    let t = traced();
+    let cg = TestCgroup::create("trace.slice/uncovered.scope");
+    let collector = sibling_bin("sigil-collector");
+    let runs: [(&Path, &[&str]); 4] = [
+        (Path::new("/usr/bin/promtool"), &["--version"]),
+        (Path::new("/usr/bin/java"), &["-version"]),
+        (&collector, &["--help"]),
+        (Path::new("/usr/bin/curl"), &["--version"]),
+    ];
+    for (bin, args) in runs {
+        let (code, _, err) = cg.run(bin, args);
+        assert_eq!(code, 0, "{}: {err}", bin.display());
+    }
+    let collector = fs::canonicalize(&collector).unwrap().display().to_string();
+    let has = |v: &Value, client: &str, binary: &dyn Fn(&str) -> bool| {
+        v["trace"]["uncovered"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|u| u["client"] == client && u["binary"].as_str().is_some_and(binary)))
+    };
+    let stats = t.agent.wait_event("agent_stats listing the uncovered clients", |v| {
+        v["kind"] == "agent_stats"
+            && has(v, "go_crypto_tls", &|b| b == "/usr/bin/promtool")
+            && has(v, "java_jsse", &|b| b.ends_with("/bin/java"))
+            && has(v, "rustls", &|b| b == collector)
+    });
+    let list = stats["trace"]["uncovered"].as_array().unwrap();
+    assert!(
+        !list.iter().any(|u| u["binary"].as_str().is_some_and(|b| b.ends_with("/curl"))),
+        "curl links libssl and is seen: {list:?}"
+    );
+    let go = list.iter().find(|u| u["binary"] == "/usr/bin/promtool").unwrap();
+    assert!(go["execs"].as_u64().unwrap() >= 1);
+    assert!(go["reason"].as_str().unwrap().contains("crypto/tls"));
+}

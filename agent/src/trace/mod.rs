@@ -17,3 +17,4 @@ pub mod libs;
 pub mod redact;
 pub mod scrub;
 pub mod tracer;
+pub mod uncovered;

@@ -19,6 +19,7 @@ use super::{
     http::HttpStream,
     libs::LibraryWatcher,
     scrub::event_path,
+    uncovered::{UncoveredClient, UncoveredWatcher},
 };
 use crate::{
     attest::{Attestor, clock::Clock, record::{ProcessRecord, ProcessRef}},
@@ -57,6 +58,8 @@ pub struct TraceStats {
     pub long_lived_credentials: usize,
     /// Credentials seen used by more than one workload run.
     pub shared_credentials: usize,
+    /// Executables that ran but whose TLS Sigil cannot see (Go, rustls, Java).
+    pub uncovered: Vec<UncoveredClient>,
 }
 
 fn pairs_as_list<S: serde::Serializer>(m: &std::collections::BTreeMap<(String, String), u64>, s: S) -> Result<S::Ok, S::Error> {
@@ -100,6 +103,7 @@ pub struct Tracer {
     streams: HashMap<StreamKey, HttpStream>,
     order: VecDeque<StreamKey>,
     pub libs: LibraryWatcher,
+    uncovered: UncoveredWatcher,
     stats: TraceStats,
     /// Fingerprint -> workload runs that used it (static credentials only).
     static_runs: HashMap<String, std::collections::HashSet<String>>,
@@ -127,6 +131,7 @@ impl Tracer {
             streams: HashMap::new(),
             order: VecDeque::new(),
             libs: LibraryWatcher::default(),
+            uncovered: UncoveredWatcher::default(),
             stats: TraceStats::default(),
             static_runs: HashMap::new(),
         }
@@ -137,8 +142,14 @@ impl Tracer {
             tls_libraries_attached: self.libs.attached_count(),
             long_lived_credentials: self.static_runs.len(),
             shared_credentials: self.static_runs.values().filter(|runs| runs.len() > 1).count(),
+            uncovered: self.uncovered.clients(),
             ..self.stats.clone()
         }
+    }
+
+    /// A process was exec'd: note it if its TLS is out of Sigil's sight.
+    pub fn on_exec(&mut self, rec: &ProcessRecord) {
+        self.uncovered.on_exec(rec);
     }
 
     fn count_use(&mut self, used: &CredentialUse, process: Option<&ProcessRecord>) {
