@@ -239,3 +239,91 @@ fn generator_honours_bounds_and_alternatives() {
     assert!(generate("(?:foo|bar)-[a-f]+", 0).starts_with("foo-"));
     assert!(regex::Regex::new("^[^/]+$").expect("valid").is_match(&generate("[^/]+", 5)));
 }
+
+fn one(path: &str, headers: &[(&str, &str)]) -> Credential {
+    let req = request(path, headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect());
+    let mut found = detect(&req, 0, &[]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
+/// S3-compatible stores: the algorithm and a well-formed scope are enough, whatever the
+/// key id looks like; the key id is the identifier and what is fingerprinted.
+#[test]
+fn sigv4_with_minio_ceph_and_r2_key_ids_is_unknown_format() {
+    use super::detect::Class;
+    for key in ["minioadmin", "0555b35654ad1656d804", "3f1c7a9e0b2d4c6e8f0a1b2c3d4e5f60", "sigil-minio-1x2"] {
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=ab"
+        );
+        let c = one("/bucket/key", &[("authorization", &auth)]);
+        assert_eq!((c.detector, &c.class), (Detector::AwsSigv4, &Class::UnknownFormat), "{key}");
+        assert_eq!(c.identifiers.access_key_id.as_deref(), Some(key));
+        assert_eq!(c.secret.expose(), key.as_bytes());
+        assert_eq!(c.identifiers.aws_region.as_deref(), Some("us-east-1"));
+    }
+    let json = serde_json::to_string(&Class::UnknownFormat).expect("serializes");
+    assert_eq!(json, r#"{"class":"unknown_format"}"#);
+    // Presigned URLs from the same stores too.
+    let c = one(
+        "/b/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=minioadmin%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=00",
+        &[],
+    );
+    assert_eq!((c.detector, c.class), (Detector::AwsSigv4Presigned, Class::UnknownFormat));
+}
+
+#[test]
+fn sigv4a_reports_its_algorithm_and_region_set() {
+    let auth = "AWS4-ECDSA-P256-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/s3/aws4_request, SignedHeaders=host;x-amz-region-set, Signature=3045";
+    let c = one("/", &[("authorization", auth), ("X-Amz-Region-Set", "us-east-1, us-west-2,bad region")]);
+    let ids = &c.identifiers;
+    assert_eq!(ids.aws_algorithm.as_deref(), Some("AWS4-ECDSA-P256-SHA256"));
+    assert_eq!(ids.aws_region_set, Some(vec!["us-east-1".to_owned(), "us-west-2".to_owned()]));
+    assert_eq!((ids.aws_region.as_deref(), ids.aws_service.as_deref()), (None, Some("s3")));
+    let c = one("/", &[("authorization", auth), ("x-amz-region-set", "*")]);
+    assert_eq!(c.identifiers.aws_region_set, Some(vec!["*".to_owned()]));
+    // Presigned SigV4a carries the algorithm and region set as parameters.
+    let c = one(
+        "/o?X-Amz-Algorithm=AWS4-ECDSA-P256-SHA256&X-Amz-Credential=ASIAQEXAMPLEEXAMPLE1%2F20260101%2Fs3%2Faws4_request&X-Amz-Region-Set=eu-west-1%2Ceu-central-1",
+        &[],
+    );
+    assert_eq!(c.identifiers.aws_algorithm.as_deref(), Some("AWS4-ECDSA-P256-SHA256"));
+    assert_eq!(c.identifiers.aws_region_set, Some(vec!["eu-west-1".to_owned(), "eu-central-1".to_owned()]));
+}
+
+/// The placements issue 14 names, one by one, with values as their clients send them.
+#[test]
+fn vendor_headers_schemes_bare_values_query_and_cookies() {
+    let hex32 = "0123456789abcdef0123456789abcdef";
+    let cases: Vec<(&str, Vec<(&str, String)>, &str, &str)> = vec![
+        ("/", vec![("X-Vault-Token", format!("hvs.{}", "Ab1".repeat(32)))], "hashicorp_vault_token", "x-vault-token"),
+        ("/", vec![("DD-API-KEY", hex32.to_owned())], "datadog_api_key", "dd-api-key"),
+        ("/", vec![("X-Shopify-Access-Token", format!("shpat_{hex32}"))], "shopify_access_token", "x-shopify-access-token"),
+        ("/", vec![("Fastly-Key", "odd-shaped-but-a-fastly-key".to_owned())], "fastly_api_token", "fastly-key"),
+        ("/", vec![("JOB-TOKEN", "legacy-job-token-value".to_owned())], "gitlab_cicd_job_token", "job-token"),
+        ("/", vec![("X-JFrog-Art-Api", format!("AKCp{}", "x9".repeat(35)[..69].to_owned()))], "jfrog_api_key", "x-jfrog-art-api"),
+        ("/", vec![("authorization", format!("SSWS 00{}", "a".repeat(40)))], "okta_api_token", "authorization"),
+        ("/", vec![("authorization", format!("Bot M{}.{}.{}", "A".repeat(23), "b".repeat(6), "c".repeat(27)))], "discord_bot_token", "authorization"),
+        ("/", vec![("authorization", format!("Api-Token dt0c01.{}.{}", "A".repeat(24), "B".repeat(64)))], "dynatrace_token", "authorization"),
+        ("/", vec![("authorization", format!("OAuth y0_{}", "z".repeat(55)))], "yandex_oauth_token", "authorization"),
+        ("/", vec![("authorization", format!("AccessKey {}", "k".repeat(25)))], "messagebird_access_key", "authorization"),
+        ("/", vec![("authorization", format!("rubygems_{}", "0a".repeat(24)))], "rubygems_api_key", "authorization"),
+        ("/", vec![("authorization", format!("lin_api_{}", "Q".repeat(40)))], "linear_api_key", "authorization"),
+        ("/maps?key=AIzaSyA-PLANTED-0123456789abcdefghijklm", vec![], "google_api_key", "query:key"),
+        ("/feed?access_token=opaque-but-named-by-place", vec![], "generic", "query:access_token"),
+        ("/", vec![("cookie", format!("a=b; _gitlab_session={hex32}"))], "gitlab_session_cookie", "cookie:_gitlab_session"),
+    ];
+    for (path, headers, family, place) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let c = one(path, &headers);
+        assert_eq!(c.identifiers.token_family.as_deref(), Some(family), "{headers:?} {path}");
+        assert_eq!(c.identifiers.header.as_deref(), Some(place), "{headers:?} {path}");
+    }
+    // A scheme nobody uses and a raw value with no known prefix are not credentials.
+    let req = request("/", vec![("authorization".into(), "Frobnicate abc".into())]);
+    assert!(detect(&req, 0, &[]).is_empty());
+    let req = request("/", vec![("authorization".into(), "opaque-raw-value".into())]);
+    assert!(detect(&req, 0, &[]).is_empty());
+    let req = request("/?key=not-a-google-key&page=1", Vec::new());
+    assert!(detect(&req, 0, &[]).is_empty(), "`key` alone is too common a name");
+}
