@@ -295,7 +295,9 @@ fn sigv4a_reports_its_algorithm_and_region_set() {
 #[test]
 fn vendor_headers_schemes_bare_values_query_and_cookies() {
     let hex32 = "0123456789abcdef0123456789abcdef";
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, &str)> = vec![
+    /// (request target, headers, expected family, expected place)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("/", vec![("X-Vault-Token", format!("hvs.{}", "Ab1".repeat(32)))], "hashicorp_vault_token", "x-vault-token"),
         ("/", vec![("DD-API-KEY", hex32.to_owned())], "datadog_api_key", "dd-api-key"),
         ("/", vec![("X-Shopify-Access-Token", format!("shpat_{hex32}"))], "shopify_access_token", "x-shopify-access-token"),
