@@ -60,6 +60,8 @@ pub struct TraceStats {
     pub shared_credentials: usize,
     /// Executables that ran but whose TLS Sigil cannot see (Go, rustls, Java).
     pub uncovered: Vec<UncoveredClient>,
+    /// Execs not checked for the above because the inspector was behind.
+    pub uncovered_unchecked: u64,
 }
 
 fn pairs_as_list<S: serde::Serializer>(m: &std::collections::BTreeMap<(String, String), u64>, s: S) -> Result<S::Ok, S::Error> {
@@ -122,6 +124,10 @@ fn now_unix() -> i64 {
 
 impl Tracer {
     pub fn new(node: String, fingerprinter: Fingerprinter, sigil_issuers: Vec<String>) -> Self {
+        // Compile the family catalogue now, not on the first request: compiling it takes
+        // long enough that short-lived processes would exit before they are attested.
+        let families = super::catalogue::catalogue().families().len();
+        tracing::info!("credential family catalogue: {families} families");
         Self {
             node,
             fingerprinter,
@@ -143,6 +149,7 @@ impl Tracer {
             long_lived_credentials: self.static_runs.len(),
             shared_credentials: self.static_runs.values().filter(|runs| runs.len() > 1).count(),
             uncovered: self.uncovered.clients(),
+            uncovered_unchecked: self.uncovered.unchecked(),
             ..self.stats.clone()
         }
     }

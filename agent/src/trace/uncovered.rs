@@ -12,11 +12,15 @@ use std::{
     fs,
     os::unix::fs::MetadataExt,
     path::Path,
+    sync::{
+        Arc, Mutex,
+        mpsc::{SyncSender, sync_channel},
+    },
 };
 
 use object::{Object, ObjectSection, ObjectSymbol};
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::attest::record::ProcessRecord;
 
@@ -58,81 +62,92 @@ pub struct UncoveredClient {
     pub reason: &'static str,
 }
 
-/// Recognises a client Sigil cannot see from its executable's bytes (ELF only).
-pub fn classify(file_name: &str, bytes: &[u8]) -> Option<Blindspot> {
-    let elf = object::File::parse(bytes).ok()?;
+/// Recognises a client Sigil cannot see from its executable (ELF only). Generic over
+/// [`object::ReadRef`] so a file is read on demand (section headers, `.dynstr`,
+/// `.rodata`), never whole: debug builds carry hundreds of MiB of debug info.
+pub fn classify<'a, R: object::ReadRef<'a>>(file_name: &str, data: R) -> Option<Blindspot> {
+    let elf = object::File::parse(data).ok()?;
     // Go writes its build info section in every binary, stripped or not.
     let go = elf.section_by_name(".go.buildinfo").is_some()
         || elf.symbols().any(|s| s.name() == Ok("runtime.buildVersion"));
     if go {
         return Some(Blindspot::GoCryptoTls);
     }
-    let java = file_name == "java"
-        || elf
-            .imports()
-            .ok()
-            .is_some_and(|imports| imports.iter().any(|i| matches!(i.library(), b"libjli.so" | b"libjvm.so")))
-        || needs(bytes, &[b"libjli.so", b"libjvm.so"]);
-    if java {
+    let needed = elf
+        .section_by_name(".dynstr")
+        .and_then(|s| s.data().ok())
+        .is_some_and(|dynstr| dynstr.split(|&b| b == 0).any(|lib| matches!(lib, b"libjli.so" | b"libjvm.so")));
+    if file_name == "java" || needed {
         return Some(Blindspot::JavaJsse);
     }
-    // Rust keeps crate paths in panic locations even when stripped.
-    memchr::memmem::find(bytes, b"rustls").map(|_| Blindspot::Rustls)
+    // Rust keeps crate paths in panic locations (.rodata) even when stripped.
+    elf.section_by_name(".rodata")
+        .and_then(|s| s.data().ok())
+        .is_some_and(|d| memchr::memmem::find(d, b"/rustls-").is_some())
+        .then_some(Blindspot::Rustls)
 }
 
-/// Whether the dynamic section names one of `libs` as DT_NEEDED (read from the
-/// dynamic string table: `object`'s imports only list symbols).
-fn needs(bytes: &[u8], libs: &[&[u8]]) -> bool {
-    let Ok(elf) = object::File::parse(bytes) else { return false };
-    let Some(dynstr) = elf.section_by_name(".dynstr").and_then(|s| s.data().ok()) else {
-        return false;
-    };
-    dynstr.split(|&b| b == 0).any(|name| libs.contains(&name))
+/// Executables waiting to be inspected, at most.
+const QUEUE: usize = 1024;
+
+/// Exec'd binaries go to a worker thread (reading an executable can take long, and the
+/// event pipeline must not wait for it); the worker classifies each distinct file once.
+#[derive(Default)]
+pub struct UncoveredWatcher {
+    queue: Option<SyncSender<Vec<String>>>,
+    shared: Arc<Mutex<Report>>,
 }
 
 #[derive(Default)]
-pub struct UncoveredWatcher {
+struct Report {
     /// (dev, inode, size, mtime) -> what the executable is.
     seen: HashMap<(u64, u64, u64, i64), Option<Blindspot>>,
-    report: BTreeMap<(Blindspot, String), u64>,
+    clients: BTreeMap<(Blindspot, String), u64>,
+    /// Execs not inspected because the worker was behind (or could not start).
+    unchecked: u64,
 }
 
 impl UncoveredWatcher {
-    /// Called for every exec: inspects each distinct executable once.
+    /// Called for every exec; costs the pipeline one channel send.
     pub fn on_exec(&mut self, rec: &ProcessRecord) {
         // The executed inode itself; when the process is already gone, the file at the
         // path it ran (as the attestor does for its digest).
-        let exe = [Some(format!("/proc/{}/exe", rec.pid)), rec.binary.path.clone(), rec.binary.exec_path.clone()]
+        let candidates: Vec<String> = [Some(format!("/proc/{}/exe", rec.pid)), rec.binary.path.clone(), rec.binary.exec_path.clone()]
             .into_iter()
             .flatten()
-            .find(|p| fs::metadata(p).is_ok());
-        let Some(exe) = exe else { return };
-        let Ok(meta) = fs::metadata(&exe) else { return };
-        let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
-        let kind = match self.seen.get(&key) {
-            Some(kind) => *kind,
-            None => {
-                let kind = inspect(Path::new(&exe), meta.size());
-                if self.seen.len() >= CACHED {
-                    self.seen.clear();
+            .collect();
+        if self.queue.is_none() {
+            self.queue = self.start();
+        }
+        let sent = self.queue.as_ref().is_some_and(|q| q.try_send(candidates).is_ok());
+        if !sent && let Ok(mut report) = self.shared.lock() {
+            report.unchecked += 1;
+        }
+    }
+
+    fn start(&self) -> Option<SyncSender<Vec<String>>> {
+        let (tx, rx) = sync_channel::<Vec<String>>(QUEUE);
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("uncovered".into())
+            .spawn(move || {
+                for candidates in rx {
+                    inspect_exec(&shared, &candidates);
                 }
-                self.seen.insert(key, kind);
-                kind
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                warn!("cannot start the uncovered-client inspector: {e}");
+                None
             }
-        };
-        let Some(kind) = kind else { return };
-        let binary = rec.binary.path.clone().unwrap_or(exe);
-        let entry = (kind, binary);
-        if let Some(n) = self.report.get_mut(&entry) {
-            *n += 1;
-        } else if self.report.len() < REPORTED {
-            info!("uncovered client: {} ({})", entry.1, kind.reason());
-            self.report.insert(entry, 1);
         }
     }
 
     pub fn clients(&self) -> Vec<UncoveredClient> {
-        self.report
+        let Ok(report) = self.shared.lock() else { return Vec::new() };
+        report
+            .clients
             .iter()
             .map(|((client, binary), execs)| UncoveredClient {
                 client: *client,
@@ -142,20 +157,51 @@ impl UncoveredWatcher {
             })
             .collect()
     }
+
+    pub fn unchecked(&self) -> u64 {
+        self.shared.lock().map_or(0, |r| r.unchecked)
+    }
+}
+
+fn inspect_exec(shared: &Mutex<Report>, candidates: &[String]) {
+    let Some((path, meta)) = candidates.iter().find_map(|p| fs::metadata(p).ok().map(|m| (p, m))) else {
+        return;
+    };
+    let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+    let known = shared.lock().ok().and_then(|r| r.seen.get(&key).copied());
+    let kind = match known {
+        Some(kind) => kind,
+        None => inspect(Path::new(path), meta.size()),
+    };
+    let Ok(mut report) = shared.lock() else { return };
+    if report.seen.len() >= CACHED {
+        report.seen.clear();
+    }
+    report.seen.insert(key, kind);
+    let Some(kind) = kind else { return };
+    // Report the path the process ran, not the /proc link that named the inode.
+    let binary = candidates.get(1).cloned().unwrap_or_else(|| path.clone());
+    let entry = (kind, binary);
+    if let Some(n) = report.clients.get_mut(&entry) {
+        *n += 1;
+    } else if report.clients.len() < REPORTED {
+        info!("uncovered client: {} ({})", entry.1, kind.reason());
+        report.clients.insert(entry, 1);
+    }
 }
 
 fn inspect(exe: &Path, size: u64) -> Option<Blindspot> {
     if size > MAX_BINARY {
         return None;
     }
-    let bytes = fs::read(exe).ok()?;
+    let file = fs::File::open(exe).ok()?;
     let name = fs::canonicalize(exe).ok();
     let name = name
         .as_deref()
         .and_then(Path::file_name)
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    classify(name, &bytes)
+    classify(name, &object::ReadCache::new(file))
 }
 
 #[cfg(test)]
@@ -163,9 +209,9 @@ mod tests {
     use super::*;
 
     fn classify_file(path: &str) -> Option<Option<Blindspot>> {
-        let bytes = fs::read(path).ok()?;
+        let file = fs::File::open(path).ok()?;
         let name = Path::new(path).file_name()?.to_str()?;
-        Some(classify(name, &bytes))
+        Some(classify(name, &object::ReadCache::new(file)))
     }
 
     #[test]
@@ -183,8 +229,8 @@ mod tests {
 
     #[test]
     fn non_elf_and_garbage_are_not_classified() {
-        assert_eq!(classify("x", b""), None);
-        assert_eq!(classify("x", b"#!/bin/sh\necho rustls\n"), None);
-        assert_eq!(classify("java", b"\x7fELF garbage"), None);
+        assert_eq!(classify("x", &b""[..]), None);
+        assert_eq!(classify("x", &b"#!/bin/sh\necho /rustls-0.23/\n"[..]), None);
+        assert_eq!(classify("java", &b"\x7fELF garbage"[..]), None);
     }
 }
