@@ -285,6 +285,17 @@ fn unfold(buf: &[u8]) -> Option<Vec<u8>> {
         if len == 0 || (len == 1 && rest.first() == Some(&b'\r')) {
             break; // the blank line that ends the head
         }
+        // Control bytes make httparse reject the whole head, not just their line: blank
+        // them (the header they are in is malformed anyway; the others must survive).
+        let body_end = if rest.get(len.wrapping_sub(1)) == Some(&b'\r') { len - 1 } else { len };
+        for (i, b) in rest.iter().take(body_end).enumerate() {
+            if (*b < 0x20 && *b != b'\t') || *b == 0x7f {
+                let fixed = out.get_or_insert_with(|| buf.to_vec());
+                if let Some(slot) = fixed.get_mut(line + i) {
+                    *slot = b' ';
+                }
+            }
+        }
         if matches!(buf.get(newline + 1), Some(b' ' | b'\t')) {
             let folded = out.get_or_insert_with(|| buf.to_vec());
             if let Some(b) = folded.get_mut(newline) {
@@ -1072,7 +1083,7 @@ mod tests {
     /// header, or one malformed line, must not make the whole request disappear.
     #[test]
     fn a_workload_cannot_hide_its_authorization_behind_a_folded_header() {
-        let heads: [&[u8]; 4] = [
+        let heads: [&[u8]; 5] = [
             // CRLF fold, then the credential.
             b"GET /a HTTP/1.1\r\nHost: h\r\nX-Old: one\r\n  two\r\nAuthorization: Bearer tok-1\r\n\r\n",
             // Tab fold, bare LF line ends.
@@ -1081,6 +1092,8 @@ mod tests {
             b"GET /a HTTP/1.1\r\n folded-first\r\nHost: h\r\nAuthorization: Bearer tok-1\r\n\r\n",
             // A line with no colon and one with a control byte: skipped.
             b"GET /a HTTP/1.1\r\nHost: h\r\nnot a header\r\nX-Bad: a\x01b\r\nAuthorization: Bearer tok-1\r\n\r\n",
+            // Found by the fuzzer: a folded line holding a NUL.
+            b"GET /a HTTP/1.1\r\nHost: h\r\nX-Old: a\r\n \0\r\nAuthorization: Bearer tok-1\r\n\r\n",
         ];
         for head in heads {
             let mut s = HttpStream::new();
