@@ -38,6 +38,15 @@ pub enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// List the credential families Sigil names, and where each is looked for.
+    Families(FamiliesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FamiliesArgs {
+    /// One JSON object per family instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -439,7 +439,21 @@ pub fn run(
             let kind = decoded.as_ref().map_or("undecodable", KernelEvent::label);
             match decoded {
                 Ok(KernelEvent::Exec(ev)) => {
-                    if let Some(rec) = attestor.on_exec(&ev) {
+                    let rec = attestor.on_exec(&ev);
+                    if let Some(t) = tracer.as_mut() {
+                        // A record whose digest is still being computed (a large binary,
+                        // e.g. a Go client) is emitted later by the hashing pool; the
+                        // tracer needs only what the table already holds.
+                        match &rec {
+                            Some(r) => t.on_exec(r),
+                            None => {
+                                if let Some(r) = attestor.table().get(ev.header.pid) {
+                                    t.on_exec(&r);
+                                }
+                            }
+                        }
+                    }
+                    if let Some(rec) = rec {
                         sink.emit(&rec).context("writing output")?;
                     }
                 }

@@ -63,6 +63,10 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> an
             println!("{}", KernelFeatures::probe());
             Ok(())
         }
+        Cmd::Families(args) => {
+            print!("{}", sigil_agent::trace::catalogue::catalogue().listing(args.json)?);
+            Ok(())
+        }
         Cmd::Token(args) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             if let Some(n) = args.repeat {

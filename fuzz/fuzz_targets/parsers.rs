@@ -56,7 +56,35 @@ fuzz_target!(|data: &[u8]| {
         headers,
     };
     check(&request, &issuers);
+    folded_headers_never_hide_authorization(data);
 });
+
+/// The raw input as an obsolete folded continuation line, and as a header line of its
+/// own, between two well-formed headers: the `Authorization` after it must still be
+/// recovered and detected (issue 14: one malformed header must not hide a credential).
+fn folded_headers_never_hide_authorization(data: &[u8]) {
+    let junk: Vec<u8> = data
+        .iter()
+        .copied()
+        .filter(|b| *b != b'\n' && *b != b'\r')
+        .take(512)
+        .collect();
+    // An empty line of its own would end the head: that is the protocol, not evasion.
+    let own_line: &[u8] = if junk.is_empty() { b"X-Old: a\r\n " } else { b"X-Old: a\r\n" };
+    for before in [&b"X-Old: a\r\n "[..], b"X-Old: a\r\n\t", own_line] {
+        let mut head = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+        head.extend_from_slice(before);
+        head.extend_from_slice(&junk);
+        head.extend_from_slice(b"\r\nAuthorization: Bearer fuzz-token-1\r\n\r\n");
+        let requests = HttpStream::new().feed(&head, head.len());
+        let seen = requests.iter().any(|r| {
+            detect(r, 0, &[])
+                .iter()
+                .any(|c| c.secret.expose() == b"fuzz-token-1")
+        });
+        assert!(seen, "credential hidden by {:?}", String::from_utf8_lossy(&head));
+    }
+}
 
 fn check(request: &Request, issuers: &[String]) {
     for now in [0, 1_700_000_000, i64::MIN, i64::MAX] {

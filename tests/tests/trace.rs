@@ -418,3 +418,141 @@ fn pending_aggregates_are_flushed_when_the_agent_stops() {
     assert!(events.iter().all(|v| !v.to_string().contains(&token)));
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// SigV4 from an S3-compatible store (MinIO, Ceph, R2) whose key id is not AWS-shaped is
+/// recognised by its algorithm and scope: boto3 over real TLS, class `unknown_format`,
+/// key id recorded as the identifier, secret key never kept.
+#[test]
+fn boto3_sigv4_with_a_minio_style_key_id_is_recorded_as_unknown_format() {
+    let t = traced();
+    let server = PyServer::start(Some(&t.dir));
+    let endpoint = format!("https://127.0.0.1:{}", server.port);
+    let cg = TestCgroup::create("trace.slice/boto3-minio.scope");
+    let key_id = unique("sigil-minio-");
+    let secret = "PLANTEDminioSECRETkey0123456789abcdefXYZ";
+    let script = python_script("aws_client.py").display().to_string();
+    let (code, out, err) = cg.run(&python(), &[&script, &endpoint, &key_id, secret]);
+    assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
+
+    let ev = t.uses_in(&cg, "MinIO-style SigV4 use", |v| v["identifiers"]["access_key_id"] == key_id.as_str());
+    assert_eq!(ev["detector"], "aws_sigv4");
+    assert_eq!(ev["class"], "unknown_format");
+    assert_eq!(ev["identifiers"]["aws_algorithm"], "AWS4-HMAC-SHA256");
+    assert_eq!(ev["identifiers"]["aws_region"], "eu-west-1");
+    assert_eq!(ev["identifiers"]["aws_service"], "s3");
+    assert_eq!(ev["transport"], "tls");
+    assert_eq!(ev["destination"]["port"], server.port);
+    t.assert_never_kept(secret);
+}
+
+/// A workload that sends one obsolete folded header and one malformed line before its
+/// `Authorization` header (to make a strict parser drop the request, and with it the
+/// audit record) is still recorded, over a real TLS socket.
+#[test]
+fn a_workload_cannot_hide_its_credential_behind_a_folded_header() {
+    let t = traced();
+    let server = PyServer::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/folded.scope");
+    let token = format!("ghp_PLANTEDfolded{}", unique("x")).replace(['-', 'x'], "0");
+    let script = python_script("folded_header.py").display().to_string();
+    let (code, out, err) = cg.run(&python(), &[&script, &server.port.to_string(), &token]);
+    assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
+    let ev = t.uses_in(&cg, "bearer use behind a folded header", |v| v["path"] == "/folded");
+    assert_eq!(ev["detector"], "bearer_token");
+    assert_eq!(ev["identifiers"]["token_family"], "github_pat");
+    assert_eq!(ev["transport"], "tls");
+    t.assert_never_kept(&token);
+}
+
+/// Credentials sent the way their vendors' clients send them (a vendor header, a vendor
+/// `Authorization` scheme, a query parameter, a cookie, a webhook URL path) are named by
+/// the catalogue over real TLS, and none of the secrets reaches any agent output (the
+/// webhook secret is cut out of the recorded path).
+#[test]
+fn vendor_headers_schemes_query_cookies_and_webhook_paths_are_named_over_tls() {
+    let t = traced();
+    let server = PyServer::start(Some(&t.dir));
+    let cg = TestCgroup::create("trace.slice/vendors.scope");
+    let tag = unique("").replace('-', "");
+    let fill = |n: usize| format!("{tag}{}", "Q7".repeat(n)).chars().take(n).collect::<String>();
+    let vault = format!("hvs.{}", fill(95));
+    let okta = format!("00{}", fill(40));
+    let google = format!("AIza{}", fill(35));
+    let shopify = format!("shpat_{}", "a1b2c3d4".repeat(4));
+    let webhook = fill(24);
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let requests: [(&str, String, Vec<String>); 5] = [
+        ("hashicorp_vault_token", format!("{base}/v1/secret/data/app"), vec!["-H".into(), format!("X-Vault-Token: {vault}")]),
+        ("okta_api_token", format!("{base}/api/v1/users"), vec!["-H".into(), format!("Authorization: SSWS {okta}")]),
+        ("google_api_key", format!("{base}/maps/api/geocode/json?address=x&key={google}"), vec![]),
+        ("shopify_access_token", format!("{base}/admin/shop.json"), vec!["-b".into(), format!("theme=dark; access_token={shopify}")]),
+        ("slack_webhook", format!("{base}/services/T0SIGIL01/B0SIGIL01/{webhook}"), vec!["-d".into(), "{}".into()]),
+    ];
+    for (_, url, extra) in &requests {
+        let mut args = vec!["-sk", "-o", "/dev/null", url.as_str()];
+        args.extend(extra.iter().map(String::as_str));
+        let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &args);
+        assert_eq!(code, 0, "{err}");
+    }
+    for (family, _, _) in &requests {
+        let ev = t.uses_in(&cg, family, |v| v["identifiers"]["token_family"] == *family);
+        assert_eq!(ev["transport"], "tls", "{family}");
+        match *family {
+            "hashicorp_vault_token" => assert_eq!(ev["identifiers"]["header"], "x-vault-token"),
+            "okta_api_token" => assert_eq!(ev["identifiers"]["header"], "authorization"),
+            "google_api_key" => {
+                assert_eq!(ev["identifiers"]["header"], "query:key");
+                assert_eq!(ev["path"], "/maps/api/geocode/json?address=x");
+            }
+            "shopify_access_token" => assert_eq!(ev["identifiers"]["header"], "cookie:access_token"),
+            _ => {
+                assert_eq!(ev["identifiers"]["header"], "path");
+                assert_eq!(ev["identifiers"]["key_id"], "T0SIGIL01/B0SIGIL01");
+                assert_eq!(ev["path"], "/services/T0SIGIL01/B0SIGIL01/REDACTED");
+            }
+        }
+    }
+    for secret in [&vault, &okta, &google, &shopify, &webhook] {
+        t.assert_never_kept(secret);
+    }
+}
+
+/// Clients whose TLS Sigil cannot see (Go's crypto/tls, rustls, Java's JSSE) are reported
+/// as `uncovered` in `agent_stats` when they run, so the blind spots are visible on the
+/// node; a libssl client (curl) is not.
+#[test]
+fn go_rustls_and_java_clients_are_reported_as_uncovered_when_they_run() {
+    let t = traced();
+    let cg = TestCgroup::create("trace.slice/uncovered.scope");
+    let collector = sibling_bin("sigil-collector");
+    let runs: [(&Path, &[&str]); 4] = [
+        (Path::new("/usr/bin/promtool"), &["--version"]),
+        (Path::new("/usr/bin/java"), &["-version"]),
+        (&collector, &["--help"]),
+        (Path::new("/usr/bin/curl"), &["--version"]),
+    ];
+    for (bin, args) in runs {
+        let (code, _, err) = cg.run(bin, args);
+        assert_eq!(code, 0, "{}: {err}", bin.display());
+    }
+    let collector = fs::canonicalize(&collector).unwrap().display().to_string();
+    let has = |v: &Value, client: &str, binary: &dyn Fn(&str) -> bool| {
+        v["trace"]["uncovered"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|u| u["client"] == client && u["binary"].as_str().is_some_and(binary)))
+    };
+    let stats = t.agent.wait_event("agent_stats listing the uncovered clients", |v| {
+        v["kind"] == "agent_stats"
+            && has(v, "go_crypto_tls", &|b| b == "/usr/bin/promtool")
+            && has(v, "java_jsse", &|b| b.ends_with("/bin/java"))
+            && has(v, "rustls", &|b| b == collector)
+    });
+    let list = stats["trace"]["uncovered"].as_array().unwrap();
+    assert!(
+        !list.iter().any(|u| u["binary"].as_str().is_some_and(|b| b.ends_with("/curl"))),
+        "curl links libssl and is seen: {list:?}"
+    );
+    let go = list.iter().find(|u| u["binary"] == "/usr/bin/promtool").unwrap();
+    assert!(go["execs"].as_u64().unwrap() >= 1);
+    assert!(go["reason"].as_str().unwrap().contains("crypto/tls"));
+}

@@ -13,6 +13,7 @@ use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde_json::{Map, Value};
 
+use super::catalogue::{Family, Placement, Verdict, catalogue};
 use super::http::Request;
 use super::redact::query_params;
 
@@ -43,6 +44,9 @@ pub enum Class {
         remaining_seconds: Option<i64>,
     },
     Unknown,
+    /// Signed like AWS (SigV4 algorithm and scope) with a key id that is not AWS-shaped:
+    /// an S3-compatible store (MinIO, Ceph, R2) whose key lifetime we cannot tell.
+    UnknownFormat,
 }
 
 /// Non-secret identifiers only: these are exported as they are.
@@ -55,6 +59,12 @@ pub struct Identifiers {
     pub aws_region: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws_service: Option<String>,
+    /// SigV4a: the regions the signature is valid in (`X-Amz-Region-Set`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_region_set: Option<Vec<String>>,
+    /// `AWS4-HMAC-SHA256` (SigV4) or `AWS4-ECDSA-P256-SHA256` (SigV4a).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_algorithm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +79,10 @@ pub struct Identifiers {
     pub jwt_iat: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_family: Option<String>,
+    /// The non-secret identifier the family's credential carries (a Slack webhook's
+    /// team/channel, a Telegram bot id), as the catalogue marks it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// Where the credential was found, e.g. "authorization" or "query:X-Amz-Credential".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
@@ -134,16 +148,6 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// Headers whose whole value is an API key (compared after lower-casing the name).
-const API_KEY_HEADERS: &[&str] = &[
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "private-token",
-    "x-auth-token",
-    "apikey",
-];
-
 /// Finds every credential in `req`. `now` is unix seconds; `sigil_issuers` are issuer
 /// URLs (JWT `iss`) that mean "issued by Sigil".
 pub fn detect(req: &Request, now: i64, sigil_issuers: &[String]) -> Vec<Credential> {
@@ -162,10 +166,16 @@ pub fn detect(req: &Request, now: i64, sigil_issuers: &[String]) -> Vec<Credenti
         let header = name.to_ascii_lowercase();
         if header == "authorization" || header == "proxy-authorization" {
             found.extend(ctx.authorization(&header, value));
-        } else if API_KEY_HEADERS.contains(&header.as_str()) {
-            found.push(ctx.token(Detector::ApiKey, &header, value));
+        } else if header == "cookie" {
+            found.extend(ctx.cookies(value));
+        } else if let Some(verdict) = catalogue().classify(Placement::Header, &header, value) {
+            // Vendor and generic API-key headers (`X-Vault-Token`, `DD-API-KEY`, ...), and
+            // any header whose value has a family's full documented shape.
+            found.push(ctx.named(Detector::ApiKey, &header, value, verdict));
         }
     }
+    found.extend(ctx.query());
+    found.extend(ctx.url_path());
     found.extend(ctx.presigned());
     found
 }
@@ -189,19 +199,25 @@ impl Context<'_> {
             None => (value, ""),
         };
         let is = |s: &str| scheme.eq_ignore_ascii_case(s);
-        if is("AWS4-HMAC-SHA256") || is("AWS4-ECDSA-P256-SHA256") {
+        if let Some(algorithm) = SIGV4_ALGORITHMS.iter().find(|a| is(a)) {
             let credential = rest
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter_map(|param| param.split_once('='))
                 .find(|(key, _)| key.eq_ignore_ascii_case("Credential"))?
                 .1;
-            return self.aws(Detector::AwsSigv4, header, credential, || {
+            let signed = Signed {
+                algorithm,
+                region_set: self.header_value("x-amz-region-set"),
+            };
+            return self.aws(Detector::AwsSigv4, header, credential, signed, || {
                 self.header_value("x-amz-security-token")
             });
         }
         if rest.is_empty() {
             // No scheme at all: some APIs take the raw key. Only trust known prefixes.
-            return family(value).map(|_| self.token(Detector::ApiKey, header, value));
+            return catalogue()
+                .by_prefix(value)
+                .map(|f| self.named(Detector::ApiKey, header, value, Verdict::Family(f)));
         }
         if is("Bearer") {
             Some(self.token(Detector::BearerToken, header, rest))
@@ -210,8 +226,57 @@ impl Context<'_> {
         } else if is("Basic") {
             basic(header, rest)
         } else {
-            None
+            // Vendor schemes: `SSWS` (Okta), `Bot` (Discord), `Api-Token` (Dynatrace)...
+            catalogue()
+                .classify(Placement::Scheme, scheme, rest)
+                .map(|verdict| self.named(Detector::ApiKey, header, rest, verdict))
         }
+    }
+
+    /// `Cookie: a=b; c=d`: cookies the catalogue lists, and any cookie whose value has
+    /// a family's full shape.
+    fn cookies(&self, value: &str) -> Vec<Credential> {
+        value
+            .split(';')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(name, v)| (name.trim(), v.trim().trim_matches('"')))
+            .filter(|(_, v)| !v.is_empty())
+            .filter_map(|(name, v)| {
+                let verdict = catalogue().classify(Placement::Cookie, name, v)?;
+                Some(self.named(Detector::ApiKey, &format!("cookie:{name}"), v, verdict))
+            })
+            .collect()
+    }
+
+    /// Credentials in query parameters (`?key=AIza...`, `?access_token=...`). AWS
+    /// presigned parameters are left to [`Self::presigned`].
+    fn query(&self) -> Vec<Credential> {
+        query_params(&self.req.path)
+            .filter(|(name, value)| !value.is_empty() && !name.to_ascii_lowercase().starts_with("x-amz-"))
+            .filter_map(|(name, value)| {
+                let verdict = catalogue().classify(Placement::Query, &name, &value)?;
+                Some(self.named(Detector::ApiKey, &format!("query:{name}"), &value, verdict))
+            })
+            .collect()
+    }
+
+    /// Credentials that are part of the URL path itself (Slack, Discord webhooks).
+    fn url_path(&self) -> Vec<Credential> {
+        let path = self.req.path.split(['?', '#']).next().unwrap_or_default();
+        catalogue()
+            .in_path(path)
+            .map(|found| Credential {
+                detector: Detector::ApiKey,
+                class: found.family.class(),
+                identifiers: Identifiers {
+                    token_family: Some(found.family.name().to_owned()),
+                    key_id: found.id.map(str::to_owned),
+                    header: Some("path".to_owned()),
+                    ..Identifiers::default()
+                },
+                secret: Secret::new(found.secret.as_bytes()),
+            })
+            .collect()
     }
 
     fn header_value(&self, name: &str) -> Option<String> {
@@ -226,11 +291,22 @@ impl Context<'_> {
     fn presigned(&self) -> Option<Credential> {
         let mut credential = None;
         let mut token = None;
+        let mut signed = Signed {
+            algorithm: SIGV4_ALGORITHMS[0],
+            region_set: None,
+        };
         for (name, value) in query_params(&self.req.path) {
-            if name.eq_ignore_ascii_case("X-Amz-Credential") {
+            let is = |s: &str| name.eq_ignore_ascii_case(s);
+            if is("X-Amz-Credential") {
                 credential = Some(value);
-            } else if name.eq_ignore_ascii_case("X-Amz-Security-Token") && !value.is_empty() {
+            } else if is("X-Amz-Security-Token") && !value.is_empty() {
                 token = Some(value.into_owned());
+            } else if is("X-Amz-Region-Set") {
+                signed.region_set = Some(value.into_owned());
+            } else if is("X-Amz-Algorithm")
+                && let Some(a) = SIGV4_ALGORITHMS.iter().find(|a| value.eq_ignore_ascii_case(a))
+            {
+                signed.algorithm = *a;
             }
         }
         let credential = credential?;
@@ -238,6 +314,7 @@ impl Context<'_> {
             Detector::AwsSigv4Presigned,
             "query:X-Amz-Credential",
             &credential,
+            signed,
             move || token,
         )
     }
@@ -249,22 +326,33 @@ impl Context<'_> {
         detector: Detector,
         header: &str,
         credential: &str,
+        signed: Signed,
         session_token: impl FnOnce() -> Option<String>,
     ) -> Option<Credential> {
         let parts: Vec<&str> = credential.trim().split('/').collect();
         let key_id = *parts.first()?;
-        let valid_key = (16..=128).contains(&key_id.len())
-            && key_id
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-        if !valid_key {
-            return None;
-        }
         let (region, service) = match parts.as_slice() {
             [_, _, region, service, "aws4_request"] => (Some(*region), Some(*service)),
             [_, _, service, "aws4_request"] => (None, Some(*service)),
             _ => (None, None),
         };
+        let aws_shaped = (16..=128).contains(&key_id.len())
+            && key_id
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        // Any other key id (MinIO, Ceph, R2) is recognised by the signing algorithm plus
+        // a well-formed scope: `<key>/<yyyymmdd>/[<region>/]<service>/aws4_request`.
+        let scoped = service.is_some()
+            && parts
+                .get(1)
+                .is_some_and(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()));
+        let other_key = (1..=128).contains(&key_id.len())
+            && key_id
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"/,=\"".contains(&b));
+        if !(aws_shaped || (scoped && other_key)) {
+            return None;
+        }
         let scope_word = |s: &&str| {
             !s.is_empty()
                 && s.len() <= 64
@@ -282,8 +370,15 @@ impl Context<'_> {
                 },
                 session_token().unwrap_or_else(|| key_id.to_owned()),
             ),
-            _ => (Class::Unknown, key_id.to_owned()),
+            _ => (Class::UnknownFormat, key_id.to_owned()),
         };
+        let region_set = signed.region_set.map(|set| {
+            set.split(',')
+                .map(str::trim)
+                .filter(|r| *r == "*" || scope_word(r))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        });
         Some(Credential {
             detector,
             class,
@@ -291,6 +386,8 @@ impl Context<'_> {
                 access_key_id: Some(key_id.to_owned()),
                 aws_region: region.filter(scope_word).map(str::to_owned),
                 aws_service: service.filter(scope_word).map(str::to_owned),
+                aws_region_set: region_set.filter(|set| !set.is_empty()),
+                aws_algorithm: Some(signed.algorithm.to_owned()),
                 header: Some(header.to_owned()),
                 ..Identifiers::default()
             },
@@ -300,6 +397,19 @@ impl Context<'_> {
 
     /// A bearer-style token: a JWT if it decodes as one, else classified by prefix.
     fn token(&self, detector: Detector, header: &str, token: &str) -> Credential {
+        let verdict = catalogue()
+            .by_prefix(token)
+            .or_else(|| catalogue().by_shape(token))
+            .map_or(Verdict::Generic, Verdict::Family);
+        self.named(detector, header, token, verdict)
+    }
+
+    /// A token whose family (if any) the catalogue has already named.
+    fn named(&self, detector: Detector, header: &str, token: &str, verdict: Verdict<'_>) -> Credential {
+        let family: Option<&Family> = match verdict {
+            Verdict::Family(f) => Some(f),
+            Verdict::Generic => None,
+        };
         let mut identifiers = Identifiers {
             header: Some(header.to_owned()),
             ..Identifiers::default()
@@ -308,6 +418,7 @@ impl Context<'_> {
             Some(claims) => {
                 let class = self.jwt_class(&claims);
                 claims.fill(&mut identifiers);
+                identifiers.token_family = family.map(|f| f.name().to_owned());
                 // A JWT in an API-key header is still an API key; we just know more.
                 let detector = match detector {
                     Detector::BearerToken => Detector::BearerJwt,
@@ -316,9 +427,10 @@ impl Context<'_> {
                 (detector, class)
             }
             None => {
-                let (name, class) = family(token).unwrap_or(("generic", Class::Unknown));
-                identifiers.token_family = Some(name.to_owned());
-                (detector, class)
+                identifiers.token_family =
+                    Some(family.map_or("generic", |f| f.name()).to_owned());
+                identifiers.key_id = family.and_then(|f| f.identifier_in(token));
+                (detector, family.map_or(Class::Unknown, Family::class))
             }
         };
         Credential {
@@ -437,33 +549,19 @@ fn shannon_bits_per_char(bytes: &[u8]) -> f64 {
         .sum()
 }
 
-/// Known token families by documented prefix. Order matters: longer prefixes that
-/// share a start with shorter ones come first.
+/// The family a token belongs to by its documented prefix (see `families.toml`).
 fn family(token: &str) -> Option<(&'static str, Class)> {
-    const SHORT: Class = Class::ShortLived {
-        lifetime_seconds: None,
-        remaining_seconds: None,
-    };
-    const FAMILIES: &[(&str, &str, Class)] = &[
-        ("ya29.", "gcp_oauth", SHORT),
-        ("github_pat_", "github_fine_grained_pat", Class::Static),
-        ("ghp_", "github_pat", Class::Static),
-        ("gho_", "github_oauth", Class::Static),
-        ("ghu_", "github_user_to_server", SHORT),
-        ("ghs_", "github_server_to_server", SHORT),
-        ("glpat-", "gitlab_pat", Class::Static),
-        ("xoxb-", "slack", Class::Static),
-        ("xoxp-", "slack", Class::Static),
-        ("xoxa-", "slack", Class::Static),
-        ("xoxs-", "slack", Class::Static),
-        ("xoxr-", "slack", Class::Static),
-        ("sk-ant-", "anthropic", Class::Static),
-        ("sk-", "openai", Class::Static),
-    ];
-    FAMILIES
-        .iter()
-        .find(|(prefix, _, _)| token.len() > prefix.len() && token.starts_with(prefix))
-        .map(|(_, name, class)| (*name, class.clone()))
+    catalogue().by_prefix(token).map(|f| (f.name(), f.class()))
+}
+
+/// SigV4 and SigV4a signing algorithms, as sent in `Authorization` and `X-Amz-Algorithm`.
+const SIGV4_ALGORITHMS: [&str; 2] = ["AWS4-HMAC-SHA256", "AWS4-ECDSA-P256-SHA256"];
+
+/// What the request says about how it was signed, beyond the credential scope.
+struct Signed {
+    algorithm: &'static str,
+    /// SigV4a `X-Amz-Region-Set`, comma-separated as sent.
+    region_set: Option<String>,
 }
 
 const B64_STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -626,7 +724,7 @@ mod tests {
         for (key, class) in [
             ("ABIAXXXXXXXXXXXXXXXX", Class::Static),
             ("ACCAXXXXXXXXXXXXXXXX", Class::Static),
-            ("AIDAXXXXXXXXXXXXXXXX", Class::Unknown),
+            ("AIDAXXXXXXXXXXXXXXXX", Class::UnknownFormat),
         ] {
             let auth =
                 format!("AWS4-HMAC-SHA256 Credential={key}/20240101/us-east-1/s3/aws4_request");
@@ -647,7 +745,10 @@ mod tests {
             "AWS4-HMAC-SHA256 SignedHeaders=host",
             "AWS4-HMAC-SHA256 Credential=",
             "AWS4-HMAC-SHA256 Credential=akia-lower/x",
-            "AWS4-HMAC-SHA256 Credential=SHORT/20240101/us-east-1/s3/aws4_request",
+            // A key id that is not AWS-shaped needs a well-formed scope.
+            "AWS4-HMAC-SHA256 Credential=SHORT/2024-01-01/us-east-1/s3/aws4_request",
+            "AWS4-HMAC-SHA256 Credential=SHORT/20240101/us-east-1/s3/other",
+            "AWS4-HMAC-SHA256 Credential=SH\"ORT/20240101/us-east-1/s3/aws4_request",
         ] {
             assert!(
                 detect(&req("/", &[("authorization", auth)]), NOW, &[]).is_empty(),

@@ -297,9 +297,16 @@ fn parse_head(buf: &[u8]) -> Head {
             method: buf.len() >= 4,
         };
     }
+    // Unfolding keeps every length, so `len` below is still the true head length.
+    let unfolded = unfold(buf);
+    let buf = unfolded.as_deref().unwrap_or(buf);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    // One malformed header line must not hide the well-formed ones (the credential may
+    // be in those): it is skipped, as a lenient server would.
+    let mut config = httparse::ParserConfig::default();
+    config.ignore_invalid_headers_in_requests(true);
+    match config.parse_request(&mut req, buf) {
         Ok(httparse::Status::Complete(len)) => {
             let (request, body) = to_request(&req);
             Head::Complete { request, len, body }
@@ -310,6 +317,51 @@ fn parse_head(buf: &[u8]) -> Head {
         },
         Err(_) => Head::Invalid,
     }
+}
+
+/// Replaces obsolete line folding (RFC 9112 section 5.2: a header value continued on a
+/// line that starts with a space or tab) with spaces, as the RFC lets a recipient do.
+/// Old clients still send it, and an evader can use it to make a strict parser drop the
+/// whole request, `Authorization` included. Replacement is in place (CR LF becomes two
+/// spaces), so offsets into the head, and the head's length, stay true. `None` when
+/// there is no fold in the head.
+fn unfold(buf: &[u8]) -> Option<Vec<u8>> {
+    // The request line itself is never folded: start at the first header line.
+    let mut line = buf.iter().position(|&b| b == b'\n')? + 1;
+    let mut out: Option<Vec<u8>> = None;
+    loop {
+        let rest = buf.get(line..)?;
+        let len = rest.iter().position(|&b| b == b'\n')?;
+        let newline = line + len;
+        if len == 0 || (len == 1 && rest.first() == Some(&b'\r')) {
+            break; // the blank line that ends the head
+        }
+        // Control bytes make httparse reject the whole head, not just their line: blank
+        // them (the header they are in is malformed anyway; the others must survive).
+        let body_end = if rest.get(len.wrapping_sub(1)) == Some(&b'\r') { len - 1 } else { len };
+        for (i, b) in rest.iter().take(body_end).enumerate() {
+            if (*b < 0x20 && *b != b'\t') || *b == 0x7f {
+                let fixed = out.get_or_insert_with(|| buf.to_vec());
+                if let Some(slot) = fixed.get_mut(line + i) {
+                    *slot = b' ';
+                }
+            }
+        }
+        if matches!(buf.get(newline + 1), Some(b' ' | b'\t')) {
+            let folded = out.get_or_insert_with(|| buf.to_vec());
+            if let Some(b) = folded.get_mut(newline) {
+                *b = b' ';
+            }
+            if newline > line
+                && let Some(b) = folded.get_mut(newline - 1)
+                && *b == b'\r'
+            {
+                *b = b' ';
+            }
+        }
+        line = newline + 1;
+    }
+    out
 }
 
 fn to_request(req: &httparse::Request<'_, '_>) -> (Request, Body) {
@@ -1075,5 +1127,62 @@ mod tests {
         let mut s = HttpStream::new();
         assert!(s.feed(&conn, conn.len()).is_empty());
         assert!(matches!(s.state, State::Ignored));
+    }
+
+    /// A network peer's view is irrelevant here: the evader is the client process itself
+    /// (a workload hiding its credential use from the node's audit). One obsolete folded
+    /// header, or one malformed line, must not make the whole request disappear.
+    #[test]
+    fn a_workload_cannot_hide_its_authorization_behind_a_folded_header() {
+        let heads: [&[u8]; 5] = [
+            // CRLF fold, then the credential.
+            b"GET /a HTTP/1.1\r\nHost: h\r\nX-Old: one\r\n  two\r\nAuthorization: Bearer tok-1\r\n\r\n",
+            // Tab fold, bare LF line ends.
+            b"GET /a HTTP/1.1\nHost: h\nX-Old: one\n\ttwo\nAuthorization: Bearer tok-1\n\n",
+            // A fold right after the request line (nothing to continue): skipped.
+            b"GET /a HTTP/1.1\r\n folded-first\r\nHost: h\r\nAuthorization: Bearer tok-1\r\n\r\n",
+            // A line with no colon and one with a control byte: skipped.
+            b"GET /a HTTP/1.1\r\nHost: h\r\nnot a header\r\nX-Bad: a\x01b\r\nAuthorization: Bearer tok-1\r\n\r\n",
+            // Found by the fuzzer: a folded line holding a NUL.
+            b"GET /a HTTP/1.1\r\nHost: h\r\nX-Old: a\r\n \0\r\nAuthorization: Bearer tok-1\r\n\r\n",
+        ];
+        for head in heads {
+            let mut s = HttpStream::new();
+            let reqs = s.feed(head, head.len());
+            let shown = String::from_utf8_lossy(head);
+            assert_eq!(reqs.len(), 1, "{shown}");
+            assert_eq!(header(&reqs[0], "authorization"), Some("Bearer tok-1"), "{shown}");
+            assert_eq!(header(&reqs[0], "host"), Some("h"), "{shown}");
+            let found = crate::trace::detect::detect(&reqs[0], 0, &[]);
+            assert_eq!(found.len(), 1, "{shown}");
+            assert_eq!(found[0].secret.expose(), b"tok-1");
+        }
+    }
+
+    #[test]
+    fn a_folded_authorization_value_is_joined_and_lengths_stay_true() {
+        let first = b"POST /up HTTP/1.1\r\nAuthorization: Bearer\r\n tok-2\r\nContent-Length: 3\r\n\r\nabc";
+        let second = b"GET /next HTTP/1.1\r\nX-Api-Key: k-3\r\n\r\n";
+        let write = [&first[..], &second[..]].concat();
+        let mut s = HttpStream::new();
+        let reqs = s.feed(&write, write.len());
+        assert_eq!(reqs.len(), 2, "the body was skipped by its true length");
+        let auth = header(&reqs[0], "authorization").unwrap_or_default();
+        assert_eq!(auth.split_whitespace().collect::<Vec<_>>(), ["Bearer", "tok-2"]);
+        assert_eq!(reqs[1].path, "/next");
+        assert_eq!(header(&reqs[1], "x-api-key"), Some("k-3"));
+    }
+
+    #[test]
+    fn unfold_only_touches_folds_inside_the_head() {
+        assert_eq!(unfold(b"GET / HTTP/1.1\r\nA: b\r\n\r\n"), None);
+        let body_fold = b"GET / HTTP/1.1\r\nA: b\r\n\r\n continued-body";
+        assert_eq!(unfold(body_fold), None);
+        assert_eq!(unfold(b"GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n").as_deref(), Some(&b"GET / HTTP/1.1\r\nA: b   c\r\n\r\n"[..]));
+        // A partial head whose last line might still be folded is left for later.
+        assert_eq!(unfold(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        for garbage in [&b""[..], b"\n", b"\n\n \n", b"x\n\t", b"\r\n\r"] {
+            let _ = unfold(garbage);
+        }
     }
 }

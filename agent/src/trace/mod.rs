@@ -6,13 +6,18 @@
 //! [`libs`] which TLS libraries to hook, [`files`] which credential files to watch.
 pub mod aggregate;
 pub mod body;
+pub mod catalogue;
 pub mod conn;
 pub mod detect;
 pub mod events;
 pub mod files;
+#[cfg(test)]
+mod families_test;
 pub mod fingerprint;
 pub mod http;
 pub mod libs;
 pub mod redact;
+pub mod scrub;
 pub mod streams;
 pub mod tracer;
+pub mod uncovered;

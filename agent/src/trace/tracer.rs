@@ -20,8 +20,9 @@ use super::{
     fingerprint::Fingerprinter,
     http::Request,
     libs::LibraryWatcher,
-    redact::strip_credential_params,
+    scrub::event_path,
     streams::{StreamKey, StreamTable},
+    uncovered::{UncoveredClient, UncoveredWatcher},
 };
 use crate::{
     attest::{Attestor, clock::Clock, record::{ProcessRecord, ProcessRef}},
@@ -52,6 +53,10 @@ pub struct TraceStats {
     pub long_lived_credentials: usize,
     /// Credentials seen used by more than one workload run.
     pub shared_credentials: usize,
+    /// Executables that ran but whose TLS Sigil cannot see (Go, rustls, Java).
+    pub uncovered: Vec<UncoveredClient>,
+    /// Execs not checked for the above because the inspector was behind.
+    pub uncovered_unchecked: u64,
 }
 
 fn pairs_as_list<S: serde::Serializer>(m: &std::collections::BTreeMap<(String, String), u64>, s: S) -> Result<S::Ok, S::Error> {
@@ -94,6 +99,7 @@ pub struct Tracer {
     conns: ConnTable,
     streams: StreamTable,
     pub libs: LibraryWatcher,
+    uncovered: UncoveredWatcher,
     stats: TraceStats,
     /// Fingerprint -> workload runs that used it (static credentials only).
     static_runs: HashMap<String, std::collections::HashSet<String>>,
@@ -135,6 +141,10 @@ fn now_unix() -> i64 {
 
 impl Tracer {
     pub fn new(node: String, fingerprinter: Fingerprinter, sigil_issuers: Vec<String>) -> Self {
+        // Compile the family catalogue now, not on the first request: compiling it takes
+        // long enough that short-lived processes would exit before they are attested.
+        let families = super::catalogue::catalogue().families().len();
+        tracing::info!("credential family catalogue: {families} families");
         Self {
             node,
             fingerprinter,
@@ -143,6 +153,7 @@ impl Tracer {
             conns: ConnTable::default(),
             streams: StreamTable::new(STREAMS),
             libs: LibraryWatcher::default(),
+            uncovered: UncoveredWatcher::default(),
             stats: TraceStats::default(),
             static_runs: HashMap::new(),
             aggregator: Aggregator::default(),
@@ -154,8 +165,15 @@ impl Tracer {
             tls_libraries_attached: self.libs.attached_count(),
             long_lived_credentials: self.static_runs.len(),
             shared_credentials: self.static_runs.values().filter(|runs| runs.len() > 1).count(),
+            uncovered: self.uncovered.clients(),
+            uncovered_unchecked: self.uncovered.unchecked(),
             ..self.stats.clone()
         }
+    }
+
+    /// A process was exec'd: note it if its TLS is out of Sigil's sight.
+    pub fn on_exec(&mut self, rec: &ProcessRecord) {
+        self.uncovered.on_exec(rec);
     }
 
     fn count_use(&mut self, used: &CredentialUse, process: Option<&ProcessRecord>) {
@@ -220,6 +238,7 @@ impl Tracer {
         let in_bodies = bodies.iter().map(|(r, b)| (r, detect_body(r, b, now, issuers).into_iter().map(|(c, e)| (c, Some(e))).collect()));
         let found: Vec<(&Request, Vec<_>)> = in_headers.chain(in_bodies).collect();
         for (req, creds) in found {
+            let path = event_path(&req.path, creds.iter().map(|(c, _)| c));
             for (cred, exchange) in creds {
                 out.push(CredentialUse {
                     kind: "credential_use",
@@ -240,7 +259,7 @@ impl Tracer {
                     },
                     protocol: req.protocol,
                     method: req.method.clone(),
-                    path: strip_credential_params(&req.path),
+                    path: path.clone(),
                     detector: cred.detector,
                     fingerprint: self.fingerprinter.fingerprint(&cred.secret),
                     class: cred.class,
