@@ -22,6 +22,8 @@ use tracing::{error, info, warn};
 
 use sigil_telemetry::Telemetry;
 
+use sigil_proto::EventBody;
+
 use crate::{
     metrics,
     attest::Attestor,
@@ -335,7 +337,7 @@ pub fn run(
         let scanned = attestor.scan();
         info!("attested {} running processes from procfs in {:?}", scanned.len(), started.elapsed());
         for rec in &scanned {
-            sink.emit(rec).context("writing output")?;
+            sink.emit(&EventBody::from(rec)).context("writing output")?;
         }
     }
     // Issuance starts after the scan, so every running process already has a record.
@@ -361,10 +363,10 @@ pub fn run(
         while let Some(item) = events.next() {
             stats.events += 1;
             match KernelEvent::decode(&item) {
-                Ok(KernelEvent::Exec(ev)) => sink.emit(&attestor.on_exec(&ev)).context("writing output")?,
+                Ok(KernelEvent::Exec(ev)) => sink.emit(&EventBody::from(&attestor.on_exec(&ev))).context("writing output")?,
                 Ok(KernelEvent::Exit(ev)) => {
                     if let Some(rec) = attestor.on_exit(&ev) {
-                        sink.emit(&rec).context("writing output")?;
+                        sink.emit(&EventBody::ProcessExit(rec)).context("writing output")?;
                     }
                 }
                 Ok(KernelEvent::Connect(ev)) => {
@@ -375,13 +377,13 @@ pub fn run(
                 Ok(KernelEvent::Data(ev)) => {
                     if let Some(t) = tracer.as_mut() {
                         for used in t.on_data(&ev, &attestor, &mut probes) {
-                            sink.emit(&used).context("writing output")?;
+                            sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
                         }
                     }
                 }
                 Ok(KernelEvent::FileOpen(ev)) => {
                     if let Some(read) = tracer.as_mut().and_then(|t| t.on_file_open(&ev, &attestor)) {
-                        sink.emit(&read).context("writing output")?;
+                        sink.emit(&EventBody::CredentialFileRead(read)).context("writing output")?;
                     }
                 }
                 Err(e) => {
@@ -402,7 +404,7 @@ pub fn run(
             last_snapshot = Instant::now();
         }
         if cfg.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
-            sink.emit(&snapshot!()).context("writing output")?;
+            sink.emit(&EventBody::from(&snapshot!())).context("writing output")?;
             last_stats = Instant::now();
         }
     }
@@ -413,7 +415,7 @@ pub fn run(
         }
         t.flush();
     }
-    sink.emit(&last).context("writing output")?;
+    sink.emit(&EventBody::from(&last)).context("writing output")?;
     info!("sigil-agent stopped");
     Ok(())
 }
@@ -441,7 +443,6 @@ impl Counters {
         let lost = probes.lost().unwrap_or_default();
         let at = |k: EventKind| lost.get(k.loss_slot() as usize).copied().unwrap_or(0);
         AgentStats {
-            kind: "agent_stats",
             node: node.to_owned(),
             hash: attestor.hash_stats(),
             ring_buffer_lost: LostByKind {

@@ -6,6 +6,7 @@
 //!                  [`correlate`] (links) -> [`query`] (trace, who-used, run, posture)
 pub mod cloud;
 pub mod correlate;
+pub mod ingest;
 pub mod metrics;
 pub mod query;
 pub mod server;

@@ -22,7 +22,8 @@ use crate::ebpf::decode::c_str;
 use cgroup::CgroupResolver;
 use clock::Clock;
 use hash::{HashCache, HashStats};
-use record::{Ancestor, Binary, CgroupInfo, ExitRecord, ProcessRecord, Source};
+use record::{Ancestor, Binary, CgroupInfo, ProcessRecord, Source};
+use sigil_proto::v1::ProcessExit;
 use table::ProcessTable;
 
 /// How deep the ancestry of a record goes.
@@ -118,10 +119,9 @@ impl Attestor {
         })
     }
 
-    pub fn on_exit(&self, ev: &ExitEvent) -> Option<ExitRecord> {
+    pub fn on_exit(&self, ev: &ExitEvent) -> Option<ProcessExit> {
         let rec = self.table.remove(ev.header.pid)?;
-        Some(ExitRecord {
-            kind: "process_exit",
+        Some(ProcessExit {
             exec_id: rec.exec_id.clone(),
             process_id: rec.process_id.clone(),
             node: self.node.clone(),
@@ -268,7 +268,6 @@ impl Attestor {
         let workload = workload::parse_cgroup_path(cgroup_path.as_deref().unwrap_or(""));
         let process_id = format!("{}:{}:{}", self.boot_id, obs.pid, start_ticks);
         let rec = ProcessRecord {
-            kind: "process_exec",
             source: obs.source,
             exec_id: format!("{process_id}:{}", obs.boot_ns),
             process_id,

@@ -15,11 +15,10 @@
 //! component that looks like one, which is the one the kubelet or runtime
 //! created, never from a deeper one the workload could have made up.
 
-use serde::Serialize;
+use sigil_proto::v1;
 
 /// What kind of workload a cgroup path identifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkloadKind {
     KubernetesPod,
     Container,
@@ -28,8 +27,7 @@ pub enum WorkloadKind {
 }
 
 /// The container runtime that created a container's cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerRuntime {
     Containerd,
     CriO,
@@ -40,8 +38,7 @@ pub enum ContainerRuntime {
 }
 
 /// Kubernetes QoS class, which the kubelet encodes in the pod's parent cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QosClass {
     Guaranteed,
     Burstable,
@@ -49,7 +46,7 @@ pub enum QosClass {
 }
 
 /// The workload identity of a process, as far as its cgroup path tells.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     pub kind: WorkloadKind,
     /// Canonical dashed lowercase UUID form (8-4-4-4-12).
@@ -60,6 +57,52 @@ pub struct Workload {
     pub runtime: Option<ContainerRuntime>,
     /// systemd unit name including its suffix, e.g. `nginx.service`.
     pub unit: Option<String>,
+}
+
+impl From<WorkloadKind> for v1::WorkloadKind {
+    fn from(k: WorkloadKind) -> Self {
+        match k {
+            WorkloadKind::KubernetesPod => Self::KubernetesPod,
+            WorkloadKind::Container => Self::Container,
+            WorkloadKind::SystemdUnit => Self::SystemdUnit,
+            WorkloadKind::Cgroup => Self::Cgroup,
+        }
+    }
+}
+
+impl From<ContainerRuntime> for v1::ContainerRuntime {
+    fn from(r: ContainerRuntime) -> Self {
+        match r {
+            ContainerRuntime::Containerd => Self::Containerd,
+            ContainerRuntime::CriO => Self::CriO,
+            ContainerRuntime::Docker => Self::Docker,
+            ContainerRuntime::Podman => Self::Podman,
+            ContainerRuntime::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl From<QosClass> for v1::QosClass {
+    fn from(q: QosClass) -> Self {
+        match q {
+            QosClass::Guaranteed => Self::Guaranteed,
+            QosClass::Burstable => Self::Burstable,
+            QosClass::BestEffort => Self::BestEffort,
+        }
+    }
+}
+
+impl From<&Workload> for v1::Workload {
+    fn from(w: &Workload) -> Self {
+        Self {
+            kind: v1::WorkloadKind::from(w.kind) as i32,
+            pod_uid: w.pod_uid.clone(),
+            qos_class: w.qos_class.map(|q| v1::QosClass::from(q) as i32),
+            container_id: w.container_id.clone(),
+            runtime: w.runtime.map(|r| v1::ContainerRuntime::from(r) as i32),
+            unit: w.unit.clone(),
+        }
+    }
 }
 
 impl Workload {
@@ -885,11 +928,12 @@ mod tests {
     // --- serialization ---------------------------------------------------
 
     #[test]
+    /// The contract type the agent emits writes every field in snake_case.
     fn serializes_all_fields_in_snake_case() {
         let p = format!(
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/crio-{CID}.scope"
         );
-        let json = serde_json::to_value(parse(p)).expect("serialize");
+        let json = serde_json::to_value(v1::Workload::from(&parse(p))).expect("serialize");
         assert_eq!(
             json,
             serde_json::json!({
@@ -901,7 +945,7 @@ mod tests {
                 "unit": null,
             })
         );
-        let json = serde_json::to_value(parse_cgroup_path("/")).expect("serialize");
+        let json = serde_json::to_value(v1::Workload::from(&parse_cgroup_path("/"))).expect("serialize");
         assert_eq!(
             json,
             serde_json::json!({

@@ -25,6 +25,8 @@ use super::{
     policy::{self, DenyReason, PodMeta, Policy, PolicyError, Subject},
     watched::{Refresh, Watched},
 };
+use sigil_proto::EventBody;
+
 use crate::{attest::Attestor, output::Sink};
 
 /// A refused request: why, in words a workload operator can act on.
@@ -163,15 +165,8 @@ impl Issuer {
                 ("rejected", Some(e.to_string()))
             }
         };
-        let ev = ConfigChange {
-            kind: "config_change",
-            time: now_rfc3339(),
-            node: self.node.clone(),
-            path: path.display().to_string(),
-            outcome,
-            error,
-        };
-        if let Err(e) = self.sink.emit(&ev) {
+        let ev = ConfigChange { time: now_rfc3339(), node: self.node.clone(), path: path.display().to_string(), outcome: outcome.into(), error };
+        if let Err(e) = self.sink.emit(&EventBody::ConfigChange(ev)) {
             warn!("could not emit config_change: {e}");
         }
     }
@@ -213,7 +208,7 @@ impl Issuer {
             return Err(deny(DenyReason::UnknownProcess, format!("pid {} could not be attested", peer.pid), None));
         };
         if fresh {
-            let _ = self.sink.emit(process.as_ref());
+            let _ = self.sink.emit(&EventBody::from(process.as_ref()));
         }
         let policy = self.current_policy();
         let meta = self.pod_meta(process.workload.pod_uid.as_deref());
@@ -246,7 +241,6 @@ impl Issuer {
             let token = jwt::sign(&self.keys, &claims)
                 .map_err(|e| deny(DenyReason::InternalError, format!("signing failed: {e}"), Some(&process)))?;
             events.push(TokenIssued {
-                kind: "token_issued",
                 time: now_rfc3339(),
                 node: self.node.clone(),
                 jti: claims.jti.clone(),
@@ -257,8 +251,8 @@ impl Issuer {
                 issued_at: iat,
                 expires_at: claims.exp,
                 ttl_seconds: ttl,
-                entry_line: entry.line,
-                process: ProcessRef::from(process.as_ref()),
+                entry_line: entry.line as u64,
+                process: Some(ProcessRef::from(process.as_ref())),
             });
             out.push(Issued { spiffe_id: entry.spiffe_id.clone(), token, hint: entry.hint.clone() });
         }
@@ -272,12 +266,12 @@ impl Issuer {
                 Some(&process),
             ));
         }
-        for ev in &events {
+        for ev in events {
             self.issued.fetch_add(1, Ordering::Relaxed);
             if let Some(h) = self.lifetime.get() {
                 h.record(ev.ttl_seconds as f64, &[]);
             }
-            if let Err(e) = self.sink.emit(ev) {
+            if let Err(e) = self.sink.emit(&EventBody::TokenIssued(ev)) {
                 warn!("could not emit token_issued: {e}");
             }
         }
@@ -303,17 +297,16 @@ impl Issuer {
             *d.entry(reason).or_default() += 1;
         }
         let ev = TokenDenied {
-            kind: "token_denied",
             time: now_rfc3339(),
             node: self.node.clone(),
-            reason,
+            reason: sigil_proto::v1::DenyReason::from(reason) as i32,
             detail: detail.clone(),
             audience: req.audience.clone(),
             requested_spiffe_id: req.spiffe_id.clone(),
             peer_pid: peer.pid,
             process: process.map(ProcessRef::from),
         };
-        if let Err(e) = self.sink.emit(&ev) {
+        if let Err(e) = self.sink.emit(&EventBody::TokenDenied(ev)) {
             warn!("could not emit token_denied: {e}");
         }
         Denial { reason, detail }

@@ -160,6 +160,20 @@ pub enum DenyReason {
     InternalError,
 }
 
+impl From<DenyReason> for sigil_proto::v1::DenyReason {
+    fn from(r: DenyReason) -> Self {
+        match r {
+            DenyReason::NoMatchingEntry => Self::NoMatchingEntry,
+            DenyReason::BinaryHashMismatch => Self::BinaryHashMismatch,
+            DenyReason::UnknownProcess => Self::UnknownProcess,
+            DenyReason::ProcessChanged => Self::ProcessChanged,
+            DenyReason::MissingAudience => Self::MissingAudience,
+            DenyReason::MissingSecurityHeader => Self::MissingSecurityHeader,
+            DenyReason::InternalError => Self::InternalError,
+        }
+    }
+}
+
 impl DenyReason {
     pub const ALL: [DenyReason; 7] = [
         DenyReason::NoMatchingEntry,
@@ -351,7 +365,6 @@ mod tests {
         binary.path = Some("/app/checkout".into());
         binary.sha256 = Some(sha.into());
         ProcessRecord {
-            kind: "process_exec",
             source: Source::Ebpf,
             exec_id: "e".into(),
             process_id: "p".into(),

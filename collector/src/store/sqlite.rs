@@ -9,6 +9,8 @@ use std::{
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
+use sigil_proto::{EventBody, json, v1};
+
 use super::{AgentEvent, IngestOutcome, Query, Store, StoreError};
 use crate::{cloud::CloudAction, correlate, query};
 
@@ -23,28 +25,39 @@ pub fn now_unix() -> i64 {
 }
 
 /// Unix seconds of an RFC 3339 time in an event; `received` when absent or unparsable.
-fn time_of(v: &Value, field: &str, received: i64) -> i64 {
-    v.get(field).and_then(Value::as_str).and_then(crate::cloud::parse_rfc3339).unwrap_or(received)
+fn time_of(t: &str, received: i64) -> i64 {
+    crate::cloud::parse_rfc3339(t).unwrap_or(received)
 }
 
-fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(v, |cur, k| cur.get(k)).and_then(Value::as_str)
-}
-
-fn i(v: &Value, path: &[&str]) -> Option<i64> {
-    path.iter().try_fold(v, |cur, k| cur.get(k)).and_then(Value::as_i64)
+/// The event's own time (agent_stats has none: it is about now).
+fn event_time(body: &EventBody) -> &str {
+    match body {
+        EventBody::ProcessExec(e) => &e.time,
+        EventBody::ProcessExit(e) => &e.time,
+        EventBody::TokenIssued(e) => &e.time,
+        EventBody::TokenDenied(e) => &e.time,
+        EventBody::CredentialUse(e) => &e.time,
+        EventBody::CredentialFileRead(e) => &e.time,
+        EventBody::ConfigChange(e) => &e.time,
+        EventBody::AgentStats(_) => "",
+    }
 }
 
 /// The workload run a process belongs to: its container when it has one, else its pod,
 /// systemd unit, or plain cgroup, scoped by node where the name is only node-unique.
-pub fn run_id(node: &str, workload: &Value, cgroup_path: Option<&str>) -> String {
-    let get = |k: &str| workload.get(k).and_then(Value::as_str);
-    match (get("kind"), get("container_id"), get("pod_uid"), get("unit")) {
+pub fn run_id(node: &str, workload: Option<&v1::Workload>, cgroup_path: Option<&str>) -> String {
+    let w = workload.cloned().unwrap_or_default();
+    match (w.kind(), w.container_id, w.pod_uid, w.unit) {
         (_, Some(c), _, _) => format!("container:{c}"),
         (_, None, Some(p), _) => format!("pod:{p}"),
-        (Some("systemd_unit"), _, _, Some(u)) => format!("unit:{node}:{u}"),
+        (v1::WorkloadKind::SystemdUnit, _, _, Some(u)) => format!("unit:{node}:{u}"),
         _ => format!("cgroup:{node}:{}", cgroup_path.unwrap_or("/")),
     }
+}
+
+/// The JSON name of a workload kind (`cgroup` when unset).
+fn workload_kind(w: Option<&v1::Workload>) -> String {
+    w.and_then(|w| json::workload_kind::name(w.kind)).filter(|k| k != "unspecified").unwrap_or_else(|| "cgroup".into())
 }
 
 impl SqliteStore {
@@ -70,89 +83,98 @@ impl SqliteStore {
 }
 
 /// Projects one newly stored agent event into the typed tables.
-fn project(tx: &Transaction<'_>, id: &str, node: &str, kind: &str, v: &Value, time: i64) -> Result<(), StoreError> {
-    let process_run = |p: &Value| p.get("workload").map(|w| run_id(node, w, s(p, &["cgroup_path"])));
-    match kind {
-        "process_exec" => {
-            let run = run_id(node, v.get("workload").unwrap_or(&Value::Null), s(v, &["cgroup", "path"]));
-            let w = v.get("workload").unwrap_or(&Value::Null);
+fn project(tx: &Transaction<'_>, id: &str, node: &str, body: &EventBody, time: i64) -> Result<(), StoreError> {
+    let process_run = |p: &v1::ProcessRef| run_id(node, p.workload.as_ref(), p.cgroup_path.as_deref());
+    let exec_of = |p: Option<&v1::ProcessRef>| p.map(|p| p.exec_id.clone());
+    match body {
+        EventBody::ProcessExec(v) => {
+            let cgroup_path = v.cgroup.as_ref().and_then(|c| c.path.as_deref());
+            let w = v.workload.as_ref();
+            let run = run_id(node, w, cgroup_path);
+            let binary = v.binary.clone().unwrap_or_default();
             tx.execute(
                 "INSERT INTO runs (run_id, node, kind, pod_uid, container_id, unit, cgroup_path, started, last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
                  ON CONFLICT (run_id) DO UPDATE SET started = min(started, ?8), last_seen = max(last_seen, ?8), ended = NULL",
-                params![run, node, s(w, &["kind"]).unwrap_or("cgroup"), s(w, &["pod_uid"]), s(w, &["container_id"]), s(w, &["unit"]), s(v, &["cgroup", "path"]), time],
+                params![
+                    run, node, workload_kind(w), w.and_then(|w| w.pod_uid.as_deref()), w.and_then(|w| w.container_id.as_deref()),
+                    w.and_then(|w| w.unit.as_deref()), cgroup_path, time
+                ],
             )?;
+            let exec_id = if v.exec_id.is_empty() { id } else { &v.exec_id };
+            let ancestry = serde_json::json!({"ancestry": v.ancestry}).to_string();
             tx.execute(
                 "INSERT OR REPLACE INTO processes (exec_id, process_id, run_id, node, pid, ppid, time, start_time, binary_path, sha256, cgroup_path, comm, json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
-                    s(v, &["exec_id"]).unwrap_or(id), s(v, &["process_id"]).unwrap_or(""), run, node,
-                    i(v, &["pid"]).unwrap_or(0), i(v, &["ppid"]).unwrap_or(0), time, s(v, &["start_time"]),
-                    s(v, &["binary", "path"]), s(v, &["binary", "sha256"]), s(v, &["cgroup", "path"]), s(v, &["comm"]), v.to_string()
+                    exec_id, v.process_id, run, node, v.pid, v.ppid, time, v.start_time, binary.path, binary.sha256, cgroup_path, v.comm, ancestry
                 ],
             )?;
         }
-        "process_exit" => {
-            tx.execute("UPDATE processes SET exit_time = ?2 WHERE exec_id = ?1", params![s(v, &["exec_id"]), time])?;
+        EventBody::ProcessExit(v) => {
+            tx.execute("UPDATE processes SET exit_time = ?2 WHERE exec_id = ?1", params![v.exec_id, time])?;
             tx.execute(
                 "UPDATE runs SET last_seen = max(last_seen, ?2) WHERE run_id = (SELECT run_id FROM processes WHERE exec_id = ?1)",
-                params![s(v, &["exec_id"]), time],
+                params![v.exec_id, time],
             )?;
             // A run ends when its last known process has exited.
             tx.execute(
                 "UPDATE runs SET ended = ?2 WHERE run_id = (SELECT run_id FROM processes WHERE exec_id = ?1)
                    AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.run_id = runs.run_id AND p.exit_time IS NULL)",
-                params![s(v, &["exec_id"]), time],
+                params![v.exec_id, time],
             )?;
         }
-        "token_issued" => {
-            let p = v.get("process").unwrap_or(&Value::Null);
-            let aud = v.get("audience").map(Value::to_string).unwrap_or_default();
+        EventBody::TokenIssued(v) => {
+            let p = v.process.as_ref();
+            let aud = serde_json::to_string(&v.audience).unwrap_or_default();
+            let jti = if v.jti.is_empty() { id } else { &v.jti };
             tx.execute(
                 "INSERT OR IGNORE INTO token_issuances (jti, event_id, node, time, spiffe_id, audience, issuer, issued_at, expires_at, ttl, exec_id, run_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    s(v, &["jti"]).unwrap_or(id), id, node, time, s(v, &["spiffe_id"]).unwrap_or(""), aud, s(v, &["issuer"]),
-                    i(v, &["issued_at"]), i(v, &["expires_at"]), i(v, &["ttl_seconds"]), s(p, &["exec_id"]), process_run(p)
-                ],
+                params![jti, id, node, time, v.spiffe_id, aud, v.issuer, v.issued_at, v.expires_at, v.ttl_seconds, exec_of(p), p.map(process_run)],
             )?;
         }
-        "token_denied" => {
-            let p = v.get("process").unwrap_or(&Value::Null);
+        EventBody::TokenDenied(v) => {
+            let p = v.process.as_ref();
             tx.execute(
                 "INSERT OR IGNORE INTO token_denials (event_id, node, time, reason, detail, spiffe_id, exec_id, run_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![id, node, time, s(v, &["reason"]).unwrap_or("unknown"), s(v, &["detail"]), s(v, &["requested_spiffe_id"]), s(p, &["exec_id"]), process_run(p)],
+                params![
+                    id, node, time, json::deny_reason::name(v.reason).unwrap_or_else(|| "unknown".into()), v.detail,
+                    v.requested_spiffe_id, exec_of(p), p.map(process_run)
+                ],
             )?;
         }
-        "credential_use" => {
-            let p = v.get("process").unwrap_or(&Value::Null);
-            let ids = v.get("identifiers").unwrap_or(&Value::Null);
+        EventBody::CredentialUse(v) => {
+            let p = v.process.as_ref();
+            let ids = v.identifiers.clone().unwrap_or_default();
+            let dest = v.destination.clone().unwrap_or_default();
             tx.execute(
                 "INSERT OR IGNORE INTO credential_uses (event_id, node, time, exec_id, run_id, dest_ip, dest_port, host, method, path,
                     detector, class, lifetime, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                 params![
-                    id, node, time, s(p, &["exec_id"]), process_run(p), s(v, &["destination", "ip"]), i(v, &["destination", "port"]),
-                    s(v, &["destination", "host"]), s(v, &["method"]), s(v, &["path"]), s(v, &["detector"]).unwrap_or("unknown"),
-                    s(v, &["class"]).unwrap_or("unknown"), i(v, &["lifetime_seconds"]), s(v, &["fingerprint"]).unwrap_or(""),
-                    s(ids, &["access_key_id"]), s(ids, &["jwt_iss"]), s(ids, &["jwt_sub"]), s(ids, &["jwt_jti"]), s(ids, &["token_family"])
+                    id, node, time, exec_of(p), p.map(process_run), dest.ip, dest.port, dest.host, v.method, v.path,
+                    json::detector::name(v.detector).unwrap_or_else(|| "unknown".into()),
+                    json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into()), v.lifetime_seconds, v.fingerprint,
+                    ids.access_key_id, ids.jwt_iss, ids.jwt_sub, ids.jwt_jti, ids.token_family
                 ],
             )?;
         }
-        "credential_file_read" => {
-            let p = v.get("process").unwrap_or(&Value::Null);
+        EventBody::CredentialFileRead(v) => {
+            let p = v.process.as_ref();
             tx.execute(
                 "INSERT OR IGNORE INTO credential_file_reads (event_id, node, time, exec_id, run_id, path, file_kind)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![id, node, time, s(p, &["exec_id"]), process_run(p), s(v, &["path"]).unwrap_or(""), s(v, &["file_kind"]).unwrap_or("unknown")],
+                params![id, node, time, exec_of(p), p.map(process_run), v.path, json::file_kind::name(v.file_kind).unwrap_or_else(|| "unknown".into())],
             )?;
         }
-        "agent_stats" => {
-            tx.execute("UPDATE nodes SET last_stats = ?2 WHERE node = ?1", params![node, v.to_string()])?;
+        EventBody::AgentStats(_) => {
+            let stats = body.to_json().map(String::from_utf8).ok().and_then(Result::ok);
+            tx.execute("UPDATE nodes SET last_stats = ?2 WHERE node = ?1", params![node, stats])?;
         }
-        // config_change and future kinds: kept in `events`, nothing to project.
-        _ => {}
+        // Kept in `events`, nothing to project.
+        EventBody::ConfigChange(_) => {}
     }
     Ok(())
 }
@@ -169,34 +191,17 @@ impl Store for SqliteStore {
                 params![node, received],
             )?;
             for ev in events {
-                let v: Value = match serde_json::from_slice(&ev.json) {
-                    Ok(v @ Value::Object(_)) => v,
-                    Ok(_) => {
-                        out.rejected += 1;
-                        out.errors.push(format!("event {}: not a JSON object", ev.id));
-                        continue;
-                    }
-                    Err(e) => {
-                        out.rejected += 1;
-                        out.errors.push(format!("event {}: not JSON: {e}", ev.id));
-                        continue;
-                    }
-                };
-                if ev.id.is_empty() {
-                    out.rejected += 1;
-                    out.errors.push("an event has no id".into());
-                    continue;
-                }
-                let time = time_of(&v, "time", received);
+                let time = time_of(event_time(&ev.body), received);
+                let json = ev.body.to_json().map_err(|e| StoreError::BadArgument(format!("event {}: {e}", ev.id)))?;
                 let inserted = tx.execute(
                     "INSERT OR IGNORE INTO events (id, node, kind, time, received, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![ev.id, node, ev.kind, time, received, v.to_string()],
+                    params![ev.id, node, ev.body.kind(), time, received, json],
                 )?;
                 if inserted == 0 {
                     out.duplicates += 1;
                     continue;
                 }
-                project(&tx, &ev.id, node, &ev.kind, &v, time)?;
+                project(&tx, &ev.id, node, &ev.body, time)?;
                 out.stored += 1;
             }
             tx.commit()?;
