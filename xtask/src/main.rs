@@ -34,8 +34,17 @@ enum Cmd {
     },
     /// Run the demo: the agent attesting demo workloads in demo cgroups.
     Demo,
-    /// Measure what the agent costs the workloads it watches (ratios against a baseline).
-    Bench,
+    /// Measure what the agent costs the workloads it watches (ratios against a baseline),
+    /// and collector ingest against a raw SQLite insert; figures also go to
+    /// target/bench/results.json.
+    Bench {
+        /// Smaller runs (fewer rounds and events): a quick check, not the published figures.
+        #[arg(long)]
+        quick: bool,
+        /// Run one benchmark only: `agent` or `ingest`.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Run the whole test suite: unit tests, then the root-only kernel integration tests.
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -51,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => build::ebpf().map(|_| ()),
         Cmd::Build { release } => build::all(release).map(|_| ()),
         Cmd::Demo => demo::run(),
-        Cmd::Bench => bench::run(),
+        Cmd::Bench { quick, only } => bench::run(quick, only.as_deref()),
         Cmd::Test { args } => test::run(&args),
     }
 }

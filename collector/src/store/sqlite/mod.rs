@@ -62,6 +62,9 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement of a batch stays prepared (the default cache of 16 is smaller
+        // than one batch's set, and re-preparing would cost every batch).
+        conn.set_prepared_statement_cache_capacity(128);
         let has_meta: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'meta'", [], |r| r.get(0))?;
         if has_meta {
             let v: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
@@ -168,3 +171,6 @@ impl Store for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     node_id INTEGER PRIMARY KEY, node TEXT NOT NULL UNIQUE,
     first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, last_stats TEXT);
 
+-- The high-volume tables (events, processes, credential_uses) have no index on time:
+-- each index costs every insert, and retention is a periodic scan.
+
 -- Every agent event once per node. The agent's id `<stream>-<seq>` is split so the
 -- stream is interned; `kind` is the contract's kind id; `ref` is the rowid of the row the
 -- event projected into (processes, credential_uses, ...), if any.
@@ -21,7 +24,6 @@ CREATE TABLE IF NOT EXISTS events (
     node_id INTEGER NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL,
     kind INTEGER NOT NULL, time INTEGER NOT NULL, received INTEGER NOT NULL, ref INTEGER,
     PRIMARY KEY (node_id, stream, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_time ON events (time);
 
 -- Counts by kind, maintained per batch (metrics read these instead of scanning).
 CREATE TABLE IF NOT EXISTS event_counts (kind INTEGER PRIMARY KEY, n INTEGER NOT NULL);
@@ -40,7 +42,6 @@ CREATE TABLE IF NOT EXISTS processes (
     binary_path INTEGER, sha256 INTEGER, cgroup_path INTEGER, comm INTEGER, ancestry INTEGER, exit_time INTEGER,
     UNIQUE (node_id, exec_id));
 CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time);
-CREATE INDEX IF NOT EXISTS processes_time ON processes (time);
 
 CREATE TABLE IF NOT EXISTS token_issuances (
     node_id INTEGER NOT NULL, jti TEXT NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL,
@@ -71,7 +72,6 @@ CREATE INDEX IF NOT EXISTS uses_run ON credential_uses (rid, time);
 CREATE INDEX IF NOT EXISTS uses_jti ON credential_uses (jwt_jti) WHERE jwt_jti IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_iss ON credential_uses (jwt_iss, time) WHERE jwt_iss IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_sub ON credential_uses (jwt_sub, time) WHERE jwt_sub IS NOT NULL;
-CREATE INDEX IF NOT EXISTS uses_time ON credential_uses (time);
 
 CREATE TABLE IF NOT EXISTS credential_file_reads (
     node_id INTEGER NOT NULL, time INTEGER NOT NULL, exec_id INTEGER, rid INTEGER,
