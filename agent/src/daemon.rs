@@ -22,6 +22,8 @@ use tracing::{error, info, warn};
 
 use sigil_telemetry::Telemetry;
 
+use sigil_proto::EventBody;
+
 use crate::{
     metrics,
     attest::{Attestor, pool::HashBudget},
@@ -375,7 +377,7 @@ pub fn run(
     attestor.hash_in_background(
         HashBudget { large_queue_bytes: cfg.hash_queue_bytes, ..HashBudget::default() },
         Arc::new(move |rec| {
-            if let Err(e) = hashed_sink.emit(rec) {
+            if let Err(e) = hashed_sink.emit(&EventBody::from(rec)) {
                 error!("writing output: {e}");
             }
         }),
@@ -404,7 +406,7 @@ pub fn run(
         let scanned = attestor.scan();
         info!("attested {} running processes from procfs in {:?}", scanned.len(), started.elapsed());
         for rec in &scanned {
-            sink.emit(rec).context("writing output")?;
+            sink.emit(&EventBody::from(rec)).context("writing output")?;
         }
     }
     // Issuance starts after the scan, so every running process already has a record.
@@ -436,12 +438,12 @@ pub fn run(
             match KernelEvent::decode(&item) {
                 Ok(KernelEvent::Exec(ev)) => {
                     if let Some(rec) = attestor.on_exec(&ev) {
-                        sink.emit(&rec).context("writing output")?;
+                        sink.emit(&EventBody::from(&rec)).context("writing output")?;
                     }
                 }
                 Ok(KernelEvent::Exit(ev)) => {
                     if let Some(rec) = attestor.on_exit(&ev) {
-                        sink.emit(&rec).context("writing output")?;
+                        sink.emit(&EventBody::ProcessExit(rec)).context("writing output")?;
                     }
                 }
                 Ok(KernelEvent::Connect(ev)) => {
@@ -452,13 +454,13 @@ pub fn run(
                 Ok(KernelEvent::Data(ev)) => {
                     if let Some(t) = tracer.as_mut() {
                         for used in t.on_data(&ev, &attestor, &mut probes) {
-                            sink.emit(&used).context("writing output")?;
+                            sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
                         }
                     }
                 }
                 Ok(KernelEvent::FileOpen(ev)) => {
                     if let Some(read) = tracer.as_mut().and_then(|t| t.on_file_open(&ev, &attestor)) {
-                        sink.emit(&read).context("writing output")?;
+                        sink.emit(&EventBody::CredentialFileRead(read)).context("writing output")?;
                     }
                 }
                 Err(e) => {
@@ -479,7 +481,7 @@ pub fn run(
             last_snapshot = Instant::now();
         }
         if cfg.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
-            sink.emit(&snapshot!()).context("writing output")?;
+            sink.emit(&EventBody::from(&snapshot!())).context("writing output")?;
             last_stats = Instant::now();
         }
     }
@@ -491,7 +493,7 @@ pub fn run(
         }
         t.flush();
     }
-    sink.emit(&last).context("writing output")?;
+    sink.emit(&EventBody::from(&last)).context("writing output")?;
     info!("sigil-agent stopped");
     Ok(())
 }
@@ -519,7 +521,6 @@ impl Counters {
         let lost = probes.lost().unwrap_or_default();
         let at = |k: EventKind| lost.get(k.loss_slot() as usize).copied().unwrap_or(0);
         AgentStats {
-            kind: "agent_stats",
             node: node.to_owned(),
             hash: attestor.hash_stats(),
             ring_buffer_lost: LostByKind {

@@ -37,9 +37,14 @@ enum Cmd {
     /// Run the demo: the agent attesting demo workloads in demo cgroups.
     Demo,
     /// Measure what the agent costs the workloads it watches (ratios against a baseline),
-    /// and CloudTrail ingest at scale.
+    /// and collector ingest against a raw SQLite insert, and
+    /// CloudTrail ingest at scale; figures also go to
+    /// target/bench/results.json.
     Bench {
-        /// Run only this part: `agent` or `cloudtrail`.
+        /// Smaller runs (fewer rounds and events): a quick check, not the published figures.
+        #[arg(long)]
+        quick: bool,
+        /// Run one benchmark only: `agent`, `ingest` or `cloudtrail`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -58,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => build::ebpf().map(|_| ()),
         Cmd::Build { release } => build::all(release).map(|_| ()),
         Cmd::Demo => demo::run(),
-        Cmd::Bench { only } => bench::run(only.as_deref()),
+        Cmd::Bench { quick, only } => bench::run(quick, only.as_deref()),
         Cmd::Test { args } => test::run(&args),
     }
 }
