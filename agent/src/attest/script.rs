@@ -82,7 +82,7 @@ pub fn identify(pid: u32, start_ticks: u64, exec_path: Option<&str>, hashes: &Ha
         return Some(s);
     }
     let digest = open_script(&format!("/proc/{pid}/root{path}"))
-        .and_then(|mut f| hashes.digest(&mut f).map_err(|e| e.to_string()));
+        .and_then(|f| hashes.digest(&f).map_err(|e| e.to_string()));
     match digest {
         Ok(d) => {
             s.sha256 = Some(d.sha256);
