@@ -117,3 +117,42 @@ fn a_cloud_action_is_linked_when_a_later_batch_brings_the_use_of_its_key() {
     s.ingest_events("node-a", &[ev("s-3", key_use("X", "AKIAKEY1", "2026-01-01T00:00:20Z"))]).expect("ingests");
     assert!(s.correlate().expect("correlates").is_empty());
 }
+
+/// Two pods of one Job are one run: the agent's `run` key names it, on the process record
+/// and on the references of later events; a reference without a workload (the signer knows
+/// only an exec id) makes up no run.
+#[test]
+fn the_agents_run_key_groups_a_jobs_pods_and_a_bare_reference_names_no_run() {
+    let (_d, s) = store();
+    let run = "k8s/batch/job/nightly";
+    let in_pod = |exec_id: &str, pod: &str| {
+        let EventBody::ProcessExec(mut e) = exec(exec_id, "/app/job") else { unreachable!() };
+        e.workload = Some(v1::Workload { pod_uid: Some(pod.into()), container_id: Some(pod.repeat(64)), ..workload() });
+        e.run = Some(run.into());
+        EventBody::ProcessExec(e)
+    };
+    let mut used = key_use("X2", "AKIAKEY9", "2026-01-01T00:00:10Z");
+    if let EventBody::CredentialUse(u) = &mut used {
+        u.process.as_mut().expect("ref").run = Some(run.into());
+    }
+    let denied = EventBody::TokenDenied(v1::TokenDenied {
+        time: "2026-01-01T00:00:11Z".into(),
+        reason: v1::DenyReason::NotAllowedOnNode as i32,
+        source: Some("signer".into()),
+        process: Some(v1::ProcessRef { exec_id: "X1".into(), ..Default::default() }),
+        ..Default::default()
+    });
+    let out = s
+        .ingest_events("node-a", &[ev("s-1", in_pod("X1", "a")), ev("s-2", in_pod("X2", "b")), ev("s-3", used), ev("s-4", denied)])
+        .expect("ingests");
+    assert_eq!(out.stored, 4, "{out:?}");
+    let r = s.query(&Query::Run(run.into())).expect("the Job's run");
+    assert_eq!(r["run"]["run_id"], run, "{r}");
+    let what: Vec<&str> = r["timeline"].as_array().expect("timeline").iter().filter_map(|e| e["what"].as_str()).collect();
+    assert_eq!(what, ["exec", "exec", "credential_use"], "both pods' execs and the use are in the Job's run: {r}");
+    let runs: Vec<String> =
+        s.read(|c| Ok(c.prepare("SELECT run_id FROM runs")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)).expect("reads");
+    assert_eq!(runs, [run], "one run, and none made up for the signer's bare reference");
+    let denial_run: Option<i64> = s.read(|c| Ok(c.query_row("SELECT rid FROM token_denials", [], |r| r.get(0))?)).expect("reads");
+    assert_eq!(denial_run, None);
+}
