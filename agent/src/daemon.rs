@@ -22,6 +22,8 @@ use tracing::{error, info, warn};
 
 use sigil_telemetry::Telemetry;
 
+use sigil_proto::EventBody;
+
 use crate::{
     cpu,
     metrics,
@@ -376,7 +378,7 @@ pub fn run(
     attestor.hash_in_background(
         HashBudget { large_queue_bytes: cfg.hash_queue_bytes, ..HashBudget::default() },
         Arc::new(move |rec| {
-            if let Err(e) = hashed_sink.emit(rec) {
+            if let Err(e) = hashed_sink.emit(&EventBody::from(rec)) {
                 error!("writing output: {e}");
             }
         }),
@@ -405,7 +407,7 @@ pub fn run(
         let scanned = attestor.scan();
         info!("attested {} running processes from procfs in {:?}", scanned.len(), started.elapsed());
         for rec in &scanned {
-            sink.emit(rec).context("writing output")?;
+            sink.emit(&EventBody::from(rec)).context("writing output")?;
         }
     }
     // Issuance starts after the scan, so every running process already has a record.
@@ -454,16 +456,16 @@ pub fn run(
                         }
                     }
                     if let Some(rec) = rec {
-                        sink.emit(&rec).context("writing output")?;
+                        sink.emit(&EventBody::from(&rec)).context("writing output")?;
                     }
                 }
                 Ok(KernelEvent::Exit(ev)) => {
                     // Uses still being counted belong before the exit that ends them.
                     for used in tracer.as_mut().map(|t| t.on_exit(ev.header.pid)).unwrap_or_default() {
-                        sink.emit(&used).context("writing output")?;
+                        sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
                     }
                     if let Some(rec) = attestor.on_exit(&ev) {
-                        sink.emit(&rec).context("writing output")?;
+                        sink.emit(&EventBody::ProcessExit(rec)).context("writing output")?;
                     }
                 }
                 Ok(KernelEvent::Connect(ev)) => {
@@ -474,13 +476,13 @@ pub fn run(
                 Ok(KernelEvent::Data(ev)) => {
                     if let Some(t) = tracer.as_mut() {
                         for used in t.on_data(&ev, &attestor, &mut probes) {
-                            sink.emit(&used).context("writing output")?;
+                            sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
                         }
                     }
                 }
                 Ok(KernelEvent::FileOpen(ev)) => {
                     if let Some(read) = tracer.as_mut().and_then(|t| t.on_file_open(&ev, &attestor)) {
-                        sink.emit(&read).context("writing output")?;
+                        sink.emit(&EventBody::CredentialFileRead(read)).context("writing output")?;
                     }
                 }
                 Err(e) => {
@@ -491,7 +493,7 @@ pub fn run(
             stats.cpu.add(kind, cpu::thread_cpu_us().saturating_sub(cpu_before));
         }
         for used in tracer.as_mut().map(Tracer::due).unwrap_or_default() {
-            sink.emit(&used).context("writing output")?;
+            sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
         }
         if let Some(t) = tracer.as_mut().filter(|_| last_lib_scan.elapsed() >= LIBRARY_SCAN) {
             t.libs.scan(&mut probes);
@@ -505,12 +507,12 @@ pub fn run(
             last_snapshot = Instant::now();
         }
         if cfg.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
-            sink.emit(&snapshot!()).context("writing output")?;
+            sink.emit(&EventBody::from(&snapshot!())).context("writing output")?;
             last_stats = Instant::now();
         }
     }
     for used in tracer.as_mut().map(Tracer::flush).unwrap_or_default() {
-        sink.emit(&used).context("writing output")?;
+        sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
     }
     attestor.stop_hashing();
     let last = snapshot!();
@@ -520,7 +522,7 @@ pub fn run(
         }
         t.flush();
     }
-    sink.emit(&last).context("writing output")?;
+    sink.emit(&EventBody::from(&last)).context("writing output")?;
     info!("sigil-agent stopped");
     Ok(())
 }
@@ -549,7 +551,6 @@ impl Counters {
         let lost = probes.lost().unwrap_or_default();
         let at = |k: EventKind| lost.get(k.loss_slot() as usize).copied().unwrap_or(0);
         AgentStats {
-            kind: "agent_stats",
             node: node.to_owned(),
             hash: attestor.hash_stats(),
             ring_buffer_lost: LostByKind {

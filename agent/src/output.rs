@@ -1,57 +1,34 @@
-//! Where identity events go. Until the collector stream exists, one JSON object per line
-//! on stdout (logs go to stderr, so stdout stays machine-readable).
+//! Where identity events go: one JSON object per line on stdout (logs go to stderr, so
+//! stdout stays machine-readable), and the collector spool.
 
 use std::io::{self, Write};
 
-use serde::Serialize;
+use sigil_proto::EventBody;
 
+/// Every identity event goes through a sink as its typed contract body
+/// (proto/sigil/v1/events.proto); each sink picks its encoding (JSON for stdout, protobuf
+/// for the spool), so no sink parses what another serialized.
 pub trait Sink: Send + Sync {
-    /// Writes one serialized event; an error means the sink is gone (e.g. the reader
-    /// closed the pipe).
-    fn write(&self, kind: &str, json: &[u8]) -> io::Result<()>;
-
-    /// Serializes an event once and writes it. An event that cannot be serialized is a
-    /// bug in the agent: it is logged loudly, and the agent keeps attesting rather than
-    /// leaving the node unwatched. Only a sink that is gone is an error.
-    fn emit(&self, event: &dyn erased::Event) -> io::Result<()> {
-        match event.to_json() {
-            Ok(json) => self.write(kind_of(&json), &json),
-            Err(e) => {
-                tracing::error!("an event could not be serialized and was not emitted: {e}");
-                Ok(())
-            }
-        }
-    }
-}
-
-/// The `kind` of a serialized event. Every event type serializes `kind` first, so this is
-/// a prefix check rather than a parse.
-pub fn kind_of(json: &[u8]) -> &str {
-    json.strip_prefix(br#"{"kind":""#)
-        .and_then(|rest| rest.iter().position(|&b| b == b'"').map(|end| &rest[..end]))
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .unwrap_or("unknown")
-}
-
-/// Object-safe wrapper over `Serialize` so sinks can be trait objects.
-pub mod erased {
-    pub trait Event {
-        fn to_json(&self) -> serde_json::Result<Vec<u8>>;
-    }
-    impl<T: serde::Serialize> Event for T {
-        fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-            serde_json::to_vec(self)
-        }
-    }
+    /// Writes one event; an error means the sink is gone (e.g. the reader closed the pipe).
+    fn emit(&self, event: &EventBody) -> io::Result<()>;
 }
 
 #[derive(Default)]
 pub struct JsonLines;
 
 impl Sink for JsonLines {
-    fn write(&self, _kind: &str, json: &[u8]) -> io::Result<()> {
+    /// An event that cannot be serialized is a bug in the agent: it is logged loudly, and
+    /// the agent keeps attesting rather than leaving the node unwatched.
+    fn emit(&self, event: &EventBody) -> io::Result<()> {
+        let json = match event.to_json() {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!("a {} event could not be serialized and was not written: {e}", event.kind());
+                return Ok(());
+            }
+        };
         let mut out = io::stdout().lock();
-        out.write_all(json)?;
+        out.write_all(&json)?;
         out.write_all(b"\n")?;
         // One flush per event: consumers (tests, `jq`, log shippers) read line by line.
         out.flush()
@@ -76,13 +53,13 @@ impl Tee {
 }
 
 impl Sink for Tee {
-    fn write(&self, kind: &str, json: &[u8]) -> io::Result<()> {
+    fn emit(&self, event: &EventBody) -> io::Result<()> {
         if let Ok(mut m) = self.by_kind.lock() {
-            *m.entry(kind.to_owned()).or_default() += 1;
+            *m.entry(event.kind().to_owned()).or_default() += 1;
         }
         let mut first = Ok(());
         for s in &self.sinks {
-            if let Err(e) = s.write(kind, json)
+            if let Err(e) = s.emit(event)
                 && first.is_ok() {
                     first = Err(e);
                 }
@@ -92,9 +69,8 @@ impl Sink for Tee {
 }
 
 /// Health counters, emitted periodically and at shutdown.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct AgentStats {
-    pub kind: &'static str,
     pub node: String,
     pub hash: crate::attest::hash::HashStats,
     /// Events the kernel could not queue because the ring buffer was full.
@@ -119,7 +95,7 @@ pub struct AgentStats {
     pub emitted: std::collections::BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LostByKind {
     pub exec: u64,
     pub exit: u64,
@@ -128,15 +104,54 @@ pub struct LostByKind {
     pub file_open: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kind_is_read_from_the_serialized_prefix() {
-        assert_eq!(kind_of(br#"{"kind":"process_exec","pid":1}"#), "process_exec");
-        assert_eq!(kind_of(br#"{"pid":1}"#), "unknown");
-        assert_eq!(kind_of(br#"{"kind":"unterminated"#), "unknown");
-        assert_eq!(kind_of(b""), "unknown");
+impl From<&AgentStats> for EventBody {
+    fn from(a: &AgentStats) -> Self {
+        use sigil_proto::v1;
+        let l = a.ring_buffer_lost;
+        EventBody::AgentStats(v1::AgentStats {
+            node: a.node.clone(),
+            hash: Some(v1::HashStats {
+                cache_hits: a.hash.cache_hits,
+                hashes_computed: a.hash.hashes_computed,
+                hash_errors: a.hash.hash_errors,
+                hash_micros: a.hash.hash_micros,
+                pending: a.hash.pool.pending,
+                skipped_queue_full: a.hash.pool.skipped_queue_full,
+                skipped_time_budget: a.hash.pool.skipped_time_budget,
+                skipped_too_large: a.hash.pool.skipped_too_large,
+                skipped_not_regular_file: a.hash.pool.skipped_not_regular_file,
+                skipped_shutdown: a.hash.pool.skipped_shutdown,
+            }),
+            ring_buffer_lost: Some(v1::LostByKind { exec: l.exec, exit: l.exit, connect: l.connect, data: l.data, file_open: l.file_open }),
+            decode_errors: a.decode_errors,
+            processes_tracked: a.processes_tracked as u64,
+            tokens: a.tokens.as_ref().map(|t| v1::TokenStats {
+                issued: t.issued,
+                denied: t.denied.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
+            }),
+            trace: a.trace.as_ref().map(v1::TraceStats::from),
+            export: a.export.map(|e| v1::ExportStats {
+                batches_sent: e.batches_sent,
+                events_acked: e.events_acked,
+                send_errors: e.send_errors,
+                spool_errors: e.spool_errors,
+                spool: Some(v1::SpoolStats {
+                    depth_events: e.spool.depth_events,
+                    depth_bytes: e.spool.depth_bytes,
+                    appended_total: e.spool.appended_total,
+                    acked_total: e.spool.acked_total,
+                    dropped_total: e.spool.dropped_total,
+                    corrupt_records_total: e.spool.corrupt_records_total,
+                }),
+            }),
+            events: a.events,
+            emitted: a.emitted.clone(),
+            kernel_drops: a.kernel_drops.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
+            cpu_by_kind: a
+                .cpu_by_kind
+                .iter()
+                .map(|(k, c)| ((*k).to_owned(), v1::CpuCost { events: c.events, cpu_us: c.cpu_us, us_per_event: c.us_per_event }))
+                .collect(),
+        })
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! Actions matching nothing stay unattributed; that list is itself a finding.
 
-use rusqlite::{Transaction, params};
+use std::collections::{HashSet, VecDeque};
 
 use crate::store::StoreError;
 
@@ -25,24 +25,34 @@ use crate::store::StoreError;
 pub const WINDOW_BEFORE: i64 = 900;
 pub const WINDOW_AFTER: i64 = 120;
 
-struct Action {
-    id: String,
-    provider: String,
-    time: i64,
-    action: String,
-    access_key_id: Option<String>,
-    principal: Option<String>,
-    role_session_name: Option<String>,
-    web_identity_subject: Option<String>,
+/// An unattributed cloud action, as the rules need it.
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub id: String,
+    pub provider: String,
+    pub time: i64,
+    pub action: String,
+    pub access_key_id: Option<String>,
+    pub principal: Option<String>,
+    pub role_session_name: Option<String>,
+    pub web_identity_subject: Option<String>,
+    pub issued_access_key_id: Option<String>,
 }
 
-struct Link {
-    run_id: String,
-    exec_id: Option<String>,
-    credential_use_id: Option<String>,
-    jti: Option<String>,
-    reason: &'static str,
-    confidence: f64,
+/// A row a rule matched: the run, and the process, credential use or token behind it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub run_id: String,
+    pub exec_id: Option<String>,
+    pub credential_use_id: Option<i64>,
+    pub jti: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub hit: Hit,
+    pub reason: &'static str,
+    pub confidence: f64,
 }
 
 /// A link created by a correlation run.
@@ -54,174 +64,105 @@ pub struct NewLink {
     pub confidence: f64,
 }
 
-pub fn run(tx: &Transaction<'_>, now: i64) -> Result<Vec<NewLink>, StoreError> {
-    let actions: Vec<Action> = {
-        let mut st = tx.prepare(
-            "SELECT id, provider, time, action, access_key_id, principal, role_session_name, web_identity_subject
-             FROM cloud_actions a WHERE NOT EXISTS (SELECT 1 FROM links l WHERE l.cloud_action_id = a.id)
-             ORDER BY time, id",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(Action {
-                id: r.get(0)?,
-                provider: r.get(1)?,
-                time: r.get(2)?,
-                action: r.get(3)?,
-                access_key_id: r.get(4)?,
-                principal: r.get(5)?,
-                role_session_name: r.get(6)?,
-                web_identity_subject: r.get(7)?,
-            })
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
+/// What the rules read and write; each store backend answers it with its own queries
+/// (index lookups by key id, jti, subject: never a scan of a whole table).
+pub trait Lookups {
+    /// Unattributed actions the identifiers queued since the last run may now link (and
+    /// new actions), oldest first; the queue is drained.
+    fn take_candidates(&mut self) -> Result<Vec<Action>, StoreError>;
+    /// Unattributed actions that used access key `key`.
+    fn unattributed_with_key(&mut self, key: &str) -> Result<Vec<Action>, StoreError>;
+    /// Issuances whose jti is `jti` (a role session name), with their run.
+    fn issuances_by_jti(&mut self, jti: &str) -> Result<Vec<Hit>, StoreError>;
+    /// The most recent issuance for SPIFFE ID `subject` valid at `t` (± `slack`).
+    fn issuance_for_subject(&mut self, subject: &str, t: i64, slack: i64) -> Result<Vec<Hit>, StoreError>;
+    /// Links (and their confidence) of attributed AssumeRole* calls that handed out `key`.
+    fn links_of_actions_issuing(&mut self, key: &str) -> Result<Vec<(Hit, f64)>, StoreError>;
+    /// Per run, the use of access key `key` closest to `t`; only within the window when
+    /// `window`.
+    fn uses_of_key(&mut self, key: &str, t: i64, window: bool) -> Result<Vec<Hit>, StoreError>;
+    /// Per run, a use in the window of a JWT whose issuer or subject is `principal`.
+    fn uses_by_jwt_principal(&mut self, principal: &str, t: i64) -> Result<Vec<Hit>, StoreError>;
+    /// Stores a link; false when it existed.
+    fn insert_link(&mut self, action_id: &str, link: &Link, now: i64) -> Result<bool, StoreError>;
+}
+
+/// Links what the queued identifiers and new actions made attributable. The cost is
+/// proportional to the candidates (and what linking them makes attributable in turn:
+/// actions using temporary keys that a newly linked AssumeRole* handed out).
+pub fn run(db: &mut impl Lookups, now: i64) -> Result<Vec<NewLink>, StoreError> {
+    let mut pending: VecDeque<Action> = db.take_candidates()?.into();
+    let mut seen = HashSet::new();
     let mut created = Vec::new();
-    for a in &actions {
-        let links = find_links(tx, a)?;
-        for l in links {
-            let n = tx.execute(
-                "INSERT OR IGNORE INTO links (cloud_action_id, run_id, exec_id, credential_use_id, jti, reason, confidence, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![a.id, l.run_id, l.exec_id, l.credential_use_id, l.jti, l.reason, l.confidence, now],
-            )?;
-            if n > 0 {
-                created.push(NewLink { cloud_action_id: a.id.clone(), run_id: l.run_id, reason: l.reason, confidence: l.confidence });
+    while let Some(a) = pending.pop_front() {
+        if !seen.insert(a.id.clone()) {
+            continue;
+        }
+        let links = find_links(db, &a)?;
+        for l in &links {
+            if db.insert_link(&a.id, l, now)? {
+                created.push(NewLink { cloud_action_id: a.id.clone(), run_id: l.hit.run_id.clone(), reason: l.reason, confidence: l.confidence });
             }
+        }
+        if let (false, Some(key)) = (links.is_empty(), &a.issued_access_key_id) {
+            pending.extend(db.unattributed_with_key(key)?.into_iter().filter(|b| !seen.contains(&b.id)));
         }
     }
     Ok(created)
 }
 
-fn find_links(tx: &Transaction<'_>, a: &Action) -> Result<Vec<Link>, StoreError> {
+fn find_links(db: &mut impl Lookups, a: &Action) -> Result<Vec<Link>, StoreError> {
     if a.action == "AssumeRoleWithWebIdentity" {
-        let by_jti = web_identity(tx, a)?;
+        let by_jti = web_identity(db, a)?;
         if !by_jti.is_empty() {
             return Ok(by_jti);
         }
     }
     if let Some(key) = &a.access_key_id {
-        let inherited = inherited_from_assume(tx, key)?;
+        let inherited: Vec<Link> = db
+            .links_of_actions_issuing(key)?
+            .into_iter()
+            .map(|(hit, c)| Link { hit, reason: "temporary_key_from_attributed_assume_role", confidence: (c * 0.95 * 100.0).round() / 100.0 })
+            .collect();
         if !inherited.is_empty() {
             return Ok(inherited);
         }
-        let seen = by_access_key(tx, key, a.time)?;
+        let seen = db.uses_of_key(key, a.time, true)?;
         if !seen.is_empty() {
-            return Ok(seen);
+            return Ok(split_among(seen, "access_key_id_in_window", 0.95));
+        }
+        let ever = db.uses_of_key(key, a.time, false)?;
+        if !ever.is_empty() {
+            return Ok(split_among(ever, "access_key_id_outside_window", 0.5));
         }
     }
     if a.provider == "gcp"
-        && let Some(email) = &a.principal {
-            return by_jwt_principal(tx, email, a.time);
-        }
+        && let Some(email) = &a.principal
+    {
+        return Ok(split_among(db.uses_by_jwt_principal(email, a.time)?, "gcp_principal_in_self_signed_jwt", 0.8));
+    }
     Ok(Vec::new())
 }
 
-fn web_identity(tx: &Transaction<'_>, a: &Action) -> Result<Vec<Link>, StoreError> {
+fn web_identity(db: &mut impl Lookups, a: &Action) -> Result<Vec<Link>, StoreError> {
     if let Some(session) = &a.role_session_name {
-        let mut st = tx.prepare("SELECT run_id, exec_id, jti FROM token_issuances WHERE jti = ?1 AND run_id IS NOT NULL")?;
-        let found: Vec<(String, Option<String>, String)> =
-            st.query_map(params![session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        let found = db.issuances_by_jti(session)?;
         if !found.is_empty() {
-            return Ok(found
-                .into_iter()
-                .map(|(run_id, exec_id, jti)| Link {
-                    run_id,
-                    exec_id,
-                    credential_use_id: None,
-                    jti: Some(jti),
-                    reason: "web_identity_token_jti",
-                    confidence: 0.99,
-                })
-                .collect());
+            return Ok(found.into_iter().map(|hit| Link { hit, reason: "web_identity_token_jti", confidence: 0.99 }).collect());
         }
     }
     let Some(subject) = &a.web_identity_subject else { return Ok(Vec::new()) };
     // The most recent token for that SPIFFE ID that was valid when the call was made.
-    let mut st = tx.prepare(
-        "SELECT run_id, exec_id, jti FROM token_issuances
-         WHERE spiffe_id = ?1 AND run_id IS NOT NULL AND issued_at <= ?2 + ?3 AND expires_at >= ?2 - ?3
-         ORDER BY issued_at DESC LIMIT 1",
-    )?;
-    let found: Vec<(String, Option<String>, String)> =
-        st.query_map(params![subject, a.time, WINDOW_AFTER], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
-    Ok(found
+    Ok(db
+        .issuance_for_subject(subject, a.time, WINDOW_AFTER)?
         .into_iter()
-        .map(|(run_id, exec_id, jti)| Link {
-            run_id,
-            exec_id,
-            credential_use_id: None,
-            jti: Some(jti),
-            reason: "web_identity_subject_and_time",
-            confidence: 0.8,
-        })
+        .map(|hit| Link { hit, reason: "web_identity_subject_and_time", confidence: 0.8 })
         .collect())
-}
-
-fn inherited_from_assume(tx: &Transaction<'_>, key: &str) -> Result<Vec<Link>, StoreError> {
-    let mut st = tx.prepare(
-        "SELECT l.run_id, l.exec_id, l.jti, l.confidence FROM cloud_actions a JOIN links l ON l.cloud_action_id = a.id
-         WHERE a.issued_access_key_id = ?1",
-    )?;
-    let rows: Vec<(String, Option<String>, Option<String>, f64)> =
-        st.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
-    Ok(rows
-        .into_iter()
-        .map(|(run_id, exec_id, jti, c)| Link {
-            run_id,
-            exec_id,
-            credential_use_id: None,
-            jti,
-            reason: "temporary_key_from_attributed_assume_role",
-            confidence: (c * 0.95 * 100.0).round() / 100.0,
-        })
-        .collect())
-}
-
-/// Runs that used `key` (closest use per run), in the window or, failing that, ever.
-fn by_access_key(tx: &Transaction<'_>, key: &str, t: i64) -> Result<Vec<Link>, StoreError> {
-    let query = |window: bool| -> Result<Vec<(String, Option<String>, String)>, StoreError> {
-        let mut st = tx.prepare(
-            "SELECT run_id, exec_id, event_id FROM (
-                SELECT run_id, exec_id, event_id, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY abs(time - ?2)) AS rn
-                FROM credential_uses
-                WHERE access_key_id = ?1 AND run_id IS NOT NULL
-                  AND (?5 = 0 OR time BETWEEN ?2 - ?3 AND ?2 + ?4))
-             WHERE rn = 1 ORDER BY run_id",
-        )?;
-        let rows = st.query_map(params![key, t, WINDOW_BEFORE, WINDOW_AFTER, window as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    };
-    let (rows, reason, base) = match query(true)? {
-        r if !r.is_empty() => (r, "access_key_id_in_window", 0.95),
-        _ => (query(false)?, "access_key_id_outside_window", 0.5),
-    };
-    Ok(split_among(rows, reason, base))
 }
 
 /// One link per run that used the credential; when n runs did, each is one of n suspects,
 /// so `base` confidence is split among them (rounded to two decimals).
-fn split_among(rows: Vec<(String, Option<String>, String)>, reason: &'static str, base: f64) -> Vec<Link> {
-    let n = rows.len().max(1) as f64;
-    rows.into_iter()
-        .map(|(run_id, exec_id, use_id)| Link {
-            run_id,
-            exec_id,
-            credential_use_id: Some(use_id),
-            jti: None,
-            reason,
-            confidence: ((base / n) * 100.0).round() / 100.0,
-        })
-        .collect()
-}
-
-fn by_jwt_principal(tx: &Transaction<'_>, email: &str, t: i64) -> Result<Vec<Link>, StoreError> {
-    let mut st = tx.prepare(
-        "SELECT run_id, exec_id, event_id FROM credential_uses
-         WHERE (jwt_iss = ?1 OR jwt_sub = ?1) AND run_id IS NOT NULL AND time BETWEEN ?2 - ?3 AND ?2 + ?4
-         GROUP BY run_id",
-    )?;
-    let rows: Vec<(String, Option<String>, String)> = st
-        .query_map(params![email, t, WINDOW_BEFORE, WINDOW_AFTER], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    Ok(split_among(rows, "gcp_principal_in_self_signed_jwt", 0.8))
+fn split_among(hits: Vec<Hit>, reason: &'static str, base: f64) -> Vec<Link> {
+    let n = hits.len().max(1) as f64;
+    hits.into_iter().map(|hit| Link { hit, reason, confidence: ((base / n) * 100.0).round() / 100.0 }).collect()
 }

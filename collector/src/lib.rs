@@ -1,9 +1,10 @@
 //! Sigil collector: stores identity events from agents and attributes cloud actions to
 //! the workload runs that made them.
 //!
-//! agents --gRPC--> [`server`] -> [`store`] (SQLite) <- [`cloud`] (CloudTrail, GCP audit)
-//!                                     |
-//!                  [`correlate`] (links) -> [`query`] (trace, who-used, run, posture)
+//! agents --gRPC--> [`server`] -> [`ingest`] (typed contract) -> [`store`] <- [`cloud`]
+//!                                                                   |
+//!        answers (trace, who-used, run, posture): each backend's queries, behind `Store`
+//!        [`correlate`]: the attribution rules, over the backend's `Lookups`
 //!
 //! Fleet mode: [`sign`] is the cluster signer and OIDC issuer; [`node_identity`] names the
 //! node behind each mTLS connection; [`http_auth`] and [`https`] guard the HTTP API.
@@ -11,8 +12,8 @@ pub mod cloud;
 pub mod correlate;
 pub mod http_auth;
 pub mod https;
+pub mod ingest;
 pub mod metrics;
-pub mod query;
 pub mod node_identity;
 pub mod server;
 pub mod sign;

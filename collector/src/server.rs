@@ -167,8 +167,8 @@ impl Ingest for IngestService {
             Status::from(e)
         })?;
         let body = req.into_inner();
-        let events = body.events.into_iter().map(|e| AgentEvent { id: e.id, kind: e.kind, json: e.json }).collect();
-        let out = push(&self.0, node, events).await.map_err(|e| Status::internal(e.to_string()))?;
+        let (events, mut out) = crate::ingest::decode(body.events);
+        out.merge(push(&self.0, node, events).await.map_err(|e| Status::internal(e.to_string()))?);
         self.0.counters.duplicates.fetch_add(u64::from(out.duplicates), std::sync::atomic::Ordering::Relaxed);
         self.0.counters.rejected.fetch_add(u64::from(out.rejected), std::sync::atomic::Ordering::Relaxed);
         if out.rejected > 0 {

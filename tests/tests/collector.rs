@@ -179,8 +179,10 @@ fn every_event_arrives_exactly_once_across_a_collector_crash() {
     let (total, distinct) = loop {
         let counts: (i64, i64) = conn
             .query_row(
-                "SELECT count(*), count(DISTINCT json_extract(json, '$.exec_id')) FROM events
-                 WHERE kind = 'process_exec' AND json_extract(json, '$.cgroup.path') = ?1",
+                // Each stored exec event refers to the process row it became: two events
+                // for one exec would refer to one row.
+                "SELECT count(*), count(DISTINCT p.exec_id) FROM events e JOIN processes p ON p.rowid = e.ref
+                 WHERE e.kind = 10 AND p.cgroup_path = (SELECT id FROM strings WHERE s = ?1)",
                 [cg.path.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )

@@ -12,6 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
+use sigil_proto::{CONTRACT_VERSION, EventBody};
 use sigil_proto::v1::{
     Event, PushRequest, SignJwtRequest, ingest_client::IngestClient, signer_client::SignerClient,
 };
@@ -282,6 +283,15 @@ fn three_nodes_one_issuer_tokens_survive_agent_and_collector_restarts_and_rotati
     drop(agents);
 }
 
+/// One typed contract event (kind in the JSON), as an agent sends it.
+fn event(id: &str, json: &str) -> Event {
+    Event { id: id.into(), body: Some(EventBody::from_json(json.as_bytes()).unwrap()), ..Default::default() }
+}
+
+fn push(node: &str, events: Vec<Event>) -> PushRequest {
+    PushRequest { node: node.into(), events, contract_version: CONTRACT_VERSION }
+}
+
 /// A compromised node (its own valid certificate) pushes events claiming another node:
 /// refused, counted, and nothing is stored under either name.
 #[test]
@@ -289,19 +299,16 @@ fn a_compromised_node_cannot_push_events_as_another_node() {
     let s = Setup::new(&["node-a", "node-b"]);
     let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()));
     let mut a = IngestClient::new(s.channel("node-a", c.grpc));
-    let forged = PushRequest {
-        node: "node-b".into(),
-        events: vec![Event { id: "forged-1".into(), kind: "process_exec".into(), json: br#"{"kind":"process_exec","exec_id":"b:1:2:3"}"#.to_vec() }],
-    };
+    let forged = push("node-b", vec![event("forged-1", r#"{"kind":"process_exec","exec_id":"b:1:2:3"}"#)]);
     let err = runtime().block_on(a.push(forged)).unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(err.message().contains("node-a") && err.message().contains("node-b"), "{}", err.message());
     // Its own name (or none) is accepted, and stored under the certificate's node.
-    let own = PushRequest { node: String::new(), events: vec![Event { id: "own-1".into(), kind: "agent_stats".into(), json: br#"{"kind":"agent_stats"}"#.to_vec() }] };
+    let own = push("", vec![event("own-1", r#"{"kind":"agent_stats"}"#)]);
     assert_eq!(runtime().block_on(a.push(own)).unwrap().into_inner().stored, 1);
     let conn = rusqlite::Connection::open(s.dir.join("c.db")).unwrap();
     let rows: Vec<(String, String)> =
-        conn.prepare("SELECT id, node FROM events").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        conn.prepare("SELECT st.s || '-' || e.seq, n.node FROM events e JOIN strings st ON st.id = e.stream JOIN nodes n USING (node_id)").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
     assert_eq!(rows, [("own-1".to_owned(), "node-a".to_owned())]);
     // Counted: the operator reads the metric over HTTPS with its client certificate.
     let (code, body) = curl(&format!("https://127.0.0.1:{}/metrics", c.http), &["--cacert", &s.pki.path("ca.pem"), "--cert", &s.pki.path("operator.pem"), "--key", &s.pki.path("operator.key")]);
@@ -312,11 +319,7 @@ fn a_compromised_node_cannot_push_events_as_another_node() {
 /// A compromised node pre-inserts another node's event ids, exec ids and jti. Node B's
 /// real events must still be stored, its process rows must stay its own, and its jti must
 /// stay attributed to its run.
-///
-/// Depends on helper D's store keying (rows keyed by (node, id)): on this branch the
-/// collector keys events by id alone, so B's events would be dropped as duplicates.
 #[test]
-#[ignore = "needs the (node, id) store keying from the event-contract rewrite (helper D)"]
 fn a_compromised_node_cannot_shadow_or_overwrite_another_nodes_events() {
     let s = Setup::new(&["node-a", "node-b"]);
     let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()));
@@ -324,26 +327,20 @@ fn a_compromised_node_cannot_shadow_or_overwrite_another_nodes_events() {
         format!(r#"{{"kind":"process_exec","exec_id":"boot:42:7:9","pid":42,"ppid":1,"binary":{{"path":"/bin/{node}"}},"workload":{{"kind":"cgroup"}},"cgroup":{{"path":"/{node}"}}}}"#)
     };
     let issued = r#"{"kind":"token_issued","jti":"feedfacefeedfacefeedfacefeedface","spiffe_id":"spiffe://sigil.test/x","process":{"exec_id":"boot:42:7:9"}}"#;
-    let batch = |node: &str| PushRequest {
-        node: node.into(),
-        events: vec![
-            Event { id: "spool-1".into(), kind: "process_exec".into(), json: exec(node).into_bytes() },
-            Event { id: "spool-2".into(), kind: "token_issued".into(), json: issued.as_bytes().to_vec() },
-        ],
-    };
+    let batch = |node: &str| push(node, vec![event("spool-1", &exec(node)), event("spool-2", issued)]);
     // The attacker goes first, with B's ids.
     runtime().block_on(IngestClient::new(s.channel("node-a", c.grpc)).push(batch("node-a"))).unwrap();
     let out = runtime().block_on(IngestClient::new(s.channel("node-b", c.grpc)).push(batch("node-b"))).unwrap().into_inner();
     assert_eq!(out.stored, 2, "B's events are stored, not shadowed as duplicates");
     let conn = rusqlite::Connection::open(s.dir.join("c.db")).unwrap();
     let b_binary: String =
-        conn.query_row("SELECT binary_path FROM processes WHERE node = 'node-b'", [], |r| r.get(0)).unwrap();
+        conn.query_row("SELECT binary_path FROM processes_v JOIN nodes USING (node_id) WHERE node = 'node-b'", [], |r| r.get(0)).unwrap();
     assert_eq!(b_binary, "/bin/node-b", "B's process row is B's own");
     let a_binary: String =
-        conn.query_row("SELECT binary_path FROM processes WHERE node = 'node-a'", [], |r| r.get(0)).unwrap();
+        conn.query_row("SELECT binary_path FROM processes_v JOIN nodes USING (node_id) WHERE node = 'node-a'", [], |r| r.get(0)).unwrap();
     assert_eq!(a_binary, "/bin/node-a", "and A's did not overwrite it");
     let jti_nodes: i64 = conn
-        .query_row("SELECT count(DISTINCT node) FROM token_issuances WHERE jti = 'feedfacefeedfacefeedfacefeedface'", [], |r| r.get(0))
+        .query_row("SELECT count(DISTINCT node_id) FROM token_issuances WHERE jti = 'feedfacefeedfacefeedfacefeedface'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(jti_nodes, 2, "each node's issuance is kept under its own node");
 }
@@ -373,7 +370,7 @@ fn a_compromised_node_cannot_get_another_nodes_spiffe_id_signed() {
 
     let conn = rusqlite::Connection::open(s.dir.join("c.db")).unwrap();
     let denials: Vec<(String, String, String)> = conn
-        .prepare("SELECT node, reason, spiffe_id FROM token_denials ORDER BY time")
+        .prepare("SELECT n.node, d.reason, d.spiffe_id FROM token_denials d JOIN nodes n USING (node_id) ORDER BY d.time, d.rowid")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()

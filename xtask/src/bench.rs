@@ -1,21 +1,30 @@
-//! `cargo xtask bench`: what the agent costs the workloads it watches.
+//! `cargo xtask bench`: what the agent costs the workloads it watches, and what the
+//! collector ingests.
 //!
-//! Each workload runs first without the agent (baseline), then with it attached, in the
-//! same process and on the same machine, alternating rounds so drift hits both sides;
+//! Agent: each workload runs first without the agent (baseline), then with it attached, in
+//! the same process and on the same machine, alternating rounds so drift hits both sides;
 //! the median of each side is compared. Ratios near 1.0 mean the agent is invisible.
+//!
+//! Ingest: a release collector, and a separate process (`sigil-ingest-bench`) pushing
+//! real-shaped events over gRPC in batches of 500, then writing the same rows into SQLite
+//! with plain batched inserts in the same run: events/s, the ratio, bytes per event.
+//!
+//! Figures are merged into target/bench/results.json (one key per benchmark).
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
 use crate::{
     bench_exec::{self, Agent},
-    build, peers, provision,
+    build,
+    peers::{self, Guard},
+    provision,
     test::PYTHON_PACKAGES,
 };
 
@@ -64,13 +73,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     match only {
-        None => {}
-        Some("cloudtrail") => return crate::bench_cloud::run_bench().map(|_| ()),
-        Some("agent") => return agent(quick),
-        Some(other) => bail!("unknown bench part {other:?} (agent, cloudtrail)"),
+        None => {
+            agent(quick)?;
+            ingest(quick)?;
+            crate::bench_cloud::run_bench().map(|_| ())
+        }
+        Some("agent") => agent(quick),
+        Some("ingest") => ingest(quick),
+        Some("cloudtrail") => crate::bench_cloud::run_bench().map(|_| ()),
+        Some(other) => bail!("unknown benchmark {other:?}: agent, ingest or cloudtrail"),
     }
-    agent(quick)?;
-    crate::bench_cloud::run_bench().map(|_| ())
 }
 
 /// The release binaries the bench runs (agent and collector only: no test binaries).
@@ -115,6 +127,69 @@ pub fn record_results(fresh: Map<String, Value>) -> Result<()> {
     all.extend(fresh);
     std::fs::write(&path, serde_json::to_vec_pretty(&Value::Object(all))?)?;
     Ok(())
+}
+
+/// Merges `value` under `key` into target/bench/results.json, keeping other benchmarks'.
+fn record(key: &str, value: Value) -> Result<()> {
+    record_results(Map::from_iter([(key.to_owned(), value)]))?;
+    eprintln!("bench: wrote {}", results_path().display());
+    Ok(())
+}
+
+/// A free loopback port (the collector binds it right after).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn ingest(quick: bool) -> Result<()> {
+    let mut cmd = build::cargo();
+    cmd.args(["build", "--release", "-p", "sigil-collector", "--bins"]);
+    provision::run(&mut cmd)?;
+    let bins = build::workspace_root().join("target/release");
+    let dir = build::workspace_root().join("target/bench/ingest");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("collector.db");
+    let (grpc, http) = (free_port()?, free_port()?);
+    let collector = Guard(
+        Command::new(bins.join("sigil-collector"))
+            .arg("--db")
+            .arg(&db)
+            .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}"), "--retention-days", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting sigil-collector")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the collector did not listen on {grpc}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = if quick { 100_000 } else { 400_000 };
+    eprintln!("bench: ingest of {events} events over gRPC (batches of 500), then the same rows raw");
+    let out = Command::new(bins.join("sigil-ingest-bench"))
+        .args(["--grpc", &format!("http://127.0.0.1:{grpc}"), "--events", &events.to_string(), "--batch", "500"])
+        .arg("--db")
+        .arg(&db)
+        .arg("--raw-db")
+        .arg(dir.join("raw.db"))
+        .output()?;
+    drop(collector);
+    if !out.status.success() {
+        bail!("sigil-ingest-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("sigil-ingest-bench output")?;
+    println!("
+{:<52} {:>12}", format!("collector ingest ({} events, {})", r["events"], r["mix"].as_str().unwrap_or("")), "");
+    println!("{:<52} {:>12}", "gRPC push into SQLite (events/s)", r["grpc_events_per_second"]);
+    println!("{:<52} {:>12}", "raw batched insert of the same rows (rows/s)", r["raw_insert_rows_per_second"]);
+    println!("{:<52} {:>12}", "ratio (gRPC / raw)", r["ratio_to_raw"]);
+    println!("{:<52} {:>12}", "bytes per event (collector store)", r["bytes_per_event"]);
+    println!("{:<52} {:>12}", "bytes per event (raw rows)", r["raw_bytes_per_event"]);
+    record("ingest", r)
 }
 
 fn agent(quick: bool) -> Result<()> {

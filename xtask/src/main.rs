@@ -37,13 +37,15 @@ enum Cmd {
     },
     /// Run the demo: the agent attesting demo workloads in demo cgroups.
     Demo,
-    /// Measure what the agent costs the workloads it watches (ratios against a baseline
-    /// in the same run), and CloudTrail ingest at scale.
+    /// Measure what the agent costs the workloads it watches (ratios against a baseline),
+    /// and collector ingest against a raw SQLite insert, and
+    /// CloudTrail ingest at scale; figures also go to
+    /// target/bench/results.json.
     Bench {
-        /// A short version (one round, fewer execs and requests).
+        /// Smaller runs (fewer rounds and events): a quick check, not the published figures.
         #[arg(long)]
         quick: bool,
-        /// Run only this part: `agent` or `cloudtrail`.
+        /// Run one benchmark only: `agent`, `ingest` or `cloudtrail`.
         #[arg(long)]
         only: Option<String>,
     },

@@ -33,7 +33,8 @@ use cgroup::CgroupResolver;
 use clock::Clock;
 use hash::{FileKey, HashCache, HashError, HashStats, Lookup};
 use pool::{HashBudget, HashPool, HashSkip, Job};
-use record::{Ancestor, Binary, CgroupInfo, ExitRecord, ProcessRecord, Source};
+use record::{Ancestor, Binary, CgroupInfo, ProcessRecord, Source};
+use sigil_proto::v1::ProcessExit;
 use table::ProcessTable;
 
 /// How deep the ancestry of a record goes.
@@ -247,10 +248,9 @@ impl Attestor {
         })
     }
 
-    pub fn on_exit(&self, ev: &ExitEvent) -> Option<ExitRecord> {
+    pub fn on_exit(&self, ev: &ExitEvent) -> Option<ProcessExit> {
         let rec = self.table.remove(ev.header.pid)?;
-        Some(ExitRecord {
-            kind: "process_exit",
+        Some(ProcessExit {
             exec_id: rec.exec_id.clone(),
             process_id: rec.process_id.clone(),
             node: self.node.clone(),
@@ -481,7 +481,6 @@ impl Attestor {
         let pod = workload.pod_uid.as_deref().zip(self.pods.get()).and_then(|(uid, c)| c.get(uid)).map(|m| (*m).clone());
         let process_id = format!("{}:{}:{}", self.boot_id, obs.pid, start_ticks);
         let rec = ProcessRecord {
-            kind: "process_exec",
             source: obs.source,
             exec_id: format!("{process_id}:{}", obs.boot_ns),
             process_id,

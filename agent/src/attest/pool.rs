@@ -52,6 +52,17 @@ pub enum HashSkip {
 }
 
 impl HashSkip {
+    /// The name in records (`binary.hash_skipped`) and counter labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::TimeBudget => "time_budget",
+            Self::TooLarge => "too_large",
+            Self::NotRegularFile => "not_regular_file",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
     pub fn of(e: &HashError) -> Option<Self> {
         match e {
             HashError::TooLarge { .. } => Some(Self::TooLarge),

@@ -1,14 +1,15 @@
 //! The attested process record: the identity every later decision is made on
-//! (token issuance, credential-use attribution). Serialised as one JSON line per record.
+//! (token issuance, credential-use attribution). It leaves the agent as the contract's
+//! `ProcessExec` (sigil-proto), built here.
 
-use serde::Serialize;
+pub use sigil_proto::v1::ProcessRef;
+use sigil_proto::{EventBody, v1};
 
 use super::{hash::HashError, pool::HashSkip, workload::Workload};
 use crate::k8s::PodMeta;
 
 /// How the agent learned about the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// The exec tracepoint fired while the agent was running.
     Ebpf,
@@ -19,7 +20,7 @@ pub enum Source {
     OnRequest,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binary {
     /// The executable the kernel runs (`/proc/<pid>/exe`), inside the process's mount
     /// namespace; for a script this is the interpreter.
@@ -83,14 +84,14 @@ impl Binary {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupInfo {
     pub id: u64,
     pub path: Option<String>,
 }
 
 /// One step up the parent chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ancestor {
     pub pid: u32,
     pub exec_id: String,
@@ -98,9 +99,8 @@ pub struct Ancestor {
     pub binary_path: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessRecord {
-    pub kind: &'static str,
     pub source: Source,
     /// Unique per exec: `<boot id>:<pid>:<start ticks>:<exec boot ns>`.
     pub exec_id: String,
@@ -127,43 +127,73 @@ pub struct ProcessRecord {
     pub script: Option<super::script::Script>,
     /// The pod's namespace, service account, name, labels and owner, when the pod watch
     /// had delivered the pod by the time of this record.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodMeta>,
     /// The run this process belongs to, as users mean it (a Job's execution, a
     /// Deployment's pod): see [`PodMeta::run_key`]. Absent outside known pods, where the
     /// collector groups by container, unit or cgroup.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
 }
 
-/// The last thread of an attested process exited.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ExitRecord {
-    pub kind: &'static str,
-    pub exec_id: String,
-    pub process_id: String,
-    pub node: String,
-    pub time: String,
-    pub pid: u32,
+impl From<Source> for v1::Source {
+    fn from(s: Source) -> Self {
+        match s {
+            Source::Ebpf => v1::Source::Ebpf,
+            Source::ProcfsScan => v1::Source::ProcfsScan,
+            Source::OnRequest => v1::Source::OnRequest,
+        }
+    }
+}
+
+impl From<&Binary> for v1::Binary {
+    fn from(b: &Binary) -> Self {
+        Self {
+            path: b.path.clone(),
+            exec_path: b.exec_path.clone(),
+            sha256: b.sha256.clone(),
+            size: b.size,
+            inode: b.inode,
+            hash_cache: b.hash_cache.map(str::to_owned),
+            hashed_from: b.hashed_from.map(str::to_owned),
+            replaced_after_exec: b.replaced_after_exec,
+            error: b.error.clone(),
+            hash_skipped: b.hash_skipped.map(|h| h.as_str().to_owned()),
+            hash_pending: b.hash_pending,
+        }
+    }
+}
+
+impl From<&ProcessRecord> for EventBody {
+    fn from(r: &ProcessRecord) -> Self {
+        EventBody::ProcessExec(v1::ProcessExec {
+            source: v1::Source::from(r.source) as i32,
+            exec_id: r.exec_id.clone(),
+            process_id: r.process_id.clone(),
+            node: r.node.clone(),
+            time: r.time.clone(),
+            pid: r.pid,
+            ppid: r.ppid,
+            start_time: r.start_time.clone(),
+            start_ticks: r.start_ticks,
+            uid: r.uid,
+            gid: r.gid,
+            comm: r.comm.clone(),
+            binary: Some((&r.binary).into()),
+            cgroup: Some(v1::CgroupInfo { id: r.cgroup.id, path: r.cgroup.path.clone() }),
+            workload: Some((&r.workload).into()),
+            ancestry: r
+                .ancestry
+                .iter()
+                .map(|a| v1::Ancestor { pid: a.pid, exec_id: a.exec_id.clone(), comm: a.comm.clone(), binary_path: a.binary_path.clone() })
+                .collect(),
+            script: r.script.as_ref().map(v1::Script::from),
+            pod: r.pod.as_ref().map(v1::PodMeta::from),
+            run: r.run.clone(),
+        })
+    }
 }
 
 /// The attested run an event is about (issuance decision, credential use): enough to
 /// find the full record by `exec_id`, and the fields queries filter on.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessRef {
-    pub exec_id: String,
-    pub process_id: String,
-    pub pid: u32,
-    pub binary_path: Option<String>,
-    pub binary_sha256: Option<String>,
-    pub cgroup_path: Option<String>,
-    pub workload: Workload,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodMeta>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub run: Option<String>,
-}
-
 impl From<&ProcessRecord> for ProcessRef {
     fn from(r: &ProcessRecord) -> Self {
         Self {
@@ -173,8 +203,8 @@ impl From<&ProcessRecord> for ProcessRef {
             binary_path: r.binary.path.clone(),
             binary_sha256: r.binary.sha256.clone(),
             cgroup_path: r.cgroup.path.clone(),
-            workload: r.workload.clone(),
-            pod: r.pod.clone(),
+            workload: Some((&r.workload).into()),
+            pod: r.pod.as_ref().map(v1::PodMeta::from),
             run: r.run.clone(),
         }
     }

@@ -49,6 +49,12 @@ pub struct Script {
     pub error: Option<String>,
 }
 
+impl From<&Script> for sigil_proto::v1::Script {
+    fn from(s: &Script) -> Self {
+        Self { path: s.path.clone(), source: s.source.to_owned(), sha256: s.sha256.clone(), inode: s.inode, error: s.error.clone() }
+    }
+}
+
 /// Which argument names the script, if any: `exec_path` is the kernel's exec filename.
 fn script_arg<'a>(exec_path: Option<&str>, argv: &'a [String]) -> Option<(&'a str, &'static str)> {
     let first = argv.get(1)?;

@@ -23,11 +23,10 @@
 //! never a system unit, pod or container, whatever it is named.
 
 use globset::{GlobBuilder, GlobMatcher};
-use serde::Serialize;
+use sigil_proto::v1;
 
 /// What kind of workload a cgroup path identifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkloadKind {
     KubernetesPod,
     Container,
@@ -44,8 +43,7 @@ pub enum WorkloadKind {
 }
 
 /// The container runtime that created a container's cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerRuntime {
     Containerd,
     CriO,
@@ -56,8 +54,7 @@ pub enum ContainerRuntime {
 }
 
 /// Kubernetes QoS class, which the kubelet encodes in the pod's parent cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QosClass {
     Guaranteed,
     Burstable,
@@ -65,7 +62,7 @@ pub enum QosClass {
 }
 
 /// The workload identity of a process, as far as its cgroup path tells.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     pub kind: WorkloadKind,
     /// As Kubernetes reports it: canonical dashed lowercase UUID (8-4-4-4-12), or the
@@ -82,6 +79,56 @@ pub struct Workload {
     pub user_unit: Option<String>,
     /// The uid whose slice the cgroup is in, for `user_unit` workloads.
     pub user_uid: Option<u32>,
+}
+
+impl From<WorkloadKind> for v1::WorkloadKind {
+    fn from(k: WorkloadKind) -> Self {
+        match k {
+            WorkloadKind::KubernetesPod => Self::KubernetesPod,
+            WorkloadKind::Container => Self::Container,
+            WorkloadKind::SystemdUnit => Self::SystemdUnit,
+            WorkloadKind::UserUnit => Self::UserUnit,
+            WorkloadKind::Cgroup => Self::Cgroup,
+            WorkloadKind::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl From<ContainerRuntime> for v1::ContainerRuntime {
+    fn from(r: ContainerRuntime) -> Self {
+        match r {
+            ContainerRuntime::Containerd => Self::Containerd,
+            ContainerRuntime::CriO => Self::CriO,
+            ContainerRuntime::Docker => Self::Docker,
+            ContainerRuntime::Podman => Self::Podman,
+            ContainerRuntime::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl From<QosClass> for v1::QosClass {
+    fn from(q: QosClass) -> Self {
+        match q {
+            QosClass::Guaranteed => Self::Guaranteed,
+            QosClass::Burstable => Self::Burstable,
+            QosClass::BestEffort => Self::BestEffort,
+        }
+    }
+}
+
+impl From<&Workload> for v1::Workload {
+    fn from(w: &Workload) -> Self {
+        Self {
+            kind: v1::WorkloadKind::from(w.kind) as i32,
+            pod_uid: w.pod_uid.clone(),
+            qos_class: w.qos_class.map(|q| v1::QosClass::from(q) as i32),
+            container_id: w.container_id.clone(),
+            runtime: w.runtime.map(|r| v1::ContainerRuntime::from(r) as i32),
+            unit: w.unit.clone(),
+            user_unit: w.user_unit.clone(),
+            user_uid: w.user_uid,
+        }
+    }
 }
 
 impl Workload {
@@ -901,9 +948,12 @@ mod tests {
     }
 
     #[test]
+    /// The contract type the agent emits writes every field in snake_case.
     fn serializes_all_fields_in_snake_case() {
-        let p = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/crio-{CID}.scope");
-        let json = serde_json::to_value(parse(p)).expect("serialize");
+        let p = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/crio-{CID}.scope"
+        );
+        let json = serde_json::to_value(v1::Workload::from(&parse(p))).expect("serialize");
         assert_eq!(
             json,
             serde_json::json!({
@@ -917,10 +967,24 @@ mod tests {
                 "user_uid": null,
             })
         );
-        let json = serde_json::to_value(parse_cgroup_path("/user.slice/user-7.slice/session-1.scope")).expect("serialize");
+        let json = serde_json::to_value(v1::Workload::from(&parse_cgroup_path("/user.slice/user-7.slice/session-1.scope"))).expect("serialize");
         assert_eq!(json["kind"], "user_unit");
         assert_eq!(json["user_uid"], 7);
         assert_eq!(json["unit"], serde_json::Value::Null);
-        assert_eq!(serde_json::to_value(parse_cgroup_path("/x/../y")).expect("serialize")["kind"], "unknown");
+        assert_eq!(serde_json::to_value(v1::Workload::from(&parse_cgroup_path("/x/../y"))).expect("serialize")["kind"], "unknown");
+        let json = serde_json::to_value(v1::Workload::from(&parse_cgroup_path("/"))).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "cgroup",
+                "pod_uid": null,
+                "qos_class": null,
+                "container_id": null,
+                "runtime": null,
+                "unit": null,
+                "user_unit": null,
+                "user_uid": null,
+            })
+        );
     }
 }

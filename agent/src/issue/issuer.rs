@@ -26,6 +26,8 @@ use super::{
     signing::{SignError, TokenSigner},
     watched::{Refresh, Watched},
 };
+use sigil_proto::EventBody;
+
 use crate::{
     attest::{Attestor, record::ProcessRecord},
     k8s::{Lookup, PodCache},
@@ -38,7 +40,7 @@ fn process_ref(process: &ProcessRecord, meta: Option<&PodMeta>) -> ProcessRef {
     let mut r = ProcessRef::from(process);
     if let Some(m) = meta {
         r.run = m.run_key();
-        r.pod = Some(m.clone());
+        r.pod = Some(m.into());
     }
     r
 }
@@ -236,15 +238,8 @@ impl Issuer {
                 ("rejected", Some(e.to_string()))
             }
         };
-        let ev = ConfigChange {
-            kind: "config_change",
-            time: now_rfc3339(),
-            node: self.node.clone(),
-            path: path.display().to_string(),
-            outcome,
-            error,
-        };
-        if let Err(e) = self.sink.emit(&ev) {
+        let ev = ConfigChange { time: now_rfc3339(), node: self.node.clone(), path: path.display().to_string(), outcome: outcome.into(), error };
+        if let Err(e) = self.sink.emit(&EventBody::ConfigChange(ev)) {
             warn!("could not emit config_change: {e}");
         }
     }
@@ -299,7 +294,7 @@ impl Issuer {
             return Err(deny(DenyReason::UnknownProcess, format!("pid {} could not be attested", peer.pid), None));
         };
         if fresh {
-            let _ = self.sink.emit(process.as_ref());
+            let _ = self.sink.emit(&EventBody::from(process.as_ref()));
         }
         let policy = self.current_policy();
         let meta = match self.pod_meta(process.workload.pod_uid.as_deref()) {
@@ -360,7 +355,6 @@ impl Issuer {
             if signed.fresh {
                 let c = &signed.claims;
                 events.push(TokenIssued {
-                    kind: "token_issued",
                     time: now_rfc3339(),
                     node: self.node.clone(),
                     jti: c.jti.clone(),
@@ -371,8 +365,8 @@ impl Issuer {
                     issued_at: c.iat,
                     expires_at: c.exp,
                     ttl_seconds: c.exp - c.iat,
-                    entry_line: entry.line,
-                    process: process_ref(&process, meta.as_ref()),
+                    entry_line: entry.line as u64,
+                    process: Some(process_ref(&process, meta.as_ref())),
                 });
             }
             out.push(Issued { spiffe_id: entry.spiffe_id.clone(), token: signed.token, hint: entry.hint.clone() });
@@ -390,12 +384,12 @@ impl Issuer {
                 &process,
             ));
         }
-        for ev in &events {
+        for ev in events {
             self.issued.fetch_add(1, Ordering::Relaxed);
             if let Some(h) = self.lifetime.get() {
                 h.record(ev.ttl_seconds as f64, &[]);
             }
-            if let Err(e) = self.sink.emit(ev) {
+            if let Err(e) = self.sink.emit(&EventBody::TokenIssued(ev)) {
                 warn!("could not emit token_issued: {e}");
             }
         }
@@ -422,18 +416,18 @@ impl Issuer {
         }
         // The request is the caller's to fill: what it can put into an event is bounded.
         let ev = TokenDenied {
-            kind: "token_denied",
             time: now_rfc3339(),
             node: self.node.clone(),
-            reason,
+            reason: sigil_proto::v1::DenyReason::from(reason) as i32,
             detail: truncated(&detail, MAX_DETAIL),
             audience: req.audience.iter().take(MAX_EVENT_AUDIENCES).map(|a| truncated(a, MAX_EVENT_FIELD)).collect(),
-            audience_count: req.audience.len(),
+            audience_count: req.audience.len() as u64,
             requested_spiffe_id: req.spiffe_id.as_deref().map(|s| truncated(s, MAX_EVENT_FIELD)),
+            source: None,
             peer_pid: peer.pid,
             process,
         };
-        if let Err(e) = self.sink.emit(&ev) {
+        if let Err(e) = self.sink.emit(&EventBody::TokenDenied(ev)) {
             warn!("could not emit token_denied: {e}");
         }
         Denial { reason, detail: truncated(&detail, MAX_DETAIL) }

@@ -205,6 +205,24 @@ pub enum DenyReason {
     SignerRefused,
 }
 
+impl From<DenyReason> for sigil_proto::v1::DenyReason {
+    fn from(r: DenyReason) -> Self {
+        match r {
+            DenyReason::NoMatchingEntry => Self::NoMatchingEntry,
+            DenyReason::BinaryHashMismatch => Self::BinaryHashMismatch,
+            DenyReason::UnknownProcess => Self::UnknownProcess,
+            DenyReason::ProcessChanged => Self::ProcessChanged,
+            DenyReason::MissingAudience => Self::MissingAudience,
+            DenyReason::MissingSecurityHeader => Self::MissingSecurityHeader,
+            DenyReason::InvalidRequest => Self::InvalidRequest,
+            DenyReason::PodMetadataUnavailable => Self::PodMetadataUnavailable,
+            DenyReason::InternalError => Self::InternalError,
+            DenyReason::SignerUnavailable => Self::SignerUnavailable,
+            DenyReason::SignerRefused => Self::SignerRefused,
+        }
+    }
+}
+
 impl DenyReason {
     pub const ALL: [DenyReason; 11] = [
         DenyReason::NoMatchingEntry,
@@ -448,7 +466,6 @@ mod tests {
         binary.path = Some("/app/checkout".into());
         binary.sha256 = Some(sha.into());
         ProcessRecord {
-            kind: "process_exec",
             source: Source::Ebpf,
             exec_id: "e".into(),
             process_id: "p".into(),

@@ -35,6 +35,24 @@ pub struct Owner {
     pub via: Option<Box<Owner>>,
 }
 
+impl From<&Owner> for sigil_proto::v1::Owner {
+    fn from(o: &Owner) -> Self {
+        Self { kind: o.kind.clone(), name: o.name.clone(), via: o.via.as_deref().map(|v| Box::new(v.into())) }
+    }
+}
+
+impl From<&PodMeta> for sigil_proto::v1::PodMeta {
+    fn from(m: &PodMeta) -> Self {
+        Self {
+            namespace: m.namespace.clone(),
+            service_account: m.service_account.clone(),
+            name: m.name.clone(),
+            labels: m.labels.clone(),
+            owner: m.owner.as_ref().map(Into::into),
+        }
+    }
+}
+
 impl Owner {
     fn direct(kind: &str, name: &str) -> Self {
         Self { kind: kind.to_owned(), name: name.to_owned(), via: None }

@@ -15,11 +15,15 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use sigil_proto::v1::{Event, PushRequest, ingest_client::IngestClient};
+use prost::Message;
+use sigil_proto::{
+    CONTRACT_VERSION, EventBody,
+    v1::{Event, PushRequest, ingest_client::IngestClient},
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
-use super::spool::{Spool, SpoolStats};
+use super::spool::{Spool, SpoolStats, Spooled};
 use crate::output::Sink;
 
 /// Events per Push.
@@ -62,8 +66,11 @@ pub struct SpoolSink {
 }
 
 impl Sink for SpoolSink {
-    fn write(&self, kind: &str, json: &[u8]) -> io::Result<()> {
-        let appended = self.spool.lock().map_err(|_| io::Error::other("spool lock poisoned"))?.append(kind, json);
+    /// Spools the typed (protobuf) encoding: the exporter sends it as it is, and the
+    /// collector decodes the same types.
+    fn emit(&self, event: &EventBody) -> io::Result<()> {
+        let kind = event.kind();
+        let appended = self.spool.lock().map_err(|_| io::Error::other("spool lock poisoned"))?.append(kind, &event.encode_event());
         if let Err(e) = appended {
             // The agent keeps attesting; the loss is counted in agent_stats and logged.
             self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
@@ -93,6 +100,17 @@ impl SpoolSink {
             spool: self.spool.lock().map(|s| s.stats()).unwrap_or_default(),
         }
     }
+}
+
+/// A spooled record as the `Event` it was encoded from, with its id. A record that does
+/// not decode (written by a future agent, or damaged past its checksum) still goes out,
+/// bodiless, so the collector rejects it by id with a reason instead of it vanishing here.
+fn to_event(s: Spooled) -> Event {
+    let event = Event::decode(s.payload.as_slice()).unwrap_or_else(|e| {
+        warn!("spooled event {} ({}) does not decode: {e}", s.id, s.kind);
+        Event::default()
+    });
+    Event { id: s.id, kind: s.kind, ..event }
 }
 
 pub fn is_loopback(url: &str) -> bool {
@@ -147,10 +165,7 @@ pub async fn run(sink: SpoolSink, channel: Channel, node: String, stop: Arc<Atom
             continue;
         };
         let n = batch.len() as u64;
-        let req = PushRequest {
-            node: node.clone(),
-            events: batch.into_iter().map(|e| Event { id: e.id, kind: e.kind, json: e.payload }).collect(),
-        };
+        let req = PushRequest { node: node.clone(), events: batch.into_iter().map(to_event).collect(), contract_version: CONTRACT_VERSION };
         match client.push(req).await {
             Ok(resp) => {
                 let r = resp.into_inner();

@@ -82,7 +82,7 @@ pub struct Spooled {
     pub id: String,
     pub seq: u64,
     pub kind: String,
-    /// The event JSON, stored as opaque bytes.
+    /// The event's typed (protobuf `Event`) encoding; the spool treats it as opaque bytes.
     pub payload: Vec<u8>,
 }
 

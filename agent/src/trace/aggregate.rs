@@ -28,18 +28,19 @@ struct Key {
     pid: u32,
     fingerprint: String,
     ip: Option<String>,
-    port: Option<u16>,
+    port: Option<u32>,
     host: Option<String>,
 }
 
 impl Key {
     fn of(u: &CredentialUse) -> Self {
+        let d = u.destination.as_ref();
         Self {
             pid: u.pid,
             fingerprint: u.fingerprint.clone(),
-            ip: u.destination.ip.clone(),
-            port: u.destination.port,
-            host: u.destination.host.clone(),
+            ip: d.and_then(|d| d.ip.clone()),
+            port: d.and_then(|d| d.port),
+            host: d.and_then(|d| d.host.clone()),
         }
     }
 }
@@ -132,34 +133,24 @@ fn report(p: &mut Pending) -> Option<CredentialUse> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{
-        body::Exchange,
-        detect::{Class, Detector, Identifiers},
-        events::Destination,
-        http::Protocol,
-    };
+    use crate::trace::{body::Exchange, events::Destination};
 
     fn use_of(pid: u32, fingerprint: &str, port: u16, time: &str) -> CredentialUse {
         CredentialUse {
-            kind: "credential_use",
             time: time.into(),
             node: "n".into(),
             pid,
-            process: None,
-            destination: Destination { ip: Some("127.0.0.1".into()), port: Some(port), host: None },
-            transport: "tls",
-            tls_library: Some("openssl"),
-            protocol: Protocol::Http1,
+            destination: Some(Destination { ip: Some("127.0.0.1".into()), port: Some(u32::from(port)), host: None }),
+            transport: "tls".into(),
+            tls_library: Some("openssl".into()),
+            protocol: sigil_proto::v1::Protocol::Http1 as i32,
             method: "GET".into(),
             path: "/".into(),
-            detector: Detector::BearerToken,
-            class: Class::Unknown,
+            detector: sigil_proto::v1::Detector::BearerToken as i32,
+            class: sigil_proto::v1::CredentialClass::Unknown as i32,
             fingerprint: fingerprint.into(),
-            identifiers: Identifiers::default(),
-            exchange: None,
-            count: None,
-            first_seen: None,
-            last_seen: None,
+            identifiers: Some(Default::default()),
+            ..Default::default()
         }
     }
 
@@ -224,7 +215,7 @@ mod tests {
         let t0 = Instant::now();
         for _ in 0..3 {
             let mut u = use_of(1, "f", 443, "t");
-            u.exchange = Some(Exchange { kind: "oauth_refresh_token", ..Exchange::default() });
+            u.exchange = Some(Exchange { kind: "oauth_refresh_token", ..Exchange::default() }.into());
             assert_eq!(a.observe(u, t0).and_then(|e| e.count), Some(1));
         }
         assert!(a.flush().is_empty());

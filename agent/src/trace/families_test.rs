@@ -13,7 +13,7 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 use super::{
     catalogue::{Family, catalogue},
     detect::{Credential, Detector, detect},
-    events::{CredentialUse, Destination},
+    events::{CredentialUse, Destination, set_class},
     fingerprint::Fingerprinter,
     http::{Protocol, Request},
     scrub::event_path,
@@ -87,31 +87,22 @@ fn request(path: &str, headers: Vec<(String, String)>) -> Request {
 
 /// The event the tracer would emit for `credential` found in `req`.
 fn event(req: &Request, credential: &Credential, all: &[Credential]) -> String {
-    let used = CredentialUse {
-        kind: "credential_use",
+    let mut used = CredentialUse {
         time: "2026-01-01T00:00:00Z".into(),
         node: "node-a".into(),
         pid: 1,
-        process: None,
-        destination: Destination {
-            ip: None,
-            port: None,
-            host: req.authority.clone(),
-        },
-        transport: "tls",
-        tls_library: Some("openssl"),
-        protocol: req.protocol,
+        destination: Some(Destination { ip: None, port: None, host: req.authority.clone() }),
+        transport: "tls".into(),
+        tls_library: Some("openssl".into()),
+        protocol: sigil_proto::v1::Protocol::from(req.protocol) as i32,
         method: req.method.clone(),
         path: event_path(&req.path, all),
-        detector: credential.detector,
-        class: credential.class.clone(),
+        detector: sigil_proto::v1::Detector::from(credential.detector) as i32,
         fingerprint: Fingerprinter::new(&[7; 32]).fingerprint(&credential.secret),
-        identifiers: credential.identifiers.clone(),
-        exchange: None,
-        count: None,
-        first_seen: None,
-        last_seen: None,
+        identifiers: Some(credential.identifiers.clone().into()),
+        ..Default::default()
     };
+    set_class(&mut used, &credential.class);
     serde_json::to_string(&used).expect("events serialize")
 }
 

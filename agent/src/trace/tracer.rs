@@ -7,7 +7,7 @@ use std::{
 };
 
 use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, FileOpenEvent};
-use serde::Serialize;
+use sigil_proto::{json, v1};
 use tracing::warn;
 
 use super::{
@@ -15,7 +15,7 @@ use super::{
     body::{detect_body, header_exchange},
     conn::ConnTable,
     detect::detect,
-    events::{CredentialFileRead, CredentialUse, Destination},
+    events::{CredentialFileRead, CredentialUse, Destination, set_class},
     files,
     fingerprint::Fingerprinter,
     http::Request,
@@ -32,7 +32,7 @@ use crate::{
 /// HTTP streams remembered at most (one per connection and direction).
 const STREAMS: usize = 16_384;
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct TraceStats {
     pub captures: u64,
     pub captured_bytes: u64,
@@ -45,8 +45,7 @@ pub struct TraceStats {
     pub tls_connections_ignored: u64,
     pub tls_libraries_attached: usize,
     /// Credential uses by (class, detector): small fixed vocabularies, safe as labels.
-    /// Serialized as a list (JSON object keys cannot be pairs).
-    #[serde(serialize_with = "pairs_as_list")]
+    /// Sent as a list (JSON object keys cannot be pairs).
     pub uses_by_class_detector: std::collections::BTreeMap<(String, String), u64>,
     pub file_reads_by_kind: std::collections::BTreeMap<String, u64>,
     /// Distinct long-lived credentials seen in use since start.
@@ -59,13 +58,38 @@ pub struct TraceStats {
     pub uncovered_unchecked: u64,
 }
 
-fn pairs_as_list<S: serde::Serializer>(m: &std::collections::BTreeMap<(String, String), u64>, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut seq = s.serialize_seq(Some(m.len()))?;
-    for ((class, detector), count) in m {
-        seq.serialize_element(&serde_json::json!({"class": class, "detector": detector, "count": count}))?;
+impl From<&TraceStats> for v1::TraceStats {
+    fn from(t: &TraceStats) -> Self {
+        Self {
+            captures: t.captures,
+            captured_bytes: t.captured_bytes,
+            requests: t.requests,
+            credential_uses: t.credential_uses,
+            credential_file_reads: t.credential_file_reads,
+            plain_sockets_ignored: t.plain_sockets_ignored,
+            tls_connections_ignored: t.tls_connections_ignored,
+            tls_libraries_attached: t.tls_libraries_attached as u64,
+            uses_by_class_detector: t
+                .uses_by_class_detector
+                .iter()
+                .map(|((class, detector), count)| v1::ClassDetectorCount { class: class.clone(), detector: detector.clone(), count: *count })
+                .collect(),
+            file_reads_by_kind: t.file_reads_by_kind.clone(),
+            long_lived_credentials: t.long_lived_credentials as u64,
+            shared_credentials: t.shared_credentials as u64,
+            uncovered: t
+                .uncovered
+                .iter()
+                .map(|u| v1::UncoveredClient {
+                    client: u.client.as_str().into(),
+                    binary: u.binary.clone(),
+                    execs: u.execs,
+                    reason: u.reason.into(),
+                })
+                .collect(),
+            uncovered_unchecked: t.uncovered_unchecked,
+        }
     }
-    seq.end()
 }
 
 /// Fingerprints remembered for the long-lived/shared gauges (bounded memory).
@@ -82,13 +106,9 @@ fn run_key(p: &ProcessRecord) -> String {
         .unwrap_or_default()
 }
 
-fn label<T: Serialize>(v: &T, field: Option<&str>) -> String {
-    let j = serde_json::to_value(v).unwrap_or_default();
-    let j = match field {
-        Some(f) => j.get(f).cloned().unwrap_or_default(),
-        None => j,
-    };
-    j.as_str().unwrap_or("unknown").to_owned()
+/// A metric label from an enum's JSON name.
+fn label(name: Option<String>) -> String {
+    name.unwrap_or_else(|| "unknown".into())
 }
 
 pub struct Tracer {
@@ -177,9 +197,9 @@ impl Tracer {
     }
 
     fn count_use(&mut self, used: &CredentialUse, process: Option<&ProcessRecord>) {
-        let key = (label(&used.class, Some("class")), label(&used.detector, None));
+        let key = (label(json::credential_class::name(used.class)), label(json::detector::name(used.detector)));
         *self.stats.uses_by_class_detector.entry(key).or_default() += 1;
-        if matches!(used.class, super::detect::Class::Static) {
+        if used.class == v1::CredentialClass::Static as i32 {
             let known = self.static_runs.contains_key(&used.fingerprint);
             if known || self.static_runs.len() < TRACKED_FINGERPRINTS {
                 let runs = self.static_runs.entry(used.fingerprint.clone()).or_default();
@@ -240,35 +260,33 @@ impl Tracer {
         for (req, creds) in found {
             let path = event_path(&req.path, creds.iter().map(|(c, _)| c));
             for (cred, exchange) in creds {
-                out.push(CredentialUse {
-                    kind: "credential_use",
+                let mut used = CredentialUse {
                     time: self.clock.rfc3339(ev.header.boot_ns),
                     node: self.node.clone(),
                     pid: tgid,
                     process: process.as_deref().map(ProcessRef::from),
-                    destination: Destination {
+                    destination: Some(Destination {
                         ip: dest.map(|d| d.ip().to_string()),
-                        port: dest.map(|d| d.port()),
+                        port: dest.map(|d| u32::from(d.port())),
                         host: req.authority.clone(),
-                    },
-                    transport: if source == DataSource::PlainSocket { "plain" } else { "tls" },
+                    }),
+                    transport: if source == DataSource::PlainSocket { "plain" } else { "tls" }.into(),
                     tls_library: match source {
-                        DataSource::OpenSsl => Some("openssl"),
-                        DataSource::GnuTls => Some("gnutls"),
+                        DataSource::OpenSsl => Some("openssl".into()),
+                        DataSource::GnuTls => Some("gnutls".into()),
                         DataSource::PlainSocket => None,
                     },
-                    protocol: req.protocol,
+                    protocol: v1::Protocol::from(req.protocol) as i32,
                     method: req.method.clone(),
                     path: path.clone(),
-                    detector: cred.detector,
+                    detector: v1::Detector::from(cred.detector) as i32,
                     fingerprint: self.fingerprinter.fingerprint(&cred.secret),
-                    class: cred.class,
-                    identifiers: cred.identifiers,
-                    exchange,
-                    count: None,
-                    first_seen: None,
-                    last_seen: None,
-                });
+                    identifiers: Some(cred.identifiers.into()),
+                    exchange: exchange.map(Into::into),
+                    ..Default::default()
+                };
+                set_class(&mut used, &cred.class);
+                out.push(used);
             }
         }
         self.stats.credential_uses += out.len() as u64;
@@ -299,7 +317,7 @@ impl Tracer {
         let path = c_str(&ev.filename[..len]);
         let file_kind = files::classify(&path)?;
         self.stats.credential_file_reads += 1;
-        *self.stats.file_reads_by_kind.entry(label(&file_kind, None)).or_default() += 1;
+        *self.stats.file_reads_by_kind.entry(label(json::file_kind::name(v1::FileKind::from(file_kind) as i32))).or_default() += 1;
         let access = match ev.flags & libc::O_ACCMODE {
             libc::O_WRONLY => "write",
             libc::O_RDWR => "read_write",
@@ -307,14 +325,13 @@ impl Tracer {
         };
         let process = process_at(attestor, &self.clock, ev.header.pid, ev.header.boot_ns);
         Some(CredentialFileRead {
-            kind: "credential_file_read",
             time: self.clock.rfc3339(ev.header.boot_ns),
             node: self.node.clone(),
             pid: ev.header.pid,
             process: process.as_deref().map(ProcessRef::from),
             path,
-            file_kind,
-            access,
+            file_kind: v1::FileKind::from(file_kind) as i32,
+            access: access.into(),
         })
     }
 }
@@ -328,7 +345,7 @@ mod tests {
         let mut st = TraceStats::default();
         st.uses_by_class_detector.insert(("static".into(), "aws_sigv4".into()), 2);
         st.file_reads_by_kind.insert("ssh_private_key".into(), 1);
-        let v = serde_json::to_value(&st).expect("serializes");
+        let v = serde_json::to_value(v1::TraceStats::from(&st)).expect("serializes");
         assert_eq!(v["uses_by_class_detector"][0]["class"], "static");
         assert_eq!(v["uses_by_class_detector"][0]["count"], 2);
         assert_eq!(v["file_reads_by_kind"]["ssh_private_key"], 1);

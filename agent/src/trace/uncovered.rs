@@ -43,6 +43,15 @@ pub enum Blindspot {
 }
 
 impl Blindspot {
+    /// The name it is reported under (as in JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blindspot::GoCryptoTls => "go_crypto_tls",
+            Blindspot::Rustls => "rustls",
+            Blindspot::JavaJsse => "java_jsse",
+        }
+    }
+
     pub fn reason(self) -> &'static str {
         match self {
             Self::GoCryptoTls => "Go links crypto/tls into the binary: no TLS library call to hook",

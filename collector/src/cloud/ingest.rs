@@ -143,6 +143,7 @@ pub fn ingest_path(
 #[allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 mod tests {
     use serde_json::json;
+    use sigil_proto::EventBody;
     use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
     use super::*;
@@ -157,21 +158,21 @@ mod tests {
 
     /// What an agent reported `days` ago: a process in a container using `key`.
     fn agent_saw(store: &SqliteStore, tag: &str, container: &str, key: &str, when: i64) {
-        let workload = json!({"kind": "kubernetes", "pod_uid": format!("pod-{tag}"), "container_id": container});
+        let workload = json!({"kind": "kubernetes_pod", "pod_uid": format!("pod-{tag}"), "container_id": container});
         let exec = json!({
-            "time": rfc3339(when), "exec_id": format!("exec-{tag}"), "process_id": format!("proc-{tag}"),
+            "kind": "process_exec", "time": rfc3339(when), "exec_id": format!("exec-{tag}"), "process_id": format!("proc-{tag}"),
             "pid": 4242, "ppid": 1, "binary": {"path": "/usr/bin/python3", "sha256": "ab"},
             "cgroup": {"path": format!("/kubepods/{container}")}, "workload": workload, "comm": "python3",
         });
         let using = json!({
-            "time": rfc3339(when), "process": {"exec_id": format!("exec-{tag}"), "workload": workload},
+            "kind": "credential_use", "time": rfc3339(when), "process": {"exec_id": format!("exec-{tag}"), "workload": workload},
             "destination": {"ip": "52.216.1.1", "port": 443, "host": "s3.amazonaws.com"},
             "detector": "aws_sigv4", "class": "static", "fingerprint": format!("fp-{tag}"),
             "identifiers": {"access_key_id": key},
         });
         let events = [
-            AgentEvent { id: format!("{tag}-1"), kind: "process_exec".into(), json: exec.to_string().into_bytes() },
-            AgentEvent { id: format!("{tag}-2"), kind: "credential_use".into(), json: using.to_string().into_bytes() },
+            AgentEvent { id: format!("{tag}-1"), body: EventBody::from_json(exec.to_string().as_bytes()).unwrap() },
+            AgentEvent { id: format!("{tag}-2"), body: EventBody::from_json(using.to_string().as_bytes()).unwrap() },
         ];
         let out = store.ingest_events("node-a", &events).unwrap();
         assert_eq!(out.stored, 2, "{out:?}");

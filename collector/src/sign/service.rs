@@ -8,13 +8,15 @@
 use std::{path::Path, sync::Arc};
 
 use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::json;
 use sigil_agent::issue::{
     jwt::{Audience, Claims},
     policy::{self, Policy, PolicyError, Selector},
     watched::{Refresh, Watched},
 };
-use sigil_proto::v1::{KeysRequest, KeysResponse, SignJwtRequest, SignJwtResponse, signer_server::Signer};
+use sigil_proto::{
+    EventBody,
+    v1::{self, KeysRequest, KeysResponse, SignJwtRequest, SignJwtResponse, signer_server::Signer},
+};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -49,6 +51,16 @@ impl Refusal {
             Refusal::NotAllowedOnNode => "not_allowed_on_node",
             Refusal::WrongNode => "node_mismatch",
             Refusal::BadRequest => "bad_request",
+        }
+    }
+
+    /// The contract's reason (`DENY_REASON_<name>`): the same name in the stored event.
+    fn contract(self) -> v1::DenyReason {
+        match self {
+            Refusal::NoEntry => v1::DenyReason::NoEntryForSpiffeId,
+            Refusal::NotAllowedOnNode => v1::DenyReason::NotAllowedOnNode,
+            Refusal::WrongNode => v1::DenyReason::NodeMismatch,
+            Refusal::BadRequest => v1::DenyReason::BadRequest,
         }
     }
 }
@@ -100,18 +112,20 @@ impl SignerService {
         warn!(node, spiffe_id = %req.spiffe_id, reason = reason.as_str(), "signer refused: {detail}");
         let mut id = [0u8; 16];
         let _ = self.rng.fill(&mut id);
-        let ev = json!({
-            "kind": "token_denied",
-            "source": "signer",
-            "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            "node": node,
-            "reason": reason.as_str(),
-            "detail": detail,
-            "requested_spiffe_id": req.spiffe_id,
-            "audience": req.audience,
-            "process": req.evidence.as_ref().map(|e| json!({"exec_id": e.exec_id})),
-        });
-        let event = AgentEvent { id: format!("signer-{}", hex::encode(id)), kind: "token_denied".into(), json: ev.to_string().into_bytes() };
+        let ev = v1::TokenDenied {
+            source: Some("signer".into()),
+            time: time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            node: node.to_owned(),
+            reason: reason.contract() as i32,
+            detail,
+            requested_spiffe_id: Some(req.spiffe_id.clone()),
+            audience: req.audience.clone(),
+            audience_count: req.audience.len() as u64,
+            process: req.evidence.as_ref().map(|e| v1::ProcessRef { exec_id: e.exec_id.clone(), ..Default::default() }),
+            peer_pid: 0,
+        };
+        let detail = ev.detail.clone();
+        let event = AgentEvent { id: format!("signer-{}", hex::encode(id)), body: EventBody::TokenDenied(ev) };
         if let Err(e) = crate::server::push(&self.shared, node.to_owned(), vec![event]).await {
             warn!("could not store the signer's refusal: {e}");
         }
@@ -180,7 +194,7 @@ impl Signer for SignerService {
     }
 
     async fn keys(&self, _req: Request<KeysRequest>) -> Result<Response<KeysResponse>, Status> {
-        let jwks = json!({ "keys": self.keys.jwks("jwt-svid") }).to_string().into_bytes();
+        let jwks = serde_json::json!({ "keys": self.keys.jwks("jwt-svid") }).to_string().into_bytes();
         Ok(Response::new(KeysResponse { issuer: self.issuer.clone(), jwks }))
     }
 }

@@ -21,12 +21,11 @@ pub enum StoreError {
     BadArgument(String),
 }
 
-/// One agent event to store.
+/// One agent event to store: its id (unique per node) and its typed contract body.
 #[derive(Debug, Clone)]
 pub struct AgentEvent {
     pub id: String,
-    pub kind: String,
-    pub json: Vec<u8>,
+    pub body: sigil_proto::EventBody,
 }
 
 /// What happened to a batch. Counts add up to the batch size.
@@ -36,6 +35,21 @@ pub struct IngestOutcome {
     pub duplicates: u32,
     pub rejected: u32,
     pub errors: Vec<String>,
+}
+
+impl IngestOutcome {
+    pub fn reject(&mut self, why: String) {
+        self.rejected += 1;
+        self.errors.push(why);
+    }
+
+    /// Adds the counts of a later stage of the same batch.
+    pub fn merge(&mut self, other: IngestOutcome) {
+        self.stored += other.stored;
+        self.duplicates += other.duplicates;
+        self.rejected += other.rejected;
+        self.errors.extend(other.errors);
+    }
 }
 
 /// The questions incident responders ask.

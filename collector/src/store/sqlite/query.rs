@@ -1,7 +1,9 @@
 //! Answers to the questions incident responders ask, as JSON documents (the HTTP API,
-//! the gRPC Query service and the `sigil` CLI all return these).
+//! the gRPC Query service and the `sigil` CLI all return these), from the SQLite layout:
+//! the `*_v` views give rows their old shape with strings resolved; filters go through
+//! the interned ids so every lookup is an index probe.
 
-use rusqlite::{Connection, ToSql, params, types::ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, params, types::ValueRef};
 use serde_json::{Map, Value, json};
 
 use crate::store::{Query, StoreError};
@@ -22,7 +24,7 @@ fn rows(conn: &Connection, sql: &str, args: &[&dyn ToSql]) -> Result<Vec<Value>,
                 ValueRef::Text(t) => {
                     let s = String::from_utf8_lossy(t);
                     // Columns holding JSON documents come back as JSON.
-                    if name == "json" || name == "raw" { serde_json::from_str(&s).unwrap_or(Value::String(s.into_owned())) } else { Value::String(s.into_owned()) }
+                    if name == "json" || name == "raw" || name == "ancestry" { serde_json::from_str(&s).unwrap_or(Value::String(s.into_owned())) } else { Value::String(s.into_owned()) }
                 }
                 ValueRef::Blob(b) => Value::String(String::from_utf8_lossy(b).into_owned()),
             };
@@ -48,30 +50,30 @@ pub fn answer(conn: &Connection, q: &Query) -> Result<Value, StoreError> {
     }
 }
 
+/// The number of a run id (`WHERE rid = RID` takes the run id as ?1).
+const RID: &str = "(SELECT rid FROM runs WHERE run_id = ?1)";
+
+/// The id of an interned string; -1 (no row) when it was never stored.
+fn sid(conn: &Connection, s: &str) -> Result<i64, StoreError> {
+    Ok(conn.prepare_cached("SELECT id FROM strings WHERE s = ?1")?.query_row([s], |r| r.get(0)).optional()?.unwrap_or(-1))
+}
+
+/// The columns of a run, as the answers show it.
+const RUN: &str = "SELECT run_id, node, kind, pod_uid, container_id, unit, cgroup_path, started, last_seen, ended FROM runs WHERE run_id = ?1";
+
 /// The processes of a run, oldest first, with their ancestry.
 fn processes(conn: &Connection, run_id: &str) -> Result<Vec<Value>, StoreError> {
-    let procs = rows(
+    rows(
         conn,
-        "SELECT exec_id, pid, ppid, time, start_time, exit_time, binary_path, sha256, comm, json FROM processes WHERE run_id = ?1 ORDER BY time, exec_id",
+        &format!("SELECT exec_id, pid, ppid, time, start_time, exit_time, binary_path, sha256, comm, ancestry FROM processes_v WHERE rid = {RID} ORDER BY time, exec_id"),
         &[&run_id],
-    )?;
-    Ok(procs
-        .into_iter()
-        .map(|mut p| {
-            let ancestry = p["json"]["ancestry"].clone();
-            if let Some(o) = p.as_object_mut() {
-                o.remove("json");
-                o.insert("ancestry".into(), ancestry);
-            }
-            p
-        })
-        .collect())
+    )
 }
 
 /// How the credential behind a link was obtained.
 fn obtained(conn: &Connection, link: &Value, credential: &Value) -> Result<Value, StoreError> {
     if let Some(jti) = link["jti"].as_str() {
-        let issuance = one(conn, "SELECT jti, spiffe_id, audience, issued_at, expires_at, ttl, exec_id, run_id FROM token_issuances WHERE jti = ?1", &[&jti])?;
+        let issuance = one(conn, "SELECT jti, spiffe_id, audience, issued_at, expires_at, ttl, exec_id, run_id FROM token_issuances_v WHERE jti = ?1", &[&jti])?;
         let via = if link["reason"] == "temporary_key_from_attributed_assume_role" {
             "temporary AWS credentials from AssumeRoleWithWebIdentity with a Sigil-issued token"
         } else {
@@ -80,7 +82,7 @@ fn obtained(conn: &Connection, link: &Value, credential: &Value) -> Result<Value
         return Ok(json!({"how": via, "token": issuance}));
     }
     let run_id = link["run_id"].as_str().unwrap_or("");
-    let files = rows(conn, "SELECT time, path, file_kind, exec_id FROM credential_file_reads WHERE run_id = ?1 ORDER BY time", &[&run_id])?;
+    let files = rows(conn, &format!("SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = {RID} ORDER BY time"), &[&run_id])?;
     let how = match credential["class"].as_str() {
         Some("static") if !files.is_empty() => "a long-lived credential; the run read credential files",
         Some("static") => "a long-lived credential from the environment, image or config (no credential file read seen)",
@@ -98,9 +100,9 @@ fn trace(conn: &Connection, id: &str) -> Result<Value, StoreError> {
     let mut attribution = Vec::new();
     for link in &links {
         let run_id = link["run_id"].as_str().unwrap_or("");
-        let run = one(conn, "SELECT * FROM runs WHERE run_id = ?1", &[&run_id])?;
-        let credential = match link["credential_use_id"].as_str() {
-            Some(u) => one(conn, "SELECT event_id, time, detector, class, lifetime, fingerprint, access_key_id, jwt_iss, jwt_sub, dest_ip, dest_port, host, method, path, exec_id FROM credential_uses WHERE event_id = ?1", &[&u])?,
+        let run = one(conn, RUN, &[&run_id])?;
+        let credential = match link["credential_use_id"].as_i64() {
+            Some(u) => one(conn, "SELECT event_id, time, detector, class, lifetime, fingerprint, access_key_id, jwt_iss, jwt_sub, dest_ip, dest_port, host, method, path, exec_id FROM credential_uses_v WHERE row = ?1", &[&u])?,
             None => None,
         }
         .unwrap_or(Value::Null);
@@ -118,15 +120,16 @@ fn trace(conn: &Connection, id: &str) -> Result<Value, StoreError> {
 }
 
 fn who_used(conn: &Connection, x: &str) -> Result<Value, StoreError> {
+    let id = sid(conn, x)?;
     let uses = rows(
         conn,
         "SELECT run_id, count(*) AS uses, min(time) AS first_seen, max(time) AS last_seen, detector, class, fingerprint, access_key_id,
                 group_concat(DISTINCT coalesce(host, dest_ip)) AS destinations, group_concat(DISTINCT exec_id) AS exec_ids
-         FROM credential_uses WHERE access_key_id = ?1 OR fingerprint = ?1 OR jwt_jti = ?1
+         FROM credential_uses_v WHERE access_key_sid = ?1 OR fingerprint_sid = ?1 OR jwt_jti_sid = ?1
          GROUP BY run_id, fingerprint ORDER BY first_seen",
-        &[&x],
+        &[&id],
     )?;
-    let issuance = one(conn, "SELECT jti, spiffe_id, audience, issued_at, expires_at, exec_id, run_id FROM token_issuances WHERE jti = ?1", &[&x])?;
+    let issuance = one(conn, "SELECT jti, spiffe_id, audience, issued_at, expires_at, exec_id, run_id FROM token_issuances_v WHERE jti = ?1", &[&x])?;
     let actions = rows(
         conn,
         "SELECT a.id, a.time, a.action, a.service, a.principal, l.run_id, l.reason, l.confidence
@@ -138,22 +141,22 @@ fn who_used(conn: &Connection, x: &str) -> Result<Value, StoreError> {
 }
 
 fn run(conn: &Connection, id: &str) -> Result<Value, StoreError> {
-    let run = one(conn, "SELECT * FROM runs WHERE run_id = ?1", &[&id])?.ok_or_else(|| StoreError::NotFound(format!("no run {id}")))?;
+    let run = one(conn, RUN, &[&id])?.ok_or_else(|| StoreError::NotFound(format!("no run {id}")))?;
     let mut timeline = Vec::new();
-    for p in rows(conn, "SELECT time, exec_id, pid, binary_path, sha256, exit_time FROM processes WHERE run_id = ?1", &[&id])? {
+    for p in rows(conn, &format!("SELECT time, exec_id, pid, binary_path, sha256, exit_time FROM processes_v WHERE rid = {RID}"), &[&id])? {
         timeline.push(json!({"time": p["time"], "what": "exec", "detail": p}));
         if p["exit_time"].is_i64() {
             timeline.push(json!({"time": p["exit_time"], "what": "exit", "detail": {"exec_id": p["exec_id"], "pid": p["pid"]}}));
         }
     }
     for (what, sql) in [
-        ("token_issued", "SELECT time, jti, spiffe_id, audience, ttl, exec_id FROM token_issuances WHERE run_id = ?1"),
-        ("token_denied", "SELECT time, reason, detail, spiffe_id, exec_id FROM token_denials WHERE run_id = ?1"),
-        ("credential_use", "SELECT time, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, coalesce(host, dest_ip) AS destination, dest_port, method, path, exec_id FROM credential_uses WHERE run_id = ?1"),
-        ("credential_file_read", "SELECT time, path, file_kind, exec_id FROM credential_file_reads WHERE run_id = ?1"),
-        ("cloud_action", "SELECT a.time, a.id, a.action, a.service, a.principal, l.reason, l.confidence FROM links l JOIN cloud_actions a ON a.id = l.cloud_action_id WHERE l.run_id = ?1"),
+        ("token_issued", format!("SELECT time, jti, spiffe_id, audience, ttl, exec_id FROM token_issuances_v WHERE rid = {RID}")),
+        ("token_denied", format!("SELECT time, reason, detail, spiffe_id, exec_id FROM token_denials_v WHERE rid = {RID}")),
+        ("credential_use", format!("SELECT time, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, coalesce(host, dest_ip) AS destination, dest_port, method, path, exec_id FROM credential_uses_v WHERE rid = {RID}")),
+        ("credential_file_read", format!("SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = {RID}")),
+        ("cloud_action", "SELECT a.time, a.id, a.action, a.service, a.principal, l.reason, l.confidence FROM links l JOIN cloud_actions a ON a.id = l.cloud_action_id WHERE l.run_id = ?1".to_owned()),
     ] {
-        for r in rows(conn, sql, &[&id])? {
+        for r in rows(conn, &sql, &[&id])? {
             timeline.push(json!({"time": r["time"], "what": what, "detail": r}));
         }
     }
@@ -167,8 +170,8 @@ fn static_credentials(conn: &Connection) -> Result<Value, StoreError> {
         "SELECT fingerprint, max(access_key_id) AS access_key_id, detector, max(token_family) AS token_family,
                 count(DISTINCT run_id) AS runs, count(*) AS uses, min(time) AS first_seen, max(time) AS last_seen,
                 group_concat(DISTINCT run_id) AS run_ids
-         FROM credential_uses WHERE class = 'static' GROUP BY fingerprint ORDER BY runs DESC, uses DESC",
-        &[],
+         FROM credential_uses_v WHERE class_sid = ?1 GROUP BY fingerprint ORDER BY runs DESC, uses DESC",
+        &[&sid(conn, "static")?],
     )?;
     Ok(json!({"static_credentials": creds}))
 }
@@ -188,11 +191,11 @@ fn scalar(conn: &Connection, sql: &str) -> Result<Value, StoreError> {
 }
 
 fn posture(conn: &Connection) -> Result<Value, StoreError> {
-    let runs_with = scalar(conn, "SELECT count(DISTINCT run_id) FROM credential_uses WHERE run_id IS NOT NULL")?;
+    let runs_with = scalar(conn, "SELECT count(DISTINCT rid) FROM credential_uses WHERE rid IS NOT NULL")?;
     let short_only = scalar(
         conn,
-        "SELECT count(*) FROM (SELECT run_id FROM credential_uses WHERE run_id IS NOT NULL GROUP BY run_id
-           HAVING sum(CASE WHEN class IN ('short_lived', 'sigil_issued') THEN 0 ELSE 1 END) = 0)",
+        "SELECT count(*) FROM (SELECT u.rid FROM credential_uses u JOIN strings c ON c.id = u.class WHERE u.rid IS NOT NULL GROUP BY u.rid
+           HAVING sum(CASE WHEN c.s IN ('short_lived', 'sigil_issued') THEN 0 ELSE 1 END) = 0)",
     )?;
     let share = match (short_only.as_f64(), runs_with.as_f64()) {
         (Some(s), Some(t)) if t > 0.0 => json!((s / t * 1000.0).round() / 1000.0),
@@ -200,9 +203,9 @@ fn posture(conn: &Connection) -> Result<Value, StoreError> {
     };
     let long_lived = rows(
         conn,
-        "SELECT fingerprint, max(access_key_id) AS access_key_id, count(DISTINCT run_id) AS runs FROM credential_uses
-         WHERE class = 'static' GROUP BY fingerprint ORDER BY runs DESC",
-        &[],
+        "SELECT fingerprint, max(access_key_id) AS access_key_id, count(DISTINCT run_id) AS runs FROM credential_uses_v
+         WHERE class_sid = ?1 GROUP BY fingerprint ORDER BY runs DESC",
+        &[&sid(conn, "static")?],
     )?;
     let denials = rows(conn, "SELECT reason, count(*) AS count FROM token_denials GROUP BY reason ORDER BY count DESC", &[])?;
     // Median seconds from a cloud action reaching the collector to its first link.
@@ -242,10 +245,22 @@ pub fn metrics_snapshot(conn: &Connection, now: i64) -> Result<Value, StoreError
         Ok(Value::Object(m))
     };
     Ok(json!({
-        "events_by_kind": pairs("SELECT kind AS k, count(*) AS n FROM events GROUP BY kind")?,
+        "events_by_kind": events_by_kind(conn)?,
         "cloud_actions_by_provider": pairs("SELECT provider AS k, count(*) AS n FROM cloud_actions GROUP BY provider")?,
         "links_by_reason": pairs("SELECT reason AS k, count(*) AS n FROM links GROUP BY reason")?,
         "agents": scalar(conn, &format!("SELECT count(*) FROM nodes WHERE last_seen >= {}", now - 300))?,
         "posture": posture(conn)?,
     }))
+}
+
+/// Stored events by kind name, from the counts kept per batch.
+fn events_by_kind(conn: &Connection) -> Result<Value, StoreError> {
+    let mut m = Map::new();
+    let mut st = conn.prepare_cached("SELECT kind, n FROM event_counts")?;
+    for r in st.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?)))? {
+        let (kind, n) = r?;
+        let name = sigil_proto::KINDS.iter().find(|(id, _)| *id == kind).map_or_else(|| format!("kind_{kind}"), |(_, n)| (*n).to_owned());
+        m.insert(name, json!(n));
+    }
+    Ok(Value::Object(m))
 }

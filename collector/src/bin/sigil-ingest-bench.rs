@@ -1,0 +1,304 @@
+//! `sigil-ingest-bench`: the load side of `cargo xtask bench`'s ingest benchmark.
+//!
+//! Generates real-shaped agent events (1k pods, 2k credentials; 3 process_exec to 1
+//! credential_use), pushes them to a running collector over gRPC in batches from this
+//! separate process, then writes the same rows into a fresh SQLite file with plain
+//! batched inserts (the baseline), and prints one JSON document with both rates and the
+//! bytes per event of each database.
+#![forbid(unsafe_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use rusqlite::{Connection, params};
+use serde_json::json;
+use sigil_proto::{
+    CONTRACT_VERSION, EventBody,
+    v1::{self, Event, PushRequest, ingest_client::IngestClient},
+};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+#[derive(Parser)]
+#[command(about = "Pushes real-shaped agent events to a collector and times a raw SQLite insert of the same rows")]
+struct Args {
+    /// The collector's gRPC endpoint.
+    #[arg(long)]
+    grpc: String,
+    /// The collector's database file (read, after the pushes, for its size).
+    #[arg(long)]
+    db: PathBuf,
+    /// Where the baseline database is written.
+    #[arg(long)]
+    raw_db: PathBuf,
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Agents pushing at once (each its own node and connection).
+    #[arg(long, default_value_t = 2)]
+    agents: usize,
+}
+
+const PODS: u64 = 1000;
+const CREDENTIALS: u64 = 2000;
+const BINARIES: [&str; 8] = ["/usr/local/bin/app", "/bin/sh", "/usr/bin/python3", "/usr/bin/curl", "/usr/bin/aws", "/usr/bin/git", "/usr/bin/env", "/bin/sleep"];
+
+/// A small deterministic generator (the figures must not depend on a seed from the clock).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
+}
+
+fn hex64(seed: u64) -> String {
+    format!("{:016x}{:016x}{:016x}{:016x}", seed, seed.rotate_left(17) ^ 0x9e37, seed.rotate_left(31) ^ 0x7f4a, seed.rotate_left(47) ^ 0x1234)
+}
+
+struct Pod {
+    uid: String,
+    container: String,
+    cgroup: String,
+    ancestry: Vec<v1::Ancestor>,
+}
+
+fn pod(i: u64, boot: &str) -> Pod {
+    let uid = format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i, i % 0xffff, i % 0xfff, (i * 7) % 0xfff, i * 31);
+    let container = hex64(i ^ 0xc0ffee);
+    let cgroup = format!(
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope",
+        uid.replace('-', "_")
+    );
+    let ancestry = vec![
+        v1::Ancestor { pid: 1000 + i as u32, exec_id: format!("{boot}:{}:100:1000", 1000 + i), comm: "sh".into(), binary_path: Some("/bin/sh".into()) },
+        v1::Ancestor { pid: 900, exec_id: format!("{boot}:900:50:500"), comm: "containerd-shim".into(), binary_path: Some("/usr/bin/containerd-shim-runc-v2".into()) },
+    ];
+    Pod { uid, container, cgroup, ancestry }
+}
+
+/// The fleet's events, in push order: every fourth a credential use by a process of the
+/// pod exec'd just before.
+fn generate(n: usize, node: &str, stream: &str) -> Vec<Event> {
+    let boot = format!("{:08x}-0000-4000-8000-{:012x}", node.len() as u64 * 7919, stream.len() as u64);
+    let pods: Vec<Pod> = (0..PODS).map(|i| pod(i, &boot)).collect();
+    let mut rng = Lcg(0x5eed ^ node.len() as u64);
+    let t0 = 1_767_225_600; // 2026-01-01
+    let mut last_exec: Vec<Option<v1::ProcessRef>> = vec![None; PODS as usize];
+    (0..n)
+        .map(|seq| {
+            let p = rng.next(PODS) as usize;
+            let pod = &pods[p];
+            let time = t0 + (seq / 50) as i64;
+            let workload = v1::Workload {
+                kind: v1::WorkloadKind::KubernetesPod as i32,
+                pod_uid: Some(pod.uid.clone()),
+                qos_class: Some(v1::QosClass::Burstable as i32),
+                container_id: Some(pod.container.clone()),
+                runtime: Some(v1::ContainerRuntime::Containerd as i32),
+                unit: None,
+                ..Default::default()
+            };
+            let body = match (seq % 4 == 3, last_exec[p].clone()) {
+                (true, Some(process)) => {
+                    let c = rng.next(CREDENTIALS);
+                    let static_key = c.is_multiple_of(3);
+                    EventBody::CredentialUse(v1::CredentialUse {
+                        time: rfc3339(time),
+                        node: node.into(),
+                        pid: process.pid,
+                        process: Some(process),
+                        destination: Some(v1::Destination { ip: Some(format!("52.216.{}.{}", c % 200, c % 250)), port: Some(443), host: Some("s3.us-east-1.amazonaws.com".into()) }),
+                        transport: "tls".into(),
+                        tls_library: Some("openssl".into()),
+                        protocol: v1::Protocol::Http1 as i32,
+                        method: if c.is_multiple_of(5) { "PUT" } else { "GET" }.into(),
+                        path: format!("/reports/{}/object-{}", c % 40, rng.next(200)),
+                        detector: v1::Detector::AwsSigv4 as i32,
+                        class: if static_key { v1::CredentialClass::Static } else { v1::CredentialClass::ShortLived } as i32,
+                        lifetime_seconds: (!static_key).then_some(3600),
+                        remaining_seconds: (!static_key).then_some(1800),
+                        fingerprint: format!("hmac-sha256:{}", hex64(c)),
+                        identifiers: Some(v1::Identifiers {
+                            access_key_id: Some(format!("{}{:016}", if static_key { "AKIA" } else { "ASIA" }, c)),
+                            aws_region: Some("us-east-1".into()),
+                            aws_service: Some("s3".into()),
+                            header: Some("authorization".into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                }
+                _ => {
+                    let pid = 10_000 + seq as u32;
+                    let bin = BINARIES[rng.next(BINARIES.len() as u64) as usize];
+                    let process_id = format!("{boot}:{pid}:{}", 5000 + seq);
+                    let exec_id = format!("{process_id}:{}", 1_000_000_000 + seq as u64 * 1000);
+                    let exec = v1::ProcessExec {
+                        source: v1::Source::Ebpf as i32,
+                        exec_id: exec_id.clone(),
+                        process_id: process_id.clone(),
+                        node: node.into(),
+                        time: rfc3339(time),
+                        pid,
+                        ppid: 1000 + p as u32,
+                        start_time: rfc3339(time),
+                        start_ticks: 5000 + seq as u64,
+                        uid: 1000,
+                        gid: 1000,
+                        comm: bin.rsplit('/').next().unwrap_or(bin).into(),
+                        binary: Some(v1::Binary {
+                            path: Some(bin.into()),
+                            exec_path: Some(bin.into()),
+                            sha256: Some(hex64(bin.len() as u64 * 131 + p as u64 % 3)),
+                            size: Some(1_000_000),
+                            inode: Some(4242),
+                            hash_cache: Some("hit".into()),
+                            hashed_from: Some("exe".into()),
+                            replaced_after_exec: false,
+                            error: None,
+                            ..Default::default()
+                        }),
+                        cgroup: Some(v1::CgroupInfo { id: 50_000 + p as u64, path: Some(pod.cgroup.clone()) }),
+                        workload: Some(workload.clone()),
+                        ancestry: pod.ancestry.clone(),
+                        ..Default::default()
+                    };
+                    last_exec[p] = Some(v1::ProcessRef {
+                        exec_id,
+                        process_id,
+                        pid,
+                        binary_path: Some(bin.into()),
+                        binary_sha256: exec.binary.as_ref().and_then(|b| b.sha256.clone()),
+                        cgroup_path: Some(pod.cgroup.clone()),
+                        workload: Some(workload),
+                        ..Default::default()
+                    });
+                    EventBody::ProcessExec(exec)
+                }
+            };
+            Event { id: format!("{stream}-{seq}"), kind: body.kind().into(), body: Some(body), ..Default::default() }
+        })
+        .collect()
+}
+
+/// Pushes each agent's batches in order, agents concurrently; returns seconds taken.
+async fn push_all(url: &str, fleets: Vec<(String, Vec<Event>)>, batch: usize) -> Result<f64> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await.context("connecting to the collector")?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (node, events) in fleets {
+        let mut client = IngestClient::new(channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        tasks.push(tokio::spawn(async move {
+            let mut stored = 0u64;
+            for chunk in events.chunks(batch) {
+                let r = client.push(PushRequest { node: node.clone(), events: chunk.to_vec(), contract_version: CONTRACT_VERSION }).await?.into_inner();
+                if r.rejected > 0 {
+                    bail!("collector rejected {} events: {:?}", r.rejected, r.errors);
+                }
+                stored += u64::from(r.stored);
+            }
+            anyhow::Ok(stored)
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Bytes the database's live pages take (WAL frames included), read through SQLite.
+fn db_bytes(path: &Path) -> Result<u64> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let (pages, free, size): (i64, i64, i64) =
+        conn.query_row("SELECT * FROM pragma_page_count, pragma_freelist_count, pragma_page_size", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(u64::try_from((pages - free) * size).unwrap_or(0))
+}
+
+/// The baseline: the same rows, strings inline, into two plain tables keyed by event id,
+/// one transaction per batch, with the collector's durability settings.
+fn raw_insert(path: &Path, fleets: &[(String, Vec<Event>)], batch: usize) -> Result<f64> {
+    let _ = std::fs::remove_file(path);
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE raw_exec (node TEXT, event_id TEXT, exec_id TEXT, process_id TEXT, run_id TEXT, pid INTEGER, ppid INTEGER, time TEXT,
+            start_time TEXT, binary_path TEXT, sha256 TEXT, cgroup_path TEXT, comm TEXT, ancestry TEXT, PRIMARY KEY (node, event_id));
+         CREATE TABLE raw_use (node TEXT, event_id TEXT, time TEXT, exec_id TEXT, run_id TEXT, dest_ip TEXT, dest_port INTEGER, host TEXT,
+            method TEXT, path TEXT, detector INTEGER, class INTEGER, lifetime INTEGER, fingerprint TEXT, access_key_id TEXT, PRIMARY KEY (node, event_id));",
+    )?;
+    let start = Instant::now();
+    for (node, events) in fleets {
+        for chunk in events.chunks(batch) {
+            let tx = conn.transaction()?;
+            for e in chunk {
+                match &e.body {
+                    Some(EventBody::ProcessExec(v)) => {
+                        let w = v.workload.clone().unwrap_or_default();
+                        let b = v.binary.clone().unwrap_or_default();
+                        tx.prepare_cached("INSERT INTO raw_exec VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")?.execute(params![
+                            node, e.id, v.exec_id, v.process_id, w.container_id, v.pid, v.ppid, v.time, v.start_time, b.path, b.sha256,
+                            v.cgroup.as_ref().and_then(|c| c.path.clone()), v.comm, serde_json::to_string(&v.ancestry)?
+                        ])?;
+                    }
+                    Some(EventBody::CredentialUse(v)) => {
+                        let p = v.process.clone().unwrap_or_default();
+                        let d = v.destination.clone().unwrap_or_default();
+                        tx.prepare_cached("INSERT INTO raw_use VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)")?.execute(params![
+                            node, e.id, v.time, p.exec_id, p.workload.and_then(|w| w.container_id), d.ip, d.port, d.host, v.method, v.path,
+                            v.detector, v.class, v.lifetime_seconds, v.fingerprint, v.identifiers.as_ref().and_then(|i| i.access_key_id.clone())
+                        ])?;
+                    }
+                    _ => {}
+                }
+            }
+            tx.commit()?;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = Args::parse();
+    let per_agent = a.events / a.agents.max(1);
+    let fleets: Vec<(String, Vec<Event>)> = (0..a.agents.max(1))
+        .map(|i| {
+            let node = format!("bench-node-{i}");
+            let stream = format!("{:032x}", 0xb0a7_u128 + i as u128);
+            let events = generate(per_agent, &node, &stream);
+            (node, events)
+        })
+        .collect();
+    let total = per_agent * a.agents.max(1);
+    let grpc_seconds = push_all(&a.grpc, fleets.clone(), a.batch).await?;
+    let grpc_bytes = db_bytes(&a.db)?;
+    let raw_seconds = raw_insert(&a.raw_db, &fleets, a.batch)?;
+    let raw_bytes = db_bytes(&a.raw_db)?;
+    let (grpc_rate, raw_rate) = (total as f64 / grpc_seconds, total as f64 / raw_seconds);
+    println!(
+        "{}",
+        json!({
+            "events": total,
+            "batch": a.batch,
+            "agents": a.agents,
+            "mix": "3 process_exec : 1 credential_use",
+            "grpc_events_per_second": grpc_rate.round(),
+            "raw_insert_rows_per_second": raw_rate.round(),
+            "ratio_to_raw": (grpc_rate / raw_rate * 1000.0).round() / 1000.0,
+            "bytes_per_event": grpc_bytes / total as u64,
+            "raw_bytes_per_event": raw_bytes / total as u64,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The embedded store: one SQLite file in WAL mode, one transaction per batch.
+//!
+//! Layout (schema.sql): one copy of each fact, strings interned, every agent row keyed by
+//! its node. [`project`] writes agent batches, [`lookups`] answers the correlation rules,
+//! [`query`] the responders' questions.
+
+mod ids;
+mod lookups;
+mod project;
+mod query;
+
+use std::{
+    path::Path,
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::Value;
+use sigil_proto::v1;
+
+use super::{AgentEvent, IngestOutcome, Query, Store, StoreError};
+use crate::{cloud::CloudAction, correlate};
+
+const SCHEMA: &str = include_str!("schema.sql");
+const SCHEMA_VERSION: &str = "2";
+
+pub struct SqliteStore {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    conn: Connection,
+    caches: ids::Caches,
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The workload run a process belongs to: its container when it has one, else its pod,
+/// systemd unit, or plain cgroup, scoped by node where the name is only node-unique.
+pub fn run_id(node: &str, workload: Option<&v1::Workload>, cgroup_path: Option<&str>) -> String {
+    let w = workload.cloned().unwrap_or_default();
+    match (w.kind(), w.container_id, w.pod_uid, w.unit) {
+        (_, Some(c), _, _) => format!("container:{c}"),
+        (_, None, Some(p), _) => format!("pod:{p}"),
+        (v1::WorkloadKind::SystemdUnit, _, _, Some(u)) => format!("unit:{node}:{u}"),
+        _ => format!("cgroup:{node}:{}", cgroup_path.unwrap_or("/")),
+    }
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::BadArgument(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // WAL + NORMAL: a committed batch survives a process crash; an OS crash may lose the
+        // last batches, which agents then resend (they keep events until acknowledged).
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -65_536)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement of a batch stays prepared (the default cache of 16 is smaller
+        // than one batch's set, and re-preparing would cost every batch).
+        conn.set_prepared_statement_cache_capacity(128);
+        let has_meta: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'meta'", [], |r| r.get(0))?;
+        if has_meta {
+            let v: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
+            if let Some(v) = v.filter(|v| v != SCHEMA_VERSION) {
+                return Err(StoreError::BadArgument(format!(
+                    "{} has schema version {v}; this collector writes version {SCHEMA_VERSION} (interned, node-keyed rows): start with a new database file",
+                    path.display()
+                )));
+            }
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])?;
+        Ok(Self { inner: Mutex::new(Inner { conn, caches: ids::Caches::default() }) })
+    }
+
+    /// Runs `f` in one transaction; on failure nothing of it stays, in the file or the caches.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>, &mut ids::Caches) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        let Inner { conn, caches } = &mut *guard;
+        let tx = conn.transaction()?;
+        match f(&tx, caches).and_then(|v| tx.commit().map(|()| v).map_err(StoreError::from)) {
+            Ok(v) => {
+                caches.committed();
+                Ok(v)
+            }
+            Err(e) => {
+                caches.rolled_back();
+                Err(e)
+            }
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&guard.conn)
+    }
+}
+
+impl Store for SqliteStore {
+    fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError> {
+        let received = now_unix();
+        self.write(|tx, caches| project::ingest(tx, caches, node, events, received))
+    }
+
+    fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError> {
+        let ingested = now_unix();
+        self.write(|tx, _| {
+            let mut out = IngestOutcome::default();
+            // One prepared statement for the whole batch: re-preparing per row cost more
+            // than the insert itself.
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO cloud_actions (id, provider, time, ingested, action, service, region, principal, principal_type,
+                    access_key_id, source_ip, user_agent, error_code, issued_access_key_id, role_session_name, web_identity_subject, delegation, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            )?;
+            let mut queue = tx.prepare_cached("INSERT OR IGNORE INTO correlate_queue (what, value) VALUES ('action', ?1)")?;
+            for a in actions {
+                let assumed = a.assumed.as_ref();
+                let n = insert.execute(params![
+                    a.id, a.provider.as_str(), a.time_unix, ingested,
+                    a.action, a.service, a.region, a.principal, a.principal_type, a.access_key_id, a.source_ip, a.user_agent,
+                    a.error_code, assumed.and_then(|r| r.issued_access_key_id.as_deref()), assumed.and_then(|r| r.role_session_name.as_deref()),
+                    assumed.and_then(|r| r.web_identity_subject.as_deref()), serde_json::to_string(&a.delegation).unwrap_or_default(),
+                    a.raw.to_string()
+                ])?;
+                if n == 0 {
+                    out.duplicates += 1
+                } else {
+                    out.stored += 1;
+                    queue.execute([&a.id])?;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn correlate(&self) -> Result<Vec<correlate::NewLink>, StoreError> {
+        self.write(|tx, _| correlate::run(&mut lookups::SqliteLookups::new(tx), now_unix()))
+    }
+
+    fn query(&self, q: &Query) -> Result<Value, StoreError> {
+        self.read(|conn| query::answer(conn, q))
+    }
+
+    fn metrics(&self) -> Result<Value, StoreError> {
+        self.read(|conn| query::metrics_snapshot(conn, now_unix()))
+    }
+
+    fn retain(&self, before: i64) -> Result<usize, StoreError> {
+        self.write(|tx, caches| {
+            // Runs may be deleted below: their numbers must be looked up again.
+            caches.runs = ids::IdCache::default();
+            let mut n = 0;
+            let gone: Vec<(i64, i64)> = tx
+                .prepare("SELECT kind, count(*) FROM events WHERE time < ?1 GROUP BY kind")?
+                .query_map([before], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (kind, count) in gone {
+                tx.execute("UPDATE event_counts SET n = max(n - ?2, 0) WHERE kind = ?1", params![kind, count])?;
+            }
+            // Imported audit logs are evidence a responder brought in, often months old:
+            // they age by when they were ingested, not by when the calls happened. What
+            // they are attributed to (runs, processes, credentials, tokens) is kept while
+            // they are, so a trace still answers.
+            n += tx.execute("DELETE FROM cloud_actions WHERE ingested < ?1", params![before])?;
+            n += tx.execute("DELETE FROM links WHERE cloud_action_id NOT IN (SELECT id FROM cloud_actions)", [])?;
+            let linked = "SELECT r.rid FROM runs r JOIN links l ON l.run_id = r.run_id";
+            for table in ["processes", "token_issuances", "token_denials", "credential_uses", "credential_file_reads"] {
+                n += tx.execute(&format!("DELETE FROM {table} WHERE time < ?1 AND (rid IS NULL OR rid NOT IN ({linked}))"), params![before])?;
+            }
+            n += tx.execute("DELETE FROM events WHERE time < ?1", params![before])?;
+            n += tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?;
+            Ok(n)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+-- Sigil collector schema, version 2 (SQLite).
+--
+-- One copy of each fact: repeated strings (paths, digests, exec ids, fingerprints, event
+-- streams) live once in `strings` and rows refer to them by id; runs are numbered. Every
+-- agent row is keyed by the node that sent it (the authenticated node), so no node can
+-- shadow another's rows: events are unique on (node, event id), processes on (node, exec
+-- id), issuances on (node, jti). Re-ingesting anything is a no-op.
+
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS strings (id INTEGER PRIMARY KEY, s TEXT NOT NULL UNIQUE);
+
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id INTEGER PRIMARY KEY, node TEXT NOT NULL UNIQUE,
+    first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, last_stats TEXT);
+
+-- The high-volume tables (events, processes, credential_uses) have no index on time:
+-- each index costs every insert, and retention is a periodic scan.
+
+-- Every agent event once per node. The agent's id `<stream>-<seq>` is split so the
+-- stream is interned; `kind` is the contract's kind id; `ref` is the rowid of the row the
+-- event projected into (processes, credential_uses, ...), if any.
+CREATE TABLE IF NOT EXISTS events (
+    node_id INTEGER NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL, time INTEGER NOT NULL, received INTEGER NOT NULL, ref INTEGER,
+    PRIMARY KEY (node_id, stream, seq)) WITHOUT ROWID;
+
+-- Counts by kind, maintained per batch (metrics read these instead of scanning).
+CREATE TABLE IF NOT EXISTS event_counts (kind INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+
+-- A workload run: one container instance, pod, systemd unit or plain cgroup on a node.
+-- `live`: processes seen exec'ing and not yet exiting (the run ends when it drops to 0).
+CREATE TABLE IF NOT EXISTS runs (
+    rid INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE, node TEXT NOT NULL, kind TEXT NOT NULL,
+    pod_uid TEXT, container_id TEXT, unit TEXT, cgroup_path TEXT,
+    started INTEGER NOT NULL, last_seen INTEGER NOT NULL, ended INTEGER, live INTEGER NOT NULL DEFAULT 0);
+
+-- String columns hold `strings.id`.
+CREATE TABLE IF NOT EXISTS processes (
+    node_id INTEGER NOT NULL, exec_id TEXT NOT NULL, process_id TEXT NOT NULL, rid INTEGER NOT NULL,
+    pid INTEGER NOT NULL, ppid INTEGER NOT NULL, time INTEGER NOT NULL, start_time TEXT,
+    binary_path INTEGER, sha256 INTEGER, cgroup_path INTEGER, comm INTEGER, ancestry INTEGER, exit_time INTEGER,
+    UNIQUE (node_id, exec_id));
+CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time);
+
+CREATE TABLE IF NOT EXISTS token_issuances (
+    node_id INTEGER NOT NULL, jti TEXT NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL,
+    spiffe_id TEXT NOT NULL, audience TEXT NOT NULL, issuer INTEGER, issued_at INTEGER, expires_at INTEGER,
+    ttl INTEGER, exec_id INTEGER, rid INTEGER,
+    UNIQUE (node_id, jti));
+CREATE INDEX IF NOT EXISTS issuances_jti ON token_issuances (jti);
+CREATE INDEX IF NOT EXISTS issuances_sub ON token_issuances (spiffe_id, issued_at);
+CREATE INDEX IF NOT EXISTS issuances_run ON token_issuances (rid);
+CREATE INDEX IF NOT EXISTS issuances_time ON token_issuances (time);
+
+CREATE TABLE IF NOT EXISTS token_denials (
+    node_id INTEGER NOT NULL, time INTEGER NOT NULL, reason TEXT NOT NULL,
+    detail TEXT, spiffe_id TEXT, exec_id INTEGER, rid INTEGER);
+CREATE INDEX IF NOT EXISTS denials_run ON token_denials (rid);
+CREATE INDEX IF NOT EXISTS denials_time ON token_denials (time);
+
+-- String columns (exec_id .. token_family) hold `strings.id` (detector and class their
+-- JSON names).
+CREATE TABLE IF NOT EXISTS credential_uses (
+    node_id INTEGER NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL,
+    exec_id INTEGER, rid INTEGER, dest_ip INTEGER, dest_port INTEGER, host INTEGER, method INTEGER, path INTEGER,
+    detector INTEGER NOT NULL, class INTEGER NOT NULL, lifetime INTEGER, fingerprint INTEGER NOT NULL,
+    access_key_id INTEGER, jwt_iss INTEGER, jwt_sub INTEGER, jwt_jti INTEGER, token_family INTEGER);
+CREATE INDEX IF NOT EXISTS uses_key ON credential_uses (access_key_id, time) WHERE access_key_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS uses_fingerprint ON credential_uses (fingerprint);
+CREATE INDEX IF NOT EXISTS uses_run ON credential_uses (rid, time);
+CREATE INDEX IF NOT EXISTS uses_jti ON credential_uses (jwt_jti) WHERE jwt_jti IS NOT NULL;
+CREATE INDEX IF NOT EXISTS uses_iss ON credential_uses (jwt_iss, time) WHERE jwt_iss IS NOT NULL;
+CREATE INDEX IF NOT EXISTS uses_sub ON credential_uses (jwt_sub, time) WHERE jwt_sub IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS credential_file_reads (
+    node_id INTEGER NOT NULL, time INTEGER NOT NULL, exec_id INTEGER, rid INTEGER,
+    path TEXT NOT NULL, file_kind TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS file_reads_run ON credential_file_reads (rid);
+CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
+
+CREATE TABLE IF NOT EXISTS cloud_actions (
+    id TEXT PRIMARY KEY, provider TEXT NOT NULL, time INTEGER NOT NULL, ingested INTEGER NOT NULL,
+    action TEXT NOT NULL, service TEXT NOT NULL, region TEXT, principal TEXT, principal_type TEXT,
+    access_key_id TEXT, source_ip TEXT, user_agent TEXT, error_code TEXT,
+    issued_access_key_id TEXT, role_session_name TEXT, web_identity_subject TEXT,
+    delegation TEXT, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS actions_key ON cloud_actions (access_key_id, time);
+CREATE INDEX IF NOT EXISTS actions_issued ON cloud_actions (issued_access_key_id);
+CREATE INDEX IF NOT EXISTS actions_time ON cloud_actions (time);
+CREATE INDEX IF NOT EXISTS actions_session ON cloud_actions (role_session_name) WHERE role_session_name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_subject ON cloud_actions (web_identity_subject) WHERE web_identity_subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_principal ON cloud_actions (principal) WHERE principal IS NOT NULL;
+
+-- Why a cloud action is attributed to a run, and how sure we are.
+CREATE TABLE IF NOT EXISTS links (
+    cloud_action_id TEXT NOT NULL, run_id TEXT NOT NULL, exec_id TEXT, credential_use_id INTEGER,
+    jti TEXT, reason TEXT NOT NULL, confidence REAL NOT NULL, created INTEGER NOT NULL,
+    PRIMARY KEY (cloud_action_id, run_id, reason));
+CREATE INDEX IF NOT EXISTS links_run ON links (run_id);
+
+-- What the next correlation pass must look at: new cloud actions, and the identifiers new
+-- agent rows carry (access keys, JWT principals, jtis, SPIFFE IDs). Written in the batch's
+-- transaction, drained by correlation, so a crash in between loses no candidate.
+CREATE TABLE IF NOT EXISTS correlate_queue (what TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (what, value)) WITHOUT ROWID;
+
+-- The old column shapes, with strings resolved, for the queries.
+CREATE VIEW IF NOT EXISTS processes_v AS
+    SELECT p.rowid AS row, p.node_id, p.exec_id, p.process_id, p.rid, r.run_id, p.pid, p.ppid, p.time, p.start_time, p.exit_time,
+           b.s AS binary_path, h.s AS sha256, c.s AS cgroup_path, m.s AS comm, a.s AS ancestry
+    FROM processes p JOIN runs r ON r.rid = p.rid
+    LEFT JOIN strings b ON b.id = p.binary_path LEFT JOIN strings h ON h.id = p.sha256
+    LEFT JOIN strings c ON c.id = p.cgroup_path LEFT JOIN strings m ON m.id = p.comm LEFT JOIN strings a ON a.id = p.ancestry;
+
+CREATE VIEW IF NOT EXISTS credential_uses_v AS
+    SELECT u.rowid AS row, u.node_id, st.s || '-' || u.seq AS event_id, u.time, x.s AS exec_id, u.rid, r.run_id,
+           di.s AS dest_ip, u.dest_port, ho.s AS host, me.s AS method, pa.s AS path, de.s AS detector, cl.s AS class, u.class AS class_sid,
+           u.lifetime, fp.s AS fingerprint, u.fingerprint AS fingerprint_sid, ak.s AS access_key_id, u.access_key_id AS access_key_sid,
+           ji.s AS jwt_iss, u.jwt_iss AS jwt_iss_sid, js.s AS jwt_sub, u.jwt_sub AS jwt_sub_sid, jj.s AS jwt_jti, u.jwt_jti AS jwt_jti_sid, tf.s AS token_family
+    FROM credential_uses u JOIN strings st ON st.id = u.stream LEFT JOIN runs r ON r.rid = u.rid
+    LEFT JOIN strings x ON x.id = u.exec_id LEFT JOIN strings di ON di.id = u.dest_ip LEFT JOIN strings ho ON ho.id = u.host
+    LEFT JOIN strings me ON me.id = u.method LEFT JOIN strings pa ON pa.id = u.path LEFT JOIN strings fp ON fp.id = u.fingerprint
+    LEFT JOIN strings ak ON ak.id = u.access_key_id LEFT JOIN strings ji ON ji.id = u.jwt_iss LEFT JOIN strings js ON js.id = u.jwt_sub
+    LEFT JOIN strings jj ON jj.id = u.jwt_jti LEFT JOIN strings tf ON tf.id = u.token_family
+    LEFT JOIN strings de ON de.id = u.detector LEFT JOIN strings cl ON cl.id = u.class;
+
+CREATE VIEW IF NOT EXISTS token_issuances_v AS
+    SELECT t.node_id, t.jti, st.s || '-' || t.seq AS event_id, t.time, t.spiffe_id, t.audience, i.s AS issuer, t.issued_at, t.expires_at,
+           t.ttl, x.s AS exec_id, t.rid, r.run_id
+    FROM token_issuances t JOIN strings st ON st.id = t.stream LEFT JOIN strings i ON i.id = t.issuer
+    LEFT JOIN strings x ON x.id = t.exec_id LEFT JOIN runs r ON r.rid = t.rid;
+
+CREATE VIEW IF NOT EXISTS token_denials_v AS
+    SELECT d.time, d.reason, d.detail, d.spiffe_id, x.s AS exec_id, d.rid, r.run_id
+    FROM token_denials d LEFT JOIN strings x ON x.id = d.exec_id LEFT JOIN runs r ON r.rid = d.rid;
+
+CREATE VIEW IF NOT EXISTS credential_file_reads_v AS
+    SELECT f.time, f.path, f.file_kind, x.s AS exec_id, f.rid, r.run_id
+    FROM credential_file_reads f LEFT JOIN strings x ON x.id = f.exec_id LEFT JOIN runs r ON r.rid = f.rid;

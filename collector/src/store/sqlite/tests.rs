@@ -1,0 +1,158 @@
+//! The store against a real SQLite file: node-keyed rows, and correlation that links what
+//! each batch newly makes attributable.
+
+use sigil_proto::{EventBody, v1};
+
+use super::SqliteStore;
+use crate::{
+    cloud::{CloudAction, Provider},
+    store::{AgentEvent, Query, Store},
+};
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = SqliteStore::open(&dir.path().join("c.db")).expect("opens");
+    (dir, s)
+}
+
+fn workload() -> v1::Workload {
+    v1::Workload { kind: v1::WorkloadKind::KubernetesPod as i32, container_id: Some("c".repeat(64)), pod_uid: Some("p".into()), ..Default::default() }
+}
+
+fn exec(exec_id: &str, binary: &str) -> EventBody {
+    EventBody::ProcessExec(v1::ProcessExec {
+        exec_id: exec_id.into(),
+        process_id: "b:1:1".into(),
+        time: "2026-01-01T00:00:00Z".into(),
+        pid: 1,
+        comm: "app".into(),
+        binary: Some(v1::Binary { path: Some(binary.into()), ..Default::default() }),
+        cgroup: Some(v1::CgroupInfo { id: 1, path: Some("/kubepods/x".into()) }),
+        workload: Some(workload()),
+        ..Default::default()
+    })
+}
+
+fn key_use(exec_id: &str, key: &str, time: &str) -> EventBody {
+    EventBody::CredentialUse(v1::CredentialUse {
+        time: time.into(),
+        process: Some(v1::ProcessRef { exec_id: exec_id.into(), workload: Some(workload()), cgroup_path: Some("/kubepods/x".into()), ..Default::default() }),
+        detector: v1::Detector::AwsSigv4 as i32,
+        class: v1::CredentialClass::Static as i32,
+        fingerprint: format!("fp-{key}"),
+        method: "GET".into(),
+        path: "/".into(),
+        identifiers: Some(v1::Identifiers { access_key_id: Some(key.into()), ..Default::default() }),
+        ..Default::default()
+    })
+}
+
+fn action(id: &str, key: &str, time_unix: i64) -> CloudAction {
+    CloudAction {
+        provider: Provider::Aws,
+        id: id.into(),
+        time_unix,
+        action: "GetObject".into(),
+        service: "s3.amazonaws.com".into(),
+        region: None,
+        principal: None,
+        principal_type: None,
+        access_key_id: Some(key.into()),
+        source_ip: None,
+        user_agent: None,
+        error_code: None,
+        assumed: None,
+        delegation: vec![],
+        raw: serde_json::json!({}),
+    }
+}
+
+fn ev(id: &str, body: EventBody) -> AgentEvent {
+    AgentEvent { id: id.into(), body }
+}
+
+/// A compromised node replays another node's event ids and exec ids with its own content:
+/// it gets rows of its own, and the honest node's rows stay as they were.
+#[test]
+fn a_compromised_node_reusing_another_nodes_event_and_exec_ids_shadows_none_of_its_rows() {
+    let (_d, s) = store();
+    let honest = s.ingest_events("node-a", &[ev("s-1", exec("X", "/app/real"))]).expect("ingests");
+    assert_eq!(honest.stored, 1);
+    let forged = s
+        .ingest_events("node-b", &[ev("s-1", exec("X", "/tmp/evil")), ev("s-2", EventBody::ProcessExit(v1::ProcessExit { exec_id: "X".into(), time: "2026-01-01T00:00:05Z".into(), ..Default::default() }))])
+        .expect("ingests");
+    assert_eq!((forged.stored, forged.duplicates), (2, 0), "node-b's ids are its own, not duplicates of node-a's");
+    let rows: Vec<(String, String, Option<i64>)> = s
+        .read(|c| {
+            let mut st = c.prepare("SELECT n.node, b.s, p.exit_time FROM processes p JOIN nodes n USING (node_id) JOIN strings b ON b.id = p.binary_path ORDER BY n.node")?;
+            Ok(st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?)
+        })
+        .expect("reads");
+    assert_eq!(rows, vec![("node-a".into(), "/app/real".into(), None), ("node-b".into(), "/tmp/evil".into(), Some(1_767_225_605))]);
+    // A resend from node-a is a duplicate, not a new event.
+    assert_eq!(s.ingest_events("node-a", &[ev("s-1", exec("X", "/app/real"))]).expect("ingests").duplicates, 1);
+}
+
+/// Correlation looks at what a batch can newly link: an action waits unattributed until a
+/// batch brings a use of its key, and is linked then.
+#[test]
+fn a_cloud_action_is_linked_when_a_later_batch_brings_the_use_of_its_key() {
+    let (_d, s) = store();
+    let t = 1_767_225_600;
+    s.ingest_cloud(&[action("evt-1", "AKIAKEY1", t + 30)]).expect("stores");
+    assert!(s.correlate().expect("correlates").is_empty(), "nothing used AKIAKEY1 yet");
+    s.ingest_events("node-a", &[ev("s-1", exec("X", "/app"))]).expect("ingests");
+    assert!(s.correlate().expect("correlates").is_empty(), "an exec links nothing");
+    s.ingest_events("node-a", &[ev("s-2", key_use("X", "AKIAKEY1", "2026-01-01T00:00:10Z"))]).expect("ingests");
+    let links = s.correlate().expect("correlates");
+    assert_eq!(links.len(), 1);
+    assert_eq!((links[0].cloud_action_id.as_str(), links[0].reason), ("evt-1", "access_key_id_in_window"));
+    assert_eq!(links[0].run_id, format!("container:{}", "c".repeat(64)));
+    let queued: i64 = s.read(|c| Ok(c.query_row("SELECT count(*) FROM correlate_queue", [], |r| r.get(0))?)).expect("reads");
+    assert_eq!(queued, 0, "the queue is drained");
+    let traced = s.query(&Query::Trace("evt-1".into())).expect("traces");
+    assert_eq!(traced["attribution"][0]["credential"]["access_key_id"], "AKIAKEY1");
+    assert_eq!(traced["attribution"][0]["processes"][0]["binary_path"], "/app");
+    // Already attributed: a further use of the key creates nothing new.
+    s.ingest_events("node-a", &[ev("s-3", key_use("X", "AKIAKEY1", "2026-01-01T00:00:20Z"))]).expect("ingests");
+    assert!(s.correlate().expect("correlates").is_empty());
+}
+
+/// Two pods of one Job are one run: the agent's `run` key names it, on the process record
+/// and on the references of later events; a reference without a workload (the signer knows
+/// only an exec id) makes up no run.
+#[test]
+fn the_agents_run_key_groups_a_jobs_pods_and_a_bare_reference_names_no_run() {
+    let (_d, s) = store();
+    let run = "k8s/batch/job/nightly";
+    let in_pod = |exec_id: &str, pod: &str| {
+        let EventBody::ProcessExec(mut e) = exec(exec_id, "/app/job") else { unreachable!() };
+        e.workload = Some(v1::Workload { pod_uid: Some(pod.into()), container_id: Some(pod.repeat(64)), ..workload() });
+        e.run = Some(run.into());
+        EventBody::ProcessExec(e)
+    };
+    let mut used = key_use("X2", "AKIAKEY9", "2026-01-01T00:00:10Z");
+    if let EventBody::CredentialUse(u) = &mut used {
+        u.process.as_mut().expect("ref").run = Some(run.into());
+    }
+    let denied = EventBody::TokenDenied(v1::TokenDenied {
+        time: "2026-01-01T00:00:11Z".into(),
+        reason: v1::DenyReason::NotAllowedOnNode as i32,
+        source: Some("signer".into()),
+        process: Some(v1::ProcessRef { exec_id: "X1".into(), ..Default::default() }),
+        ..Default::default()
+    });
+    let out = s
+        .ingest_events("node-a", &[ev("s-1", in_pod("X1", "a")), ev("s-2", in_pod("X2", "b")), ev("s-3", used), ev("s-4", denied)])
+        .expect("ingests");
+    assert_eq!(out.stored, 4, "{out:?}");
+    let r = s.query(&Query::Run(run.into())).expect("the Job's run");
+    assert_eq!(r["run"]["run_id"], run, "{r}");
+    let what: Vec<&str> = r["timeline"].as_array().expect("timeline").iter().filter_map(|e| e["what"].as_str()).collect();
+    assert_eq!(what, ["exec", "exec", "credential_use"], "both pods' execs and the use are in the Job's run: {r}");
+    let runs: Vec<String> =
+        s.read(|c| Ok(c.prepare("SELECT run_id FROM runs")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)).expect("reads");
+    assert_eq!(runs, [run], "one run, and none made up for the signer's bare reference");
+    let denial_run: Option<i64> = s.read(|c| Ok(c.query_row("SELECT rid FROM token_denials", [], |r| r.get(0))?)).expect("reads");
+    assert_eq!(denial_run, None);
+}
