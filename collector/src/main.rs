@@ -8,16 +8,17 @@ use clap::{Parser, Subcommand};
 use sigil_collector::{
     cloud::{Parsed, cloudtrail, gcp},
     server::{self, ServerConfig, SharedStore, TlsFiles},
-    store::sqlite::{SqliteStore, now_unix},
+    store::sqlite::now_unix,
 };
 use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(name = "sigil-collector", version, about = "Stores identity events and attributes cloud actions to workload runs")]
 struct Cli {
-    /// The embedded store (SQLite).
+    /// The store: the path of the embedded SQLite file, or `postgres://user@host:port/db`
+    /// for a PostgreSQL database shared by several collector replicas.
     #[arg(long, env = "SIGIL_DB", default_value = "/var/lib/sigil/collector.db", global = true)]
-    db: PathBuf,
+    db: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -99,7 +100,7 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Result<ExitCode> {
-    let store: SharedStore = Arc::new(SqliteStore::open(&cli.db)?);
+    let store: SharedStore = sigil_collector::store::open(&cli.db)?;
     match cli.cmd {
         Cmd::Ingest { what } => {
             let parsed: Parsed = match what {

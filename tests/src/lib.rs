@@ -4,6 +4,7 @@
 //! Every test drives the kernel for real; nothing here fakes an event.
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should stop the test loudly
 
+pub mod postgres;
 pub mod workload_api;
 
 use std::{

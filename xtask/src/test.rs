@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 use crate::{build, provision};
 
 /// Debian packages the tests drive as real peers (mount, setpriv, unshare, sha256sum).
-const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus"];
+const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "postgresql"];
 /// Third-party clients the tests check Sigil against.
 pub const PYTHON_PACKAGES: &[&str] = &["spiffe==0.3.2", "pyjwt[crypto]==2.15.1", "boto3==1.44.5"];
 
