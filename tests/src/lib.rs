@@ -151,7 +151,13 @@ impl Collector {
                 && pred(&v) {
                     return v;
                 }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: last answer {}{}; collector log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log.snapshot().join("\n")
+            );
             thread::sleep(Duration::from_millis(200));
         }
     }

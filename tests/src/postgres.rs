@@ -146,3 +146,16 @@ impl Db {
         }
     }
 }
+
+/// Stored exec events of the processes in cgroup `path`, and the distinct execs among
+/// them (each stored exec event refers to the process row it became: two events for one
+/// exec would refer to one row).
+pub fn stored_execs(db: &Db, path: &str) -> (i64, i64) {
+    db.pair(
+        "SELECT count(*), count(DISTINCT p.exec_id) FROM events e JOIN processes p ON p.rowid = e.ref
+         WHERE e.kind = 10 AND p.cgroup_path = (SELECT id FROM strings WHERE s = ?1)",
+        "SELECT count(*), count(DISTINCT p.exec_id) FROM events e JOIN processes p ON p.node_id = e.node_id AND p.event_id = e.stream
+         WHERE e.kind = 10 AND p.cgroup_path = $1",
+        path,
+    )
+}

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::json;
 use sigil_tests::{
-    postgres::{Backend, Db},
+    postgres::{Backend, Db, stored_execs},
     *,
 };
 
@@ -62,7 +62,12 @@ fn cloudtrail(jti: &str, spiffe_id: &str, issuer_host: &str) -> String {
 }
 
 on_both_backends!(cloud_actions_are_traced_to_the_runs_that_made_them_and_survive_a_restart, story);
+/// The story's workloads live in fixed pod cgroups (the CloudTrail template names them):
+/// its two backends run one after the other.
+static STORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn story(backend: Backend) {
+    let _one_at_a_time = STORY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch_dir();
     let db = Db::new(backend, &dir);
     let collector = Collector::start(&db.arg);
@@ -214,19 +219,6 @@ fn exactly_once(backend: Backend) {
     assert_eq!(stats["export"]["spool"]["dropped_total"], 0);
     drop(collector);
     let _ = fs::remove_dir_all(dir);
-}
-
-/// Stored exec events of the processes in cgroup `path`, and the distinct execs among them.
-/// Each stored exec event refers to the process row it became: two events for one exec
-/// would refer to one row.
-pub fn stored_execs(db: &Db, path: &str) -> (i64, i64) {
-    db.pair(
-        "SELECT count(*), count(DISTINCT p.exec_id) FROM events e JOIN processes p ON p.rowid = e.ref
-         WHERE e.kind = 10 AND p.cgroup_path = (SELECT id FROM strings WHERE s = ?1)",
-        "SELECT count(*), count(DISTINCT p.exec_id) FROM events e JOIN processes p ON p.node_id = e.node_id AND p.event_id = e.stream
-         WHERE e.kind = 10 AND p.cgroup_path = $1",
-        path,
-    )
 }
 
 on_both_backends!(malformed_cloudtrail_files_report_each_bad_record_and_keep_the_rest, malformed_cloudtrail);
