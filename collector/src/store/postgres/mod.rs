@@ -26,7 +26,7 @@ use crate::{cloud::CloudAction, correlate};
 const SCHEMA: &str = include_str!("schema.sql");
 const SCHEMA_VERSION: &str = "2";
 /// Serialises schema set-up and partition creation among replicas.
-const DDL_LOCK: i64 = 0x5167_11;
+const DDL_LOCK: i64 = 0x0051_6711;
 
 pub struct PostgresStore {
     inner: Mutex<Inner>,
