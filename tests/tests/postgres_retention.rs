@@ -39,6 +39,9 @@ fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
     assert_eq!((out.stored, out.duplicates), (0, 3));
     // Another node's events with the same ids are its own.
     assert_eq!(store.ingest_events("node-b", &batch[..1]).unwrap().stored, 1);
+    // The same id twice in one batch is one event.
+    let out = store.ingest_events("node-c", &[exec("d-1", &now), exec("d-1", &now)]).unwrap();
+    assert_eq!((out.stored, out.duplicates), (1, 1));
     let old_day = format!("events_d{}", 1_767_225_600 / 86_400);
     assert!(partitions(&pg, "events").contains(&old_day), "{:?}", partitions(&pg, "events"));
 
@@ -59,8 +62,8 @@ fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
         let r = pg.client().query_one("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM processes)", &[]).unwrap();
         (r.get(0), r.get(1))
     };
-    assert_eq!((events, processes), (1, 1), "only today's exec remains");
-    assert_eq!(store.metrics().unwrap()["events_by_kind"]["process_exec"], 1, "the counts follow the dropped partitions");
+    assert_eq!((events, processes), (2, 2), "only today's execs remain (node-a's and node-c's)");
+    assert_eq!(store.metrics().unwrap()["events_by_kind"]["process_exec"], 2, "the counts follow the dropped partitions");
     // The imported evidence is still there and answers.
     for a in &parsed.actions {
         assert_eq!(store.query(&Query::Trace(a.id.clone())).unwrap()["action"]["id"], a.id.as_str());

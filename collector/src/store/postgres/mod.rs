@@ -17,7 +17,7 @@ mod query;
 
 use std::sync::Mutex;
 
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, NoTls, Statement, Transaction};
 use serde_json::Value;
 
 use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, sqlite::now_unix};
@@ -36,6 +36,22 @@ struct Inner {
     client: Client,
     /// Days whose partitions are known to exist.
     days: std::collections::BTreeSet<i64>,
+    stmts: Stmts,
+}
+
+/// This connection's prepared statements, by SQL text: parsed once, not per row.
+#[derive(Default)]
+pub struct Stmts(std::collections::HashMap<&'static str, Statement>);
+
+impl Stmts {
+    pub fn get(&mut self, tx: &mut Transaction<'_>, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = tx.prepare(sql)?;
+        self.0.insert(sql, s.clone());
+        Ok(s)
+    }
 }
 
 /// True when `db` names a PostgreSQL database rather than an SQLite file.
@@ -63,7 +79,7 @@ impl PostgresStore {
         tx.batch_execute(SCHEMA)?;
         tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT DO NOTHING", &[&SCHEMA_VERSION])?;
         tx.commit()?;
-        Ok(Self { inner: Mutex::new(Inner { client, days: Default::default() }) })
+        Ok(Self { inner: Mutex::new(Inner { client, days: Default::default(), stmts: Stmts::default() }) })
     }
 
     /// Runs `f` in one transaction; on failure nothing of it stays.
@@ -81,12 +97,15 @@ impl Store for PostgresStore {
         let received = now_unix();
         let days: Vec<i64> = events.iter().filter_map(|e| project::time_of(&e.body)).map(partitions::day_of).collect();
         let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
-        let Inner { client, days: known } = &mut *guard;
+        let Inner { client, days: known, stmts } = &mut *guard;
         partitions::ensure(client, known, days.into_iter().chain([partitions::day_of(received)]))?;
         let mut tx = client.transaction()?;
-        let out = project::ingest(&mut tx, node, events, received)?;
-        tx.commit()?;
-        Ok(out)
+        let out = project::ingest(&mut tx, stmts, node, events, received).and_then(|out| tx.commit().map(|()| out).map_err(StoreError::from));
+        if out.is_err() {
+            // Statements prepared in a failed transaction are not relied upon.
+            stmts.0.clear();
+        }
+        out
     }
 
     fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError> {
@@ -133,7 +152,7 @@ impl Store for PostgresStore {
 
     fn retain(&self, before: i64) -> Result<usize, StoreError> {
         let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
-        let Inner { client, days } = &mut *guard;
+        let Inner { client, days, .. } = &mut *guard;
         let mut n = partitions::drop_before(client, days, before)?;
         let mut tx = client.transaction()?;
         for table in ["processes", "token_issuances", "token_denials", "credential_file_reads"] {
