@@ -30,6 +30,8 @@ fn partitions(pg: &Postgres, table: &str) -> Vec<String> {
 fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
     let pg = Postgres::start();
     let store = PostgresStore::connect(&pg.url).unwrap();
+    // A second replica on the same database.
+    let replica = PostgresStore::connect(&pg.url).unwrap();
     let now = String::from_utf8(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap().stdout).unwrap().trim().to_owned();
     let batch = [exec("s-1", "2026-01-01T10:00:00Z"), exec("s-2", &now), exec("s-3", "2026-01-01T23:59:59Z")];
     let out = store.ingest_events("node-a", &batch).unwrap();
@@ -39,6 +41,7 @@ fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
     assert_eq!((out.stored, out.duplicates), (0, 3));
     // Another node's events with the same ids are its own.
     assert_eq!(store.ingest_events("node-b", &batch[..1]).unwrap().stored, 1);
+    assert_eq!(replica.ingest_events("node-d", &[exec("early-1", "2026-01-01T09:00:00Z")]).unwrap().stored, 1);
     // The same id twice in one batch is one event.
     let out = store.ingest_events("node-c", &[exec("d-1", &now), exec("d-1", &now)]).unwrap();
     assert_eq!((out.stored, out.duplicates), (1, 1));
@@ -68,5 +71,8 @@ fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
     for a in &parsed.actions {
         assert_eq!(store.query(&Query::Trace(a.id.clone())).unwrap()["action"]["id"], a.id.as_str());
     }
+    // The replica knew the old day's partition (it stored an event of that day before the
+    // other replica's retention dropped it): a late event of that day is still stored.
+    assert_eq!(replica.ingest_events("node-d", &[exec("late-1", "2026-01-01T11:00:00Z")]).unwrap().stored, 1);
     let _ = fs::remove_dir_all(dir);
 }

@@ -92,20 +92,34 @@ impl PostgresStore {
     }
 }
 
+impl Inner {
+    fn ingest_once(&mut self, node: &str, events: &[AgentEvent], received: i64) -> Result<IngestOutcome, StoreError> {
+        let days = events.iter().filter_map(|e| project::time_of(&e.body)).chain([received]).map(partitions::day_of);
+        partitions::ensure(&mut self.client, &mut self.days, days)?;
+        let mut tx = self.client.transaction()?;
+        let out = project::ingest(&mut tx, &mut self.stmts, node, events, received)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
 impl Store for PostgresStore {
     fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError> {
         let received = now_unix();
-        let days: Vec<i64> = events.iter().filter_map(|e| project::time_of(&e.body)).map(partitions::day_of).collect();
         let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
-        let Inner { client, days: known, stmts } = &mut *guard;
-        partitions::ensure(client, known, days.into_iter().chain([partitions::day_of(received)]))?;
-        let mut tx = client.transaction()?;
-        let out = project::ingest(&mut tx, stmts, node, events, received).and_then(|out| tx.commit().map(|()| out).map_err(StoreError::from));
-        if out.is_err() {
-            // Statements prepared in a failed transaction are not relied upon.
-            stmts.0.clear();
+        match guard.ingest_once(node, events, received) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                // Nothing of the batch stayed. Statements prepared in the failed transaction
+                // are not relied upon, and another replica's retention may have dropped a
+                // partition this one knew: prepare and create again, and retry once (also
+                // what a deadlock between replicas calls for).
+                tracing::warn!("batch from {node} failed ({e}); retrying once");
+                guard.stmts.0.clear();
+                guard.days.clear();
+                guard.ingest_once(node, events, received)
+            }
         }
-        out
     }
 
     fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError> {
