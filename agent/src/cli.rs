@@ -159,7 +159,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/lib/sigil")]
     pub state_dir: PathBuf,
     /// Stream events to this collector (gRPC): http://127.0.0.1:50051 on loopback,
-    /// https://... with --collector-ca elsewhere.
+    /// https://... with --collector-ca elsewhere. Several replicas (sharing one PostgreSQL
+    /// store): their URLs separated by commas; the agent fails over between them.
     #[arg(long, env = "SIGIL_COLLECTOR_URL")]
     pub collector: Option<String>,
     /// CA certificate (PEM) that signed the collector's certificate.

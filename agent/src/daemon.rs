@@ -165,7 +165,10 @@ fn start_issuance(
     // the cluster signer, which serves the one OIDC issuer for the cluster.
     let (signer, local_keys): (Arc<dyn TokenSigner>, _) = match &ic.signer {
         Some(sc) => {
-            let remote = RemoteSigner::new(sc.url.clone(), node.to_owned(), exporter::channel(sc)?, rt.clone());
+            // The signer is reached at the first URL given (a Service in front of the
+            // collector replicas spreads it); only the event stream fails over in order.
+            let channel = exporter::channel(sc)?.into_iter().next().context("no signer URL")?;
+            let remote = RemoteSigner::new(sc.url.clone(), node.to_owned(), channel, rt.clone());
             (Arc::new(remote), None)
         }
         None => {

@@ -10,16 +10,17 @@ use sigil_collector::{
     http_auth::ApiAuth,
     server::{self, RequestLimits, ServerConfig, SharedStore, TlsFiles},
     sign::SignerArgs,
-    store::sqlite::{SqliteStore, now_unix},
+    store::sqlite::now_unix,
 };
 use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(name = "sigil-collector", version, about = "Stores identity events and attributes cloud actions to workload runs")]
 struct Cli {
-    /// The embedded store (SQLite).
+    /// The store: the path of the embedded SQLite file, or `postgres://user@host:port/db`
+    /// for a PostgreSQL database shared by several collector replicas.
     #[arg(long, env = "SIGIL_DB", default_value = "/var/lib/sigil/collector.db", global = true)]
-    db: PathBuf,
+    db: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -130,7 +131,7 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Result<ExitCode> {
-    let store: SharedStore = Arc::new(SqliteStore::open(&cli.db)?);
+    let store: SharedStore = sigil_collector::store::open(&cli.db)?;
     match cli.cmd {
         Cmd::Ingest { what, max_file_bytes, max_record_bytes } => {
             let (provider, path) = match what {
@@ -155,7 +156,7 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
         }
         Cmd::RotateKeys { signer } => {
             anyhow::ensure!(signer.signer_kek_file.is_some(), "rotate-keys needs --signer-kek-file (keys kept in memory rotate only inside their process)");
-            let keys = signer.key_store(&cli.db)?;
+            let keys = signer.key_store(std::path::Path::new(&cli.db))?;
             let before = keys.current_kid().unwrap_or_default();
             keys.maintain(now_unix(), true)?;
             println!("rotated: {before} retired, {} signs now", keys.current_kid().unwrap_or_default());
@@ -163,7 +164,7 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
         }
         Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, http_token_file, signer, max_grpc_message_bytes, max_ingest_body_bytes, .. } => {
             let http_auth = ApiAuth::from_file(http_token_file.as_deref())?;
-            let signer = signer.setup(&cli.db)?;
+            let signer = signer.setup(std::path::Path::new(&cli.db))?;
             let limits = RequestLimits { max_grpc_message_bytes, max_ingest_body_bytes, ..RequestLimits::default() };
             let telemetry = telemetry.context("telemetry is created for serve")?;
             let tls = match (tls_cert, tls_key, client_ca) {

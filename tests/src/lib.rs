@@ -7,6 +7,7 @@
 pub mod pki;
 pub mod fake_apiserver;
 pub mod manifests;
+pub mod postgres;
 pub mod workload_api;
 
 use std::{
@@ -158,7 +159,13 @@ impl Collector {
                 && pred(&v) {
                     return v;
                 }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: last answer {}{}; collector log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log.snapshot().join("\n")
+            );
             thread::sleep(Duration::from_millis(200));
         }
     }

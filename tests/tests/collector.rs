@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
-//! The collector end to end: real agent -> real gRPC -> real SQLite; CloudTrail records
-//! in the real format; attribution asked through the `sigil` CLI.
+//! The collector end to end: real agent -> real gRPC -> a real store; CloudTrail records
+//! in the real format; attribution asked through the `sigil` CLI. The attribution suite
+//! runs once on the embedded SQLite store and once on a real PostgreSQL server, with the
+//! same assertions.
 
 use std::{
     fs,
@@ -10,7 +12,26 @@ use std::{
 };
 
 use serde_json::json;
-use sigil_tests::*;
+use sigil_tests::{
+    postgres::{Backend, Db, stored_execs},
+    *,
+};
+
+/// One test per backend: `<name>::sqlite` and `<name>::postgres` run `body(backend)`.
+macro_rules! on_both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$body(super::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$body(super::Backend::Postgres)
+            }
+        }
+    };
+}
 
 const POD_A: &str = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa";
 const POD_B: &str = "bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb";
@@ -40,10 +61,16 @@ fn cloudtrail(jti: &str, spiffe_id: &str, issuer_host: &str) -> String {
         .replace("{{ISSUER_HOST}}", issuer_host)
 }
 
-#[test]
-fn cloud_actions_are_traced_to_the_runs_that_made_them_and_survive_a_restart() {
+on_both_backends!(cloud_actions_are_traced_to_the_runs_that_made_them_and_survive_a_restart, story);
+/// The story's workloads live in fixed pod cgroups (the CloudTrail template names them):
+/// its two backends run one after the other.
+static STORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn story(backend: Backend) {
+    let _one_at_a_time = STORY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch_dir();
-    let collector = Collector::start(&dir.join("collector.db"));
+    let db = Db::new(backend, &dir);
+    let collector = Collector::start(&db.arg);
     let client = unique_client(&dir, "checkout");
     let rogue = unique_client(&dir, "rogue");
     let policy = dir.join("policy.toml");
@@ -138,13 +165,12 @@ fn cloud_actions_are_traced_to_the_runs_that_made_them_and_survive_a_restart() {
 
     // Restart: everything stored before still answers.
     let (g, h) = collector.ports();
-    let db = collector.db.clone();
     collector.kill();
-    let collector = Collector::start_on(&db, g, h);
+    let collector = Collector::start_on(&db.arg, g, h);
     check(&collector);
 
     // Planted secrets are in no agent output and nowhere in the collector's database.
-    let db_bytes = fs::read(&db).unwrap();
+    let db_bytes = db.bytes();
     for secret in ["PLANTEDstaticSECRETkey0000000000000000001", "PLANTEDtempSECRETkey000000000000000000002", "PLANTEDsessionTOKEN"] {
         assert!(!db_bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in the collector database");
         assert!(agent.stdout.snapshot().iter().all(|l| !l.contains(secret)));
@@ -153,10 +179,11 @@ fn cloud_actions_are_traced_to_the_runs_that_made_them_and_survive_a_restart() {
     let _ = fs::remove_dir_all(dir);
 }
 
-#[test]
-fn every_event_arrives_exactly_once_across_a_collector_crash() {
+on_both_backends!(every_event_arrives_exactly_once_across_a_collector_crash, exactly_once);
+fn exactly_once(backend: Backend) {
     let dir = scratch_dir();
-    let collector = Collector::start(&dir.join("collector.db"));
+    let db = Db::new(backend, &dir);
+    let collector = Collector::start(&db.arg);
     let (g, h) = collector.ports();
     let agent = Agent::start(&[
         "--collector", &collector.grpc, "--state-dir", &dir.join("state").display().to_string(), "--no-trace",
@@ -167,7 +194,7 @@ fn every_event_arrives_exactly_once_across_a_collector_crash() {
     std::thread::sleep(Duration::from_millis(1500));
     collector.kill();
     std::thread::sleep(Duration::from_secs(2));
-    let collector = Collector::start_on(&dir.join("collector.db"), g, h);
+    let collector = Collector::start_on(&db.arg, g, h);
     assert!(load.wait().unwrap().success());
 
     let emitted = |agent: &Agent| {
@@ -175,18 +202,8 @@ fn every_event_arrives_exactly_once_across_a_collector_crash() {
     };
     // Every exec the agent reported must reach the database once: wait for the spool to drain.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let conn = rusqlite::Connection::open(&collector.db).unwrap();
     let (total, distinct) = loop {
-        let counts: (i64, i64) = conn
-            .query_row(
-                // Each stored exec event refers to the process row it became: two events
-                // for one exec would refer to one row.
-                "SELECT count(*), count(DISTINCT p.exec_id) FROM events e JOIN processes p ON p.rowid = e.ref
-                 WHERE e.kind = 10 AND p.cgroup_path = (SELECT id FROM strings WHERE s = ?1)",
-                [cg.path.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
+        let counts = stored_execs(&db, &cg.path);
         if counts.0 as usize >= emitted(&agent) || Instant::now() > deadline {
             break counts;
         }
@@ -204,8 +221,8 @@ fn every_event_arrives_exactly_once_across_a_collector_crash() {
     let _ = fs::remove_dir_all(dir);
 }
 
-#[test]
-fn malformed_cloudtrail_files_report_each_bad_record_and_keep_the_rest() {
+on_both_backends!(malformed_cloudtrail_files_report_each_bad_record_and_keep_the_rest, malformed_cloudtrail);
+fn malformed_cloudtrail(backend: Backend) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/tests/data/cloudtrail");
     for (file, stored, errors, needles) in [
         ("truncated.json", 2, 1, vec!["byte", "truncated"]),
@@ -213,8 +230,8 @@ fn malformed_cloudtrail_files_report_each_bad_record_and_keep_the_rest() {
         ("bad_types.json", 2, 4, vec!["record 2: field `eventTime` is not a string", "record 4: missing field `eventID`"]),
     ] {
         let dir = scratch_dir();
-        let db = dir.join("c.db");
-        let out = Command::new(sibling_bin("sigil-collector")).arg("--db").arg(&db).args(["ingest", "cloudtrail"]).arg(data.join(file)).output().unwrap();
+        let db = Db::new(backend, &dir);
+        let out = Command::new(sibling_bin("sigil-collector")).arg("--db").arg(&db.arg).args(["ingest", "cloudtrail"]).arg(data.join(file)).output().unwrap();
         assert!(out.status.success(), "{file}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -223,8 +240,7 @@ fn malformed_cloudtrail_files_report_each_bad_record_and_keep_the_rest() {
             assert!(stderr.contains(n) && stderr.contains(file), "{file}: {stderr}");
         }
         assert!(stdout.contains(&format!("ingested {stored} cloud actions")), "{file}: {stdout}");
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let n: i64 = conn.query_row("SELECT count(*) FROM cloud_actions", [], |r| r.get(0)).unwrap();
+        let (n, _) = db.pair("SELECT count(*), 0 FROM cloud_actions WHERE ?1 = ?1", "SELECT count(*), 0::bigint FROM cloud_actions WHERE $1 = $1", "");
         assert_eq!(n as usize, stored, "{file}");
         let _ = fs::remove_dir_all(dir);
     }

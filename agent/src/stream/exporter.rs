@@ -119,19 +119,35 @@ pub fn is_loopback(url: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The collector replicas `--collector` names: one URL, or several separated by commas
+/// (replicas sharing one PostgreSQL store).
+pub fn urls(spec: &str) -> impl Iterator<Item = &str> {
+    spec.split(',').map(str::trim).filter(|u| !u.is_empty())
+}
+
 /// Identity events leave the node only encrypted, unless the collector is on loopback.
-pub fn check_transport(url: &str) -> Result<()> {
-    if !url.starts_with("https://") && !is_loopback(url) {
-        bail!("refusing to send identity events in plaintext to {url} (not loopback): use https:// with --collector-ca");
+pub fn check_transport(spec: &str) -> Result<()> {
+    for url in urls(spec) {
+        if !url.starts_with("https://") && !is_loopback(url) {
+            bail!("refusing to send identity events in plaintext to {url} (not loopback): use https:// with --collector-ca");
+        }
     }
     Ok(())
 }
 
-/// Validates the configuration and builds a lazily connecting channel.
-pub fn channel(cfg: &CollectorConfig) -> Result<Channel> {
-    let tls = cfg.url.starts_with("https://");
+/// Validates the configuration and builds a lazily connecting channel per replica.
+pub fn channel(cfg: &CollectorConfig) -> Result<Vec<Channel>> {
     check_transport(&cfg.url)?;
-    let mut ep = Endpoint::from_shared(cfg.url.clone()).context("collector URL")?.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+    let channels = urls(&cfg.url).map(|url| replica(cfg, url)).collect::<Result<Vec<_>>>()?;
+    if channels.is_empty() {
+        bail!("no collector URL in {:?}", cfg.url);
+    }
+    Ok(channels)
+}
+
+fn replica(cfg: &CollectorConfig, url: &str) -> Result<Channel> {
+    let tls = url.starts_with("https://");
+    let mut ep = Endpoint::from_shared(url.to_owned()).context("collector URL")?.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
     if tls {
         let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         let mut t = ClientTlsConfig::new();
@@ -147,8 +163,11 @@ pub fn channel(cfg: &CollectorConfig) -> Result<Channel> {
 }
 
 /// Sends spooled events until `stop` is set. Never gives up: the spool is the buffer.
-pub async fn run(sink: SpoolSink, channel: Channel, node: String, stop: Arc<AtomicBool>) {
-    let mut client = IngestClient::new(channel);
+/// With several replicas it stays on one until a push to it fails, then moves to the
+/// next; a batch whose answer was lost may reach two replicas, which store it once.
+pub async fn run(sink: SpoolSink, channels: Vec<Channel>, node: String, stop: Arc<AtomicBool>) {
+    let mut clients: Vec<IngestClient<Channel>> = channels.into_iter().map(IngestClient::new).collect();
+    let mut current = 0;
     let mut backoff = Duration::from_millis(200);
     let mut reported_down = false;
     while !stop.load(Ordering::Relaxed) {
@@ -166,6 +185,7 @@ pub async fn run(sink: SpoolSink, channel: Channel, node: String, stop: Arc<Atom
         };
         let n = batch.len() as u64;
         let req = PushRequest { node: node.clone(), events: batch.into_iter().map(to_event).collect(), contract_version: CONTRACT_VERSION };
+        let Some(client) = clients.get_mut(current) else { return };
         match client.push(req).await {
             Ok(resp) => {
                 let r = resp.into_inner();
@@ -187,6 +207,7 @@ pub async fn run(sink: SpoolSink, channel: Channel, node: String, stop: Arc<Atom
             }
             Err(status) => {
                 sink.counters.errors.fetch_add(1, Ordering::Relaxed);
+                current = (current + 1) % clients.len();
                 if !reported_down {
                     warn!("collector unreachable ({}); spooling events until it is back", status.message());
                     reported_down = true;

@@ -106,6 +106,11 @@ pub struct SignerArgs {
 impl SignerArgs {
     /// Opens the key store: sealed in `db` with the KEK, or in memory without one.
     pub fn key_store(&self, db: &std::path::Path) -> anyhow::Result<KeyStore> {
+        if self.signer_kek_file.is_some() && crate::store::postgres::is_url(&db.to_string_lossy()) {
+            anyhow::bail!(
+                "the cluster signer shares its sealed keys through an SQLite database; with --db postgres://… run the signer without --signer-kek-file (keys in memory, one replica) until the PostgreSQL key store exists"
+            );
+        }
         let rng = ring::rand::SystemRandom::new();
         let (db, kek) = match &self.signer_kek_file {
             Some(p) => (Some(db), kek::Kek::from_file(p)?),

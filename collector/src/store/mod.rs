@@ -1,6 +1,8 @@
 //! Storage behind a trait: the collector's logic (ingest, correlation, queries) talks to
-//! [`Store`]; SQLite ([`sqlite::SqliteStore`]) is the embedded default that needs no setup.
+//! [`Store`]; SQLite ([`sqlite::SqliteStore`]) is the embedded default that needs no setup,
+//! PostgreSQL ([`postgres::PostgresStore`]) the shared store of several collector replicas.
 
+pub mod postgres;
 pub mod sqlite;
 
 use serde::Serialize;
@@ -13,6 +15,8 @@ use crate::cloud::CloudAction;
 pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
     #[error("database lock poisoned")]
     Poisoned,
     #[error("{0}")]
@@ -93,4 +97,13 @@ pub trait Store: Send + Sync {
     fn metrics(&self) -> Result<Value, StoreError>;
     /// Deletes what is older than `before` (unix seconds); returns rows deleted.
     fn retain(&self, before: i64) -> Result<usize, StoreError>;
+}
+
+/// Opens the store `db` names: a `postgres://` URL, else the path of the SQLite file.
+pub fn open(db: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(if postgres::is_url(db) {
+        std::sync::Arc::new(postgres::PostgresStore::connect(db)?)
+    } else {
+        std::sync::Arc::new(sqlite::SqliteStore::open(std::path::Path::new(db))?)
+    })
 }

@@ -1,0 +1,183 @@
+//! The fleet store: one PostgreSQL database shared by several collector replicas.
+//!
+//! Same facts, interface and answers as the embedded SQLite store. What differs, and why:
+//! - every insert is idempotent on its natural key (`ON CONFLICT DO NOTHING`) and an
+//!   event is projected only by the transaction whose insert of its key succeeded, so two
+//!   replicas given the same batch (an agent that switched replicas mid-stream and resent)
+//!   store it exactly once: the second waits on the first's key and then sees a duplicate;
+//! - `events` and `credential_uses` are partitioned by day of event time ([`partitions`]),
+//!   so retention drops whole days instead of deleting rows under ingest;
+//! - cloud actions are retained by ingestion time, so imported historical audit logs
+//!   stay as evidence.
+
+mod lookups;
+mod partitions;
+mod project;
+mod query;
+
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls, Statement, Transaction};
+use serde_json::Value;
+
+use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, sqlite::now_unix};
+use crate::{cloud::CloudAction, correlate};
+
+const SCHEMA: &str = include_str!("schema.sql");
+const SCHEMA_VERSION: &str = "2";
+/// Serialises schema set-up and partition creation among replicas.
+const DDL_LOCK: i64 = 0x0051_6711;
+
+pub struct PostgresStore {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// Days whose partitions are known to exist.
+    days: std::collections::BTreeSet<i64>,
+    stmts: Stmts,
+}
+
+/// This connection's prepared statements, by SQL text: parsed once, not per row.
+#[derive(Default)]
+pub struct Stmts(std::collections::HashMap<&'static str, Statement>);
+
+impl Stmts {
+    pub fn get(&mut self, tx: &mut Transaction<'_>, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = tx.prepare(sql)?;
+        self.0.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// True when `db` names a PostgreSQL database rather than an SQLite file.
+pub fn is_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) and creates or checks the schema.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut client = Client::connect(url, NoTls)?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])?;
+        let version = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, String>(0));
+        tx.commit()?;
+        if let Some(v) = version.filter(|v| v != SCHEMA_VERSION) {
+            return Err(StoreError::BadArgument(format!("the database has schema version {v}; this collector writes version {SCHEMA_VERSION}")));
+        }
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])?;
+        tx.batch_execute(SCHEMA)?;
+        tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT DO NOTHING", &[&SCHEMA_VERSION])?;
+        tx.commit()?;
+        Ok(Self { inner: Mutex::new(Inner { client, days: Default::default(), stmts: Stmts::default() }) })
+    }
+
+    /// Runs `f` in one transaction; on failure nothing of it stays.
+    fn write<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut tx = guard.client.transaction()?;
+        let v = f(&mut tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+}
+
+impl Inner {
+    fn ingest_once(&mut self, node: &str, events: &[AgentEvent], received: i64) -> Result<IngestOutcome, StoreError> {
+        let days = events.iter().filter_map(|e| project::time_of(&e.body)).chain([received]).map(partitions::day_of);
+        partitions::ensure(&mut self.client, &mut self.days, days)?;
+        let mut tx = self.client.transaction()?;
+        let out = project::ingest(&mut tx, &mut self.stmts, node, events, received)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+impl Store for PostgresStore {
+    fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError> {
+        let received = now_unix();
+        let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        match guard.ingest_once(node, events, received) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                // Nothing of the batch stayed. Statements prepared in the failed transaction
+                // are not relied upon, and another replica's retention may have dropped a
+                // partition this one knew: prepare and create again, and retry once (also
+                // what a deadlock between replicas calls for).
+                tracing::warn!("batch from {node} failed ({e}); retrying once");
+                guard.stmts.0.clear();
+                guard.days.clear();
+                guard.ingest_once(node, events, received)
+            }
+        }
+    }
+
+    fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError> {
+        let ingested = now_unix();
+        self.write(|tx| {
+            let mut out = IngestOutcome::default();
+            for a in actions {
+                let assumed = a.assumed.as_ref();
+                let provider = serde_json::to_value(a.provider).ok().and_then(|v| v.as_str().map(str::to_owned));
+                let delegation = serde_json::to_string(&a.delegation).unwrap_or_default();
+                let n = tx.execute(
+                    "INSERT INTO cloud_actions (id, provider, time, ingested, action, service, region, principal, principal_type,
+                        access_key_id, source_ip, user_agent, error_code, issued_access_key_id, role_session_name, web_identity_subject, delegation, json)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT DO NOTHING",
+                    &[
+                        &a.id, &provider, &a.time_unix, &ingested, &a.action, &a.service, &a.region, &a.principal, &a.principal_type,
+                        &a.access_key_id, &a.source_ip, &a.user_agent, &a.error_code, &assumed.and_then(|r| r.issued_access_key_id.clone()),
+                        &assumed.and_then(|r| r.role_session_name.clone()), &assumed.and_then(|r| r.web_identity_subject.clone()),
+                        &delegation, &a.raw.to_string(),
+                    ],
+                )?;
+                if n == 0 {
+                    out.duplicates += 1
+                } else {
+                    out.stored += 1;
+                    tx.execute("INSERT INTO correlate_queue (what, value) VALUES ('action', $1) ON CONFLICT DO NOTHING", &[&a.id])?;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn correlate(&self) -> Result<Vec<correlate::NewLink>, StoreError> {
+        self.write(|tx| correlate::run(&mut lookups::PgLookups::new(tx), now_unix()))
+    }
+
+    fn query(&self, q: &Query) -> Result<Value, StoreError> {
+        self.write(|tx| query::answer(tx, q))
+    }
+
+    fn metrics(&self) -> Result<Value, StoreError> {
+        self.write(|tx| query::metrics_snapshot(tx, now_unix()))
+    }
+
+    fn retain(&self, before: i64) -> Result<usize, StoreError> {
+        let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        let Inner { client, days, .. } = &mut *guard;
+        let mut n = partitions::drop_before(client, days, before)?;
+        let mut tx = client.transaction()?;
+        for table in ["processes", "token_issuances", "token_denials", "credential_file_reads"] {
+            n += tx.execute(&format!("DELETE FROM {table} WHERE time < $1"), &[&before])? as usize;
+        }
+        n += tx.execute("DELETE FROM stats_events WHERE received < $1", &[&before])? as usize;
+        // Imported audit logs are evidence: kept by when they were ingested.
+        n += tx.execute("DELETE FROM cloud_actions WHERE ingested < $1", &[&before])? as usize;
+        n += tx.execute("DELETE FROM links l WHERE NOT EXISTS (SELECT 1 FROM cloud_actions a WHERE a.id = l.cloud_action_id)", &[])? as usize;
+        n += tx.execute("DELETE FROM runs WHERE last_seen < $1", &[&before])? as usize;
+        tx.commit()?;
+        Ok(n)
+    }
+}

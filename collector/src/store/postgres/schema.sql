@@ -1,0 +1,125 @@
+-- Sigil collector schema, version 2 (PostgreSQL): the SQLite layout's facts, for several
+-- collector replicas sharing one database.
+--
+-- Every agent row is keyed by the node that sent it: events are unique on (node, event
+-- id), processes on (node, exec id), issuances on (node, jti). The high-volume tables
+-- (`events`, `credential_uses`) are range-partitioned by day of event time, so retention
+-- drops whole partitions. A partitioned table's unique key must contain the partition
+-- key: an event's time comes from its body, so a resent event has the same time and the
+-- same key. Agent statistics (timed by arrival) are keyed in `stats_events` instead.
+-- Cloud actions are retained by ingestion time: audit logs a responder imports for an
+-- investigation are evidence, however old their records.
+
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id BIGSERIAL PRIMARY KEY, node TEXT NOT NULL UNIQUE,
+    first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL, last_stats TEXT);
+
+CREATE TABLE IF NOT EXISTS events (
+    node_id BIGINT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL,
+    kind INTEGER NOT NULL, time BIGINT NOT NULL, received BIGINT NOT NULL,
+    PRIMARY KEY (node_id, stream, seq, time)) PARTITION BY RANGE (time);
+
+CREATE TABLE IF NOT EXISTS stats_events (
+    node_id BIGINT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, received BIGINT NOT NULL,
+    PRIMARY KEY (node_id, stream, seq));
+CREATE INDEX IF NOT EXISTS stats_events_received ON stats_events (received);
+
+CREATE TABLE IF NOT EXISTS event_counts (kind INTEGER PRIMARY KEY, n BIGINT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS runs (
+    rid BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL UNIQUE, node TEXT NOT NULL, kind TEXT NOT NULL,
+    pod_uid TEXT, container_id TEXT, unit TEXT, cgroup_path TEXT,
+    started BIGINT NOT NULL, last_seen BIGINT NOT NULL, ended BIGINT, live BIGINT NOT NULL DEFAULT 0);
+
+CREATE TABLE IF NOT EXISTS processes (
+    node_id BIGINT NOT NULL, exec_id TEXT NOT NULL, process_id TEXT NOT NULL, rid BIGINT NOT NULL, event_id TEXT NOT NULL,
+    pid BIGINT NOT NULL, ppid BIGINT NOT NULL, time BIGINT NOT NULL, start_time TEXT,
+    binary_path TEXT, sha256 TEXT, cgroup_path TEXT, comm TEXT, ancestry TEXT, exit_time BIGINT,
+    UNIQUE (node_id, exec_id));
+CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time);
+CREATE INDEX IF NOT EXISTS processes_time ON processes (time);
+
+CREATE TABLE IF NOT EXISTS token_issuances (
+    node_id BIGINT NOT NULL, jti TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, time BIGINT NOT NULL,
+    spiffe_id TEXT NOT NULL, audience TEXT NOT NULL, issuer TEXT, issued_at BIGINT, expires_at BIGINT,
+    ttl BIGINT, exec_id TEXT, rid BIGINT,
+    UNIQUE (node_id, jti));
+CREATE INDEX IF NOT EXISTS issuances_jti ON token_issuances (jti);
+CREATE INDEX IF NOT EXISTS issuances_sub ON token_issuances (spiffe_id, issued_at);
+CREATE INDEX IF NOT EXISTS issuances_run ON token_issuances (rid);
+CREATE INDEX IF NOT EXISTS issuances_time ON token_issuances (time);
+
+CREATE TABLE IF NOT EXISTS token_denials (
+    node_id BIGINT NOT NULL, time BIGINT NOT NULL, reason TEXT NOT NULL,
+    detail TEXT, spiffe_id TEXT, exec_id TEXT, rid BIGINT);
+CREATE INDEX IF NOT EXISTS denials_run ON token_denials (rid);
+CREATE INDEX IF NOT EXISTS denials_time ON token_denials (time);
+
+CREATE TABLE IF NOT EXISTS credential_uses (
+    row BIGSERIAL, node_id BIGINT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, time BIGINT NOT NULL,
+    exec_id TEXT, rid BIGINT, dest_ip TEXT, dest_port BIGINT, host TEXT, method TEXT, path TEXT,
+    detector TEXT NOT NULL, class TEXT NOT NULL, lifetime BIGINT, fingerprint TEXT NOT NULL,
+    access_key_id TEXT, jwt_iss TEXT, jwt_sub TEXT, jwt_jti TEXT, token_family TEXT) PARTITION BY RANGE (time);
+CREATE INDEX IF NOT EXISTS uses_row ON credential_uses (row);
+CREATE INDEX IF NOT EXISTS uses_key ON credential_uses (access_key_id, time) WHERE access_key_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS uses_fingerprint ON credential_uses (fingerprint);
+CREATE INDEX IF NOT EXISTS uses_run ON credential_uses (rid, time);
+CREATE INDEX IF NOT EXISTS uses_jti ON credential_uses (jwt_jti) WHERE jwt_jti IS NOT NULL;
+CREATE INDEX IF NOT EXISTS uses_iss ON credential_uses (jwt_iss, time) WHERE jwt_iss IS NOT NULL;
+CREATE INDEX IF NOT EXISTS uses_sub ON credential_uses (jwt_sub, time) WHERE jwt_sub IS NOT NULL;
+CREATE INDEX IF NOT EXISTS uses_class ON credential_uses (class);
+
+CREATE TABLE IF NOT EXISTS credential_file_reads (
+    node_id BIGINT NOT NULL, time BIGINT NOT NULL, exec_id TEXT, rid BIGINT,
+    path TEXT NOT NULL, file_kind TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS file_reads_run ON credential_file_reads (rid);
+CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
+
+CREATE TABLE IF NOT EXISTS cloud_actions (
+    id TEXT PRIMARY KEY, provider TEXT NOT NULL, time BIGINT NOT NULL, ingested BIGINT NOT NULL,
+    action TEXT NOT NULL, service TEXT NOT NULL, region TEXT, principal TEXT, principal_type TEXT,
+    access_key_id TEXT, source_ip TEXT, user_agent TEXT, error_code TEXT,
+    issued_access_key_id TEXT, role_session_name TEXT, web_identity_subject TEXT,
+    delegation TEXT, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS actions_key ON cloud_actions (access_key_id, time);
+CREATE INDEX IF NOT EXISTS actions_issued ON cloud_actions (issued_access_key_id);
+CREATE INDEX IF NOT EXISTS actions_time ON cloud_actions (time);
+CREATE INDEX IF NOT EXISTS actions_ingested ON cloud_actions (ingested);
+CREATE INDEX IF NOT EXISTS actions_session ON cloud_actions (role_session_name) WHERE role_session_name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_subject ON cloud_actions (web_identity_subject) WHERE web_identity_subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_principal ON cloud_actions (principal) WHERE principal IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS links (
+    cloud_action_id TEXT NOT NULL, run_id TEXT NOT NULL, exec_id TEXT, credential_use_id BIGINT,
+    jti TEXT, reason TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL, created BIGINT NOT NULL,
+    PRIMARY KEY (cloud_action_id, run_id, reason));
+CREATE INDEX IF NOT EXISTS links_run ON links (run_id);
+
+CREATE TABLE IF NOT EXISTS correlate_queue (what TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (what, value));
+
+-- The same view names and columns as the SQLite schema, for the queries.
+CREATE OR REPLACE VIEW processes_v AS
+    SELECT p.node_id, p.exec_id, p.process_id, p.rid, r.run_id, p.pid, p.ppid, p.time, p.start_time, p.exit_time,
+           p.binary_path, p.sha256, p.cgroup_path, p.comm, p.ancestry
+    FROM processes p JOIN runs r ON r.rid = p.rid;
+
+CREATE OR REPLACE VIEW credential_uses_v AS
+    SELECT u.row, u.node_id, u.stream AS event_id, u.time, u.exec_id, u.rid, r.run_id,
+           u.dest_ip, u.dest_port, u.host, u.method, u.path, u.detector, u.class, u.lifetime, u.fingerprint, u.access_key_id,
+           u.jwt_iss, u.jwt_sub, u.jwt_jti, u.token_family
+    FROM credential_uses u LEFT JOIN runs r ON r.rid = u.rid;
+
+CREATE OR REPLACE VIEW token_issuances_v AS
+    SELECT t.node_id, t.jti, t.stream AS event_id, t.time, t.spiffe_id, t.audience, t.issuer, t.issued_at, t.expires_at,
+           t.ttl, t.exec_id, t.rid, r.run_id
+    FROM token_issuances t LEFT JOIN runs r ON r.rid = t.rid;
+
+CREATE OR REPLACE VIEW token_denials_v AS
+    SELECT d.time, d.reason, d.detail, d.spiffe_id, d.exec_id, d.rid, r.run_id
+    FROM token_denials d LEFT JOIN runs r ON r.rid = d.rid;
+
+CREATE OR REPLACE VIEW credential_file_reads_v AS
+    SELECT f.time, f.path, f.file_kind, f.exec_id, f.rid, r.run_id
+    FROM credential_file_reads f LEFT JOIN runs r ON r.rid = f.rid;

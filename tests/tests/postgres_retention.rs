@@ -1,0 +1,78 @@
+#![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
+//! The PostgreSQL store on a real server: events are stored once per (node, id) however
+//! often they are resent, retention drops whole day partitions of old events, and cloud
+//! audit logs a responder imports keep (retained by ingestion time, not event time).
+
+use std::{fs, path::Path, process::Command};
+
+use sigil_collector::{
+    cloud::cloudtrail,
+    store::{AgentEvent, Query, Store, postgres::PostgresStore, sqlite::now_unix},
+};
+use sigil_proto::{EventBody, v1};
+use sigil_tests::{postgres::Postgres, scratch_dir};
+
+fn exec(id: &str, time: &str) -> AgentEvent {
+    let body = v1::ProcessExec { exec_id: format!("exec-{id}"), process_id: format!("proc-{id}"), time: time.into(), comm: "true".into(), ..Default::default() };
+    AgentEvent { id: id.into(), body: EventBody::ProcessExec(body) }
+}
+
+/// The day partitions of `table` (their names end in the day number).
+fn partitions(pg: &Postgres, table: &str) -> Vec<String> {
+    let rows = pg
+        .client()
+        .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::text::regclass ORDER BY 1", &[&table])
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+#[test]
+fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
+    let pg = Postgres::start();
+    let store = PostgresStore::connect(&pg.url).unwrap();
+    // A second replica on the same database.
+    let replica = PostgresStore::connect(&pg.url).unwrap();
+    let now = String::from_utf8(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap().stdout).unwrap().trim().to_owned();
+    let batch = [exec("s-1", "2026-01-01T10:00:00Z"), exec("s-2", &now), exec("s-3", "2026-01-01T23:59:59Z")];
+    let out = store.ingest_events("node-a", &batch).unwrap();
+    assert_eq!((out.stored, out.duplicates), (3, 0));
+    // Resent (an agent that never got the answer): nothing new.
+    let out = store.ingest_events("node-a", &batch).unwrap();
+    assert_eq!((out.stored, out.duplicates), (0, 3));
+    // Another node's events with the same ids are its own.
+    assert_eq!(store.ingest_events("node-b", &batch[..1]).unwrap().stored, 1);
+    assert_eq!(replica.ingest_events("node-d", &[exec("early-1", "2026-01-01T09:00:00Z")]).unwrap().stored, 1);
+    // The same id twice in one batch is one event.
+    let out = store.ingest_events("node-c", &[exec("d-1", &now), exec("d-1", &now)]).unwrap();
+    assert_eq!((out.stored, out.duplicates), (1, 1));
+    let old_day = format!("events_d{}", 1_767_225_600 / 86_400);
+    assert!(partitions(&pg, "events").contains(&old_day), "{:?}", partitions(&pg, "events"));
+
+    // A responder imports last year's CloudTrail for an investigation.
+    let dir = scratch_dir();
+    let trail = dir.join("old.json");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/tests/data/cloudtrail/iamuser_getobject.json");
+    fs::write(&trail, fs::read_to_string(src).unwrap().replace("2026-11-23T", "2025-02-03T")).unwrap();
+    let parsed = cloudtrail::parse_path(&trail).unwrap();
+    assert!(!parsed.actions.is_empty() && parsed.actions.iter().all(|a| a.time_unix < now_unix() - 200 * 86_400));
+    assert_eq!(store.ingest_cloud(&parsed.actions).unwrap().stored as usize, parsed.actions.len());
+
+    let deleted = store.retain(now_unix() - 30 * 86_400).unwrap();
+    assert!(deleted >= 3, "deleted {deleted}");
+    assert!(!partitions(&pg, "events").contains(&old_day), "the old day's partition is dropped");
+    assert!(!partitions(&pg, "events").is_empty(), "today's partition stays");
+    let (events, processes): (i64, i64) = {
+        let r = pg.client().query_one("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM processes)", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((events, processes), (2, 2), "only today's execs remain (node-a's and node-c's)");
+    assert_eq!(store.metrics().unwrap()["events_by_kind"]["process_exec"], 2, "the counts follow the dropped partitions");
+    // The imported evidence is still there and answers.
+    for a in &parsed.actions {
+        assert_eq!(store.query(&Query::Trace(a.id.clone())).unwrap()["action"]["id"], a.id.as_str());
+    }
+    // The replica knew the old day's partition (it stored an event of that day before the
+    // other replica's retention dropped it): a late event of that day is still stored.
+    assert_eq!(replica.ingest_events("node-d", &[exec("late-1", "2026-01-01T11:00:00Z")]).unwrap().stored, 1);
+    let _ = fs::remove_dir_all(dir);
+}
