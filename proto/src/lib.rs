@@ -55,6 +55,21 @@ impl EventBody {
         KINDS.iter().find(|(k, _)| *k == id).map_or("unknown", |(_, n)| n)
     }
 
+    /// The event's own RFC 3339 time as the agent wrote it; `None` for agent statistics,
+    /// which are about the moment they arrive.
+    pub fn time(&self) -> Option<&str> {
+        match self {
+            Self::ProcessExec(e) => Some(&e.time),
+            Self::ProcessExit(e) => Some(&e.time),
+            Self::TokenIssued(e) => Some(&e.time),
+            Self::TokenDenied(e) => Some(&e.time),
+            Self::CredentialUse(e) => Some(&e.time),
+            Self::CredentialFileRead(e) => Some(&e.time),
+            Self::ConfigChange(e) => Some(&e.time),
+            Self::AgentStats(_) => None,
+        }
+    }
+
     /// The JSON document (`{"kind": ..., fields...}`) of `sigil-agent run --stdout`.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         serde_json::to_vec(self)

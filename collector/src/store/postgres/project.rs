@@ -16,17 +16,7 @@ type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 /// moment they arrive. An unparsable time counts as the Unix epoch, so a resent event
 /// keeps its key.
 pub fn time_of(body: &EventBody) -> Option<i64> {
-    let t = match body {
-        EventBody::ProcessExec(e) => &e.time,
-        EventBody::ProcessExit(e) => &e.time,
-        EventBody::TokenIssued(e) => &e.time,
-        EventBody::TokenDenied(e) => &e.time,
-        EventBody::CredentialUse(e) => &e.time,
-        EventBody::CredentialFileRead(e) => &e.time,
-        EventBody::ConfigChange(e) => &e.time,
-        EventBody::AgentStats(_) => return None,
-    };
-    Some(crate::cloud::parse_rfc3339(t).unwrap_or(0))
+    body.time().map(|t| crate::cloud::parse_rfc3339(t).unwrap_or(0))
 }
 
 struct Batch<'a, 't> {

@@ -24,20 +24,10 @@ pub fn split_id(id: &str) -> (&str, i64) {
     }
 }
 
-/// Unix seconds of an RFC 3339 time in an event; `received` when absent or unparsable.
+/// Unix seconds of an RFC 3339 time in an event; `received` when absent (agent
+/// statistics are about the moment they arrive) or unparsable.
 fn time_of(body: &EventBody, received: i64) -> i64 {
-    let t = match body {
-        EventBody::ProcessExec(e) => &e.time,
-        EventBody::ProcessExit(e) => &e.time,
-        EventBody::TokenIssued(e) => &e.time,
-        EventBody::TokenDenied(e) => &e.time,
-        EventBody::CredentialUse(e) => &e.time,
-        EventBody::CredentialFileRead(e) => &e.time,
-        EventBody::ConfigChange(e) => &e.time,
-        // Health counters are about the moment they arrive.
-        EventBody::AgentStats(_) => return received,
-    };
-    crate::cloud::parse_rfc3339(t).unwrap_or(received)
+    body.time().and_then(crate::cloud::parse_rfc3339).unwrap_or(received)
 }
 
 /// What a batch did to one run.
