@@ -203,27 +203,42 @@ impl Attestor {
     /// The table's record of `pid` for an event about it (a credential use), with the
     /// digest filled in when it is still pending and the binary is small enough to hash
     /// now (at most the pool's small-file size: an event cannot be made to wait for a
-    /// huge file). The pool still emits the exec record; its job then hits the cache.
+    /// huge file).
     pub fn settled(&self, pid: u32) -> Option<Arc<ProcessRecord>> {
         let rec = self.table.get(pid)?;
         let small = rec.binary.size.is_some_and(|s| s <= pool::SMALL_FILE_BYTES);
         if !rec.binary.hash_pending || !small {
             return Some(rec);
         }
-        // The executable of this very process (same inode as the record's), or nothing.
-        let digest = Process::new(rec.pid as i32)
+        Some(self.hash_now(&rec).unwrap_or(rec))
+    }
+
+    /// Computes a record's missing digest on the spot, from the executable of this very
+    /// process (same inode as the record's), under the record's own exec id. The record
+    /// is emitted here unless the hashing pool already did (or is doing) it; a record the
+    /// pool gave up on was emitted without a digest and is emitted again, complete. None
+    /// when the process or its executable changed.
+    fn hash_now(&self, rec: &ProcessRecord) -> Option<Arc<ProcessRecord>> {
+        let f = Process::new(rec.pid as i32)
+            .ok()?
+            .open_relative("exe")
             .ok()
-            .and_then(|p| p.open_relative("exe").ok())
-            .filter(|f| f.metadata().is_ok_and(|m| Some(m.ino()) == rec.binary.inode))
-            .and_then(|f| match self.hashes.lookup(&f).ok()? {
-                Lookup::Hit(d) => Some(d),
-                Lookup::Miss(key) => self.hashes.compute(&f, key, &|| None).ok(),
-            });
-        let Some(d) = digest else { return Some(rec) };
-        let mut done = (*rec).clone();
+            .filter(|f| f.metadata().is_ok_and(|m| Some(m.ino()) == rec.binary.inode))?;
+        let digest = match self.hashes.lookup(&f).ok()? {
+            Lookup::Hit(d) => d,
+            Lookup::Miss(key) => self.hashes.compute(&f, key, &|| None).ok()?,
+        };
+        let mut done = rec.clone();
         done.binary.hash_pending = false;
-        done.binary.fill_digest(d, "exe");
-        Some(Arc::new(self.table.complete(done)))
+        done.binary.fill_digest(digest, "exe");
+        if self.table.claim_emit(&done.exec_id) || !rec.binary.hash_pending {
+            let done = self.table.complete(done);
+            if let Some((_, emit)) = self.background.get() {
+                emit(&done);
+            }
+            return Some(Arc::new(done));
+        }
+        Some(Arc::new(done))
     }
 
     /// The record of an exec, or None when its binary is being hashed in the background
@@ -284,10 +299,15 @@ impl Attestor {
     /// before its exec event is handled, or after moving to another cgroup). The bool is
     /// true when the record was created by this call.
     pub fn attest_running(&self, pid: u32) -> Option<(Arc<ProcessRecord>, bool)> {
-        // A record whose hash is still being computed is not good enough to decide on:
-        // attest again here, hashing inline.
-        if let Some(rec) = self.table.get(pid).filter(|r| !r.binary.hash_pending && self.still_same(r)) {
-            return Some((rec, false));
+        if let Some(rec) = self.table.get(pid).filter(|r| self.still_same(r)) {
+            if rec.binary.sha256.is_some() {
+                return Some((rec, false));
+            }
+            // No digest yet (still being computed in the background, or given up under
+            // the pool's time budget) is not good enough to decide on: hash it inline,
+            // without a budget, under the exec id it already has, so one exec keeps one
+            // record. A file that cannot be hashed at all stays without a digest.
+            return Some((self.hash_now(&rec).unwrap_or(rec), false));
         }
         let (rec, pending) = self.attest_from_procfs(pid, Source::OnRequest)?;
         let rec = Arc::new(self.finish(rec, pending));
@@ -386,9 +406,11 @@ impl Attestor {
     /// emitted now, saying why it has no digest.
     fn hash_later(&self, mut rec: ProcessRecord, p: PendingHash, pool: &HashPool, emit: &Emit) -> Option<ProcessRecord> {
         rec.binary.hash_pending = true;
+        self.table.expect_emit(&rec.exec_id);
         let committed = self.commit(rec.clone());
         if committed.exec_id != rec.exec_id {
             // The same exec was already attested (and hashed) on request.
+            self.table.claim_emit(&rec.exec_id);
             return Some(committed);
         }
         let (table, emit, from) = (self.table.clone(), emit.clone(), p.from);
@@ -401,7 +423,10 @@ impl Attestor {
                     Ok(d) => rec.binary.fill_digest(d, from),
                     Err(e) => rec.binary.skip(&e),
                 }
-                emit(&table.complete(rec));
+                // Unless an event needed the digest first and emitted the record.
+                if table.claim_emit(&rec.exec_id) {
+                    emit(&table.complete(rec));
+                }
             }),
         };
         if let Err((job, _)) = pool.submit(job) {
