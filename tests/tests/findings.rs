@@ -12,22 +12,6 @@ use sigil_tests::{
     *,
 };
 
-/// One test per backend: `<name>::sqlite` and `<name>::postgres` run `body(backend)`.
-macro_rules! on_both_backends {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$body(super::Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$body(super::Backend::Postgres)
-            }
-        }
-    };
-}
-
 const AUDIENCE: &str = "https://payments.example";
 
 /// A collector on `backend`, an agent reporting to it that issues tokens to python in
