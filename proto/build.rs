@@ -15,6 +15,8 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
     ("CredentialUse.detector", "detector"),
     ("CredentialUse.class", "credential_class"),
     ("CredentialFileRead.file_kind", "file_kind"),
+    ("Finding.finding_kind", "finding_kind"),
+    ("Finding.severity", "severity"),
 ];
 
 /// Fields left out of JSON when absent, as the agent always wrote them.

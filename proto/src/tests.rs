@@ -201,6 +201,20 @@ fn samples() -> Vec<EventBody> {
             outcome: "rejected".into(),
             error: Some("line 3".into()),
         }),
+        EventBody::Finding(v1::Finding {
+            id: "f1".into(),
+            finding_kind: v1::FindingKind::TokenReplayed as i32,
+            severity: v1::Severity::High as i32,
+            subject: "j1".into(),
+            subject_kind: "jti".into(),
+            runs: vec!["cgroup:n1:/a".into(), "cgroup:n1:/b".into()],
+            processes: vec!["b:10:5:99".into()],
+            nodes: vec!["n1".into()],
+            first_time: "2026-01-01T00:00:00Z".into(),
+            last_time: "2026-01-01T00:00:05Z".into(),
+            evidence: vec![v1::EventRef { node: "n1".into(), id: "s-1".into(), kind: "token_issued".into() }],
+            summary: "token j1 issued to cgroup:n1:/a presented by cgroup:n1:/b".into(),
+        }),
     ];
     for b in &all {
         match b {
@@ -211,7 +225,8 @@ fn samples() -> Vec<EventBody> {
             | EventBody::CredentialUse(_)
             | EventBody::CredentialFileRead(_)
             | EventBody::AgentStats(_)
-            | EventBody::ConfigChange(_) => {}
+            | EventBody::ConfigChange(_)
+            | EventBody::Finding(_) => {}
         }
     }
     all
@@ -281,6 +296,9 @@ fn json_keeps_the_field_names_and_enum_spellings_the_agent_always_wrote() {
     assert_eq!(used["identifiers"]["key_id"], "T0/B1");
     assert_eq!(stats["trace"]["uncovered"][0]["client"], "go_crypto_tls");
     assert_eq!(stats["cpu_by_kind"]["exec"]["us_per_event"], 50.0);
+    let finding = by_kind("finding");
+    assert_eq!((finding["finding_kind"].as_str(), finding["severity"].as_str()), (Some("token_replayed"), Some("high")));
+    assert_eq!(finding["evidence"][0], json!({"node": "n1", "id": "s-1", "kind": "token_issued"}));
 
     // Absent identifiers and lifetimes are left out, as before.
     let mut bare = v1::CredentialUse { class: v1::CredentialClass::Static as i32, identifiers: Some(Default::default()), ..Default::default() };

@@ -102,6 +102,23 @@ impl Drop for Postgres {
     }
 }
 
+/// One test per backend: `<name>::sqlite` and `<name>::postgres` run `body(backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$body($crate::postgres::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$body($crate::postgres::Backend::Postgres)
+            }
+        }
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

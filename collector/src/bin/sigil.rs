@@ -56,6 +56,17 @@ enum Cmd {
     Unattributed,
     /// Migration figures: short-lived share, long-lived in use, token lifetimes, denials.
     Posture,
+    /// Misuse found in what agents reported: replayed tokens, credentials outliving their
+    /// run, shared long-lived credentials, credential files leaking to egress.
+    Findings {
+        /// Only this kind (token_replayed, token_used_after_run_ended,
+        /// credential_outlived_run, static_credential_shared, credential_file_to_egress).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only findings with a misuse at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 /// The HTTP client with the operator's credentials: a CA and client certificate for an
@@ -223,6 +234,10 @@ fn render(cmd: &Cmd, v: &Value) {
             println!("cloud actions no run could be tied to:");
             table(v["unattributed"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("id", "EVENT"), ("time", "TIME"), ("service", "SERVICE"), ("action", "ACTION"), ("principal", "PRINCIPAL"), ("access_key_id", "KEY ID"), ("source_ip", "SOURCE IP")]);
         }
+        Cmd::Findings { .. } => {
+            println!("misuse findings:");
+            table(v["findings"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("finding_kind", "KIND"), ("severity", "SEVERITY"), ("subject", "SUBJECT"), ("runs", "RUNS"), ("first_time", "FIRST"), ("last_time", "LAST"), ("summary", "SUMMARY")]);
+        }
         Cmd::Posture => {
             for (k, label) in [
                 ("share_of_runs_short_lived_only", "share of runs using only short-lived credentials"),
@@ -246,6 +261,13 @@ fn render(cmd: &Cmd, v: &Value) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = match &cli.cmd {
+        Cmd::Findings { kind, since } => {
+            let parts: Vec<String> = [kind.as_ref().map(|k| format!("kind={k}")), since.as_ref().map(|t| format!("since={t}"))].into_iter().flatten().collect();
+            Some(parts.join("&")).filter(|f| !f.is_empty())
+        }
+        _ => None,
+    };
     let (name, arg) = match &cli.cmd {
         Cmd::Trace { cloud_event_id } => ("trace", Some(cloud_event_id.as_str())),
         Cmd::WhoUsed { credential } => ("who-used", Some(credential.as_str())),
@@ -253,6 +275,7 @@ fn main() -> ExitCode {
         Cmd::StaticCredentials => ("static-credentials", None),
         Cmd::Unattributed => ("unattributed", None),
         Cmd::Posture => ("posture", None),
+        Cmd::Findings { .. } => ("findings", filter.as_deref()),
     };
     match get(&cli, name, arg) {
         Ok(v) => {

@@ -10,6 +10,7 @@
 //! - cloud actions are retained by ingestion time, so imported historical audit logs
 //!   stay as evidence.
 
+mod findings;
 mod lookups;
 mod partitions;
 mod project;
@@ -98,6 +99,8 @@ impl Inner {
         partitions::ensure(&mut self.client, &mut self.days, days)?;
         let mut tx = self.client.transaction()?;
         let out = project::ingest(&mut tx, &mut self.stmts, node, events, received)?;
+        // In the batch's transaction: a batch is stored with its findings or not at all.
+        crate::findings::detect(&mut findings::PgFindings::new(&mut tx), node, events)?;
         tx.commit()?;
         Ok(out)
     }
@@ -173,6 +176,8 @@ impl Store for PostgresStore {
             n += tx.execute(&format!("DELETE FROM {table} WHERE time < $1"), &[&before])? as usize;
         }
         n += tx.execute("DELETE FROM stats_events WHERE received < $1", &[&before])? as usize;
+        n += tx.execute("DELETE FROM findings WHERE last_time < $1", &[&before])? as usize;
+        n += tx.execute("DELETE FROM finding_facts WHERE time < $1", &[&before])? as usize;
         // Imported audit logs are evidence: kept by when they were ingested.
         n += tx.execute("DELETE FROM cloud_actions WHERE ingested < $1", &[&before])? as usize;
         n += tx.execute("DELETE FROM links l WHERE NOT EXISTS (SELECT 1 FROM cloud_actions a WHERE a.id = l.cloud_action_id)", &[])? as usize;

@@ -210,7 +210,8 @@ impl Batch<'_, '_> {
                 let stats = body.to_json().ok().and_then(|j| String::from_utf8(j).ok());
                 self.exec("UPDATE nodes SET last_stats = $2 WHERE node_id = $1", &[&node_id, &stats])?;
             }
-            EventBody::ConfigChange(_) => {}
+            // Findings are refused at ingest (the collector derives them).
+            EventBody::ConfigChange(_) | EventBody::Finding(_) => {}
         }
         Ok(())
     }

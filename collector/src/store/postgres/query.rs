@@ -56,6 +56,7 @@ pub fn answer(tx: Tx, q: &Query) -> Result<Value, StoreError> {
         Query::StaticCredentials => static_credentials(tx),
         Query::Unattributed => unattributed(tx),
         Query::Posture => posture(tx),
+        Query::Findings { kind, since } => findings(tx, kind.as_deref(), since.unwrap_or(i64::MIN)),
     }
 }
 
@@ -228,6 +229,17 @@ fn posture(tx: Tx) -> Result<Value, StoreError> {
     }))
 }
 
+/// Findings, oldest first, as their `finding` documents.
+fn findings(tx: Tx, kind: Option<&str>, since: i64) -> Result<Value, StoreError> {
+    let docs = tx.query("SELECT json FROM findings WHERE ($1::text IS NULL OR kind = $1) AND last_time >= $2 ORDER BY first_time, id", &[&kind, &since])?;
+    let found = docs
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.get::<_, String>(0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::BadArgument(format!("stored finding: {e}")))?;
+    Ok(json!({ "findings": found }))
+}
+
 pub fn metrics_snapshot(tx: Tx, now: i64) -> Result<Value, StoreError> {
     let pairs = |tx: Tx, sql: &str| -> Result<Value, StoreError> {
         let mut m = Map::new();
@@ -248,6 +260,7 @@ pub fn metrics_snapshot(tx: Tx, now: i64) -> Result<Value, StoreError> {
         "events_by_kind": kinds,
         "cloud_actions_by_provider": pairs(tx, "SELECT provider AS k, count(*) AS n FROM cloud_actions GROUP BY provider")?,
         "links_by_reason": pairs(tx, "SELECT reason AS k, count(*) AS n FROM links GROUP BY reason")?,
+        "findings_by_kind": pairs(tx, "SELECT kind AS k, count(*) AS n FROM findings GROUP BY kind")?,
         "agents": scalar(tx, &format!("SELECT count(*) FROM nodes WHERE last_seen >= {}", now - 300))?,
         "posture": posture(tx)?,
     }))

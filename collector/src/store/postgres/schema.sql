@@ -99,6 +99,22 @@ CREATE INDEX IF NOT EXISTS links_run ON links (run_id);
 
 CREATE TABLE IF NOT EXISTS correlate_queue (what TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (what, value));
 
+-- Misuse findings (collector/src/findings.rs): one row per finding kind, subject and
+-- runs (the id digests them); later evidence widens the times and grows the JSON.
+CREATE TABLE IF NOT EXISTS findings (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL,
+    first_time BIGINT NOT NULL, last_time BIGINT NOT NULL, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS findings_last ON findings (last_time);
+CREATE INDEX IF NOT EXISTS findings_kind ON findings (kind, last_time);
+
+-- What the finding rules remember between batches: a long-lived credential's first use
+-- per (fingerprint, workload, run), a run's first read of each credential file.
+CREATE TABLE IF NOT EXISTS finding_facts (
+    fact TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL, run_id TEXT NOT NULL,
+    node TEXT NOT NULL, exec_id TEXT, event_id TEXT NOT NULL, kind TEXT NOT NULL, time BIGINT NOT NULL,
+    PRIMARY KEY (fact, subject, detail, run_id));
+CREATE INDEX IF NOT EXISTS finding_facts_time ON finding_facts (fact, subject, time);
+
 -- The same view names and columns as the SQLite schema, for the queries.
 CREATE OR REPLACE VIEW processes_v AS
     SELECT p.node_id, p.exec_id, p.process_id, p.rid, r.run_id, p.pid, p.ppid, p.time, p.start_time, p.exit_time,

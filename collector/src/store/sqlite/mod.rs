@@ -4,6 +4,7 @@
 //! its node. [`project`] writes agent batches, [`lookups`] answers the correlation rules,
 //! [`query`] the responders' questions.
 
+mod findings;
 mod ids;
 mod lookups;
 mod project;
@@ -106,7 +107,12 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError> {
         let received = now_unix();
-        self.write(|tx, caches| project::ingest(tx, caches, node, events, received))
+        self.write(|tx, caches| {
+            let out = project::ingest(tx, caches, node, events, received)?;
+            // In the batch's transaction: a batch is stored with its findings or not at all.
+            crate::findings::detect(&mut findings::SqliteFindings::new(tx), node, events)?;
+            Ok(out)
+        })
     }
 
     fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError> {
@@ -176,6 +182,8 @@ impl Store for SqliteStore {
                 n += tx.execute(&format!("DELETE FROM {table} WHERE time < ?1 AND (rid IS NULL OR rid NOT IN ({linked}))"), params![before])?;
             }
             n += tx.execute("DELETE FROM events WHERE time < ?1", params![before])?;
+            n += tx.execute("DELETE FROM findings WHERE last_time < ?1", params![before])?;
+            n += tx.execute("DELETE FROM finding_facts WHERE time < ?1", params![before])?;
             n += tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?;
             Ok(n)
         })

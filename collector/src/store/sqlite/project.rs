@@ -265,7 +265,8 @@ impl Batch<'_, '_> {
                 None
             }
             // Counted in `events`; nothing to project.
-            EventBody::ConfigChange(_) => None,
+            // Findings are refused at ingest (the collector derives them).
+            EventBody::ConfigChange(_) | EventBody::Finding(_) => None,
         })
     }
 

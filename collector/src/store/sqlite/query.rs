@@ -47,6 +47,7 @@ pub fn answer(conn: &Connection, q: &Query) -> Result<Value, StoreError> {
         Query::StaticCredentials => static_credentials(conn),
         Query::Unattributed => unattributed(conn),
         Query::Posture => posture(conn),
+        Query::Findings { kind, since } => findings(conn, kind.as_deref(), since.unwrap_or(i64::MIN)),
     }
 }
 
@@ -233,6 +234,14 @@ fn posture(conn: &Connection) -> Result<Value, StoreError> {
     }))
 }
 
+/// Findings, oldest first, as their `finding` documents.
+fn findings(conn: &Connection, kind: Option<&str>, since: i64) -> Result<Value, StoreError> {
+    let mut st = conn.prepare_cached("SELECT json FROM findings WHERE (?1 IS NULL OR kind = ?1) AND last_time >= ?2 ORDER BY first_time, id")?;
+    let docs = st.query_map(params![kind, since], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    let found = docs.iter().map(|d| serde_json::from_str::<Value>(d)).collect::<Result<Vec<_>, _>>().map_err(|e| StoreError::BadArgument(format!("stored finding: {e}")))?;
+    Ok(json!({ "findings": found }))
+}
+
 /// Aggregates behind the collector's metrics (cheap: indexed counts).
 pub fn metrics_snapshot(conn: &Connection, now: i64) -> Result<Value, StoreError> {
     let pairs = |sql: &str| -> Result<Value, StoreError> {
@@ -248,6 +257,7 @@ pub fn metrics_snapshot(conn: &Connection, now: i64) -> Result<Value, StoreError
         "events_by_kind": events_by_kind(conn)?,
         "cloud_actions_by_provider": pairs("SELECT provider AS k, count(*) AS n FROM cloud_actions GROUP BY provider")?,
         "links_by_reason": pairs("SELECT reason AS k, count(*) AS n FROM links GROUP BY reason")?,
+        "findings_by_kind": pairs("SELECT kind AS k, count(*) AS n FROM findings GROUP BY kind")?,
         "agents": scalar(conn, &format!("SELECT count(*) FROM nodes WHERE last_seen >= {}", now - 300))?,
         "posture": posture(conn)?,
     }))

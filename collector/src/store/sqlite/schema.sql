@@ -137,3 +137,19 @@ CREATE VIEW IF NOT EXISTS token_denials_v AS
 CREATE VIEW IF NOT EXISTS credential_file_reads_v AS
     SELECT f.time, f.path, f.file_kind, x.s AS exec_id, f.rid, r.run_id
     FROM credential_file_reads f LEFT JOIN strings x ON x.id = f.exec_id LEFT JOIN runs r ON r.rid = f.rid;
+
+-- Misuse findings (collector/src/findings.rs): one row per finding kind, subject and
+-- runs (the id digests them); later evidence widens the times and grows the JSON.
+CREATE TABLE IF NOT EXISTS findings (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL,
+    first_time INTEGER NOT NULL, last_time INTEGER NOT NULL, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS findings_last ON findings (last_time);
+CREATE INDEX IF NOT EXISTS findings_kind ON findings (kind, last_time);
+
+-- What the finding rules remember between batches: a long-lived credential's first use
+-- per (fingerprint, workload, run), a run's first read of each credential file.
+CREATE TABLE IF NOT EXISTS finding_facts (
+    fact TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL, run_id TEXT NOT NULL,
+    node TEXT NOT NULL, exec_id TEXT, event_id TEXT NOT NULL, kind TEXT NOT NULL, time INTEGER NOT NULL,
+    PRIMARY KEY (fact, subject, detail, run_id));
+CREATE INDEX IF NOT EXISTS finding_facts_time ON finding_facts (fact, subject, time);
