@@ -552,11 +552,12 @@ fn rustls_and_java_clients_are_reported_as_uncovered_when_they_run() {
         !list.iter().any(|u| u["binary"].as_str().is_some_and(|b| b.ends_with("/curl"))),
         "curl links libssl and is seen: {list:?}"
     );
+    // The inspector takes execs in order: java, run after promtool, is listed, so
+    // promtool has been inspected (and found hookable) by now.
     assert!(
         !list.iter().any(|u| u["binary"] == "/usr/bin/promtool"),
         "promtool's crypto/tls is hooked, so it is covered: {list:?}"
     );
-    t.agent.stderr.wait_line("the Go TLS probe on promtool", |l| l.contains("Go TLS capture attached to /usr/bin/promtool"));
     let java = list.iter().find(|u| u["client"] == "java_jsse").unwrap();
     assert!(java["execs"].as_u64().unwrap() >= 1);
     assert!(java["reason"].as_str().unwrap().contains("JSSE"));

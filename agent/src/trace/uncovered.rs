@@ -268,8 +268,14 @@ fn inspect_exec(shared: &Mutex<Report>, go: &SyncSender<GoBinary>, exec: &Exec) 
         report.seen.clear();
     }
     report.seen.insert(key, verdict.clone());
-    // Report the path the process ran, not the /proc link that named the inode.
-    let binary = candidates.get(1).cloned().unwrap_or_else(|| path.clone());
+    // Report the path of the file inspected, not the /proc link that named it: where the
+    // link led when it was opened (the record's path may be an earlier exec's when the
+    // attestor could not read the inode), else the path itself.
+    let binary = fs::read_link(path)
+        .ok()
+        .filter(|_| path.starts_with("/proc/"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| path.clone());
     match verdict {
         Verdict::Seen => {}
         Verdict::Blind(kind, reason) => report.count(kind, binary, &reason),
