@@ -69,8 +69,7 @@ impl Drop for Run {
 fn traced() -> Run {
     let dir = scratch_dir();
     let state = dir.join("state");
-    let agent = Agent::start(&["--state-dir", &state.display().to_string()]);
-    agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
+    let agent = Agent::tracing(&state);
     Run { agent, state, dir }
 }
 
