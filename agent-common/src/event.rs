@@ -58,6 +58,8 @@ pub enum DataSource {
     GnuTls = 2,
     /// A write()/sendto() on a connected TCP socket outside any TLS library call.
     PlainSocket = 3,
+    /// Plaintext handed to Go's `crypto/tls.(*Conn).Write` (captured at entry).
+    GoTls = 4,
 }
 
 impl DataSource {
@@ -66,6 +68,7 @@ impl DataSource {
             1 => Some(Self::OpenSsl),
             2 => Some(Self::GnuTls),
             3 => Some(Self::PlainSocket),
+            4 => Some(Self::GoTls),
             _ => None,
         }
     }
@@ -93,7 +96,8 @@ pub struct ConnectEvent {
 #[derive(Clone, Copy, Debug)]
 pub struct DataEvent {
     pub header: EventHeader,
-    /// The TLS connection object (SSL* or gnutls_session_t), 0 for plain sockets.
+    /// The TLS connection object (SSL*, gnutls_session_t or Go's *tls.Conn), 0 for plain
+    /// sockets.
     pub conn: u64,
     /// The write's true length (may exceed `captured`).
     pub len: u64,
@@ -200,5 +204,15 @@ mod tests {
         }
         assert_eq!(EventKind::from_u32(0), None);
         assert_eq!(EventKind::from_u32(999), None);
+    }
+
+    #[test]
+    fn data_sources_round_trip_and_unknown_is_rejected() {
+        for s in [DataSource::OpenSsl, DataSource::GnuTls, DataSource::PlainSocket, DataSource::GoTls] {
+            assert_eq!(DataSource::from_u32(s as u32), Some(s));
+        }
+        assert_eq!(DataSource::GoTls as u32, 4);
+        assert_eq!(DataSource::from_u32(0), None);
+        assert_eq!(DataSource::from_u32(99), None);
     }
 }

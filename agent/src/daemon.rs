@@ -498,6 +498,9 @@ pub fn run(
         for used in tracer.as_mut().map(Tracer::due).unwrap_or_default() {
             sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
         }
+        if let Some(t) = tracer.as_mut() {
+            t.attach_go_binaries(&mut probes);
+        }
         if let Some(t) = tracer.as_mut().filter(|_| last_lib_scan.elapsed() >= LIBRARY_SCAN) {
             t.libs.scan(&mut probes);
             last_lib_scan = Instant::now();

@@ -264,6 +264,14 @@ impl Agent {
         agent
     }
 
+    /// An agent keeping its state in `state`, once credential-use tracing has hooked the
+    /// host's libssl (the first thing tracing tests rely on).
+    pub fn tracing(state: &Path) -> Self {
+        let agent = Self::start(&["--state-dir", &state.display().to_string()]);
+        agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
+        agent
+    }
+
     /// Waits for a JSON event matching `pred`.
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let line = self.stdout.wait_line(what, |l| serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v)));

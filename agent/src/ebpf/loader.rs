@@ -120,6 +120,10 @@ impl TlsLibrary {
     ];
 }
 
+/// The entry-only probe on Go's `crypto/tls.(*Conn).Write` (no return probe: see
+/// agent-ebpf/src/probes/go_tls.rs).
+const GO_TLS_WRITE: &str = "sigil_go_tls_write";
+
 /// Links of one attached library, kept to detach them.
 pub struct LibraryLinks(Vec<(&'static str, UProbeLinkId)>);
 
@@ -208,7 +212,7 @@ impl Probes {
             prog.attach("syscalls", tracepoint).map_err(|e| program_error(name, e))?;
             self.attached.push(name);
         }
-        for name in TlsLibrary::ALL_PROGRAMS {
+        for name in TlsLibrary::ALL_PROGRAMS.into_iter().chain([GO_TLS_WRITE]) {
             let prog: &mut UProbe = self.program(name)?;
             prog.load().map_err(|e| program_error(name, e))?;
         }
@@ -234,6 +238,14 @@ impl Probes {
             (true, Some(e)) => Err(e),
             _ => Ok(LibraryLinks(links)),
         }
+    }
+
+    /// Attaches the Go crypto/tls write probe at `offset` (a file offset found in the
+    /// binary's `.gopclntab`) of the executable at `path`.
+    pub fn attach_go_tls(&mut self, path: &Path, offset: u64) -> Result<LibraryLinks, LoadError> {
+        let prog: &mut UProbe = self.program(GO_TLS_WRITE)?;
+        let id = prog.attach(offset, path, UProbeScope::AllProcesses).map_err(|e| program_error(GO_TLS_WRITE, e))?;
+        Ok(LibraryLinks(vec![(GO_TLS_WRITE, id)]))
     }
 
     pub fn detach_library(&mut self, links: LibraryLinks) {

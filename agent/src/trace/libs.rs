@@ -5,18 +5,20 @@
 //! /proc/<pid>/root. Libraries on the host's standard paths are attached at start-up (so
 //! the first request of the first curl is seen) and stay attached. Others are attached
 //! when a scan of /proc/*/maps first sees them, and detached when no process maps them
-//! any more.
+//! any more. Go binaries carry their TLS inside: they are attached when they are exec'd
+//! ([`LibraryWatcher::attach_go`]) and detached when no process runs them any more.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use tracing::{info, warn};
 
-use crate::ebpf::loader::{LibraryLinks, Probes, TlsLibrary};
+use super::uncovered::GoBinary;
+use crate::ebpf::loader::{LibraryLinks, LoadError, Probes, TlsLibrary};
 
 /// Host paths probed at start-up.
 const SYSTEM_LIBS: &[&str] = &[
@@ -89,6 +91,21 @@ impl LibraryWatcher {
         }
     }
 
+    /// Attaches the Go TLS probe to an exec'd Go binary, unless it already is. The probe
+    /// is attached through the file the inspector opened (`/proc/self/fd/N`), so it lands
+    /// on the inode whose function table gave the offset, wherever the binary lives (a
+    /// container's root, a deleted file still running).
+    pub fn attach_go(&mut self, probes: &mut Probes, go: &GoBinary) -> Result<(), LoadError> {
+        if self.attached.contains_key(&go.id) {
+            return Ok(());
+        }
+        let via = PathBuf::from(format!("/proc/self/fd/{}", go.file.as_raw_fd()));
+        let links = probes.attach_go_tls(&via, go.offset)?;
+        info!("Go TLS capture attached to {} at offset {:#x}", go.binary, go.offset);
+        self.attached.insert(go.id, Attached { path: PathBuf::from(&go.binary), links, pinned: false });
+        Ok(())
+    }
+
     /// Attaches the host's standard libraries; they stay attached.
     pub fn attach_system(&mut self, probes: &mut Probes) {
         for p in SYSTEM_LIBS {
@@ -106,6 +123,10 @@ impl LibraryWatcher {
         for entry in dir.filter_map(Result::ok) {
             let name = entry.file_name();
             let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            // The executable: keeps a hooked Go binary attached while it runs.
+            if let Some(id) = file_id(Path::new(&format!("/proc/{pid}/exe"))) {
+                seen.insert(id);
+            }
             let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
             for lib_path in libraries_in_maps(&maps) {
                 let Some(lib) = classify(lib_path) else { continue };
@@ -125,7 +146,7 @@ impl LibraryWatcher {
             self.attached.iter().filter(|(id, a)| !a.pinned && !seen.contains(id)).map(|(id, _)| *id).collect();
         for id in gone {
             if let Some(a) = self.attached.remove(&id) {
-                info!("TLS capture detached from {} (no process maps it)", a.path.display());
+                info!("TLS capture detached from {} (no process maps or runs it)", a.path.display());
                 probes.detach_library(a.links);
             }
         }

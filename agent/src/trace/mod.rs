@@ -11,6 +11,7 @@ pub mod conn;
 pub mod detect;
 pub mod events;
 pub mod files;
+pub mod golang;
 #[cfg(test)]
 mod families_test;
 pub mod fingerprint;

@@ -84,7 +84,7 @@ impl From<&TraceStats> for v1::TraceStats {
                     client: u.client.as_str().into(),
                     binary: u.binary.clone(),
                     execs: u.execs,
-                    reason: u.reason.into(),
+                    reason: u.reason.clone(),
                 })
                 .collect(),
             uncovered_unchecked: t.uncovered_unchecked,
@@ -196,6 +196,17 @@ impl Tracer {
         self.uncovered.on_exec(rec);
     }
 
+    /// Hooks the Go binaries the exec inspector found since the last call; one that cannot
+    /// be hooked is reported as uncovered, with the reason.
+    pub fn attach_go_binaries(&mut self, probes: &mut Probes) {
+        for go in self.uncovered.go_binaries() {
+            if let Err(e) = self.libs.attach_go(probes, &go) {
+                warn!("cannot attach Go TLS capture to {}: {e}", go.binary);
+                self.uncovered.hook_failed(go.binary, &e.to_string());
+            }
+        }
+    }
+
     fn count_use(&mut self, used: &CredentialUse, process: Option<&ProcessRecord>) {
         let key = (label(json::credential_class::name(used.class)), label(json::detector::name(used.detector)));
         *self.stats.uses_by_class_detector.entry(key).or_default() += 1;
@@ -274,6 +285,7 @@ impl Tracer {
                     tls_library: match source {
                         DataSource::OpenSsl => Some("openssl".into()),
                         DataSource::GnuTls => Some("gnutls".into()),
+                        DataSource::GoTls => Some("go_crypto_tls".into()),
                         DataSource::PlainSocket => None,
                     },
                     protocol: v1::Protocol::from(req.protocol) as i32,
