@@ -83,6 +83,7 @@ fn file_offset<'a, R: object::ReadRef<'a>>(file: &ElfFile64<'a, Endianness, R>, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 mod tests {
     use std::{fs, path::Path};
 
