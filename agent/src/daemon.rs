@@ -450,10 +450,10 @@ pub fn run(
                         // e.g. a Go client) is emitted later by the hashing pool; the
                         // tracer needs only what the table already holds.
                         match &rec {
-                            Some(r) => t.on_exec(r),
+                            Some(r) => t.on_exec(r, &mut probes),
                             None => {
                                 if let Some(r) = attestor.table().get(ev.header.pid) {
-                                    t.on_exec(&r);
+                                    t.on_exec(&r, &mut probes);
                                 }
                             }
                         }

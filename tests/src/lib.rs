@@ -58,12 +58,25 @@ pub struct PyServer {
 
 impl PyServer {
     pub fn start(tls_dir: Option<&Path>) -> Self {
+        let cert = tls_dir.map(|dir| {
+            self_signed_cert(dir);
+            (dir.join("cert.pem"), dir.join("key.pem"))
+        });
+        Self::serve(cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+    }
+
+    /// Over TLS with a given certificate (e.g. a `pki::Pki` leaf for IP:127.0.0.1, for
+    /// clients that verify the server).
+    pub fn with_cert(cert: &Path, key: &Path) -> Self {
+        Self::serve(Some((cert, key)))
+    }
+
+    fn serve(cert: Option<(&Path, &Path)>) -> Self {
         let port = free_port();
         let mut cmd = Command::new(python());
         cmd.arg(python_script("http_server.py")).arg(port.to_string());
-        if let Some(dir) = tls_dir {
-            self_signed_cert(dir);
-            cmd.arg(dir.join("cert.pem")).arg(dir.join("key.pem"));
+        if let Some((cert, key)) = cert {
+            cmd.arg(cert).arg(key);
         }
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut line = String::new();

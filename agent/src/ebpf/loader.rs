@@ -8,7 +8,7 @@ use agent_common::{DROP_REASONS, DROPS_MAP, DropReason, TLS_CALLS_MAP, Tracepoin
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeLinkId, UProbeScope}},
+    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope}},
 };
 use thiserror::Error;
 
@@ -99,6 +99,11 @@ pub enum TlsLibrary {
 }
 
 impl TlsLibrary {
+    /// The functions hooked, by symbol name.
+    pub fn symbols(self) -> Vec<&'static str> {
+        self.hooks().iter().map(|(symbol, _, _)| *symbol).collect()
+    }
+
     /// (symbol, entry program, return program)
     fn hooks(self) -> &'static [(&'static str, &'static str, &'static str)] {
         match self {
@@ -223,12 +228,30 @@ impl Probes {
     /// through /proc/<pid>/root for a container's copy). Symbols the library lacks are
     /// skipped (SSL_write_ex is OpenSSL 1.1.1+); none at all is an error.
     pub fn attach_library(&mut self, lib: TlsLibrary, path: &Path) -> Result<LibraryLinks, LoadError> {
+        self.attach_hooks(lib, path, |symbol| Some(UProbeAttachLocation::Symbol(symbol)))
+    }
+
+    /// Attaches the write hooks of a TLS library compiled into an executable, at the file
+    /// offsets of its functions (`offsets`, by symbol; see `trace::static_tls`).
+    pub fn attach_embedded(&mut self, lib: TlsLibrary, path: &Path, offsets: &[(&str, u64)]) -> Result<LibraryLinks, LoadError> {
+        self.attach_hooks(lib, path, |symbol| {
+            offsets.iter().find(|(s, _)| *s == symbol).map(|(_, o)| UProbeAttachLocation::AbsoluteOffset(*o))
+        })
+    }
+
+    fn attach_hooks<'s>(
+        &mut self,
+        lib: TlsLibrary,
+        path: &Path,
+        at: impl Fn(&'static str) -> Option<UProbeAttachLocation<'s>>,
+    ) -> Result<LibraryLinks, LoadError> {
         let mut links = Vec::new();
         let mut last_err = None;
         for (symbol, entry, ret) in lib.hooks() {
             for name in [*entry, *ret] {
+                let Some(location) = at(symbol) else { continue };
                 let prog: &mut UProbe = self.program(name)?;
-                match prog.attach(*symbol, path, UProbeScope::AllProcesses) {
+                match prog.attach(location, path, UProbeScope::AllProcesses) {
                     Ok(id) => links.push((name, id)),
                     Err(e) => last_err = Some(program_error(name, e)),
                 }
@@ -236,6 +259,7 @@ impl Probes {
         }
         match (links.is_empty(), last_err) {
             (true, Some(e)) => Err(e),
+            (true, None) => Err(LoadError::Missing("TLS write function in the file")),
             _ => Ok(LibraryLinks(links)),
         }
     }

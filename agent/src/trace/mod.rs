@@ -19,6 +19,7 @@ pub mod http;
 pub mod libs;
 pub mod redact;
 pub mod scrub;
+pub mod static_tls;
 pub mod streams;
 pub mod tracer;
 pub mod uncovered;

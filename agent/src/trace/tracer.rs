@@ -191,8 +191,10 @@ impl Tracer {
         }
     }
 
-    /// A process was exec'd: note it if its TLS is out of Sigil's sight.
-    pub fn on_exec(&mut self, rec: &ProcessRecord) {
+    /// A process was exec'd: hook the TLS library compiled into its executable, if any;
+    /// note it if its TLS is out of Sigil's sight.
+    pub fn on_exec(&mut self, rec: &ProcessRecord, probes: &mut Probes) {
+        self.libs.on_exec(probes, rec.pid);
         self.uncovered.on_exec(rec);
     }
 
