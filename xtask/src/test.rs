@@ -11,7 +11,7 @@ const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "op
 /// Third-party clients the tests check Sigil against, and kubernetes-validate (with
 /// PyYAML), which checks deploy/ against the Kubernetes schemas offline.
 pub const PYTHON_PACKAGES: &[&str] =
-    &["spiffe==0.3.2", "pyjwt[crypto]==2.15.1", "boto3==1.44.5", "kubernetes-validate==1.37.0"];
+    &["spiffe==0.3.2", "pyjwt[crypto]==2.15.1", "boto3==1.44.5", "kubernetes-validate==1.37.0", "moto[server]==5.2.5"];
 
 pub fn run(args: &[String]) -> Result<()> {
     if !provision::is_root() {

@@ -1,0 +1,64 @@
+//! The legacy bridge: unmodified cloud SDKs use Sigil tokens.
+//!
+//! SDKs already know how to read a web identity token from a file (AWS
+//! `AWS_WEB_IDENTITY_TOKEN_FILE`, GCP external-account `credential_source.file`) and how to
+//! run a `credential_process`. These commands feed them from the local agent's Workload
+//! API, so a workload gets cloud credentials from its attested identity without a code
+//! change:
+//! - [`token_file`]: keeps a token file fresh (and, for GCP, writes the credential
+//!   configuration that points at it);
+//! - [`sts`]: the AWS `credential_process` protocol, exchanging a token at STS.
+//!
+//! The token fetch is [`fetch`]: one JWT-SVID from the Workload API (the client the
+//! `token` command uses), with its expiry read from the token itself.
+
+pub mod args;
+pub mod atomic;
+pub mod gcp;
+pub mod sts;
+pub mod token_file;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{issue::client, trace::detect::Secret};
+
+/// A JWT-SVID and when it expires (unix seconds, from its `exp` claim).
+pub struct Fetched {
+    pub token: Secret,
+    pub spiffe_id: String,
+    pub expires_at: i64,
+}
+
+/// Fetches one JWT-SVID for `audience`: the one for `spiffe_id` when given, else the
+/// first the agent answers with (a workload entitled to several IDs must say which).
+pub async fn fetch(socket: &Path, audience: &str, spiffe_id: Option<&str>) -> Result<Fetched> {
+    let svids = client::fetch_jwt(socket, vec![audience.to_owned()], spiffe_id.map(str::to_owned)).await?;
+    let Some((id, token)) = svids.into_iter().next() else { bail!("the Workload API answered with no JWT-SVID") };
+    let expires_at = crate::trace::detect::jwt_expiry(&token).context("the JWT-SVID has no exp claim")?;
+    Ok(Fetched { token: Secret::new(token.into_bytes()), spiffe_id: id, expires_at })
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `sigil-agent credential-process`: fetches a token, exchanges it at STS, and returns the
+/// `credential_process` JSON (for stdout only).
+pub fn credential_process(args: &args::CredentialProcessArgs) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let fetched = rt.block_on(fetch(&args.socket, &args.audience, args.spiffe_id.as_deref()))?;
+    let http = sts::http_client(args.ca_file.as_ref())?;
+    // Not the jti: attribution follows the exchange the agent sees, not a naming convention.
+    let session = args.session_name.clone().unwrap_or_else(|| format!("sigil-{}", now_unix()));
+    let exchange = sts::Exchange {
+        endpoint: &args.sts_endpoint,
+        role_arn: &args.role_arn,
+        session_name: &session,
+        duration_seconds: args.duration_seconds,
+        token: &fetched.token,
+    };
+    Ok(sts::assume_role_with_web_identity(&http, &exchange)?.process_json())
+}
