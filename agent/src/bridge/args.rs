@@ -6,6 +6,17 @@ use clap::Args;
 
 use crate::cli::DEFAULT_SOCKET;
 
+/// Where the token comes from: the local agent's Workload API.
+#[derive(Args, Debug)]
+pub struct Source {
+    /// Workload API socket.
+    #[arg(long, env = "SIGIL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Only this SPIFFE ID (default: the first this process is entitled to).
+    #[arg(long)]
+    pub spiffe_id: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct TokenFileArgs {
     /// Audience of the token (AWS: `sts.amazonaws.com`; GCP: the provider's allowed audience).
@@ -14,12 +25,8 @@ pub struct TokenFileArgs {
     /// The token file to keep fresh (replaced atomically, mode 0600).
     #[arg(long)]
     pub path: PathBuf,
-    /// Workload API socket.
-    #[arg(long, env = "SIGIL_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Only this SPIFFE ID (default: the first this process is entitled to).
-    #[arg(long)]
-    pub spiffe_id: Option<String>,
+    #[command(flatten)]
+    pub source: Source,
     /// AWS: the role to assume; printed as `AWS_ROLE_ARN` next to `AWS_WEB_IDENTITY_TOKEN_FILE`.
     #[arg(long)]
     pub aws_role_arn: Option<String>,
@@ -53,12 +60,8 @@ pub struct CredentialProcessArgs {
     /// Audience of the token STS is given.
     #[arg(long, default_value = "sts.amazonaws.com")]
     pub audience: String,
-    /// Workload API socket.
-    #[arg(long, env = "SIGIL_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Only this SPIFFE ID (default: the first this process is entitled to).
-    #[arg(long)]
-    pub spiffe_id: Option<String>,
+    #[command(flatten)]
+    pub source: Source,
     /// Role session name (CloudTrail shows it; attribution does not depend on it).
     #[arg(long)]
     pub session_name: Option<String>,

@@ -30,6 +30,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 

@@ -60,6 +60,7 @@ impl ExternalAccount {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 mod tests {
     use super::*;
 

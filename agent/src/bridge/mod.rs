@@ -18,8 +18,6 @@ pub mod gcp;
 pub mod sts;
 pub mod token_file;
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
 
 use crate::{issue::client, trace::detect::Secret};
@@ -31,10 +29,10 @@ pub struct Fetched {
     pub expires_at: i64,
 }
 
-/// Fetches one JWT-SVID for `audience`: the one for `spiffe_id` when given, else the
-/// first the agent answers with (a workload entitled to several IDs must say which).
-pub async fn fetch(socket: &Path, audience: &str, spiffe_id: Option<&str>) -> Result<Fetched> {
-    let svids = client::fetch_jwt(socket, vec![audience.to_owned()], spiffe_id.map(str::to_owned)).await?;
+/// Fetches one JWT-SVID for `audience`: the one for the source's SPIFFE ID when given,
+/// else the first the agent answers with (a workload entitled to several IDs must say which).
+pub async fn fetch(source: &args::Source, audience: &str) -> Result<Fetched> {
+    let svids = client::fetch_jwt(&source.socket, vec![audience.to_owned()], source.spiffe_id.clone()).await?;
     let Some((id, token)) = svids.into_iter().next() else { bail!("the Workload API answered with no JWT-SVID") };
     let expires_at = crate::trace::detect::jwt_expiry(&token).context("the JWT-SVID has no exp claim")?;
     Ok(Fetched { token: Secret::new(token.into_bytes()), spiffe_id: id, expires_at })
@@ -49,7 +47,7 @@ pub fn now_unix() -> i64 {
 /// `credential_process` JSON (for stdout only).
 pub fn credential_process(args: &args::CredentialProcessArgs) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let fetched = rt.block_on(fetch(&args.socket, &args.audience, args.spiffe_id.as_deref()))?;
+    let fetched = rt.block_on(fetch(&args.source, &args.audience))?;
     let http = sts::http_client(args.ca_file.as_ref())?;
     // Not the jti: attribution follows the exchange the agent sees, not a naming convention.
     let session = args.session_name.clone().unwrap_or_else(|| format!("sigil-{}", now_unix()));

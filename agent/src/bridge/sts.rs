@@ -173,6 +173,7 @@ fn parse_error(status: u16, xml: &str) -> StsError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 mod tests {
     use super::*;
 

@@ -23,7 +23,7 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// Writes the file(s), prints the environment a user sets, and keeps the token fresh.
 pub async fn run(args: TokenFileArgs) -> Result<()> {
-    let first = fetch(&args.socket, &args.audience, args.spiffe_id.as_deref()).await.context("fetching the first token")?;
+    let first = fetch(&args.source, &args.audience).await.context("fetching the first token")?;
     write_token(&args.path, &first)?;
     if let (Some(config), Some(audience)) = (&args.gcp_config, &args.gcp_audience) {
         let account = ExternalAccount::new(audience, &args.gcp_token_url, &args.path, args.gcp_impersonation_url.as_deref());
@@ -46,7 +46,7 @@ async fn refresh(args: &TokenFileArgs, expires_at: i64) -> i64 {
     let rng = SystemRandom::new();
     let mut backoff = FIRST_RETRY;
     loop {
-        let result = match fetch(&args.socket, &args.audience, args.spiffe_id.as_deref()).await {
+        let result = match fetch(&args.source, &args.audience).await {
             Ok(f) => write_token(&args.path, &f).map(|()| f.expires_at),
             Err(e) => Err(e),
         };
