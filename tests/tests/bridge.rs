@@ -19,7 +19,10 @@ use std::{
 
 use base64::Engine;
 use serde_json::{Value, json};
-use sigil_tests::*;
+use sigil_tests::{
+    postgres::{Backend, Db},
+    *,
+};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/sigil-bridge";
 const ID: &str = "spiffe://sigil.test/ns/reports/sa/exporter";
@@ -61,6 +64,7 @@ impl Drop for Moto {
 struct Node {
     dir: PathBuf,
     collector: Collector,
+    db: Db,
     agent: Agent,
     socket: PathBuf,
     client: PathBuf,
@@ -68,12 +72,19 @@ struct Node {
     run_id: String,
 }
 
-fn node(ttl: u64) -> Node {
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn node(ttl: u64, backend: Backend) -> Node {
     let dir = scratch_dir();
+    let db = Db::new(backend, &dir);
     let n = std::process::id();
     let uid = format!("b41d9e00-0000-4000-8000-{:012x}", u64::from(n) * 1000 + u64::from(rand_suffix()));
     let ctr = format!("{:064x}", u128::from(n) << 32 | u128::from(rand_suffix()));
-    let collector = Collector::start(&dir.join("sigil.db"));
+    let collector = Collector::start(&db.arg);
     let client = unique_client(&dir, "sigil-bridge");
     let policy = dir.join("policy.toml");
     fs::write(
@@ -94,7 +105,7 @@ fn node(ttl: u64) -> Node {
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ctr}.scope",
         uid.replace('-', "_")
     ));
-    Node { dir, collector, agent, socket, client, pod, run_id: format!("container:{ctr}") }
+    Node { dir, collector, db, agent, socket, client, pod, run_id: format!("container:{ctr}") }
 }
 
 fn rand_suffix() -> u32 {
@@ -218,6 +229,7 @@ fn assert_secrets_absent(node: &Node, bridge_log: &str, secrets: &[&str]) {
     for s in secrets {
         assert!(s.len() >= 16, "not a real secret: {s:?}");
         assert_secret_absent(&node.agent, &[&node.dir], &[&collector_log, bridge_log], s);
+        assert!(!node.db.bytes().windows(s.len()).any(|w| w == s.as_bytes()), "a secret in the collector's store");
     }
 }
 
@@ -229,7 +241,7 @@ fn bridge_log(node_dir: &Path) -> String {
 /// AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE, the file kept by `sigil-agent token-file`.
 #[test]
 fn boto3_with_a_web_identity_token_file_is_traced_from_issuance_to_cloudtrail() {
-    let node = node(300);
+    let node = node(300, Backend::Sqlite);
     let moto = Moto::start();
     let path = node.dir.join("aws-token");
     let (bridge, env) = token_file(&node, &["--audience", "sts.amazonaws.com", "--path", &path.display().to_string(), "--aws-role-arn", ROLE]);
@@ -250,10 +262,21 @@ fn boto3_with_a_web_identity_token_file_is_traced_from_issuance_to_cloudtrail() 
     assert_secrets_absent(&node, &bridge_log(&node.dir), &[&secret, &session]);
 }
 
-/// A config file whose `credential_process` is `sigil-agent credential-process`.
-#[test]
-fn boto3_with_credential_process_is_traced_from_issuance_to_cloudtrail() {
-    let node = node(300);
+/// A config file whose `credential_process` is `sigil-agent credential-process`; the
+/// collector's answer is checked on both stores.
+mod boto3_with_credential_process_is_traced_from_issuance_to_cloudtrail {
+    #[test]
+    fn sqlite() {
+        super::credential_process(super::Backend::Sqlite)
+    }
+    #[test]
+    fn postgres() {
+        super::credential_process(super::Backend::Postgres)
+    }
+}
+
+fn credential_process(backend: Backend) {
+    let node = node(300, backend);
     let moto = Moto::start();
     fs::write(
         node.dir.join("aws-config"),
@@ -288,7 +311,7 @@ fn boto3_with_credential_process_is_traced_from_issuance_to_cloudtrail() {
 /// (the agent is gone) the bridge says so, loudly, once the file's token has expired.
 #[test]
 fn gcp_external_account_configuration_points_at_a_token_file_that_is_kept_fresh() {
-    let node = node(4);
+    let node = node(4, Backend::Sqlite);
     let path = node.dir.join("gcp-token");
     let config = node.dir.join("gcp-credentials.json");
     let aud = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/sigil/providers/node";
@@ -324,8 +347,8 @@ fn gcp_external_account_configuration_points_at_a_token_file_that_is_kept_fresh(
     // The agent goes away: no refresh can succeed; once the token expired, every retry
     // is an error line naming the file.
     let dir = node.dir.clone();
-    let Node { agent, .. } = node;
-    drop(agent);
+    // SAFETY: signalling the agent this test started.
+    unsafe { libc::kill(node.agent.pid() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(40);
     while !bridge_log(&dir).lines().any(|l| l.contains("EXPIRED") && l.contains("gcp-token")) {
         assert!(Instant::now() < deadline, "no error about the expired token file: {}", bridge_log(&dir));

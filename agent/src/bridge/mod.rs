@@ -38,6 +38,55 @@ pub async fn fetch(source: &args::Source, audience: &str) -> Result<Fetched> {
     Ok(Fetched { token: Secret::new(token.into_bytes()), spiffe_id: id, expires_at })
 }
 
+/// How long a command keeps trying to get its first token: long enough for an agent
+/// restart or a binary hash still being computed, short enough that a workload without
+/// an identity fails visibly.
+pub const FIRST_FETCH_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// Backoff bounds between attempts.
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`fetch`], retried with jittered exponential backoff (each failure logged) until it
+/// succeeds or `within` has passed; then the last error.
+pub async fn fetch_retrying(source: &args::Source, audience: &str, within: std::time::Duration) -> Result<Fetched> {
+    let deadline = tokio::time::Instant::now() + within;
+    let rng = ring::rand::SystemRandom::new();
+    let mut backoff = FIRST_RETRY;
+    loop {
+        match fetch(source, audience).await {
+            Ok(f) => return Ok(f),
+            Err(e) => {
+                let wait = jitter(&rng, backoff);
+                if tokio::time::Instant::now() + wait >= deadline {
+                    return Err(e);
+                }
+                tracing::warn!("token fetch failed, retrying in {wait:?}: {e:#}");
+                tokio::time::sleep(wait).await;
+                backoff = next_backoff(backoff);
+            }
+        }
+    }
+}
+
+/// Doubles, up to the cap.
+pub fn next_backoff(d: std::time::Duration) -> std::time::Duration {
+    (d * 2).min(MAX_RETRY)
+}
+
+/// The first backoff.
+pub const fn first_backoff() -> std::time::Duration {
+    FIRST_RETRY
+}
+
+/// `base` scaled by a random factor in [0.5, 1.5), so many workloads retrying after an
+/// agent restart do not do it in lockstep.
+pub fn jitter(rng: &ring::rand::SystemRandom, base: std::time::Duration) -> std::time::Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    let r = if rng.fill(&mut b).is_ok() { f64::from(u16::from_le_bytes(b)) / 65536.0 } else { 0.5 };
+    base.mul_f64(0.5 + r)
+}
+
 /// Seconds since the epoch.
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
@@ -47,7 +96,7 @@ pub fn now_unix() -> i64 {
 /// `credential_process` JSON (for stdout only).
 pub fn credential_process(args: &args::CredentialProcessArgs) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let fetched = rt.block_on(fetch(&args.source, &args.audience))?;
+    let fetched = rt.block_on(fetch_retrying(&args.source, &args.audience, FIRST_FETCH_WITHIN))?;
     let http = sts::http_client(args.ca_file.as_ref())?;
     // Not the jti: attribution follows the exchange the agent sees, not a naming convention.
     let session = args.session_name.clone().unwrap_or_else(|| format!("sigil-{}", now_unix()));

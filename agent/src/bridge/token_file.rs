@@ -11,19 +11,19 @@
 use std::{io::Write, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 
-use super::{Fetched, args::TokenFileArgs, atomic::write_private, fetch, gcp::ExternalAccount, now_unix};
+use super::{
+    FIRST_FETCH_WITHIN, Fetched, args::TokenFileArgs, atomic::write_private, fetch, fetch_retrying, first_backoff, gcp::ExternalAccount, jitter,
+    next_backoff, now_unix,
+};
 
 /// Never refresh more often than this, even for a token about to expire.
 const MIN_REFRESH: Duration = Duration::from_secs(1);
-/// Backoff bounds for failed refreshes.
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// Writes the file(s), prints the environment a user sets, and keeps the token fresh.
 pub async fn run(args: TokenFileArgs) -> Result<()> {
-    let first = fetch(&args.source, &args.audience).await.context("fetching the first token")?;
+    let first = fetch_retrying(&args.source, &args.audience, FIRST_FETCH_WITHIN).await.context("fetching the first token")?;
     write_token(&args.path, &first)?;
     if let (Some(config), Some(audience)) = (&args.gcp_config, &args.gcp_audience) {
         let account = ExternalAccount::new(audience, &args.gcp_token_url, &args.path, args.gcp_impersonation_url.as_deref());
@@ -44,7 +44,7 @@ pub async fn run(args: TokenFileArgs) -> Result<()> {
 /// Retries until a new token is written; returns its expiry.
 async fn refresh(args: &TokenFileArgs, expires_at: i64) -> i64 {
     let rng = SystemRandom::new();
-    let mut backoff = FIRST_RETRY;
+    let mut backoff = first_backoff();
     loop {
         let result = match fetch(&args.source, &args.audience).await {
             Ok(f) => write_token(&args.path, &f).map(|()| f.expires_at),
@@ -61,7 +61,7 @@ async fn refresh(args: &TokenFileArgs, expires_at: i64) -> i64 {
             Err(e) => tracing::warn!(path = %args.path.display(), expires_at, "token refresh failed, retrying: {e:#}"),
         }
         tokio::time::sleep(jitter(&rng, backoff)).await;
-        backoff = (backoff * 2).min(MAX_RETRY);
+        backoff = next_backoff(backoff);
     }
 }
 
@@ -72,14 +72,6 @@ fn write_token(path: &Path, f: &Fetched) -> Result<()> {
 /// Half of the remaining lifetime (at least [`MIN_REFRESH`]).
 fn refresh_delay(now: i64, expires_at: i64) -> Duration {
     Duration::from_secs(u64::try_from((expires_at - now) / 2).unwrap_or(0)).max(MIN_REFRESH)
-}
-
-/// `base` scaled by a random factor in [0.5, 1.5), so many workloads refreshing after
-/// an agent restart do not retry in lockstep.
-fn jitter(rng: &SystemRandom, base: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = if rng.fill(&mut b).is_ok() { f64::from(u16::from_le_bytes(b)) / 65536.0 } else { 0.5 };
-    base.mul_f64(0.5 + r)
 }
 
 /// The lines a user puts into the workload's environment.
