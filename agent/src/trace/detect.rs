@@ -595,6 +595,12 @@ impl JwtClaims {
     }
 }
 
+/// The `exp` claim of a JWS compact token (not verified: for a token the caller was just
+/// handed by a trusted source, e.g. the local agent).
+pub fn jwt_expiry(token: &str) -> Option<i64> {
+    decode_jwt(token)?.exp
+}
+
 /// Decodes a JWS compact token's claims without verifying it. Anything that is not
 /// three base64url parts with a JSON header carrying "alg" and a JSON object payload is
 /// not treated as a JWT.

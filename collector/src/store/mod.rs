@@ -11,6 +11,10 @@ use thiserror::Error;
 
 use crate::cloud::CloudAction;
 
+/// How a run got temporary cloud credentials when the agent saw it exchange a
+/// Sigil-issued token for them (`sigil trace`'s `obtained.how`).
+pub const EXCHANGED_SIGIL_TOKEN: &str = "temporary credentials from a Sigil-issued token this run exchanged (the exchange was seen on the node)";
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("database: {0}")]

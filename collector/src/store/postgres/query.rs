@@ -82,6 +82,24 @@ fn obtained(tx: Tx, link: &Value, credential: &Value) -> Result<Value, StoreErro
         return Ok(json!({"how": via, "token": issuance}));
     }
     let run_id = link["run_id"].as_str().unwrap_or("");
+    // Temporary keys a run got by exchanging a Sigil token itself (SDK web identity,
+    // `sigil-agent credential-process`): the exchange the agent saw in the request body
+    // names the token, whatever the role session name.
+    if credential["class"] == "short_lived"
+        && credential["access_key_id"].is_string()
+        && let Some(exchange) = one(
+            tx,
+            &format!(
+                "SELECT event_id, time, host, dest_ip, dest_port, path, jwt_jti, exec_id FROM credential_uses_v
+                 WHERE rid = {RID} AND detector = 'token_exchange' AND jwt_jti IS NOT NULL AND time <= $2 ORDER BY time DESC LIMIT 1"
+            ),
+            &[&run_id, &credential["time"].as_i64().unwrap_or(i64::MAX)],
+        )?
+        && let Some(jti) = exchange["jwt_jti"].as_str()
+        && let Some(issuance) = one(tx, "SELECT jti, spiffe_id, audience, issued_at, expires_at, ttl, exec_id, run_id FROM token_issuances_v WHERE jti = $1", &[&jti])?
+    {
+        return Ok(json!({"how": crate::store::EXCHANGED_SIGIL_TOKEN, "exchange": exchange, "token": issuance}));
+    }
     let files = rows(tx, &format!("SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = {RID} ORDER BY time"), &[&run_id])?;
     let how = match credential["class"].as_str() {
         Some("static") if !files.is_empty() => "a long-lived credential; the run read credential files",
