@@ -216,6 +216,13 @@ async fn push_all(url: &str, fleets: Vec<(String, Vec<Event>)>, batch: usize) ->
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// The baseline's two plain tables, strings inline, keyed by event id (the same DDL for
+/// SQLite and PostgreSQL: BIGINT is an integer in both).
+const RAW_TABLES: &str = "CREATE TABLE raw_exec (node TEXT, event_id TEXT, exec_id TEXT, process_id TEXT, run_id TEXT, pid BIGINT, ppid BIGINT, time TEXT,
+        start_time TEXT, binary_path TEXT, sha256 TEXT, cgroup_path TEXT, comm TEXT, ancestry TEXT, PRIMARY KEY (node, event_id));
+    CREATE TABLE raw_use (node TEXT, event_id TEXT, time TEXT, exec_id TEXT, run_id TEXT, dest_ip TEXT, dest_port BIGINT, host TEXT,
+        method TEXT, path TEXT, detector INTEGER, class INTEGER, lifetime BIGINT, fingerprint TEXT, access_key_id TEXT, PRIMARY KEY (node, event_id));";
+
 /// Bytes the database's live pages take (WAL frames included), read through SQLite.
 fn db_bytes(path: &Path) -> Result<u64> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -231,12 +238,7 @@ fn raw_insert(path: &Path, fleets: &[(String, Vec<Event>)], batch: usize) -> Res
     let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute_batch(
-        "CREATE TABLE raw_exec (node TEXT, event_id TEXT, exec_id TEXT, process_id TEXT, run_id TEXT, pid INTEGER, ppid INTEGER, time TEXT,
-            start_time TEXT, binary_path TEXT, sha256 TEXT, cgroup_path TEXT, comm TEXT, ancestry TEXT, PRIMARY KEY (node, event_id));
-         CREATE TABLE raw_use (node TEXT, event_id TEXT, time TEXT, exec_id TEXT, run_id TEXT, dest_ip TEXT, dest_port INTEGER, host TEXT,
-            method TEXT, path TEXT, detector INTEGER, class INTEGER, lifetime INTEGER, fingerprint TEXT, access_key_id TEXT, PRIMARY KEY (node, event_id));",
-    )?;
+    conn.execute_batch(RAW_TABLES)?;
     let start = Instant::now();
     for (node, events) in fleets {
         for chunk in events.chunks(batch) {
@@ -287,13 +289,7 @@ fn pg_bytes(url: &str, raw: bool) -> Result<u64> {
 /// unnest` per table (the fastest plain way to insert a batch without COPY).
 fn raw_insert_pg(url: &str, fleets: &[(String, Vec<Event>)], batch: usize) -> Result<f64> {
     let mut c = postgres::Client::connect(url, postgres::NoTls)?;
-    c.batch_execute(
-        "DROP TABLE IF EXISTS raw_exec, raw_use;
-         CREATE TABLE raw_exec (node TEXT, event_id TEXT, exec_id TEXT, process_id TEXT, run_id TEXT, pid BIGINT, ppid BIGINT, time TEXT,
-            start_time TEXT, binary_path TEXT, sha256 TEXT, cgroup_path TEXT, comm TEXT, ancestry TEXT, PRIMARY KEY (node, event_id));
-         CREATE TABLE raw_use (node TEXT, event_id TEXT, time TEXT, exec_id TEXT, run_id TEXT, dest_ip TEXT, dest_port BIGINT, host TEXT,
-            method TEXT, path TEXT, detector INTEGER, class INTEGER, lifetime BIGINT, fingerprint TEXT, access_key_id TEXT, PRIMARY KEY (node, event_id));",
-    )?;
+    c.batch_execute(&format!("DROP TABLE IF EXISTS raw_exec, raw_use; {RAW_TABLES}"))?;
     let start = Instant::now();
     for (node, events) in fleets {
         for chunk in events.chunks(batch) {
