@@ -175,6 +175,9 @@ struct FileReads {
     file_kind: Vec<String>,
 }
 
+/// Columns of the runs a batch creates: run id, kind, pod, container, unit, cgroup, time.
+type NewRuns<'a> = (Vec<&'a str>, Vec<String>, Vec<Option<String>>, Vec<Option<String>>, Vec<Option<String>>, Vec<Option<&'a str>>, Vec<i64>);
+
 struct Batch<'a, 't> {
     tx: &'a mut Transaction<'t>,
     stmts: &'a mut Stmts,
@@ -236,7 +239,7 @@ impl Batch<'_, '_> {
         let found: Vec<(String, i64)> =
             self.query("SELECT run_id, rid FROM runs WHERE run_id = ANY($1)", &[&keys])?.iter().map(|r| (r.get(0), r.get(1))).collect();
         self.rids.extend(found);
-        let mut c: (Vec<&str>, Vec<String>, Vec<Option<String>>, Vec<Option<String>>, Vec<Option<String>>, Vec<Option<&str>>, Vec<i64>) = Default::default();
+        let mut c = NewRuns::default();
         for (key, (w, cgroup, time)) in &wanted {
             if self.rids.contains_key(key) {
                 continue;
