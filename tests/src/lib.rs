@@ -8,6 +8,7 @@ pub mod pki;
 pub mod fake_apiserver;
 pub mod manifests;
 pub mod postgres;
+pub mod postgres_server;
 pub mod workload_api;
 
 use std::{

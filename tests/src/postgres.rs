@@ -1,79 +1,31 @@
 //! A real PostgreSQL server per test, from Debian's `postgresql` package (`cargo xtask
-//! test` installs it): `initdb` under a fresh temporary directory owned by the `postgres`
-//! system user (the server refuses to run as root), the server on a free loopback port
-//! with its socket in that directory, one database; stopped and removed on drop.
+//! test` installs it), started by [`crate::postgres_server`] under a fresh temporary
+//! directory; stopped and removed on drop.
 //!
 //! [`Db`] lets one acceptance test run against either backend.
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::Command,
 };
 
-use crate::{free_port, unique};
-
-/// Debian's PostgreSQL binaries (not on PATH; never /usr/local).
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn as_postgres(program: &str) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(Path::new(BIN).join(program));
-    c
-}
-
-fn run_ok(mut c: Command) {
-    let out = c.stdin(Stdio::null()).output().unwrap();
-    assert!(out.status.success(), "{c:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
+use crate::{
+    postgres_server::{BIN, Server},
+    unique,
+};
 
 pub struct Postgres {
-    dir: PathBuf,
-    server: Child,
     pub port: u16,
     /// `postgres://sigil@127.0.0.1:<port>/sigil`
     pub url: String,
+    _server: Server,
 }
 
 impl Postgres {
     pub fn start() -> Self {
-        let dir = std::env::temp_dir().join(unique("sigil-pg-"));
-        fs::create_dir_all(&dir).unwrap();
-        let mut chown = Command::new("chown");
-        chown.args(["postgres:postgres"]).arg(&dir);
-        run_ok(chown);
-        let data = dir.join("data");
-        let mut initdb = as_postgres("initdb");
-        initdb.arg("-D").arg(&data).args(["-U", "sigil", "--auth=trust", "--locale=C", "--encoding=UTF8", "--no-sync"]);
-        run_ok(initdb);
-        let port = free_port();
-        let server = as_postgres("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c"])
-            .arg(format!("unix_socket_directories={}", dir.display()))
-            .args(["-c", "max_connections=50"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pg = Self { dir, server, port, url: format!("postgres://sigil@127.0.0.1:{port}/sigil") };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = Command::new(Path::new(BIN).join("pg_isready")).args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"]).status().unwrap();
-            if ready.success() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "PostgreSQL on port {port} never became ready");
-            thread::sleep(Duration::from_millis(100));
-        }
-        let mut createdb = Command::new(Path::new(BIN).join("createdb"));
-        createdb.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "sigil", "sigil"]);
-        run_ok(createdb);
-        pg
+        let server = Server::start(std::env::temp_dir().join(unique("sigil-pg-"))).unwrap();
+        Self { port: server.port, url: server.url.clone(), _server: server }
     }
 
     pub fn client(&self) -> postgres::Client {
@@ -85,20 +37,6 @@ impl Postgres {
         let out = Command::new(Path::new(BIN).join("pg_dump")).args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "sigil", "sigil"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         out.stdout
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // SIGINT: fast shutdown (disconnect clients, stop).
-        unsafe { libc::kill(self.server.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.server.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

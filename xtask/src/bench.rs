@@ -6,8 +6,9 @@
 //! the median of each side is compared. Ratios near 1.0 mean the agent is invisible.
 //!
 //! Ingest: a release collector, and a separate process (`sigil-ingest-bench`) pushing
-//! real-shaped events over gRPC in batches of 500, then writing the same rows into SQLite
-//! with plain batched inserts in the same run: events/s, the ratio, bytes per event.
+//! real-shaped events over gRPC in batches of 500, then writing the same rows with plain
+//! batched inserts in the same run: events/s, the ratio, bytes per event; into SQLite, then
+//! into a throwaway PostgreSQL.
 //!
 //! Figures are merged into target/bench/results.json (one key per benchmark).
 
@@ -24,6 +25,7 @@ use crate::{
     bench_exec::{self, Agent},
     build,
     peers::{self, Guard},
+    postgres_server,
     provision,
     test::PYTHON_PACKAGES,
 };
@@ -141,20 +143,44 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The ingest benchmark on both backends: SQLite (a file) and PostgreSQL (a throwaway
+/// server started the way the tests start theirs), each next to its own raw baseline.
 fn ingest(quick: bool) -> Result<()> {
     let mut cmd = build::cargo();
     cmd.args(["build", "--release", "-p", "sigil-collector", "--bins"]);
     provision::run(&mut cmd)?;
-    let bins = build::workspace_root().join("target/release");
     let dir = build::workspace_root().join("target/bench/ingest");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let db = dir.join("collector.db");
+    let db = dir.join("collector.db").display().to_string();
+    let r = ingest_into(quick, &db, &dir.join("raw.db").display().to_string())?;
+    print_ingest("SQLite", &r);
+    record("ingest", r)?;
+    provision::debian_packages(&["postgresql"])?;
+    let pg = postgres_server::Server::start(std::env::temp_dir().join(format!("sigil-bench-pg-{}", std::process::id())))?;
+    eprintln!("bench: a throwaway PostgreSQL on port {}", pg.port);
+    let r = ingest_into(quick, &pg.url, &pg.url)?;
+    print_ingest("PostgreSQL", &r);
+    record("ingest_postgres", r)
+}
+
+fn print_ingest(backend: &str, r: &Value) {
+    println!("\n{:<52} {:>12}", format!("collector ingest into {backend} ({} events, {})", r["events"], r["mix"].as_str().unwrap_or("")), "");
+    println!("{:<52} {:>12}", format!("gRPC push into {backend} (events/s)"), r["grpc_events_per_second"]);
+    println!("{:<52} {:>12}", "raw batched insert of the same rows (rows/s)", r["raw_insert_rows_per_second"]);
+    println!("{:<52} {:>12}", "ratio (gRPC / raw)", r["ratio_to_raw"]);
+    println!("{:<52} {:>12}", "bytes per event (collector store)", r["bytes_per_event"]);
+    println!("{:<52} {:>12}", "bytes per event (raw rows)", r["raw_bytes_per_event"]);
+}
+
+/// A release collector on `db` (a file or a PostgreSQL URL), fed by `sigil-ingest-bench`
+/// from a separate process, then the raw baseline into `raw`; the bench's JSON.
+fn ingest_into(quick: bool, db: &str, raw: &str) -> Result<Value> {
+    let bins = build::workspace_root().join("target/release");
     let (grpc, http) = (free_port()?, free_port()?);
     let collector = Guard(
         Command::new(bins.join("sigil-collector"))
-            .arg("--db")
-            .arg(&db)
+            .args(["--db", db])
             .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}"), "--retention-days", "0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -169,27 +195,16 @@ fn ingest(quick: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let events = if quick { 100_000 } else { 400_000 };
-    eprintln!("bench: ingest of {events} events over gRPC (batches of 500), then the same rows raw");
+    eprintln!("bench: ingest of {events} events over gRPC (batches of 500) into {db}, then the same rows raw");
     let out = Command::new(bins.join("sigil-ingest-bench"))
         .args(["--grpc", &format!("http://127.0.0.1:{grpc}"), "--events", &events.to_string(), "--batch", "500"])
-        .arg("--db")
-        .arg(&db)
-        .arg("--raw-db")
-        .arg(dir.join("raw.db"))
+        .args(["--db", db, "--raw-db", raw])
         .output()?;
     drop(collector);
     if !out.status.success() {
         bail!("sigil-ingest-bench failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("sigil-ingest-bench output")?;
-    println!("
-{:<52} {:>12}", format!("collector ingest ({} events, {})", r["events"], r["mix"].as_str().unwrap_or("")), "");
-    println!("{:<52} {:>12}", "gRPC push into SQLite (events/s)", r["grpc_events_per_second"]);
-    println!("{:<52} {:>12}", "raw batched insert of the same rows (rows/s)", r["raw_insert_rows_per_second"]);
-    println!("{:<52} {:>12}", "ratio (gRPC / raw)", r["ratio_to_raw"]);
-    println!("{:<52} {:>12}", "bytes per event (collector store)", r["bytes_per_event"]);
-    println!("{:<52} {:>12}", "bytes per event (raw rows)", r["raw_bytes_per_event"]);
-    record("ingest", r)
+    serde_json::from_slice(&out.stdout).context("sigil-ingest-bench output")
 }
 
 fn agent(quick: bool) -> Result<()> {

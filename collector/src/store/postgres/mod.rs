@@ -141,7 +141,7 @@ impl Store for PostgresStore {
                         &a.id, &provider, &a.time_unix, &ingested, &a.action, &a.service, &a.region, &a.principal, &a.principal_type,
                         &a.access_key_id, &a.source_ip, &a.user_agent, &a.error_code, &assumed.and_then(|r| r.issued_access_key_id.clone()),
                         &assumed.and_then(|r| r.role_session_name.clone()), &assumed.and_then(|r| r.web_identity_subject.clone()),
-                        &delegation, &a.raw.to_string(),
+                        &delegation, &a.raw,
                     ],
                 )?;
                 if n == 0 {

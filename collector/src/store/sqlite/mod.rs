@@ -134,7 +134,7 @@ impl Store for SqliteStore {
                     a.action, a.service, a.region, a.principal, a.principal_type, a.access_key_id, a.source_ip, a.user_agent,
                     a.error_code, assumed.and_then(|r| r.issued_access_key_id.as_deref()), assumed.and_then(|r| r.role_session_name.as_deref()),
                     assumed.and_then(|r| r.web_identity_subject.as_deref()), serde_json::to_string(&a.delegation).unwrap_or_default(),
-                    a.raw.to_string()
+                    a.raw
                 ])?;
                 if n == 0 {
                     out.duplicates += 1

@@ -63,7 +63,7 @@ fn action(id: &str, key: &str, time_unix: i64) -> CloudAction {
         error_code: None,
         assumed: None,
         delegation: vec![],
-        raw: serde_json::json!({}),
+        raw: "{}".into(),
     }
 }
 
