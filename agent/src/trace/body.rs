@@ -117,6 +117,18 @@ pub fn header_exchange(req: &Request) -> Option<Exchange> {
     Some(Exchange { kind, client_id: Some(account), ..Exchange::default() })
 }
 
+/// A POST to what is by its name a token endpoint (`.../token`, `.../oauth2/v2.0/token`,
+/// an STS host): its response is read even when the request carried no credential Sigil
+/// recognises (a client authenticating with mTLS, say).
+pub fn token_endpoint(req: &Request) -> bool {
+    if !req.method.eq_ignore_ascii_case("POST") {
+        return false;
+    }
+    let path = req.path.split('?').next().unwrap_or("").trim_end_matches('/');
+    let host = req.authority.as_deref().unwrap_or("").to_ascii_lowercase();
+    path.rsplit('/').next().is_some_and(|last| last.eq_ignore_ascii_case("token")) || host.starts_with("sts.") || host.contains(".sts.")
+}
+
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 

@@ -79,6 +79,12 @@ impl HttpStream {
         (out, bodies)
     }
 
+    /// A request's body (wanted by `body::wants_body`) is still arriving: the last head
+    /// reported is answered by [`Self::feed_with_bodies`] later, with its body.
+    pub fn holding_body(&self) -> bool {
+        matches!(&self.state, State::Http1(h1) if h1.holding.is_some())
+    }
+
     fn feed_requests(&mut self, captured: &[u8], true_len: usize) -> Vec<Request> {
         let true_len = true_len.max(captured.len());
         let mut out = Vec::new();
