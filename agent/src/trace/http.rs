@@ -138,6 +138,8 @@ struct Http1 {
     holding: Option<Holding>,
     /// Bodies completed during the current `feed`, with their requests.
     bodies: Vec<(Request, Vec<u8>)>,
+    /// The raw bytes of a wanted chunked body still arriving (decoded once complete).
+    chunked: Option<Vec<u8>>,
 }
 
 /// A request whose body is being collected; `whole` turns false when bytes are missing.
@@ -150,6 +152,8 @@ struct Holding {
 enum Body {
     Empty,
     Length(u64),
+    /// `Transfer-Encoding: chunked` alone (followed only for bodies `wants_body` keeps).
+    Chunked,
     /// Chunked, CONNECT, upgrades, or contradictory framing: where the next request
     /// starts cannot be known from truncated captures.
     Unfollowable,
@@ -180,6 +184,7 @@ impl Http1 {
             confirmed: false,
             holding: None,
             bodies: Vec::new(),
+            chunked: None,
         }
     }
 
@@ -193,13 +198,49 @@ impl Http1 {
     fn lose(&mut self) -> Next {
         self.head.clear();
         self.body_left = 0;
+        self.chunked = None;
+        self.holding = None;
         self.lost = true;
         Next::Stay
+    }
+
+    /// Collects a chunked body from `pos` on; the position after it, or `None` when the
+    /// write ended inside it (or the stream was lost).
+    fn feed_chunked(&mut self, captured: &[u8], true_len: usize, pos: usize) -> Option<usize> {
+        let raw = self.chunked.as_mut()?;
+        // The chunk framing must be read, so every byte must have been captured.
+        let Some(bytes) = captured.get(pos..).filter(|_| captured.len() == true_len) else {
+            self.lose();
+            return None;
+        };
+        let before = raw.len();
+        raw.extend_from_slice(bytes);
+        match super::chunked::decode(raw, super::body::MAX_BODY as usize) {
+            Ok(Some((body, consumed))) => {
+                self.chunked = None;
+                if let Some(h) = self.holding.as_mut() {
+                    h.body = body;
+                }
+                self.release();
+                Some(pos + consumed.saturating_sub(before))
+            }
+            Ok(None) if raw.len() <= 2 * super::body::MAX_BODY as usize => None,
+            _ => {
+                self.lose();
+                None
+            }
+        }
     }
 
     fn feed(&mut self, captured: &[u8], true_len: usize, out: &mut Vec<Request>) -> Next {
         let mut pos = 0usize;
         loop {
+            if self.chunked.is_some() {
+                match self.feed_chunked(captured, true_len, pos) {
+                    Some(after) => pos = after,
+                    None => return Next::Stay,
+                }
+            }
             if self.body_left > 0 {
                 let skip = usize::try_from(self.body_left).unwrap_or(usize::MAX);
                 let skip = skip.min(true_len.saturating_sub(pos));
@@ -242,9 +283,13 @@ impl Http1 {
                     self.lost = false;
                     self.confirmed = true;
                     pos = pos.saturating_add(len.saturating_sub(buffered));
-                    if let Body::Length(n) = body
-                        && super::body::wants_body(&request, n)
-                    {
+                    let wanted = match body {
+                        Body::Length(n) => super::body::wants_body(&request, n),
+                        // A token request sent chunked: its size is unknown up front.
+                        Body::Chunked => super::body::wants_body(&request, 1),
+                        _ => false,
+                    };
+                    if wanted {
                         let request = request.clone();
                         self.holding = Some(Holding { request, body: Vec::new(), whole: true });
                     }
@@ -252,7 +297,8 @@ impl Http1 {
                     match body {
                         Body::Empty => {}
                         Body::Length(n) => self.body_left = n,
-                        Body::Unfollowable => return self.lose(),
+                        Body::Chunked if wanted => self.chunked = Some(Vec::new()),
+                        Body::Chunked | Body::Unfollowable => return self.lose(),
                     }
                 }
                 Head::Partial { line, method } => {
@@ -399,8 +445,15 @@ fn to_request(req: &httparse::Request<'_, '_>) -> (Request, Body) {
 
 fn body_framing(method: &str, headers: &[(String, String)]) -> Body {
     let has = |name: &str| headers.iter().any(|(n, _)| n == name);
-    if method.eq_ignore_ascii_case("CONNECT") || has("transfer-encoding") || has("upgrade") {
+    if method.eq_ignore_ascii_case("CONNECT") || has("upgrade") {
         return Body::Unfollowable;
+    }
+    if has("transfer-encoding") {
+        // Chunked alone; with a Content-Length too (a smuggling shape) or another coding,
+        // where the body ends is not knowable.
+        let codings: Vec<&(String, String)> = headers.iter().filter(|(n, _)| n == "transfer-encoding").collect();
+        let chunked_only = codings.len() == 1 && codings.iter().all(|(_, v)| v.trim().eq_ignore_ascii_case("chunked"));
+        return if chunked_only && !has("content-length") { Body::Chunked } else { Body::Unfollowable };
     }
     // Several Content-Length values (or a list) are fine only if they all agree.
     let mut length = None;

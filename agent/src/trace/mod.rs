@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod body;
 pub mod catalogue;
+pub mod chunked;
 pub mod conn;
 pub mod detect;
 pub mod events;

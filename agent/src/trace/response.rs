@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
+use super::chunked::ChunkError;
 use super::detect::{Secret, decode_jwt};
 
 /// Response bytes held per connection: the kernel copies no more after a POST
@@ -133,9 +134,11 @@ fn parse_response(buf: &[u8]) -> Result<Option<(usize, Result<Obtained, Response
     let rest = buf.get(head_len..).unwrap_or_default();
     let chunked = header("transfer-encoding").is_some_and(|te| te.rsplit(',').next().is_some_and(|c| c.trim() == "chunked"));
     let (body, body_len) = if chunked {
-        match dechunk(rest)? {
-            Some(found) => found,
-            None => return Ok(None),
+        match super::chunked::decode(rest, MAX_RESPONSE) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(None),
+            Err(ChunkError::Bad) => return Err(ResponseError::BadChunk),
+            Err(ChunkError::TooLarge) => return Err(ResponseError::TooLarge),
         }
     } else if let Some(length) = header("content-length") {
         let n: usize = length.parse().map_err(|_| ResponseError::NotHttp)?;
@@ -174,44 +177,6 @@ fn read_document(status: u16, encoding: Option<&str>, body: &[u8]) -> Result<Obt
             read_body(&inflated)
         }
         Some(other) => Err(ResponseError::Encoding(other.chars().take(32).collect())),
-    }
-}
-
-/// Decodes a chunked body: `Ok(None)` until its last chunk and trailers have arrived;
-/// then the body and the bytes the coding took.
-fn dechunk(mut rest: &[u8]) -> Result<Option<(Vec<u8>, usize)>, ResponseError> {
-    let start = rest.len();
-    let mut body = Vec::new();
-    loop {
-        let (size_len, size) = match httparse::parse_chunk_size(rest) {
-            Ok(httparse::Status::Complete(found)) => found,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(ResponseError::BadChunk),
-        };
-        rest = rest.get(size_len..).unwrap_or_default();
-        if size == 0 {
-            // Trailer fields, then an empty line.
-            loop {
-                let Some(end) = rest.iter().position(|&b| b == b'\n') else { return Ok(None) };
-                let line = rest.get(..end).unwrap_or_default();
-                rest = rest.get(end + 1..).unwrap_or_default();
-                if line.is_empty() || line == b"\r" {
-                    return Ok(Some((body, start - rest.len())));
-                }
-            }
-        }
-        let size = usize::try_from(size).map_err(|_| ResponseError::TooLarge)?;
-        if size > MAX_RESPONSE {
-            return Err(ResponseError::TooLarge);
-        }
-        let Some(data) = rest.get(..size) else { return Ok(None) };
-        body.extend_from_slice(data);
-        rest = rest.get(size..).unwrap_or_default();
-        match rest {
-            [b'\r', b'\n', tail @ ..] => rest = tail,
-            [] | [b'\r'] => return Ok(None),
-            _ => return Err(ResponseError::BadChunk),
-        }
     }
 }
 
