@@ -283,8 +283,9 @@ impl Tracer {
         let issuers = &self.sigil_issuers;
         let last_head = requests.len().checked_sub(1);
         let in_headers = requests.iter().enumerate().map(|(i, r)| {
-            // The last head's body is still arriving: its exchange is decided with it.
-            let undecided = holding && Some(i) == last_head;
+            // A head whose body is kept (still arriving, or complete in this write) is
+            // decided with its body.
+            let undecided = (holding && Some(i) == last_head) || bodies.iter().any(|(b, _)| b == r);
             (r, !undecided, detect(r, now, issuers).into_iter().map(|c| (c, header_exchange(r))).collect())
         });
         let in_bodies = bodies.iter().map(|(r, b)| (r, true, detect_body(r, b, now, issuers).into_iter().map(|(c, e)| (c, Some(e))).collect()));
