@@ -138,8 +138,8 @@ struct Http1 {
     holding: Option<Holding>,
     /// Bodies completed during the current `feed`, with their requests.
     bodies: Vec<(Request, Vec<u8>)>,
-    /// The raw bytes of a wanted chunked body still arriving (decoded once complete).
-    chunked: Option<Vec<u8>>,
+    /// The held body is chunked: `holding.body` collects its raw coding until complete.
+    chunked: bool,
 }
 
 /// A request whose body is being collected; `whole` turns false when bytes are missing.
@@ -184,7 +184,7 @@ impl Http1 {
             confirmed: false,
             holding: None,
             bodies: Vec::new(),
-            chunked: None,
+            chunked: false,
         }
     }
 
@@ -198,7 +198,7 @@ impl Http1 {
     fn lose(&mut self) -> Next {
         self.head.clear();
         self.body_left = 0;
-        self.chunked = None;
+        self.chunked = false;
         self.holding = None;
         self.lost = true;
         Next::Stay
@@ -207,24 +207,21 @@ impl Http1 {
     /// Collects a chunked body from `pos` on; the position after it, or `None` when the
     /// write ended inside it (or the stream was lost).
     fn feed_chunked(&mut self, captured: &[u8], true_len: usize, pos: usize) -> Option<usize> {
-        let raw = self.chunked.as_mut()?;
         // The chunk framing must be read, so every byte must have been captured.
-        let Some(bytes) = captured.get(pos..).filter(|_| captured.len() == true_len) else {
+        let (Some(h), Some(bytes)) = (self.holding.as_mut(), captured.get(pos..).filter(|_| captured.len() == true_len)) else {
             self.lose();
             return None;
         };
-        let before = raw.len();
-        raw.extend_from_slice(bytes);
-        match super::chunked::decode(raw, super::body::MAX_BODY as usize) {
+        let before = h.body.len();
+        h.body.extend_from_slice(bytes);
+        match super::chunked::decode(&h.body, super::body::MAX_BODY as usize) {
             Ok(Some((body, consumed))) => {
-                self.chunked = None;
-                if let Some(h) = self.holding.as_mut() {
-                    h.body = body;
-                }
+                h.body = body;
+                self.chunked = false;
                 self.release();
                 Some(pos + consumed.saturating_sub(before))
             }
-            Ok(None) if raw.len() <= 2 * super::body::MAX_BODY as usize => None,
+            Ok(None) if h.body.len() <= 2 * super::body::MAX_BODY as usize => None,
             _ => {
                 self.lose();
                 None
@@ -235,7 +232,7 @@ impl Http1 {
     fn feed(&mut self, captured: &[u8], true_len: usize, out: &mut Vec<Request>) -> Next {
         let mut pos = 0usize;
         loop {
-            if self.chunked.is_some() {
+            if self.chunked {
                 match self.feed_chunked(captured, true_len, pos) {
                     Some(after) => pos = after,
                     None => return Next::Stay,
@@ -297,7 +294,7 @@ impl Http1 {
                     match body {
                         Body::Empty => {}
                         Body::Length(n) => self.body_left = n,
-                        Body::Chunked if wanted => self.chunked = Some(Vec::new()),
+                        Body::Chunked if wanted => self.chunked = true,
                         Body::Chunked | Body::Unfollowable => return self.lose(),
                     }
                 }

@@ -116,7 +116,10 @@ impl ResponseStream {
 
 /// `Ok(None)`: incomplete. `Ok(Some((length, outcome)))`: one whole response of `length`
 /// bytes. `Err`: the bytes cannot be a response (the stream is reset).
-fn parse_response(buf: &[u8]) -> Result<Option<(usize, Result<Obtained, ResponseError>)>, ResponseError> {
+/// One whole response: its length and what was read from it.
+type Whole = (usize, Result<Obtained, ResponseError>);
+
+fn parse_response(buf: &[u8]) -> Result<Option<Whole>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     let head_len = match res.parse(buf) {
@@ -303,7 +306,9 @@ fn string(map: &Map<String, Value>, key: &str) -> Option<String> {
 }
 
 /// An object holding AWS credentials (`AccessKeyId`), searched a few levels down.
-fn aws_credentials(map: &Map<String, Value>, depth: usize) -> Option<(&Map<String, Value>, Option<&Map<String, Value>>)> {
+type Object = Map<String, Value>;
+
+fn aws_credentials(map: &Object, depth: usize) -> Option<(&Object, Option<&Object>)> {
     if map.get("AccessKeyId").is_some_and(Value::is_string) {
         return Some((map, None));
     }
