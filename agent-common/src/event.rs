@@ -60,6 +60,11 @@ pub enum DataSource {
     PlainSocket = 3,
     /// Plaintext handed to Go's `crypto/tls.(*Conn).Write` (captured at entry).
     GoTls = 4,
+    /// Plaintext returned by OpenSSL's SSL_read / SSL_read_ex: a response on a connection
+    /// whose last request was a POST (see `RESPONSE_BUDGET`).
+    OpenSslRead = 5,
+    /// Plaintext returned by GnuTLS's gnutls_record_recv, likewise.
+    GnuTlsRead = 6,
 }
 
 impl DataSource {
@@ -69,9 +74,37 @@ impl DataSource {
             2 => Some(Self::GnuTls),
             3 => Some(Self::PlainSocket),
             4 => Some(Self::GoTls),
+            5 => Some(Self::OpenSslRead),
+            6 => Some(Self::GnuTlsRead),
             _ => None,
         }
     }
+}
+
+impl DataSource {
+    /// Bytes the application read (a response), not wrote.
+    pub fn is_read(self) -> bool {
+        matches!(self, Self::OpenSslRead | Self::GnuTlsRead)
+    }
+}
+
+/// Response bytes the kernel copies per TLS connection after each POST the client writes
+/// on it (HTTP/1 `POST `): enough for a token endpoint's answer (an STS response is about
+/// 1.5 KiB), and a bound on what a connection's other responses can cost. User space
+/// stops it early when the POST was not a credential exchange.
+pub const RESPONSE_BUDGET: u64 = 16 * 1024;
+
+/// Name of the map of response budgets (`TlsConnKey` -> bytes still to copy).
+pub const RESPONSE_WATCH_MAP: &str = "RESPONSE_WATCH";
+
+/// A TLS connection of a process: its tgid and the library's connection object
+/// (`SSL*`, `gnutls_session_t`). Key of `TLS_FDS` and `RESPONSE_WATCH`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsConnKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub conn: u64,
 }
 
 /// An outbound connect() that succeeded or is in progress.
@@ -178,6 +211,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnectEvent {}
     unsafe impl aya::Pod for super::DataEvent {}
     unsafe impl aya::Pod for super::FileOpenEvent {}
+    unsafe impl aya::Pod for super::TlsConnKey {}
 }
 
 #[cfg(test)]
@@ -195,6 +229,7 @@ mod tests {
         assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 4 + 4 + DATA_CAPTURE);
         assert_eq!(size_of::<FileOpenEvent>(), 24 + 4 + 2 + 2 + PATH_LEN);
         assert_eq!(align_of::<ExecEvent>(), 8);
+        assert_eq!(size_of::<TlsConnKey>(), 4 + 4 + 8);
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub use config::TracepointOffsets;
 pub use drops::{DROP_REASONS, DROPS_MAP, DropReason, TLS_CALLS_ENTRIES, TLS_CALLS_MAP};
 pub use event::{
     ConnectEvent, DataEvent, DataSource, EventHeader, EventKind, ExecEvent, ExitEvent, FileOpenEvent, COMM_LEN,
-    DATA_CAPTURE, PATH_LEN, WATCH_NAME_LEN,
+    DATA_CAPTURE, PATH_LEN, RESPONSE_BUDGET, RESPONSE_WATCH_MAP, TlsConnKey, WATCH_NAME_LEN,
 };

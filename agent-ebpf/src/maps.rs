@@ -116,16 +116,23 @@ pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TL
 
 /// Last socket fd seen under a TLS connection object, for writes that the library
 /// buffers and flushes later. Key: tgid and the object's address.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct TlsConnKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    pub conn: u64,
-}
+pub use sigil_agent_common::TlsConnKey;
 
 #[map]
 pub static TLS_FDS: LruHashMap<TlsConnKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// A TLS read in progress on a thread (pid_tgid), emitted at return. Apart from
+/// [`TLS_CALLS`] so a read and a write of one thread (a library reading inside
+/// SSL_write, an application interleaving) never overwrite each other's arguments.
+#[map]
+pub static TLS_READS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TLS_CALLS_ENTRIES, 0);
+
+/// Response bytes still to copy per TLS connection: set to `RESPONSE_BUDGET` when the
+/// client writes a `POST ` on it, counted down by each read, deleted by user space as
+/// soon as it sees the POST was no credential exchange. Connections without an entry
+/// cost one lookup per read and copy nothing.
+#[map]
+pub static RESPONSE_WATCH: LruHashMap<TlsConnKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// TLS connections whose writes are not requests (a server's responses), set by user
 /// space after the first write: `sock_key(tgid, fd)` -> the TLS object. Cleared on close,

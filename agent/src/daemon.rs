@@ -478,8 +478,8 @@ pub fn run(
                 }
                 Ok(KernelEvent::Data(ev)) => {
                     if let Some(t) = tracer.as_mut() {
-                        for used in t.on_data(&ev, &attestor, &mut probes) {
-                            sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
+                        for body in t.on_data(&ev, &attestor, &mut probes) {
+                            sink.emit(&body).context("writing output")?;
                         }
                     }
                 }

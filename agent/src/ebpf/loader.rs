@@ -4,7 +4,7 @@ use std::io;
 
 use std::path::Path;
 
-use agent_common::{DROP_REASONS, DROPS_MAP, DropReason, TLS_CALLS_MAP, TracepointOffsets, WATCH_NAME_LEN};
+use agent_common::{DROP_REASONS, DROPS_MAP, DropReason, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets, WATCH_NAME_LEN};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -110,18 +110,29 @@ impl TlsLibrary {
             TlsLibrary::OpenSsl => &[
                 ("SSL_write", "sigil_ssl_write", "sigil_ssl_write_ret"),
                 ("SSL_write_ex", "sigil_ssl_write_ex", "sigil_ssl_write_ex_ret"),
+                ("SSL_read", "sigil_ssl_read", "sigil_ssl_read_ret"),
+                ("SSL_read_ex", "sigil_ssl_read_ex", "sigil_ssl_read_ex_ret"),
             ],
-            TlsLibrary::GnuTls => &[("gnutls_record_send", "sigil_gnutls_send", "sigil_gnutls_send_ret")],
+            TlsLibrary::GnuTls => &[
+                ("gnutls_record_send", "sigil_gnutls_send", "sigil_gnutls_send_ret"),
+                ("gnutls_record_recv", "sigil_gnutls_recv", "sigil_gnutls_recv_ret"),
+            ],
         }
     }
 
-    const ALL_PROGRAMS: [&'static str; 6] = [
+    const ALL_PROGRAMS: [&'static str; 12] = [
         "sigil_ssl_write",
         "sigil_ssl_write_ret",
         "sigil_ssl_write_ex",
         "sigil_ssl_write_ex_ret",
         "sigil_gnutls_send",
         "sigil_gnutls_send_ret",
+        "sigil_ssl_read",
+        "sigil_ssl_read_ret",
+        "sigil_ssl_read_ex",
+        "sigil_ssl_read_ex_ret",
+        "sigil_gnutls_recv",
+        "sigil_gnutls_recv_ret",
     ];
 }
 
@@ -314,6 +325,20 @@ impl Probes {
                 .map_err(|source| LoadError::Map { name: "TLS_SKIP", source })?;
         let key = (u64::from(tgid) << 32) | u64::from(fd as u32);
         map.insert(key, conn, 0).map_err(|source| LoadError::Map { name: "TLS_SKIP", source })
+    }
+
+    /// Withdraws a TLS connection's response budget: its last POST was no credential
+    /// exchange, so the kernel stops copying what the client reads on it.
+    pub fn stop_response_capture(&mut self, tgid: u32, conn: u64) -> Result<(), LoadError> {
+        let mut map: BpfHashMap<_, TlsConnKey, u64> = BpfHashMap::try_from(
+            self.ebpf.map_mut(RESPONSE_WATCH_MAP).ok_or(LoadError::Missing("map RESPONSE_WATCH"))?,
+        )
+        .map_err(|source| LoadError::Map { name: "RESPONSE_WATCH", source })?;
+        match map.remove(&TlsConnKey { tgid, _pad: 0, conn }) {
+            // Already gone: the budget ran out, or the LRU evicted it.
+            Ok(()) | Err(MapError::SyscallError(_)) => Ok(()),
+            Err(source) => Err(LoadError::Map { name: "RESPONSE_WATCH", source }),
+        }
     }
 
     /// Takes the event ring buffer (once) for the reader task.

@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod body;
 pub mod catalogue;
+pub mod chunked;
 pub mod conn;
 pub mod detect;
 pub mod events;
@@ -17,7 +18,9 @@ mod families_test;
 pub mod fingerprint;
 pub mod http;
 pub mod libs;
+pub mod obtained;
 pub mod redact;
+pub mod response;
 pub mod scrub;
 pub mod static_tls;
 pub mod streams;

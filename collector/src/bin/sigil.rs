@@ -169,6 +169,16 @@ fn table(rows: &[Value], cols: &[(&str, &str)]) {
     }
 }
 
+/// "obtained ASIA... from sts.example (aws_sts_assume_role_with_web_identity), valid until t".
+fn obtained_line(d: &Value) -> String {
+    let what = d["identifier"].as_str().map_or_else(|| format!("a {} token", text(&d["format"])), str::to_owned);
+    let mut line = format!("obtained {what} from {} ({}), valid until {}", text(&d["host"]), text(&d["exchange_kind"]), text(&d["expires_at"]));
+    if let Some(jti) = d["presented_jti"].as_str() {
+        line.push_str(&format!(", for token jti {jti}"));
+    }
+    line
+}
+
 fn print_trace(v: &Value) {
     let a = &v["action"];
     println!("cloud action {} {} {} at {} by {}", text(&a["id"]), text(&a["service"]), text(&a["action"]), when(&a["time"]), text(&a["principal"]));
@@ -185,6 +195,9 @@ fn print_trace(v: &Value) {
             println!("    credential {} {} key {} fingerprint {}", text(&c["detector"]), text(&c["class"]), text(&c["access_key_id"]), text(&c["fingerprint"]));
         }
         println!("    obtained: {}", text(&at["obtained"]["how"]));
+        if let Some(r) = at["obtained"].get("response").filter(|r| !r.is_null()) {
+            println!("      run {} {}", text(&r["run_id"]), obtained_line(r));
+        }
         if let Some(t) = at["obtained"].get("token").filter(|t| !t.is_null()) {
             println!("      token jti {} for {} (ttl {} s)", text(&t["jti"]), text(&t["spiffe_id"]), text(&t["ttl"]));
         }
@@ -220,6 +233,7 @@ fn render(cmd: &Cmd, v: &Value) {
                     "token_denied" => format!("token denied: {} ({})", text(&d["reason"]), text(&d["detail"])),
                     "credential_use" => format!("used {} {} {} -> {} {} {}", text(&d["class"]), text(&d["detector"]), text(&d["access_key_id"]), text(&d["destination"]), text(&d["method"]), text(&d["path"])),
                     "credential_file_read" => format!("read {} ({})", text(&d["path"]), text(&d["file_kind"])),
+                    "credential_obtained" => obtained_line(d),
                     "cloud_action" => format!("cloud {} {} [{}]", text(&d["service"]), text(&d["action"]), text(&d["id"])),
                     other => other.to_owned(),
                 };

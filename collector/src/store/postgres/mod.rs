@@ -172,7 +172,7 @@ impl Store for PostgresStore {
         let Inner { client, days, .. } = &mut *guard;
         let mut n = partitions::drop_before(client, days, before)?;
         let mut tx = client.transaction()?;
-        for table in ["processes", "token_issuances", "token_denials", "credential_file_reads"] {
+        for table in ["processes", "token_issuances", "token_denials", "credential_file_reads", "credential_obtained"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE time < $1"), &[&before])? as usize;
         }
         n += tx.execute("DELETE FROM stats_events WHERE received < $1", &[&before])? as usize;

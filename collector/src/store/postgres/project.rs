@@ -199,6 +199,7 @@ fn run_of(body: &EventBody) -> Option<(Option<&v1::Workload>, Option<&str>)> {
         EventBody::TokenDenied(v) => process(&v.process),
         EventBody::CredentialUse(v) => process(&v.process),
         EventBody::CredentialFileRead(v) => process(&v.process),
+        EventBody::CredentialObtained(v) => process(&v.process),
         _ => None,
     }
 }
@@ -386,6 +387,22 @@ impl Batch<'_, '_> {
                 f.rid.push(rid);
                 f.path.push(v.path.clone());
                 f.file_kind.push(json::file_kind::name(v.file_kind).unwrap_or_else(|| "unknown".into()));
+            }
+            EventBody::CredentialObtained(v) => {
+                let p = v.process.as_ref();
+                // Rare (one per exchange): a row at a time.
+                let rid = self.process_rid(p)?;
+                let node_id = self.node_id;
+                let class = json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into());
+                let host = v.destination.as_ref().and_then(|d| d.host.clone().or_else(|| d.ip.clone()));
+                self.exec(
+                    "INSERT INTO credential_obtained (node_id, time, exec_id, rid, exchange_kind, format, identifier, class, fingerprint, expires_at, principal, host, presented_jti, token_jti)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    &[
+                        &node_id, &time, &p.map(|p| &p.exec_id), &rid, &v.exchange_kind, &v.format, &v.identifier, &class, &v.fingerprint, &v.expires_at,
+                        &v.principal, &host, &v.presented_jti, &v.token_jti,
+                    ],
+                )?;
             }
             EventBody::AgentStats(_) => {
                 let stats = body.to_json().ok().and_then(|j| String::from_utf8(j).ok());

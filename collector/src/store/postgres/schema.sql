@@ -77,6 +77,15 @@ CREATE TABLE IF NOT EXISTS credential_file_reads (
 CREATE INDEX IF NOT EXISTS file_reads_run ON credential_file_reads (rid);
 CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
 
+-- Credentials obtained in exchange responses (kind 18): identifiers and times only.
+CREATE TABLE IF NOT EXISTS credential_obtained (
+    node_id BIGINT NOT NULL, time BIGINT NOT NULL, exec_id TEXT, rid BIGINT,
+    exchange_kind TEXT NOT NULL, format TEXT NOT NULL, identifier TEXT, class TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, expires_at TEXT, principal TEXT, host TEXT, presented_jti TEXT, token_jti TEXT);
+CREATE INDEX IF NOT EXISTS obtained_run ON credential_obtained (rid);
+CREATE INDEX IF NOT EXISTS obtained_identifier ON credential_obtained (identifier) WHERE identifier IS NOT NULL;
+CREATE INDEX IF NOT EXISTS obtained_time ON credential_obtained (time);
+
 CREATE TABLE IF NOT EXISTS cloud_actions (
     id TEXT PRIMARY KEY, provider TEXT NOT NULL, time BIGINT NOT NULL, ingested BIGINT NOT NULL,
     action TEXT NOT NULL, service TEXT NOT NULL, region TEXT, principal TEXT, principal_type TEXT,
@@ -135,6 +144,11 @@ CREATE OR REPLACE VIEW token_issuances_v AS
 CREATE OR REPLACE VIEW token_denials_v AS
     SELECT d.time, d.reason, d.detail, d.spiffe_id, d.exec_id, d.rid, r.run_id
     FROM token_denials d LEFT JOIN runs r ON r.rid = d.rid;
+
+CREATE OR REPLACE VIEW credential_obtained_v AS
+    SELECT o.time, o.exchange_kind, o.format, o.identifier, o.class, o.fingerprint, o.expires_at, o.principal, o.host,
+           o.presented_jti, o.token_jti, o.exec_id, o.rid, r.run_id
+    FROM credential_obtained o LEFT JOIN runs r ON r.rid = o.rid;
 
 CREATE OR REPLACE VIEW credential_file_reads_v AS
     SELECT f.time, f.path, f.file_kind, f.exec_id, f.rid, r.run_id

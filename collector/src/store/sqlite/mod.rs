@@ -178,7 +178,7 @@ impl Store for SqliteStore {
             n += tx.execute("DELETE FROM cloud_actions WHERE ingested < ?1", params![before])?;
             n += tx.execute("DELETE FROM links WHERE cloud_action_id NOT IN (SELECT id FROM cloud_actions)", [])?;
             let linked = "SELECT r.rid FROM runs r JOIN links l ON l.run_id = r.run_id";
-            for table in ["processes", "token_issuances", "token_denials", "credential_uses", "credential_file_reads"] {
+            for table in ["processes", "token_issuances", "token_denials", "credential_uses", "credential_file_reads", "credential_obtained"] {
                 n += tx.execute(&format!("DELETE FROM {table} WHERE time < ?1 AND (rid IS NULL OR rid NOT IN ({linked}))"), params![before])?;
             }
             n += tx.execute("DELETE FROM events WHERE time < ?1", params![before])?;

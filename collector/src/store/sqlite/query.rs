@@ -80,7 +80,7 @@ fn obtained(conn: &Connection, link: &Value, credential: &Value) -> Result<Value
         } else {
             "a Sigil-issued token exchanged through AssumeRoleWithWebIdentity"
         };
-        return Ok(json!({"how": via, "token": issuance}));
+        return Ok(json!({"how": via, "token": issuance, "response": handed_out(conn, credential)?}));
     }
     let run_id = link["run_id"].as_str().unwrap_or("");
     // Temporary keys a run got by exchanging a Sigil token itself (SDK web identity,
@@ -109,7 +109,19 @@ fn obtained(conn: &Connection, link: &Value, credential: &Value) -> Result<Value
         Some("sigil_issued") => "a Sigil-issued token",
         _ => "unknown",
     };
-    Ok(json!({"how": how, "credential_files": files}))
+    Ok(json!({"how": how, "credential_files": files, "response": handed_out(conn, credential)?}))
+}
+
+/// The exchange response in which some run obtained the credential (by its AWS key id),
+/// if the agent read it.
+fn handed_out(conn: &Connection, credential: &Value) -> Result<Value, StoreError> {
+    let Some(key) = credential["access_key_id"].as_str() else { return Ok(Value::Null) };
+    Ok(one(
+        conn,
+        "SELECT time, exchange_kind, identifier, expires_at, principal, host, presented_jti, exec_id, run_id FROM credential_obtained_v WHERE identifier = ?1 ORDER BY time LIMIT 1",
+        &[&key],
+    )?
+    .unwrap_or(Value::Null))
 }
 
 fn trace(conn: &Connection, id: &str) -> Result<Value, StoreError> {
@@ -173,6 +185,7 @@ fn run(conn: &Connection, id: &str) -> Result<Value, StoreError> {
         ("token_denied", format!("SELECT time, reason, detail, spiffe_id, exec_id FROM token_denials_v WHERE rid = {RID}")),
         ("credential_use", format!("SELECT time, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, coalesce(host, dest_ip) AS destination, dest_port, method, path, exec_id FROM credential_uses_v WHERE rid = {RID}")),
         ("credential_file_read", format!("SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = {RID}")),
+        ("credential_obtained", format!("SELECT time, exchange_kind, format, identifier, class, fingerprint, expires_at, principal, host, presented_jti, token_jti, exec_id FROM credential_obtained_v WHERE rid = {RID}")),
         ("cloud_action", "SELECT a.time, a.id, a.action, a.service, a.principal, l.reason, l.confidence FROM links l JOIN cloud_actions a ON a.id = l.cloud_action_id WHERE l.run_id = ?1".to_owned()),
     ] {
         for r in rows(conn, &sql, &[&id])? {
