@@ -508,7 +508,18 @@ impl Attestor {
                 // Too late for procfs: the fork time the kernel gave us is the best start
                 // estimate, and the binary cannot be read safely any more.
                 let start = if obs.fork_boot_ns != 0 { obs.fork_boot_ns } else { obs.boot_ns };
-                let binary = self.binary_of_exited(&obs, why);
+                // The kernel's identity of the executed file outlives the process: when
+                // the cache knows that version, its digest is exact (unlike the file now
+                // at the exec path).
+                let binary = match known {
+                    Some(d) => {
+                        let mut b = Binary::unknown(obs.exec_path.clone());
+                        b.fill_digest(d, "kernel");
+                        b.error = Some(why);
+                        (b, None)
+                    }
+                    None => self.binary_of_exited(&obs, why),
+                };
                 (self.clock.boot_ns_to_ticks(start), binary, None, obs.ppid, obs.comm.clone(), obs.uid, obs.gid, None)
             }
         };
