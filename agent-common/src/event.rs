@@ -189,8 +189,51 @@ pub struct ExecEvent {
     pub _pad0: u8,
     /// `bpf_ktime_get_boot_ns()` at the fork that created this process; 0 if unknown.
     pub fork_boot_ns: u64,
+    /// The executed file as the kernel knew it at exec (the hash-cache key), when the
+    /// agent found the kernel's struct layouts in BTF.
+    pub exe: ExeIdentity,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; PATH_LEN],
+}
+
+/// What `task->mm->exe_file->f_inode` said at exec: the identity and version of the
+/// file that now runs, read in the exec program so that a hash-cache hit needs no procfs
+/// read. `source` says whether the kernel filled it in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeIdentity {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub ctime_sec: i64,
+    pub mtime_nsec: u32,
+    pub ctime_nsec: u32,
+    /// `super_block.s_dev`, the kernel's internal encoding (major << 20 | minor).
+    pub dev: u32,
+    /// An [`ExeSource`] as u32.
+    pub source: u32,
+}
+
+/// Where the exec event's [`ExeIdentity`] came from.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExeSource {
+    /// Not filled in (no BTF offsets, or a read failed): user space stats the file
+    /// through `/proc/<pid>/exe`.
+    Procfs = 0,
+    /// Read by the exec program from the kernel's inode.
+    Kernel = 1,
+}
+
+impl ExeIdentity {
+    /// Major and minor of `dev` (the kernel's internal `dev_t` has a 20-bit minor).
+    pub fn major_minor(&self) -> (u32, u32) {
+        (self.dev >> 20, self.dev & 0xf_ffff)
+    }
+
+    pub fn from_kernel(&self) -> bool {
+        self.source == ExeSource::Kernel as u32
+    }
 }
 
 /// The last thread of a process has exited (`sched_process_exit` with `group_dead`).
@@ -207,6 +250,7 @@ mod pod {
     // SAFETY: plain-old-data: repr(C), integers and byte arrays only, every byte initialised.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ExeIdentity {}
     unsafe impl aya::Pod for super::ExitEvent {}
     unsafe impl aya::Pod for super::ConnectEvent {}
     unsafe impl aya::Pod for super::DataEvent {}
@@ -223,7 +267,8 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<EventHeader>(), 4 + 4 + 8 + 8);
-        assert_eq!(size_of::<ExecEvent>(), 24 + 4 * 3 + 2 + 1 + 1 + 8 + COMM_LEN + PATH_LEN);
+        assert_eq!(size_of::<ExeIdentity>(), 8 * 4 + 4 * 4);
+        assert_eq!(size_of::<ExecEvent>(), 24 + 4 * 3 + 2 + 1 + 1 + 8 + 48 + COMM_LEN + PATH_LEN);
         assert_eq!(size_of::<ExitEvent>(), 24 + 8);
         assert_eq!(size_of::<ConnectEvent>(), 24 + 4 + 2 + 2 + 16 + 4 + 4);
         assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 4 + 4 + DATA_CAPTURE);

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use aya_ebpf::maps::HashMap;
 use sigil_agent_common::{
-    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, FileOpenEvent, TLS_CALLS_ENTRIES, TracepointOffsets,
-    WATCH_NAME_LEN,
+    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES,
+    TracepointOffsets, WATCH_NAME_LEN,
 };
 
 /// All events go through one ring buffer so user space sees them in kernel order.
@@ -40,6 +40,24 @@ pub static TP_OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets
     exec_filename: 0,
     fork_child_pid: 0,
     exit_group_dead: 0,
+});
+
+/// Where the exec program finds the executable's inode: computed by the agent from this
+/// kernel's BTF and written into read-only data at load (`valid` 0: not read).
+#[unsafe(no_mangle)]
+pub static EXE_OFFSETS: Global<ExeOffsets> = Global::new(ExeOffsets {
+    valid: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    inode_size: 0,
+    inode_mtime_sec: 0,
+    inode_mtime_nsec: 0,
+    inode_ctime_sec: 0,
+    inode_ctime_nsec: 0,
+    sb_dev: 0,
 });
 
 /// Everything the kernel side gave up on, by [`DropReason`] (user space sums the CPUs).

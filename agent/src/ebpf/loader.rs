@@ -4,7 +4,9 @@ use std::io;
 
 use std::path::Path;
 
-use agent_common::{DROP_REASONS, DROPS_MAP, DropReason, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets, WATCH_NAME_LEN};
+use agent_common::{
+    DROP_REASONS, DROPS_MAP, DropReason, ExeOffsets, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets, WATCH_NAME_LEN,
+};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -158,9 +160,11 @@ impl Probes {
 
     /// `watched_names` are the credential-file suffixes the open() filter will look for;
     /// their lengths are fixed at load time. `tls_calls_entries` sizes the per-thread TLS
-    /// call map (threads inside a TLS write at one moment).
+    /// call map (threads inside a TLS write at one moment). `exe` tells the exec program
+    /// where the executable's inode is (invalid: it sends no identity).
     pub fn load(
         offsets: TracepointOffsets,
+        exe: ExeOffsets,
         ring_buffer_bytes: u32,
         tls_calls_entries: u32,
         watched_names: &[&str],
@@ -174,6 +178,7 @@ impl Probes {
             .fold(0, |m, n| m | 1 << (n.len() - 1));
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
+            .override_global("EXE_OFFSETS", &exe, true)
             .override_global("WATCH_LENGTHS", &lengths, true)
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .map_max_entries(TLS_CALLS_MAP, tls_calls_entries.max(1))
