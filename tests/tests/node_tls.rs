@@ -83,15 +83,30 @@ impl NodeRun {
     }
 
     /// Runs the node client in a fresh cgroup against a verified TLS server; returns the
-    /// credential_use it produced.
-    fn send_bearer(&self, node: &Path, library_path: Option<&Path>, token: &str) -> Value {
+    /// credential_use it produced. With `attached`, the client is started first and sends
+    /// only once the agent has logged that line: an attachment made as a binary is exec'd
+    /// can come after a fast client's first request (the README says so), and the test is
+    /// about what is seen once attached.
+    fn send_bearer(&self, node: &Path, library_path: Option<&Path>, token: &str, attached: Option<&str>) -> Value {
         let (pki, server) = self.server();
         let cg = TestCgroup::create(&format!("node.slice/{}.scope", unique("client")));
         let url = format!("https://127.0.0.1:{}/v1/repos?page=2", server.port);
-        let child = self.client(&cg, node, library_path, &pki, &[&url, token]).spawn().unwrap();
+        let mut child = self.client(&cg, node, library_path, &pki, &["-", token]).stdin(Stdio::piped()).spawn().unwrap();
         let pid = child.id();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SENT 200", "{}", String::from_utf8_lossy(&out.stderr));
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "WAITING");
+        if let Some(attached) = attached {
+            self.agent.stderr.wait_line("the attachment made at exec", |l| l.contains(attached));
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{url}").unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "SENT 200");
+        drop(stdin); // node's loop holds on while its stdin is open
+        assert!(child.wait().unwrap().success());
         self.expect_use(&cg, pid, node, server.port)
     }
 
@@ -140,8 +155,7 @@ fn official_node_with_openssl_compiled_in_is_attributed_its_bearer_token() {
 
     let run = NodeRun::start();
     let token = planted_token("official");
-    run.send_bearer(&node, None, &token);
-    run.agent.stderr.wait_line("the attachment to the node executable", |l| l.contains(&attached_line(&node)));
+    run.send_bearer(&node, None, &token, Some(&attached_line(&node)));
     run.assert_never_kept(&token);
 }
 
@@ -204,7 +218,7 @@ fn debian_node_with_the_system_libssl_is_attributed_its_bearer_token() {
 
     let run = NodeRun::start();
     let token = planted_token("debian");
-    run.send_bearer(&node, Some(&lib_dir), &token);
+    run.send_bearer(&node, Some(&lib_dir), &token, None);
     let own = format!("TLS capture attached to {} (", node.display());
     assert!(
         !run.agent.stderr.snapshot().iter().any(|l| l.contains(&own)),

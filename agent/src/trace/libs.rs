@@ -150,21 +150,27 @@ impl LibraryWatcher {
             return Some(id);
         }
         let lib = TlsLibrary::OpenSsl;
-        let found = if meta.size() > MAX_EXECUTABLE {
-            Ok(Vec::new())
-        } else {
-            fs::File::open(&link)
+        // Attached through the file that was parsed (`/proc/self/fd/N`), not the process's
+        // exe link: a short-lived process that exits meanwhile must not make the attach
+        // fail (and the file be refused for good).
+        let file = fs::File::open(&link).map_err(|e| e.to_string());
+        let found = match &file {
+            _ if meta.size() > MAX_EXECUTABLE => Ok(Vec::new()),
+            Ok(f) => f
+                .try_clone()
                 .map_err(|e| e.to_string())
-                .and_then(|f| static_tls::find_functions(&object::ReadCache::new(f), &lib.symbols()).map_err(|e| e.to_string()))
+                .and_then(|f| static_tls::find_functions(&object::ReadCache::new(f), &lib.symbols()).map_err(|e| e.to_string())),
+            Err(e) => Err(e.clone()),
         };
-        match found {
-            Ok(offsets) if !offsets.is_empty() => {
+        match (found, &file) {
+            (Ok(offsets), Ok(f)) if !offsets.is_empty() => {
                 let path = fs::read_link(&link).ok().map_or(link.clone(), |p| stable_path(pid, &p.to_string_lossy(), id));
-                let attached = probes.attach_embedded(lib, &link, &offsets);
+                let via = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                let attached = probes.attach_embedded(lib, &via, &offsets);
                 self.record(id, path, false, attached, format!("{lib:?} compiled into the executable"));
             }
-            Ok(_) => self.remember_plain(key),
-            Err(e) => {
+            (Ok(_), _) => self.remember_plain(key),
+            (Err(e), _) => {
                 debug!("executable of pid {pid} not inspected for TLS libraries: {e}");
                 self.remember_plain(key);
             }
