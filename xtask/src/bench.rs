@@ -71,17 +71,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
+/// `full`: the query benchmark at 10M events too (about 3 GB of database).
+pub fn run(quick: bool, full: bool, only: Option<&str>) -> Result<()> {
     match only {
         None => {
             agent(quick)?;
             ingest(quick)?;
+            queries(quick, full)?;
             crate::bench_cloud::run_bench().map(|_| ())
         }
         Some("agent") => agent(quick),
         Some("ingest") => ingest(quick),
+        Some("queries") => queries(quick, full),
         Some("cloudtrail") => crate::bench_cloud::run_bench().map(|_| ()),
-        Some(other) => bail!("unknown benchmark {other:?}: agent, ingest or cloudtrail"),
+        Some(other) => bail!("unknown benchmark {other:?}: agent, ingest, queries or cloudtrail"),
     }
 }
 
@@ -141,12 +144,14 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn ingest(quick: bool) -> Result<()> {
+/// A release collector serving a fresh database in `target/bench/<name>`, and the
+/// `sigil-ingest-bench` output of a run against it with `args`.
+fn against_collector(name: &str, args: &[String]) -> Result<Value> {
     let mut cmd = build::cargo();
     cmd.args(["build", "--release", "-p", "sigil-collector", "--bins"]);
     provision::run(&mut cmd)?;
     let bins = build::workspace_root().join("target/release");
-    let dir = build::workspace_root().join("target/bench/ingest");
+    let dir = build::workspace_root().join("target/bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("collector.db");
@@ -168,20 +173,28 @@ fn ingest(quick: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let events = if quick { 100_000 } else { 400_000 };
-    eprintln!("bench: ingest of {events} events over gRPC (batches of 500), then the same rows raw");
     let out = Command::new(bins.join("sigil-ingest-bench"))
-        .args(["--grpc", &format!("http://127.0.0.1:{grpc}"), "--events", &events.to_string(), "--batch", "500"])
+        .args(["--grpc", &format!("http://127.0.0.1:{grpc}"), "--batch", "500"])
         .arg("--db")
         .arg(&db)
         .arg("--raw-db")
         .arg(dir.join("raw.db"))
+        .arg("--collector-bin")
+        .arg(bins.join("sigil-collector"))
+        .args(args)
         .output()?;
     drop(collector);
     if !out.status.success() {
         bail!("sigil-ingest-bench failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("sigil-ingest-bench output")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    serde_json::from_slice(&out.stdout).context("sigil-ingest-bench output")
+}
+
+fn ingest(quick: bool) -> Result<()> {
+    let events = if quick { 100_000 } else { 400_000 };
+    eprintln!("bench: ingest of {events} events over gRPC (batches of 500), then the same rows raw");
+    let r = against_collector("ingest", &["--events".into(), events.to_string()])?;
     println!("
 {:<52} {:>12}", format!("collector ingest ({} events, {})", r["events"], r["mix"].as_str().unwrap_or("")), "");
     println!("{:<52} {:>12}", "gRPC push into SQLite (events/s)", r["grpc_events_per_second"]);
@@ -190,6 +203,32 @@ fn ingest(quick: bool) -> Result<()> {
     println!("{:<52} {:>12}", "bytes per event (collector store)", r["bytes_per_event"]);
     println!("{:<52} {:>12}", "bytes per event (raw rows)", r["raw_bytes_per_event"]);
     record("ingest", r)
+}
+
+/// Query latency per verb over gRPC at 1M events (1k pods, 2k credentials, 10k imported
+/// CloudTrail records), and at 10M with `full`.
+fn queries(quick: bool, full: bool) -> Result<()> {
+    let sizes: &[usize] = match (quick, full) {
+        (true, _) => &[200_000],
+        (false, false) => &[1_000_000],
+        (false, true) => &[1_000_000, 10_000_000],
+    };
+    let asked = if quick { 50 } else { 200 };
+    let goals = [("trace", "< 20 ms"), ("who-used", "< 20 ms"), ("run", "< 20 ms"), ("posture", "< 50 ms"), ("static-credentials", "< 50 ms")];
+    let mut res = Map::new();
+    for &events in sizes {
+        eprintln!("bench: {events} events over gRPC, 10k CloudTrail records imported, then each query verb asked {asked} times");
+        let r = against_collector("queries", &["--events".into(), events.to_string(), "--queries".into(), asked.to_string(), "--no-raw".into()])?;
+        println!("\n{:<52} {:>12}  measured (p50 / p99)", format!("queries at {events} events ({} B/event, {} events/s ingest)", r["bytes_per_event"], r["grpc_events_per_second"]), "goal p99");
+        for (verb, goal) in goals {
+            let q = &r["queries"][verb];
+            println!("{:<52} {:>12}  {} ms / {} ms", format!("  {verb}"), goal, q["p50_ms"], q["p99_ms"]);
+        }
+        res.insert(format!("queries_{events}"), r);
+    }
+    record_results(res)?;
+    eprintln!("bench: wrote {}", results_path().display());
+    Ok(())
 }
 
 fn agent(quick: bool) -> Result<()> {

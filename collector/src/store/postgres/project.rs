@@ -8,7 +8,7 @@ use postgres::{Row, Transaction, types::ToSql};
 use sigil_proto::{EventBody, json, v1};
 
 use super::Stmts;
-use crate::store::{AgentEvent, IngestOutcome, StoreError, sqlite::run_id};
+use crate::store::{AgentEvent, IngestOutcome, StoreError, aggregate::UseFigures, sqlite::run_id};
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
@@ -68,6 +68,7 @@ pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &
     let mut b = Batch { tx, stmts, node, rids: HashMap::new(), node_id, runs: BTreeMap::new(), exits: Vec::new(), queue: BTreeSet::new() };
     let mut out = IngestOutcome::default();
     let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut stored = Vec::new();
     for ev in events {
         // Removed once projected: the same id twice in one batch is one event.
         if !new.remove(&ev.id) {
@@ -77,8 +78,11 @@ pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &
         b.project(&ev.id, &ev.body, time_of(&ev.body).unwrap_or(received))?;
         *counts.entry(ev.body.kind_id() as i32).or_default() += 1;
         out.stored += 1;
+        stored.push(ev);
     }
     b.finish()?;
+    // The aggregate tables, from the events this transaction newly stored (only those).
+    super::aggregates::add(tx, node, &stored, |body| time_of(body).unwrap_or(received))?;
     for (kind, n) in counts {
         let st = stmts.get(tx, "INSERT INTO event_counts (kind, n) VALUES ($1, $2) ON CONFLICT (kind) DO UPDATE SET n = event_counts.n + EXCLUDED.n")?;
         tx.execute(&st, &[&kind, &n])?;
@@ -183,14 +187,16 @@ impl Batch<'_, '_> {
                 let detector = json::detector::name(v.detector).unwrap_or_else(|| "unknown".into());
                 let class = json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into());
                 let rid = self.process_rid(p, time)?;
+                let figures = UseFigures::of(v, time);
+                let first = Some(figures.first).filter(|f| *f < time);
                 self.exec(
                     "INSERT INTO credential_uses (node_id, stream, seq, time, rid, dest_port, lifetime,
-                        exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family)
-                     VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                        exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family, count, first_seen)
+                     VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
                     &[
                         &node_id, &id, &time, &rid, &dest.port.map(i64::from), &v.lifetime_seconds, &p.map(|p| &p.exec_id), &dest.ip, &dest.host,
                         &v.method, &v.path, &detector, &class, &v.fingerprint, &ids.access_key_id, &ids.jwt_iss, &ids.jwt_sub, &ids.jwt_jti,
-                        &ids.token_family,
+                        &ids.token_family, &figures.count, &first,
                     ],
                 )?;
                 self.queue("key", ids.access_key_id.as_deref());
