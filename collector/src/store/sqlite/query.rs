@@ -77,7 +77,7 @@ impl ToSql for Arg<'_> {
 /// Rows of `sql` as JSON objects keyed by column name.
 pub fn rows(conn: &Connection, sql: &str, args: &[&dyn ToSql]) -> Result<Vec<Value>, StoreError> {
     let mut st = conn.prepare_cached(sql)?;
-    let names: Vec<String> = st.column_names().into_iter().map(str::to_owned).collect();
+    let names: Vec<String> = st.column_names().map(str::to_owned).collect();
     let mut out = Vec::new();
     let mut rs = st.query(args)?;
     while let Some(r) = rs.next()? {
