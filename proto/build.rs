@@ -15,6 +15,9 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
     ("CredentialUse.detector", "detector"),
     ("CredentialUse.class", "credential_class"),
     ("CredentialFileRead.file_kind", "file_kind"),
+    ("Finding.finding_kind", "finding_kind"),
+    ("Finding.severity", "severity"),
+    ("CredentialObtained.class", "credential_class"),
 ];
 
 /// Fields left out of JSON when absent, as the agent always wrote them.
@@ -49,6 +52,21 @@ const SKIP_IF_NONE: &[&str] = &[
     "TokenDenied.source",
     "PodMeta.owner",
     "Owner.via",
+    "CredentialObtained.tls_library",
+    "CredentialObtained.identifier",
+    "CredentialObtained.expires_at",
+    "CredentialObtained.expires_in",
+    "CredentialObtained.principal",
+    "CredentialObtained.token_type",
+    "CredentialObtained.scope",
+    "CredentialObtained.token_iss",
+    "CredentialObtained.token_sub",
+    "CredentialObtained.token_jti",
+    "CredentialObtained.token_exp",
+    "CredentialObtained.presented_jti",
+    "CredentialObtained.presented_iss",
+    "CredentialObtained.presented_sub",
+    "CredentialObtained.presented_fingerprint",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

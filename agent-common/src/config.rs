@@ -20,3 +20,43 @@ pub struct TracepointOffsets {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), u32 fields only, no padding.
 unsafe impl aya::Pod for TracepointOffsets {}
+
+/// Byte offsets of the kernel fields the exec program follows from the current task to
+/// the executable's inode (`task->mm->exe_file->f_inode`, and its `i_sb->s_dev`).
+///
+/// The agent computes them at start-up from this kernel's BTF (`/sys/kernel/btf/vmlinux`):
+/// struct layouts differ between kernels and configs, and the programs are not
+/// CO-RE-relocated. A zero `valid` (no BTF, a field not found) makes the exec program
+/// send no identity, and user space stats the executable through procfs as before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeOffsets {
+    pub valid: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`
+    pub mm_exe_file: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `inode.i_size`
+    pub inode_size: u32,
+    /// Seconds of the modification time (`i_mtime_sec`, or `tv_sec` of the older
+    /// `i_mtime` / `__i_mtime` timespec64).
+    pub inode_mtime_sec: u32,
+    /// Nanoseconds of the modification time (read as 32 bits: always below 10^9).
+    pub inode_mtime_nsec: u32,
+    /// Seconds of the change time (`i_ctime_sec`, `__i_ctime.tv_sec` or `i_ctime.tv_sec`).
+    pub inode_ctime_sec: u32,
+    /// Nanoseconds of the change time.
+    pub inode_ctime_nsec: u32,
+    /// `super_block.s_dev` (the kernel's internal `dev_t`: major << 20 | minor).
+    pub sb_dev: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), u32 fields only, no padding.
+unsafe impl aya::Pod for ExeOffsets {}

@@ -58,6 +58,13 @@ pub enum DataSource {
     GnuTls = 2,
     /// A write()/sendto() on a connected TCP socket outside any TLS library call.
     PlainSocket = 3,
+    /// Plaintext handed to Go's `crypto/tls.(*Conn).Write` (captured at entry).
+    GoTls = 4,
+    /// Plaintext returned by OpenSSL's SSL_read / SSL_read_ex: a response on a connection
+    /// whose last request was a POST (see `RESPONSE_BUDGET`).
+    OpenSslRead = 5,
+    /// Plaintext returned by GnuTLS's gnutls_record_recv, likewise.
+    GnuTlsRead = 6,
 }
 
 impl DataSource {
@@ -66,9 +73,38 @@ impl DataSource {
             1 => Some(Self::OpenSsl),
             2 => Some(Self::GnuTls),
             3 => Some(Self::PlainSocket),
+            4 => Some(Self::GoTls),
+            5 => Some(Self::OpenSslRead),
+            6 => Some(Self::GnuTlsRead),
             _ => None,
         }
     }
+}
+
+impl DataSource {
+    /// Bytes the application read (a response), not wrote.
+    pub fn is_read(self) -> bool {
+        matches!(self, Self::OpenSslRead | Self::GnuTlsRead)
+    }
+}
+
+/// Response bytes the kernel copies per TLS connection after each POST the client writes
+/// on it (HTTP/1 `POST `): enough for a token endpoint's answer (an STS response is about
+/// 1.5 KiB), and a bound on what a connection's other responses can cost. User space
+/// stops it early when the POST was not a credential exchange.
+pub const RESPONSE_BUDGET: u64 = 16 * 1024;
+
+/// Name of the map of response budgets (`TlsConnKey` -> bytes still to copy).
+pub const RESPONSE_WATCH_MAP: &str = "RESPONSE_WATCH";
+
+/// A TLS connection of a process: its tgid and the library's connection object
+/// (`SSL*`, `gnutls_session_t`). Key of `TLS_FDS` and `RESPONSE_WATCH`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsConnKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub conn: u64,
 }
 
 /// An outbound connect() that succeeded or is in progress.
@@ -93,7 +129,8 @@ pub struct ConnectEvent {
 #[derive(Clone, Copy, Debug)]
 pub struct DataEvent {
     pub header: EventHeader,
-    /// The TLS connection object (SSL* or gnutls_session_t), 0 for plain sockets.
+    /// The TLS connection object (SSL*, gnutls_session_t or Go's *tls.Conn), 0 for plain
+    /// sockets.
     pub conn: u64,
     /// The write's true length (may exceed `captured`).
     pub len: u64,
@@ -152,8 +189,51 @@ pub struct ExecEvent {
     pub _pad0: u8,
     /// `bpf_ktime_get_boot_ns()` at the fork that created this process; 0 if unknown.
     pub fork_boot_ns: u64,
+    /// The executed file as the kernel knew it at exec (the hash-cache key), when the
+    /// agent found the kernel's struct layouts in BTF.
+    pub exe: ExeIdentity,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; PATH_LEN],
+}
+
+/// What `task->mm->exe_file->f_inode` said at exec: the identity and version of the
+/// file that now runs, read in the exec program so that a hash-cache hit needs no procfs
+/// read. `source` says whether the kernel filled it in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeIdentity {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub ctime_sec: i64,
+    pub mtime_nsec: u32,
+    pub ctime_nsec: u32,
+    /// `super_block.s_dev`, the kernel's internal encoding (major << 20 | minor).
+    pub dev: u32,
+    /// An [`ExeSource`] as u32.
+    pub source: u32,
+}
+
+/// Where the exec event's [`ExeIdentity`] came from.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExeSource {
+    /// Not filled in (no BTF offsets, or a read failed): user space stats the file
+    /// through `/proc/<pid>/exe`.
+    Procfs = 0,
+    /// Read by the exec program from the kernel's inode.
+    Kernel = 1,
+}
+
+impl ExeIdentity {
+    /// Major and minor of `dev` (the kernel's internal `dev_t` has a 20-bit minor).
+    pub fn major_minor(&self) -> (u32, u32) {
+        (self.dev >> 20, self.dev & 0xf_ffff)
+    }
+
+    pub fn from_kernel(&self) -> bool {
+        self.source == ExeSource::Kernel as u32
+    }
 }
 
 /// The last thread of a process has exited (`sched_process_exit` with `group_dead`).
@@ -170,10 +250,12 @@ mod pod {
     // SAFETY: plain-old-data: repr(C), integers and byte arrays only, every byte initialised.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ExeIdentity {}
     unsafe impl aya::Pod for super::ExitEvent {}
     unsafe impl aya::Pod for super::ConnectEvent {}
     unsafe impl aya::Pod for super::DataEvent {}
     unsafe impl aya::Pod for super::FileOpenEvent {}
+    unsafe impl aya::Pod for super::TlsConnKey {}
 }
 
 #[cfg(test)]
@@ -185,12 +267,14 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<EventHeader>(), 4 + 4 + 8 + 8);
-        assert_eq!(size_of::<ExecEvent>(), 24 + 4 * 3 + 2 + 1 + 1 + 8 + COMM_LEN + PATH_LEN);
+        assert_eq!(size_of::<ExeIdentity>(), 8 * 4 + 4 * 4);
+        assert_eq!(size_of::<ExecEvent>(), 24 + 4 * 3 + 2 + 1 + 1 + 8 + 48 + COMM_LEN + PATH_LEN);
         assert_eq!(size_of::<ExitEvent>(), 24 + 8);
         assert_eq!(size_of::<ConnectEvent>(), 24 + 4 + 2 + 2 + 16 + 4 + 4);
         assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 4 + 4 + DATA_CAPTURE);
         assert_eq!(size_of::<FileOpenEvent>(), 24 + 4 + 2 + 2 + PATH_LEN);
         assert_eq!(align_of::<ExecEvent>(), 8);
+        assert_eq!(size_of::<TlsConnKey>(), 4 + 4 + 8);
     }
 
     #[test]
@@ -200,5 +284,15 @@ mod tests {
         }
         assert_eq!(EventKind::from_u32(0), None);
         assert_eq!(EventKind::from_u32(999), None);
+    }
+
+    #[test]
+    fn data_sources_round_trip_and_unknown_is_rejected() {
+        for s in [DataSource::OpenSsl, DataSource::GnuTls, DataSource::PlainSocket, DataSource::GoTls] {
+            assert_eq!(DataSource::from_u32(s as u32), Some(s));
+        }
+        assert_eq!(DataSource::GoTls as u32, 4);
+        assert_eq!(DataSource::from_u32(0), None);
+        assert_eq!(DataSource::from_u32(99), None);
     }
 }

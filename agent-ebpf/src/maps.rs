@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use aya_ebpf::maps::HashMap;
 use sigil_agent_common::{
-    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, FileOpenEvent, TLS_CALLS_ENTRIES, TracepointOffsets,
-    WATCH_NAME_LEN,
+    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES,
+    TracepointOffsets, WATCH_NAME_LEN,
 };
 
 /// All events go through one ring buffer so user space sees them in kernel order.
@@ -40,6 +40,24 @@ pub static TP_OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets
     exec_filename: 0,
     fork_child_pid: 0,
     exit_group_dead: 0,
+});
+
+/// Where the exec program finds the executable's inode: computed by the agent from this
+/// kernel's BTF and written into read-only data at load (`valid` 0: not read).
+#[unsafe(no_mangle)]
+pub static EXE_OFFSETS: Global<ExeOffsets> = Global::new(ExeOffsets {
+    valid: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    inode_size: 0,
+    inode_mtime_sec: 0,
+    inode_mtime_nsec: 0,
+    inode_ctime_sec: 0,
+    inode_ctime_nsec: 0,
+    sb_dev: 0,
 });
 
 /// Everything the kernel side gave up on, by [`DropReason`] (user space sums the CPUs).
@@ -116,16 +134,23 @@ pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TL
 
 /// Last socket fd seen under a TLS connection object, for writes that the library
 /// buffers and flushes later. Key: tgid and the object's address.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct TlsConnKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    pub conn: u64,
-}
+pub use sigil_agent_common::TlsConnKey;
 
 #[map]
 pub static TLS_FDS: LruHashMap<TlsConnKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// A TLS read in progress on a thread (pid_tgid), emitted at return. Apart from
+/// [`TLS_CALLS`] so a read and a write of one thread (a library reading inside
+/// SSL_write, an application interleaving) never overwrite each other's arguments.
+#[map]
+pub static TLS_READS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TLS_CALLS_ENTRIES, 0);
+
+/// Response bytes still to copy per TLS connection: set to `RESPONSE_BUDGET` when the
+/// client writes a `POST ` on it, counted down by each read, deleted by user space as
+/// soon as it sees the POST was no credential exchange. Connections without an entry
+/// cost one lookup per read and copy nothing.
+#[map]
+pub static RESPONSE_WATCH: LruHashMap<TlsConnKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// TLS connections whose writes are not requests (a server's responses), set by user
 /// space after the first write: `sock_key(tgid, fd)` -> the TLS object. Cleared on close,

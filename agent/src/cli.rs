@@ -40,6 +40,12 @@ pub enum Cmd {
     },
     /// List the credential families Sigil names, and where each is looked for.
     Families(FamiliesArgs),
+    /// Keep a token file fresh for SDKs that read one (AWS web identity, GCP external
+    /// account); prints the environment to set.
+    TokenFile(crate::bridge::args::TokenFileArgs),
+    /// AWS `credential_process`: exchange this workload's token at STS and print the
+    /// temporary credentials as JSON.
+    CredentialProcess(crate::bridge::args::CredentialProcessArgs),
 }
 
 #[derive(Args, Debug)]
@@ -86,6 +92,11 @@ pub struct RunArgs {
     /// per-thread TLS call map, LRU; losses are counted as kernel drops).
     #[arg(long, default_value_t = agent_common::TLS_CALLS_ENTRIES, hide = true)]
     pub tls_calls_entries: u32,
+    /// Kernel BTF giving the struct layouts the exec program follows to the executable's
+    /// inode (another file for a kernel built without BTF, e.g. from BTFHub). Unreadable:
+    /// every exec's executable is stat'ed through procfs instead.
+    #[arg(long, default_value = crate::ebpf::kernel_layout::VMLINUX_BTF)]
+    pub kernel_btf: std::path::PathBuf,
     /// Binary digests kept in memory.
     #[arg(long, default_value_t = 8192)]
     pub hash_cache_entries: usize,
@@ -242,6 +253,7 @@ impl RunArgs {
             node: self.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(default_node_name),
             ring_buffer_bytes: self.ring_buffer_bytes,
             tls_calls_entries: self.tls_calls_entries.max(1),
+            kernel_btf: self.kernel_btf.clone(),
             hash_cache_entries: self.hash_cache_entries,
             max_hash_bytes: self.max_hash_bytes,
             hash_queue_bytes: self.hash_queue_bytes,

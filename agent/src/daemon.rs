@@ -28,7 +28,7 @@ use crate::{
     cpu,
     metrics,
     attest::{Attestor, pool::HashBudget},
-    ebpf::{KernelEvent, Probes, features::KernelFeatures, mounts, tracefs},
+    ebpf::{KernelEvent, Probes, features::KernelFeatures, kernel_layout, mounts, tracefs},
     trace::{files, fingerprint::Fingerprinter, tracer::Tracer},
     issue::{
         issuer::{Issuer, IssuerConfig},
@@ -101,6 +101,8 @@ pub struct RunConfig {
     pub trace: Option<TraceConfig>,
     pub ring_buffer_bytes: u32,
     pub tls_calls_entries: u32,
+    /// Where the exec program's field offsets come from (`--kernel-btf`).
+    pub kernel_btf: std::path::PathBuf,
     pub hash_cache_entries: usize,
     pub max_hash_bytes: u64,
     /// Large executables' bytes waiting to be hashed at most.
@@ -320,7 +322,13 @@ pub fn run(
         .into());
     }
     let offsets = tracefs::process_offsets(&mounted.tracefs)?;
-    let mut probes = Probes::load(offsets, cfg.ring_buffer_bytes, cfg.tls_calls_entries, files::WATCHED).map_err(|e| {
+    // Without the executable's inode offsets the exec program sends no identity and
+    // every exec is stat'ed through procfs, as on kernels without BTF.
+    let exe_offsets = kernel_layout::exe_offsets(&cfg.kernel_btf).unwrap_or_else(|e| {
+        warn!("executable identity at exec: {e}; falling back to procfs");
+        Default::default()
+    });
+    let mut probes = Probes::load(offsets, exe_offsets, cfg.ring_buffer_bytes, cfg.tls_calls_entries, files::WATCHED).map_err(|e| {
         if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() }
     })?;
     probes.attach_process_lifecycle().map_err(|e| {
@@ -328,9 +336,10 @@ pub fn run(
     })?;
     let hook = features.exec_hook();
     info!(
-        "sigil-agent running on {}: kernel [{features}]; exec via {}; fell back from [{}]; attached [{}]; mounted by agent [{}]",
+        "sigil-agent running on {}: kernel [{features}]; exec via {}; executable identity from {}; fell back from [{}]; attached [{}]; mounted by agent [{}]",
         cfg.node,
         hook.running,
+        if exe_offsets.valid != 0 { "the kernel (BTF offsets)" } else { "procfs" },
         hook.fell_back_from.join(", "),
         probes.attached.join(", "),
         mounted.mounted_by_us.join(", "),
@@ -450,10 +459,10 @@ pub fn run(
                         // e.g. a Go client) is emitted later by the hashing pool; the
                         // tracer needs only what the table already holds.
                         match &rec {
-                            Some(r) => t.on_exec(r),
+                            Some(r) => t.on_exec(r, &mut probes),
                             None => {
                                 if let Some(r) = attestor.table().get(ev.header.pid) {
-                                    t.on_exec(&r);
+                                    t.on_exec(&r, &mut probes);
                                 }
                             }
                         }
@@ -478,8 +487,8 @@ pub fn run(
                 }
                 Ok(KernelEvent::Data(ev)) => {
                     if let Some(t) = tracer.as_mut() {
-                        for used in t.on_data(&ev, &attestor, &mut probes) {
-                            sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
+                        for body in t.on_data(&ev, &attestor, &mut probes) {
+                            sink.emit(&body).context("writing output")?;
                         }
                     }
                 }
@@ -497,6 +506,9 @@ pub fn run(
         }
         for used in tracer.as_mut().map(Tracer::due).unwrap_or_default() {
             sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;
+        }
+        if let Some(t) = tracer.as_mut() {
+            t.attach_go_binaries(&mut probes);
         }
         if let Some(t) = tracer.as_mut().filter(|_| last_lib_scan.elapsed() >= LIBRARY_SCAN) {
             t.libs.scan(&mut probes);

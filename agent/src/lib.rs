@@ -3,6 +3,7 @@
 //! Data flows one way: [`ebpf`] (kernel events) -> [`attest`] (identity records) ->
 //! [`output`] (sinks). [`daemon`] wires the stages together; [`cli`] is the command line.
 pub mod attest;
+pub mod bridge;
 pub mod cli;
 pub mod cpu;
 pub mod daemon;

@@ -81,6 +81,14 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> an
             }
             Ok(())
         }
+        Cmd::TokenFile(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(sigil_agent::bridge::token_file::run(args))
+        }
+        Cmd::CredentialProcess(args) => {
+            println!("{}", sigil_agent::bridge::credential_process(&args)?);
+            Ok(())
+        }
         Cmd::HashBench { file, repeat } => {
             println!("{}", sigil_agent::attest::hash_bench::measure(&file, repeat)?);
             Ok(())

@@ -60,6 +60,18 @@ pub fn register(meter: &Meter, counters: Arc<Counters>, snap: Snapshot) {
             })
             .build();
     }
+    // Every kind is reported (0 until found), so a dashboard shows the quiet kinds too.
+    let s = snap.clone();
+    meter
+        .u64_observable_counter("sigil.collector.findings")
+        .with_description("Misuse findings stored, by kind (one per kind, subject and runs)")
+        .with_callback(move |o| {
+            let found = get(&s, &["findings_by_kind"]);
+            for kind in crate::findings::KIND_NAMES.iter() {
+                o.observe(found.get(kind).and_then(Value::as_u64).unwrap_or(0), &[KeyValue::new("kind", *kind)]);
+            }
+        })
+        .build();
     let c = counters.clone();
     meter
         .u64_observable_counter("sigil.collector.duplicate_events")

@@ -11,6 +11,7 @@ use sigil_agent::trace::{
     detect::detect,
     http::{HttpStream, Protocol, Request},
     redact::strip_credential_params,
+    response::{ResponseStream, read_body},
 };
 
 const HEADER_NAMES: &[&str] = &[
@@ -21,9 +22,19 @@ const HEADER_NAMES: &[&str] = &[
     "apikey",
 ];
 
+/// What a response yields is only ever well-formed identifiers, never made up.
+fn check_obtained(o: &sigil_agent::trace::response::Obtained) {
+    if let Some(id) = &o.identifier {
+        assert!(id.len() >= 16 && id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()), "{id}");
+    }
+    assert!(o.expires_in.is_none_or(|s| s >= 0));
+    assert!(!o.format.is_empty());
+}
+
 fuzz_target!(|data: &[u8]| {
     let issuers = ["https://sigil.example".to_owned()];
     let mut stream = HttpStream::new();
+    let mut responses = ResponseStream::default();
     let mut rest = data;
     while let [len, ctl, tail @ ..] = rest {
         // ctl bit 7: scale the length by 64 to reach multi-frame writes.
@@ -40,6 +51,14 @@ fuzz_target!(|data: &[u8]| {
         for request in stream.feed(write, write.len().saturating_add(extra)) {
             check(&request, &issuers);
         }
+        // The same reads as a response to a credential exchange: never a panic, and a
+        // key id is only ever reported as an AWS key id.
+        if let Some(Ok(obtained)) = responses.feed(write, write.len().saturating_add(extra)) {
+            check_obtained(&obtained);
+        }
+    }
+    if let Ok(obtained) = read_body(data) {
+        check_obtained(&obtained);
     }
 
     // The raw input as header values and as a request target.

@@ -82,3 +82,5 @@ json_enum!(protocol, Protocol, "PROTOCOL_");
 json_enum!(detector, Detector, "DETECTOR_");
 json_enum!(credential_class, CredentialClass, "CREDENTIAL_CLASS_");
 json_enum!(file_kind, FileKind, "FILE_KIND_");
+json_enum!(finding_kind, FindingKind, "FINDING_KIND_");
+json_enum!(severity, Severity, "SEVERITY_");

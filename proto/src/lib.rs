@@ -23,7 +23,7 @@ pub use v1::event::Body as EventBody;
 pub const CONTRACT_VERSION: u32 = 1;
 
 /// Every kind, by fixed id (the `Event.body` field number) and name.
-pub const KINDS: [(u32, &str); 8] = [
+pub const KINDS: [(u32, &str); 10] = [
     (10, "process_exec"),
     (11, "process_exit"),
     (12, "token_issued"),
@@ -32,6 +32,8 @@ pub const KINDS: [(u32, &str); 8] = [
     (15, "credential_file_read"),
     (16, "agent_stats"),
     (17, "config_change"),
+    (18, "credential_obtained"),
+    (19, "finding"),
 ];
 
 impl EventBody {
@@ -46,6 +48,8 @@ impl EventBody {
             Self::CredentialFileRead(_) => 15,
             Self::AgentStats(_) => 16,
             Self::ConfigChange(_) => 17,
+            Self::CredentialObtained(_) => 18,
+            Self::Finding(_) => 19,
         }
     }
 
@@ -66,6 +70,9 @@ impl EventBody {
             Self::CredentialUse(e) => Some(&e.time),
             Self::CredentialFileRead(e) => Some(&e.time),
             Self::ConfigChange(e) => Some(&e.time),
+            Self::CredentialObtained(e) => Some(&e.time),
+            // A finding is about its latest misuse.
+            Self::Finding(e) => Some(&e.last_time),
             Self::AgentStats(_) => None,
         }
     }

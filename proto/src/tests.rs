@@ -201,6 +201,47 @@ fn samples() -> Vec<EventBody> {
             outcome: "rejected".into(),
             error: Some("line 3".into()),
         }),
+        EventBody::CredentialObtained(v1::CredentialObtained {
+            time: "2026-11-24T01:00:00Z".into(),
+            node: "n1".into(),
+            pid: 10,
+            process: Some(process_ref()),
+            destination: Some(v1::Destination { ip: Some("10.0.0.1".into()), port: Some(443), host: Some("sts.amazonaws.com".into()) }),
+            tls_library: Some("openssl".into()),
+            exchange_kind: "aws_sts_assume_role_with_web_identity".into(),
+            format: "aws_sts_xml".into(),
+            identifier: Some("ASIAEXAMPLE".into()),
+            class: v1::CredentialClass::ShortLived as i32,
+            fingerprint: "hmac-sha256:00".into(),
+            issued_at: "2026-11-24T01:00:00Z".into(),
+            expires_at: Some("2026-11-24T02:00:00Z".into()),
+            expires_in: Some(3600),
+            principal: Some("arn:aws:sts::1:assumed-role/r/s".into()),
+            token_type: Some("Bearer".into()),
+            scope: Some("read".into()),
+            token_iss: Some("https://idp".into()),
+            token_sub: Some("svc".into()),
+            token_jti: Some("t-1".into()),
+            token_exp: Some(1_700_000_000),
+            presented_jti: Some("sigil-jti".into()),
+            presented_iss: Some("https://sigil".into()),
+            presented_sub: Some("spiffe://c/ns/shop".into()),
+            presented_fingerprint: Some("hmac-sha256:11".into()),
+        }),
+        EventBody::Finding(v1::Finding {
+            id: "f1".into(),
+            finding_kind: v1::FindingKind::TokenReplayed as i32,
+            severity: v1::Severity::High as i32,
+            subject: "j1".into(),
+            subject_kind: "jti".into(),
+            runs: vec!["cgroup:n1:/a".into(), "cgroup:n1:/b".into()],
+            processes: vec!["b:10:5:99".into()],
+            nodes: vec!["n1".into()],
+            first_time: "2026-01-01T00:00:00Z".into(),
+            last_time: "2026-01-01T00:00:05Z".into(),
+            evidence: vec![v1::EventRef { node: "n1".into(), id: "s-1".into(), kind: "token_issued".into() }],
+            summary: "token j1 issued to cgroup:n1:/a presented by cgroup:n1:/b".into(),
+        }),
     ];
     for b in &all {
         match b {
@@ -211,7 +252,9 @@ fn samples() -> Vec<EventBody> {
             | EventBody::CredentialUse(_)
             | EventBody::CredentialFileRead(_)
             | EventBody::AgentStats(_)
-            | EventBody::ConfigChange(_) => {}
+            | EventBody::ConfigChange(_)
+            | EventBody::CredentialObtained(_)
+            | EventBody::Finding(_) => {}
         }
     }
     all
@@ -281,6 +324,15 @@ fn json_keeps_the_field_names_and_enum_spellings_the_agent_always_wrote() {
     assert_eq!(used["identifiers"]["key_id"], "T0/B1");
     assert_eq!(stats["trace"]["uncovered"][0]["client"], "go_crypto_tls");
     assert_eq!(stats["cpu_by_kind"]["exec"]["us_per_event"], 50.0);
+    let finding = by_kind("finding");
+    assert_eq!((finding["finding_kind"].as_str(), finding["severity"].as_str()), (Some("token_replayed"), Some("high")));
+    assert_eq!(finding["evidence"][0], json!({"node": "n1", "id": "s-1", "kind": "token_issued"}));
+    let obtained = by_kind("credential_obtained");
+    assert_eq!((obtained["class"].as_str(), obtained["identifier"].as_str()), (Some("short_lived"), Some("ASIAEXAMPLE")));
+    assert_eq!((obtained["expires_at"].as_str(), obtained["expires_in"].as_i64()), (Some("2026-11-24T02:00:00Z"), Some(3600)));
+    assert_eq!(obtained["presented_jti"], "sigil-jti");
+    let bare: Value = serde_json::from_slice(&EventBody::CredentialObtained(Default::default()).to_json().expect("serializes")).expect("JSON");
+    assert!(bare.get("identifier").is_none() && bare.get("expires_at").is_none() && bare.get("token_jti").is_none(), "{bare}");
 
     // Absent identifiers and lifetimes are left out, as before.
     let mut bare = v1::CredentialUse { class: v1::CredentialClass::Static as i32, identifiers: Some(Default::default()), ..Default::default() };

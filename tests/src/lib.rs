@@ -8,6 +8,7 @@ pub mod pki;
 pub mod fake_apiserver;
 pub mod manifests;
 pub mod postgres;
+pub mod postgres_server;
 pub mod workload_api;
 
 use std::{
@@ -58,12 +59,25 @@ pub struct PyServer {
 
 impl PyServer {
     pub fn start(tls_dir: Option<&Path>) -> Self {
+        let cert = tls_dir.map(|dir| {
+            self_signed_cert(dir);
+            (dir.join("cert.pem"), dir.join("key.pem"))
+        });
+        Self::serve(cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+    }
+
+    /// Over TLS with a given certificate (e.g. a `pki::Pki` leaf for IP:127.0.0.1, for
+    /// clients that verify the server).
+    pub fn with_cert(cert: &Path, key: &Path) -> Self {
+        Self::serve(Some((cert, key)))
+    }
+
+    fn serve(cert: Option<(&Path, &Path)>) -> Self {
         let port = free_port();
         let mut cmd = Command::new(python());
         cmd.arg(python_script("http_server.py")).arg(port.to_string());
-        if let Some(dir) = tls_dir {
-            self_signed_cert(dir);
-            cmd.arg(dir.join("cert.pem")).arg(dir.join("key.pem"));
+        if let Some((cert, key)) = cert {
+            cmd.arg(cert).arg(key);
         }
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut line = String::new();
@@ -261,6 +275,14 @@ impl Agent {
         if extra.contains(&"--policy") {
             agent.stderr.wait_line("Workload API start", |l| l.contains("Workload API on"));
         }
+        agent
+    }
+
+    /// An agent keeping its state in `state`, once credential-use tracing has hooked the
+    /// host's libssl (the first thing tracing tests rely on).
+    pub fn tracing(state: &Path) -> Self {
+        let agent = Self::start(&["--state-dir", &state.display().to_string()]);
+        agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
         agent
     }
 

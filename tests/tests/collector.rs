@@ -17,22 +17,6 @@ use sigil_tests::{
     *,
 };
 
-/// One test per backend: `<name>::sqlite` and `<name>::postgres` run `body(backend)`.
-macro_rules! on_both_backends {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$body(super::Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$body(super::Backend::Postgres)
-            }
-        }
-    };
-}
-
 const POD_A: &str = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa";
 const POD_B: &str = "bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb";
 const CTR_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";

@@ -135,6 +135,38 @@ fn a_registered_workload_gets_a_token_that_verifies_against_the_served_jwks() {
     assert!(n.agent.stderr.snapshot().iter().all(|l| !l.contains(&token)), "a token leaked into the log");
 }
 
+/// The client (a copy of the agent binary, hundreds of MB in a debug build) asks for its
+/// token while the exec's digest is still being computed in the background. The decision
+/// hashes it inline, and the exec keeps one record under one exec id: the token names the
+/// exec the collector stores, not a second record made on request.
+#[test]
+fn a_token_request_that_beats_the_background_hash_keeps_one_exec_record() {
+    let n = node(120, &[]);
+    let (code, token, err) = n.token(&n.pod, &n.client);
+    assert_eq!(code, 0, "stderr: {err}");
+    let exec_id = n.verify(&token)["claims"]["sigil_exec_id"].as_str().unwrap().to_owned();
+    let issued = n.agent.wait_event("token_issued", |e| e["kind"] == "token_issued");
+    assert_eq!(issued["process"]["exec_id"], exec_id.as_str());
+    // Wait until the hashing pool is idle (its job for this exec has finished), then count.
+    n.agent.wait_event("agent_stats with an idle hashing pool", |e| {
+        e["kind"] == "agent_stats" && e["hash"]["pending"].as_u64().unwrap_or(0) == 0
+    });
+    let client = n.client.display().to_string();
+    let execs: Vec<Value> = n
+        .agent
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "process_exec" && e["binary"]["path"] == client.as_str())
+        .collect();
+    let brief: Vec<String> = execs
+        .iter()
+        .map(|e| format!("{} source={} sha256={} pending={}", e["exec_id"], e["source"], e["binary"]["sha256"], e["binary"]["hash_pending"]))
+        .collect();
+    assert_eq!(execs.len(), 1, "one exec, one record: {brief:#?}");
+    assert_eq!(execs[0]["exec_id"], exec_id.as_str());
+    assert_eq!(execs[0]["binary"]["sha256"], sha256sum(&n.client).as_str());
+}
+
 #[test]
 fn the_same_cgroup_running_another_binary_is_denied_as_a_hash_mismatch() {
     let n = node(120, &[]);

@@ -6,8 +6,9 @@
 //! the median of each side is compared. Ratios near 1.0 mean the agent is invisible.
 //!
 //! Ingest: a release collector, and a separate process (`sigil-ingest-bench`) pushing
-//! real-shaped events over gRPC in batches of 500, then writing the same rows into SQLite
-//! with plain batched inserts in the same run: events/s, the ratio, bytes per event.
+//! real-shaped events over gRPC in batches of 500, then writing the same rows with plain
+//! batched inserts in the same run: events/s, the ratio, bytes per event; into SQLite, then
+//! into a throwaway PostgreSQL.
 //!
 //! Figures are merged into target/bench/results.json (one key per benchmark).
 
@@ -24,6 +25,7 @@ use crate::{
     bench_exec::{self, Agent},
     build,
     peers::{self, Guard},
+    postgres_server,
     provision,
     test::PYTHON_PACKAGES,
 };
@@ -144,22 +146,58 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A release collector serving a fresh database in `target/bench/<name>`, and the
-/// `sigil-ingest-bench` output of a run against it with `args`.
-fn against_collector(name: &str, args: &[String]) -> Result<Value> {
+/// Builds the release collector and its bench driver.
+fn build_collector() -> Result<()> {
     let mut cmd = build::cargo();
     cmd.args(["build", "--release", "-p", "sigil-collector", "--bins"]);
-    provision::run(&mut cmd)?;
-    let bins = build::workspace_root().join("target/release");
+    provision::run(&mut cmd)
+}
+
+/// A fresh directory `target/bench/<name>`.
+fn fresh_dir(name: &str) -> Result<PathBuf> {
     let dir = build::workspace_root().join("target/bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let db = dir.join("collector.db");
+    Ok(dir)
+}
+
+/// The ingest benchmark on both backends: SQLite (a file) and PostgreSQL (a throwaway
+/// server started the way the tests start theirs), each next to its own raw baseline.
+fn ingest(quick: bool) -> Result<()> {
+    build_collector()?;
+    let dir = fresh_dir("ingest")?;
+    let events = if quick { 100_000 } else { 400_000 };
+    let args = ["--events".to_owned(), events.to_string()];
+    eprintln!("bench: ingest of {events} events over gRPC (batches of 500) into SQLite, then the same rows raw");
+    let r = against_collector(&dir.join("collector.db").display().to_string(), &dir.join("raw.db").display().to_string(), &args)?;
+    print_ingest("SQLite", &r);
+    record("ingest", r)?;
+    provision::debian_packages(&["postgresql"])?;
+    let pg = postgres_server::Server::start(std::env::temp_dir().join(format!("sigil-bench-pg-{}", std::process::id())))?;
+    eprintln!("bench: ingest of {events} events into a throwaway PostgreSQL on port {}, then the same rows raw", pg.port);
+    let r = against_collector(&pg.url, &pg.url, &args)?;
+    print_ingest("PostgreSQL", &r);
+    record("ingest_postgres", r)
+}
+
+fn print_ingest(backend: &str, r: &Value) {
+    println!("\n{:<52} {:>12}", format!("collector ingest into {backend} ({} events, {})", r["events"], r["mix"].as_str().unwrap_or("")), "");
+    println!("{:<52} {:>12}", format!("gRPC push into {backend} (events/s)"), r["grpc_events_per_second"]);
+    println!("{:<52} {:>12}", "raw batched insert of the same rows (rows/s)", r["raw_insert_rows_per_second"]);
+    println!("{:<52} {:>12}", "ratio (gRPC / raw)", r["ratio_to_raw"]);
+    println!("{:<52} {:>12}", "bytes per event (collector store)", r["bytes_per_event"]);
+    println!("{:<52} {:>12}", "bytes per event (raw rows)", r["raw_bytes_per_event"]);
+}
+
+/// A release collector on `db` (a file or a PostgreSQL URL), fed by `sigil-ingest-bench`
+/// (run with `args`) from a separate process, the raw baseline going into `raw`; the
+/// bench's JSON.
+fn against_collector(db: &str, raw: &str, args: &[String]) -> Result<Value> {
+    let bins = build::workspace_root().join("target/release");
     let (grpc, http) = (free_port()?, free_port()?);
     let collector = Guard(
         Command::new(bins.join("sigil-collector"))
-            .arg("--db")
-            .arg(&db)
+            .args(["--db", db])
             .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}"), "--retention-days", "0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -175,10 +213,7 @@ fn against_collector(name: &str, args: &[String]) -> Result<Value> {
     }
     let out = Command::new(bins.join("sigil-ingest-bench"))
         .args(["--grpc", &format!("http://127.0.0.1:{grpc}"), "--batch", "500"])
-        .arg("--db")
-        .arg(&db)
-        .arg("--raw-db")
-        .arg(dir.join("raw.db"))
+        .args(["--db", db, "--raw-db", raw])
         .arg("--collector-bin")
         .arg(bins.join("sigil-collector"))
         .args(args)
@@ -187,22 +222,7 @@ fn against_collector(name: &str, args: &[String]) -> Result<Value> {
     if !out.status.success() {
         bail!("sigil-ingest-bench failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     serde_json::from_slice(&out.stdout).context("sigil-ingest-bench output")
-}
-
-fn ingest(quick: bool) -> Result<()> {
-    let events = if quick { 100_000 } else { 400_000 };
-    eprintln!("bench: ingest of {events} events over gRPC (batches of 500), then the same rows raw");
-    let r = against_collector("ingest", &["--events".into(), events.to_string()])?;
-    println!("
-{:<52} {:>12}", format!("collector ingest ({} events, {})", r["events"], r["mix"].as_str().unwrap_or("")), "");
-    println!("{:<52} {:>12}", "gRPC push into SQLite (events/s)", r["grpc_events_per_second"]);
-    println!("{:<52} {:>12}", "raw batched insert of the same rows (rows/s)", r["raw_insert_rows_per_second"]);
-    println!("{:<52} {:>12}", "ratio (gRPC / raw)", r["ratio_to_raw"]);
-    println!("{:<52} {:>12}", "bytes per event (collector store)", r["bytes_per_event"]);
-    println!("{:<52} {:>12}", "bytes per event (raw rows)", r["raw_bytes_per_event"]);
-    record("ingest", r)
 }
 
 /// Query latency per verb over gRPC at 1M events (1k pods, 2k credentials, 10k imported
@@ -216,9 +236,14 @@ fn queries(quick: bool, full: bool) -> Result<()> {
     let asked = if quick { 50 } else { 200 };
     let goals = [("trace", "< 20 ms"), ("who-used", "< 20 ms"), ("run", "< 20 ms"), ("posture", "< 50 ms"), ("static-credentials", "< 50 ms")];
     let mut res = Map::new();
+    build_collector()?;
     for &events in sizes {
         eprintln!("bench: {events} events over gRPC, 10k CloudTrail records imported, then each query verb asked {asked} times");
-        let r = against_collector("queries", &["--events".into(), events.to_string(), "--queries".into(), asked.to_string(), "--no-raw".into()])?;
+        let dir = fresh_dir("queries")?;
+        let (db, raw) = (dir.join("collector.db").display().to_string(), dir.join("raw.db").display().to_string());
+        let r = against_collector(&db, &raw, &["--events".into(), events.to_string(), "--queries".into(), asked.to_string(), "--no-raw".into()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = r?;
         println!("\n{:<52} {:>12}  measured (p50 / p99)", format!("queries at {events} events ({} B/event, {} events/s ingest)", r["bytes_per_event"], r["grpc_events_per_second"]), "goal p99");
         for (verb, goal) in goals {
             let q = &r["queries"][verb];

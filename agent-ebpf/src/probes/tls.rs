@@ -1,8 +1,13 @@
-//! TLS plaintext: uprobes on the libraries' write functions.
+//! TLS plaintext: uprobes on the libraries' write and read functions.
 //!
 //! Entry saves the arguments; the library then writes ciphertext with a syscall, whose
 //! tracepoint tells us the socket fd ([`note_fd`]); the return probe emits the plaintext
 //! with the fd and the number of bytes the library accepted.
+//!
+//! Reads (responses) are copied only on connections the client just sent a `POST ` on,
+//! and only up to `RESPONSE_BUDGET` bytes after it ([`RESPONSE_WATCH`]): token endpoints
+//! answer POSTs, and user space withdraws the budget as soon as it sees the POST was no
+//! credential exchange. The return probe copies, since only then is the buffer filled.
 
 use aya_ebpf::{
     cty::c_void,
@@ -10,21 +15,31 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sigil_agent_common::{DATA_CAPTURE, DataSource, DropReason};
+use sigil_agent_common::{DATA_CAPTURE, DataSource, DropReason, RESPONSE_BUDGET};
 
 use super::net::emit_data;
-use crate::maps::{TLS_CALLS, TLS_FDS, TLS_SKIP, TlsCall, TlsConnKey, count_drop, sock_key};
+use crate::maps::{RESPONSE_WATCH, TLS_CALLS, TLS_FDS, TLS_READS, TLS_SKIP, TlsCall, TlsConnKey, count_drop, sock_key};
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {
     let (Some(conn), Some(buf), Some(len)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) else {
         return 0;
     };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let reading = source.is_read();
+    // A read on a connection with no response budget is not worth a map entry.
+    let key = TlsConnKey { tgid: (pid_tgid >> 32) as u32, _pad: 0, conn };
+    // SAFETY: plain value.
+    if reading && unsafe { RESPONSE_WATCH.get(&key) }.is_none() {
+        return 0;
+    }
     let written = if has_written { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
-    // SSL_write's length is an int: keep the low 32 bits.
-    let len = if source == DataSource::OpenSsl && !has_written { len & 0xffff_ffff } else { len };
+    // SSL_write's and SSL_read's lengths are ints: keep the low 32 bits.
+    let int_len = matches!(source, DataSource::OpenSsl | DataSource::OpenSslRead) && !has_written;
+    let len = if int_len { len & 0xffff_ffff } else { len };
     let call = TlsCall { conn, buf, len, written, fd: -1, source: source as u32 };
-    if TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0).is_err() {
+    let calls = if reading { &TLS_READS } else { &TLS_CALLS };
+    if calls.insert(&pid_tgid, &call, 0).is_err() {
         count_drop(DropReason::TlsCallInsert);
     }
     0
@@ -63,7 +78,52 @@ fn leave(accepted: u64) -> u32 {
         2 => DataSource::GnuTls,
         _ => DataSource::OpenSsl,
     };
-    emit_data(tgid, call.conn, fd, source, call.buf, len.min(call.len));
+    let len = len.min(call.len);
+    if len >= 5 {
+        // SAFETY: user pointer read through the probe helper.
+        if let Ok(head) = unsafe { bpf_probe_read_user(call.buf as *const [u8; 5]) }
+            && &head == b"POST "
+        {
+            let _ = RESPONSE_WATCH.insert(&key, &RESPONSE_BUDGET, 0);
+        }
+    }
+    emit_data(tgid, call.conn, fd, source, call.buf, len);
+    0
+}
+
+/// Return of a read: `got` bytes are now in the saved buffer (for SSL_read_ex, read
+/// through its `readbytes` pointer instead). Copies them while the connection's response
+/// budget lasts.
+#[inline(always)]
+fn leave_read(got: u64) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of our own map.
+    let Some(call) = (unsafe { TLS_READS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = TLS_READS.remove(&pid_tgid);
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = TlsConnKey { tgid, _pad: 0, conn: call.conn };
+    let Some(budget) = RESPONSE_WATCH.get_ptr_mut(&key) else { return 0 };
+    let got = if call.written != 0 {
+        // SAFETY: user pointer read through the probe helper.
+        unsafe { bpf_probe_read_user(call.written as *const u64) }.unwrap_or(0)
+    } else {
+        got
+    };
+    let got = got.min(call.len);
+    // SAFETY: our own map value; a connection is read by one thread at a time.
+    let left = unsafe { *budget };
+    if got >= left {
+        let _ = RESPONSE_WATCH.remove(&key);
+    } else {
+        // SAFETY: as above.
+        unsafe { *budget = left - got };
+    }
+    // SAFETY: plain value.
+    let fd = unsafe { TLS_FDS.get(&key) }.copied().unwrap_or(-1);
+    let source = if call.source == DataSource::GnuTlsRead as u32 { DataSource::GnuTlsRead } else { DataSource::OpenSslRead };
+    emit_data(tgid, call.conn, fd, source, call.buf, got.min(left));
     0
 }
 
@@ -158,4 +218,49 @@ pub fn sigil_gnutls_send_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     leave(ret as u64)
+}
+
+#[uprobe]
+pub fn sigil_ssl_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DataSource::OpenSslRead, false)
+}
+
+#[uretprobe]
+pub fn sigil_ssl_read_ret(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    if ret <= 0 {
+        let _ = TLS_READS.remove(&bpf_get_current_pid_tgid());
+        return 0;
+    }
+    leave_read(ret as u64)
+}
+
+#[uprobe]
+pub fn sigil_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DataSource::OpenSslRead, true)
+}
+
+#[uretprobe]
+pub fn sigil_ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    if ret != 1 {
+        let _ = TLS_READS.remove(&bpf_get_current_pid_tgid());
+        return 0;
+    }
+    leave_read(0)
+}
+
+#[uprobe]
+pub fn sigil_gnutls_recv(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DataSource::GnuTlsRead, false)
+}
+
+#[uretprobe]
+pub fn sigil_gnutls_recv_ret(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret();
+    if ret <= 0 {
+        let _ = TLS_READS.remove(&bpf_get_current_pid_tgid());
+        return 0;
+    }
+    leave_read(ret as u64)
 }

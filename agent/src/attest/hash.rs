@@ -58,6 +58,27 @@ impl FileKey {
     }
 }
 
+impl FileKey {
+    /// The key of the executable the kernel described at exec, if it did (the kernel's
+    /// internal device number is re-encoded as `stat` reports it).
+    pub fn from_kernel(e: &agent_common::ExeIdentity) -> Option<Self> {
+        if !e.from_kernel() {
+            return None;
+        }
+        let (major, minor) = e.major_minor();
+        // The kernel keeps flags in the nanosecond words' high bits (multigrain
+        // timestamps mark a queried ctime with bit 31); a nanosecond count fits in 30.
+        const NSEC: u32 = (1 << 30) - 1;
+        Some(Self {
+            dev: libc::makedev(major, minor),
+            ino: e.ino,
+            size: e.size,
+            mtime_ns: i128::from(e.mtime_sec) * 1_000_000_000 + i128::from(e.mtime_nsec & NSEC),
+            ctime_ns: i128::from(e.ctime_sec) * 1_000_000_000 + i128::from(e.ctime_nsec & NSEC),
+        })
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum HashError {
     #[error("reading the executable: {0}")]
@@ -216,6 +237,16 @@ impl HashCache {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+
+    /// The cached digest of the file version `key` names, without touching the file: for
+    /// the identity the kernel read at exec. A key the cache has seen was produced by an
+    /// `fstat` of that very file version, so a hit also proves the kernel's device and
+    /// inode numbers read as `stat` reports them on that filesystem.
+    pub fn cached_digest(&self, key: &FileKey) -> Option<Digest> {
+        let sha = self.cached(key)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Digest { sha256: sha, cache_hit: true, key: *key })
     }
 
     fn lookup_inner(&self, file: &File) -> Result<Lookup, HashError> {

@@ -31,7 +31,7 @@ use procfs::process::Process;
 use crate::ebpf::decode::c_str;
 use cgroup::CgroupResolver;
 use clock::Clock;
-use hash::{FileKey, HashCache, HashError, HashStats, Lookup};
+use hash::{Digest, FileKey, HashCache, HashError, HashStats, Lookup};
 use pool::{HashBudget, HashPool, HashSkip, Job};
 use record::{Ancestor, Binary, CgroupInfo, ProcessRecord, Source};
 use sigil_proto::v1::ProcessExit;
@@ -56,6 +56,21 @@ struct Observed {
     fork_boot_ns: u64,
     comm: String,
     exec_path: Option<String>,
+    /// The executable's identity as the kernel read it at exec (the hash-cache key).
+    exe: Option<FileKey>,
+}
+
+/// What `read_facts` reads besides the start time, parent and comm.
+struct Reads<'a> {
+    /// uid/gid from status (procfs sources; an exec event carries them).
+    ids: bool,
+    /// Open the executable (not needed when the kernel's identity hit the cache).
+    exe: bool,
+    /// Read /proc/<pid>/cgroup (not needed when the kernel's cgroup id resolves).
+    cgroup: bool,
+    /// The comm the kernel set at exec: if procfs shows another, the process may have
+    /// exec'd again, and the executable is opened to find out.
+    kernel_comm: &'a str,
 }
 
 /// Where finished records go when their hash was computed off the event thread.
@@ -89,8 +104,11 @@ struct ProcFacts {
     comm: String,
     kthread: bool,
     exe_path: Option<String>,
-    exe: Result<fs::File, String>,
+    /// None when not opened (`Reads::exe` false and comm unchanged).
+    exe: Option<Result<fs::File, String>>,
     cgroup_path: Option<String>,
+    /// The command line, for the script check.
+    argv: Option<Vec<String>>,
     uid: Option<u32>,
     gid: Option<u32>,
     /// comm changed between the first and last read: the process exec'd (or renamed
@@ -114,19 +132,27 @@ fn forget_later_exec(obs: &Observed, mut f: ProcFacts) -> ProcFacts {
     if obs.comm.is_empty() || (obs.comm == f.comm && !f.comm_changed) {
         return f;
     }
-    let running = f.exe.as_ref().ok().and_then(|e| e.metadata().ok()).map(|m| (m.dev(), m.ino()));
+    // `read_facts` opened the executable: comm differed.
+    let running = f.exe.as_ref().and_then(|e| e.as_ref().ok()).and_then(|e| e.metadata().ok()).map(|m| (m.dev(), m.ino()));
     let named = fs::metadata(format!("/proc/{}/root{path}", obs.pid)).ok().map(|m| (m.dev(), m.ino()));
     if let (Some(running), Some(named)) = (running, named)
         && running != named
     {
-        f.exe = Err(format!(
+        f.exe = Some(Err(format!(
             "the process exec'd again before this exec was attested (now {}, running {}); its next exec record describes that",
             f.comm,
             f.exe_path.as_deref().unwrap_or("?")
-        ));
+        )));
         f.exe_path = None;
     }
     f
+}
+
+/// The cgroup v2 path in /proc/<pid>/cgroup, read through the process's handle.
+fn read_cgroup_path(p: &Process) -> Option<String> {
+    let mut text = String::new();
+    p.open_relative("cgroup").ok()?.read_to_string(&mut text).ok()?;
+    cgroup::v2_path_from_proc(&text)
 }
 
 fn proc_error(e: procfs::ProcError) -> String {
@@ -203,27 +229,42 @@ impl Attestor {
     /// The table's record of `pid` for an event about it (a credential use), with the
     /// digest filled in when it is still pending and the binary is small enough to hash
     /// now (at most the pool's small-file size: an event cannot be made to wait for a
-    /// huge file). The pool still emits the exec record; its job then hits the cache.
+    /// huge file).
     pub fn settled(&self, pid: u32) -> Option<Arc<ProcessRecord>> {
         let rec = self.table.get(pid)?;
         let small = rec.binary.size.is_some_and(|s| s <= pool::SMALL_FILE_BYTES);
         if !rec.binary.hash_pending || !small {
             return Some(rec);
         }
-        // The executable of this very process (same inode as the record's), or nothing.
-        let digest = Process::new(rec.pid as i32)
+        Some(self.hash_now(&rec).unwrap_or(rec))
+    }
+
+    /// Computes a record's missing digest on the spot, from the executable of this very
+    /// process (same inode as the record's), under the record's own exec id. The record
+    /// is emitted here unless the hashing pool already did (or is doing) it; a record the
+    /// pool gave up on was emitted without a digest and is emitted again, complete. None
+    /// when the process or its executable changed.
+    fn hash_now(&self, rec: &ProcessRecord) -> Option<Arc<ProcessRecord>> {
+        let f = Process::new(rec.pid as i32)
+            .ok()?
+            .open_relative("exe")
             .ok()
-            .and_then(|p| p.open_relative("exe").ok())
-            .filter(|f| f.metadata().is_ok_and(|m| Some(m.ino()) == rec.binary.inode))
-            .and_then(|f| match self.hashes.lookup(&f).ok()? {
-                Lookup::Hit(d) => Some(d),
-                Lookup::Miss(key) => self.hashes.compute(&f, key, &|| None).ok(),
-            });
-        let Some(d) = digest else { return Some(rec) };
-        let mut done = (*rec).clone();
+            .filter(|f| f.metadata().is_ok_and(|m| Some(m.ino()) == rec.binary.inode))?;
+        let digest = match self.hashes.lookup(&f).ok()? {
+            Lookup::Hit(d) => d,
+            Lookup::Miss(key) => self.hashes.compute(&f, key, &|| None).ok()?,
+        };
+        let mut done = rec.clone();
         done.binary.hash_pending = false;
-        done.binary.fill_digest(d, "exe");
-        Some(Arc::new(self.table.complete(done)))
+        done.binary.fill_digest(digest, "exe");
+        if self.table.claim_emit(&done.exec_id) || !rec.binary.hash_pending {
+            let done = self.table.complete(done);
+            if let Some((_, emit)) = self.background.get() {
+                emit(&done);
+            }
+            return Some(Arc::new(done));
+        }
+        Some(Arc::new(done))
     }
 
     /// The record of an exec, or None when its binary is being hashed in the background
@@ -245,6 +286,7 @@ impl Attestor {
             fork_boot_ns: ev.fork_boot_ns,
             comm: c_str(&ev.comm),
             exec_path: Some(exec_path),
+            exe: FileKey::from_kernel(&ev.exe),
         })
     }
 
@@ -284,10 +326,15 @@ impl Attestor {
     /// before its exec event is handled, or after moving to another cgroup). The bool is
     /// true when the record was created by this call.
     pub fn attest_running(&self, pid: u32) -> Option<(Arc<ProcessRecord>, bool)> {
-        // A record whose hash is still being computed is not good enough to decide on:
-        // attest again here, hashing inline.
-        if let Some(rec) = self.table.get(pid).filter(|r| !r.binary.hash_pending && self.still_same(r)) {
-            return Some((rec, false));
+        if let Some(rec) = self.table.get(pid).filter(|r| self.still_same(r)) {
+            if rec.binary.sha256.is_some() {
+                return Some((rec, false));
+            }
+            // No digest yet (still being computed in the background, or given up under
+            // the pool's time budget) is not good enough to decide on: hash it inline,
+            // without a budget, under the exec id it already has, so one exec keeps one
+            // record. A file that cannot be hashed at all stays without a digest.
+            return Some((self.hash_now(&rec).unwrap_or(rec), false));
         }
         let (rec, pending) = self.attest_from_procfs(pid, Source::OnRequest)?;
         let rec = Arc::new(self.finish(rec, pending));
@@ -304,12 +351,7 @@ impl Attestor {
             (Err(_), None) => true,
             _ => false,
         };
-        let mut text = String::new();
-        let cgroup_now = p
-            .open_relative("cgroup")
-            .ok()
-            .and_then(|mut f| f.read_to_string(&mut text).ok())
-            .and_then(|_| cgroup::v2_path_from_proc(&text));
+        let cgroup_now = read_cgroup_path(&p);
         same_start && same_exe && cgroup_now == rec.cgroup.path
     }
 
@@ -325,13 +367,14 @@ impl Attestor {
             fork_boot_ns: 0,
             comm: String::new(),
             exec_path: None,
+            exe: None,
         };
         let proc = Process::new(pid as i32).ok()?;
-        let facts = self.read_facts(&proc, true).ok()?;
+        let facts = self.read_facts(&proc, Reads { ids: true, exe: true, cgroup: true, kernel_comm: "" }).ok()?;
         if facts.kthread {
             return None;
         }
-        Some(self.build(obs, Ok(facts)))
+        Some(self.build(obs, Ok(facts), None))
     }
 
     /// The current record for `pid`, or None if the process that pid now names is not the
@@ -343,9 +386,21 @@ impl Attestor {
     }
 
     fn attest(&self, obs: Observed) -> Option<ProcessRecord> {
-        let facts = Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
+        // What the kernel said at exec answers first: a known executable version needs
+        // no open and no stat of /proc/<pid>/exe, a resolvable cgroup id no cgroup file.
+        let known = obs.exe.as_ref().and_then(|k| self.hashes.cached_digest(k));
+        if known.is_none() {
+            tracing::debug!(pid = obs.pid, kernel_identity = ?obs.exe, "executable not known by the kernel's identity: reading procfs");
+        }
+        let reads = Reads {
             // The kernel gave the credentials at exec: status is not read.
-            let facts = self.read_facts(&p, false)?;
+            ids: false,
+            exe: known.is_none(),
+            cgroup: obs.cgroup_id.and_then(|id| self.cgroups.path_of(id)).is_none(),
+            kernel_comm: &obs.comm,
+        };
+        let facts = Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
+            let facts = self.read_facts(&p, reads)?;
             // The pid named another process by the time we looked: the start time is
             // after the exec we are attesting (allow one tick of procfs rounding).
             if self.clock.ticks_to_boot_ns(facts.start_ticks) > obs.boot_ns + self.clock.tick_ns() {
@@ -354,7 +409,7 @@ impl Attestor {
             Ok(facts)
         });
         let facts = facts.map(|f| forget_later_exec(&obs, f));
-        let (rec, pending) = self.build(obs, facts);
+        let (rec, pending) = self.build(obs, facts, known);
         self.dispatch(rec, pending)
     }
 
@@ -386,9 +441,11 @@ impl Attestor {
     /// emitted now, saying why it has no digest.
     fn hash_later(&self, mut rec: ProcessRecord, p: PendingHash, pool: &HashPool, emit: &Emit) -> Option<ProcessRecord> {
         rec.binary.hash_pending = true;
+        self.table.expect_emit(&rec.exec_id);
         let committed = self.commit(rec.clone());
         if committed.exec_id != rec.exec_id {
             // The same exec was already attested (and hashed) on request.
+            self.table.claim_emit(&rec.exec_id);
             return Some(committed);
         }
         let (table, emit, from) = (self.table.clone(), emit.clone(), p.from);
@@ -401,7 +458,10 @@ impl Attestor {
                     Ok(d) => rec.binary.fill_digest(d, from),
                     Err(e) => rec.binary.skip(&e),
                 }
-                emit(&table.complete(rec));
+                // Unless an event needed the digest first and emitted the record.
+                if table.claim_emit(&rec.exec_id) {
+                    emit(&table.complete(rec));
+                }
             }),
         };
         if let Err((job, _)) = pool.submit(job) {
@@ -423,22 +483,24 @@ impl Attestor {
         rec
     }
 
-    /// `ids`: also read uid/gid from status (procfs sources; an exec event carries them).
-    fn read_facts(&self, p: &Process, ids: bool) -> Result<ProcFacts, String> {
+    /// Everything procfs says that `reads` asks for, between two reads of the start time.
+    fn read_facts(&self, p: &Process, reads: Reads) -> Result<ProcFacts, String> {
         let stat = p.stat().map_err(proc_error)?;
-        let status = if ids { p.status().ok() } else { None };
-        let exe = p.open_relative("exe").map_err(proc_error);
+        let status = if reads.ids { p.status().ok() } else { None };
+        let open_exe = || p.open_relative("exe").map_err(proc_error);
+        let mut exe = (reads.exe || (!reads.kernel_comm.is_empty() && reads.kernel_comm != stat.comm)).then(open_exe);
         let exe_path = p.exe().ok().map(|p| p.to_string_lossy().into_owned());
-        let mut cgroup_text = String::new();
-        let cgroup_path = p
-            .open_relative("cgroup")
-            .ok()
-            .and_then(|mut f| f.read_to_string(&mut cgroup_text).ok())
-            .and_then(|_| cgroup::v2_path_from_proc(&cgroup_text));
+        let cgroup_path = if reads.cgroup { read_cgroup_path(p) } else { None };
+        let argv = p.cmdline().ok();
         // Same start time after all reads: everything above describes one process.
         let again = p.stat().map_err(proc_error)?;
         if again.starttime != stat.starttime {
             return Err("pid was reused while the process was being attested".to_owned());
+        }
+        // Renamed or exec'd while read: `forget_later_exec` needs the running file. The
+        // handle still names this process instance (a reused pid would fail the open).
+        if exe.is_none() && again.comm != stat.comm {
+            exe = Some(open_exe());
         }
         Ok(ProcFacts {
             start_ticks: stat.starttime,
@@ -449,28 +511,41 @@ impl Attestor {
             exe_path,
             exe,
             cgroup_path,
+            argv,
             uid: status.as_ref().map(|s| s.ruid),
             gid: status.as_ref().map(|s| s.rgid),
         })
     }
 
     /// The record, and the executable still to hash when the cache did not know it.
-    fn build(&self, obs: Observed, facts: Result<ProcFacts, String>) -> (ProcessRecord, Option<PendingHash>) {
-        let (start_ticks, (binary, pending), cgroup_path_from_proc, ppid, comm, uid, gid) = match facts {
+    /// `known`: the digest the kernel's identity of the executable found in the cache.
+    fn build(&self, obs: Observed, facts: Result<ProcFacts, String>, known: Option<Digest>) -> (ProcessRecord, Option<PendingHash>) {
+        let (start_ticks, (binary, pending), cgroup_path_from_proc, ppid, comm, uid, gid, argv) = match facts {
             Ok(mut f) => {
-                let binary = self.binary(&obs, &mut f);
+                let binary = self.binary(&obs, &mut f, known);
                 let ppid = if obs.ppid != 0 { obs.ppid } else { f.ppid };
                 let comm = if obs.comm.is_empty() { f.comm } else { obs.comm.clone() };
                 let uid = if obs.source == Source::Ebpf { obs.uid } else { f.uid.unwrap_or(obs.uid) };
                 let gid = if obs.source == Source::Ebpf { obs.gid } else { f.gid.unwrap_or(obs.gid) };
-                (f.start_ticks, binary, f.cgroup_path, ppid, comm, uid, gid)
+                (f.start_ticks, binary, f.cgroup_path, ppid, comm, uid, gid, f.argv)
             }
             Err(why) => {
                 // Too late for procfs: the fork time the kernel gave us is the best start
                 // estimate, and the binary cannot be read safely any more.
                 let start = if obs.fork_boot_ns != 0 { obs.fork_boot_ns } else { obs.boot_ns };
-                let binary = self.binary_of_exited(&obs, why);
-                (self.clock.boot_ns_to_ticks(start), binary, None, obs.ppid, obs.comm.clone(), obs.uid, obs.gid)
+                // The kernel's identity of the executed file outlives the process: when
+                // the cache knows that version, its digest is exact (unlike the file now
+                // at the exec path).
+                let binary = match known {
+                    Some(d) => {
+                        let mut b = Binary::unknown(obs.exec_path.clone());
+                        b.fill_digest(d, "kernel");
+                        b.error = Some(why);
+                        (b, None)
+                    }
+                    None => self.binary_of_exited(&obs, why),
+                };
+                (self.clock.boot_ns_to_ticks(start), binary, None, obs.ppid, obs.comm.clone(), obs.uid, obs.gid, None)
             }
         };
         // The kernel's cgroup id is authoritative (it is where the exec happened); the
@@ -497,7 +572,7 @@ impl Attestor {
             cgroup: CgroupInfo { id: cgroup_id.unwrap_or(0), path: cgroup_path },
             workload,
             ancestry: self.ancestry(ppid, start_ticks),
-            script: script::identify(obs.pid, start_ticks, obs.exec_path.as_deref(), &self.hashes),
+            script: argv.and_then(|argv| script::identify(obs.pid, &argv, obs.exec_path.as_deref(), &self.hashes)),
             run: pod.as_ref().and_then(crate::k8s::PodMeta::run_key),
             pod,
         };
@@ -520,13 +595,7 @@ impl Attestor {
             return (b, None);
         };
         let Ok(parent) = Process::new(obs.ppid as i32) else { return (b, None) };
-        let mut text = String::new();
-        let parent_cgroup = parent
-            .open_relative("cgroup")
-            .ok()
-            .and_then(|mut f| f.read_to_string(&mut text).ok())
-            .and_then(|_| cgroup::v2_path_from_proc(&text))
-            .and_then(|p| self.cgroups.id_of(&p));
+        let parent_cgroup = read_cgroup_path(&parent).and_then(|p| self.cgroups.id_of(&p));
         if parent_cgroup != Some(cgroup_id) {
             return (b, None);
         }
@@ -564,21 +633,34 @@ impl Attestor {
         }
     }
 
-    fn binary(&self, obs: &Observed, f: &mut ProcFacts) -> (Binary, Option<PendingHash>) {
+    fn binary(&self, obs: &Observed, f: &mut ProcFacts, known: Option<Digest>) -> (Binary, Option<PendingHash>) {
         let mut b = Binary::unknown(obs.exec_path.clone());
         b.path = f.exe_path.as_ref().map(|p| p.trim_end_matches(" (deleted)").to_owned());
         b.replaced_after_exec = f.exe_path.as_deref().is_some_and(|p| p.ends_with(" (deleted)"));
-        let exe = match std::mem::replace(&mut f.exe, Err(String::new())) {
-            Ok(file) => file,
-            Err(e) => {
+        let (running, mut b, pending) = match (f.exe.take(), known) {
+            (Some(Err(e)), _) => {
                 b.error = Some(e);
                 return (b, None);
             }
+            // The kernel's identity of the executed file is in the cache: its digest.
+            (_, Some(d)) => {
+                let running = (d.key.dev, d.key.ino);
+                b.fill_digest(d, "kernel");
+                (Some(running), b, None)
+            }
+            (Some(Ok(exe)), None) => {
+                // The executed inode, before anything is read: the replacement check needs
+                // only its identity, so it happens now, while the process exists.
+                let running = exe.metadata().ok().map(|m| (m.dev(), m.ino()));
+                let (b, pending) = self.look_up(b, exe, "exe");
+                (running, b, pending)
+            }
+            // `read_facts` opens the executable whenever no digest is known.
+            (None, None) => {
+                b.error = Some("the executable was not opened".to_owned());
+                return (b, None);
+            }
         };
-        // The executed inode, before anything is read: the replacement check needs only
-        // its identity, so it happens now, while the process exists.
-        let running = exe.metadata().ok().map(|m| (m.dev(), m.ino()));
-        let (mut b, pending) = self.look_up(b, exe, "exe");
         if let (Some((dev, ino)), Some(path)) = (running, obs.exec_path.as_deref().filter(|p| p.starts_with('/'))) {
             // Does the exec'd path (seen from the process's own root) still name the
             // file that runs? If not, it was replaced after exec.

@@ -81,6 +81,10 @@ impl Binary {
         self.inode = Some(d.key.ino);
         self.hash_cache = Some(if d.cache_hit { "hit" } else { "miss" });
         self.hashed_from = Some(from);
+        // A digest computed after the pool gave up replaces its reason.
+        if self.hash_skipped.take().is_some() {
+            self.error = None;
+        }
     }
 }
 

@@ -30,7 +30,6 @@ use std::{
     },
 };
 
-use procfs::process::Process;
 use serde::Serialize;
 
 use super::hash::{HashCache, sha256_reader};
@@ -67,15 +66,10 @@ fn script_arg<'a>(exec_path: Option<&str>, argv: &'a [String]) -> Option<(&'a st
     }
 }
 
-/// The script of `pid` (started at `start_ticks`), or None for a process that was not
-/// started on one.
-pub fn identify(pid: u32, start_ticks: u64, exec_path: Option<&str>, hashes: &HashCache) -> Option<Script> {
-    let p = Process::new(pid as i32).ok()?;
-    let argv = p.cmdline().ok()?;
-    if p.stat().ok()?.starttime != start_ticks {
-        return None; // the pid names another process by now
-    }
-    let (path, source) = script_arg(exec_path, &argv)?;
+/// The script of `pid`, started with `argv` (read by the caller between its checks of
+/// the process's start time), or None for a process that was not started on one.
+pub fn identify(pid: u32, argv: &[String], exec_path: Option<&str>, hashes: &HashCache) -> Option<Script> {
+    let (path, source) = script_arg(exec_path, argv)?;
     let mut s = Script { path: path.to_owned(), source, sha256: None, inode: None, error: None };
     if !path.starts_with('/') {
         s.error = Some("relative script path: run it by absolute path to bind it".into());

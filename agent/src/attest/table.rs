@@ -1,8 +1,8 @@
 //! The live process table: pid -> the record of the process that pid currently names.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use super::record::{ProcessRecord, Source};
@@ -21,6 +21,8 @@ pub fn same_exec_on_request(prev: &ProcessRecord, rec: &ProcessRecord) -> bool {
 #[derive(Default)]
 pub struct ProcessTable {
     inner: RwLock<HashMap<u32, Arc<ProcessRecord>>>,
+    /// Exec ids whose record waits for its digest (at most one per queued hash job).
+    to_emit: Mutex<HashSet<String>>,
 }
 
 impl ProcessTable {
@@ -36,10 +38,11 @@ impl ProcessTable {
         }
     }
 
-    /// A record whose hash was computed in the background. It replaces the table's entry
-    /// only if that entry is still this exec (the process may have exited or exec'd
-    /// again meanwhile); an on-request record of the same exec wins, as in `insert`'s
-    /// callers. Returns the record to emit.
+    /// A record whose hash was computed after the exec was handled (by the pool, or on
+    /// the spot when an event needed it first). It replaces the table's entry only if
+    /// that entry is still this exec (the process may have exited or exec'd again
+    /// meanwhile); an on-request record of the same exec wins, as in `insert`'s callers.
+    /// Returns the record to emit.
     pub fn complete(&self, rec: ProcessRecord) -> ProcessRecord {
         let Ok(mut t) = self.inner.write() else { return rec };
         match t.get(&rec.pid) {
@@ -50,6 +53,20 @@ impl ProcessTable {
             Some(cur) if same_exec_on_request(cur, &rec) => (**cur).clone(),
             _ => rec,
         }
+    }
+
+    /// Notes that the record of `exec_id` is to be emitted once its digest is known.
+    pub fn expect_emit(&self, exec_id: &str) {
+        if let Ok(mut p) = self.to_emit.lock() {
+            p.insert(exec_id.to_owned());
+        }
+    }
+
+    /// True for the first caller only (the hashing pool, or an event that needed the
+    /// digest before the pool had it): one exec, one record, even after the process has
+    /// exited and left the table.
+    pub fn claim_emit(&self, exec_id: &str) -> bool {
+        self.to_emit.lock().is_ok_and(|mut p| p.remove(exec_id))
     }
 
     pub fn remove(&self, pid: u32) -> Option<Arc<ProcessRecord>> {

@@ -81,6 +81,7 @@ mod tests {
             filename_truncated: 0,
             _pad0: 0,
             fork_boot_ns: 5,
+            exe: Default::default(),
             comm: [0; COMM_LEN],
             filename: [0; PATH_LEN],
         };

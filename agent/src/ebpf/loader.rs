@@ -4,11 +4,13 @@ use std::io;
 
 use std::path::Path;
 
-use agent_common::{DROP_REASONS, DROPS_MAP, DropReason, TLS_CALLS_MAP, TracepointOffsets, WATCH_NAME_LEN};
+use agent_common::{
+    DROP_REASONS, DROPS_MAP, DropReason, ExeOffsets, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets, WATCH_NAME_LEN,
+};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeLinkId, UProbeScope}},
+    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope}},
 };
 use thiserror::Error;
 
@@ -99,26 +101,46 @@ pub enum TlsLibrary {
 }
 
 impl TlsLibrary {
+    /// The functions hooked, by symbol name.
+    pub fn symbols(self) -> Vec<&'static str> {
+        self.hooks().iter().map(|(symbol, _, _)| *symbol).collect()
+    }
+
     /// (symbol, entry program, return program)
     fn hooks(self) -> &'static [(&'static str, &'static str, &'static str)] {
         match self {
             TlsLibrary::OpenSsl => &[
                 ("SSL_write", "sigil_ssl_write", "sigil_ssl_write_ret"),
                 ("SSL_write_ex", "sigil_ssl_write_ex", "sigil_ssl_write_ex_ret"),
+                ("SSL_read", "sigil_ssl_read", "sigil_ssl_read_ret"),
+                ("SSL_read_ex", "sigil_ssl_read_ex", "sigil_ssl_read_ex_ret"),
             ],
-            TlsLibrary::GnuTls => &[("gnutls_record_send", "sigil_gnutls_send", "sigil_gnutls_send_ret")],
+            TlsLibrary::GnuTls => &[
+                ("gnutls_record_send", "sigil_gnutls_send", "sigil_gnutls_send_ret"),
+                ("gnutls_record_recv", "sigil_gnutls_recv", "sigil_gnutls_recv_ret"),
+            ],
         }
     }
 
-    const ALL_PROGRAMS: [&'static str; 6] = [
+    const ALL_PROGRAMS: [&'static str; 12] = [
         "sigil_ssl_write",
         "sigil_ssl_write_ret",
         "sigil_ssl_write_ex",
         "sigil_ssl_write_ex_ret",
         "sigil_gnutls_send",
         "sigil_gnutls_send_ret",
+        "sigil_ssl_read",
+        "sigil_ssl_read_ret",
+        "sigil_ssl_read_ex",
+        "sigil_ssl_read_ex_ret",
+        "sigil_gnutls_recv",
+        "sigil_gnutls_recv_ret",
     ];
 }
+
+/// The entry-only probe on Go's `crypto/tls.(*Conn).Write` (no return probe: see
+/// agent-ebpf/src/probes/go_tls.rs).
+const GO_TLS_WRITE: &str = "sigil_go_tls_write";
 
 /// Links of one attached library, kept to detach them.
 pub struct LibraryLinks(Vec<(&'static str, UProbeLinkId)>);
@@ -138,9 +160,11 @@ impl Probes {
 
     /// `watched_names` are the credential-file suffixes the open() filter will look for;
     /// their lengths are fixed at load time. `tls_calls_entries` sizes the per-thread TLS
-    /// call map (threads inside a TLS write at one moment).
+    /// call map (threads inside a TLS write at one moment). `exe` tells the exec program
+    /// where the executable's inode is (invalid: it sends no identity).
     pub fn load(
         offsets: TracepointOffsets,
+        exe: ExeOffsets,
         ring_buffer_bytes: u32,
         tls_calls_entries: u32,
         watched_names: &[&str],
@@ -154,6 +178,7 @@ impl Probes {
             .fold(0, |m, n| m | 1 << (n.len() - 1));
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
+            .override_global("EXE_OFFSETS", &exe, true)
             .override_global("WATCH_LENGTHS", &lengths, true)
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .map_max_entries(TLS_CALLS_MAP, tls_calls_entries.max(1))
@@ -208,7 +233,7 @@ impl Probes {
             prog.attach("syscalls", tracepoint).map_err(|e| program_error(name, e))?;
             self.attached.push(name);
         }
-        for name in TlsLibrary::ALL_PROGRAMS {
+        for name in TlsLibrary::ALL_PROGRAMS.into_iter().chain([GO_TLS_WRITE]) {
             let prog: &mut UProbe = self.program(name)?;
             prog.load().map_err(|e| program_error(name, e))?;
         }
@@ -219,12 +244,30 @@ impl Probes {
     /// through /proc/<pid>/root for a container's copy). Symbols the library lacks are
     /// skipped (SSL_write_ex is OpenSSL 1.1.1+); none at all is an error.
     pub fn attach_library(&mut self, lib: TlsLibrary, path: &Path) -> Result<LibraryLinks, LoadError> {
+        self.attach_hooks(lib, path, |symbol| Some(UProbeAttachLocation::Symbol(symbol)))
+    }
+
+    /// Attaches the write hooks of a TLS library compiled into an executable, at the file
+    /// offsets of its functions (`offsets`, by symbol; see `trace::static_tls`).
+    pub fn attach_embedded(&mut self, lib: TlsLibrary, path: &Path, offsets: &[(&str, u64)]) -> Result<LibraryLinks, LoadError> {
+        self.attach_hooks(lib, path, |symbol| {
+            offsets.iter().find(|(s, _)| *s == symbol).map(|(_, o)| UProbeAttachLocation::AbsoluteOffset(*o))
+        })
+    }
+
+    fn attach_hooks<'s>(
+        &mut self,
+        lib: TlsLibrary,
+        path: &Path,
+        at: impl Fn(&'static str) -> Option<UProbeAttachLocation<'s>>,
+    ) -> Result<LibraryLinks, LoadError> {
         let mut links = Vec::new();
         let mut last_err = None;
         for (symbol, entry, ret) in lib.hooks() {
             for name in [*entry, *ret] {
+                let Some(location) = at(symbol) else { continue };
                 let prog: &mut UProbe = self.program(name)?;
-                match prog.attach(*symbol, path, UProbeScope::AllProcesses) {
+                match prog.attach(location, path, UProbeScope::AllProcesses) {
                     Ok(id) => links.push((name, id)),
                     Err(e) => last_err = Some(program_error(name, e)),
                 }
@@ -232,8 +275,17 @@ impl Probes {
         }
         match (links.is_empty(), last_err) {
             (true, Some(e)) => Err(e),
+            (true, None) => Err(LoadError::Missing("TLS write function in the file")),
             _ => Ok(LibraryLinks(links)),
         }
+    }
+
+    /// Attaches the Go crypto/tls write probe at `offset` (a file offset found in the
+    /// binary's `.gopclntab`) of the executable at `path`.
+    pub fn attach_go_tls(&mut self, path: &Path, offset: u64) -> Result<LibraryLinks, LoadError> {
+        let prog: &mut UProbe = self.program(GO_TLS_WRITE)?;
+        let id = prog.attach(offset, path, UProbeScope::AllProcesses).map_err(|e| program_error(GO_TLS_WRITE, e))?;
+        Ok(LibraryLinks(vec![(GO_TLS_WRITE, id)]))
     }
 
     pub fn detach_library(&mut self, links: LibraryLinks) {
@@ -278,6 +330,20 @@ impl Probes {
                 .map_err(|source| LoadError::Map { name: "TLS_SKIP", source })?;
         let key = (u64::from(tgid) << 32) | u64::from(fd as u32);
         map.insert(key, conn, 0).map_err(|source| LoadError::Map { name: "TLS_SKIP", source })
+    }
+
+    /// Withdraws a TLS connection's response budget: its last POST was no credential
+    /// exchange, so the kernel stops copying what the client reads on it.
+    pub fn stop_response_capture(&mut self, tgid: u32, conn: u64) -> Result<(), LoadError> {
+        let mut map: BpfHashMap<_, TlsConnKey, u64> = BpfHashMap::try_from(
+            self.ebpf.map_mut(RESPONSE_WATCH_MAP).ok_or(LoadError::Missing("map RESPONSE_WATCH"))?,
+        )
+        .map_err(|source| LoadError::Map { name: "RESPONSE_WATCH", source })?;
+        match map.remove(&TlsConnKey { tgid, _pad: 0, conn }) {
+            // Already gone: the budget ran out, or the LRU evicted it.
+            Ok(()) | Err(MapError::SyscallError(_)) => Ok(()),
+            Err(source) => Err(LoadError::Map { name: "RESPONSE_WATCH", source }),
+        }
     }
 
     /// Takes the event ring buffer (once) for the reader task.

@@ -2,6 +2,7 @@
 //! attaching programs, and decoding what they send.
 pub mod decode;
 pub mod features;
+pub mod kernel_layout;
 pub mod loader;
 pub mod mounts;
 pub mod tracefs;

@@ -117,6 +117,18 @@ pub fn header_exchange(req: &Request) -> Option<Exchange> {
     Some(Exchange { kind, client_id: Some(account), ..Exchange::default() })
 }
 
+/// A POST to what is by its name a token endpoint (`.../token`, `.../oauth2/v2.0/token`,
+/// an STS host): its response is read even when the request carried no credential Sigil
+/// recognises (a client authenticating with mTLS, say).
+pub fn token_endpoint(req: &Request) -> bool {
+    if !req.method.eq_ignore_ascii_case("POST") {
+        return false;
+    }
+    let path = req.path.split('?').next().unwrap_or("").trim_end_matches('/');
+    let host = req.authority.as_deref().unwrap_or("").to_ascii_lowercase();
+    path.rsplit('/').next().is_some_and(|last| last.eq_ignore_ascii_case("token")) || host.starts_with("sts.") || host.contains(".sts.")
+}
+
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -303,6 +315,50 @@ mod tests {
         assert_eq!(heads.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/next"]);
         assert_eq!(bodies.len(), 1);
         assert_eq!((bodies[0].0.path.as_str(), bodies[0].1.as_slice()), ("/token", body.as_slice()));
+    }
+
+    /// A workload sending its STS exchange with `Transfer-Encoding: chunked` (split across
+    /// writes, with an extension and a trailer) is still seen trading its token; the
+    /// request after it on the keep-alive connection is still recovered.
+    #[test]
+    fn an_sts_exchange_sent_chunked_is_still_detected() {
+        use crate::trace::http::HttpStream;
+        let token = jwt(r#"{"iss":"https://sigil.test","sub":"spiffe://sigil.test/a","jti":"chunked-1"}"#);
+        let form = format!("Action=AssumeRoleWithWebIdentity&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr&RoleSessionName=s&WebIdentityToken={token}&Version=2011-06-15");
+        let mut wire = b"POST / HTTP/1.1\r\nHost: sts.amazonaws.com\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for (i, piece) in form.as_bytes().chunks(50).enumerate() {
+            wire.extend_from_slice(format!("{:x}{}\r\n", piece.len(), if i == 0 { ";ext=1" } else { "" }).as_bytes());
+            wire.extend_from_slice(piece);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\nX-Trailer: 1\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\n\r\n");
+        let mut s = HttpStream::new();
+        let (mut heads, mut bodies) = (Vec::new(), Vec::new());
+        for write in wire.chunks(37) {
+            let (h, b) = s.feed_with_bodies(write, write.len());
+            heads.extend(h);
+            bodies.extend(b);
+        }
+        assert_eq!(heads.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/", "/after"]);
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0].1, form.as_bytes());
+        let found = detect_body(&bodies[0].0, &bodies[0].1, NOW, &[]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1.kind, "aws_sts_assume_role_with_web_identity");
+        assert_eq!(found[0].0.identifiers.jwt_jti.as_deref(), Some("chunked-1"));
+
+        // Chunked together with Content-Length (a smuggling shape) is not followed.
+        let mut s = HttpStream::new();
+        let bad = b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\na=b\r\n0\r\n\r\n";
+        assert!(s.feed_with_bodies(bad, bad.len()).1.is_empty());
+        // A chunked body whose bytes were not all captured is dropped, not guessed.
+        let mut s = HttpStream::new();
+        let head = b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let _ = s.feed_with_bodies(head, head.len());
+        let (_, b) = s.feed_with_bodies(b"ff\r\nabc", 300);
+        assert!(b.is_empty());
+        let (_, b) = s.feed_with_bodies(b"0\r\n\r\n", 5);
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -575,12 +575,12 @@ const B64_URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
 );
 
 #[derive(Default)]
-struct JwtClaims {
-    iss: Option<String>,
-    sub: Option<String>,
+pub(crate) struct JwtClaims {
+    pub(crate) iss: Option<String>,
+    pub(crate) sub: Option<String>,
     aud: Option<Vec<String>>,
-    jti: Option<String>,
-    exp: Option<i64>,
+    pub(crate) jti: Option<String>,
+    pub(crate) exp: Option<i64>,
     iat: Option<i64>,
 }
 
@@ -595,10 +595,16 @@ impl JwtClaims {
     }
 }
 
+/// The `exp` claim of a JWS compact token (not verified: for a token the caller was just
+/// handed by a trusted source, e.g. the local agent).
+pub fn jwt_expiry(token: &str) -> Option<i64> {
+    decode_jwt(token)?.exp
+}
+
 /// Decodes a JWS compact token's claims without verifying it. Anything that is not
 /// three base64url parts with a JSON header carrying "alg" and a JSON object payload is
 /// not treated as a JWT.
-fn decode_jwt(token: &str) -> Option<JwtClaims> {
+pub(crate) fn decode_jwt(token: &str) -> Option<JwtClaims> {
     let mut parts = token.split('.');
     let (header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {

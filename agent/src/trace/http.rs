@@ -79,6 +79,12 @@ impl HttpStream {
         (out, bodies)
     }
 
+    /// A request's body (wanted by `body::wants_body`) is still arriving: the last head
+    /// reported is answered by [`Self::feed_with_bodies`] later, with its body.
+    pub fn holding_body(&self) -> bool {
+        matches!(&self.state, State::Http1(h1) if h1.holding.is_some())
+    }
+
     fn feed_requests(&mut self, captured: &[u8], true_len: usize) -> Vec<Request> {
         let true_len = true_len.max(captured.len());
         let mut out = Vec::new();
@@ -132,6 +138,8 @@ struct Http1 {
     holding: Option<Holding>,
     /// Bodies completed during the current `feed`, with their requests.
     bodies: Vec<(Request, Vec<u8>)>,
+    /// The held body is chunked: `holding.body` collects its raw coding until complete.
+    chunked: bool,
 }
 
 /// A request whose body is being collected; `whole` turns false when bytes are missing.
@@ -144,6 +152,8 @@ struct Holding {
 enum Body {
     Empty,
     Length(u64),
+    /// `Transfer-Encoding: chunked` alone (followed only for bodies `wants_body` keeps).
+    Chunked,
     /// Chunked, CONNECT, upgrades, or contradictory framing: where the next request
     /// starts cannot be known from truncated captures.
     Unfollowable,
@@ -174,6 +184,7 @@ impl Http1 {
             confirmed: false,
             holding: None,
             bodies: Vec::new(),
+            chunked: false,
         }
     }
 
@@ -187,13 +198,46 @@ impl Http1 {
     fn lose(&mut self) -> Next {
         self.head.clear();
         self.body_left = 0;
+        self.chunked = false;
+        self.holding = None;
         self.lost = true;
         Next::Stay
+    }
+
+    /// Collects a chunked body from `pos` on; the position after it, or `None` when the
+    /// write ended inside it (or the stream was lost).
+    fn feed_chunked(&mut self, captured: &[u8], true_len: usize, pos: usize) -> Option<usize> {
+        // The chunk framing must be read, so every byte must have been captured.
+        let (Some(h), Some(bytes)) = (self.holding.as_mut(), captured.get(pos..).filter(|_| captured.len() == true_len)) else {
+            self.lose();
+            return None;
+        };
+        let before = h.body.len();
+        h.body.extend_from_slice(bytes);
+        match super::chunked::decode(&h.body, super::body::MAX_BODY as usize) {
+            Ok(Some((body, consumed))) => {
+                h.body = body;
+                self.chunked = false;
+                self.release();
+                Some(pos + consumed.saturating_sub(before))
+            }
+            Ok(None) if h.body.len() <= 2 * super::body::MAX_BODY as usize => None,
+            _ => {
+                self.lose();
+                None
+            }
+        }
     }
 
     fn feed(&mut self, captured: &[u8], true_len: usize, out: &mut Vec<Request>) -> Next {
         let mut pos = 0usize;
         loop {
+            if self.chunked {
+                match self.feed_chunked(captured, true_len, pos) {
+                    Some(after) => pos = after,
+                    None => return Next::Stay,
+                }
+            }
             if self.body_left > 0 {
                 let skip = usize::try_from(self.body_left).unwrap_or(usize::MAX);
                 let skip = skip.min(true_len.saturating_sub(pos));
@@ -236,9 +280,13 @@ impl Http1 {
                     self.lost = false;
                     self.confirmed = true;
                     pos = pos.saturating_add(len.saturating_sub(buffered));
-                    if let Body::Length(n) = body
-                        && super::body::wants_body(&request, n)
-                    {
+                    let wanted = match body {
+                        Body::Length(n) => super::body::wants_body(&request, n),
+                        // A token request sent chunked: its size is unknown up front.
+                        Body::Chunked => super::body::wants_body(&request, 1),
+                        _ => false,
+                    };
+                    if wanted {
                         let request = request.clone();
                         self.holding = Some(Holding { request, body: Vec::new(), whole: true });
                     }
@@ -246,7 +294,8 @@ impl Http1 {
                     match body {
                         Body::Empty => {}
                         Body::Length(n) => self.body_left = n,
-                        Body::Unfollowable => return self.lose(),
+                        Body::Chunked if wanted => self.chunked = true,
+                        Body::Chunked | Body::Unfollowable => return self.lose(),
                     }
                 }
                 Head::Partial { line, method } => {
@@ -393,8 +442,15 @@ fn to_request(req: &httparse::Request<'_, '_>) -> (Request, Body) {
 
 fn body_framing(method: &str, headers: &[(String, String)]) -> Body {
     let has = |name: &str| headers.iter().any(|(n, _)| n == name);
-    if method.eq_ignore_ascii_case("CONNECT") || has("transfer-encoding") || has("upgrade") {
+    if method.eq_ignore_ascii_case("CONNECT") || has("upgrade") {
         return Body::Unfollowable;
+    }
+    if has("transfer-encoding") {
+        // Chunked alone; with a Content-Length too (a smuggling shape) or another coding,
+        // where the body ends is not knowable.
+        let codings: Vec<&(String, String)> = headers.iter().filter(|(n, _)| n == "transfer-encoding").collect();
+        let chunked_only = codings.len() == 1 && codings.iter().all(|(_, v)| v.trim().eq_ignore_ascii_case("chunked"));
+        return if chunked_only && !has("content-length") { Body::Chunked } else { Body::Unfollowable };
     }
     // Several Content-Length values (or a list) are fine only if they all agree.
     let mut length = None;

@@ -5,18 +5,30 @@
 //! /proc/<pid>/root. Libraries on the host's standard paths are attached at start-up (so
 //! the first request of the first curl is seen) and stay attached. Others are attached
 //! when a scan of /proc/*/maps first sees them, and detached when no process maps them
-//! any more.
+//! any more. Go binaries carry their TLS inside: they are attached when they are exec'd
+//! ([`LibraryWatcher::attach_go`]) and detached when no process runs them any more.
+//!
+//! Some executables carry OpenSSL compiled in (official Node.js builds, static curl):
+//! they are attached themselves, at the offsets [`super::static_tls`] finds, as soon as
+//! one is exec'd (before its first request) or a scan sees one running, and detached
+//! when no process runs them any more.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::ebpf::loader::{LibraryLinks, Probes, TlsLibrary};
+use super::{static_tls, uncovered::GoBinary};
+use crate::ebpf::loader::{LibraryLinks, LoadError, Probes, TlsLibrary};
+
+/// Executables larger than this are not inspected for a TLS library of their own.
+const MAX_EXECUTABLE: u64 = 1 << 30;
+/// Executables found to carry no TLS library, remembered at most (then forgotten at once).
+const PLAIN_EXECUTABLES: usize = 4096;
 
 /// Host paths probed at start-up.
 const SYSTEM_LIBS: &[&str] = &[
@@ -61,10 +73,22 @@ pub struct LibraryWatcher {
     attached: HashMap<(u64, u64), Attached>,
     /// Files that could not be attached (no symbols, ...): not retried every scan.
     refused: HashSet<(u64, u64)>,
+    /// Executables (dev, inode, size, mtime) inspected and found to carry no TLS library.
+    plain_executables: HashSet<(u64, u64, u64, i64)>,
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A path to file `id`, which `pid` sees at `path_in_ns` (in its own mount namespace):
+/// the host path when it is the same file, so the attachment does not depend on this pid
+/// living on; else the path through the process's root.
+fn stable_path(pid: &str, path_in_ns: &str, id: (u64, u64)) -> PathBuf {
+    match file_id(Path::new(path_in_ns)) {
+        Some(host) if host == id => PathBuf::from(path_in_ns),
+        _ => PathBuf::from(format!("/proc/{pid}/root{path_in_ns}")),
+    }
 }
 
 impl LibraryWatcher {
@@ -77,16 +101,82 @@ impl LibraryWatcher {
         if self.attached.contains_key(&id) || self.refused.contains(&id) {
             return;
         }
-        match probes.attach_library(lib, &path) {
+        let attached = probes.attach_library(lib, &path);
+        self.record(id, path, pinned, attached, format!("{lib:?}"));
+    }
+
+    fn record(&mut self, id: (u64, u64), path: PathBuf, pinned: bool, attached: Result<LibraryLinks, LoadError>, what: String) {
+        match attached {
             Ok(links) => {
-                info!("TLS capture attached to {} ({lib:?})", path.display());
+                info!("TLS capture attached to {} ({what})", path.display());
                 self.attached.insert(id, Attached { path, links, pinned });
             }
             Err(e) => {
-                warn!("cannot attach TLS capture to {}: {e}", path.display());
+                warn!("cannot attach TLS capture to {} ({what}): {e}", path.display());
                 self.refused.insert(id);
             }
         }
+    }
+
+    /// Attaches the Go TLS probe to an exec'd Go binary, unless it already is. The probe
+    /// is attached through the file the inspector opened (`/proc/self/fd/N`), so it lands
+    /// on the inode whose function table gave the offset, wherever the binary lives (a
+    /// container's root, a deleted file still running).
+    pub fn attach_go(&mut self, probes: &mut Probes, go: &GoBinary) -> Result<(), LoadError> {
+        if self.attached.contains_key(&go.id) {
+            return Ok(());
+        }
+        let via = PathBuf::from(format!("/proc/self/fd/{}", go.file.as_raw_fd()));
+        let links = probes.attach_go_tls(&via, go.offset)?;
+        info!("Go TLS capture attached to {} at offset {:#x}", go.binary, go.offset);
+        self.attached.insert(go.id, Attached { path: PathBuf::from(&go.binary), links, pinned: false });
+        Ok(())
+    }
+
+    /// A process was exec'd: if its executable has OpenSSL compiled in, attach to it now,
+    /// before the process sends its first request.
+    pub fn on_exec(&mut self, probes: &mut Probes, pid: u32) {
+        self.check_executable(probes, &pid.to_string());
+    }
+
+    /// Attaches to the executable `pid` runs if it carries OpenSSL of its own (once per
+    /// file). Returns the file's id, to keep an attachment while a process runs it.
+    fn check_executable(&mut self, probes: &mut Probes, pid: &str) -> Option<(u64, u64)> {
+        let link = PathBuf::from(format!("/proc/{pid}/exe"));
+        let meta = fs::metadata(&link).ok()?;
+        let id = (meta.dev(), meta.ino());
+        let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+        if self.attached.contains_key(&id) || self.refused.contains(&id) || self.plain_executables.contains(&key) {
+            return Some(id);
+        }
+        let lib = TlsLibrary::OpenSsl;
+        let found = if meta.size() > MAX_EXECUTABLE {
+            Ok(Vec::new())
+        } else {
+            fs::File::open(&link)
+                .map_err(|e| e.to_string())
+                .and_then(|f| static_tls::find_functions(&object::ReadCache::new(f), &lib.symbols()).map_err(|e| e.to_string()))
+        };
+        match found {
+            Ok(offsets) if !offsets.is_empty() => {
+                let path = fs::read_link(&link).ok().map_or(link.clone(), |p| stable_path(pid, &p.to_string_lossy(), id));
+                let attached = probes.attach_embedded(lib, &link, &offsets);
+                self.record(id, path, false, attached, format!("{lib:?} compiled into the executable"));
+            }
+            Ok(_) => self.remember_plain(key),
+            Err(e) => {
+                debug!("executable of pid {pid} not inspected for TLS libraries: {e}");
+                self.remember_plain(key);
+            }
+        }
+        Some(id)
+    }
+
+    fn remember_plain(&mut self, key: (u64, u64, u64, i64)) {
+        if self.plain_executables.len() >= PLAIN_EXECUTABLES {
+            self.plain_executables.clear();
+        }
+        self.plain_executables.insert(key);
     }
 
     /// Attaches the host's standard libraries; they stay attached.
@@ -106,18 +196,16 @@ impl LibraryWatcher {
         for entry in dir.filter_map(Result::ok) {
             let name = entry.file_name();
             let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            // Processes started before the agent, or whose exec event was missed.
+            seen.extend(self.check_executable(probes, pid));
             let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
             for lib_path in libraries_in_maps(&maps) {
                 let Some(lib) = classify(lib_path) else { continue };
                 // The path is in the process's mount namespace; reach it through its root.
-                let path = PathBuf::from(format!("/proc/{pid}/root{lib_path}"));
-                let Some(id) = file_id(&path) else { continue };
+                let Some(id) = file_id(Path::new(&format!("/proc/{pid}/root{lib_path}"))) else { continue };
                 seen.insert(id);
                 if !self.attached.contains_key(&id) {
-                    // Keep a stable path for the attachment: the host path when it is the
-                    // same file, so the link does not depend on this pid living on.
-                    let stable = file_id(Path::new(lib_path)).filter(|h| *h == id).map(|_| PathBuf::from(lib_path));
-                    self.attach(probes, lib, stable.unwrap_or(path), false);
+                    self.attach(probes, lib, stable_path(pid, lib_path, id), false);
                 }
             }
         }
@@ -125,7 +213,7 @@ impl LibraryWatcher {
             self.attached.iter().filter(|(id, a)| !a.pinned && !seen.contains(id)).map(|(id, _)| *id).collect();
         for id in gone {
             if let Some(a) = self.attached.remove(&id) {
-                info!("TLS capture detached from {} (no process maps it)", a.path.display());
+                info!("TLS capture detached from {} (no process maps or runs it)", a.path.display());
                 probes.detach_library(a.links);
             }
         }

@@ -7,17 +7,22 @@
 pub mod aggregate;
 pub mod body;
 pub mod catalogue;
+pub mod chunked;
 pub mod conn;
 pub mod detect;
 pub mod events;
 pub mod files;
+pub mod golang;
 #[cfg(test)]
 mod families_test;
 pub mod fingerprint;
 pub mod http;
 pub mod libs;
+pub mod obtained;
 pub mod redact;
+pub mod response;
 pub mod scrub;
+pub mod static_tls;
 pub mod streams;
 pub mod tracer;
 pub mod uncovered;

@@ -7,19 +7,20 @@ use std::{
 };
 
 use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, FileOpenEvent};
-use sigil_proto::{json, v1};
-use tracing::warn;
+use sigil_proto::{EventBody, json, v1};
+use tracing::{debug, warn};
 
 use super::{
     aggregate::Aggregator,
-    body::{detect_body, header_exchange},
+    body::{Exchange, detect_body, header_exchange, token_endpoint},
     conn::ConnTable,
-    detect::detect,
+    detect::{Credential, detect},
     events::{CredentialFileRead, CredentialUse, Destination, set_class},
     files,
     fingerprint::Fingerprinter,
     http::Request,
     libs::LibraryWatcher,
+    obtained::{Expected, ResponseTracker},
     scrub::event_path,
     streams::{StreamKey, StreamTable},
     uncovered::{UncoveredClient, UncoveredWatcher},
@@ -56,6 +57,10 @@ pub struct TraceStats {
     pub uncovered: Vec<UncoveredClient>,
     /// Execs not checked for the above because the inspector was behind.
     pub uncovered_unchecked: u64,
+    /// Credentials read from exchange responses (`credential_obtained` events).
+    pub credentials_obtained: u64,
+    /// Exchange responses that yielded none (error status, cut, unknown shape).
+    pub responses_unread: u64,
 }
 
 impl From<&TraceStats> for v1::TraceStats {
@@ -84,10 +89,12 @@ impl From<&TraceStats> for v1::TraceStats {
                     client: u.client.as_str().into(),
                     binary: u.binary.clone(),
                     execs: u.execs,
-                    reason: u.reason.into(),
+                    reason: u.reason.clone(),
                 })
                 .collect(),
             uncovered_unchecked: t.uncovered_unchecked,
+            credentials_obtained: t.credentials_obtained,
+            responses_unread: t.responses_unread,
         }
     }
 }
@@ -124,6 +131,7 @@ pub struct Tracer {
     /// Fingerprint -> workload runs that used it (static credentials only).
     static_runs: HashMap<String, std::collections::HashSet<String>>,
     aggregator: Aggregator,
+    responses: ResponseTracker,
 }
 
 /// Could these be the first bytes of an HTTP/1 request or an HTTP/2 connection?
@@ -155,6 +163,15 @@ pub fn process_at(attestor: &Attestor, clock: &Clock, pid: u32, boot_ns: u64) ->
     }
 }
 
+fn tls_library(source: DataSource) -> Option<String> {
+    match source {
+        DataSource::OpenSsl | DataSource::OpenSslRead => Some("openssl".into()),
+        DataSource::GnuTls | DataSource::GnuTlsRead => Some("gnutls".into()),
+        DataSource::GoTls => Some("go_crypto_tls".into()),
+        DataSource::PlainSocket => None,
+    }
+}
+
 fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -177,6 +194,7 @@ impl Tracer {
             stats: TraceStats::default(),
             static_runs: HashMap::new(),
             aggregator: Aggregator::default(),
+            responses: ResponseTracker::default(),
         }
     }
 
@@ -191,9 +209,22 @@ impl Tracer {
         }
     }
 
-    /// A process was exec'd: note it if its TLS is out of Sigil's sight.
-    pub fn on_exec(&mut self, rec: &ProcessRecord) {
+    /// A process was exec'd: hook the TLS library compiled into its executable, if any;
+    /// note it if its TLS is out of Sigil's sight.
+    pub fn on_exec(&mut self, rec: &ProcessRecord, probes: &mut Probes) {
+        self.libs.on_exec(probes, rec.pid);
         self.uncovered.on_exec(rec);
+    }
+
+    /// Hooks the Go binaries the exec inspector found since the last call; one that cannot
+    /// be hooked is reported as uncovered, with the reason.
+    pub fn attach_go_binaries(&mut self, probes: &mut Probes) {
+        for go in self.uncovered.go_binaries() {
+            if let Err(e) = self.libs.attach_go(probes, &go) {
+                warn!("cannot attach Go TLS capture to {}: {e}", go.binary);
+                self.uncovered.hook_failed(go.binary, &e.to_string());
+            }
+        }
     }
 
     fn count_use(&mut self, used: &CredentialUse, process: Option<&ProcessRecord>) {
@@ -217,8 +248,16 @@ impl Tracer {
         self.streams.forget_fd(ev.header.pid, ev.fd);
     }
 
-    pub fn on_data(&mut self, ev: &DataEvent, attestor: &Attestor, probes: &mut Probes) -> Vec<CredentialUse> {
+    /// A capture of bytes written (requests) or read (responses to exchanges).
+    pub fn on_data(&mut self, ev: &DataEvent, attestor: &Attestor, probes: &mut Probes) -> Vec<EventBody> {
         let Some(source) = DataSource::from_u32(ev.source) else { return Vec::new() };
+        if source.is_read() {
+            return self.on_response(ev, source, attestor, probes).map(EventBody::CredentialObtained).into_iter().collect();
+        }
+        self.on_request(ev, source, attestor, probes).into_iter().map(EventBody::CredentialUse).collect()
+    }
+
+    fn on_request(&mut self, ev: &DataEvent, source: DataSource, attestor: &Attestor, probes: &mut Probes) -> Vec<CredentialUse> {
         let captured = &ev.data[..(ev.captured as usize).min(DATA_CAPTURE)];
         let true_len = usize::try_from(ev.len).unwrap_or(usize::MAX).max(captured.len());
         self.stats.captures += 1;
@@ -243,7 +282,9 @@ impl Tracer {
             }
             return Vec::new();
         }
-        let (requests, bodies) = self.streams.get_or_insert(key).feed_with_bodies(captured, true_len);
+        let stream = self.streams.get_or_insert(key);
+        let (requests, bodies) = stream.feed_with_bodies(captured, true_len);
+        let holding = stream.holding_body();
         if requests.is_empty() && bodies.is_empty() {
             return Vec::new();
         }
@@ -254,10 +295,19 @@ impl Tracer {
         let dest = self.conns.destination(tgid, ev.fd);
         let mut out = Vec::new();
         let issuers = &self.sigil_issuers;
-        let in_headers = requests.iter().map(|r| (r, detect(r, now, issuers).into_iter().map(|c| (c, header_exchange(r))).collect()));
-        let in_bodies = bodies.iter().map(|(r, b)| (r, detect_body(r, b, now, issuers).into_iter().map(|(c, e)| (c, Some(e))).collect()));
-        let found: Vec<(&Request, Vec<_>)> = in_headers.chain(in_bodies).collect();
-        for (req, creds) in found {
+        let last_head = requests.len().checked_sub(1);
+        let in_headers = requests.iter().enumerate().map(|(i, r)| {
+            // A head whose body is kept (still arriving, or complete in this write) is
+            // decided with its body.
+            let undecided = (holding && Some(i) == last_head) || bodies.iter().any(|(b, _)| b == r);
+            (r, !undecided, detect(r, now, issuers).into_iter().map(|c| (c, header_exchange(r))).collect())
+        });
+        let in_bodies = bodies.iter().map(|(r, b)| (r, true, detect_body(r, b, now, issuers).into_iter().map(|(c, e)| (c, Some(e))).collect()));
+        let found: Vec<(&Request, bool, Vec<_>)> = in_headers.chain(in_bodies).collect();
+        for (req, decided, creds) in found {
+            if source != DataSource::PlainSocket && decided && req.method.eq_ignore_ascii_case("POST") {
+                self.decide_response(tgid, ev.conn, req, &creds, probes);
+            }
             let path = event_path(&req.path, creds.iter().map(|(c, _)| c));
             for (cred, exchange) in creds {
                 let mut used = CredentialUse {
@@ -271,11 +321,7 @@ impl Tracer {
                         host: req.authority.clone(),
                     }),
                     transport: if source == DataSource::PlainSocket { "plain" } else { "tls" }.into(),
-                    tls_library: match source {
-                        DataSource::OpenSsl => Some("openssl".into()),
-                        DataSource::GnuTls => Some("gnutls".into()),
-                        DataSource::PlainSocket => None,
-                    },
+                    tls_library: tls_library(source),
                     protocol: v1::Protocol::from(req.protocol) as i32,
                     method: req.method.clone(),
                     path: path.clone(),
@@ -295,6 +341,77 @@ impl Tracer {
         }
         let now = Instant::now();
         out.into_iter().filter_map(|u| self.aggregator.observe(u, now)).collect()
+    }
+
+    /// A POST went out on a TLS connection (the kernel armed a response budget for it):
+    /// keep the budget for a credential exchange, withdraw it for anything else.
+    fn decide_response(&mut self, tgid: u32, conn: u64, req: &Request, creds: &[(Credential, Option<Exchange>)], probes: &mut Probes) {
+        let presented = creds.iter().find(|(_, e)| e.is_some());
+        let kind = presented
+            .and_then(|(_, e)| e.as_ref().map(|e| e.kind.to_owned()))
+            .or_else(|| header_exchange(req).map(|e| e.kind.to_owned()))
+            .or_else(|| token_endpoint(req).then(|| "token_endpoint".to_owned()));
+        match kind {
+            Some(exchange_kind) => {
+                let ids = presented.map(|(c, _)| &c.identifiers);
+                self.responses.expect(tgid, conn, Expected {
+                    exchange_kind,
+                    host: req.authority.clone(),
+                    presented_jti: ids.and_then(|i| i.jwt_jti.clone()),
+                    presented_iss: ids.and_then(|i| i.jwt_iss.clone()),
+                    presented_sub: ids.and_then(|i| i.jwt_sub.clone()),
+                    presented_fingerprint: presented.map(|(c, _)| self.fingerprinter.fingerprint(&c.secret)),
+                });
+            }
+            None if !self.responses.expects(tgid, conn) => self.stop_responses(tgid, conn, probes),
+            None => {}
+        }
+    }
+
+    fn stop_responses(&mut self, tgid: u32, conn: u64, probes: &mut Probes) {
+        if let Err(e) = probes.stop_response_capture(tgid, conn) {
+            warn!("could not stop reading responses on a connection: {e}");
+        }
+    }
+
+    /// Bytes a client read on a TLS connection after a POST.
+    fn on_response(&mut self, ev: &DataEvent, source: DataSource, attestor: &Attestor, probes: &mut Probes) -> Option<v1::CredentialObtained> {
+        let captured = &ev.data[..(ev.captured as usize).min(DATA_CAPTURE)];
+        let true_len = usize::try_from(ev.len).unwrap_or(usize::MAX).max(captured.len());
+        let tgid = ev.header.pid;
+        if !self.responses.expects(tgid, ev.conn) {
+            // The POST was no exchange (and its withdrawal raced this read), or the
+            // exchange is answered: nothing more to copy on this connection.
+            self.stop_responses(tgid, ev.conn, probes);
+            return None;
+        }
+        self.stats.captures += 1;
+        self.stats.captured_bytes += captured.len() as u64;
+        let (expected, outcome) = self.responses.on_read(tgid, ev.conn, captured, true_len)?;
+        if !self.responses.expects(tgid, ev.conn) {
+            self.stop_responses(tgid, ev.conn, probes);
+        }
+        let obtained = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.responses_unread += 1;
+                debug!(pid = tgid, exchange = %expected.exchange_kind, "exchange response yielded no credential: {e}");
+                return None;
+            }
+        };
+        self.stats.credentials_obtained += 1;
+        let process = process_at(attestor, &self.clock, tgid, ev.header.boot_ns);
+        let dest = self.conns.destination(tgid, ev.fd);
+        let base = v1::CredentialObtained {
+            time: self.clock.rfc3339(ev.header.boot_ns),
+            node: self.node.clone(),
+            pid: tgid,
+            process: process.as_deref().map(ProcessRef::from),
+            destination: Some(Destination { ip: dest.map(|d| d.ip().to_string()), port: dest.map(|d| u32::from(d.port())), host: None }),
+            tls_library: tls_library(source),
+            ..Default::default()
+        };
+        Some(super::obtained::event(base, expected, obtained, now_unix(), &self.fingerprinter))
     }
 
     /// Aggregates of repeated uses whose interval has ended (call periodically).

@@ -1,20 +1,24 @@
-//! Clients whose credentials Sigil cannot see, reported when they run.
+//! Clients whose credentials Sigil cannot see, reported when they run; and Go clients,
+//! which it can once their binary is hooked.
 //!
 //! Credential tracing reads plaintext at the TLS library boundary (OpenSSL, GnuTLS) or
 //! on plain sockets. A program that carries its own TLS stack never crosses that
-//! boundary: Go's crypto/tls, Rust's rustls, Java's JSSE. Rather than stay silent about
-//! them, the tracer recognises such executables when they are exec'd and counts them in
-//! `agent_stats` under `trace.uncovered`, so a user sees the blind spots on their own
-//! nodes (README: "What cannot be seen").
+//! boundary: Go's crypto/tls, Rust's rustls, Java's JSSE. The tracer recognises such
+//! executables when they are exec'd. A Go binary whose `crypto/tls.(*Conn).Write` is
+//! found in its `.gopclntab` ([`super::golang`]) is handed back ([`GoBinary`]) for the
+//! pipeline to attach a uprobe to; the others (and a Go binary whose function cannot be
+//! found or hooked, with the reason) are counted in `agent_stats` under
+//! `trace.uncovered`, so a user sees the blind spots on their own nodes (README: "What
+//! cannot be seen").
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
+    fs::{self, File},
     os::unix::fs::MetadataExt,
     path::Path,
     sync::{
         Arc, Mutex,
-        mpsc::{SyncSender, sync_channel},
+        mpsc::{Receiver, SyncSender, sync_channel},
     },
 };
 
@@ -68,7 +72,34 @@ pub struct UncoveredClient {
     /// `/proc/<pid>/exe` as the process saw it (its own mount namespace).
     pub binary: String,
     pub execs: u64,
-    pub reason: &'static str,
+    pub reason: String,
+}
+
+/// The Go function whose entry carries the plaintext of every TLS write.
+pub const GO_TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+
+/// A Go binary that was exec'd and can be hooked: the open file (so the probe lands on the
+/// inode that was parsed, even if the path is replaced meanwhile) and where to probe it.
+#[derive(Debug)]
+pub struct GoBinary {
+    pub file: File,
+    /// (dev, inode) of `file`.
+    pub id: (u64, u64),
+    /// The path the process ran, for logs and reports.
+    pub binary: String,
+    /// File offset of the probe point in `crypto/tls.(*Conn).Write`.
+    pub offset: u64,
+}
+
+/// What an executable is, cached per file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing to report (libssl, GnuTLS, plain sockets, or not inspected).
+    Seen,
+    /// A Go binary that can be hooked at this file offset.
+    Go(u64),
+    /// A client Sigil cannot see, and why.
+    Blind(Blindspot, String),
 }
 
 /// Recognises a client Sigil cannot see from its executable (ELF only). Generic over
@@ -103,17 +134,32 @@ const QUEUE: usize = 1024;
 /// event pipeline must not wait for it); the worker classifies each distinct file once.
 #[derive(Default)]
 pub struct UncoveredWatcher {
-    queue: Option<SyncSender<Vec<String>>>,
+    queue: Option<SyncSender<Exec>>,
+    /// Go binaries the worker found hookable, for the pipeline to attach.
+    go: Option<Receiver<GoBinary>>,
     shared: Arc<Mutex<Report>>,
 }
 
 #[derive(Default)]
 struct Report {
     /// (dev, inode, size, mtime) -> what the executable is.
-    seen: HashMap<(u64, u64, u64, i64), Option<Blindspot>>,
-    clients: BTreeMap<(Blindspot, String), u64>,
+    seen: HashMap<(u64, u64, u64, i64), Verdict>,
+    /// (client, binary) -> (execs, reason).
+    clients: BTreeMap<(Blindspot, String), (u64, String)>,
     /// Execs not inspected because the worker was behind (or could not start).
     unchecked: u64,
+}
+
+impl Report {
+    fn count(&mut self, client: Blindspot, binary: String, reason: &str) {
+        let entry = (client, binary);
+        if let Some((n, _)) = self.clients.get_mut(&entry) {
+            *n += 1;
+        } else if self.clients.len() < REPORTED {
+            info!("uncovered client: {} ({reason})", entry.1);
+            self.clients.insert(entry, (1, reason.to_owned()));
+        }
+    }
 }
 
 impl UncoveredWatcher {
@@ -128,28 +174,46 @@ impl UncoveredWatcher {
         if self.queue.is_none() {
             self.queue = self.start();
         }
-        let sent = self.queue.as_ref().is_some_and(|q| q.try_send(candidates).is_ok());
+        let exec = Exec { candidates, inode: rec.binary.inode };
+        let sent = self.queue.as_ref().is_some_and(|q| q.try_send(exec).is_ok());
         if !sent && let Ok(mut report) = self.shared.lock() {
             report.unchecked += 1;
         }
     }
 
-    fn start(&self) -> Option<SyncSender<Vec<String>>> {
-        let (tx, rx) = sync_channel::<Vec<String>>(QUEUE);
+    fn start(&mut self) -> Option<SyncSender<Exec>> {
+        let (tx, rx) = sync_channel::<Exec>(QUEUE);
+        let (go_tx, go_rx) = sync_channel::<GoBinary>(QUEUE);
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new()
             .name("uncovered".into())
             .spawn(move || {
-                for candidates in rx {
-                    inspect_exec(&shared, &candidates);
+                for exec in rx {
+                    inspect_exec(&shared, &go_tx, &exec);
                 }
             });
         match spawned {
-            Ok(_) => Some(tx),
+            Ok(_) => {
+                self.go = Some(go_rx);
+                Some(tx)
+            }
             Err(e) => {
                 warn!("cannot start the uncovered-client inspector: {e}");
                 None
             }
+        }
+    }
+
+    /// Go binaries found hookable since the last call (never blocks).
+    pub fn go_binaries(&self) -> Vec<GoBinary> {
+        self.go.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default()
+    }
+
+    /// A Go binary that was found but could not be hooked stays a blind spot.
+    pub fn hook_failed(&self, binary: String, why: &str) {
+        if let Ok(mut report) = self.shared.lock() {
+            let reason = format!("{}; the probe could not be attached: {why}", Blindspot::GoCryptoTls.reason());
+            report.count(Blindspot::GoCryptoTls, binary, &reason);
         }
     }
 
@@ -158,11 +222,11 @@ impl UncoveredWatcher {
         report
             .clients
             .iter()
-            .map(|((client, binary), execs)| UncoveredClient {
+            .map(|((client, binary), (execs, reason))| UncoveredClient {
                 client: *client,
                 binary: binary.clone(),
                 execs: *execs,
-                reason: client.reason(),
+                reason: reason.clone(),
             })
             .collect()
     }
@@ -172,45 +236,77 @@ impl UncoveredWatcher {
     }
 }
 
-fn inspect_exec(shared: &Mutex<Report>, candidates: &[String]) {
-    let Some((path, meta)) = candidates.iter().find_map(|p| fs::metadata(p).ok().map(|m| (p, m))) else {
+/// One exec to inspect: where its executable may be read, and its inode when the
+/// attestor saw it.
+struct Exec {
+    candidates: Vec<String>,
+    inode: Option<u64>,
+}
+
+fn inspect_exec(shared: &Mutex<Report>, go: &SyncSender<GoBinary>, exec: &Exec) {
+    let candidates = &exec.candidates;
+    // Open first and read everything from this one file: the path may be replaced while
+    // we look, and the probe must land on the inode that was inspected. A file that is
+    // not the one the exec ran is skipped: by the time we look, /proc/<pid>/exe may name
+    // what the process exec'd next (a shell that execs its command), which comes with its
+    // own exec event, and must not be reported under this exec's path.
+    let Some((path, file, meta)) = candidates.iter().find_map(|p| {
+        let f = File::open(p).ok()?;
+        let m = f.metadata().ok().filter(|m| exec.inode.is_none_or(|i| i == m.ino()))?;
+        Some((p, f, m))
+    }) else {
         return;
     };
     let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
-    let known = shared.lock().ok().and_then(|r| r.seen.get(&key).copied());
-    let kind = match known {
-        Some(kind) => kind,
-        None => inspect(Path::new(path), meta.size()),
+    let known = shared.lock().ok().and_then(|r| r.seen.get(&key).cloned());
+    let verdict = match known {
+        Some(v) => v,
+        None => inspect(Path::new(path), &file, meta.size()),
     };
     let Ok(mut report) = shared.lock() else { return };
     if report.seen.len() >= CACHED {
         report.seen.clear();
     }
-    report.seen.insert(key, kind);
-    let Some(kind) = kind else { return };
-    // Report the path the process ran, not the /proc link that named the inode.
-    let binary = candidates.get(1).cloned().unwrap_or_else(|| path.clone());
-    let entry = (kind, binary);
-    if let Some(n) = report.clients.get_mut(&entry) {
-        *n += 1;
-    } else if report.clients.len() < REPORTED {
-        info!("uncovered client: {} ({})", entry.1, kind.reason());
-        report.clients.insert(entry, 1);
+    report.seen.insert(key, verdict.clone());
+    // Report the path of the file inspected, not the /proc link that named it: where the
+    // link led when it was opened (the record's path may be an earlier exec's when the
+    // attestor could not read the inode), else the path itself.
+    let binary = fs::read_link(path)
+        .ok()
+        .filter(|_| path.starts_with("/proc/"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| path.clone());
+    match verdict {
+        Verdict::Seen => {}
+        Verdict::Blind(kind, reason) => report.count(kind, binary, &reason),
+        Verdict::Go(offset) => {
+            let id = (meta.dev(), meta.ino());
+            if go.try_send(GoBinary { file, id, binary, offset }).is_err() {
+                report.unchecked += 1;
+            }
+        }
     }
 }
 
-fn inspect(exe: &Path, size: u64) -> Option<Blindspot> {
+fn inspect(exe: &Path, file: &File, size: u64) -> Verdict {
     if size > MAX_BINARY {
-        return None;
+        return Verdict::Seen;
     }
-    let file = fs::File::open(exe).ok()?;
     let name = fs::canonicalize(exe).ok();
     let name = name
         .as_deref()
         .and_then(Path::file_name)
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    classify(name, &object::ReadCache::new(file))
+    let data = object::ReadCache::new(file);
+    match classify(name, &data) {
+        None => Verdict::Seen,
+        Some(Blindspot::GoCryptoTls) => match super::golang::find_function(&data, GO_TLS_WRITE) {
+            Ok(f) => Verdict::Go(f.probe_offset),
+            Err(e) => Verdict::Blind(Blindspot::GoCryptoTls, format!("{}; not hooked: {e}", Blindspot::GoCryptoTls.reason())),
+        },
+        Some(kind) => Verdict::Blind(kind, kind.reason().to_owned()),
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! Generates real-shaped agent events (1k pods, 2k credentials; 3 process_exec to 1
 //! credential_use), pushes them to a running collector over gRPC in batches from this
-//! separate process, then writes the same rows into a fresh SQLite file with plain
+//! separate process, then writes the same rows into a fresh SQLite file (or, when the
+//! collector's `--db` is a PostgreSQL URL, into plain tables of that database) with plain
 //! batched inserts (the baseline), and prints one JSON document with both rates and the
 //! bytes per event of each database.
 //!
@@ -20,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rusqlite::{Connection, params};
 use serde_json::json;
+use sigil_collector::store::postgres::is_url;
 use sigil_proto::{
     CONTRACT_VERSION, EventBody,
     v1::{self, Event, PushRequest, QueryRequest, ingest_client::IngestClient, query_client::QueryClient},
@@ -32,12 +34,13 @@ struct Args {
     /// The collector's gRPC endpoint.
     #[arg(long)]
     grpc: String,
-    /// The collector's database file (read, after the pushes, for its size).
+    /// The collector's database file or PostgreSQL URL (read, after the pushes, for its size).
     #[arg(long)]
-    db: PathBuf,
-    /// Where the baseline database is written.
+    db: String,
+    /// Where the baseline database is written: a file, or a PostgreSQL URL (tables
+    /// `raw_exec` and `raw_use`, replaced).
     #[arg(long)]
-    raw_db: PathBuf,
+    raw_db: String,
     #[arg(long, default_value_t = 200_000)]
     events: usize,
     #[arg(long, default_value_t = 500)]
@@ -231,6 +234,13 @@ async fn push_all(url: &str, fleets: std::sync::Arc<Vec<(String, Vec<Event>)>>, 
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// The baseline's two plain tables, strings inline, keyed by event id (the same DDL for
+/// SQLite and PostgreSQL: BIGINT is an integer in both).
+const RAW_TABLES: &str = "CREATE TABLE raw_exec (node TEXT, event_id TEXT, exec_id TEXT, process_id TEXT, run_id TEXT, pid BIGINT, ppid BIGINT, time TEXT,
+        start_time TEXT, binary_path TEXT, sha256 TEXT, cgroup_path TEXT, comm TEXT, ancestry TEXT, PRIMARY KEY (node, event_id));
+    CREATE TABLE raw_use (node TEXT, event_id TEXT, time TEXT, exec_id TEXT, run_id TEXT, dest_ip TEXT, dest_port BIGINT, host TEXT,
+        method TEXT, path TEXT, detector INTEGER, class INTEGER, lifetime BIGINT, fingerprint TEXT, access_key_id TEXT, PRIMARY KEY (node, event_id));";
+
 /// Bytes the database's live pages take (WAL frames included), read through SQLite.
 fn db_bytes(path: &Path) -> Result<u64> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -246,12 +256,7 @@ fn raw_insert(path: &Path, fleets: &[(String, Vec<Event>)], batch: usize) -> Res
     let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute_batch(
-        "CREATE TABLE raw_exec (node TEXT, event_id TEXT, exec_id TEXT, process_id TEXT, run_id TEXT, pid INTEGER, ppid INTEGER, time TEXT,
-            start_time TEXT, binary_path TEXT, sha256 TEXT, cgroup_path TEXT, comm TEXT, ancestry TEXT, PRIMARY KEY (node, event_id));
-         CREATE TABLE raw_use (node TEXT, event_id TEXT, time TEXT, exec_id TEXT, run_id TEXT, dest_ip TEXT, dest_port INTEGER, host TEXT,
-            method TEXT, path TEXT, detector INTEGER, class INTEGER, lifetime INTEGER, fingerprint TEXT, access_key_id TEXT, PRIMARY KEY (node, event_id));",
-    )?;
+    conn.execute_batch(RAW_TABLES)?;
     let start = Instant::now();
     for (node, events) in fleets {
         for chunk in events.chunks(batch) {
@@ -353,14 +358,100 @@ async fn query_latencies(url: &str, fleets: &[(String, Vec<Event>)], actions: us
 
 /// Imports CloudTrail records through the collector's CLI (the collector keeps serving);
 /// returns how many.
-fn import_cloudtrail(collector: &Path, db: &Path, dir: &Path, n: usize, span: i64) -> Result<usize> {
-    let file = dir.join("bench-cloudtrail.json");
+fn import_cloudtrail(collector: &Path, db: &str, n: usize, span: i64) -> Result<usize> {
+    let file = std::env::temp_dir().join(format!("sigil-bench-cloudtrail-{}.json", std::process::id()));
     std::fs::write(&file, cloudtrail(n, span))?;
     let out = std::process::Command::new(collector).arg("--db").arg(db).args(["ingest", "cloudtrail"]).arg(&file).output()?;
     if !out.status.success() {
         bail!("importing CloudTrail: {}", String::from_utf8_lossy(&out.stderr));
     }
+    let _ = std::fs::remove_file(&file);
     Ok(n)
+}
+
+/// Bytes the collector's tables (or, `raw`, the baseline's) take in PostgreSQL, indexes
+/// and TOAST included.
+fn pg_bytes(url: &str, raw: bool) -> Result<u64> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+    let n: Option<i64> = c
+        .query_one(
+            "SELECT sum(pg_total_relation_size(c.oid))::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind = 'r' AND (c.relname LIKE 'raw\\_%') = $1",
+            &[&raw],
+        )?
+        .get(0);
+    Ok(u64::try_from(n.unwrap_or(0)).unwrap_or(0))
+}
+
+/// The PostgreSQL baseline: the same rows as [`raw_insert`], into two plain tables keyed
+/// by event id, one transaction per batch and one multi-row `INSERT ... SELECT FROM
+/// unnest` per table (the fastest plain way to insert a batch without COPY).
+fn raw_insert_pg(url: &str, fleets: &[(String, Vec<Event>)], batch: usize) -> Result<f64> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+    c.batch_execute(&format!("DROP TABLE IF EXISTS raw_exec, raw_use; {RAW_TABLES}"))?;
+    let start = Instant::now();
+    for (node, events) in fleets {
+        for chunk in events.chunks(batch) {
+            let mut x: [Vec<Option<String>>; 11] = Default::default();
+            let (mut pid, mut ppid) = (Vec::new(), Vec::new());
+            let mut u: [Vec<Option<String>>; 10] = Default::default();
+            let (mut port, mut det, mut class, mut life) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for e in chunk {
+                match &e.body {
+                    Some(EventBody::ProcessExec(v)) => {
+                        let w = v.workload.clone().unwrap_or_default();
+                        let b = v.binary.clone().unwrap_or_default();
+                        let row = [
+                            Some(e.id.clone()), Some(v.exec_id.clone()), Some(v.process_id.clone()), w.container_id, Some(v.time.clone()),
+                            Some(v.start_time.clone()), b.path, b.sha256, v.cgroup.as_ref().and_then(|c| c.path.clone()), Some(v.comm.clone()),
+                            Some(serde_json::to_string(&v.ancestry)?),
+                        ];
+                        for (col, val) in x.iter_mut().zip(row) {
+                            col.push(val);
+                        }
+                        pid.push(i64::from(v.pid));
+                        ppid.push(i64::from(v.ppid));
+                    }
+                    Some(EventBody::CredentialUse(v)) => {
+                        let p = v.process.clone().unwrap_or_default();
+                        let d = v.destination.clone().unwrap_or_default();
+                        let row = [
+                            Some(e.id.clone()), Some(v.time.clone()), Some(p.exec_id), p.workload.and_then(|w| w.container_id), d.ip, d.host,
+                            Some(v.method.clone()), Some(v.path.clone()), Some(v.fingerprint.clone()),
+                            v.identifiers.as_ref().and_then(|i| i.access_key_id.clone()),
+                        ];
+                        for (col, val) in u.iter_mut().zip(row) {
+                            col.push(val);
+                        }
+                        port.push(d.port.map(i64::from));
+                        det.push(v.detector);
+                        class.push(v.class);
+                        life.push(v.lifetime_seconds);
+                    }
+                    _ => {}
+                }
+            }
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO raw_exec SELECT $1, u.* FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::text[],
+                    $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) AS u",
+                &[node, &x[0], &x[1], &x[2], &x[3], &pid, &ppid, &x[4], &x[5], &x[6], &x[7], &x[8], &x[9], &x[10]],
+            )?;
+            tx.execute(
+                "INSERT INTO raw_use SELECT $1, u.* FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
+                    $9::text[], $10::text[], $11::int4[], $12::int4[], $13::int8[], $14::text[], $15::text[]) AS u",
+                &[node, &u[0], &u[1], &u[2], &u[3], &u[4], &port, &u[5], &u[6], &u[7], &det, &class, &life, &u[8], &u[9]],
+            )?;
+            tx.commit()?;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Runs `f` on its own thread: the PostgreSQL client blocks on a runtime of its own,
+/// which must not be started from inside this one.
+fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|_| bail!("the PostgreSQL baseline panicked")))
 }
 
 #[tokio::main]
@@ -378,7 +469,17 @@ async fn main() -> Result<()> {
     let total = per_agent * a.agents.max(1);
     let fleets = std::sync::Arc::new(fleets);
     let grpc_seconds = push_all(&a.grpc, fleets.clone(), a.batch).await?;
-    let grpc_bytes = db_bytes(&a.db)?;
+    let (grpc_bytes, raw) = if is_url(&a.db) {
+        blocking(|| {
+            let grpc_bytes = pg_bytes(&a.db, false)?;
+            let raw = if a.no_raw { None } else { Some((raw_insert_pg(&a.raw_db, &fleets, a.batch)?, pg_bytes(&a.raw_db, true)?)) };
+            Ok((grpc_bytes, raw))
+        })?
+    } else {
+        let grpc_bytes = db_bytes(Path::new(&a.db))?;
+        let raw = if a.no_raw { None } else { Some((raw_insert(Path::new(&a.raw_db), &fleets, a.batch)?, db_bytes(Path::new(&a.raw_db))?)) };
+        (grpc_bytes, raw)
+    };
     let grpc_rate = total as f64 / grpc_seconds;
     let mut result = json!({
         "events": total,
@@ -388,9 +489,7 @@ async fn main() -> Result<()> {
         "grpc_events_per_second": grpc_rate.round(),
         "bytes_per_event": grpc_bytes / total as u64,
     });
-    if !a.no_raw {
-        let raw_seconds = raw_insert(&a.raw_db, &fleets, a.batch)?;
-        let raw_bytes = db_bytes(&a.raw_db)?;
+    if let Some((raw_seconds, raw_bytes)) = raw {
         let raw_rate = total as f64 / raw_seconds;
         result["raw_insert_rows_per_second"] = json!(raw_rate.round());
         result["ratio_to_raw"] = json!((grpc_rate / raw_rate * 1000.0).round() / 1000.0);
@@ -399,8 +498,7 @@ async fn main() -> Result<()> {
     if a.queries > 0 {
         let collector = a.collector_bin.as_deref().context("--queries needs --collector-bin")?;
         let span = (per_agent / 50) as i64;
-        let dir = a.raw_db.parent().unwrap_or(Path::new("."));
-        let actions = import_cloudtrail(collector, &a.db, dir, 10_000, span)?;
+        let actions = import_cloudtrail(collector, &a.db, 10_000, span)?;
         result["cloud_actions"] = json!(actions);
         result["queries"] = query_latencies(&a.grpc, &fleets, actions, a.queries).await?;
     }

@@ -56,6 +56,17 @@ enum Cmd {
     Unattributed,
     /// Migration figures: short-lived share, long-lived in use, token lifetimes, denials.
     Posture,
+    /// Misuse found in what agents reported: replayed tokens, credentials outliving their
+    /// run, shared long-lived credentials, credential files leaking to egress.
+    Findings {
+        /// Only this kind (token_replayed, token_used_after_run_ended,
+        /// credential_outlived_run, static_credential_shared, credential_file_to_egress).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only findings with a misuse at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 /// The HTTP client with the operator's credentials: a CA and client certificate for an
@@ -158,6 +169,16 @@ fn table(rows: &[Value], cols: &[(&str, &str)]) {
     }
 }
 
+/// "obtained ASIA... from sts.example (aws_sts_assume_role_with_web_identity), valid until t".
+fn obtained_line(d: &Value) -> String {
+    let what = d["identifier"].as_str().map_or_else(|| format!("a {} token", text(&d["format"])), str::to_owned);
+    let mut line = format!("obtained {what} from {} ({}), valid until {}", text(&d["host"]), text(&d["exchange_kind"]), text(&d["expires_at"]));
+    if let Some(jti) = d["presented_jti"].as_str() {
+        line.push_str(&format!(", for token jti {jti}"));
+    }
+    line
+}
+
 fn print_trace(v: &Value) {
     let a = &v["action"];
     println!("cloud action {} {} {} at {} by {}", text(&a["id"]), text(&a["service"]), text(&a["action"]), when(&a["time"]), text(&a["principal"]));
@@ -174,6 +195,9 @@ fn print_trace(v: &Value) {
             println!("    credential {} {} key {} fingerprint {}", text(&c["detector"]), text(&c["class"]), text(&c["access_key_id"]), text(&c["fingerprint"]));
         }
         println!("    obtained: {}", text(&at["obtained"]["how"]));
+        if let Some(r) = at["obtained"].get("response").filter(|r| !r.is_null()) {
+            println!("      run {} {}", text(&r["run_id"]), obtained_line(r));
+        }
         if let Some(t) = at["obtained"].get("token").filter(|t| !t.is_null()) {
             println!("      token jti {} for {} (ttl {} s)", text(&t["jti"]), text(&t["spiffe_id"]), text(&t["ttl"]));
         }
@@ -209,6 +233,7 @@ fn render(cmd: &Cmd, v: &Value) {
                     "token_denied" => format!("token denied: {} ({})", text(&d["reason"]), text(&d["detail"])),
                     "credential_use" => format!("used {} {} {} -> {} {} {}", text(&d["class"]), text(&d["detector"]), text(&d["access_key_id"]), text(&d["destination"]), text(&d["method"]), text(&d["path"])),
                     "credential_file_read" => format!("read {} ({})", text(&d["path"]), text(&d["file_kind"])),
+                    "credential_obtained" => obtained_line(d),
                     "cloud_action" => format!("cloud {} {} [{}]", text(&d["service"]), text(&d["action"]), text(&d["id"])),
                     other => other.to_owned(),
                 };
@@ -222,6 +247,10 @@ fn render(cmd: &Cmd, v: &Value) {
         Cmd::Unattributed => {
             println!("cloud actions no run could be tied to:");
             table(v["unattributed"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("id", "EVENT"), ("time", "TIME"), ("service", "SERVICE"), ("action", "ACTION"), ("principal", "PRINCIPAL"), ("access_key_id", "KEY ID"), ("source_ip", "SOURCE IP")]);
+        }
+        Cmd::Findings { .. } => {
+            println!("misuse findings:");
+            table(v["findings"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("finding_kind", "KIND"), ("severity", "SEVERITY"), ("subject", "SUBJECT"), ("runs", "RUNS"), ("first_time", "FIRST"), ("last_time", "LAST"), ("summary", "SUMMARY")]);
         }
         Cmd::Posture => {
             for (k, label) in [
@@ -246,6 +275,13 @@ fn render(cmd: &Cmd, v: &Value) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = match &cli.cmd {
+        Cmd::Findings { kind, since } => {
+            let parts: Vec<String> = [kind.as_ref().map(|k| format!("kind={k}")), since.as_ref().map(|t| format!("since={t}"))].into_iter().flatten().collect();
+            Some(parts.join("&")).filter(|f| !f.is_empty())
+        }
+        _ => None,
+    };
     let (name, arg) = match &cli.cmd {
         Cmd::Trace { cloud_event_id } => ("trace", Some(cloud_event_id.as_str())),
         Cmd::WhoUsed { credential } => ("who-used", Some(credential.as_str())),
@@ -253,6 +289,7 @@ fn main() -> ExitCode {
         Cmd::StaticCredentials => ("static-credentials", None),
         Cmd::Unattributed => ("unattributed", None),
         Cmd::Posture => ("posture", None),
+        Cmd::Findings { .. } => ("findings", filter.as_deref()),
     };
     match get(&cli, name, arg) {
         Ok(v) => {

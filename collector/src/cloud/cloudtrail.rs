@@ -56,7 +56,7 @@ pub fn parse(source_name: &str, bytes: &[u8]) -> Parsed {
 
 /// [`parse`], handing each action and error to `sink` as it is read.
 pub fn parse_into(source_name: &str, bytes: &[u8], limits: &Limits, sink: &mut dyn Sink) {
-    parse_document(source_name, bytes, &LAYOUT, limits, sink, record);
+    parse_document(source_name, bytes, &LAYOUT, limits, sink, Some(|text| super::borrowed::action(text, &ASSUME_ROLE_EVENTS)), record);
 }
 
 /// Parses a file, or every CloudTrail file under a directory (recursively, sorted by path,
@@ -138,6 +138,7 @@ fn to_action(record: Value) -> Result<CloudAction, String> {
     let source_ip = opt_str(&record, &["sourceIPAddress"])?;
     let user_agent = opt_str(&record, &["userAgent"])?;
     let error_code = opt_str(&record, &["errorCode"])?;
+    let raw = record.to_string();
     let assumed = if service == "sts.amazonaws.com" && ASSUME_ROLE_EVENTS.contains(&action.as_str())
     {
         Some(assumed_role(&record, principal_type.as_deref())?)
@@ -159,7 +160,7 @@ fn to_action(record: Value) -> Result<CloudAction, String> {
         error_code,
         assumed,
         delegation: Vec::new(),
-        raw: record,
+        raw,
     })
 }
 
@@ -281,7 +282,7 @@ mod tests {
         assert_eq!(a.assumed, None);
         assert!(a.delegation.is_empty());
         assert_eq!(
-            a.raw["requestParameters"]["key"],
+            serde_json::from_str::<Value>(&a.raw).unwrap()["requestParameters"]["key"],
             "releases/v0.1.0/sigil-agent.tar.gz"
         );
     }
@@ -672,7 +673,7 @@ mod tests {
         delivered.extend(parse("d", &read("webidentity_flow.json").1).actions);
         let facts = |a: &CloudAction| {
             let mut a = a.clone();
-            a.raw = Value::Null;
+            a.raw = String::new();
             a
         };
         for file in [
@@ -840,5 +841,68 @@ mod tests {
         );
         let parsed = parse("d", deep.as_bytes());
         assert_eq!(parsed.errors.len(), 1);
+    }
+
+    /// The general path alone (no borrowed fast path): what every record must agree with.
+    fn parse_general(source_name: &str, bytes: &[u8]) -> Parsed {
+        let mut out = Parsed::default();
+        parse_document(source_name, bytes, &LAYOUT, &Limits::default(), &mut out, None, record);
+        out
+    }
+
+    /// Every file of the test corpus, and records built to sit on the fast path's edges
+    /// (escapes, nulls, duplicates, wrong types, flattened keys, surrogates), come out of
+    /// the fast path exactly as out of the general path: the same actions with the same
+    /// facts and the same JSON, the same errors.
+    #[test]
+    fn the_borrowed_fast_path_reads_every_record_as_the_general_path_does() {
+        fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() { files(&p, out) } else { out.push(p) }
+            }
+        }
+        let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut paths = Vec::new();
+        files(&data(""), &mut paths);
+        for p in paths {
+            inputs.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+        }
+        let base = r#""eventID":"e1","eventTime":"2026-11-23T13:55:40Z","eventSource":"sts.amazonaws.com","eventName":"AssumeRoleWithWebIdentity""#;
+        for extra in [
+            r#""userIdentity":{"type":"WebIdentityUser","userName":"repo:a\/b","identityProvider":"idp"}"#,
+            r#""userIdentity":null,"responseElements":null"#,
+            r#""userIdentity":{"type":"IAMUser","accessKeyId":""},"awsRegion":"""#,
+            r#""userIdentity":{"accessKeyId":"AKIA1"},"userIdentity":{"accessKeyId":"AKIA2"}"#,
+            r#""userIdentity":{"accessKeyId":7}"#,
+            r#""userIdentity":"someone""#,
+            r#""userIdentity.accessKeyId":"AKIAFLAT""#,
+            r#""responseElements":{"credentials.accessKeyId":"ASIAFLAT","provider":"p"}"#,
+            r#""responseElements":{"credentials":{"accessKeyId":"ASIA1","expiration":7}}"#,
+            r#""responseElements":{"credentials":{"accessKeyId":"ASIA1","expiration":"Nov 23, 2026, 3:02:11 PM"},"subject":"s"},"requestParameters":{"roleArn":"r","x.y":1}"#,
+            r#""userAgent":"lone \ud800 surrogate""#,
+            r#""userAgent":"pair \ud83d\ude00""#,
+            r#""@timestamp":"2026-11-23T13:55:41Z""#,
+        ] {
+            inputs.push((extra.into(), format!("{{{base},{extra}}}").into_bytes()));
+            inputs.push((extra.into(), format!("{{{},{extra}}}", base.replace("2026-11-23T13:55:40Z", "yesterday")).into_bytes()));
+        }
+        inputs.push(("no id".into(), br#"{"eventTime":"2026-11-23T13:55:40Z","eventSource":"s3.amazonaws.com","eventName":"GetObject"}"#.to_vec()));
+        inputs.push(("empty id".into(), br#"{"eventID":"","eventTime":"2026-11-23T13:55:40Z","eventSource":"s","eventName":"n"}"#.to_vec()));
+        // The fast path does answer for a plain record, and leaves flattened keys alone.
+        let fast = |extra: &str| crate::cloud::borrowed::action(&format!("{{{base},{extra}}}"), &ASSUME_ROLE_EVENTS);
+        assert_eq!(fast(r#""userIdentity":{"type":"WebIdentityUser","userName":"u"}"#).unwrap().assumed.unwrap().web_identity_subject.as_deref(), Some("u"));
+        assert!(fast(r#""userIdentity.accessKeyId":"AKIAFLAT""#).is_none());
+        for (name, bytes) in &inputs {
+            let (fast, general) = (parse(name, bytes), parse_general(name, bytes));
+            assert_eq!(fast.errors, general.errors, "{name}");
+            assert_eq!(fast.actions.len(), general.actions.len(), "{name}");
+            for (f, g) in fast.actions.iter().zip(&general.actions) {
+                let json = |a: &CloudAction| serde_json::from_str::<Value>(&a.raw).unwrap();
+                assert_eq!(json(f), json(g), "{name}");
+                let facts = |a: &CloudAction| CloudAction { raw: String::new(), ..a.clone() };
+                assert_eq!(facts(f), facts(g), "{name}");
+            }
+        }
     }
 }

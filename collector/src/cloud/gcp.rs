@@ -36,7 +36,7 @@ pub fn parse(source_name: &str, bytes: &[u8]) -> Parsed {
 
 /// [`parse`], handing each action and error to `sink` as it is read.
 pub fn parse_into(source_name: &str, bytes: &[u8], limits: &Limits, sink: &mut dyn Sink) {
-    parse_document(source_name, bytes, &LAYOUT, limits, sink, record);
+    parse_document(source_name, bytes, &LAYOUT, limits, sink, None, record);
 }
 
 /// Parses a file, or every GCP audit-log file under a directory (recursively, sorted by
@@ -137,7 +137,7 @@ fn to_action(entry: Value) -> Result<CloudAction, String> {
         error_code,
         assumed: None,
         delegation,
-        raw: entry,
+        raw: entry.to_string(),
     })
 }
 
@@ -233,7 +233,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            a.raw["logName"],
+            serde_json::from_str::<Value>(&a.raw).unwrap()["logName"],
             "projects/sigil-demo-405112/logs/cloudaudit.googleapis.com%2Fdata_access"
         );
     }

@@ -6,6 +6,7 @@
 //! strict at the record level: one bad record never costs the others, and every bad record
 //! is reported with where it was, instead of being silently dropped or half-read.
 
+mod borrowed;
 pub mod cloudtrail;
 mod document;
 pub mod gcp;
@@ -67,8 +68,9 @@ pub struct CloudAction {
     pub assumed: Option<AssumedRole>,
     /// GCP: service-account impersonation chain (serviceAccountDelegationInfo principals).
     pub delegation: Vec<String>,
-    /// The record as received (re-serialised compact JSON), for display.
-    pub raw: serde_json::Value,
+    /// The record's JSON text, for display: as received for a plain record, re-serialised
+    /// for one taken out of a container (a batch, a SIEM hit, an EventBridge event).
+    pub raw: String,
 }
 
 /// Credentials issued by an STS AssumeRole* call: the bridge from a workload's OIDC token
@@ -182,6 +184,7 @@ pub(crate) fn parse_document(
     layout: &Layout,
     limits: &Limits,
     sink: &mut dyn Sink,
+    fast: Option<fn(&str) -> Option<CloudAction>>,
     record: fn(Position, Value, &mut Emitter<'_>),
 ) {
     let mut out = Emitter { source_name, sink };
@@ -198,6 +201,12 @@ pub(crate) fn parse_document(
                         limits.max_record_bytes
                     ),
                 );
+                return;
+            }
+            // The common record read without a value tree; anything unusual, and every
+            // error, is the general path's.
+            if let Some(action) = fast.and_then(|f| f(raw.get())) {
+                out.action(action);
                 return;
             }
             match serde_json::from_str::<Value>(raw.get()) {

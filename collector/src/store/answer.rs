@@ -30,6 +30,14 @@ pub enum Fact {
     Issuance,
     /// run id -> its credential file reads, oldest first.
     FileReads,
+    /// run id, unix time -> the run's latest token exchange seen in a request body
+    /// (detector `token_exchange`, with the presented token's jti) at or before that time
+    /// (event_id, time, host, dest_ip, dest_port, path, jwt_jti, exec_id).
+    Exchange,
+    /// access key id -> the first exchange response that handed it out (time,
+    /// exchange_kind, identifier, expires_at, principal, host, presented_jti, exec_id,
+    /// run_id).
+    HandedOut,
     /// access key id, fingerprint or jti -> per run and fingerprint: uses (summing
     /// aggregated events' counts), first and last seen, destinations, exec ids.
     UsesOf,
@@ -41,6 +49,7 @@ pub enum Fact {
     RunDenied,
     RunUses,
     RunFileReads,
+    RunObtained,
     RunActions,
     /// -> long-lived credentials with runs, uses, first and last seen, run ids (the first
     /// [`RUN_IDS_SHOWN`]), from the aggregate tables.
@@ -63,6 +72,11 @@ pub enum Fact {
     ActionsByProvider,
     /// -> (k, n) per link reason.
     LinksByReason,
+    /// kind ("" for any), unix time -> findings with a misuse at or after that time, oldest
+    /// first (json: the `finding` document).
+    Findings,
+    /// -> (k, n) per finding kind.
+    FindingsByKind,
     /// unix time -> one row: n, the nodes seen since.
     Agents,
     /// -> (kind, n): stored events per contract kind id.
@@ -103,6 +117,10 @@ pub fn answer(db: &mut impl Facts, q: &Query) -> Result<Value, StoreError> {
         Query::StaticCredentials => Ok(json!({"static_credentials": db.rows(Fact::StaticCredentials, &[])?})),
         Query::Unattributed => Ok(json!({"unattributed": db.rows(Fact::Unattributed, &[])?})),
         Query::Posture => posture(db),
+        Query::Findings { kind, since } => {
+            let docs = db.rows(Fact::Findings, &[Arg::Text(kind.as_deref().unwrap_or("")), Arg::Int(since.unwrap_or(i64::MIN))])?;
+            Ok(json!({"findings": docs.into_iter().map(|mut r| r["json"].take()).collect::<Vec<_>>()}))
+        }
     }
 }
 
@@ -115,9 +133,20 @@ fn obtained(db: &mut impl Facts, link: &Value, credential: &Value) -> Result<Val
         } else {
             "a Sigil-issued token exchanged through AssumeRoleWithWebIdentity"
         };
-        return Ok(json!({"how": via, "token": issuance}));
+        return Ok(json!({"how": via, "token": issuance, "response": handed_out(db, credential)?}));
     }
     let run_id = link["run_id"].as_str().unwrap_or("");
+    // Temporary keys a run got by exchanging a Sigil token itself (SDK web identity,
+    // `sigil-agent credential-process`): the exchange the agent saw in the request body
+    // names the token, whatever the role session name.
+    if credential["class"] == "short_lived"
+        && credential["access_key_id"].is_string()
+        && let Some(exchange) = db.one(Fact::Exchange, &[Arg::Text(run_id), Arg::Int(credential["time"].as_i64().unwrap_or(i64::MAX))])?
+        && let Some(jti) = exchange["jwt_jti"].as_str()
+        && let Some(issuance) = db.one(Fact::Issuance, &[Arg::Text(jti)])?
+    {
+        return Ok(json!({"how": super::EXCHANGED_SIGIL_TOKEN, "exchange": exchange, "token": issuance}));
+    }
     let files = db.rows(Fact::FileReads, &[Arg::Text(run_id)])?;
     let how = match credential["class"].as_str() {
         Some("static") if !files.is_empty() => "a long-lived credential; the run read credential files",
@@ -126,7 +155,14 @@ fn obtained(db: &mut impl Facts, link: &Value, credential: &Value) -> Result<Val
         Some("sigil_issued") => "a Sigil-issued token",
         _ => "unknown",
     };
-    Ok(json!({"how": how, "credential_files": files}))
+    Ok(json!({"how": how, "credential_files": files, "response": handed_out(db, credential)?}))
+}
+
+/// The exchange response in which some run obtained the credential (by its AWS key id),
+/// if the agent read it.
+fn handed_out(db: &mut impl Facts, credential: &Value) -> Result<Value, StoreError> {
+    let Some(key) = credential["access_key_id"].as_str() else { return Ok(Value::Null) };
+    Ok(db.one(Fact::HandedOut, &[Arg::Text(key)])?.unwrap_or(Value::Null))
 }
 
 fn trace(db: &mut impl Facts, id: &str) -> Result<Value, StoreError> {
@@ -176,6 +212,7 @@ fn run(db: &mut impl Facts, id: &str) -> Result<Value, StoreError> {
         ("token_denied", Fact::RunDenied),
         ("credential_use", Fact::RunUses),
         ("credential_file_read", Fact::RunFileReads),
+        ("credential_obtained", Fact::RunObtained),
         ("cloud_action", Fact::RunActions),
     ] {
         for r in db.rows(fact, &[Arg::Text(id)])? {
@@ -241,6 +278,7 @@ pub fn metrics_snapshot(db: &mut impl Facts, now: i64) -> Result<Value, StoreErr
         "events_by_kind": kinds,
         "cloud_actions_by_provider": pairs(db.rows(Fact::ActionsByProvider, &[])?),
         "links_by_reason": pairs(db.rows(Fact::LinksByReason, &[])?),
+        "findings_by_kind": pairs(db.rows(Fact::FindingsByKind, &[])?),
         "agents": field(&db.one(Fact::Agents, &[Arg::Int(now - 300)])?, "n"),
         "posture": posture(db)?,
     }))

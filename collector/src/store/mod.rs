@@ -13,6 +13,10 @@ use thiserror::Error;
 
 use crate::cloud::CloudAction;
 
+/// How a run got temporary cloud credentials when the agent saw it exchange a
+/// Sigil-issued token for them (`sigil trace`'s `obtained.how`).
+pub const EXCHANGED_SIGIL_TOKEN: &str = "temporary credentials from a Sigil-issued token this run exchanged (the exchange was seen on the node)";
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("database: {0}")]
@@ -72,6 +76,8 @@ pub enum Query {
     StaticCredentials,
     Unattributed,
     Posture,
+    /// Misuse findings, optionally of one kind and with a misuse at or after `since`.
+    Findings { kind: Option<String>, since: Option<i64> },
 }
 
 impl Query {
@@ -86,9 +92,34 @@ impl Query {
             "static-credentials" => Query::StaticCredentials,
             "unattributed" => Query::Unattributed,
             "posture" => Query::Posture,
+            "findings" => findings_filter(arg)?,
             other => return Err(StoreError::BadArgument(format!("unknown query {other:?}"))),
         })
     }
+}
+
+/// `findings` takes `kind=<kind>&since=<RFC 3339 or Unix seconds>`, both optional.
+fn findings_filter(arg: &str) -> Result<Query, StoreError> {
+    let (mut kind, mut since) = (None, None);
+    for part in arg.split('&').filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("kind", k)) => {
+                if !crate::findings::KIND_NAMES.contains(&k) {
+                    return Err(StoreError::BadArgument(format!(
+                        "unknown finding kind {k:?} ({})",
+                        crate::findings::KIND_NAMES.join(", ")
+                    )));
+                }
+                kind = Some(k.to_owned());
+            }
+            Some(("since", t)) => {
+                let parsed = t.parse::<i64>().ok().or_else(|| crate::cloud::parse_rfc3339(t));
+                since = Some(parsed.ok_or_else(|| StoreError::BadArgument(format!("since {t:?} is neither RFC 3339 nor Unix seconds")))?);
+            }
+            _ => return Err(StoreError::BadArgument(format!("findings filter {part:?}: expected kind=<kind> or since=<time>"))),
+        }
+    }
+    Ok(Query::Findings { kind, since })
 }
 
 pub trait Store: Send + Sync {

@@ -11,6 +11,7 @@
 //!   stay as evidence.
 
 mod aggregates;
+mod findings;
 mod lookups;
 mod partitions;
 mod project;
@@ -99,6 +100,8 @@ impl Inner {
         partitions::ensure(&mut self.client, &mut self.days, days)?;
         let mut tx = self.client.transaction()?;
         let out = project::ingest(&mut tx, &mut self.stmts, node, events, received)?;
+        // In the batch's transaction: a batch is stored with its findings or not at all.
+        crate::findings::detect(&mut findings::PgFindings::new(&mut tx), node, events)?;
         tx.commit()?;
         Ok(out)
     }
@@ -139,7 +142,7 @@ impl Store for PostgresStore {
                         &a.id, &provider, &a.time_unix, &ingested, &a.action, &a.service, &a.region, &a.principal, &a.principal_type,
                         &a.access_key_id, &a.source_ip, &a.user_agent, &a.error_code, &assumed.and_then(|r| r.issued_access_key_id.clone()),
                         &assumed.and_then(|r| r.role_session_name.clone()), &assumed.and_then(|r| r.web_identity_subject.clone()),
-                        &delegation, &a.raw.to_string(),
+                        &delegation, &a.raw,
                     ],
                 )?;
                 if n == 0 {
@@ -177,10 +180,12 @@ impl Store for PostgresStore {
         // transaction: the answers never count a dropped use.
         let mut n = partitions::drop_before(&mut tx, days, before)?;
         aggregates::rebuild_touched(&mut tx)?;
-        for table in ["processes", "token_issuances", "token_denials", "credential_file_reads"] {
+        for table in ["processes", "token_issuances", "token_denials", "credential_file_reads", "credential_obtained"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE time < $1"), &[&before])? as usize;
         }
         n += tx.execute("DELETE FROM stats_events WHERE received < $1", &[&before])? as usize;
+        n += tx.execute("DELETE FROM findings WHERE last_time < $1", &[&before])? as usize;
+        n += tx.execute("DELETE FROM finding_facts WHERE time < $1", &[&before])? as usize;
         // Imported audit logs are evidence: kept by when they were ingested.
         n += tx.execute("DELETE FROM cloud_actions WHERE ingested < $1", &[&before])? as usize;
         n += tx.execute("DELETE FROM links l WHERE NOT EXISTS (SELECT 1 FROM cloud_actions a WHERE a.id = l.cloud_action_id)", &[])? as usize;

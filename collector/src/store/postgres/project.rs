@@ -1,10 +1,15 @@
 //! Agent events into the PostgreSQL tables, one transaction per batch. An event is
 //! projected only when this transaction inserted its (node, id, time) key, so replicas
 //! racing on the same batch project it once.
+//!
+//! Set-based: the batch's rows are gathered into one array per column and each table
+//! gets one `INSERT ... SELECT FROM unnest(...)` (runs, run bookkeeping, exits and the
+//! correlation queue likewise), so a batch costs a fixed dozen round trips whatever its
+//! size, where a statement per row cost one round trip (and one executor start) per row.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use postgres::{Row, Transaction, types::ToSql};
+use postgres::{Transaction, types::ToSql};
 use sigil_proto::{EventBody, json, v1};
 
 use super::Stmts;
@@ -17,19 +22,6 @@ type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 /// keeps its key.
 pub fn time_of(body: &EventBody) -> Option<i64> {
     body.time().map(|t| crate::cloud::parse_rfc3339(t).unwrap_or(0))
-}
-
-struct Batch<'a, 't> {
-    tx: &'a mut Transaction<'t>,
-    stmts: &'a mut Stmts,
-    node: &'a str,
-    /// Runs looked up or created by this batch.
-    rids: HashMap<String, i64>,
-    node_id: i64,
-    /// Per run: first and last activity, processes newly seen.
-    runs: BTreeMap<i64, (i64, i64, i64)>,
-    exits: Vec<(String, i64)>,
-    queue: BTreeSet<(&'static str, String)>,
 }
 
 pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &[AgentEvent], received: i64) -> Result<IngestOutcome, StoreError> {
@@ -65,189 +57,498 @@ pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &
          ON CONFLICT DO NOTHING RETURNING stream",
     )?;
     new.extend(tx.query(&st, &[&node_id, &received, &stats])?.iter().map(|r| r.get::<_, String>(0)));
-    let mut b = Batch { tx, stmts, node, rids: HashMap::new(), node_id, runs: BTreeMap::new(), exits: Vec::new(), queue: BTreeSet::new() };
     let mut out = IngestOutcome::default();
-    let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut stored = Vec::new();
+    let mut fresh = Vec::new();
     for ev in events {
-        // Removed once projected: the same id twice in one batch is one event.
+        // Removed once taken: the same id twice in one batch is one event.
         if !new.remove(&ev.id) {
             out.duplicates += 1;
             continue;
         }
-        b.project(&ev.id, &ev.body, time_of(&ev.body).unwrap_or(received))?;
-        *counts.entry(ev.body.kind_id() as i32).or_default() += 1;
+        fresh.push((ev, time_of(&ev.body).unwrap_or(received)));
         out.stored += 1;
-        stored.push(ev);
     }
-    b.finish()?;
+    let mut b = Batch { tx, stmts, node, node_id, rids: HashMap::new(), rows: Rows::default() };
+    b.resolve_runs(&fresh)?;
+    for &(ev, time) in &fresh {
+        b.project(&ev.id, &ev.body, time)?;
+    }
+    b.write()?;
     // The aggregate tables, from the events this transaction newly stored (only those).
+    let stored: Vec<&AgentEvent> = fresh.iter().map(|&(ev, _)| ev).collect();
     super::aggregates::add(tx, node, &stored, |body| time_of(body).unwrap_or(received))?;
-    for (kind, n) in counts {
-        let st = stmts.get(tx, "INSERT INTO event_counts (kind, n) VALUES ($1, $2) ON CONFLICT (kind) DO UPDATE SET n = event_counts.n + EXCLUDED.n")?;
-        tx.execute(&st, &[&kind, &n])?;
+    let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
+    for (ev, _) in &fresh {
+        *counts.entry(ev.body.kind_id() as i32).or_default() += 1;
     }
+    let (kinds, ns): (Vec<i32>, Vec<i64>) = counts.into_iter().unzip();
+    let st = stmts.get(
+        tx,
+        "INSERT INTO event_counts (kind, n) SELECT * FROM unnest($1::int4[], $2::int8[])
+         ON CONFLICT (kind) DO UPDATE SET n = event_counts.n + EXCLUDED.n",
+    )?;
+    tx.execute(&st, &[&kinds, &ns])?;
     Ok(out)
 }
 
+/// One batch's rows, a vector per column, in event order.
+#[derive(Default)]
+struct Rows {
+    /// Per run: first and last activity, processes newly seen (filled from `processes`).
+    runs: BTreeMap<i64, (i64, i64, i64)>,
+    processes: Processes,
+    issuances: Issuances,
+    denials: Denials,
+    uses: Uses,
+    file_reads: FileReads,
+    exits: (Vec<String>, Vec<i64>),
+    queue: BTreeMap<(&'static str, String), ()>,
+}
+
+#[derive(Default)]
+struct Processes {
+    exec_id: Vec<String>,
+    process_id: Vec<String>,
+    rid: Vec<i64>,
+    pid: Vec<i64>,
+    ppid: Vec<i64>,
+    time: Vec<i64>,
+    start_time: Vec<String>,
+    binary_path: Vec<Option<String>>,
+    sha256: Vec<Option<String>>,
+    cgroup_path: Vec<Option<String>>,
+    comm: Vec<String>,
+    ancestry: Vec<String>,
+    event_id: Vec<String>,
+}
+
+#[derive(Default)]
+struct Issuances {
+    jti: Vec<String>,
+    stream: Vec<String>,
+    time: Vec<i64>,
+    spiffe_id: Vec<String>,
+    audience: Vec<String>,
+    issuer: Vec<String>,
+    issued_at: Vec<i64>,
+    expires_at: Vec<i64>,
+    ttl: Vec<i64>,
+    exec_id: Vec<Option<String>>,
+    rid: Vec<Option<i64>>,
+}
+
+#[derive(Default)]
+struct Denials {
+    time: Vec<i64>,
+    reason: Vec<String>,
+    detail: Vec<String>,
+    spiffe_id: Vec<Option<String>>,
+    exec_id: Vec<Option<String>>,
+    rid: Vec<Option<i64>>,
+}
+
+#[derive(Default)]
+struct Uses {
+    stream: Vec<String>,
+    time: Vec<i64>,
+    rid: Vec<Option<i64>>,
+    dest_port: Vec<Option<i64>>,
+    lifetime: Vec<Option<i64>>,
+    exec_id: Vec<Option<String>>,
+    dest_ip: Vec<Option<String>>,
+    host: Vec<Option<String>>,
+    method: Vec<String>,
+    path: Vec<String>,
+    detector: Vec<String>,
+    class: Vec<String>,
+    fingerprint: Vec<String>,
+    access_key_id: Vec<Option<String>>,
+    jwt_iss: Vec<Option<String>>,
+    jwt_sub: Vec<Option<String>>,
+    jwt_jti: Vec<Option<String>>,
+    token_family: Vec<Option<String>>,
+    count: Vec<i64>,
+    /// Set only when earlier than the use's time (the aggregated uses' first).
+    first_seen: Vec<Option<i64>>,
+}
+
+#[derive(Default)]
+struct FileReads {
+    time: Vec<i64>,
+    exec_id: Vec<Option<String>>,
+    rid: Vec<Option<i64>>,
+    path: Vec<String>,
+    file_kind: Vec<String>,
+}
+
+/// Columns of the runs a batch creates: run id, kind, pod, container, unit, cgroup, time.
+type NewRuns<'a> = (Vec<&'a str>, Vec<String>, Vec<Option<String>>, Vec<Option<String>>, Vec<Option<String>>, Vec<Option<&'a str>>, Vec<i64>);
+
+struct Batch<'a, 't> {
+    tx: &'a mut Transaction<'t>,
+    stmts: &'a mut Stmts,
+    node: &'a str,
+    node_id: i64,
+    /// The runs this batch refers to, by run id.
+    rids: HashMap<String, i64>,
+    rows: Rows,
+}
+
+/// The workload and cgroup an event's run is named by, if it has one.
+fn run_of(body: &EventBody) -> Option<(Option<&v1::Workload>, Option<&str>)> {
+    fn process(p: &Option<v1::ProcessRef>) -> Option<(Option<&v1::Workload>, Option<&str>)> {
+        p.as_ref().map(|p| (p.workload.as_ref(), p.cgroup_path.as_deref()))
+    }
+    match body {
+        EventBody::ProcessExec(v) => Some((v.workload.as_ref(), v.cgroup.as_ref().and_then(|c| c.path.as_deref()))),
+        EventBody::TokenIssued(v) => process(&v.process),
+        EventBody::TokenDenied(v) => process(&v.process),
+        EventBody::CredentialUse(v) => process(&v.process),
+        EventBody::CredentialFileRead(v) => process(&v.process),
+        EventBody::CredentialObtained(v) => process(&v.process),
+        _ => None,
+    }
+}
+
 impl Batch<'_, '_> {
+    fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<postgres::Row>, StoreError> {
+        let st = self.stmts.get(self.tx, sql)?;
+        Ok(self.tx.query(&st, params)?)
+    }
+
     fn exec(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
         let st = self.stmts.get(self.tx, sql)?;
         Ok(self.tx.execute(&st, params)?)
     }
 
-    fn query_opt(&mut self, sql: &'static str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
-        let st = self.stmts.get(self.tx, sql)?;
-        Ok(self.tx.query_opt(&st, params)?)
-    }
-    /// The run of a process (created on first sight, by whichever replica sees it first).
-    fn rid(&mut self, workload: Option<&v1::Workload>, cgroup_path: Option<&str>, time: i64) -> Result<i64, StoreError> {
-        let key = run_id(self.node, workload, cgroup_path);
-        if let Some(&rid) = self.rids.get(&key) {
-            return Ok(rid);
-        }
-        let found = self.query_opt("SELECT rid FROM runs WHERE run_id = $1", &[&key])?;
-        let rid: i64 = match found {
-            Some(r) => r.get(0),
-            None => {
-                let w = workload.cloned().unwrap_or_default();
-                let kind = json::workload_kind::name(w.kind).filter(|k| k != "unspecified").unwrap_or_else(|| "cgroup".into());
-                let node = self.node;
-                self.query_opt(
-                    "INSERT INTO runs (run_id, node, kind, pod_uid, container_id, unit, cgroup_path, started, last_seen)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-                     ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING rid",
-                    &[&key, &node, &kind, &w.pod_uid, &w.container_id, &w.unit, &cgroup_path, &time],
-                )?
-                .ok_or_else(|| StoreError::NotFound(format!("run {key} not created")))?
-                .get(0)
-            }
-        };
-        self.rids.insert(key, rid);
-        Ok(rid)
+    /// Locks `rids` in rid order before they are updated, so replicas updating
+    /// overlapping runs wait for each other instead of deadlocking.
+    fn lock_runs(&mut self, rids: &[i64]) -> Result<(), StoreError> {
+        self.query("SELECT 1 FROM runs WHERE rid = ANY($1) ORDER BY rid FOR UPDATE", &[&rids])?;
+        Ok(())
     }
 
-    fn process_rid(&mut self, p: Option<&v1::ProcessRef>, time: i64) -> Result<Option<i64>, StoreError> {
-        p.map(|p| self.rid(p.workload.as_ref(), p.cgroup_path.as_deref(), time)).transpose()
+    /// Looks up every run the batch refers to in one statement, and creates the missing
+    /// ones in another (by whichever replica sees them first; in run-id order, so
+    /// replicas creating the same runs lock them in one order). A run is created with
+    /// the time of the first event naming it.
+    fn resolve_runs(&mut self, events: &[(&AgentEvent, i64)]) -> Result<(), StoreError> {
+        let mut wanted: BTreeMap<String, (Option<&v1::Workload>, Option<&str>, i64)> = BTreeMap::new();
+        for &(ev, time) in events {
+            if let Some((w, cgroup)) = run_of(&ev.body) {
+                wanted.entry(run_id(self.node, w, cgroup)).or_insert((w, cgroup, time));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = wanted.keys().map(String::as_str).collect();
+        let found: Vec<(String, i64)> =
+            self.query("SELECT run_id, rid FROM runs WHERE run_id = ANY($1)", &[&keys])?.iter().map(|r| (r.get(0), r.get(1))).collect();
+        self.rids.extend(found);
+        let mut c = NewRuns::default();
+        for (key, (w, cgroup, time)) in &wanted {
+            if self.rids.contains_key(key) {
+                continue;
+            }
+            let w = w.cloned().unwrap_or_default();
+            c.0.push(key);
+            c.1.push(json::workload_kind::name(w.kind).filter(|k| k != "unspecified").unwrap_or_else(|| "cgroup".into()));
+            c.2.push(w.pod_uid);
+            c.3.push(w.container_id);
+            c.4.push(w.unit);
+            c.5.push(*cgroup);
+            c.6.push(*time);
+        }
+        if c.0.is_empty() {
+            return Ok(());
+        }
+        let node = self.node;
+        let created: Vec<(String, i64)> = self
+            .query(
+                "INSERT INTO runs (run_id, node, kind, pod_uid, container_id, unit, cgroup_path, started, last_seen)
+                 SELECT u.run_id, $1, u.kind, u.pod_uid, u.container_id, u.unit, u.cgroup_path, u.t, u.t
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[])
+                     AS u(run_id, kind, pod_uid, container_id, unit, cgroup_path, t)
+                 ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING run_id, rid",
+                &[&node, &c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        self.rids.extend(created);
+        Ok(())
+    }
+
+    /// The run of an event, as [`Self::resolve_runs`] found or created it.
+    fn rid(&self, workload: Option<&v1::Workload>, cgroup_path: Option<&str>) -> Result<i64, StoreError> {
+        let key = run_id(self.node, workload, cgroup_path);
+        self.rids.get(&key).copied().ok_or_else(|| StoreError::NotFound(format!("run {key} not created")))
+    }
+
+    fn process_rid(&self, p: Option<&v1::ProcessRef>) -> Result<Option<i64>, StoreError> {
+        p.map(|p| self.rid(p.workload.as_ref(), p.cgroup_path.as_deref())).transpose()
     }
 
     fn queue(&mut self, what: &'static str, value: Option<&str>) {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
-            self.queue.insert((what, v.to_owned()));
+            self.rows.queue.insert((what, v.to_owned()), ());
         }
     }
 
+    /// Adds the event's row to its table's columns.
     fn project(&mut self, id: &str, body: &EventBody, time: i64) -> Result<(), StoreError> {
-        let node_id = self.node_id;
         match body {
             EventBody::ProcessExec(v) => {
-                let cgroup_path = v.cgroup.as_ref().and_then(|c| c.path.as_deref());
-                let rid = self.rid(v.workload.as_ref(), cgroup_path, time)?;
+                let cgroup_path = v.cgroup.as_ref().and_then(|c| c.path.clone());
+                let rid = self.rid(v.workload.as_ref(), cgroup_path.as_deref())?;
                 let binary = v.binary.clone().unwrap_or_default();
                 let ancestry = serde_json::to_string(&v.ancestry).map_err(|e| StoreError::BadArgument(format!("ancestry: {e}")))?;
-                let inserted = self.exec(
-                    "INSERT INTO processes (node_id, exec_id, process_id, rid, pid, ppid, time, start_time, binary_path, sha256, cgroup_path, comm, ancestry, event_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
-                    &[
-                        &node_id, &v.exec_id, &v.process_id, &rid, &i64::from(v.pid), &i64::from(v.ppid), &time, &v.start_time,
-                        &binary.path, &binary.sha256, &cgroup_path, &v.comm, &ancestry, &id,
-                    ],
-                )?;
-                let touch = self.runs.entry(rid).or_insert((time, time, 0));
+                let p = &mut self.rows.processes;
+                p.exec_id.push(v.exec_id.clone());
+                p.process_id.push(v.process_id.clone());
+                p.rid.push(rid);
+                p.pid.push(i64::from(v.pid));
+                p.ppid.push(i64::from(v.ppid));
+                p.time.push(time);
+                p.start_time.push(v.start_time.clone());
+                p.binary_path.push(binary.path);
+                p.sha256.push(binary.sha256);
+                p.cgroup_path.push(cgroup_path);
+                p.comm.push(v.comm.clone());
+                p.ancestry.push(ancestry);
+                p.event_id.push(id.to_owned());
+                let touch = self.rows.runs.entry(rid).or_insert((time, time, 0));
                 touch.0 = touch.0.min(time);
                 touch.1 = touch.1.max(time);
-                touch.2 += inserted as i64;
             }
-            EventBody::ProcessExit(v) => self.exits.push((v.exec_id.clone(), time)),
+            EventBody::ProcessExit(v) => {
+                self.rows.exits.0.push(v.exec_id.clone());
+                self.rows.exits.1.push(time);
+            }
             EventBody::TokenIssued(v) => {
                 let p = v.process.as_ref();
-                let rid = self.process_rid(p, time)?;
+                let rid = self.process_rid(p)?;
                 let aud = serde_json::to_string(&v.audience).map_err(|e| StoreError::BadArgument(format!("audience: {e}")))?;
-                self.exec(
-                    "INSERT INTO token_issuances (node_id, jti, stream, seq, time, spiffe_id, audience, issuer, issued_at, expires_at, ttl, exec_id, rid)
-                     VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
-                    &[&node_id, &v.jti, &id, &time, &v.spiffe_id, &aud, &v.issuer, &v.issued_at, &v.expires_at, &v.ttl_seconds, &p.map(|p| &p.exec_id), &rid],
-                )?;
+                let t = &mut self.rows.issuances;
+                t.jti.push(v.jti.clone());
+                t.stream.push(id.to_owned());
+                t.time.push(time);
+                t.spiffe_id.push(v.spiffe_id.clone());
+                t.audience.push(aud);
+                t.issuer.push(v.issuer.clone());
+                t.issued_at.push(v.issued_at);
+                t.expires_at.push(v.expires_at);
+                t.ttl.push(v.ttl_seconds);
+                t.exec_id.push(p.map(|p| p.exec_id.clone()));
+                t.rid.push(rid);
                 self.queue("jti", Some(&v.jti));
                 self.queue("subject", Some(&v.spiffe_id));
             }
             EventBody::TokenDenied(v) => {
                 let p = v.process.as_ref();
-                let rid = self.process_rid(p, time)?;
-                let reason = json::deny_reason::name(v.reason).unwrap_or_else(|| "unknown".into());
-                self.exec(
-                    "INSERT INTO token_denials (node_id, time, reason, detail, spiffe_id, exec_id, rid) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[&node_id, &time, &reason, &v.detail, &v.requested_spiffe_id, &p.map(|p| &p.exec_id), &rid],
-                )?;
+                let rid = self.process_rid(p)?;
+                let d = &mut self.rows.denials;
+                d.time.push(time);
+                d.reason.push(json::deny_reason::name(v.reason).unwrap_or_else(|| "unknown".into()));
+                d.detail.push(v.detail.clone());
+                d.spiffe_id.push(v.requested_spiffe_id.clone());
+                d.exec_id.push(p.map(|p| p.exec_id.clone()));
+                d.rid.push(rid);
             }
             EventBody::CredentialUse(v) => {
                 let p = v.process.as_ref();
+                let rid = self.process_rid(p)?;
                 let ids = v.identifiers.clone().unwrap_or_default();
                 let dest = v.destination.clone().unwrap_or_default();
-                let detector = json::detector::name(v.detector).unwrap_or_else(|| "unknown".into());
-                let class = json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into());
-                let rid = self.process_rid(p, time)?;
-                let figures = UseFigures::of(v, time);
-                let first = Some(figures.first).filter(|f| *f < time);
-                self.exec(
-                    "INSERT INTO credential_uses (node_id, stream, seq, time, rid, dest_port, lifetime,
-                        exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family, count, first_seen)
-                     VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
-                    &[
-                        &node_id, &id, &time, &rid, &dest.port.map(i64::from), &v.lifetime_seconds, &p.map(|p| &p.exec_id), &dest.ip, &dest.host,
-                        &v.method, &v.path, &detector, &class, &v.fingerprint, &ids.access_key_id, &ids.jwt_iss, &ids.jwt_sub, &ids.jwt_jti,
-                        &ids.token_family, &figures.count, &first,
-                    ],
-                )?;
                 self.queue("key", ids.access_key_id.as_deref());
                 self.queue("principal", ids.jwt_iss.as_deref());
                 self.queue("principal", ids.jwt_sub.as_deref());
+                let u = &mut self.rows.uses;
+                u.stream.push(id.to_owned());
+                u.time.push(time);
+                u.rid.push(rid);
+                u.dest_port.push(dest.port.map(i64::from));
+                u.lifetime.push(v.lifetime_seconds);
+                u.exec_id.push(p.map(|p| p.exec_id.clone()));
+                u.dest_ip.push(dest.ip);
+                u.host.push(dest.host);
+                u.method.push(v.method.clone());
+                u.path.push(v.path.clone());
+                u.detector.push(json::detector::name(v.detector).unwrap_or_else(|| "unknown".into()));
+                u.class.push(json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into()));
+                u.fingerprint.push(v.fingerprint.clone());
+                u.access_key_id.push(ids.access_key_id);
+                u.jwt_iss.push(ids.jwt_iss);
+                u.jwt_sub.push(ids.jwt_sub);
+                u.jwt_jti.push(ids.jwt_jti);
+                u.token_family.push(ids.token_family);
+                let figures = UseFigures::of(v, time);
+                u.count.push(figures.count);
+                u.first_seen.push(Some(figures.first).filter(|f| *f < time));
             }
             EventBody::CredentialFileRead(v) => {
                 let p = v.process.as_ref();
-                let rid = self.process_rid(p, time)?;
-                let kind = json::file_kind::name(v.file_kind).unwrap_or_else(|| "unknown".into());
+                let rid = self.process_rid(p)?;
+                let f = &mut self.rows.file_reads;
+                f.time.push(time);
+                f.exec_id.push(p.map(|p| p.exec_id.clone()));
+                f.rid.push(rid);
+                f.path.push(v.path.clone());
+                f.file_kind.push(json::file_kind::name(v.file_kind).unwrap_or_else(|| "unknown".into()));
+            }
+            EventBody::CredentialObtained(v) => {
+                let p = v.process.as_ref();
+                // Rare (one per exchange): a row at a time.
+                let rid = self.process_rid(p)?;
+                let node_id = self.node_id;
+                let class = json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into());
+                let host = v.destination.as_ref().and_then(|d| d.host.clone().or_else(|| d.ip.clone()));
                 self.exec(
-                    "INSERT INTO credential_file_reads (node_id, time, exec_id, rid, path, file_kind) VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&node_id, &time, &p.map(|p| &p.exec_id), &rid, &v.path, &kind],
+                    "INSERT INTO credential_obtained (node_id, time, exec_id, rid, exchange_kind, format, identifier, class, fingerprint, expires_at, principal, host, presented_jti, token_jti)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    &[
+                        &node_id, &time, &p.map(|p| &p.exec_id), &rid, &v.exchange_kind, &v.format, &v.identifier, &class, &v.fingerprint, &v.expires_at,
+                        &v.principal, &host, &v.presented_jti, &v.token_jti,
+                    ],
                 )?;
             }
             EventBody::AgentStats(_) => {
                 let stats = body.to_json().ok().and_then(|j| String::from_utf8(j).ok());
+                let node_id = self.node_id;
                 self.exec("UPDATE nodes SET last_stats = $2 WHERE node_id = $1", &[&node_id, &stats])?;
             }
-            EventBody::ConfigChange(_) => {}
+            // Findings are refused at ingest (the collector derives them).
+            EventBody::ConfigChange(_) | EventBody::Finding(_) => {}
         }
         Ok(())
     }
 
-    /// Run bookkeeping (in run order, so replicas lock runs in one order), then exits,
-    /// then the correlation queue.
-    fn finish(mut self) -> Result<(), StoreError> {
-        for (rid, (first, last, new)) in std::mem::take(&mut self.runs) {
+    /// One statement per table that has rows, then run bookkeeping (in run order, so
+    /// replicas lock runs in one order), then exits, then the correlation queue.
+    fn write(mut self) -> Result<(), StoreError> {
+        let rows = std::mem::take(&mut self.rows);
+        let n = self.node_id;
+        let p = &rows.processes;
+        if !p.exec_id.is_empty() {
+            // The processes this batch saw first, per run: what makes a run live again.
+            let inserted = self.query(
+                "INSERT INTO processes (node_id, exec_id, process_id, rid, pid, ppid, time, start_time, binary_path, sha256, cgroup_path, comm, ancestry, event_id)
+                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[], $10::text[],
+                     $11::text[], $12::text[], $13::text[], $14::text[])
+                 ON CONFLICT DO NOTHING RETURNING rid",
+                &[&n, &p.exec_id, &p.process_id, &p.rid, &p.pid, &p.ppid, &p.time, &p.start_time, &p.binary_path, &p.sha256, &p.cgroup_path, &p.comm, &p.ancestry, &p.event_id],
+            )?;
+            let mut runs = rows.runs;
+            for r in inserted {
+                if let Some(touch) = runs.get_mut(&r.get::<_, i64>(0)) {
+                    touch.2 += 1;
+                }
+            }
+            let (mut rid, mut first, mut last, mut new) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (r, (f, l, k)) in runs {
+                rid.push(r);
+                first.push(f);
+                last.push(l);
+                new.push(k);
+            }
+            self.lock_runs(&rid)?;
             self.exec(
-                "UPDATE runs SET started = least(started, $2), last_seen = greatest(last_seen, $3), live = live + $4,
-                    ended = CASE WHEN $4 > 0 THEN NULL ELSE ended END WHERE rid = $1",
+                "UPDATE runs r SET started = least(r.started, u.first), last_seen = greatest(r.last_seen, u.last), live = r.live + u.new,
+                    ended = CASE WHEN u.new > 0 THEN NULL ELSE r.ended END
+                 FROM (SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS u(rid, first, last, new)) u
+                 WHERE r.rid = u.rid",
                 &[&rid, &first, &last, &new],
             )?;
         }
-        let node_id = self.node_id;
-        for (exec_id, time) in std::mem::take(&mut self.exits) {
-            let rid = self.query_opt(
-                "UPDATE processes SET exit_time = $3 WHERE node_id = $1 AND exec_id = $2 AND exit_time IS NULL RETURNING rid",
-                &[&node_id, &exec_id, &time],
+        let t = &rows.issuances;
+        if !t.jti.is_empty() {
+            self.exec(
+                "INSERT INTO token_issuances (node_id, jti, stream, seq, time, spiffe_id, audience, issuer, issued_at, expires_at, ttl, exec_id, rid)
+                 SELECT $1, u.jti, u.stream, 0, u.time, u.spiffe_id, u.audience, u.issuer, u.issued_at, u.expires_at, u.ttl, u.exec_id, u.rid
+                 FROM unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[])
+                     AS u(jti, stream, time, spiffe_id, audience, issuer, issued_at, expires_at, ttl, exec_id, rid)
+                 ON CONFLICT DO NOTHING",
+                &[&n, &t.jti, &t.stream, &t.time, &t.spiffe_id, &t.audience, &t.issuer, &t.issued_at, &t.expires_at, &t.ttl, &t.exec_id, &t.rid],
             )?;
-            if let Some(r) = rid {
-                let rid: i64 = r.get(0);
-                self.exec(
-                    "UPDATE runs SET last_seen = greatest(last_seen, $2), live = greatest(live - 1, 0),
-                        ended = CASE WHEN live - 1 <= 0 THEN $2 ELSE ended END WHERE rid = $1",
-                    &[&rid, &time],
-                )?;
-            }
         }
-        for (what, value) in std::mem::take(&mut self.queue) {
-            self.exec("INSERT INTO correlate_queue (what, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&what, &value])?;
+        let d = &rows.denials;
+        if !d.time.is_empty() {
+            self.exec(
+                "INSERT INTO token_denials (node_id, time, reason, detail, spiffe_id, exec_id, rid)
+                 SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[])",
+                &[&n, &d.time, &d.reason, &d.detail, &d.spiffe_id, &d.exec_id, &d.rid],
+            )?;
+        }
+        let u = &rows.uses;
+        if !u.stream.is_empty() {
+            self.exec(
+                "INSERT INTO credential_uses (node_id, stream, seq, time, rid, dest_port, lifetime,
+                    exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family, count, first_seen)
+                 SELECT $1, u.stream, 0, u.time, u.rid, u.dest_port, u.lifetime, u.exec_id, u.dest_ip, u.host, u.method, u.path, u.detector, u.class,
+                     u.fingerprint, u.access_key_id, u.jwt_iss, u.jwt_sub, u.jwt_jti, u.token_family, u.count, u.first_seen
+                 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[])
+                     AS u(stream, time, rid, dest_port, lifetime, exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id,
+                          jwt_iss, jwt_sub, jwt_jti, token_family, count, first_seen)",
+                &[
+                    &n, &u.stream, &u.time, &u.rid, &u.dest_port, &u.lifetime, &u.exec_id, &u.dest_ip, &u.host, &u.method, &u.path, &u.detector, &u.class,
+                    &u.fingerprint, &u.access_key_id, &u.jwt_iss, &u.jwt_sub, &u.jwt_jti, &u.token_family, &u.count, &u.first_seen,
+                ],
+            )?;
+        }
+        let f = &rows.file_reads;
+        if !f.time.is_empty() {
+            self.exec(
+                "INSERT INTO credential_file_reads (node_id, time, exec_id, rid, path, file_kind)
+                 SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[])",
+                &[&n, &f.time, &f.exec_id, &f.rid, &f.path, &f.file_kind],
+            )?;
+        }
+        let (exec_ids, exit_times) = &rows.exits;
+        if !exec_ids.is_empty() {
+            // An exec exits once: its first exit in the batch counts (`DISTINCT ON`), as
+            // `exit_time IS NULL` makes any later one a no-op.
+            let ended = self.query(
+                "UPDATE processes p SET exit_time = u.time
+                 FROM (SELECT DISTINCT ON (exec_id) exec_id, time, n FROM unnest($2::text[], $3::int8[]) WITH ORDINALITY AS u(exec_id, time, n)
+                       ORDER BY exec_id, n) u
+                 WHERE p.node_id = $1 AND p.exec_id = u.exec_id AND p.exit_time IS NULL RETURNING p.rid, u.time, u.n",
+                &[&n, exec_ids, exit_times],
+            )?;
+            // Per run: how many of its processes ended, and the last exit in batch order
+            // (the one that leaves the run with no live process, if any does).
+            let mut ended: Vec<(i64, i64, i64)> = ended.iter().map(|r| (r.get(2), r.get(0), r.get(1))).collect();
+            ended.sort_unstable();
+            let mut per_run: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
+            for (_, rid, time) in ended {
+                let e = per_run.entry(rid).or_insert((0, time, time));
+                e.0 += 1;
+                e.1 = e.1.max(time);
+                e.2 = time;
+            }
+            let (mut rid, mut count, mut last_seen, mut last_exit) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (r, (c, l, e)) in per_run {
+                rid.push(r);
+                count.push(c);
+                last_seen.push(l);
+                last_exit.push(e);
+            }
+            self.lock_runs(&rid)?;
+            self.exec(
+                "UPDATE runs r SET last_seen = greatest(r.last_seen, u.last_seen), live = greatest(r.live - u.n, 0),
+                    ended = CASE WHEN r.live - u.n <= 0 THEN u.last_exit ELSE r.ended END
+                 FROM (SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS u(rid, n, last_seen, last_exit)) u
+                 WHERE r.rid = u.rid",
+                &[&rid, &count, &last_seen, &last_exit],
+            )?;
+        }
+        if !rows.queue.is_empty() {
+            let (what, value): (Vec<&str>, Vec<&str>) = rows.queue.keys().map(|(w, v)| (*w, v.as_str())).unzip();
+            self.exec(
+                "INSERT INTO correlate_queue (what, value) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                &[&what, &value],
+            )?;
         }
         Ok(())
     }

@@ -27,6 +27,10 @@ fn sql(fact: Fact) -> &'static str {
             FROM credential_uses_v WHERE row = $1",
         Fact::Issuance => "SELECT jti, spiffe_id, audience, issued_at, expires_at, ttl, exec_id, run_id FROM token_issuances_v WHERE jti = $1",
         Fact::FileReads => "SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) ORDER BY time",
+        Fact::Exchange => "SELECT event_id, time, host, dest_ip, dest_port, path, jwt_jti, exec_id FROM credential_uses_v
+            WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) AND detector = 'token_exchange' AND jwt_jti IS NOT NULL AND time <= $2 ORDER BY time DESC LIMIT 1",
+        Fact::HandedOut => "SELECT time, exchange_kind, identifier, expires_at, principal, host, presented_jti, exec_id, run_id FROM credential_obtained_v
+            WHERE identifier = $1 ORDER BY time LIMIT 1",
         Fact::UsesOf => "SELECT run_id, sum(count)::int8 AS uses, min(first_seen) AS first_seen, max(time) AS last_seen, max(detector) AS detector, max(class) AS class, fingerprint,
                 max(access_key_id) AS access_key_id, string_agg(DISTINCT coalesce(host, dest_ip), ',') AS destinations, string_agg(DISTINCT exec_id, ',') AS exec_ids
             FROM credential_uses_v WHERE access_key_id = $1 OR fingerprint = $1 OR jwt_jti = $1
@@ -40,6 +44,8 @@ fn sql(fact: Fact) -> &'static str {
         Fact::RunUses => "SELECT time, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, coalesce(host, dest_ip) AS destination, dest_port, method, path, exec_id, count
             FROM credential_uses_v WHERE rid = (SELECT rid FROM runs WHERE run_id = $1)",
         Fact::RunFileReads => "SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = (SELECT rid FROM runs WHERE run_id = $1)",
+        Fact::RunObtained => "SELECT time, exchange_kind, format, identifier, class, fingerprint, expires_at, principal, host, presented_jti, token_jti, exec_id
+            FROM credential_obtained_v WHERE rid = (SELECT rid FROM runs WHERE run_id = $1)",
         Fact::RunActions => "SELECT a.time, a.id, a.action, a.service, a.principal, l.reason, l.confidence
             FROM links l JOIN cloud_actions a ON a.id = l.cloud_action_id WHERE l.run_id = $1",
         Fact::StaticCredentials => "SELECT c.fingerprint, c.access_key_id, c.detector, c.token_family, c.runs, c.uses, c.first_seen, c.last_seen,
@@ -56,6 +62,8 @@ fn sql(fact: Fact) -> &'static str {
         Fact::Delays => "SELECT min(l.created) - a.ingested AS d FROM cloud_actions a JOIN links l ON l.cloud_action_id = a.id GROUP BY a.id",
         Fact::ActionsByProvider => "SELECT provider AS k, count(*) AS n FROM cloud_actions GROUP BY provider",
         Fact::LinksByReason => "SELECT reason AS k, count(*) AS n FROM links GROUP BY reason",
+        Fact::Findings => "SELECT json FROM findings WHERE ($1::text = '' OR kind = $1) AND last_time >= $2 ORDER BY first_time, id",
+        Fact::FindingsByKind => "SELECT kind AS k, count(*) AS n FROM findings GROUP BY kind",
         Fact::Agents => "SELECT count(*) AS n FROM nodes WHERE last_seen >= $1",
         Fact::EventsByKind => "SELECT kind::int8 AS kind, n FROM event_counts",
     }

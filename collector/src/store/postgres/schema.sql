@@ -87,6 +87,15 @@ CREATE TABLE IF NOT EXISTS credential_file_reads (
 CREATE INDEX IF NOT EXISTS file_reads_run ON credential_file_reads (rid);
 CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
 
+-- Credentials obtained in exchange responses (kind 18): identifiers and times only.
+CREATE TABLE IF NOT EXISTS credential_obtained (
+    node_id BIGINT NOT NULL, time BIGINT NOT NULL, exec_id TEXT, rid BIGINT,
+    exchange_kind TEXT NOT NULL, format TEXT NOT NULL, identifier TEXT, class TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, expires_at TEXT, principal TEXT, host TEXT, presented_jti TEXT, token_jti TEXT);
+CREATE INDEX IF NOT EXISTS obtained_run ON credential_obtained (rid);
+CREATE INDEX IF NOT EXISTS obtained_identifier ON credential_obtained (identifier) WHERE identifier IS NOT NULL;
+CREATE INDEX IF NOT EXISTS obtained_time ON credential_obtained (time);
+
 CREATE TABLE IF NOT EXISTS cloud_actions (
     id TEXT PRIMARY KEY, provider TEXT NOT NULL, time BIGINT NOT NULL, ingested BIGINT NOT NULL,
     action TEXT NOT NULL, service TEXT NOT NULL, region TEXT, principal TEXT, principal_type TEXT,
@@ -109,6 +118,22 @@ CREATE INDEX IF NOT EXISTS links_run ON links (run_id);
 
 CREATE TABLE IF NOT EXISTS correlate_queue (what TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (what, value));
 
+-- Misuse findings (collector/src/findings.rs): one row per finding kind, subject and
+-- runs (the id digests them); later evidence widens the times and grows the JSON.
+CREATE TABLE IF NOT EXISTS findings (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL,
+    first_time BIGINT NOT NULL, last_time BIGINT NOT NULL, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS findings_last ON findings (last_time);
+CREATE INDEX IF NOT EXISTS findings_kind ON findings (kind, last_time);
+
+-- What the finding rules remember between batches: a long-lived credential's first use
+-- per (fingerprint, workload, run), a run's first read of each credential file.
+CREATE TABLE IF NOT EXISTS finding_facts (
+    fact TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL, run_id TEXT NOT NULL,
+    node TEXT NOT NULL, exec_id TEXT, event_id TEXT NOT NULL, kind TEXT NOT NULL, time BIGINT NOT NULL,
+    PRIMARY KEY (fact, subject, detail, run_id));
+CREATE INDEX IF NOT EXISTS finding_facts_time ON finding_facts (fact, subject, time);
+
 -- The same view names and columns as the SQLite schema, for the queries.
 CREATE OR REPLACE VIEW processes_v AS
     SELECT p.node_id, p.exec_id, p.process_id, p.rid, r.run_id, p.pid, p.ppid, p.time, p.start_time, p.exit_time,
@@ -129,6 +154,11 @@ CREATE OR REPLACE VIEW token_issuances_v AS
 CREATE OR REPLACE VIEW token_denials_v AS
     SELECT d.time, d.reason, d.detail, d.spiffe_id, d.exec_id, d.rid, r.run_id
     FROM token_denials d LEFT JOIN runs r ON r.rid = d.rid;
+
+CREATE OR REPLACE VIEW credential_obtained_v AS
+    SELECT o.time, o.exchange_kind, o.format, o.identifier, o.class, o.fingerprint, o.expires_at, o.principal, o.host,
+           o.presented_jti, o.token_jti, o.exec_id, o.rid, r.run_id
+    FROM credential_obtained o LEFT JOIN runs r ON r.rid = o.rid;
 
 CREATE OR REPLACE VIEW credential_file_reads_v AS
     SELECT f.time, f.path, f.file_kind, f.exec_id, f.rid, r.run_id

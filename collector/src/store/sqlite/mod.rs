@@ -13,6 +13,7 @@
 //! (at checkpoint) can lose acknowledged events.
 
 mod aggregates;
+mod findings;
 mod ids;
 mod lookups;
 mod project;
@@ -134,7 +135,7 @@ impl SqliteStore {
         })?;
         let linked = "SELECT r.rid FROM runs r JOIN links l ON l.run_id = r.run_id";
         let mut touched = BTreeSet::new();
-        for table in ["processes", "token_issuances", "token_denials", "credential_uses", "credential_file_reads"] {
+        for table in ["processes", "token_issuances", "token_denials", "credential_uses", "credential_file_reads", "credential_obtained"] {
             let last: i64 = self.read(|c| Ok(c.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {table}"), [], |r| r.get(0))?))?;
             let mut from = 0;
             while from < last {
@@ -183,17 +184,33 @@ impl SqliteStore {
         n += self.write(|tx, caches| {
             // Runs may be deleted: their numbers must be looked up again.
             caches.runs = ids::IdCache::default();
-            Ok(tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?)
+            let mut n = tx.execute("DELETE FROM findings WHERE last_time < ?1", params![before])?;
+            n += tx.execute("DELETE FROM finding_facts WHERE time < ?1", params![before])?;
+            Ok(n + tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?)
         })?;
         Ok(n)
     }
+}
+
+/// Projects a batch and runs the finding rules over it, in the batch's transaction: a
+/// batch is stored with its findings or not at all. Hands back the correlation queue.
+fn ingest_with_findings(
+    tx: &Transaction<'_>,
+    caches: &mut ids::Caches,
+    node: &str,
+    events: &[AgentEvent],
+    received: i64,
+) -> Result<(IngestOutcome, project::Queue), StoreError> {
+    let batch = project::ingest(tx, caches, node, events, received)?;
+    crate::findings::detect(&mut findings::SqliteFindings::new(tx), node, events)?;
+    Ok(batch)
 }
 
 impl Store for SqliteStore {
     fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError> {
         let received = now_unix();
         self.write(|tx, caches| {
-            let (out, queue) = project::ingest(tx, caches, node, events, received)?;
+            let (out, queue) = ingest_with_findings(tx, caches, node, events, received)?;
             // Kept for the next correlation pass.
             let mut st = tx.prepare_cached("INSERT OR IGNORE INTO correlate_queue (what, value) VALUES (?1, ?2)")?;
             for (what, value) in &queue {
@@ -206,9 +223,9 @@ impl Store for SqliteStore {
     fn ingest_and_correlate(&self, node: &str, events: &[AgentEvent]) -> Result<(IngestOutcome, Vec<correlate::NewLink>), StoreError> {
         let received = now_unix();
         self.write(|tx, caches| {
-            let (out, queue) = project::ingest(tx, caches, node, events, received)?;
+            let (out, queue) = ingest_with_findings(tx, caches, node, events, received)?;
             // Correlated in the batch's own transaction: the identifiers never go through
-            // the queue table, and the batch and its links commit together.
+            // the queue table, and the batch, its findings and its links commit together.
             let links = if out.stored > 0 { correlate::run(&mut lookups::SqliteLookups::new(tx, queue), received)? } else { Vec::new() };
             Ok((out, links))
         })
@@ -233,7 +250,7 @@ impl Store for SqliteStore {
                     a.action, a.service, a.region, a.principal, a.principal_type, a.access_key_id, a.source_ip, a.user_agent,
                     a.error_code, assumed.and_then(|r| r.issued_access_key_id.as_deref()), assumed.and_then(|r| r.role_session_name.as_deref()),
                     assumed.and_then(|r| r.web_identity_subject.as_deref()), serde_json::to_string(&a.delegation).unwrap_or_default(),
-                    a.raw.to_string()
+                    a.raw
                 ])?;
                 if n == 0 {
                     out.duplicates += 1

@@ -254,12 +254,27 @@ impl Batch<'_, '_> {
                 tx.prepare_cached("INSERT INTO credential_file_reads (node_id, time, exec_id, rid, path, file_kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
                     .execute(params![node_id, time, exec, rid, v.path, kind])?;
             }
+            EventBody::CredentialObtained(v) => {
+                let p = v.process.as_ref();
+                let (exec, rid) = (self.exec_sid(p)?, self.process_rid(p, time)?);
+                let class = json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into());
+                let host = v.destination.as_ref().and_then(|d| d.host.clone().or_else(|| d.ip.clone()));
+                tx.prepare_cached(
+                    "INSERT INTO credential_obtained (node_id, time, exec_id, rid, exchange_kind, format, identifier, class, fingerprint, expires_at, principal, host, presented_jti, token_jti)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )?
+                .execute(params![
+                    node_id, time, exec, rid, v.exchange_kind, v.format, v.identifier, class, v.fingerprint, v.expires_at, v.principal, host,
+                    v.presented_jti, v.token_jti
+                ])?;
+            }
             EventBody::AgentStats(_) => {
                 let stats = body.to_json().ok().and_then(|j| String::from_utf8(j).ok());
                 tx.prepare_cached("UPDATE nodes SET last_stats = ?2 WHERE node_id = ?1")?.execute(params![node_id, stats])?;
             }
             // Counted in `events`; nothing to project.
-            EventBody::ConfigChange(_) => {}
+            // Findings are refused at ingest (the collector derives them).
+            EventBody::ConfigChange(_) | EventBody::Finding(_) => {}
         }
         Ok(())
     }

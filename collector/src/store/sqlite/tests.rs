@@ -63,7 +63,7 @@ fn action(id: &str, key: &str, time_unix: i64) -> CloudAction {
         error_code: None,
         assumed: None,
         delegation: vec![],
-        raw: serde_json::json!({}),
+        raw: "{}".into(),
     }
 }
 
@@ -210,4 +210,75 @@ fn ingest_continues_while_retention_deletes_old_data() {
     let kept: i64 = s.read(|c| Ok(c.query_row("SELECT count(*) FROM processes", [], |r| r.get(0))?)).expect("reads");
     assert_eq!(kept, i64::from(stored), "every new exec stored, every old one deleted");
     assert!(s.query(&Query::StaticCredentials).expect("answers")["static_credentials"].as_array().expect("a list").is_empty());
+}
+
+fn cgroup_ref(exec_id: &str, cgroup: &str) -> v1::ProcessRef {
+    v1::ProcessRef {
+        exec_id: exec_id.into(),
+        workload: Some(v1::Workload { kind: v1::WorkloadKind::Cgroup as i32, ..Default::default() }),
+        cgroup_path: Some(cgroup.into()),
+        ..Default::default()
+    }
+}
+
+fn token_use(p: v1::ProcessRef, jti: &str, first: &str, last: &str, count: u64) -> EventBody {
+    EventBody::CredentialUse(v1::CredentialUse {
+        time: last.into(),
+        process: Some(p),
+        detector: v1::Detector::BearerJwt as i32,
+        class: v1::CredentialClass::SigilIssued as i32,
+        fingerprint: "fp-token".into(),
+        identifiers: Some(v1::Identifiers { jwt_jti: Some(jti.into()), ..Default::default() }),
+        count: (count > 1).then_some(count),
+        first_seen: (count > 1).then(|| first.to_owned()),
+        last_seen: (count > 1).then(|| last.to_owned()),
+        ..Default::default()
+    })
+}
+
+/// The rules over the real SQLite layout, with hand-made events (the end-to-end tests in
+/// tests/tests/findings.rs perform each misuse with real processes).
+#[test]
+fn a_token_replayed_by_another_run_and_after_its_run_ended_is_found_once_and_its_own_run_is_not() {
+    let (_dir, s) = store();
+    let exec_a = EventBody::ProcessExec(v1::ProcessExec {
+        exec_id: "ea".into(),
+        time: "2026-01-01T00:00:00Z".into(),
+        workload: Some(v1::Workload { kind: v1::WorkloadKind::Cgroup as i32, ..Default::default() }),
+        cgroup: Some(v1::CgroupInfo { id: 1, path: Some("/a".into()) }),
+        ..Default::default()
+    });
+    let issued = EventBody::TokenIssued(v1::TokenIssued { time: "2026-01-01T00:00:01Z".into(), jti: "j1".into(), process: Some(cgroup_ref("ea", "/a")), ..Default::default() });
+    let own = token_use(cgroup_ref("ea", "/a"), "j1", "2026-01-01T00:00:02Z", "2026-01-01T00:00:02Z", 1);
+    s.ingest_events("n1", &[ev("s-1", exec_a), ev("s-2", issued), ev("s-3", own)]).expect("stored");
+    let found = |s: &SqliteStore, kind: Option<&str>| s.query(&Query::Findings { kind: kind.map(str::to_owned), since: None }).expect("query")["findings"].clone();
+    assert_eq!(found(&s, None), serde_json::json!([]), "a token used by its own run is no finding");
+
+    // Another run presents it, twice (the second an aggregate), and the batch is resent.
+    let stolen = token_use(cgroup_ref("eb", "/b"), "j1", "2026-01-01T00:00:03Z", "2026-01-01T00:00:03Z", 1);
+    let again = token_use(cgroup_ref("eb", "/b"), "j1", "2026-01-01T00:00:04Z", "2026-01-01T00:00:09Z", 5);
+    let batch = [ev("s-4", stolen), ev("s-5", again)];
+    s.ingest_events("n1", &batch).expect("stored");
+    s.ingest_events("n1", &batch).expect("resent");
+    let f = found(&s, Some("token_replayed"));
+    assert_eq!(f.as_array().map(Vec::len), Some(1), "{f}");
+    assert_eq!(f[0]["subject"], "j1");
+    assert_eq!(f[0]["runs"], serde_json::json!(["cgroup:n1:/a", "cgroup:n1:/b"]));
+    assert_eq!((f[0]["first_time"].as_str(), f[0]["last_time"].as_str()), (Some("2026-01-01T00:00:03Z"), Some("2026-01-01T00:00:09Z")));
+    let ids: Vec<&str> = f[0]["evidence"].as_array().expect("evidence").iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids, ["s-2", "s-4", "s-5"]);
+
+    // Run A ends; a use by B whose aggregate runs past the end is a use after the run ended.
+    let exit = EventBody::ProcessExit(v1::ProcessExit { exec_id: "ea".into(), time: "2026-01-01T00:00:10Z".into(), ..Default::default() });
+    s.ingest_events("n1", &[ev("s-6", exit)]).expect("stored");
+    assert!(found(&s, Some("token_used_after_run_ended")).as_array().is_some_and(Vec::is_empty));
+    let late = token_use(cgroup_ref("eb", "/b"), "j1", "2026-01-01T00:00:08Z", "2026-01-01T00:00:12Z", 3);
+    s.ingest_events("n1", &[ev("s-7", late)]).expect("stored");
+    let f = found(&s, Some("token_used_after_run_ended"));
+    assert_eq!(f.as_array().map(Vec::len), Some(1), "{f}");
+    assert_eq!((f[0]["first_time"].as_str(), f[0]["last_time"].as_str()), (Some("2026-01-01T00:00:10Z"), Some("2026-01-01T00:00:12Z")));
+    assert_eq!(s.metrics().expect("metrics")["findings_by_kind"], serde_json::json!({"token_replayed": 1, "token_used_after_run_ended": 1}));
+    let since = s.query(&Query::parse("findings", "since=2026-01-01T00:00:11Z").expect("parses")).expect("query");
+    assert_eq!(since["findings"].as_array().map(Vec::len), Some(2));
+    assert!(Query::parse("findings", "kind=bribery").is_err());
 }

@@ -1,0 +1,133 @@
+//! Where the exec program finds the executable's inode, from this kernel's BTF.
+//!
+//! The exec program follows `task->mm->exe_file->f_inode` to read the executed file's
+//! identity (device, inode, size, mtime, ctime), so that a hash-cache hit needs no procfs
+//! read. The programs are not CO-RE-relocated, so the field offsets are looked up here,
+//! once at start-up, in `/sys/kernel/btf/vmlinux` and written into the object's read-only
+//! data. Layouts that moved between kernels are tried newest first: the inode times are
+//! `i_mtime_sec`/`i_mtime_nsec` since 6.11, `__i_mtime` (a `timespec64`) in 6.7-6.10 and
+//! `i_mtime` before; the change time went through `__i_ctime` (6.6) the same way.
+//! Anything not found leaves the offsets invalid and the agent stats through procfs.
+
+use std::path::Path;
+
+use agent_common::ExeOffsets;
+use btf::btf::{Btf, Type};
+use thiserror::Error;
+
+/// The kernel's own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, Error)]
+pub enum LayoutError {
+    #[error("reading kernel BTF {path}: {source}")]
+    Btf { path: String, source: btf::Error },
+    #[error("kernel BTF has no {0}")]
+    Missing(String),
+    #[error("{0} is a bit-field, not a readable field")]
+    BitField(String),
+}
+
+/// Byte offsets of the fields the exec program reads, from the BTF at `path`.
+pub fn exe_offsets(path: &Path) -> Result<ExeOffsets, LayoutError> {
+    let btf = Btf::from_file(path).map_err(|source| LayoutError::Btf { path: path.display().to_string(), source })?;
+    let layout = Layout(&btf);
+    let (mtime_sec, mtime_nsec) = layout.time("inode", &["i_mtime_sec", "__i_mtime", "i_mtime"], &["i_mtime_nsec"])?;
+    let (ctime_sec, ctime_nsec) = layout.time("inode", &["i_ctime_sec", "__i_ctime", "i_ctime"], &["i_ctime_nsec"])?;
+    let offsets = ExeOffsets {
+        valid: 1,
+        task_mm: layout.field("task_struct", "mm")?,
+        mm_exe_file: layout.field("mm_struct", "exe_file")?,
+        file_inode: layout.field("file", "f_inode")?,
+        inode_ino: layout.field("inode", "i_ino")?,
+        inode_sb: layout.field("inode", "i_sb")?,
+        inode_size: layout.field("inode", "i_size")?,
+        inode_mtime_sec: mtime_sec,
+        inode_mtime_nsec: mtime_nsec,
+        inode_ctime_sec: ctime_sec,
+        inode_ctime_nsec: ctime_nsec,
+        sb_dev: layout.field("super_block", "s_dev")?,
+    };
+    // The allocator keeps the parse's tens of MiB otherwise; the agent's resting RSS
+    // should not carry a one-off start-up cost.
+    drop(btf);
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    Ok(offsets)
+}
+
+struct Layout<'a>(&'a Btf);
+
+impl Layout<'_> {
+    /// Byte offset of `field` in struct `ty`, looking into anonymous struct and union
+    /// members (the kernel nests many fields in them).
+    fn field(&self, ty: &str, field: &str) -> Result<u32, LayoutError> {
+        let t = self.0.get_type_by_name(ty).map_err(|_| LayoutError::Missing(format!("struct {ty}")))?;
+        let bits = self.find(&t.base_type, field, 0, 0).ok_or_else(|| LayoutError::Missing(format!("{ty}.{field}")))?;
+        if bits % 8 != 0 {
+            return Err(LayoutError::BitField(format!("{ty}.{field}")));
+        }
+        Ok(bits / 8)
+    }
+
+    fn find(&self, ty: &Type, field: &str, base_bits: u32, depth: u32) -> Option<u32> {
+        let (Type::Struct(s) | Type::Union(s)) = ty else { return None };
+        for m in &s.members {
+            match m.name.as_deref() {
+                Some(n) if n == field => return Some(base_bits + m.offset),
+                None | Some("") if depth < 8 => {
+                    let inner = self.0.get_type_by_id(m.type_id).ok()?;
+                    if let Some(found) = self.find(&inner.base_type, field, base_bits + m.offset, depth + 1) {
+                        return Some(found);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// (seconds, nanoseconds) offsets of a time stored either as two fields (`*_sec`,
+    /// `*_nsec`, the first name in each list) or as a `timespec64` member.
+    fn time(&self, ty: &str, names: &[&str], nsec_names: &[&str]) -> Result<(u32, u32), LayoutError> {
+        if let (Ok(sec), Some(Ok(nsec))) = (self.field(ty, names[0]), nsec_names.first().map(|n| self.field(ty, n))) {
+            return Ok((sec, nsec));
+        }
+        for name in &names[1..] {
+            if let Ok(at) = self.field(ty, name) {
+                return Ok((at + self.field("timespec64", "tv_sec")?, at + self.field("timespec64", "tv_nsec")?));
+            }
+        }
+        Err(LayoutError::Missing(format!("{ty}.{}", names.join(" / "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's BTF yields every offset, at places consistent with the
+    /// structs (the times after the size, the nanoseconds after or beside the seconds).
+    #[test]
+    fn this_kernels_btf_has_every_exec_field() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("no {VMLINUX_BTF}: nothing to check on this kernel");
+            return;
+        }
+        let o = exe_offsets(Path::new(VMLINUX_BTF)).expect("offsets");
+        assert_eq!(o.valid, 1);
+        assert!(o.task_mm > 0 && o.mm_exe_file > 0 && o.inode_ino > 0 && o.inode_size > 0);
+        assert_ne!(o.inode_mtime_sec, o.inode_ctime_sec);
+        assert_ne!(o.inode_mtime_nsec, o.inode_ctime_nsec);
+        assert_ne!(o.inode_mtime_sec, o.inode_mtime_nsec);
+    }
+
+    #[test]
+    fn a_missing_file_is_a_clear_error() {
+        let e = exe_offsets(Path::new("/nonexistent/vmlinux")).expect_err("no file");
+        assert!(e.to_string().contains("/nonexistent/vmlinux"), "{e}");
+    }
+}

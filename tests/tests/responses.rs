@@ -1,0 +1,267 @@
+#![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
+//! Credentials handed out in responses (`credential_obtained`): real clients (boto3,
+//! curl) trade a credential over real TLS at a local token endpoint that answers as STS
+//! and an OAuth2 server do; the agent reads the response through SSL_read and records
+//! what was obtained, by whom, valid until when. The planted secret parts of every
+//! response are then searched for in everything the agent and the collector wrote.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+use sigil_agent::trace::{detect::Secret, fingerprint::Fingerprinter};
+use sigil_tests::*;
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn b64url(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// A JWT-shaped token with the given claims (the agent decodes, never verifies, it).
+fn jwt(iss: &str, sub: &str, jti: &str, exp: i64) -> String {
+    let header = b64url(r#"{"alg":"RS256","typ":"JWT","kid":"k1"}"#);
+    let claims = b64url(&format!(r#"{{"iss":"{iss}","sub":"{sub}","aud":"sts.amazonaws.com","iat":{},"exp":{exp},"jti":"{jti}"}}"#, now() - 5));
+    format!("{header}.{claims}.{}", b64url(&unique("signature-")))
+}
+
+/// A pod-shaped cgroup, so the collector names the run `container:<id>`.
+fn pod_cgroup() -> (TestCgroup, String) {
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() ^ (u128::from(std::process::id()) << 64);
+    let ctr = format!("{n:064x}");
+    let uid = format!("{:08x}-0000-4000-8000-{:012x}", n as u32, (n >> 32) as u64 & 0xffff_ffff_ffff);
+    let cg = TestCgroup::create(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{ctr}.scope",
+        uid.replace('-', "_")
+    ));
+    (cg, ctr)
+}
+
+/// The planted response secrets, unique per test run.
+struct Planted {
+    key_id: String,
+    secret_key: String,
+    session_token: String,
+    access_token: String,
+}
+
+impl Planted {
+    fn new() -> Self {
+        let tag = unique("").replace(['-', '_'], "").to_uppercase();
+        let digits: String = tag.chars().filter(char::is_ascii_alphanumeric).collect();
+        Self {
+            key_id: format!("ASIA{:0<16}", &digits[..digits.len().min(16)]),
+            secret_key: format!("PLANTEDsecretACCESSkey{digits}"),
+            session_token: format!("FwoGZXIvYXdzPLANTEDsessionTOKEN{digits}//+="),
+            access_token: jwt("https://idp.sigil.test", "client:reports", &format!("at-{digits}"), now() + 3600),
+        }
+    }
+}
+
+/// tests/python/token_server.py: STS and OAuth2 answers with the planted credentials.
+struct TokenServer {
+    child: Child,
+    port: u16,
+}
+
+impl TokenServer {
+    fn start(dir: &Path, p: &Planted, mode: &str) -> Self {
+        self_signed_cert(dir);
+        let port = free_port();
+        let mut child = Command::new(python())
+            .arg(python_script("token_server.py"))
+            .arg(port.to_string())
+            .arg(dir.join("cert.pem"))
+            .arg(dir.join("key.pem"))
+            .args([&p.key_id, &p.secret_key, &p.session_token, &p.access_token, mode])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("READY"), "token server did not start: {line:?}");
+        Self { child, port }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    dir: PathBuf,
+    state: PathBuf,
+    metrics: String,
+    collector: Collector,
+    agent: Agent,
+}
+
+fn setup() -> Setup {
+    let dir = scratch_dir();
+    let state = dir.join("state");
+    let collector = Collector::start(&dir.join("collector.db"));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start(&["--state-dir", state.to_str().unwrap(), "--metrics-listen", &metrics, "--collector", &collector.grpc]);
+    agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
+    Setup { dir, state, metrics, collector, agent }
+}
+
+impl Setup {
+    fn obtained_in(&self, cg: &TestCgroup, what: &str) -> Value {
+        self.agent.wait_event(what, |v| v["kind"] == "credential_obtained" && v["process"]["cgroup_path"] == cg.path.as_str())
+    }
+
+    fn fingerprint_of(&self, secret: &str) -> String {
+        let key = fs::read(self.state.join("fingerprint.key")).unwrap();
+        Fingerprinter::new(&key).fingerprint(&Secret::new(secret.as_bytes().to_vec()))
+    }
+
+    /// In no event, agent log line, metric, state or spool file, nor the collector's
+    /// database (the scratch dir holds all of them).
+    fn assert_nowhere(&self, secret: &str) {
+        let metrics = scrape_metrics(&self.metrics);
+        assert!(metrics.contains("sigil_agent"), "the metrics page answered: {metrics}");
+        assert_secret_absent(&self.agent, &[&self.dir], &[&metrics], secret);
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A workload in a pod trades its web identity token at STS with an unmodified boto3:
+/// the node knows "run X obtained ASIA... at t, valid until t+1h" before any audit log
+/// arrives, and the secret key and session token it was handed are never kept.
+#[test]
+fn boto3_web_identity_exchange_records_the_obtained_asia_key_and_expiry_but_no_secret() {
+    let s = setup();
+    let p = Planted::new();
+    let server = TokenServer::start(&s.dir, &p, "length");
+    let (cg, ctr) = pod_cgroup();
+    let jti = unique("jti-");
+    let token = jwt("https://sigil.test", "spiffe://sigil.test/reports", &jti, now() + 600);
+    let role = "arn:aws:iam::123456789012:role/sigil-reports";
+    let script = python_script("sts_web_identity.py").display().to_string();
+    let endpoint = format!("https://127.0.0.1:{}", server.port);
+    let (code, out, err) = cg.run(&python(), &[&script, &endpoint, role, "reports-run", &token]);
+    assert_eq!(code, 0, "{err}");
+    let (got_key, got_expiry) = out.trim().split_once(' ').unwrap();
+    assert_eq!(got_key, p.key_id, "boto3 parsed the STS response");
+
+    let ev = s.obtained_in(&cg, "credential_obtained for the STS exchange");
+    assert_eq!(ev["identifier"], p.key_id.as_str());
+    assert_eq!(ev["exchange_kind"], "aws_sts_assume_role_with_web_identity");
+    assert_eq!(ev["format"], "aws_sts_xml");
+    assert_eq!(ev["class"], "short_lived");
+    assert_eq!(ev["tls_library"], "openssl");
+    assert_eq!(ev["principal"], "arn:aws:sts::123456789012:assumed-role/sigil-reports/reports-run");
+    assert_eq!(ev["presented_jti"], jti.as_str());
+    assert_eq!(ev["presented_iss"], "https://sigil.test");
+    assert_eq!(ev["destination"]["port"], server.port);
+    assert_eq!(ev["process"]["binary_path"].as_str().map(|b| b.contains("python")), Some(true));
+    // Valid until what boto3 was told (seconds precision), about an hour from now.
+    assert_eq!(&ev["expires_at"].as_str().unwrap()[..19], &got_expiry[..19]);
+    let expires_in = ev["expires_in"].as_i64().unwrap();
+    assert!((3500..=3600).contains(&expires_in), "{ev}");
+    // Later uses of these credentials (SigV4 with the session token) fingerprint the same.
+    assert_eq!(ev["fingerprint"], s.fingerprint_of(&p.session_token));
+    // The request side is still the exchange it was.
+    s.agent.wait_event("the exchange's credential_use", |v| {
+        v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str() && v["exchange"]["kind"] == "aws_sts_assume_role_with_web_identity"
+    });
+
+    let run = format!("container:{ctr}");
+    let timeline = s.collector.wait_for("credential_obtained in the run's timeline", &["run", &run], |v| {
+        v["timeline"].as_array().is_some_and(|t| t.iter().any(|e| e["what"] == "credential_obtained"))
+    });
+    let row = timeline["timeline"].as_array().unwrap().iter().find(|e| e["what"] == "credential_obtained").unwrap().clone();
+    assert_eq!(row["detail"]["identifier"], p.key_id.as_str());
+    assert_eq!(row["detail"]["presented_jti"], jti.as_str());
+    let text = s.collector.sigil_text(&["run", &run]);
+    assert!(text.contains(&format!("obtained {} from", p.key_id)) && text.contains("valid until"), "{text}");
+
+    for secret in [&p.secret_key, &p.session_token] {
+        s.assert_nowhere(secret);
+    }
+    s.assert_nowhere(&token);
+}
+
+/// A workload's OAuth client-credentials grant with curl, answered with a gzip body in
+/// chunked transfer coding written in pieces: the grant's expiry, scope and the obtained
+/// JWT's claims are recorded; the access token, refresh token and client secret are not.
+#[test]
+fn curl_client_credentials_grant_records_expiry_and_token_claims_from_a_chunked_gzip_response() {
+    let s = setup();
+    let p = Planted::new();
+    let server = TokenServer::start(&s.dir, &p, "chunked-gzip");
+    let (cg, _ctr) = pod_cgroup();
+    let client_secret = unique("PLANTEDclientSECRET");
+    let url = format!("https://127.0.0.1:{}/oauth2/token", server.port);
+    let (code, out, err) = cg.run(
+        Path::new("/usr/bin/curl"),
+        &["-sk", "--compressed", "-d", "grant_type=client_credentials", "-d", "client_id=reports", "-d", &format!("client_secret={client_secret}"), &url],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&p.access_token), "curl got the token response: {out}");
+
+    let ev = s.obtained_in(&cg, "credential_obtained for the OAuth grant");
+    assert_eq!(ev["exchange_kind"], "oauth_client_credentials");
+    assert_eq!(ev["format"], "oauth2_token");
+    assert_eq!(ev["token_type"], "Bearer");
+    assert_eq!(ev["scope"], "read:reports");
+    assert_eq!(ev["expires_in"], 3600);
+    assert_eq!(ev["token_iss"], "https://idp.sigil.test");
+    assert_eq!(ev["token_sub"], "client:reports");
+    assert!(ev["token_jti"].as_str().unwrap().starts_with("at-"));
+    assert!(ev.get("identifier").is_none(), "no key id was made up: {ev}");
+    assert_eq!(ev["fingerprint"], s.fingerprint_of(&p.access_token));
+    assert_eq!(ev["presented_fingerprint"], s.fingerprint_of(&client_secret));
+    assert_eq!(ev["process"]["binary_path"], "/usr/bin/curl");
+
+    s.collector.wait_for("stored", &["run", &format!("container:{_ctr}")], |v| {
+        v["timeline"].as_array().is_some_and(|t| t.iter().any(|e| e["what"] == "credential_obtained"))
+    });
+    for secret in [&p.access_token, &format!("{}-refresh", p.access_token), &client_secret] {
+        s.assert_nowhere(secret);
+    }
+    // Nor any part of the token after its claims (its signature).
+    s.assert_nowhere(p.access_token.rsplit('.').next().unwrap());
+}
+
+/// A network peer answers a POST with garbage, a cut response, or an error: no event with
+/// made-up fields, and the agent keeps working (a later real exchange is still recorded).
+#[test]
+fn a_network_peer_answering_an_exchange_with_an_error_yields_no_credential_obtained() {
+    let s = setup();
+    let p = Planted::new();
+    // A plain JSON answer that holds no credential (http_server.py answers {"ok":true}).
+    let server = PyServer::start(Some(&s.dir));
+    let (cg, _) = pod_cgroup();
+    let url = format!("https://127.0.0.1:{}/oauth2/token", server.port);
+    let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-sk", "-d", "grant_type=client_credentials", "-d", "client_secret=PLANTEDnoAnswer", &url]);
+    assert_eq!(code, 0, "{err}");
+    let real_dir = s.dir.join("real");
+    fs::create_dir_all(&real_dir).unwrap();
+    let real = TokenServer::start(&real_dir, &p, "length");
+    let url = format!("https://127.0.0.1:{}/oauth2/token", real.port);
+    let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-sk", "-d", "grant_type=client_credentials", "-d", "client_secret=PLANTEDreal", &url]);
+    assert_eq!(code, 0, "{err}");
+    let ev = s.obtained_in(&cg, "the real grant's credential_obtained");
+    assert_eq!(ev["destination"]["port"], real.port, "the first answer made no event: {ev}");
+    let obtained: Vec<Value> = s.agent.events().into_iter().filter(|v| v["kind"] == "credential_obtained" && v["process"]["cgroup_path"] == cg.path.as_str()).collect();
+    assert_eq!(obtained.len(), 1, "{obtained:?}");
+}
