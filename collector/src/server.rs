@@ -111,14 +111,16 @@ fn correlate(s: &SharedStore, telemetry: Option<&sigil_telemetry::Telemetry>) ->
     Ok(links.len())
 }
 
-/// Stores a batch and correlates what it may have made attributable.
+/// Stores a batch and correlates what it may have made attributable (in the batch's
+/// transaction where the store can).
 pub async fn push(shared: &Shared, node: String, events: Vec<AgentEvent>) -> Result<crate::store::IngestOutcome, StoreError> {
     let (s, t) = (shared.store.clone(), shared.telemetry.clone());
     blocking(move || {
         let _span = tracing::info_span!("ingest_batch", node = %node, events = events.len()).entered();
-        let out = s.ingest_events(&node, &events)?;
+        let (out, links) = s.ingest_and_correlate(&node, &events)?;
         if out.stored > 0 {
-            correlate(&s, t.as_deref())?;
+            tracing::info!(links = links.len(), "correlation run");
+            log_links(t.as_deref(), &links);
         }
         Ok(out)
     })

@@ -103,12 +103,16 @@ impl Db {
 }
 
 /// Stored exec events of the processes in cgroup `path`, and the distinct execs among
-/// them (each stored exec event refers to the process row it became: two events for one
-/// exec would refer to one row).
+/// them (two events for one exec would be one process row). PostgreSQL's process rows
+/// name their event; SQLite's do not (the key is not repeated per row), so there the
+/// cgroup's exec events are all stored exec events less the process rows of every other
+/// cgroup: only exec events make process rows, one each, so an event stored twice
+/// anywhere still shows as more events than execs.
 pub fn stored_execs(db: &Db, path: &str) -> (i64, i64) {
     db.pair(
-        "SELECT count(*), count(DISTINCT p.exec_id) FROM events e JOIN processes p ON p.rowid = e.ref
-         WHERE e.kind = 10 AND p.cgroup_path = (SELECT id FROM strings WHERE s = ?1)",
+        "SELECT (SELECT count(*) FROM events WHERE kind = 10)
+                - (SELECT count(*) FROM processes WHERE cgroup_path IS NOT (SELECT id FROM strings WHERE s = ?1)),
+                (SELECT count(*) FROM processes WHERE cgroup_path = (SELECT id FROM strings WHERE s = ?1))",
         "SELECT count(*), count(DISTINCT p.exec_id) FROM events e JOIN processes p ON p.node_id = e.node_id AND p.event_id = e.stream
          WHERE e.kind = 10 AND p.cgroup_path = $1",
         path,

@@ -73,17 +73,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
+/// `full`: the query benchmark at 10M events too (about 3 GB of database).
+pub fn run(quick: bool, full: bool, only: Option<&str>) -> Result<()> {
     match only {
         None => {
             agent(quick)?;
             ingest(quick)?;
+            queries(quick, full)?;
             crate::bench_cloud::run_bench().map(|_| ())
         }
         Some("agent") => agent(quick),
         Some("ingest") => ingest(quick),
+        Some("queries") => queries(quick, full),
         Some("cloudtrail") => crate::bench_cloud::run_bench().map(|_| ()),
-        Some(other) => bail!("unknown benchmark {other:?}: agent, ingest or cloudtrail"),
+        Some(other) => bail!("unknown benchmark {other:?}: agent, ingest, queries or cloudtrail"),
     }
 }
 
@@ -143,23 +146,36 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Builds the release collector and its bench driver.
+fn build_collector() -> Result<()> {
+    let mut cmd = build::cargo();
+    cmd.args(["build", "--release", "-p", "sigil-collector", "--bins"]);
+    provision::run(&mut cmd)
+}
+
+/// A fresh directory `target/bench/<name>`.
+fn fresh_dir(name: &str) -> Result<PathBuf> {
+    let dir = build::workspace_root().join("target/bench").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// The ingest benchmark on both backends: SQLite (a file) and PostgreSQL (a throwaway
 /// server started the way the tests start theirs), each next to its own raw baseline.
 fn ingest(quick: bool) -> Result<()> {
-    let mut cmd = build::cargo();
-    cmd.args(["build", "--release", "-p", "sigil-collector", "--bins"]);
-    provision::run(&mut cmd)?;
-    let dir = build::workspace_root().join("target/bench/ingest");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let db = dir.join("collector.db").display().to_string();
-    let r = ingest_into(quick, &db, &dir.join("raw.db").display().to_string())?;
+    build_collector()?;
+    let dir = fresh_dir("ingest")?;
+    let events = if quick { 100_000 } else { 400_000 };
+    let args = ["--events".to_owned(), events.to_string()];
+    eprintln!("bench: ingest of {events} events over gRPC (batches of 500) into SQLite, then the same rows raw");
+    let r = against_collector(&dir.join("collector.db").display().to_string(), &dir.join("raw.db").display().to_string(), &args)?;
     print_ingest("SQLite", &r);
     record("ingest", r)?;
     provision::debian_packages(&["postgresql"])?;
     let pg = postgres_server::Server::start(std::env::temp_dir().join(format!("sigil-bench-pg-{}", std::process::id())))?;
-    eprintln!("bench: a throwaway PostgreSQL on port {}", pg.port);
-    let r = ingest_into(quick, &pg.url, &pg.url)?;
+    eprintln!("bench: ingest of {events} events into a throwaway PostgreSQL on port {}, then the same rows raw", pg.port);
+    let r = against_collector(&pg.url, &pg.url, &args)?;
     print_ingest("PostgreSQL", &r);
     record("ingest_postgres", r)
 }
@@ -174,8 +190,9 @@ fn print_ingest(backend: &str, r: &Value) {
 }
 
 /// A release collector on `db` (a file or a PostgreSQL URL), fed by `sigil-ingest-bench`
-/// from a separate process, then the raw baseline into `raw`; the bench's JSON.
-fn ingest_into(quick: bool, db: &str, raw: &str) -> Result<Value> {
+/// (run with `args`) from a separate process, the raw baseline going into `raw`; the
+/// bench's JSON.
+fn against_collector(db: &str, raw: &str, args: &[String]) -> Result<Value> {
     let bins = build::workspace_root().join("target/release");
     let (grpc, http) = (free_port()?, free_port()?);
     let collector = Guard(
@@ -194,17 +211,49 @@ fn ingest_into(quick: bool, db: &str, raw: &str) -> Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let events = if quick { 100_000 } else { 400_000 };
-    eprintln!("bench: ingest of {events} events over gRPC (batches of 500) into {db}, then the same rows raw");
     let out = Command::new(bins.join("sigil-ingest-bench"))
-        .args(["--grpc", &format!("http://127.0.0.1:{grpc}"), "--events", &events.to_string(), "--batch", "500"])
+        .args(["--grpc", &format!("http://127.0.0.1:{grpc}"), "--batch", "500"])
         .args(["--db", db, "--raw-db", raw])
+        .arg("--collector-bin")
+        .arg(bins.join("sigil-collector"))
+        .args(args)
         .output()?;
     drop(collector);
     if !out.status.success() {
         bail!("sigil-ingest-bench failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     serde_json::from_slice(&out.stdout).context("sigil-ingest-bench output")
+}
+
+/// Query latency per verb over gRPC at 1M events (1k pods, 2k credentials, 10k imported
+/// CloudTrail records), and at 10M with `full`.
+fn queries(quick: bool, full: bool) -> Result<()> {
+    let sizes: &[usize] = match (quick, full) {
+        (true, _) => &[200_000],
+        (false, false) => &[1_000_000],
+        (false, true) => &[1_000_000, 10_000_000],
+    };
+    let asked = if quick { 50 } else { 200 };
+    let goals = [("trace", "< 20 ms"), ("who-used", "< 20 ms"), ("run", "< 20 ms"), ("posture", "< 50 ms"), ("static-credentials", "< 50 ms")];
+    let mut res = Map::new();
+    build_collector()?;
+    for &events in sizes {
+        eprintln!("bench: {events} events over gRPC, 10k CloudTrail records imported, then each query verb asked {asked} times");
+        let dir = fresh_dir("queries")?;
+        let (db, raw) = (dir.join("collector.db").display().to_string(), dir.join("raw.db").display().to_string());
+        let r = against_collector(&db, &raw, &["--events".into(), events.to_string(), "--queries".into(), asked.to_string(), "--no-raw".into()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = r?;
+        println!("\n{:<52} {:>12}  measured (p50 / p99)", format!("queries at {events} events ({} B/event, {} events/s ingest)", r["bytes_per_event"], r["grpc_events_per_second"]), "goal p99");
+        for (verb, goal) in goals {
+            let q = &r["queries"][verb];
+            println!("{:<52} {:>12}  {} ms / {} ms", format!("  {verb}"), goal, q["p50_ms"], q["p99_ms"]);
+        }
+        res.insert(format!("queries_{events}"), r);
+    }
+    record_results(res)?;
+    eprintln!("bench: wrote {}", results_path().display());
+    Ok(())
 }
 
 fn agent(quick: bool) -> Result<()> {

@@ -48,9 +48,12 @@ enum Cmd {
         /// Smaller runs (fewer rounds and events): a quick check, not the published figures.
         #[arg(long)]
         quick: bool,
-        /// Run one benchmark only: `agent`, `ingest` or `cloudtrail`.
+        /// Run one benchmark only: `agent`, `ingest`, `queries` or `cloudtrail`.
         #[arg(long)]
         only: Option<String>,
+        /// Query latencies at 10M events too (about 3 GB of database, some minutes).
+        #[arg(long)]
+        full: bool,
     },
     /// Run the whole test suite: unit tests, then the root-only kernel integration tests.
     Test {
@@ -67,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BuildEbpf => build::ebpf().map(|_| ()),
         Cmd::Build { release } => build::all(release).map(|_| ()),
         Cmd::Demo => demo::run(),
-        Cmd::Bench { quick, only } => bench::run(quick, only.as_deref()),
+        Cmd::Bench { quick, only, full } => bench::run(quick, full, only.as_deref()),
         Cmd::Test { args } => test::run(&args),
     }
 }

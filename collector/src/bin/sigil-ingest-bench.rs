@@ -6,9 +6,16 @@
 //! collector's `--db` is a PostgreSQL URL, into plain tables of that database) with plain
 //! batched inserts (the baseline), and prints one JSON document with both rates and the
 //! bytes per event of each database.
+//!
+//! With `--queries N`, it then imports CloudTrail records of calls made with the fleet's
+//! keys (through `sigil-collector ingest cloudtrail`, as a responder would) and asks each
+//! query verb N times over the gRPC Query API: p50 and p99 per verb.
 #![forbid(unsafe_code)]
 
-use std::{path::Path, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -17,7 +24,7 @@ use serde_json::json;
 use sigil_collector::store::postgres::is_url;
 use sigil_proto::{
     CONTRACT_VERSION, EventBody,
-    v1::{self, Event, PushRequest, ingest_client::IngestClient},
+    v1::{self, Event, PushRequest, QueryRequest, ingest_client::IngestClient, query_client::QueryClient},
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -41,6 +48,15 @@ struct Args {
     /// Agents pushing at once (each its own node and connection).
     #[arg(long, default_value_t = 2)]
     agents: usize,
+    /// Times each query verb is asked after the pushes (0: no query benchmark).
+    #[arg(long, default_value_t = 0)]
+    queries: usize,
+    /// The collector binary, for importing the CloudTrail records (`--queries`).
+    #[arg(long)]
+    collector_bin: Option<PathBuf>,
+    /// Skip the raw-insert baseline (the query benchmark's loads).
+    #[arg(long)]
+    no_raw: bool,
 }
 
 const PODS: u64 = 1000;
@@ -192,13 +208,15 @@ fn generate(n: usize, node: &str, stream: &str) -> Vec<Event> {
 }
 
 /// Pushes each agent's batches in order, agents concurrently; returns seconds taken.
-async fn push_all(url: &str, fleets: Vec<(String, Vec<Event>)>, batch: usize) -> Result<f64> {
+async fn push_all(url: &str, fleets: std::sync::Arc<Vec<(String, Vec<Event>)>>, batch: usize) -> Result<f64> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await.context("connecting to the collector")?;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (node, events) in fleets {
+    for i in 0..fleets.len() {
         let mut client = IngestClient::new(channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let fleets = fleets.clone();
         tasks.push(tokio::spawn(async move {
+            let (node, events) = &fleets[i];
             let mut stored = 0u64;
             for chunk in events.chunks(batch) {
                 let r = client.push(PushRequest { node: node.clone(), events: chunk.to_vec(), contract_version: CONTRACT_VERSION }).await?.into_inner();
@@ -268,6 +286,87 @@ fn raw_insert(path: &Path, fleets: &[(String, Vec<Event>)], batch: usize) -> Res
         }
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// The access key id of credential `c` (as the generator writes it).
+fn access_key(c: u64) -> String {
+    format!("{}{:016}", if c.is_multiple_of(3) { "AKIA" } else { "ASIA" }, c)
+}
+
+/// CloudTrail records of `n` calls made with the fleet's keys over the pushes' time span,
+/// as delivered (one `Records` document).
+fn cloudtrail(n: usize, span: i64) -> String {
+    let mut rng = Lcg(0xc1a0);
+    let t0 = 1_767_225_600;
+    let records: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let key = access_key(rng.next(CREDENTIALS));
+            json!({
+                "eventVersion": "1.10", "eventID": format!("bench-{i:08}"), "eventTime": rfc3339(t0 + rng.next(span.max(1) as u64) as i64),
+                "eventSource": "s3.amazonaws.com", "eventName": "GetObject", "awsRegion": "us-east-1", "sourceIPAddress": "52.216.1.1",
+                "userAgent": "aws-cli/2.17", "eventType": "AwsApiCall", "recipientAccountId": "111122223333",
+                "userIdentity": {"type": "IAMUser", "principalId": "AIDABENCH", "arn": "arn:aws:iam::111122223333:user/bench", "accountId": "111122223333", "accessKeyId": key},
+            })
+        })
+        .collect();
+    json!({"Records": records}).to_string()
+}
+
+/// p50 and p99 of `ms`, in milliseconds.
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms.get(((ms.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
+    ((at(0.50) * 100.0).round() / 100.0, (at(0.99) * 100.0).round() / 100.0)
+}
+
+/// Asks each query verb `n` times (random arguments from the fleet) and times the answers.
+async fn query_latencies(url: &str, fleets: &[(String, Vec<Event>)], actions: usize, n: usize) -> Result<serde_json::Value> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await?;
+    let mut client = QueryClient::new(channel).max_decoding_message_size(256 << 20);
+    let runs: Vec<String> = fleets
+        .iter()
+        .flat_map(|(_, evs)| evs.iter().take(20_000))
+        .filter_map(|e| match &e.body {
+            Some(EventBody::ProcessExec(v)) => v.workload.as_ref().and_then(|w| w.container_id.clone()).map(|c| format!("container:{c}")),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut rng = Lcg(0x9e77);
+    let mut out = serde_json::Map::new();
+    for verb in ["trace", "who-used", "run", "posture", "static-credentials"] {
+        let mut ms = Vec::with_capacity(n);
+        let mut bytes = 0usize;
+        for _ in 0..n {
+            let argument = match verb {
+                "trace" => format!("bench-{:08}", rng.next(actions.max(1) as u64)),
+                "who-used" => access_key(rng.next(CREDENTIALS)),
+                "run" => runs.get(rng.next(runs.len() as u64) as usize).cloned().unwrap_or_default(),
+                _ => String::new(),
+            };
+            let start = Instant::now();
+            let r = client.ask(QueryRequest { name: verb.into(), argument: argument.clone() }).await.with_context(|| format!("{verb} {argument}"))?;
+            ms.push(start.elapsed().as_secs_f64() * 1000.0);
+            bytes += r.into_inner().json.len();
+        }
+        let (p50, p99) = percentiles(ms);
+        out.insert(verb.into(), json!({"p50_ms": p50, "p99_ms": p99, "asked": n, "mean_answer_bytes": bytes / n.max(1)}));
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// Imports CloudTrail records through the collector's CLI (the collector keeps serving);
+/// returns how many.
+fn import_cloudtrail(collector: &Path, db: &str, n: usize, span: i64) -> Result<usize> {
+    let file = std::env::temp_dir().join(format!("sigil-bench-cloudtrail-{}.json", std::process::id()));
+    std::fs::write(&file, cloudtrail(n, span))?;
+    let out = std::process::Command::new(collector).arg("--db").arg(db).args(["ingest", "cloudtrail"]).arg(&file).output()?;
+    if !out.status.success() {
+        bail!("importing CloudTrail: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(n)
 }
 
 /// Bytes the collector's tables (or, `raw`, the baseline's) take in PostgreSQL, indexes
@@ -368,32 +467,41 @@ async fn main() -> Result<()> {
         })
         .collect();
     let total = per_agent * a.agents.max(1);
+    let fleets = std::sync::Arc::new(fleets);
     let grpc_seconds = push_all(&a.grpc, fleets.clone(), a.batch).await?;
-    let (grpc_bytes, raw_seconds, raw_bytes) = if is_url(&a.db) {
+    let (grpc_bytes, raw) = if is_url(&a.db) {
         blocking(|| {
             let grpc_bytes = pg_bytes(&a.db, false)?;
-            let raw_seconds = raw_insert_pg(&a.raw_db, &fleets, a.batch)?;
-            Ok((grpc_bytes, raw_seconds, pg_bytes(&a.raw_db, true)?))
+            let raw = if a.no_raw { None } else { Some((raw_insert_pg(&a.raw_db, &fleets, a.batch)?, pg_bytes(&a.raw_db, true)?)) };
+            Ok((grpc_bytes, raw))
         })?
     } else {
         let grpc_bytes = db_bytes(Path::new(&a.db))?;
-        let raw_seconds = raw_insert(Path::new(&a.raw_db), &fleets, a.batch)?;
-        (grpc_bytes, raw_seconds, db_bytes(Path::new(&a.raw_db))?)
+        let raw = if a.no_raw { None } else { Some((raw_insert(Path::new(&a.raw_db), &fleets, a.batch)?, db_bytes(Path::new(&a.raw_db))?)) };
+        (grpc_bytes, raw)
     };
-    let (grpc_rate, raw_rate) = (total as f64 / grpc_seconds, total as f64 / raw_seconds);
-    println!(
-        "{}",
-        json!({
-            "events": total,
-            "batch": a.batch,
-            "agents": a.agents,
-            "mix": "3 process_exec : 1 credential_use",
-            "grpc_events_per_second": grpc_rate.round(),
-            "raw_insert_rows_per_second": raw_rate.round(),
-            "ratio_to_raw": (grpc_rate / raw_rate * 1000.0).round() / 1000.0,
-            "bytes_per_event": grpc_bytes / total as u64,
-            "raw_bytes_per_event": raw_bytes / total as u64,
-        })
-    );
+    let grpc_rate = total as f64 / grpc_seconds;
+    let mut result = json!({
+        "events": total,
+        "batch": a.batch,
+        "agents": a.agents,
+        "mix": "3 process_exec : 1 credential_use",
+        "grpc_events_per_second": grpc_rate.round(),
+        "bytes_per_event": grpc_bytes / total as u64,
+    });
+    if let Some((raw_seconds, raw_bytes)) = raw {
+        let raw_rate = total as f64 / raw_seconds;
+        result["raw_insert_rows_per_second"] = json!(raw_rate.round());
+        result["ratio_to_raw"] = json!((grpc_rate / raw_rate * 1000.0).round() / 1000.0);
+        result["raw_bytes_per_event"] = json!(raw_bytes / total as u64);
+    }
+    if a.queries > 0 {
+        let collector = a.collector_bin.as_deref().context("--queries needs --collector-bin")?;
+        let span = (per_agent / 50) as i64;
+        let actions = import_cloudtrail(collector, &a.db, 10_000, span)?;
+        result["cloud_actions"] = json!(actions);
+        result["queries"] = query_latencies(&a.grpc, &fleets, actions, a.queries).await?;
+    }
+    println!("{result}");
     Ok(())
 }

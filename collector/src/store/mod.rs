@@ -2,6 +2,8 @@
 //! [`Store`]; SQLite ([`sqlite::SqliteStore`]) is the embedded default that needs no setup,
 //! PostgreSQL ([`postgres::PostgresStore`]) the shared store of several collector replicas.
 
+pub mod aggregate;
+pub mod answer;
 pub mod postgres;
 pub mod sqlite;
 
@@ -27,6 +29,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     BadArgument(String),
+    /// An aggregate table disagrees with the rows it summarises.
+    #[error("aggregate out of step: {0}")]
+    Inconsistent(String),
 }
 
 /// One agent event to store: its id (unique per node) and its typed contract body.
@@ -118,7 +123,15 @@ fn findings_filter(arg: &str) -> Result<Query, StoreError> {
 }
 
 pub trait Store: Send + Sync {
+    /// Stores a batch; what it may make attributable is queued for [`Store::correlate`].
     fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError>;
+    /// Stores a batch and links what it made attributable: in the batch's own transaction
+    /// where the backend can, else one after the other.
+    fn ingest_and_correlate(&self, node: &str, events: &[AgentEvent]) -> Result<(IngestOutcome, Vec<crate::correlate::NewLink>), StoreError> {
+        let out = self.ingest_events(node, events)?;
+        let links = if out.stored > 0 { self.correlate()? } else { Vec::new() };
+        Ok((out, links))
+    }
     fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError>;
     /// Links unattributed cloud actions to runs; returns the links created.
     fn correlate(&self) -> Result<Vec<crate::correlate::NewLink>, StoreError>;
@@ -128,6 +141,9 @@ pub trait Store: Send + Sync {
     fn metrics(&self) -> Result<Value, StoreError>;
     /// Deletes what is older than `before` (unix seconds); returns rows deleted.
     fn retain(&self, before: i64) -> Result<usize, StoreError>;
+    /// Checks every aggregate table against the same figures computed from scratch from
+    /// the rows they summarise.
+    fn verify_aggregates(&self) -> Result<(), StoreError>;
 }
 
 /// Opens the store `db` names: a `postgres://` URL, else the path of the SQLite file.

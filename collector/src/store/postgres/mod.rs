@@ -10,6 +10,7 @@
 //! - cloud actions are retained by ingestion time, so imported historical audit logs
 //!   stay as evidence.
 
+mod aggregates;
 mod findings;
 mod lookups;
 mod partitions;
@@ -21,11 +22,11 @@ use std::sync::Mutex;
 use postgres::{Client, NoTls, Statement, Transaction};
 use serde_json::Value;
 
-use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, sqlite::now_unix};
+use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, answer, sqlite::now_unix};
 use crate::{cloud::CloudAction, correlate};
 
 const SCHEMA: &str = include_str!("schema.sql");
-const SCHEMA_VERSION: &str = "2";
+const SCHEMA_VERSION: &str = "3";
 /// Serialises schema set-up and partition creation among replicas.
 const DDL_LOCK: i64 = 0x0051_6711;
 
@@ -160,18 +161,25 @@ impl Store for PostgresStore {
     }
 
     fn query(&self, q: &Query) -> Result<Value, StoreError> {
-        self.write(|tx| query::answer(tx, q))
+        self.write(|tx| answer::answer(&mut query::PgFacts(tx), q))
     }
 
     fn metrics(&self) -> Result<Value, StoreError> {
-        self.write(|tx| query::metrics_snapshot(tx, now_unix()))
+        self.write(|tx| answer::metrics_snapshot(&mut query::PgFacts(tx), now_unix()))
+    }
+
+    fn verify_aggregates(&self) -> Result<(), StoreError> {
+        self.write(aggregates::verify)
     }
 
     fn retain(&self, before: i64) -> Result<usize, StoreError> {
         let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
         let Inner { client, days, .. } = &mut *guard;
-        let mut n = partitions::drop_before(client, days, before)?;
         let mut tx = client.transaction()?;
+        // The aggregates of the uses in dropped partitions are rebuilt in the same
+        // transaction: the answers never count a dropped use.
+        let mut n = partitions::drop_before(&mut tx, days, before)?;
+        aggregates::rebuild_touched(&mut tx)?;
         for table in ["processes", "token_issuances", "token_denials", "credential_file_reads", "credential_obtained"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE time < $1"), &[&before])? as usize;
         }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use postgres::Client;
+use postgres::{Client, Transaction};
 
 use super::DDL_LOCK;
 use crate::store::StoreError;
@@ -53,10 +53,10 @@ pub fn ensure(client: &mut Client, known: &mut BTreeSet<i64>, days: impl Iterato
     Ok(())
 }
 
-/// Drops the partitions wholly older than `before`, first taking their events out of the
-/// per-kind counts; returns the rows dropped.
-pub fn drop_before(client: &mut Client, known: &mut BTreeSet<i64>, before: i64) -> Result<usize, StoreError> {
-    let mut tx = client.transaction()?;
+/// Drops the partitions wholly older than `before` in `tx`, first taking their events out
+/// of the per-kind counts and recording the credentials and runs of their uses for the
+/// aggregates' rebuild; returns the rows dropped.
+pub fn drop_before(tx: &mut Transaction<'_>, known: &mut BTreeSet<i64>, before: i64) -> Result<usize, StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])?;
     let mut rows = 0;
     for table in PARTITIONED {
@@ -76,13 +76,17 @@ pub fn drop_before(client: &mut Client, known: &mut BTreeSet<i64>, before: i64) 
                     &[],
                 )?;
             }
+            if table == "credential_uses" {
+                // Locked first, so no use arrives in it between the record and the drop.
+                tx.batch_execute(&format!("LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE"))?;
+                super::aggregates::touch(tx, &p)?;
+            }
             let n: i64 = tx.query_one(&format!("SELECT count(*) FROM {p}"), &[])?.get(0);
             rows += n as usize;
             tx.batch_execute(&format!("DROP TABLE {p}"))?;
             known.remove(&day);
         }
     }
-    tx.commit()?;
     Ok(rows)
 }
 

@@ -13,7 +13,7 @@ use postgres::{Transaction, types::ToSql};
 use sigil_proto::{EventBody, json, v1};
 
 use super::Stmts;
-use crate::store::{AgentEvent, IngestOutcome, StoreError, sqlite::run_id};
+use crate::store::{AgentEvent, IngestOutcome, StoreError, aggregate::UseFigures, sqlite::run_id};
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
@@ -74,6 +74,9 @@ pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &
         b.project(&ev.id, &ev.body, time)?;
     }
     b.write()?;
+    // The aggregate tables, from the events this transaction newly stored (only those).
+    let stored: Vec<&AgentEvent> = fresh.iter().map(|&(ev, _)| ev).collect();
+    super::aggregates::add(tx, node, &stored, |body| time_of(body).unwrap_or(received))?;
     let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
     for (ev, _) in &fresh {
         *counts.entry(ev.body.kind_id() as i32).or_default() += 1;
@@ -164,6 +167,9 @@ struct Uses {
     jwt_sub: Vec<Option<String>>,
     jwt_jti: Vec<Option<String>>,
     token_family: Vec<Option<String>>,
+    count: Vec<i64>,
+    /// Set only when earlier than the use's time (the aggregated uses' first).
+    first_seen: Vec<Option<i64>>,
 }
 
 #[derive(Default)]
@@ -377,6 +383,9 @@ impl Batch<'_, '_> {
                 u.jwt_sub.push(ids.jwt_sub);
                 u.jwt_jti.push(ids.jwt_jti);
                 u.token_family.push(ids.token_family);
+                let figures = UseFigures::of(v, time);
+                u.count.push(figures.count);
+                u.first_seen.push(Some(figures.first).filter(|f| *f < time));
             }
             EventBody::CredentialFileRead(v) => {
                 let p = v.process.as_ref();
@@ -475,16 +484,16 @@ impl Batch<'_, '_> {
         if !u.stream.is_empty() {
             self.exec(
                 "INSERT INTO credential_uses (node_id, stream, seq, time, rid, dest_port, lifetime,
-                    exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family)
+                    exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family, count, first_seen)
                  SELECT $1, u.stream, 0, u.time, u.rid, u.dest_port, u.lifetime, u.exec_id, u.dest_ip, u.host, u.method, u.path, u.detector, u.class,
-                     u.fingerprint, u.access_key_id, u.jwt_iss, u.jwt_sub, u.jwt_jti, u.token_family
+                     u.fingerprint, u.access_key_id, u.jwt_iss, u.jwt_sub, u.jwt_jti, u.token_family, u.count, u.first_seen
                  FROM unnest($2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[])
+                     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[])
                      AS u(stream, time, rid, dest_port, lifetime, exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id,
-                          jwt_iss, jwt_sub, jwt_jti, token_family)",
+                          jwt_iss, jwt_sub, jwt_jti, token_family, count, first_seen)",
                 &[
                     &n, &u.stream, &u.time, &u.rid, &u.dest_port, &u.lifetime, &u.exec_id, &u.dest_ip, &u.host, &u.method, &u.path, &u.detector, &u.class,
-                    &u.fingerprint, &u.access_key_id, &u.jwt_iss, &u.jwt_sub, &u.jwt_jti, &u.token_family,
+                    &u.fingerprint, &u.access_key_id, &u.jwt_iss, &u.jwt_sub, &u.jwt_jti, &u.token_family, &u.count, &u.first_seen,
                 ],
             )?;
         }

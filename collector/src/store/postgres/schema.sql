@@ -1,4 +1,4 @@
--- Sigil collector schema, version 2 (PostgreSQL): the SQLite layout's facts, for several
+-- Sigil collector schema, version 3 (PostgreSQL): the SQLite layout's facts, for several
 -- collector replicas sharing one database.
 --
 -- Every agent row is keyed by the node that sent it: events are unique on (node, event
@@ -61,15 +61,25 @@ CREATE TABLE IF NOT EXISTS credential_uses (
     row BIGSERIAL, node_id BIGINT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, time BIGINT NOT NULL,
     exec_id TEXT, rid BIGINT, dest_ip TEXT, dest_port BIGINT, host TEXT, method TEXT, path TEXT,
     detector TEXT NOT NULL, class TEXT NOT NULL, lifetime BIGINT, fingerprint TEXT NOT NULL,
-    access_key_id TEXT, jwt_iss TEXT, jwt_sub TEXT, jwt_jti TEXT, token_family TEXT) PARTITION BY RANGE (time);
+    access_key_id TEXT, jwt_iss TEXT, jwt_sub TEXT, jwt_jti TEXT, token_family TEXT,
+    count BIGINT NOT NULL DEFAULT 1, first_seen BIGINT) PARTITION BY RANGE (time);
 CREATE INDEX IF NOT EXISTS uses_row ON credential_uses (row);
 CREATE INDEX IF NOT EXISTS uses_key ON credential_uses (access_key_id, time) WHERE access_key_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS uses_fingerprint ON credential_uses (fingerprint);
+CREATE INDEX IF NOT EXISTS uses_fingerprint ON credential_uses (fingerprint, class);
 CREATE INDEX IF NOT EXISTS uses_run ON credential_uses (rid, time);
 CREATE INDEX IF NOT EXISTS uses_jti ON credential_uses (jwt_jti) WHERE jwt_jti IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_iss ON credential_uses (jwt_iss, time) WHERE jwt_iss IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_sub ON credential_uses (jwt_sub, time) WHERE jwt_sub IS NOT NULL;
-CREATE INDEX IF NOT EXISTS uses_class ON credential_uses (class);
+
+-- Aggregates `posture` and `static-credentials` read instead of scanning the uses (the
+-- SQLite schema's, with names as text): kept in each batch's transaction from the uses
+-- it newly stored, rebuilt for the keys of partitions retention drops.
+CREATE TABLE IF NOT EXISTS agg_credentials (
+    id BIGSERIAL PRIMARY KEY, class TEXT NOT NULL, fingerprint TEXT NOT NULL, detector TEXT, access_key_id TEXT, token_family TEXT,
+    runs BIGINT NOT NULL DEFAULT 0, uses BIGINT NOT NULL, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL,
+    UNIQUE (class, fingerprint));
+CREATE TABLE IF NOT EXISTS agg_credential_runs (cred BIGINT NOT NULL, rid BIGINT NOT NULL, uses BIGINT NOT NULL, PRIMARY KEY (cred, rid));
+CREATE TABLE IF NOT EXISTS agg_runs (rid BIGINT PRIMARY KEY, uses BIGINT NOT NULL, long_uses BIGINT NOT NULL);
 
 CREATE TABLE IF NOT EXISTS credential_file_reads (
     node_id BIGINT NOT NULL, time BIGINT NOT NULL, exec_id TEXT, rid BIGINT,
@@ -133,7 +143,7 @@ CREATE OR REPLACE VIEW processes_v AS
 CREATE OR REPLACE VIEW credential_uses_v AS
     SELECT u.row, u.node_id, u.stream AS event_id, u.time, u.exec_id, u.rid, r.run_id,
            u.dest_ip, u.dest_port, u.host, u.method, u.path, u.detector, u.class, u.lifetime, u.fingerprint, u.access_key_id,
-           u.jwt_iss, u.jwt_sub, u.jwt_jti, u.token_family
+           u.jwt_iss, u.jwt_sub, u.jwt_jti, u.token_family, u.count, coalesce(u.first_seen, u.time) AS first_seen
     FROM credential_uses u LEFT JOIN runs r ON r.rid = u.rid;
 
 CREATE OR REPLACE VIEW token_issuances_v AS

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Row, ToSql, Transaction, params};
 
+use super::project::Queue;
 use crate::{
     correlate::{Action, Hit, Link, Lookups, WINDOW_AFTER, WINDOW_BEFORE},
     store::StoreError,
@@ -12,11 +13,14 @@ use crate::{
 
 pub struct SqliteLookups<'a, 't> {
     tx: &'a Transaction<'t>,
+    /// Identifiers of the batch being stored (not written to the queue table).
+    batch: Queue,
 }
 
 impl<'a, 't> SqliteLookups<'a, 't> {
-    pub fn new(tx: &'a Transaction<'t>) -> Self {
-        Self { tx }
+    /// Lookups in `tx`; the candidates are what the queue table holds and `batch`.
+    pub fn new(tx: &'a Transaction<'t>, batch: Queue) -> Self {
+        Self { tx, batch }
     }
 
     fn sid(&self, s: &str) -> Result<Option<i64>, StoreError> {
@@ -63,8 +67,9 @@ fn use_hit(r: &Row<'_>) -> rusqlite::Result<Hit> {
 
 impl Lookups for SqliteLookups<'_, '_> {
     fn take_candidates(&mut self) -> Result<Vec<Action>, StoreError> {
-        let queued: Vec<(String, String)> =
+        let mut queued: Vec<(String, String)> =
             self.tx.prepare_cached("SELECT what, value FROM correlate_queue")?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        queued.extend(std::mem::take(&mut self.batch).into_iter().map(|(what, value)| (what.to_owned(), value)));
         let mut found = BTreeMap::new();
         for (what, value) in &queued {
             let cond = match what.as_str() {
@@ -79,7 +84,7 @@ impl Lookups for SqliteLookups<'_, '_> {
                 found.insert((a.time, a.id.clone()), a);
             }
         }
-        self.tx.execute("DELETE FROM correlate_queue", [])?;
+        self.tx.prepare_cached("DELETE FROM correlate_queue")?.execute([])?;
         Ok(found.into_values().collect())
     }
 

@@ -1,9 +1,18 @@
 //! The embedded store: one SQLite file in WAL mode, one transaction per batch.
 //!
 //! Layout (schema.sql): one copy of each fact, strings interned, every agent row keyed by
-//! its node. [`project`] writes agent batches, [`lookups`] answers the correlation rules,
-//! [`query`] the responders' questions.
+//! its node. [`project`] writes agent batches, [`aggregates`] keeps the posture and
+//! static-credential figures, [`lookups`] answers the correlation rules, [`query`] the
+//! facts the answers are built from.
+//!
+//! Durability: WAL with `synchronous = NORMAL`. A batch is acknowledged after its
+//! transaction commits, i.e. once it is in the WAL file: a crash of the collector process
+//! loses nothing acknowledged. A crash of the machine (power, kernel) may lose the last
+//! transactions not yet checkpointed and synced; agents keep every event until it is
+//! acknowledged and resend, so only a machine crash between the ack and the next fsync
+//! (at checkpoint) can lose acknowledged events.
 
+mod aggregates;
 mod findings;
 mod ids;
 mod lookups;
@@ -11,20 +20,24 @@ mod project;
 mod query;
 
 use std::{
+    collections::BTreeSet,
     path::Path,
     sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 use sigil_proto::v1;
 
-use super::{AgentEvent, IngestOutcome, Query, Store, StoreError};
+use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, answer};
 use crate::{cloud::CloudAction, correlate};
 
 const SCHEMA: &str = include_str!("schema.sql");
-const SCHEMA_VERSION: &str = "2";
+const SCHEMA_VERSION: &str = "3";
+/// Rows (by rowid or key range) retention deletes per transaction: the store is free for
+/// batches between steps, so retention never holds ingest for long.
+const RETENTION_STEP: i64 = 20_000;
 
 pub struct SqliteStore {
     inner: Mutex<Inner>,
@@ -62,6 +75,10 @@ impl SqliteStore {
         // last batches, which agents then resend (they keep events until acknowledged).
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -65_536)?;
+        // Checkpoint every ~40 MB of WAL instead of every 4 MB: a page batches keep
+        // rewriting (index interiors, the aggregates) is copied to the database once per
+        // checkpoint, not once per few batches. Durability is unchanged (commit = in WAL).
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every statement of a batch stays prepared (the default cache of 16 is smaller
         // than one batch's set, and re-preparing would cost every batch).
@@ -71,7 +88,7 @@ impl SqliteStore {
             let v: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
             if let Some(v) = v.filter(|v| v != SCHEMA_VERSION) {
                 return Err(StoreError::BadArgument(format!(
-                    "{} has schema version {v}; this collector writes version {SCHEMA_VERSION} (interned, node-keyed rows): start with a new database file",
+                    "{} has schema version {v}; this collector writes version {SCHEMA_VERSION} (aggregated credential uses and aggregate tables): start with a new database file",
                     path.display()
                 )));
             }
@@ -104,14 +121,113 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Deletes what is older than `before`, `step` rows at a time, each step its own
+    /// transaction (batches are stored between steps).
+    fn retain_in_steps(&self, before: i64, step: i64) -> Result<usize, StoreError> {
+        // Imported audit logs are evidence a responder brought in, often months old: they
+        // age by when they were ingested, not by when the calls happened. What they are
+        // attributed to (runs, processes, credentials, tokens) is kept while they are, so
+        // a trace still answers.
+        let mut n = self.write(|tx, _| {
+            let n = tx.execute("DELETE FROM cloud_actions WHERE ingested < ?1", params![before])?;
+            Ok(n + tx.execute("DELETE FROM links WHERE cloud_action_id NOT IN (SELECT id FROM cloud_actions)", [])?)
+        })?;
+        let linked = "SELECT r.rid FROM runs r JOIN links l ON l.run_id = r.run_id";
+        let mut touched = BTreeSet::new();
+        for table in ["processes", "token_issuances", "token_denials", "credential_uses", "credential_file_reads", "credential_obtained"] {
+            let last: i64 = self.read(|c| Ok(c.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {table}"), [], |r| r.get(0))?))?;
+            let mut from = 0;
+            while from < last {
+                let cond = format!("rowid > {from} AND rowid <= {} AND time < ?1 AND (rid IS NULL OR rid NOT IN ({linked}))", from + step);
+                n += self.write(|tx, _| {
+                    if table == "credential_uses" {
+                        aggregates::subtract(tx, &cond, before, &mut touched)?;
+                    }
+                    Ok(tx.execute(&format!("DELETE FROM {table} WHERE {cond}"), params![before])?)
+                })?;
+                from += step;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for key in touched {
+            self.write(|tx, _| aggregates::refresh(tx, key))?;
+        }
+        // `events` has no rowid: walk its key, `step` keys at a time.
+        let mut from: Option<(i64, i64, i64)> = None;
+        loop {
+            let (deleted, next) = self.write(|tx, _| {
+                let (a, b, c) = from.unwrap_or((i64::MIN, i64::MIN, i64::MIN));
+                let upto: Option<(i64, i64, i64)> = tx
+                    .prepare_cached("SELECT node_id, stream, seq FROM events WHERE (node_id, stream, seq) > (?1, ?2, ?3) ORDER BY node_id, stream, seq LIMIT 1 OFFSET ?4")?
+                    .query_row(params![a, b, c, step - 1], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let (x, y, z) = upto.unwrap_or((i64::MAX, i64::MAX, i64::MAX));
+                let range = "(node_id, stream, seq) > (?1, ?2, ?3) AND (node_id, stream, seq) <= (?4, ?5, ?6) AND time < ?7";
+                let gone: Vec<(i64, i64)> = tx
+                    .prepare_cached(&format!("SELECT kind, count(*) FROM events WHERE {range} GROUP BY kind"))?
+                    .query_map(params![a, b, c, x, y, z, before], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (kind, count) in gone {
+                    tx.execute("UPDATE event_counts SET n = max(n - ?2, 0) WHERE kind = ?1", params![kind, count])?;
+                }
+                let deleted = tx.prepare_cached(&format!("DELETE FROM events WHERE {range}"))?.execute(params![a, b, c, x, y, z, before])?;
+                Ok((deleted, upto))
+            })?;
+            n += deleted;
+            match next {
+                Some(k) => from = Some(k),
+                None => break,
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        n += self.write(|tx, caches| {
+            // Runs may be deleted: their numbers must be looked up again.
+            caches.runs = ids::IdCache::default();
+            let mut n = tx.execute("DELETE FROM findings WHERE last_time < ?1", params![before])?;
+            n += tx.execute("DELETE FROM finding_facts WHERE time < ?1", params![before])?;
+            Ok(n + tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?)
+        })?;
+        Ok(n)
+    }
+}
+
+/// Projects a batch and runs the finding rules over it, in the batch's transaction: a
+/// batch is stored with its findings or not at all. Hands back the correlation queue.
+fn ingest_with_findings(
+    tx: &Transaction<'_>,
+    caches: &mut ids::Caches,
+    node: &str,
+    events: &[AgentEvent],
+    received: i64,
+) -> Result<(IngestOutcome, project::Queue), StoreError> {
+    let batch = project::ingest(tx, caches, node, events, received)?;
+    crate::findings::detect(&mut findings::SqliteFindings::new(tx), node, events)?;
+    Ok(batch)
+}
+
 impl Store for SqliteStore {
     fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError> {
         let received = now_unix();
         self.write(|tx, caches| {
-            let out = project::ingest(tx, caches, node, events, received)?;
-            // In the batch's transaction: a batch is stored with its findings or not at all.
-            crate::findings::detect(&mut findings::SqliteFindings::new(tx), node, events)?;
+            let (out, queue) = ingest_with_findings(tx, caches, node, events, received)?;
+            // Kept for the next correlation pass.
+            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO correlate_queue (what, value) VALUES (?1, ?2)")?;
+            for (what, value) in &queue {
+                st.execute(params![what, value])?;
+            }
             Ok(out)
+        })
+    }
+
+    fn ingest_and_correlate(&self, node: &str, events: &[AgentEvent]) -> Result<(IngestOutcome, Vec<correlate::NewLink>), StoreError> {
+        let received = now_unix();
+        self.write(|tx, caches| {
+            let (out, queue) = ingest_with_findings(tx, caches, node, events, received)?;
+            // Correlated in the batch's own transaction: the identifiers never go through
+            // the queue table, and the batch, its findings and its links commit together.
+            let links = if out.stored > 0 { correlate::run(&mut lookups::SqliteLookups::new(tx, queue), received)? } else { Vec::new() };
+            Ok((out, links))
         })
     }
 
@@ -148,45 +264,23 @@ impl Store for SqliteStore {
     }
 
     fn correlate(&self) -> Result<Vec<correlate::NewLink>, StoreError> {
-        self.write(|tx, _| correlate::run(&mut lookups::SqliteLookups::new(tx), now_unix()))
+        self.write(|tx, _| correlate::run(&mut lookups::SqliteLookups::new(tx, Default::default()), now_unix()))
     }
 
     fn query(&self, q: &Query) -> Result<Value, StoreError> {
-        self.read(|conn| query::answer(conn, q))
+        self.read(|conn| answer::answer(&mut query::SqliteFacts(conn), q))
     }
 
     fn metrics(&self) -> Result<Value, StoreError> {
-        self.read(|conn| query::metrics_snapshot(conn, now_unix()))
+        self.read(|conn| answer::metrics_snapshot(&mut query::SqliteFacts(conn), now_unix()))
+    }
+
+    fn verify_aggregates(&self) -> Result<(), StoreError> {
+        self.read(aggregates::verify)
     }
 
     fn retain(&self, before: i64) -> Result<usize, StoreError> {
-        self.write(|tx, caches| {
-            // Runs may be deleted below: their numbers must be looked up again.
-            caches.runs = ids::IdCache::default();
-            let mut n = 0;
-            let gone: Vec<(i64, i64)> = tx
-                .prepare("SELECT kind, count(*) FROM events WHERE time < ?1 GROUP BY kind")?
-                .query_map([before], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            for (kind, count) in gone {
-                tx.execute("UPDATE event_counts SET n = max(n - ?2, 0) WHERE kind = ?1", params![kind, count])?;
-            }
-            // Imported audit logs are evidence a responder brought in, often months old:
-            // they age by when they were ingested, not by when the calls happened. What
-            // they are attributed to (runs, processes, credentials, tokens) is kept while
-            // they are, so a trace still answers.
-            n += tx.execute("DELETE FROM cloud_actions WHERE ingested < ?1", params![before])?;
-            n += tx.execute("DELETE FROM links WHERE cloud_action_id NOT IN (SELECT id FROM cloud_actions)", [])?;
-            let linked = "SELECT r.rid FROM runs r JOIN links l ON l.run_id = r.run_id";
-            for table in ["processes", "token_issuances", "token_denials", "credential_uses", "credential_file_reads", "credential_obtained"] {
-                n += tx.execute(&format!("DELETE FROM {table} WHERE time < ?1 AND (rid IS NULL OR rid NOT IN ({linked}))"), params![before])?;
-            }
-            n += tx.execute("DELETE FROM events WHERE time < ?1", params![before])?;
-            n += tx.execute("DELETE FROM findings WHERE last_time < ?1", params![before])?;
-            n += tx.execute("DELETE FROM finding_facts WHERE time < ?1", params![before])?;
-            n += tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?;
-            Ok(n)
-        })
+        self.retain_in_steps(before, RETENTION_STEP)
     }
 }
 

@@ -1,15 +1,16 @@
 //! Agent events into the SQLite tables, one transaction per batch. Every row is keyed by
 //! the node that sent the batch; strings are interned; run bookkeeping (first and last
-//! activity, live processes) is applied once per run per batch; the identifiers the new
-//! rows carry are queued for correlation in the same transaction.
+//! activity, live processes) is applied once per run per batch; the aggregate tables are
+//! brought up to date ([`super::aggregates`]); the identifiers the new rows carry are
+//! handed back for correlation in the same transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use sigil_proto::{EventBody, json, v1};
 
-use super::{ids::Caches, run_id};
-use crate::store::{AgentEvent, IngestOutcome, StoreError};
+use super::{aggregates, ids::Caches, run_id};
+use crate::store::{AgentEvent, IngestOutcome, StoreError, aggregate::{Deltas, UseFigures}};
 
 /// The agent's event id is `<spool stream>-<seq>`: the stream is interned and the sequence
 /// kept as a number. Any other id is kept whole (sequence -1), so distinct ids stay
@@ -44,44 +45,45 @@ struct Batch<'a, 't> {
     node_id: i64,
     runs: HashMap<i64, RunTouch>,
     exits: Vec<(String, i64)>,
-    queue: BTreeSet<(&'static str, String)>,
+    queue: Queue,
+    aggregates: Deltas<aggregates::Key>,
 }
 
+/// The identifiers (kind, value) a batch's new rows carry, for correlation.
+pub type Queue = BTreeSet<(&'static str, String)>;
+
 /// Stores a batch from `node`: each event once per (node, id), projected into its table.
-pub fn ingest(tx: &Transaction<'_>, caches: &mut Caches, node: &str, events: &[AgentEvent], received: i64) -> Result<IngestOutcome, StoreError> {
+/// Returns the outcome and the identifiers to correlate.
+pub fn ingest(tx: &Transaction<'_>, caches: &mut Caches, node: &str, events: &[AgentEvent], received: i64) -> Result<(IngestOutcome, Queue), StoreError> {
     let node_id: i64 = tx.query_row(
         "INSERT INTO nodes (node, first_seen, last_seen) VALUES (?1, ?2, ?2)
          ON CONFLICT (node) DO UPDATE SET last_seen = ?2 RETURNING node_id",
         params![node, received],
         |r| r.get(0),
     )?;
-    let mut b = Batch { tx, caches, node, node_id, runs: HashMap::new(), exits: Vec::new(), queue: BTreeSet::new() };
+    let mut b = Batch { tx, caches, node, node_id, runs: HashMap::new(), exits: Vec::new(), queue: Queue::new(), aggregates: Deltas::default() };
     let mut out = IngestOutcome::default();
     let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO events (node_id, stream, seq, kind, time, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
     for ev in events {
         let (stream, seq) = split_id(&ev.id);
         let stream = b.sid(stream)?;
-        let seen = tx
-            .prepare_cached("SELECT 1 FROM events WHERE node_id = ?1 AND stream = ?2 AND seq = ?3")?
-            .query_row(params![node_id, stream, seq], |_| Ok(()))
-            .optional()?;
-        if seen.is_some() {
+        let time = time_of(&ev.body, received);
+        let kind = ev.body.kind_id();
+        // The key's insert is the duplicate check: one probe, not a lookup and an insert.
+        if insert.execute(params![node_id, stream, seq, kind, time, received])? == 0 {
             out.duplicates += 1;
             continue;
         }
-        let time = time_of(&ev.body, received);
-        let row = b.project(&ev.body, stream, seq, time)?;
-        let kind = ev.body.kind_id();
-        tx.prepare_cached("INSERT INTO events (node_id, stream, seq, kind, time, received, ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-            .execute(params![node_id, stream, seq, kind, time, received, row])?;
+        b.project(&ev.body, stream, seq, time)?;
         *counts.entry(kind).or_default() += 1;
         out.stored += 1;
     }
-    b.finish()?;
+    let queue = b.finish()?;
     for (kind, n) in counts {
         tx.prepare_cached("INSERT INTO event_counts (kind, n) VALUES (?1, ?2) ON CONFLICT (kind) DO UPDATE SET n = n + ?2")?.execute(params![kind, n])?;
     }
-    Ok(out)
+    Ok((out, queue))
 }
 
 impl Batch<'_, '_> {
@@ -150,11 +152,11 @@ impl Batch<'_, '_> {
         }
     }
 
-    /// Projects one new event; returns the rowid of the row it became, if one.
-    fn project(&mut self, body: &EventBody, stream: i64, seq: i64, time: i64) -> Result<Option<i64>, StoreError> {
+    /// Projects one new event into its table.
+    fn project(&mut self, body: &EventBody, stream: i64, seq: i64, time: i64) -> Result<(), StoreError> {
         let tx = self.tx;
         let node_id = self.node_id;
-        Ok(match body {
+        match body {
             EventBody::ProcessExec(v) => {
                 let cgroup_path = v.cgroup.as_ref().and_then(|c| c.path.as_deref());
                 let rid = self.rid(v.run.as_deref(), v.workload.as_ref(), cgroup_path, time)?;
@@ -176,34 +178,24 @@ impl Batch<'_, '_> {
                 let touch = self.runs.entry(rid).or_insert(RunTouch { first: time, last: time, new_processes: 0 });
                 touch.first = touch.first.min(time);
                 touch.last = touch.last.max(time);
-                if inserted == 1 {
-                    touch.new_processes += 1;
-                    Some(tx.last_insert_rowid())
-                } else {
-                    // The same exec reported again (under another event id): one process.
-                    tx.prepare_cached("SELECT rowid FROM processes WHERE node_id = ?1 AND exec_id = ?2")?
-                        .query_row(params![node_id, v.exec_id], |r| r.get(0))
-                        .optional()?
-                }
+                // The same exec reported again (under another event id) is one process.
+                touch.new_processes += inserted as i64;
             }
             EventBody::ProcessExit(v) => {
                 // Applied after the batch's execs, so an exit never precedes its exec.
                 self.exits.push((v.exec_id.clone(), time));
-                None
             }
             EventBody::TokenIssued(v) => {
                 let p = v.process.as_ref();
                 let (exec, rid, issuer) = (self.exec_sid(p)?, self.process_rid(p, time)?, self.sid(&v.issuer)?);
                 let aud = serde_json::to_string(&v.audience).map_err(|e| StoreError::BadArgument(format!("audience: {e}")))?;
-                let n = tx
-                    .prepare_cached(
+                tx.prepare_cached(
                         "INSERT OR IGNORE INTO token_issuances (node_id, jti, stream, seq, time, spiffe_id, audience, issuer, issued_at, expires_at, ttl, exec_id, rid)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                     )?
                     .execute(params![node_id, v.jti, stream, seq, time, v.spiffe_id, aud, issuer, v.issued_at, v.expires_at, v.ttl_seconds, exec, rid])?;
                 self.queue("jti", Some(&v.jti));
                 self.queue("subject", Some(&v.spiffe_id));
-                (n == 1).then(|| tx.last_insert_rowid())
             }
             EventBody::TokenDenied(v) => {
                 let p = v.process.as_ref();
@@ -213,7 +205,6 @@ impl Batch<'_, '_> {
                     "INSERT INTO token_denials (node_id, time, reason, detail, spiffe_id, exec_id, rid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
                 .execute(params![node_id, time, reason, v.detail, v.requested_spiffe_id, exec, rid])?;
-                Some(tx.last_insert_rowid())
             }
             EventBody::CredentialUse(v) => {
                 let p = v.process.as_ref();
@@ -237,19 +228,24 @@ impl Batch<'_, '_> {
                     self.sid_opt(ids.token_family.as_deref())?,
                 ];
                 let rid = self.process_rid(p, time)?;
+                let figures = UseFigures::of(v, time);
+                // An aggregate's own time is its last use; its first is kept when earlier.
+                let first = Some(figures.first).filter(|f| *f < time);
                 tx.prepare_cached(
                     "INSERT INTO credential_uses (node_id, stream, seq, time, rid, dest_port, lifetime,
-                        exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                        exec_id, dest_ip, host, method, path, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, jwt_jti, token_family, count, first_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
                 )?
                 .execute(params![
                     node_id, stream, seq, time, rid, dest.port, v.lifetime_seconds, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5],
-                    cols[6], cols[7], cols[8], cols[9], cols[10], cols[11], cols[12]
+                    cols[6], cols[7], cols[8], cols[9], cols[10], cols[11], cols[12], figures.count, first
                 ])?;
+                if let (Some(class), Some(fingerprint)) = (cols[6], cols[7]) {
+                    self.aggregates.add((class, fingerprint), rid, figures);
+                }
                 self.queue("key", ids.access_key_id.as_deref());
                 self.queue("principal", ids.jwt_iss.as_deref());
                 self.queue("principal", ids.jwt_sub.as_deref());
-                Some(tx.last_insert_rowid())
             }
             EventBody::CredentialFileRead(v) => {
                 let p = v.process.as_ref();
@@ -257,7 +253,6 @@ impl Batch<'_, '_> {
                 let kind = json::file_kind::name(v.file_kind).unwrap_or_else(|| "unknown".into());
                 tx.prepare_cached("INSERT INTO credential_file_reads (node_id, time, exec_id, rid, path, file_kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
                     .execute(params![node_id, time, exec, rid, v.path, kind])?;
-                Some(tx.last_insert_rowid())
             }
             EventBody::CredentialObtained(v) => {
                 let p = v.process.as_ref();
@@ -272,21 +267,20 @@ impl Batch<'_, '_> {
                     node_id, time, exec, rid, v.exchange_kind, v.format, v.identifier, class, v.fingerprint, v.expires_at, v.principal, host,
                     v.presented_jti, v.token_jti
                 ])?;
-                Some(tx.last_insert_rowid())
             }
             EventBody::AgentStats(_) => {
                 let stats = body.to_json().ok().and_then(|j| String::from_utf8(j).ok());
                 tx.prepare_cached("UPDATE nodes SET last_stats = ?2 WHERE node_id = ?1")?.execute(params![node_id, stats])?;
-                None
             }
             // Counted in `events`; nothing to project.
             // Findings are refused at ingest (the collector derives them).
-            EventBody::ConfigChange(_) | EventBody::Finding(_) => None,
-        })
+            EventBody::ConfigChange(_) | EventBody::Finding(_) => {}
+        }
+        Ok(())
     }
 
-    /// Run bookkeeping, then exits, then the correlation queue.
-    fn finish(self) -> Result<(), StoreError> {
+    /// Run bookkeeping, then exits, then the aggregates; hands back the correlation queue.
+    fn finish(self) -> Result<Queue, StoreError> {
         let tx = self.tx;
         for (rid, t) in &self.runs {
             tx.prepare_cached(
@@ -309,10 +303,8 @@ impl Batch<'_, '_> {
                 .execute(params![rid, time])?;
             }
         }
-        for (what, value) in &self.queue {
-            tx.prepare_cached("INSERT OR IGNORE INTO correlate_queue (what, value) VALUES (?1, ?2)")?.execute(params![what, value])?;
-        }
-        Ok(())
+        aggregates::apply(tx, &self.aggregates)?;
+        Ok(self.queue)
     }
 }
 

@@ -1,4 +1,4 @@
--- Sigil collector schema, version 2 (SQLite).
+-- Sigil collector schema, version 3 (SQLite).
 --
 -- One copy of each fact: repeated strings (paths, digests, exec ids, fingerprints, event
 -- streams) live once in `strings` and rows refer to them by id; runs are numbered. Every
@@ -18,11 +18,11 @@ CREATE TABLE IF NOT EXISTS nodes (
 -- each index costs every insert, and retention is a periodic scan.
 
 -- Every agent event once per node. The agent's id `<stream>-<seq>` is split so the
--- stream is interned; `kind` is the contract's kind id; `ref` is the rowid of the row the
--- event projected into (processes, credential_uses, ...), if any.
+-- stream is interned; `kind` is the contract's kind id. Inserting the key is the
+-- duplicate check.
 CREATE TABLE IF NOT EXISTS events (
     node_id INTEGER NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL,
-    kind INTEGER NOT NULL, time INTEGER NOT NULL, received INTEGER NOT NULL, ref INTEGER,
+    kind INTEGER NOT NULL, time INTEGER NOT NULL, received INTEGER NOT NULL,
     PRIMARY KEY (node_id, stream, seq)) WITHOUT ROWID;
 
 -- Counts by kind, maintained per batch (metrics read these instead of scanning).
@@ -60,14 +60,17 @@ CREATE INDEX IF NOT EXISTS denials_run ON token_denials (rid);
 CREATE INDEX IF NOT EXISTS denials_time ON token_denials (time);
 
 -- String columns (exec_id .. token_family) hold `strings.id` (detector and class their
--- JSON names).
+-- JSON names). One row per event: an aggregated event (the agent folds repeated uses of
+-- a credential) stands for `count` uses from `first_seen` (NULL: the event's own time)
+-- to `time`, its last use.
 CREATE TABLE IF NOT EXISTS credential_uses (
     node_id INTEGER NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL,
     exec_id INTEGER, rid INTEGER, dest_ip INTEGER, dest_port INTEGER, host INTEGER, method INTEGER, path INTEGER,
     detector INTEGER NOT NULL, class INTEGER NOT NULL, lifetime INTEGER, fingerprint INTEGER NOT NULL,
-    access_key_id INTEGER, jwt_iss INTEGER, jwt_sub INTEGER, jwt_jti INTEGER, token_family INTEGER);
+    access_key_id INTEGER, jwt_iss INTEGER, jwt_sub INTEGER, jwt_jti INTEGER, token_family INTEGER,
+    count INTEGER NOT NULL DEFAULT 1, first_seen INTEGER);
 CREATE INDEX IF NOT EXISTS uses_key ON credential_uses (access_key_id, time) WHERE access_key_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS uses_fingerprint ON credential_uses (fingerprint);
+CREATE INDEX IF NOT EXISTS uses_fingerprint ON credential_uses (fingerprint, class);
 CREATE INDEX IF NOT EXISTS uses_run ON credential_uses (rid, time);
 CREATE INDEX IF NOT EXISTS uses_jti ON credential_uses (jwt_jti) WHERE jwt_jti IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_iss ON credential_uses (jwt_iss, time) WHERE jwt_iss IS NOT NULL;
@@ -108,6 +111,20 @@ CREATE TABLE IF NOT EXISTS links (
     PRIMARY KEY (cloud_action_id, run_id, reason));
 CREATE INDEX IF NOT EXISTS links_run ON links (run_id);
 
+-- Aggregates `posture` and `static-credentials` read instead of scanning the uses, kept
+-- up to date in each batch's transaction (newly stored uses only, so a replayed batch
+-- counts once) and by retention. Per credential (class and fingerprint, interned ids;
+-- the names are the largest seen, as SQL's max), per credential and run, per run (uses of
+-- credentials other than short-lived or Sigil-issued ones in `long_uses`).
+CREATE TABLE IF NOT EXISTS agg_credentials (
+    id INTEGER PRIMARY KEY, class INTEGER NOT NULL, fingerprint INTEGER NOT NULL,
+    detector TEXT, access_key_id TEXT, token_family TEXT,
+    runs INTEGER NOT NULL DEFAULT 0, uses INTEGER NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+    UNIQUE (class, fingerprint));
+CREATE TABLE IF NOT EXISTS agg_credential_runs (
+    cred INTEGER NOT NULL, rid INTEGER NOT NULL, uses INTEGER NOT NULL, PRIMARY KEY (cred, rid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agg_runs (rid INTEGER PRIMARY KEY, uses INTEGER NOT NULL, long_uses INTEGER NOT NULL);
+
 -- What the next correlation pass must look at: new cloud actions, and the identifiers new
 -- agent rows carry (access keys, JWT principals, jtis, SPIFFE IDs). Written in the batch's
 -- transaction, drained by correlation, so a crash in between loses no candidate.
@@ -125,7 +142,8 @@ CREATE VIEW IF NOT EXISTS credential_uses_v AS
     SELECT u.rowid AS row, u.node_id, st.s || '-' || u.seq AS event_id, u.time, x.s AS exec_id, u.rid, r.run_id,
            di.s AS dest_ip, u.dest_port, ho.s AS host, me.s AS method, pa.s AS path, de.s AS detector, cl.s AS class, u.class AS class_sid,
            u.lifetime, fp.s AS fingerprint, u.fingerprint AS fingerprint_sid, ak.s AS access_key_id, u.access_key_id AS access_key_sid,
-           ji.s AS jwt_iss, u.jwt_iss AS jwt_iss_sid, js.s AS jwt_sub, u.jwt_sub AS jwt_sub_sid, jj.s AS jwt_jti, u.jwt_jti AS jwt_jti_sid, tf.s AS token_family
+           ji.s AS jwt_iss, u.jwt_iss AS jwt_iss_sid, js.s AS jwt_sub, u.jwt_sub AS jwt_sub_sid, jj.s AS jwt_jti, u.jwt_jti AS jwt_jti_sid, tf.s AS token_family,
+           u.count, coalesce(u.first_seen, u.time) AS first_seen
     FROM credential_uses u JOIN strings st ON st.id = u.stream LEFT JOIN runs r ON r.rid = u.rid
     LEFT JOIN strings x ON x.id = u.exec_id LEFT JOIN strings di ON di.id = u.dest_ip LEFT JOIN strings ho ON ho.id = u.host
     LEFT JOIN strings me ON me.id = u.method LEFT JOIN strings pa ON pa.id = u.path LEFT JOIN strings fp ON fp.id = u.fingerprint

@@ -157,6 +157,61 @@ fn the_agents_run_key_groups_a_jobs_pods_and_a_bare_reference_names_no_run() {
     assert_eq!(denial_run, None);
 }
 
+/// An exec of now (retention keeps it).
+fn fresh_exec(exec_id: &str) -> EventBody {
+    let EventBody::ProcessExec(mut v) = exec(exec_id, "/app") else { unreachable!("exec builds an exec") };
+    let now = time::OffsetDateTime::from_unix_timestamp(super::now_unix()).expect("a time");
+    v.time = now.format(&time::format_description::well_known::Rfc3339).expect("formats");
+    EventBody::ProcessExec(v)
+}
+
+/// Retention deletes in steps, each its own transaction: batches keep being stored while
+/// it runs, and afterwards the aggregates agree with the uses left.
+#[test]
+fn ingest_continues_while_retention_deletes_old_data() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let (_d, s) = store();
+    let s = Arc::new(s);
+    // 20k events of last January: execs and uses of 50 static keys.
+    let old: Vec<AgentEvent> = (0..20_000)
+        .map(|i| match i % 2 {
+            0 => ev(&format!("old-{i}"), exec(&format!("X{i}"), "/app")),
+            _ => ev(&format!("old-{i}"), key_use(&format!("X{}", i - 1), &format!("AKIAOLD{}", i % 50), "2026-01-01T00:00:05Z")),
+        })
+        .collect();
+    for chunk in old.chunks(1000) {
+        assert_eq!(s.ingest_events("node-a", chunk).expect("ingests").stored, 1000);
+    }
+    let (started, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let retention = {
+        let (s, started, done) = (s.clone(), started.clone(), done.clone());
+        std::thread::spawn(move || {
+            started.store(true, Ordering::SeqCst);
+            let n = s.retain_in_steps(super::now_unix() - 30 * 86_400, 200);
+            done.store(true, Ordering::SeqCst);
+            n
+        })
+    };
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    let (mut stored, mut during) = (0, 0);
+    while !done.load(Ordering::SeqCst) {
+        stored += s.ingest_events("node-b", &[ev(&format!("new-{stored}"), fresh_exec(&format!("N{stored}")))]).expect("ingests").stored;
+        during += u32::from(!done.load(Ordering::SeqCst));
+    }
+    let deleted = retention.join().expect("retention thread").expect("retains");
+    assert!(deleted >= 20_000, "deleted {deleted}");
+    assert!(during >= 3, "only {during} batches were stored while retention ran: it held the store");
+    s.verify_aggregates().expect("aggregates agree with the uses left");
+    let kept: i64 = s.read(|c| Ok(c.query_row("SELECT count(*) FROM processes", [], |r| r.get(0))?)).expect("reads");
+    assert_eq!(kept, i64::from(stored), "every new exec stored, every old one deleted");
+    assert!(s.query(&Query::StaticCredentials).expect("answers")["static_credentials"].as_array().expect("a list").is_empty());
+}
+
 fn cgroup_ref(exec_id: &str, cgroup: &str) -> v1::ProcessRef {
     v1::ProcessRef {
         exec_id: exec_id.into(),
