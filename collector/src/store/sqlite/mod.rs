@@ -153,16 +153,25 @@ impl SqliteStore {
         for key in touched {
             self.write(|tx, _| aggregates::refresh(tx, key))?;
         }
-        // `events` has no rowid: walk its key, `step` keys at a time.
+        // `events` has no rowid: walk its key, `step` keys at a time, up to the last key
+        // there was when retention started (as the tables above stop at their last rowid):
+        // a walk chasing what ingest keeps adding would never end.
+        let last: Option<(i64, i64, i64)> = self.read(|c| {
+            Ok(c.query_row("SELECT node_id, stream, seq FROM events ORDER BY node_id DESC, stream DESC, seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?)
+        })?;
         let mut from: Option<(i64, i64, i64)> = None;
-        loop {
+        while let Some(last) = last {
             let (deleted, next) = self.write(|tx, _| {
                 let (a, b, c) = from.unwrap_or((i64::MIN, i64::MIN, i64::MIN));
                 let upto: Option<(i64, i64, i64)> = tx
                     .prepare_cached("SELECT node_id, stream, seq FROM events WHERE (node_id, stream, seq) > (?1, ?2, ?3) ORDER BY node_id, stream, seq LIMIT 1 OFFSET ?4")?
                     .query_row(params![a, b, c, step - 1], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                let (x, y, z) = upto.unwrap_or((i64::MAX, i64::MAX, i64::MAX));
+                    .optional()?
+                    .filter(|k| *k < last);
+                let (x, y, z) = upto.unwrap_or(last);
                 let range = "(node_id, stream, seq) > (?1, ?2, ?3) AND (node_id, stream, seq) <= (?4, ?5, ?6) AND time < ?7";
                 let gone: Vec<(i64, i64)> = tx
                     .prepare_cached(&format!("SELECT kind, count(*) FROM events WHERE {range} GROUP BY kind"))?
