@@ -453,6 +453,19 @@ pub fn unique_client(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// The stdout of a helper process that reports its progress a line at a time ("READY",
+/// "SENT 200", ...): read with [`next_line`].
+pub fn child_stdout(child: &mut Child) -> BufReader<std::process::ChildStdout> {
+    BufReader::new(child.stdout.take().expect("the child's stdout is piped"))
+}
+
+/// The next line a helper process printed, trimmed.
+pub fn next_line(out: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    out.read_line(&mut line).expect("reading the child's stdout");
+    line.trim().to_owned()
+}
+
 /// The Python interpreter with py-spiffe and PyJWT (`cargo xtask test` provisions it).
 pub fn python() -> PathBuf {
     std::env::var_os("SIGIL_PYTHON")

@@ -7,7 +7,7 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
@@ -88,10 +88,8 @@ fn go_client_credentials_are_attributed(flags: &[&str], name: &str) {
     let started = Instant::now();
     let mut child = cg.command(&bin, &[&base, &token, key_id, &secret]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "READY");
+    let mut out = child_stdout(&mut child);
+    assert_eq!(next_line(&mut out), "READY");
     // The agent hooks the binary once its exec is inspected; the client goes on after.
     let bin_path = bin.display().to_string();
     t.agent.stderr.wait_line("Go TLS capture attached to the client", |l| {
@@ -99,10 +97,9 @@ fn go_client_credentials_are_attributed(flags: &[&str], name: &str) {
     });
     eprintln!("{name}: exec -> Go TLS probe attached in {:?}", started.elapsed());
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
+    let sent = next_line(&mut out);
     let status = child.wait().unwrap();
-    assert!(status.success() && line.trim() == "SENT", "client failed: {status} {line:?}");
+    assert!(status.success() && sent == "SENT", "client failed: {status} {sent:?}");
 
     let exec = t.agent.wait_exec(pid, &bin);
     let uses_of = |what: &str, pred: &dyn Fn(&Value) -> bool| {

@@ -7,7 +7,7 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -93,18 +93,14 @@ impl NodeRun {
         let url = format!("https://127.0.0.1:{}/v1/repos?page=2", server.port);
         let mut child = self.client(&cg, node, library_path, &pki, &["-", token]).stdin(Stdio::piped()).spawn().unwrap();
         let pid = child.id();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "WAITING");
+        let mut stdout = child_stdout(&mut child);
+        assert_eq!(next_line(&mut stdout), "WAITING");
         if let Some(attached) = attached {
             self.agent.stderr.wait_line("the attachment made at exec", |l| l.contains(attached));
         }
         let mut stdin = child.stdin.take().unwrap();
         writeln!(stdin, "{url}").unwrap();
-        line.clear();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "SENT 200");
+        assert_eq!(next_line(&mut stdout), "SENT 200");
         drop(stdin); // node's loop holds on while its stdin is open
         assert!(child.wait().unwrap().success());
         self.expect_use(&cg, pid, node, server.port)
@@ -185,19 +181,15 @@ fn official_node_running_before_the_agent_is_attached_by_the_scan_and_detached_a
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "WAITING");
+    let mut stdout = child_stdout(&mut child);
+    assert_eq!(next_line(&mut stdout), "WAITING");
 
     let run = NodeRun { agent: Agent::start(&["--state-dir", &dir.join("state").display().to_string()]), state: dir.join("state"), dir };
     run.agent.stderr.wait_line("the scan's attachment to the running node", |l| l.contains(&attached_line(&node)));
     let server = PyServer::with_cert(Path::new(&pki.path("server.pem")), Path::new(&pki.path("server.key")));
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "https://127.0.0.1:{}/v1/repos?page=2", server.port).unwrap();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "SENT 200");
+    assert_eq!(next_line(&mut stdout), "SENT 200");
     run.expect_use(&cg, pid, &node, server.port);
     drop(stdin); // node's loop holds on while its stdin is open
     assert!(child.wait().unwrap().success());

@@ -231,19 +231,15 @@ fn a_tls_library_first_seen_at_run_time_is_attached_then_detached() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "READY");
+    let mut out = child_stdout(&mut child);
+    assert_eq!(next_line(&mut out), "READY");
     let maps = fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
     assert!(maps.contains(&lib_name), "the process must map the private copy");
 
     t.agent.stderr.wait_line("attach of the private libssl", |l| l.contains("TLS capture attached") && l.contains(&lib_name));
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "go").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "DONE");
+    assert_eq!(next_line(&mut out), "DONE");
     let ev = t.uses_in(&cg, "use through the private libssl", |v| v["path"] == "/late-library");
     assert_eq!(ev["tls_library"], "openssl");
     assert_eq!(ev["identifiers"]["token_family"], "gitlab_pat");

@@ -154,10 +154,8 @@ fn block_threads_in_ssl_write(cg: &TestCgroup, dir: &Path, n: usize) -> (Child, 
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "BLOCKED");
+    let mut out = child_stdout(&mut child);
+    assert_eq!(next_line(&mut out), "BLOCKED");
     (child, out)
 }
 
