@@ -35,15 +35,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def main() -> None:
-    port = int(sys.argv[1])
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    if len(sys.argv) == 4:
+def serve(port: int, handler, cert=None, key=None) -> None:
+    """Serves `handler` on loopback `port` (TLS when `cert` and `key` are given); prints
+    READY once listening. token_server.py serves its own handler through this too."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    if cert and key:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        ctx.load_cert_chain(cert, key)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(f"READY {port}", flush=True)
     server.serve_forever()
+
+
+def main() -> None:
+    cert, key = (sys.argv[2], sys.argv[3]) if len(sys.argv) == 4 else (None, None)
+    serve(int(sys.argv[1]), Handler, cert, key)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ usage: token_server.py PORT CERT KEY ACCESS_KEY_ID SECRET_ACCESS_KEY SESSION_TOK
 """
 import gzip
 import http.server
-import ssl
 import sys
 import urllib.parse
 from datetime import datetime, timedelta, timezone
+
+from http_server import serve
 
 KEY_ID, SECRET, SESSION, ACCESS_TOKEN, MODE = sys.argv[4:9]
 
@@ -82,13 +83,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    port = int(sys.argv[1])
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    print(f"READY {port}", flush=True)
-    server.serve_forever()
+    serve(int(sys.argv[1]), Handler, sys.argv[2], sys.argv[3])
 
 
 if __name__ == "__main__":
