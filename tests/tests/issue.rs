@@ -167,6 +167,10 @@ fn a_token_request_that_beats_the_background_hash_keeps_one_exec_record() {
     assert_eq!(execs[0]["binary"]["sha256"], sha256sum(&n.client).as_str());
 }
 
+/// The attacker: a workload in the registered pod that runs another binary (a copy of the
+/// agent with other trailing bytes, hundreds of MB, so its digest is usually still being
+/// computed in the background when it asks). The decision hashes it inline, never decides
+/// on a missing digest, and refuses.
 #[test]
 fn the_same_cgroup_running_another_binary_is_denied_as_a_hash_mismatch() {
     let n = node(120, &[]);
