@@ -389,9 +389,12 @@ pub fn run(
     let hashed_sink = sink.clone();
     attestor.hash_in_background(
         HashBudget { large_queue_bytes: cfg.hash_queue_bytes, ..HashBudget::default() },
-        Arc::new(move |rec| {
-            if let Err(e) = hashed_sink.emit(&EventBody::from(rec)) {
-                error!("writing output: {e}");
+        Arc::new(move |rec, exit| {
+            let bodies = std::iter::once(EventBody::from(rec)).chain(exit.cloned().map(EventBody::ProcessExit));
+            for body in bodies {
+                if let Err(e) = hashed_sink.emit(&body) {
+                    error!("writing output: {e}");
+                }
             }
         }),
     )?;

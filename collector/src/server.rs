@@ -119,7 +119,8 @@ pub async fn push(shared: &Shared, node: String, events: Vec<AgentEvent>) -> Res
         let _span = tracing::info_span!("ingest_batch", node = %node, events = events.len()).entered();
         let (out, links) = s.ingest_and_correlate(&node, &events)?;
         if out.stored > 0 {
-            tracing::info!(links = links.len(), "correlation run");
+            // Per batch, so at debug: thousands of agents would drown the log.
+            tracing::debug!(stored = out.stored, links = links.len(), "batch ingested");
             log_links(t.as_deref(), &links);
         }
         Ok(out)

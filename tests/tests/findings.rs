@@ -85,6 +85,16 @@ impl Rig {
         });
     }
 
+    /// Waits until the run whose id contains `run` and that used `credential` has ended
+    /// in the store, then lets the clock pass that second: stored times are whole
+    /// seconds, and a use in the very second a run ended is not judged late.
+    fn wait_run_ended(&self, credential: &str, run: &str) {
+        let used = self.collector.sigil(&["who-used", credential]);
+        let run_id = used["runs"].as_array().unwrap().iter().filter_map(|r| r["run_id"].as_str()).find(|id| id.contains(run)).unwrap().to_owned();
+        self.collector.wait_for(&format!("run {run_id} ended"), &["run", &run_id], |v| !v["run"]["ended"].is_null());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+
     /// The collector's /metrics text.
     fn metrics(&self) -> String {
         scrape_metrics(self.collector.http.trim_start_matches("http://"))
@@ -144,6 +154,7 @@ fn token_replayed(backend: Backend) {
     assert_eq!(r.findings_about(&jti), Vec::<Value>::new(), "a token used by its own run is no finding");
 
     // The attack, after every process of the victim's run has exited.
+    r.wait_run_ended(&jti, &unit);
     let (_, attacker_cg) = unit_cgroup("findings-attacker-");
     r.curl_bearer(&attacker_cg, &token);
     let f = r.wait_finding("token_replayed", &jti);

@@ -73,8 +73,9 @@ struct Reads<'a> {
     kernel_comm: &'a str,
 }
 
-/// Where finished records go when their hash was computed off the event thread.
-pub type Emit = Arc<dyn Fn(&ProcessRecord) + Send + Sync>;
+/// Where finished records go when their hash was computed off the event thread, each
+/// followed by its process's exit when the process ended before the digest was known.
+pub type Emit = Arc<dyn Fn(&ProcessRecord, Option<&ProcessExit>) + Send + Sync>;
 
 pub struct Attestor {
     node: String,
@@ -257,10 +258,11 @@ impl Attestor {
         let mut done = rec.clone();
         done.binary.hash_pending = false;
         done.binary.fill_digest(digest, "exe");
-        if self.table.claim_emit(&done.exec_id) || !rec.binary.hash_pending {
+        let claim = self.table.claim_emit(&done.exec_id);
+        if claim.is_some() || !rec.binary.hash_pending {
             let done = self.table.complete(done);
             if let Some((_, emit)) = self.background.get() {
-                emit(&done);
+                emit(&done, claim.and_then(|c| c.exit).as_ref());
             }
             return Some(Arc::new(done));
         }
@@ -290,9 +292,11 @@ impl Attestor {
         })
     }
 
+    /// The exit to emit now; None for an unknown pid, and for a process whose exec
+    /// record still waits for its digest (the exit then follows that record).
     pub fn on_exit(&self, ev: &ExitEvent) -> Option<ProcessExit> {
         let rec = self.table.remove(ev.header.pid)?;
-        Some(ProcessExit {
+        self.table.exit_after_record(ProcessExit {
             exec_id: rec.exec_id.clone(),
             process_id: rec.process_id.clone(),
             node: self.node.clone(),
@@ -459,8 +463,8 @@ impl Attestor {
                     Err(e) => rec.binary.skip(&e),
                 }
                 // Unless an event needed the digest first and emitted the record.
-                if table.claim_emit(&rec.exec_id) {
-                    emit(&table.complete(rec));
+                if let Some(claim) = table.claim_emit(&rec.exec_id) {
+                    emit(&table.complete(rec), claim.exit.as_ref());
                 }
             }),
         };

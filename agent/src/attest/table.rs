@@ -1,9 +1,11 @@
 //! The live process table: pid -> the record of the process that pid currently names.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
 };
+
+use sigil_proto::v1::ProcessExit;
 
 use super::record::{ProcessRecord, Source};
 
@@ -21,8 +23,17 @@ pub fn same_exec_on_request(prev: &ProcessRecord, rec: &ProcessRecord) -> bool {
 #[derive(Default)]
 pub struct ProcessTable {
     inner: RwLock<HashMap<u32, Arc<ProcessRecord>>>,
-    /// Exec ids whose record waits for its digest (at most one per queued hash job).
-    to_emit: Mutex<HashSet<String>>,
+    /// Exec ids whose record waits for its digest (at most one per queued hash job),
+    /// with the exit of the process when it came first: the exit is held back until the
+    /// record is out, so no consumer ever sees a run end before it began (a collector
+    /// would otherwise count that run as live forever).
+    to_emit: Mutex<HashMap<String, Option<ProcessExit>>>,
+}
+
+/// The right to emit a pending record, taken once.
+pub struct EmitClaim {
+    /// The process's exit, held back until the record is emitted: emit it right after.
+    pub exit: Option<ProcessExit>,
 }
 
 impl ProcessTable {
@@ -58,15 +69,29 @@ impl ProcessTable {
     /// Notes that the record of `exec_id` is to be emitted once its digest is known.
     pub fn expect_emit(&self, exec_id: &str) {
         if let Ok(mut p) = self.to_emit.lock() {
-            p.insert(exec_id.to_owned());
+            p.insert(exec_id.to_owned(), None);
         }
     }
 
-    /// True for the first caller only (the hashing pool, or an event that needed the
+    /// The exit to emit now, or None when the record of its exec is still waiting for
+    /// its digest: the exit is then kept and handed to whoever emits the record.
+    pub fn exit_after_record(&self, exit: ProcessExit) -> Option<ProcessExit> {
+        let Ok(mut p) = self.to_emit.lock() else { return Some(exit) };
+        match p.get_mut(&exit.exec_id) {
+            Some(held) => {
+                *held = Some(exit);
+                None
+            }
+            None => Some(exit),
+        }
+    }
+
+    /// Some for the first caller only (the hashing pool, or an event that needed the
     /// digest before the pool had it): one exec, one record, even after the process has
     /// exited and left the table.
-    pub fn claim_emit(&self, exec_id: &str) -> bool {
-        self.to_emit.lock().is_ok_and(|mut p| p.remove(exec_id))
+    pub fn claim_emit(&self, exec_id: &str) -> Option<EmitClaim> {
+        let exit = self.to_emit.lock().ok()?.remove(exec_id)?;
+        Some(EmitClaim { exit })
     }
 
     pub fn remove(&self, pid: u32) -> Option<Arc<ProcessRecord>> {
@@ -79,5 +104,33 @@ impl ProcessTable {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(exec_id: &str) -> ProcessExit {
+        ProcessExit { exec_id: exec_id.to_owned(), pid: 7, ..ProcessExit::default() }
+    }
+
+    #[test]
+    fn an_exit_before_its_pending_record_is_held_for_whoever_emits_the_record() {
+        let table = ProcessTable::default();
+        table.expect_emit("e1");
+        assert!(table.exit_after_record(exit("e1")).is_none(), "held back while the record waits");
+        let claim = table.claim_emit("e1").expect("first claim");
+        assert_eq!(claim.exit.map(|e| e.exec_id).as_deref(), Some("e1"));
+        assert!(table.claim_emit("e1").is_none(), "one exec, one record");
+    }
+
+    #[test]
+    fn an_exit_after_its_record_went_out_is_emitted_at_once() {
+        let table = ProcessTable::default();
+        table.expect_emit("e1");
+        assert!(table.claim_emit("e1").is_some_and(|c| c.exit.is_none()));
+        assert_eq!(table.exit_after_record(exit("e1")).map(|e| e.exec_id).as_deref(), Some("e1"));
+        assert_eq!(table.exit_after_record(exit("never-pending")).map(|e| e.pid), Some(7));
     }
 }
