@@ -21,8 +21,9 @@ pub struct TracepointOffsets {
 // SAFETY: repr(C), u32 fields only, no padding.
 unsafe impl aya::Pod for TracepointOffsets {}
 
-/// Byte offsets of the kernel fields the exec program follows from the current task to
-/// the executable's inode (`task->mm->exe_file->f_inode`, and its `i_sb->s_dev`).
+/// Byte offsets of the kernel fields the programs follow from the current task: to the
+/// executable's inode (`task->mm->exe_file->f_inode`, and its `i_sb->s_dev`) at exec,
+/// and to the process's start time (`task->group_leader->start_boottime`) in every event.
 ///
 /// The agent computes them at start-up from this kernel's BTF (`/sys/kernel/btf/vmlinux`):
 /// struct layouts differ between kernels and configs, and the programs are not
@@ -55,6 +56,10 @@ pub struct ExeOffsets {
     pub inode_ctime_nsec: u32,
     /// `super_block.s_dev` (the kernel's internal `dev_t`: major << 20 | minor).
     pub sb_dev: u32,
+    /// `task_struct.group_leader`
+    pub task_group_leader: u32,
+    /// `task_struct.start_boottime`
+    pub task_start_boottime: u32,
 }
 
 #[cfg(feature = "user")]

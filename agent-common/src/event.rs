@@ -171,6 +171,11 @@ pub struct EventHeader {
     pub boot_ns: u64,
     /// cgroup v2 id (`bpf_get_current_cgroup_id`), the inode of the cgroup directory.
     pub cgroup_id: u64,
+    /// When the process started (`task->group_leader->start_boottime`, ns since boot), 0
+    /// when the kernel's layout is unknown. With the pid it names the process instance
+    /// exactly: procfs's start time is this value in clock ticks, so user space can tell
+    /// whether its record is of this very process without reading /proc on every event.
+    pub start_ns: u64,
 }
 
 /// A successful `execve`/`execveat`, seen at `sched_process_exec`.
@@ -266,13 +271,13 @@ mod tests {
     /// Any implicit padding would show up as a size that is not the sum of the fields.
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<EventHeader>(), 4 + 4 + 8 + 8);
+        assert_eq!(size_of::<EventHeader>(), 4 + 4 + 8 + 8 + 8);
         assert_eq!(size_of::<ExeIdentity>(), 8 * 4 + 4 * 4);
-        assert_eq!(size_of::<ExecEvent>(), 24 + 4 * 3 + 2 + 1 + 1 + 8 + 48 + COMM_LEN + PATH_LEN);
-        assert_eq!(size_of::<ExitEvent>(), 24 + 8);
-        assert_eq!(size_of::<ConnectEvent>(), 24 + 4 + 2 + 2 + 16 + 4 + 4);
-        assert_eq!(size_of::<DataEvent>(), 24 + 8 + 8 + 4 + 4 + 4 + 4 + DATA_CAPTURE);
-        assert_eq!(size_of::<FileOpenEvent>(), 24 + 4 + 2 + 2 + PATH_LEN);
+        assert_eq!(size_of::<ExecEvent>(), 32 + 4 * 3 + 2 + 1 + 1 + 8 + 48 + COMM_LEN + PATH_LEN);
+        assert_eq!(size_of::<ExitEvent>(), 32 + 8);
+        assert_eq!(size_of::<ConnectEvent>(), 32 + 4 + 2 + 2 + 16 + 4 + 4);
+        assert_eq!(size_of::<DataEvent>(), 32 + 8 + 8 + 4 + 4 + 4 + 4 + DATA_CAPTURE);
+        assert_eq!(size_of::<FileOpenEvent>(), 32 + 4 + 2 + 2 + PATH_LEN);
         assert_eq!(align_of::<ExecEvent>(), 8);
         assert_eq!(size_of::<TlsConnKey>(), 4 + 4 + 8);
     }

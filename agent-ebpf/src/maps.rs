@@ -58,6 +58,8 @@ pub static EXE_OFFSETS: Global<ExeOffsets> = Global::new(ExeOffsets {
     inode_ctime_sec: 0,
     inode_ctime_nsec: 0,
     sb_dev: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
 });
 
 /// Everything the kernel side gave up on, by [`DropReason`] (user space sums the CPUs).

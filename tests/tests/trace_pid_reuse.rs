@@ -7,11 +7,25 @@
 
 use std::{fs, time::Duration};
 
+use agent_common::{EventHeader, EventKind};
 use sigil_agent::{
     attest::{Attestor, clock::Clock},
     trace::tracer::process_at,
 };
 use sigil_tests::*;
+
+/// A data event's header from `pid` at `boot_ns`; `start_ns` is the writer's start time
+/// as the kernel gives it (0: a kernel whose layout the agent could not read).
+fn written(pid: u32, boot_ns: u64, start_ns: u64) -> EventHeader {
+    EventHeader { kind: EventKind::Data as u32, pid, boot_ns, cgroup_id: 0, start_ns }
+}
+
+/// The start time of `pid` in ns since boot, as exact as the kernel's to the tick.
+fn start_ns(pid: u32, clock: &Clock) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ticks: u64 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap();
+    clock.ticks_to_boot_ns(ticks)
+}
 
 /// A workload in a pod exits and a local unprivileged user's process is given its pid. The
 /// table still holds the pod process's record (its exit event lost or not yet handled):
@@ -34,7 +48,9 @@ fn a_credential_use_after_pid_reuse_is_attributed_to_the_new_process() {
     attestor.scan();
     let old_rec = attestor.table().get(pid).expect("attested");
     let written_by_old = Clock::now_boot_ns();
-    assert_eq!(process_at(&attestor, &clock, pid, written_by_old).unwrap().process_id, old_rec.process_id);
+    let old_start = start_ns(pid, &clock);
+    assert_eq!(process_at(&attestor, &clock, &written(pid, written_by_old, 0)).unwrap().process_id, old_rec.process_id);
+    assert_eq!(process_at(&attestor, &clock, &written(pid, written_by_old, old_start)).unwrap().process_id, old_rec.process_id);
     finish(old);
     std::thread::sleep(Duration::from_millis(50));
 
@@ -43,18 +59,25 @@ fn a_credential_use_after_pid_reuse_is_attributed_to_the_new_process() {
     // The table still names the pod process: nothing removed it.
     assert_eq!(attestor.table().get(pid).unwrap().process_id, old_rec.process_id);
     // An event from before the reuse, handled late, is still the old process's.
-    let late = process_at(&attestor, &clock, pid, written_by_old).expect("old record");
+    let late = process_at(&attestor, &clock, &written(pid, written_by_old, 0)).expect("old record");
     assert_eq!(late.process_id, old_rec.process_id);
-    // One from after it is the new process's, attested on the spot.
+    // One from after it is the new process's, attested on the spot: also when the kernel
+    // names the writer by its start time, which the stale record does not have.
     let written_by_new = Clock::now_boot_ns();
-    let rec = process_at(&attestor, &clock, pid, written_by_new).expect("the new process is attested");
+    let new_start = start_ns(pid, &clock);
+    let by_kernel = process_at(&attestor, &clock, &written(pid, written_by_new, new_start)).expect("the new process is attested");
+    assert_ne!(by_kernel.process_id, old_rec.process_id);
+    let rec = process_at(&attestor, &clock, &written(pid, written_by_new, 0)).expect("the new process is attested");
+    assert_eq!(rec.process_id, by_kernel.process_id);
     assert_ne!(rec.process_id, old_rec.process_id);
     assert_eq!(rec.binary.sha256.as_deref(), Some(sha256sum(&user_bin).as_str()));
     assert_eq!(rec.cgroup.path.as_deref(), Some(user.path.as_str()));
     assert_eq!(rec.workload.pod_uid, None);
     // Now the table names the new process; a late event of the old one is never given it.
-    let late = process_at(&attestor, &clock, pid, written_by_old);
-    assert!(late.as_ref().is_none_or(|r| r.process_id == old_rec.process_id), "{late:?}");
+    for header in [written(pid, written_by_old, 0), written(pid, written_by_old, old_start)] {
+        let late = process_at(&attestor, &clock, &header);
+        assert!(late.as_ref().is_none_or(|r| r.process_id == old_rec.process_id), "{late:?}");
+    }
     finish(new);
     let _ = fs::remove_dir_all(dir);
 }

@@ -33,7 +33,24 @@ pub fn sigil_exit(ctx: TracePointContext) -> u32 {
 pub fn header(kind: EventKind, pid: u32) -> EventHeader {
     // SAFETY: plain helpers without pointer arguments.
     let (boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
-    EventHeader { kind: kind as u32, pid, boot_ns, cgroup_id }
+    EventHeader { kind: kind as u32, pid, boot_ns, cgroup_id, start_ns: process_start_ns().unwrap_or(0) }
+}
+
+/// The current process's start time (`task->group_leader->start_boottime`), at offsets
+/// the agent took from BTF.
+#[inline(always)]
+fn process_start_ns() -> Result<u64, i32> {
+    let off = EXE_OFFSETS.load();
+    if off.valid == 0 {
+        return Err(0);
+    }
+    // SAFETY: no arguments; returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = read_field(task, off.task_group_leader)?;
+    if leader == 0 {
+        return Err(0);
+    }
+    read_field(leader, off.task_start_boottime)
 }
 
 fn try_fork(ctx: &TracePointContext) -> Result<u32, i32> {

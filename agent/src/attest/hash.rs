@@ -46,6 +46,11 @@ impl FileKey {
         Ok(Self::from_metadata(&file.metadata()?))
     }
 
+    /// Whole seconds of the modification time (what `stat`'s `st_mtime` says).
+    pub fn mtime_secs(&self) -> i64 {
+        self.mtime_ns.div_euclid(1_000_000_000) as i64
+    }
+
     /// The key of metadata already read (one `fstat` per lookup on the exec path).
     pub fn from_metadata(m: &std::fs::Metadata) -> Self {
         Self {

@@ -54,6 +54,8 @@ struct Observed {
     cgroup_id: Option<u64>,
     boot_ns: u64,
     fork_boot_ns: u64,
+    /// The process's start time as the kernel gave it with the event (0: unknown).
+    start_ns: u64,
     comm: String,
     exec_path: Option<String>,
     /// The executable's identity as the kernel read it at exec (the hash-cache key).
@@ -286,6 +288,7 @@ impl Attestor {
             cgroup_id: Some(ev.header.cgroup_id),
             boot_ns: ev.header.boot_ns,
             fork_boot_ns: ev.fork_boot_ns,
+            start_ns: ev.header.start_ns,
             comm: c_str(&ev.comm),
             exec_path: Some(exec_path),
             exe: FileKey::from_kernel(&ev.exe),
@@ -369,6 +372,7 @@ impl Attestor {
             cgroup_id: None,
             boot_ns: Clock::now_boot_ns(),
             fork_boot_ns: 0,
+            start_ns: 0,
             comm: String::new(),
             exec_path: None,
             exe: None,
@@ -405,9 +409,14 @@ impl Attestor {
         };
         let facts = Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
             let facts = self.read_facts(&p, reads)?;
-            // The pid named another process by the time we looked: the start time is
-            // after the exec we are attesting (allow one tick of procfs rounding).
-            if self.clock.ticks_to_boot_ns(facts.start_ticks) > obs.boot_ns + self.clock.tick_ns() {
+            // The pid named another process by the time we looked: not the start time
+            // the kernel gave with the exec or, without it, one after the exec (allow
+            // one tick of procfs rounding).
+            let reused = match obs.start_ns {
+                0 => self.clock.ticks_to_boot_ns(facts.start_ticks) > obs.boot_ns + self.clock.tick_ns(),
+                ns => facts.start_ticks != self.clock.boot_ns_to_ticks(ns),
+            };
+            if reused {
                 return Err("pid was reused before the process could be attested".to_owned());
             }
             Ok(facts)
@@ -536,7 +545,8 @@ impl Attestor {
             Err(why) => {
                 // Too late for procfs: the fork time the kernel gave us is the best start
                 // estimate, and the binary cannot be read safely any more.
-                let start = if obs.fork_boot_ns != 0 { obs.fork_boot_ns } else { obs.boot_ns };
+                // The kernel's own start time when it gave one, exact.
+                let start = [obs.start_ns, obs.fork_boot_ns, obs.boot_ns].into_iter().find(|&ns| ns != 0).unwrap_or(0);
                 // The kernel's identity of the executed file outlives the process: when
                 // the cache knows that version, its digest is exact (unlike the file now
                 // at the exec path).
@@ -579,6 +589,7 @@ impl Attestor {
             script: argv.and_then(|argv| script::identify(obs.pid, &argv, obs.exec_path.as_deref(), &self.hashes)),
             run: pod.as_ref().and_then(crate::k8s::PodMeta::run_key),
             pod,
+            kernel_exe: obs.exe,
         };
         (rec, pending)
     }

@@ -136,6 +136,10 @@ pub struct ProcessRecord {
     /// Deployment's pod): see [`PodMeta::run_key`]. Absent outside known pods, where the
     /// collector groups by container, unit or cgroup.
     pub run: Option<String>,
+    /// The kernel's identity of the executed file at exec (device, inode, size, times),
+    /// when the exec program could read it: later per-exec checks (TLS libraries, blind
+    /// spots) look their caches up by it instead of stat'ing /proc/<pid>/exe again.
+    pub kernel_exe: Option<super::hash::FileKey>,
 }
 
 impl From<Source> for v1::Source {

@@ -73,7 +73,7 @@ mod tests {
 
     fn exec_bytes() -> Vec<u8> {
         let mut ev = ExecEvent {
-            header: EventHeader { kind: EventKind::Exec as u32, pid: 42, boot_ns: 7, cgroup_id: 9 },
+            header: EventHeader { kind: EventKind::Exec as u32, pid: 42, boot_ns: 7, cgroup_id: 9, start_ns: 3 },
             ppid: 1,
             uid: 0,
             gid: 0,
@@ -108,12 +108,12 @@ mod tests {
     #[test]
     fn short_and_unknown_records_are_errors() {
         let bytes = exec_bytes();
-        assert_eq!(KernelEvent::decode(&bytes[..10]).err(), Some(DecodeError::Short { got: 10, need: 24 }));
+        assert_eq!(KernelEvent::decode(&bytes[..10]).err(), Some(DecodeError::Short { got: 10, need: std::mem::size_of::<EventHeader>() }));
         assert!(matches!(KernelEvent::decode(&bytes[..100]), Err(DecodeError::Short { got: 100, .. })));
         let mut unknown = bytes.clone();
         unknown[..4].copy_from_slice(&77u32.to_le_bytes());
         assert_eq!(KernelEvent::decode(&unknown).err(), Some(DecodeError::UnknownKind(77)));
-        assert_eq!(KernelEvent::decode(&[]).err(), Some(DecodeError::Short { got: 0, need: 24 }));
+        assert_eq!(KernelEvent::decode(&[]).err(), Some(DecodeError::Short { got: 0, need: std::mem::size_of::<EventHeader>() }));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub fn exe_offsets(path: &Path) -> Result<ExeOffsets, LayoutError> {
         inode_ctime_sec: ctime_sec,
         inode_ctime_nsec: ctime_nsec,
         sb_dev: layout.field("super_block", "s_dev")?,
+        task_group_leader: layout.field("task_struct", "group_leader")?,
+        task_start_boottime: layout.field("task_struct", "start_boottime")?,
     };
     // The allocator keeps the parse's tens of MiB otherwise; the agent's resting RSS
     // should not carry a one-off start-up cost.

@@ -485,6 +485,7 @@ mod tests {
             script: None,
             pod: None,
             run: None,
+            kernel_exe: None,
         }
     }
 

@@ -83,7 +83,7 @@ mod tests {
 
     fn ev(family: u16, addr: [u8; 16], port: u16) -> ConnectEvent {
         ConnectEvent {
-            header: EventHeader { kind: EventKind::Connect as u32, pid: 7, boot_ns: 0, cgroup_id: 0 },
+            header: EventHeader { kind: EventKind::Connect as u32, pid: 7, boot_ns: 0, cgroup_id: 0, start_ns: 0 },
             fd: 3,
             family,
             port,

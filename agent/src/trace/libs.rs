@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::{static_tls, uncovered::GoBinary};
 use crate::ebpf::loader::{LibraryLinks, LoadError, Probes, TlsLibrary};
+use crate::attest::record::ProcessRecord;
 
 /// Executables larger than this are not inspected for a TLS library of their own.
 const MAX_EXECUTABLE: u64 = 1 << 30;
@@ -135,8 +136,20 @@ impl LibraryWatcher {
 
     /// A process was exec'd: if its executable has OpenSSL compiled in, attach to it now,
     /// before the process sends its first request.
-    pub fn on_exec(&mut self, probes: &mut Probes, pid: u32) {
-        self.check_executable(probes, &pid.to_string());
+    pub fn on_exec(&mut self, probes: &mut Probes, rec: &ProcessRecord) {
+        // Known by the kernel's identity of the file: nothing to open or stat.
+        if let Some(k) = rec.kernel_exe
+            && self.known(&(k.dev, k.ino, k.size, k.mtime_secs()))
+        {
+            return;
+        }
+        self.check_executable(probes, &rec.pid.to_string());
+    }
+
+    /// The executable of this (dev, inode, size, mtime) was inspected already.
+    fn known(&self, key: &(u64, u64, u64, i64)) -> bool {
+        let id = (key.0, key.1);
+        self.attached.contains_key(&id) || self.refused.contains(&id) || self.plain_executables.contains(key)
     }
 
     /// Attaches to the executable `pid` runs if it carries OpenSSL of its own (once per
@@ -146,7 +159,7 @@ impl LibraryWatcher {
         let meta = fs::metadata(&link).ok()?;
         let id = (meta.dev(), meta.ino());
         let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
-        if self.attached.contains_key(&id) || self.refused.contains(&id) || self.plain_executables.contains(&key) {
+        if self.known(&key) {
             return Some(id);
         }
         let lib = TlsLibrary::OpenSsl;

@@ -6,7 +6,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, FileOpenEvent};
+use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, EventHeader, FileOpenEvent};
 use sigil_proto::{EventBody, json, v1};
 use tracing::{debug, warn};
 
@@ -150,9 +150,19 @@ pub fn looks_like_http(first: &[u8]) -> bool {
 /// must be that process's. When the writer has exited, an earlier record is the best
 /// evidence there is (a writer that lived and died between two of our looks, with no exec
 /// event, cannot be told apart from its predecessor).
-pub fn process_at(attestor: &Attestor, clock: &Clock, pid: u32, boot_ns: u64) -> Option<Arc<ProcessRecord>> {
+///
+/// The kernel names the writer exactly in the event (`header.start_ns`, its start time):
+/// a record with that start time is the writer's, and no procfs read is needed. That is
+/// the hot path of a keep-alive client; everything else takes the checks above.
+pub fn process_at(attestor: &Attestor, clock: &Clock, header: &EventHeader) -> Option<Arc<ProcessRecord>> {
+    let (pid, boot_ns) = (header.pid, header.boot_ns);
     let started_by = |ticks: u64| clock.ticks_to_boot_ns(ticks) <= boot_ns.saturating_add(clock.tick_ns());
     let recorded = attestor.settled(pid).filter(|r| started_by(r.start_ticks));
+    if header.start_ns != 0
+        && let Some(r) = recorded.as_ref().filter(|r| r.start_ticks == clock.boot_ns_to_ticks(header.start_ns))
+    {
+        return Some(r.clone());
+    }
     let running_since = procfs::process::Process::new(pid as i32).ok().and_then(|p| p.stat().ok()).map(|s| s.starttime);
     match running_since {
         Some(ticks) if started_by(ticks) => match recorded {
@@ -212,7 +222,7 @@ impl Tracer {
     /// A process was exec'd: hook the TLS library compiled into its executable, if any;
     /// note it if its TLS is out of Sigil's sight.
     pub fn on_exec(&mut self, rec: &ProcessRecord, probes: &mut Probes) {
-        self.libs.on_exec(probes, rec.pid);
+        self.libs.on_exec(probes, rec);
         self.uncovered.on_exec(rec);
     }
 
@@ -291,7 +301,7 @@ impl Tracer {
         self.stats.requests += requests.len() as u64;
 
         let now = now_unix();
-        let process = process_at(attestor, &self.clock, tgid, ev.header.boot_ns);
+        let process = process_at(attestor, &self.clock, &ev.header);
         let dest = self.conns.destination(tgid, ev.fd);
         let mut out = Vec::new();
         let issuers = &self.sigil_issuers;
@@ -400,7 +410,7 @@ impl Tracer {
             }
         };
         self.stats.credentials_obtained += 1;
-        let process = process_at(attestor, &self.clock, tgid, ev.header.boot_ns);
+        let process = process_at(attestor, &self.clock, &ev.header);
         let dest = self.conns.destination(tgid, ev.fd);
         let base = v1::CredentialObtained {
             time: self.clock.rfc3339(ev.header.boot_ns),
@@ -440,7 +450,7 @@ impl Tracer {
             libc::O_RDWR => "read_write",
             _ => "read",
         };
-        let process = process_at(attestor, &self.clock, ev.header.pid, ev.header.boot_ns);
+        let process = process_at(attestor, &self.clock, &ev.header);
         Some(CredentialFileRead {
             time: self.clock.rfc3339(ev.header.boot_ns),
             node: self.node.clone(),

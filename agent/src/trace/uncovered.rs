@@ -165,6 +165,24 @@ impl Report {
 impl UncoveredWatcher {
     /// Called for every exec; costs the pipeline one channel send.
     pub fn on_exec(&mut self, rec: &ProcessRecord) {
+        // A file already classified, known by the kernel's identity of it, is settled
+        // here without the worker opening it again (the common case: the same few
+        // binaries exec'd over and over).
+        if let Some(k) = rec.kernel_exe
+            && let Ok(mut report) = self.shared.lock()
+        {
+            match report.seen.get(&(k.dev, k.ino, k.size, k.mtime_secs())).cloned() {
+                Some(Verdict::Seen) => return,
+                Some(Verdict::Blind(kind, reason)) => {
+                    if let Some(path) = rec.binary.path.clone().or_else(|| rec.binary.exec_path.clone()) {
+                        report.count(kind, path, &reason);
+                        return;
+                    }
+                }
+                // Go binaries go to the worker, which hands them on to be attached.
+                Some(Verdict::Go(_)) | None => {}
+            }
+        }
         // The executed inode itself; when the process is already gone, the file at the
         // path it ran (as the attestor does for its digest).
         let candidates: Vec<String> = [Some(format!("/proc/{}/exe", rec.pid)), rec.binary.path.clone(), rec.binary.exec_path.clone()]
