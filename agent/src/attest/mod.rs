@@ -12,6 +12,7 @@ pub mod hash;
 pub mod hash_bench;
 pub mod pidns;
 pub mod pool;
+pub mod procstat;
 pub mod record;
 pub mod script;
 pub mod table;
@@ -352,7 +353,7 @@ impl Attestor {
     /// inode and same cgroup (a pid reuse, a re-exec or a cgroup move changes one).
     pub fn still_same(&self, rec: &ProcessRecord) -> bool {
         let Ok(p) = Process::new(rec.pid as i32) else { return false };
-        let same_start = p.stat().is_ok_and(|s| s.starttime == rec.start_ticks);
+        let same_start = procstat::read(&p).is_ok_and(|s| s.starttime == rec.start_ticks);
         let same_exe = match (p.open_relative("exe").and_then(|f| Ok(f.metadata()?)), rec.binary.inode) {
             (Ok(m), Some(ino)) => m.ino() == ino,
             (Err(_), None) => true,
@@ -389,7 +390,7 @@ impl Attestor {
     /// one the record describes (exited, or the pid was reused).
     pub fn lookup(&self, pid: u32) -> Option<Arc<ProcessRecord>> {
         let rec = self.table.get(pid)?;
-        let now = Process::new(pid as i32).ok()?.stat().ok()?.starttime;
+        let now = procstat::read(&Process::new(pid as i32).ok()?).ok()?.starttime;
         (now == rec.start_ticks).then_some(rec)
     }
 
@@ -498,7 +499,7 @@ impl Attestor {
 
     /// Everything procfs says that `reads` asks for, between two reads of the start time.
     fn read_facts(&self, p: &Process, reads: Reads) -> Result<ProcFacts, String> {
-        let stat = p.stat().map_err(proc_error)?;
+        let stat = procstat::read(p).map_err(proc_error)?;
         let status = if reads.ids { p.status().ok() } else { None };
         let open_exe = || p.open_relative("exe").map_err(proc_error);
         let mut exe = (reads.exe || (!reads.kernel_comm.is_empty() && reads.kernel_comm != stat.comm)).then(open_exe);
@@ -506,7 +507,7 @@ impl Attestor {
         let cgroup_path = if reads.cgroup { read_cgroup_path(p) } else { None };
         let argv = p.cmdline().ok();
         // Same start time after all reads: everything above describes one process.
-        let again = p.stat().map_err(proc_error)?;
+        let again = procstat::read(p).map_err(proc_error)?;
         if again.starttime != stat.starttime {
             return Err("pid was reused while the process was being attested".to_owned());
         }
@@ -569,6 +570,7 @@ impl Attestor {
         let workload = self.layouts.parse(cgroup_path.as_deref().unwrap_or(""));
         let pod = workload.pod_uid.as_deref().zip(self.pods.get()).and_then(|(uid, c)| c.get(uid)).map(|m| (*m).clone());
         let process_id = format!("{}:{}:{}", self.boot_id, obs.pid, start_ticks);
+        let script = argv.and_then(|argv| script::identify(obs.pid, &argv, obs.exec_path.as_deref(), binary.path.as_deref(), &self.hashes));
         let rec = ProcessRecord {
             source: obs.source,
             exec_id: format!("{process_id}:{}", obs.boot_ns),
@@ -586,7 +588,7 @@ impl Attestor {
             cgroup: CgroupInfo { id: cgroup_id.unwrap_or(0), path: cgroup_path },
             workload,
             ancestry: self.ancestry(ppid, start_ticks),
-            script: argv.and_then(|argv| script::identify(obs.pid, &argv, obs.exec_path.as_deref(), &self.hashes)),
+            script,
             run: pod.as_ref().and_then(crate::k8s::PodMeta::run_key),
             pod,
             kernel_exe: obs.exe,

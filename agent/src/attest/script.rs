@@ -54,22 +54,39 @@ impl From<&Script> for sigil_proto::v1::Script {
     }
 }
 
-/// Which argument names the script, if any: `exec_path` is the kernel's exec filename.
-fn script_arg<'a>(exec_path: Option<&str>, argv: &'a [String]) -> Option<(&'a str, &'static str)> {
+/// Programs that take a script file as their first argument. Every exec's first argument
+/// is not opened and hashed as a "script" (`cat /etc/passwd`, `cp big.iso ...`): only
+/// these interpreters' (and any `#!` file's, whatever its interpreter).
+const INTERPRETERS: &[&str] = &[
+    "python", "pypy", "perl", "ruby", "jruby", "node", "nodejs", "deno", "bun", "bash", "sh", "dash", "zsh", "ksh", "mksh",
+    "fish", "php", "lua", "luajit", "tclsh", "wish", "pwsh", "Rscript", "julia", "escript", "elixir", "groovy",
+];
+
+/// True for an interpreter's executable, versioned or not (`python3.11`, `php8.2`).
+fn is_interpreter(exe_path: &str) -> bool {
+    let name = exe_path.rsplit('/').next().unwrap_or(exe_path);
+    let bare = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    INTERPRETERS.contains(&bare)
+}
+
+/// Which argument names the script, if any: `exec_path` is the kernel's exec filename,
+/// `exe_path` the file that runs (the interpreter, for a script).
+fn script_arg<'a>(exec_path: Option<&str>, exe_path: Option<&str>, argv: &'a [String]) -> Option<(&'a str, &'static str)> {
     let first = argv.get(1)?;
-    // `#!/usr/bin/python3 -u` puts the shebang's option before the script.
-    let shebang = exec_path.and_then(|p| argv.iter().skip(1).take(2).find(|a| a.as_str() == p));
+    // `#!/usr/bin/python3 -u` puts the shebang's option before the script; the kernel ran
+    // a file other than the one that runs.
+    let shebang = exec_path.filter(|p| Some(*p) != exe_path).and_then(|p| argv.iter().skip(1).take(2).find(|a| a.as_str() == p));
     match shebang {
         Some(p) => Some((p.as_str(), "exec")),
-        None if !first.starts_with('-') => Some((first.as_str(), "argv")),
+        None if !first.starts_with('-') && exe_path.is_some_and(is_interpreter) => Some((first.as_str(), "argv")),
         None => None,
     }
 }
 
 /// The script of `pid`, started with `argv` (read by the caller between its checks of
 /// the process's start time), or None for a process that was not started on one.
-pub fn identify(pid: u32, argv: &[String], exec_path: Option<&str>, hashes: &HashCache) -> Option<Script> {
-    let (path, source) = script_arg(exec_path, argv)?;
+pub fn identify(pid: u32, argv: &[String], exec_path: Option<&str>, exe_path: Option<&str>, hashes: &HashCache) -> Option<Script> {
+    let (path, source) = script_arg(exec_path, exe_path, argv)?;
     let mut s = Script { path: path.to_owned(), source, sha256: None, inode: None, error: None };
     if !path.starts_with('/') {
         s.error = Some("relative script path: run it by absolute path to bind it".into());
@@ -125,14 +142,30 @@ mod tests {
 
     #[test]
     fn the_script_argument_is_found_only_where_an_interpreter_takes_it() {
+        let py = Some("/usr/bin/python3.11");
         // `#!` file run directly: the kernel's exec filename is the script.
-        assert_eq!(script_arg(Some("/srv/app.py"), &argv(&["/usr/bin/python3", "/srv/app.py", "x"])), Some(("/srv/app.py", "exec")));
-        assert_eq!(script_arg(Some("/srv/app.py"), &argv(&["/usr/bin/python3", "-u", "/srv/app.py"])), Some(("/srv/app.py", "exec")));
+        assert_eq!(script_arg(Some("/srv/app.py"), py, &argv(&["/usr/bin/python3", "/srv/app.py", "x"])), Some(("/srv/app.py", "exec")));
+        assert_eq!(script_arg(Some("/srv/app.py"), py, &argv(&["/usr/bin/python3", "-u", "/srv/app.py"])), Some(("/srv/app.py", "exec")));
         // The interpreter run by hand.
-        assert_eq!(script_arg(Some("/usr/bin/python3"), &argv(&["python3", "/srv/app.py"])), Some(("/srv/app.py", "argv")));
+        assert_eq!(script_arg(py, py, &argv(&["python3", "/srv/app.py"])), Some(("/srv/app.py", "argv")));
+        assert_eq!(script_arg(Some("/bin/sh"), Some("/usr/bin/dash"), &argv(&["sh", "/srv/job.sh"])), Some(("/srv/job.sh", "argv")));
         // Code that is not a script file: no script, so no script selector can match.
-        assert_eq!(script_arg(Some("/usr/bin/python3"), &argv(&["python3", "-c", "evil", "/srv/app.py"])), None);
-        assert_eq!(script_arg(None, &argv(&["python3"])), None);
+        assert_eq!(script_arg(py, py, &argv(&["python3", "-c", "evil", "/srv/app.py"])), None);
+        assert_eq!(script_arg(None, py, &argv(&["python3"])), None);
+        // Not an interpreter: its first argument is data, not a program.
+        assert_eq!(script_arg(Some("/usr/bin/cat"), Some("/usr/bin/cat"), &argv(&["cat", "/etc/passwd"])), None);
+        assert_eq!(script_arg(Some("/usr/bin/cat"), Some("/usr/bin/cat"), &argv(&["cat", "/usr/bin/cat"])), None);
+        assert_eq!(script_arg(Some("/usr/bin/sha256sum"), None, &argv(&["sha256sum", "/srv/app.py"])), None);
+    }
+
+    #[test]
+    fn interpreters_are_known_by_name_whatever_their_version() {
+        for exe in ["/usr/bin/python3.11", "/usr/bin/python3", "/usr/bin/perl5.36.0", "/usr/bin/php8.2", "/usr/bin/bash", "/usr/bin/node"] {
+            assert!(is_interpreter(exe), "{exe}");
+        }
+        for exe in ["/usr/bin/cat", "/usr/bin/pythonista", "/usr/bin/sha256sum", "/usr/local/bin/curl"] {
+            assert!(!is_interpreter(exe), "{exe}");
+        }
     }
 
     #[test]

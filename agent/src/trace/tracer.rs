@@ -163,7 +163,7 @@ pub fn process_at(attestor: &Attestor, clock: &Clock, header: &EventHeader) -> O
     {
         return Some(r.clone());
     }
-    let running_since = procfs::process::Process::new(pid as i32).ok().and_then(|p| p.stat().ok()).map(|s| s.starttime);
+    let running_since = procfs::process::Process::new(pid as i32).ok().and_then(|p| crate::attest::procstat::read(&p).ok()).map(|s| s.starttime);
     match running_since {
         Some(ticks) if started_by(ticks) => match recorded {
             Some(r) if r.start_ticks == ticks => Some(r),
