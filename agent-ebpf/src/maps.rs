@@ -16,6 +16,26 @@ use sigil_agent_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
+/// Unread bytes in [`EVENTS`] from which a data event wakes the agent at once (set by
+/// the loader to a fraction of the ring). Below it, data events are submitted without a
+/// wakeup and read at the agent's next poll tick: a keep-alive client's every request
+/// would otherwise cost a cross-CPU interrupt and a context switch. Process events always
+/// wake the agent (attestation races the process's exit).
+#[unsafe(no_mangle)]
+pub static DATA_WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+/// Submission flags for a data event: see [`DATA_WAKEUP_BYTES`].
+#[inline(always)]
+pub fn data_wakeup_flags() -> u64 {
+    use aya_ebpf_bindings::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    let threshold = DATA_WAKEUP_BYTES.load();
+    if threshold == 0 || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 /// Events dropped because [`EVENTS`] was full, indexed by `EventKind::loss_slot`.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);

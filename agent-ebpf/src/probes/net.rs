@@ -9,7 +9,7 @@ use sigil_agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, Drop
 
 use super::{SYSCALL_ARG, SYSCALL_RET, process::header, tls::{copy_user, copy_user_to, note_fd}};
 use crate::maps::{
-    CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_drop, count_lost, sock_key,
+    CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_drop, count_lost, data_wakeup_flags, sock_key,
 };
 
 const AF_INET: u16 = 2;
@@ -219,7 +219,7 @@ fn emit_iovecs(tgid: u32, fd: i32, iov: u64, count: u64) {
         ev.source = DataSource::PlainSocket as u32;
         ev.captured = if copied > DATA_CAPTURE as u32 { DATA_CAPTURE as u32 } else { copied };
         ev._pad0 = 0;
-        if EVENTS.output::<DataEvent>(ev, 0).is_err() {
+        if EVENTS.output::<DataEvent>(ev, data_wakeup_flags()).is_err() {
             count_lost(EventKind::Data.loss_slot());
         }
     }
@@ -246,5 +246,5 @@ pub fn emit_data(tgid: u32, conn: u64, fd: i32, source: DataSource, buf: u64, le
         (*ev)._pad0 = 0;
         (*ev).captured = copy_user(&mut (*ev).data, buf, len);
     }
-    entry.submit(0);
+    entry.submit(data_wakeup_flags());
 }

@@ -110,7 +110,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i32> {
             (*ev).filename_truncated = (name_len > PATH_LEN) as u8;
         }
     }
-    entry.submit(0);
+    // Always a wakeup: attestation races the process's exit, and data events submitted
+    // without one may be waiting ahead of this one (the adaptive default would not wake).
+    entry.submit(aya_ebpf_bindings::bindings::BPF_RB_FORCE_WAKEUP as u64);
     Ok(0)
 }
 

@@ -74,6 +74,10 @@ struct Reads<'a> {
     /// The comm the kernel set at exec: if procfs shows another, the process may have
     /// exec'd again, and the executable is opened to find out.
     kernel_comm: &'a str,
+    /// The kernel gave the process's start time with the event (the caller compares it):
+    /// one read of stat, after the others, is enough, since every read goes through the
+    /// handle of one process instance, and the final stat says which instance that is.
+    start_known: bool,
 }
 
 /// Where finished records go when their hash was computed off the event thread, each
@@ -379,7 +383,7 @@ impl Attestor {
             exe: None,
         };
         let proc = Process::new(pid as i32).ok()?;
-        let facts = self.read_facts(&proc, Reads { ids: true, exe: true, cgroup: true, kernel_comm: "" }).ok()?;
+        let facts = self.read_facts(&proc, Reads { ids: true, exe: true, cgroup: true, kernel_comm: "", start_known: false }).ok()?;
         if facts.kthread {
             return None;
         }
@@ -407,6 +411,7 @@ impl Attestor {
             exe: known.is_none(),
             cgroup: obs.cgroup_id.and_then(|id| self.cgroups.path_of(id)).is_none(),
             kernel_comm: &obs.comm,
+            start_known: obs.start_ns != 0,
         };
         let facts = Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
             let facts = self.read_facts(&p, reads)?;
@@ -499,21 +504,23 @@ impl Attestor {
 
     /// Everything procfs says that `reads` asks for, between two reads of the start time.
     fn read_facts(&self, p: &Process, reads: Reads) -> Result<ProcFacts, String> {
-        let stat = procstat::read(p).map_err(proc_error)?;
+        let first = if reads.start_known { None } else { Some(procstat::read(p).map_err(proc_error)?) };
         let status = if reads.ids { p.status().ok() } else { None };
         let open_exe = || p.open_relative("exe").map_err(proc_error);
-        let mut exe = (reads.exe || (!reads.kernel_comm.is_empty() && reads.kernel_comm != stat.comm)).then(open_exe);
+        let kernel_comm_differs = |comm: &str| !reads.kernel_comm.is_empty() && reads.kernel_comm != comm;
+        let mut exe = (reads.exe || first.as_ref().is_some_and(|s| kernel_comm_differs(&s.comm))).then(open_exe);
         let exe_path = p.exe().ok().map(|p| p.to_string_lossy().into_owned());
         let cgroup_path = if reads.cgroup { read_cgroup_path(p) } else { None };
         let argv = p.cmdline().ok();
         // Same start time after all reads: everything above describes one process.
         let again = procstat::read(p).map_err(proc_error)?;
-        if again.starttime != stat.starttime {
+        if first.as_ref().is_some_and(|s| s.starttime != again.starttime) {
             return Err("pid was reused while the process was being attested".to_owned());
         }
+        let stat = first.unwrap_or_else(|| again.clone());
         // Renamed or exec'd while read: `forget_later_exec` needs the running file. The
         // handle still names this process instance (a reused pid would fail the open).
-        if exe.is_none() && again.comm != stat.comm {
+        if exe.is_none() && (again.comm != stat.comm || kernel_comm_differs(&again.comm)) {
             exe = Some(open_exe());
         }
         Ok(ProcFacts {

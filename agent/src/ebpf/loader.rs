@@ -176,7 +176,11 @@ impl Probes {
             .iter()
             .filter(|n| (1..=WATCH_NAME_LEN).contains(&n.len()))
             .fold(0, |m, n| m | 1 << (n.len() - 1));
+        // Data events wake user space once an eighth of the ring is waiting (else at its
+        // next poll tick, `DATA_POLL_TICK`).
+        let data_wakeup_bytes = u64::from(ring_buffer_bytes / 8);
         let mut ebpf = EbpfLoader::new()
+            .override_global("DATA_WAKEUP_BYTES", &data_wakeup_bytes, true)
             .override_global("TP_OFFSETS", &offsets, true)
             .override_global("EXE_OFFSETS", &exe, true)
             .override_global("WATCH_LENGTHS", &lengths, true)
