@@ -447,6 +447,7 @@ pub fn run(
     let mut last_stats = Instant::now();
     let mut last_lib_scan = Instant::now();
     let mut last_snapshot = Instant::now();
+    crate::release_startup_memory();
     while !stop.load(Ordering::Relaxed) {
         wait_readable(events.as_raw_fd(), DATA_POLL_TICK);
         while let Some(item) = events.next() {

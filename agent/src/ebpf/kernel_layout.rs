@@ -50,14 +50,8 @@ pub fn exe_offsets(path: &Path) -> Result<ExeOffsets, LayoutError> {
         task_group_leader: layout.field("task_struct", "group_leader")?,
         task_start_boottime: layout.field("task_struct", "start_boottime")?,
     };
-    // The allocator keeps the parse's tens of MiB otherwise; the agent's resting RSS
-    // should not carry a one-off start-up cost.
     drop(btf);
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::release_startup_memory();
     Ok(offsets)
 }
 
