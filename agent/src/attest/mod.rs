@@ -74,6 +74,9 @@ struct Reads<'a> {
     /// The comm the kernel set at exec: if procfs shows another, the process may have
     /// exec'd again, and the executable is opened to find out.
     kernel_comm: &'a str,
+    /// The kernel's exec filename: with the executable's path, it says whether the
+    /// command line can name a script (see `script::may_have_script`).
+    exec_path: Option<&'a str>,
     /// The kernel gave the process's start time with the event (the caller compares it):
     /// one read of stat, after the others, is enough, since every read goes through the
     /// handle of one process instance, and the final stat says which instance that is.
@@ -383,7 +386,7 @@ impl Attestor {
             exe: None,
         };
         let proc = Process::new(pid as i32).ok()?;
-        let facts = self.read_facts(&proc, Reads { ids: true, exe: true, cgroup: true, kernel_comm: "", start_known: false }).ok()?;
+        let facts = self.read_facts(&proc, Reads { ids: true, exe: true, cgroup: true, kernel_comm: "", exec_path: None, start_known: false }).ok()?;
         if facts.kthread {
             return None;
         }
@@ -411,6 +414,7 @@ impl Attestor {
             exe: known.is_none(),
             cgroup: obs.cgroup_id.and_then(|id| self.cgroups.path_of(id)).is_none(),
             kernel_comm: &obs.comm,
+            exec_path: obs.exec_path.as_deref(),
             start_known: obs.start_ns != 0,
         };
         let facts = Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
@@ -511,7 +515,7 @@ impl Attestor {
         let mut exe = (reads.exe || first.as_ref().is_some_and(|s| kernel_comm_differs(&s.comm))).then(open_exe);
         let exe_path = p.exe().ok().map(|p| p.to_string_lossy().into_owned());
         let cgroup_path = if reads.cgroup { read_cgroup_path(p) } else { None };
-        let argv = p.cmdline().ok();
+        let argv = script::may_have_script(reads.exec_path, exe_path.as_deref()).then(|| p.cmdline().ok()).flatten();
         // Same start time after all reads: everything above describes one process.
         let again = procstat::read(p).map_err(proc_error)?;
         if first.as_ref().is_some_and(|s| s.starttime != again.starttime) {

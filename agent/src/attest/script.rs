@@ -69,6 +69,16 @@ fn is_interpreter(exe_path: &str) -> bool {
     INTERPRETERS.contains(&bare)
 }
 
+/// Whether the process may have been started on a script, so its command line is worth
+/// reading at all: an interpreter runs, or the kernel exec'd a file of another name than
+/// the one that runs (a `#!` file; `/bin/true` running `/usr/bin/true` is not one). The
+/// exec path is the agent's most frequent procfs read otherwise, for nothing.
+pub fn may_have_script(exec_path: Option<&str>, exe_path: Option<&str>) -> bool {
+    let base = |p: &str| p.trim_end_matches(" (deleted)").rsplit('/').next().unwrap_or(p).to_owned();
+    exe_path.is_some_and(|e| is_interpreter(e.trim_end_matches(" (deleted)")))
+        || exec_path.is_some_and(|x| exe_path.is_none_or(|e| base(x) != base(e)))
+}
+
 /// Which argument names the script, if any: `exec_path` is the kernel's exec filename,
 /// `exe_path` the file that runs (the interpreter, for a script).
 fn script_arg<'a>(exec_path: Option<&str>, exe_path: Option<&str>, argv: &'a [String]) -> Option<(&'a str, &'static str)> {
@@ -156,6 +166,17 @@ mod tests {
         assert_eq!(script_arg(Some("/usr/bin/cat"), Some("/usr/bin/cat"), &argv(&["cat", "/etc/passwd"])), None);
         assert_eq!(script_arg(Some("/usr/bin/cat"), Some("/usr/bin/cat"), &argv(&["cat", "/usr/bin/cat"])), None);
         assert_eq!(script_arg(Some("/usr/bin/sha256sum"), None, &argv(&["sha256sum", "/srv/app.py"])), None);
+    }
+
+    #[test]
+    fn the_command_line_is_read_only_where_a_script_can_be() {
+        assert!(may_have_script(Some("/srv/app.py"), Some("/usr/bin/python3.11")), "a #! file");
+        assert!(may_have_script(Some("/srv/job"), Some("/usr/bin/mytool")), "a #! file of a program we do not know");
+        assert!(may_have_script(Some("/usr/bin/python3"), Some("/usr/bin/python3.11")), "an interpreter");
+        assert!(may_have_script(None, Some("/usr/bin/perl")), "an interpreter found by a scan");
+        assert!(!may_have_script(Some("/bin/true"), Some("/usr/bin/true")), "merged /usr");
+        assert!(!may_have_script(Some("/usr/bin/cat"), Some("/usr/bin/cat")));
+        assert!(!may_have_script(None, Some("/usr/bin/cat")));
     }
 
     #[test]
