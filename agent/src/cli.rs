@@ -73,6 +73,9 @@ pub struct TokenArgs {
     /// With --repeat: a new audience for every fetch, so no cache can answer.
     #[arg(long, hide = true, requires = "repeat")]
     pub distinct_audiences: bool,
+    /// With --repeat: this many connections fetching at the same time (throughput).
+    #[arg(long, hide = true, requires = "repeat", default_value_t = 1)]
+    pub clients: usize,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/sigil/workload.sock";

@@ -71,8 +71,8 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> an
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             if let Some(n) = args.repeat {
                 let aud = args.audience.first().cloned().unwrap_or_default();
-                let (p50, p99) = rt.block_on(client::measure(&args.socket, &aud, n.max(1), args.distinct_audiences))?;
-                println!("{{\"n\":{n},\"p50_us\":{p50},\"p99_us\":{p99}}}");
+                let m = rt.block_on(client::measure(&args.socket, &aud, n.max(1), args.distinct_audiences, args.clients))?;
+                println!("{}", serde_json::json!({"n": n, "clients": args.clients, "p50_us": m.p50_us, "p99_us": m.p99_us, "tokens_per_s": m.tokens_per_s}));
                 return Ok(());
             }
             let svids = rt.block_on(client::fetch_jwt(&args.socket, args.audience, args.spiffe_id))?;

@@ -36,10 +36,18 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// p50/p99 in microseconds from `sigil-agent token --repeat`.
-fn measure(bin: &Path, socket: &Path, distinct: bool) -> Result<(u64, u64)> {
+/// One mode's figures: p50 and p99 (µs), tokens per second.
+pub struct Row {
+    pub name: String,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub tokens_per_s: f64,
+}
+
+/// Figures of `sigil-agent token --repeat` with `clients` connections fetching at once.
+fn measure(bin: &Path, socket: &Path, distinct: bool, clients: usize, name: &str) -> Result<Row> {
     let mut cmd = Command::new(bin);
-    cmd.args(["token", "--audience", "bench", "--repeat", &FETCHES.to_string(), "--socket"]).arg(socket);
+    cmd.args(["token", "--audience", "bench", "--repeat", &FETCHES.to_string(), "--clients", &clients.to_string(), "--socket"]).arg(socket);
     if distinct {
         cmd.arg("--distinct-audiences");
     }
@@ -48,7 +56,12 @@ fn measure(bin: &Path, socket: &Path, distinct: bool) -> Result<(u64, u64)> {
         bail!("token fetch loop failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok((v["p50_us"].as_u64().unwrap_or(0), v["p99_us"].as_u64().unwrap_or(0)))
+    Ok(Row {
+        name: name.to_owned(),
+        p50_us: v["p50_us"].as_u64().unwrap_or(0),
+        p99_us: v["p99_us"].as_u64().unwrap_or(0),
+        tokens_per_s: v["tokens_per_s"].as_f64().unwrap_or(0.0),
+    })
 }
 
 fn agent(bin: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Guard> {
@@ -64,8 +77,8 @@ fn agent(bin: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Guard> {
     start_until(&mut cmd, "Workload API on")
 }
 
-/// Runs both modes; returns (label, p50 µs, p99 µs) rows.
-pub fn run(bin_dir: &Path, dir: &Path) -> Result<Vec<(String, u64, u64)>> {
+/// Runs both modes; returns one row per mode.
+pub fn run(bin_dir: &Path, dir: &Path) -> Result<Vec<Row>> {
     let bin = bin_dir.join("sigil-agent");
     let exe = std::fs::canonicalize(&bin)?;
     std::fs::write(
@@ -78,8 +91,9 @@ pub fn run(bin_dir: &Path, dir: &Path) -> Result<Vec<(String, u64, u64)>> {
     let mut rows = Vec::new();
     {
         let _single = agent(&bin, dir, "single", &["--stdout"])?;
-        let (p50, p99) = measure(&bin, &dir.join("single.sock"), true)?;
-        rows.push(("single-node (agent signs)".to_owned(), p50, p99));
+        rows.push(measure(&bin, &dir.join("single.sock"), true, 1, "single-node (agent signs)")?);
+        // Throughput: as many clients as a node's workloads would open at once.
+        rows.push(measure(&bin, &dir.join("single.sock"), true, 4, "single-node, 4 clients at once")?);
     }
     let grpc = free_port()?;
     let db = dir.join("collector.db");
@@ -96,10 +110,8 @@ pub fn run(bin_dir: &Path, dir: &Path) -> Result<Vec<(String, u64, u64)>> {
     )?;
     let url = format!("http://127.0.0.1:{grpc}");
     let _fleet = agent(&bin, dir, "fleet", &["--collector", &url, "--signer", &url])?;
-    let (p50, p99) = measure(&bin, &dir.join("fleet.sock"), true)?;
-    rows.push(("fleet, signed by the collector (cache miss)".to_owned(), p50, p99));
-    let (p50, p99) = measure(&bin, &dir.join("fleet.sock"), false)?;
-    rows.push(("fleet, served from the agent's cache".to_owned(), p50, p99));
+    rows.push(measure(&bin, &dir.join("fleet.sock"), true, 1, "fleet, signed by the collector (cache miss)")?);
+    rows.push(measure(&bin, &dir.join("fleet.sock"), false, 1, "fleet, served from the agent's cache")?);
     Ok(rows)
 }
 
@@ -114,8 +126,8 @@ mod tests {
         let root = crate::build::workspace_root();
         let dir = root.join("target/bench-issue-debug");
         std::fs::create_dir_all(&dir).expect("dir");
-        for (name, p50, p99) in super::run(&root.join("target/debug"), &dir).expect("bench") {
-            println!("{name:<44} p50 {p50:>8} µs  p99 {p99:>8} µs");
+        for r in super::run(&root.join("target/debug"), &dir).expect("bench") {
+            println!("{:<44} p50 {:>8} µs  p99 {:>8} µs  {:>8.0} tokens/s", r.name, r.p50_us, r.p99_us, r.tokens_per_s);
         }
     }
 }

@@ -41,19 +41,41 @@ pub async fn fetch_jwt(socket: &Path, audience: Vec<String>, spiffe_id: Option<S
     fetch_with(&mut connect(socket).await?, audience, spiffe_id).await
 }
 
-/// Token fetch latency over one connection, for `cargo xtask bench`: `n` fetches, each
-/// for a new audience when `distinct` (so no cache can answer). Returns (p50, p99) in
-/// microseconds.
-pub async fn measure(socket: &Path, audience: &str, n: usize, distinct: bool) -> Result<(u128, u128)> {
-    let mut client = connect(socket).await?;
-    let mut micros = Vec::with_capacity(n);
-    for i in 0..n {
-        let aud = if distinct { format!("{audience}-{i}") } else { audience.to_owned() };
-        let start = std::time::Instant::now();
-        fetch_with(&mut client, vec![aud], None).await?;
-        micros.push(start.elapsed().as_micros());
+/// What `measure` found: latency percentiles (µs) and throughput.
+pub struct Measured {
+    pub p50_us: u128,
+    pub p99_us: u128,
+    pub tokens_per_s: f64,
+}
+
+/// Token fetch latency and throughput for `cargo xtask bench`: `n` fetches spread over
+/// `clients` connections fetching at the same time, each for a new audience when
+/// `distinct` (so no cache can answer).
+pub async fn measure(socket: &Path, audience: &str, n: usize, distinct: bool, clients: usize) -> Result<Measured> {
+    let clients = clients.max(1);
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (socket, audience) = (socket.to_owned(), audience.to_owned());
+        let share = n / clients + usize::from(c < n % clients);
+        tasks.spawn(async move {
+            let mut client = connect(&socket).await?;
+            let mut micros = Vec::with_capacity(share);
+            for i in 0..share {
+                let aud = if distinct { format!("{audience}-{c}-{i}") } else { audience.clone() };
+                let start = std::time::Instant::now();
+                fetch_with(&mut client, vec![aud], None).await?;
+                micros.push(start.elapsed().as_micros());
+            }
+            anyhow::Ok(micros)
+        });
     }
+    let mut micros = Vec::with_capacity(n);
+    while let Some(done) = tasks.join_next().await {
+        micros.extend(done.context("a fetching task failed")??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
     micros.sort_unstable();
     let at = |q: f64| micros.get(((micros.len() as f64 * q) as usize).min(micros.len().saturating_sub(1))).copied().unwrap_or(0);
-    Ok((at(0.50), at(0.99)))
+    Ok(Measured { p50_us: at(0.50), p99_us: at(0.99), tokens_per_s: micros.len() as f64 / elapsed.max(f64::EPSILON) })
 }
