@@ -33,7 +33,7 @@ fn sql(fact: Fact) -> &'static str {
             FROM runs r WHERE r.run_id = ?1",
         Fact::RunSpan => "SELECT min(f) AS first, max(l) AS last FROM (
                 SELECT min(time) AS f, max(time) AS l FROM processes WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1)
-                UNION ALL SELECT NULL, max(exit_time) FROM processes WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) AND exit_time IS NOT NULL
+                UNION ALL SELECT NULL, max(exit_time) FROM processes INDEXED BY processes_exit WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) AND exit_time IS NOT NULL
                 UNION ALL SELECT min(time), max(time) FROM token_issuances WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1)
                 UNION ALL SELECT min(time), max(time) FROM token_denials WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1)
                 UNION ALL SELECT min(time), max(time) FROM credential_uses WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1)
@@ -63,8 +63,11 @@ fn sql(fact: Fact) -> &'static str {
             WHERE a.access_key_id = ?1 OR a.issued_access_key_id = ?1 OR a.role_session_name = ?1 ORDER BY a.time, a.id",
         Fact::RunExecs => "SELECT time, row, exec_id, pid, binary_path, sha256, exit_time FROM processes_v
             WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) AND (time, row) > (?2, ?3) ORDER BY time, row LIMIT ?4",
-        Fact::RunExits => "SELECT exit_time AS time, row, exec_id, pid FROM processes_v
-            WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) AND exit_time IS NOT NULL AND (exit_time, row) > (?2, ?3) ORDER BY exit_time, row LIMIT ?4",
+        // Through the partial index of exits (the planner, without statistics, would walk
+        // all the run's processes).
+        Fact::RunExits => "SELECT p.exit_time AS time, p.rowid AS row, p.exec_id, p.pid FROM processes p INDEXED BY processes_exit
+            WHERE p.rid = (SELECT rid FROM runs WHERE run_id = ?1) AND p.exit_time IS NOT NULL AND (p.exit_time, p.rowid) > (?2, ?3)
+            ORDER BY p.exit_time, p.rowid LIMIT ?4",
         Fact::RunIssued => "SELECT time, row, jti, spiffe_id, audience, ttl, exec_id FROM token_issuances_v
             WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) AND (time, row) > (?2, ?3) ORDER BY time, row LIMIT ?4",
         Fact::RunDenied => "SELECT time, row, reason, detail, spiffe_id, exec_id FROM token_denials_v
@@ -79,7 +82,7 @@ fn sql(fact: Fact) -> &'static str {
             FROM links l JOIN cloud_actions a ON a.id = l.cloud_action_id WHERE l.run_id = ?1 AND (a.time, l.rowid) > (?2, ?3) ORDER BY a.time, l.rowid LIMIT ?4",
         Fact::RunCounts => "SELECT
                 (SELECT count(*) FROM processes WHERE rid = r.rid AND (time, rowid) > (?2, ?3)) AS \"exec\",
-                (SELECT count(*) FROM processes WHERE rid = r.rid AND exit_time IS NOT NULL AND (exit_time, rowid) > (?2, ?4)) AS \"exit\",
+                (SELECT count(*) FROM processes INDEXED BY processes_exit WHERE rid = r.rid AND exit_time IS NOT NULL AND (exit_time, rowid) > (?2, ?4)) AS \"exit\",
                 (SELECT count(*) FROM token_issuances WHERE rid = r.rid AND (time, rowid) > (?2, ?5)) AS token_issued,
                 (SELECT count(*) FROM token_denials WHERE rid = r.rid AND (time, rowid) > (?2, ?6)) AS token_denied,
                 (SELECT count(*) FROM credential_uses WHERE rid = r.rid AND (time, rowid) > (?2, ?7)) AS credential_use,
