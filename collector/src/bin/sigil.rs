@@ -85,7 +85,7 @@ enum Cmd {
 #[derive(clap::Args)]
 struct PageArgs {
     /// At most this many entries (linked runs for trace, timeline entries for run,
-    /// credentials for static-credentials; up to 1000). Default: 10, 100, 50.
+    /// credentials for static-credentials; up to 1000). Default: 5, 100, 50.
     #[arg(long)]
     limit: Option<u32>,
     /// Start after this cursor (the `next` of the previous page, which the command

@@ -139,8 +139,8 @@ pub const RUN_PAGE: usize = 100;
 pub const STATIC_PAGE: usize = 50;
 /// Long-lived credentials `posture` names (it counts them all).
 pub const POSTURE_LONG_LIVED: i64 = 20;
-/// Linked runs `trace` lists when not told.
-pub const TRACE_PAGE: usize = 10;
+/// Linked runs `trace` lists when not told (each with its summary: a few KB).
+pub const TRACE_PAGE: usize = 5;
 /// Processes `trace` lists per linked run (the run's timeline has them all).
 pub const TRACE_PROCESSES: i64 = 5;
 

@@ -48,8 +48,11 @@ fn sql(fact: Fact) -> &'static str {
             FROM credential_uses_v WHERE row = ?1",
         Fact::Issuance => "SELECT jti, spiffe_id, audience, issued_at, expires_at, ttl, exec_id, run_id FROM token_issuances_v WHERE jti = ?1",
         Fact::FileReads => "SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) ORDER BY time",
+        // Filtered on the interned ids before any string is resolved: a run's uses are many.
         Fact::Exchange => "SELECT event_id, time, host, dest_ip, dest_port, path, jwt_jti, exec_id FROM credential_uses_v
-            WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) AND detector = 'token_exchange' AND jwt_jti IS NOT NULL AND time <= ?2 ORDER BY time DESC LIMIT 1",
+            WHERE row = (SELECT u.rowid FROM credential_uses u WHERE u.rid = (SELECT rid FROM runs WHERE run_id = ?1)
+                AND u.detector = (SELECT id FROM strings WHERE s = 'token_exchange') AND u.jwt_jti IS NOT NULL AND u.time <= ?2
+                ORDER BY u.time DESC LIMIT 1)",
         Fact::HandedOut => "SELECT time, exchange_kind, identifier, expires_at, principal, host, presented_jti, exec_id, run_id FROM credential_obtained_v
             WHERE identifier = ?1 ORDER BY time LIMIT 1",
         Fact::UsesOf => "SELECT run_id, sum(count) AS uses, min(first_seen) AS first_seen, max(time) AS last_seen, max(detector) AS detector, max(class) AS class, fingerprint,

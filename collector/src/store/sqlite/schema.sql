@@ -41,9 +41,9 @@ CREATE TABLE IF NOT EXISTS processes (
     pid INTEGER NOT NULL, ppid INTEGER NOT NULL, time INTEGER NOT NULL, start_time TEXT,
     binary_path INTEGER, sha256 INTEGER, cgroup_path INTEGER, comm INTEGER, ancestry INTEGER, exit_time INTEGER,
     UNIQUE (node_id, exec_id));
--- A run's processes in time order (with the rowid every index ends with: the timeline's
--- order), and its exits (few processes have one while they run).
-CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time);
+-- A run's processes in time order (the binary too, so a run's distinct binaries are
+-- counted from the index), and its exits (few processes have one while they run).
+CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time, binary_path);
 CREATE INDEX IF NOT EXISTS processes_exit ON processes (rid, exit_time) WHERE exit_time IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS token_issuances (
