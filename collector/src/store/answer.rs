@@ -31,7 +31,8 @@ pub enum Fact {
     /// run id -> one row: first, last (the times of its earliest and latest timeline
     /// entry).
     RunSpan,
-    /// run id, limit -> its first processes with their ancestry, oldest first.
+    /// run id, limit -> its first processes (without ancestry: [`Fact::Process`] has the
+    /// one that matters), oldest first.
     Processes,
     /// run id, exec id -> that process of the run with its ancestry.
     Process,

@@ -40,7 +40,7 @@ fn sql(fact: Fact) -> &'static str {
                 UNION ALL SELECT min(time), max(time) FROM credential_file_reads WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1)
                 UNION ALL SELECT min(time), max(time) FROM credential_obtained WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1)
                 UNION ALL SELECT min(a.time), max(a.time) FROM links l JOIN cloud_actions a ON a.id = l.cloud_action_id WHERE l.run_id = ?1)",
-        Fact::Processes => "SELECT exec_id, pid, ppid, time, start_time, exit_time, binary_path, sha256, comm, ancestry FROM processes_v
+        Fact::Processes => "SELECT exec_id, pid, ppid, time, start_time, exit_time, binary_path, sha256, comm FROM processes_v
             WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) ORDER BY time, row LIMIT ?2",
         Fact::Process => "SELECT exec_id, pid, ppid, time, start_time, exit_time, binary_path, sha256, comm, ancestry FROM processes_v
             WHERE node_id IN (SELECT node_id FROM nodes) AND exec_id = ?2 AND +rid = (SELECT rid FROM runs WHERE run_id = ?1) LIMIT 1",
