@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path as UrlPath, State, rejection::BytesRejection},
+    extract::{DefaultBodyLimit, Path as UrlPath, Query as UrlQuery, State, rejection::BytesRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -29,7 +29,7 @@ use crate::{
     node_identity::{self, NodeError},
     sign::{self, SignerSetup},
     cloud::{Limits, Parsed, cloudtrail, gcp},
-    store::{AgentEvent, Query, Store, StoreError},
+    store::{AgentEvent, Page, Query, Store, StoreError},
 };
 
 pub type SharedStore = Arc<dyn Store>;
@@ -191,10 +191,12 @@ impl QueryApi for QueryService {
             return Err(Status::permission_denied("node certificates may push events, not query"));
         }
         let r = req.into_inner();
-        let q = Query::parse(&r.name, &r.argument).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let page = Page::new(Some(u64::from(r.limit)), Some(&r.after)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let q = Query::parse_paged(&r.name, &r.argument, page).map_err(|e| Status::invalid_argument(e.to_string()))?;
         match ask(&self.0, q).await {
             Ok(v) => Ok(GrpcResponse::new(QueryResponse { json: v.to_string().into_bytes() })),
             Err(StoreError::NotFound(m)) => Err(Status::not_found(m)),
+            Err(StoreError::BadArgument(m)) => Err(Status::invalid_argument(m)),
             Err(e) => Err(Status::internal(e.to_string())),
         }
     }
@@ -215,13 +217,24 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn http_query(State(s): State<SharedStore>, UrlPath((name, arg)): UrlPath<(String, String)>) -> Result<Json<Value>, ApiError> {
-    let q = Query::parse(&name, &arg).map_err(ApiError)?;
+/// `?limit=N&after=CURSOR`: one page of a trace's or run's list.
+#[derive(serde::Deserialize)]
+struct PageParams {
+    limit: Option<u64>,
+    after: Option<String>,
+}
+
+async fn http_query(
+    State(s): State<SharedStore>,
+    UrlPath((name, arg)): UrlPath<(String, String)>,
+    UrlQuery(p): UrlQuery<PageParams>,
+) -> Result<Json<Value>, ApiError> {
+    let q = Query::parse_paged(&name, &arg, Page::new(p.limit, p.after.as_deref()).map_err(ApiError)?).map_err(ApiError)?;
     ask(&s, q).await.map(Json).map_err(ApiError)
 }
 
-async fn http_query_plain(State(s): State<SharedStore>, UrlPath(name): UrlPath<String>) -> Result<Json<Value>, ApiError> {
-    let q = Query::parse(&name, "").map_err(ApiError)?;
+async fn http_query_plain(State(s): State<SharedStore>, UrlPath(name): UrlPath<String>, UrlQuery(p): UrlQuery<PageParams>) -> Result<Json<Value>, ApiError> {
+    let q = Query::parse_paged(&name, "", Page::new(p.limit, p.after.as_deref()).map_err(ApiError)?).map_err(ApiError)?;
     ask(&s, q).await.map(Json).map_err(ApiError)
 }
 

@@ -135,11 +135,11 @@ fn a_network_peer_sending_an_oversized_grpc_message_is_refused_with_a_clear_stat
 
         let mut query = QueryClient::connect(url).await.unwrap();
         let status = query
-            .ask(QueryRequest { name: "trace".into(), argument: "x".repeat(LIMIT * 2) })
+            .ask(QueryRequest { name: "trace".into(), argument: "x".repeat(LIMIT * 2), ..Default::default() })
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
-        let answer = query.ask(QueryRequest { name: "posture".into(), argument: String::new() }).await.unwrap();
+        let answer = query.ask(QueryRequest { name: "posture".into(), ..Default::default() }).await.unwrap();
         assert!(serde_json::from_slice::<Value>(&answer.into_inner().json).unwrap().is_object());
     });
 }

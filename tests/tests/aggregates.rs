@@ -8,7 +8,7 @@
 use std::fs;
 
 use sigil_collector::store::{
-    AgentEvent, Query, Store,
+    AgentEvent, Page, Query, Store,
     postgres::PostgresStore,
     sqlite::{SqliteStore, now_unix},
 };
@@ -68,7 +68,7 @@ fn now_rfc3339(offset: i64) -> String {
 }
 
 fn static_row(store: &dyn Store) -> serde_json::Value {
-    let s = store.query(&Query::StaticCredentials).unwrap();
+    let s = store.query(&Query::StaticCredentials(Page::default())).unwrap();
     let rows = s["static_credentials"].as_array().unwrap().clone();
     assert_eq!(rows.len(), 1, "{s}");
     rows[0].clone()

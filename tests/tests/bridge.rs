@@ -300,9 +300,11 @@ fn credential_process(backend: Backend) {
         .to_owned();
     let t = trace_s3_call(&node, &key);
     assert_chain(&node, &t, &key, &jti, &moto);
-    // The bridge process itself is in the run: it made the exchange.
-    let procs = t["attribution"][0]["processes"].as_array().unwrap();
-    assert!(procs.iter().any(|p| p["binary_path"] == node.client.display().to_string().as_str()), "{procs:?}");
+    // The bridge process itself is in the run: it made the exchange (the trace lists the
+    // run's first processes; its timeline has them all).
+    let timeline = node.collector.sigil(&["run", &node.run_id, "--limit", "1000"]);
+    let execs: Vec<&Value> = timeline["timeline"].as_array().unwrap().iter().filter(|e| e["what"] == "exec").map(|e| &e["detail"]).collect();
+    assert!(execs.iter().any(|p| p["binary_path"] == node.client.display().to_string().as_str()), "{execs:?}");
     assert_secrets_absent(&node, "", &[&secret, &session]);
 }
 

@@ -7,7 +7,7 @@ use std::{fs, path::Path, process::Command};
 
 use sigil_collector::{
     cloud::cloudtrail,
-    store::{AgentEvent, Query, Store, postgres::PostgresStore, sqlite::now_unix},
+    store::{AgentEvent, Page, Query, Store, postgres::PostgresStore, sqlite::now_unix},
 };
 use sigil_proto::{EventBody, v1};
 use sigil_tests::{postgres::Postgres, scratch_dir};
@@ -69,7 +69,7 @@ fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
     assert_eq!(store.metrics().unwrap()["events_by_kind"]["process_exec"], 2, "the counts follow the dropped partitions");
     // The imported evidence is still there and answers.
     for a in &parsed.actions {
-        assert_eq!(store.query(&Query::Trace(a.id.clone())).unwrap()["action"]["id"], a.id.as_str());
+        assert_eq!(store.query(&Query::Trace(a.id.clone(), Page::default())).unwrap()["action"]["id"], a.id.as_str());
     }
     // The replica knew the old day's partition (it stored an event of that day before the
     // other replica's retention dropped it): a late event of that day is still stored.

@@ -247,7 +247,7 @@ fn queries(quick: bool, full: bool) -> Result<()> {
         println!("\n{:<52} {:>12}  measured (p50 / p99)", format!("queries at {events} events ({} B/event, {} events/s ingest)", r["bytes_per_event"], r["grpc_events_per_second"]), "goal p99");
         for (verb, goal) in goals {
             let q = &r["queries"][verb];
-            println!("{:<52} {:>12}  {} ms / {} ms", format!("  {verb}"), goal, q["p50_ms"], q["p99_ms"]);
+            println!("{:<52} {:>12}  {} ms / {} ms ({} B answers)", format!("  {verb}"), goal, q["p50_ms"], q["p99_ms"], q["mean_answer_bytes"]);
         }
         res.insert(format!("queries_{events}"), r);
     }

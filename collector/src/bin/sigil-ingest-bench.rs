@@ -346,7 +346,7 @@ async fn query_latencies(url: &str, fleets: &[(String, Vec<Event>)], actions: us
                 _ => String::new(),
             };
             let start = Instant::now();
-            let r = client.ask(QueryRequest { name: verb.into(), argument: argument.clone() }).await.with_context(|| format!("{verb} {argument}"))?;
+            let r = client.ask(QueryRequest { name: verb.into(), argument: argument.clone(), ..Default::default() }).await.with_context(|| format!("{verb} {argument}"))?;
             ms.push(start.elapsed().as_secs_f64() * 1000.0);
             bytes += r.into_inner().json.len();
         }

@@ -44,14 +44,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The run, pod, container, binary, ancestry and credential behind a cloud event.
-    Trace { cloud_event_id: String },
+    /// The run, pod, container, binary, ancestry and credential behind a cloud event:
+    /// a page of its linked runs (most confident first), each with a summary.
+    Trace {
+        cloud_event_id: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Every run that used an access key id, credential fingerprint or token jti.
     WhoUsed { credential: String },
-    /// Everything a run did, as a timeline.
-    Run { run_id: String },
-    /// Runs still using long-lived credentials, shared credentials first.
-    StaticCredentials,
+    /// Everything a run did: a summary, then its timeline a page at a time.
+    Run {
+        run_id: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Runs still using long-lived credentials, shared credentials first, a page at a time.
+    StaticCredentials {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Cloud actions no run could be tied to.
     Unattributed,
     /// Migration figures: short-lived share, long-lived in use, token lifetimes, denials.
@@ -67,6 +79,42 @@ enum Cmd {
         #[arg(long)]
         since: Option<String>,
     },
+}
+
+/// Which page of a long answer to show.
+#[derive(clap::Args)]
+struct PageArgs {
+    /// At most this many entries (linked runs for trace, timeline entries for run,
+    /// credentials for static-credentials; up to 1000). Default: 5, 100, 50.
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Start after this cursor (the `next` of the previous page, which the command
+    /// printed at the end).
+    #[arg(long)]
+    after: Option<String>,
+}
+
+impl PageArgs {
+    /// `?limit=..&after=..` (empty when neither is given).
+    fn query(&self) -> String {
+        let parts: Vec<String> =
+            [self.limit.map(|n| format!("limit={n}")), self.after.as_deref().map(|a| format!("after={}", percent(a)))].into_iter().flatten().collect();
+        if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+    }
+
+    /// The same command for the page after `next`.
+    fn next_command(&self, verb: &str, arg: &str, next: &str) -> String {
+        let mut words = vec!["sigil".to_owned(), verb.to_owned()];
+        words.extend((!arg.is_empty()).then(|| shell_word(arg)));
+        words.extend(self.limit.map(|n| format!("--limit {n}")));
+        words.push(format!("--after {}", shell_word(next)));
+        words.join(" ")
+    }
+}
+
+/// `s` as one shell word.
+fn shell_word(s: &str) -> String {
+    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/=@+,".contains(&b)) { s.to_owned() } else { format!("'{}'", s.replace('\'', "'\\''")) }
 }
 
 /// The HTTP client with the operator's credentials: a CA and client certificate for an
@@ -91,13 +139,14 @@ fn client(cli: &Cli) -> Result<(ureq::Agent, Option<String>)> {
     Ok((agent, token))
 }
 
-fn get(cli: &Cli, name: &str, arg: Option<&str>) -> Result<Value> {
+fn get(cli: &Cli, name: &str, arg: Option<&str>, query: &str) -> Result<Value> {
     let (agent, token) = client(cli)?;
     let mut url = format!("{}/v1/query/{name}", cli.collector.trim_end_matches('/'));
     if let Some(a) = arg {
         url.push('/');
         url.push_str(&percent(a));
     }
+    url.push_str(query);
     let mut req = agent.get(&url);
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
@@ -179,17 +228,31 @@ fn obtained_line(d: &Value) -> String {
     line
 }
 
-fn print_trace(v: &Value) {
+/// "… N more ...: <command>" when a page left entries out.
+fn left_out(v: &Value, what: &str, verb: &str, arg: &str, page: &PageArgs) {
+    let left = v["left_out"].as_i64().unwrap_or(0);
+    if let (true, Some(next)) = (left > 0, v["next"].as_str()) {
+        println!("\n  ... {left} more {what} not shown; next page: {}", page.next_command(verb, arg, next));
+    }
+}
+
+fn print_trace(v: &Value, id: &str, page: &PageArgs) {
     let a = &v["action"];
     println!("cloud action {} {} {} at {} by {}", text(&a["id"]), text(&a["service"]), text(&a["action"]), when(&a["time"]), text(&a["principal"]));
     if !v["attributed"].as_bool().unwrap_or(false) {
         println!("  NOT ATTRIBUTED: no workload run could be tied to it (access key {})", text(&a["access_key_id"]));
         return;
     }
+    println!("  linked to {} run(s)", text(&v["links"]));
     for at in v["attribution"].as_array().into_iter().flatten() {
         let run = &at["run"];
+        let s = &at["summary"];
         println!("\n  run {}  ({} confidence {})", text(&run["run_id"]), text(&at["reason"]), text(&at["confidence"]));
         println!("    node {}  pod {}  container {}  unit {}", text(&run["node"]), text(&run["pod_uid"]), text(&run["container_id"]), text(&run["unit"]));
+        println!(
+            "    {} processes ({} binaries), {} credential uses, {} cloud actions, from {} to {}",
+            text(&s["processes"]), text(&s["binaries"]), text(&s["credential_uses"]), text(&s["cloud_actions"]), when(&s["first"]), when(&s["last"])
+        );
         let c = &at["credential"];
         if !c.is_null() {
             println!("    credential {} {} key {} fingerprint {}", text(&c["detector"]), text(&c["class"]), text(&c["access_key_id"]), text(&c["fingerprint"]));
@@ -201,48 +264,64 @@ fn print_trace(v: &Value) {
         if let Some(t) = at["obtained"].get("token").filter(|t| !t.is_null()) {
             println!("      token jti {} for {} (ttl {} s)", text(&t["jti"]), text(&t["spiffe_id"]), text(&t["ttl"]));
         }
-        println!("    processes:");
-        table(at["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("pid", "PID"), ("binary_path", "BINARY"), ("sha256", "SHA256"), ("exec_id", "EXEC")]);
-        for p in at["processes"].as_array().into_iter().flatten().take(1) {
+        let p = &at["process"];
+        if !p.is_null() {
+            println!("    process: pid {} {} sha256 {} (exec {})", text(&p["pid"]), text(&p["binary_path"]), text(&p["sha256"]), text(&p["exec_id"]));
             let chain: Vec<String> = p["ancestry"].as_array().into_iter().flatten().map(|a| format!("{}({})", text(&a["comm"]), text(&a["pid"]))).collect();
             if !chain.is_empty() {
                 println!("    ancestry: {}", chain.join(" <- "));
             }
         }
+        println!("    first processes of the run:");
+        table(at["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("pid", "PID"), ("binary_path", "BINARY"), ("sha256", "SHA256"), ("exec_id", "EXEC")]);
+        let more = at["processes_left_out"].as_i64().unwrap_or(0);
+        if more > 0 {
+            println!("    ... {more} more processes not shown; all of them: sigil run {}", shell_word(run["run_id"].as_str().unwrap_or("")));
+        }
     }
+    left_out(v, "linked runs", "trace", id, page);
+}
+
+fn print_run(v: &Value, id: &str, page: &PageArgs) {
+    let r = &v["run"];
+    let s = &v["summary"];
+    println!("run {} on {} ({}), started {}, ended {}", text(&r["run_id"]), text(&r["node"]), text(&r["kind"]), when(&r["started"]), when(&r["ended"]));
+    println!(
+        "  {} processes ({} binaries), {} credential uses, {} cloud actions, from {} to {}; {} timeline entries",
+        text(&s["processes"]), text(&s["binaries"]), text(&s["credential_uses"]), text(&s["cloud_actions"]), when(&s["first"]), when(&s["last"]), text(&v["timeline_entries"])
+    );
+    for e in v["timeline"].as_array().into_iter().flatten() {
+        let d = &e["detail"];
+        let what = match e["what"].as_str().unwrap_or("") {
+            "exec" => format!("exec pid {} {} sha256 {}", text(&d["pid"]), text(&d["binary_path"]), text(&d["sha256"])),
+            "exit" => format!("exit pid {}", text(&d["pid"])),
+            "token_issued" => format!("token issued {} jti {} ttl {}", text(&d["spiffe_id"]), text(&d["jti"]), text(&d["ttl"])),
+            "token_denied" => format!("token denied: {} ({})", text(&d["reason"]), text(&d["detail"])),
+            "credential_use" => format!("used {} {} {} -> {} {} {}", text(&d["class"]), text(&d["detector"]), text(&d["access_key_id"]), text(&d["destination"]), text(&d["method"]), text(&d["path"])),
+            "credential_file_read" => format!("read {} ({})", text(&d["path"]), text(&d["file_kind"])),
+            "credential_obtained" => obtained_line(d),
+            "cloud_action" => format!("cloud {} {} [{}]", text(&d["service"]), text(&d["action"]), text(&d["id"])),
+            other => other.to_owned(),
+        };
+        println!("  {}  {what}", when(&e["time"]));
+    }
+    left_out(v, "timeline entries", "run", id, page);
 }
 
 fn render(cmd: &Cmd, v: &Value) {
     match cmd {
-        Cmd::Trace { .. } => print_trace(v),
+        Cmd::Trace { cloud_event_id, page } => print_trace(v, cloud_event_id, page),
         Cmd::WhoUsed { credential } => {
             println!("runs that used {credential}:");
             table(v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("run_id", "RUN"), ("class", "CLASS"), ("uses", "USES"), ("first_seen", "FIRST"), ("last_seen", "LAST"), ("destinations", "DESTINATIONS")]);
             println!("cloud actions with it:");
             table(v["cloud_actions"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("id", "EVENT"), ("action", "ACTION"), ("run_id", "RUN"), ("reason", "REASON")]);
         }
-        Cmd::Run { .. } => {
-            let r = &v["run"];
-            println!("run {} on {} ({}), started {}, ended {}", text(&r["run_id"]), text(&r["node"]), text(&r["kind"]), when(&r["started"]), when(&r["ended"]));
-            for e in v["timeline"].as_array().into_iter().flatten() {
-                let d = &e["detail"];
-                let what = match e["what"].as_str().unwrap_or("") {
-                    "exec" => format!("exec pid {} {} sha256 {}", text(&d["pid"]), text(&d["binary_path"]), text(&d["sha256"])),
-                    "exit" => format!("exit pid {}", text(&d["pid"])),
-                    "token_issued" => format!("token issued {} jti {} ttl {}", text(&d["spiffe_id"]), text(&d["jti"]), text(&d["ttl"])),
-                    "token_denied" => format!("token denied: {} ({})", text(&d["reason"]), text(&d["detail"])),
-                    "credential_use" => format!("used {} {} {} -> {} {} {}", text(&d["class"]), text(&d["detector"]), text(&d["access_key_id"]), text(&d["destination"]), text(&d["method"]), text(&d["path"])),
-                    "credential_file_read" => format!("read {} ({})", text(&d["path"]), text(&d["file_kind"])),
-                    "credential_obtained" => obtained_line(d),
-                    "cloud_action" => format!("cloud {} {} [{}]", text(&d["service"]), text(&d["action"]), text(&d["id"])),
-                    other => other.to_owned(),
-                };
-                println!("  {}  {what}", when(&e["time"]));
-            }
-        }
-        Cmd::StaticCredentials => {
-            println!("long-lived credentials in use (shared first):");
+        Cmd::Run { run_id, page } => print_run(v, run_id, page),
+        Cmd::StaticCredentials { page } => {
+            println!("{} long-lived credentials in use (shared first):", text(&v["credentials"]));
             table(v["static_credentials"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("access_key_id", "KEY ID"), ("token_family", "FAMILY"), ("detector", "DETECTOR"), ("runs", "RUNS"), ("uses", "USES"), ("fingerprint", "FINGERPRINT"), ("run_ids", "RUN IDS")]);
+            left_out(v, "credentials", "static-credentials", "", page);
         }
         Cmd::Unattributed => {
             println!("cloud actions no run could be tied to:");
@@ -265,7 +344,7 @@ fn render(cmd: &Cmd, v: &Value) {
             ] {
                 println!("  {label:<52} {}", text(&v[k]));
             }
-            println!("  long-lived credentials by runs:");
+            println!("  long-lived credentials shared by most runs (all of them: sigil static-credentials):");
             table(v["long_lived_credentials"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("access_key_id", "KEY ID"), ("fingerprint", "FINGERPRINT"), ("runs", "RUNS")]);
             println!("  token denials by reason:");
             table(v["denials_by_reason"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("reason", "REASON"), ("count", "COUNT")]);
@@ -282,16 +361,20 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
+    let query = match &cli.cmd {
+        Cmd::Trace { page, .. } | Cmd::Run { page, .. } | Cmd::StaticCredentials { page } => page.query(),
+        _ => String::new(),
+    };
     let (name, arg) = match &cli.cmd {
-        Cmd::Trace { cloud_event_id } => ("trace", Some(cloud_event_id.as_str())),
+        Cmd::Trace { cloud_event_id, .. } => ("trace", Some(cloud_event_id.as_str())),
         Cmd::WhoUsed { credential } => ("who-used", Some(credential.as_str())),
-        Cmd::Run { run_id } => ("run", Some(run_id.as_str())),
-        Cmd::StaticCredentials => ("static-credentials", None),
+        Cmd::Run { run_id, .. } => ("run", Some(run_id.as_str())),
+        Cmd::StaticCredentials { .. } => ("static-credentials", None),
         Cmd::Unattributed => ("unattributed", None),
         Cmd::Posture => ("posture", None),
         Cmd::Findings { .. } => ("findings", filter.as_deref()),
     };
-    match get(&cli, name, arg) {
+    match get(&cli, name, arg, &query) {
         Ok(v) => {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());

@@ -147,7 +147,7 @@ mod tests {
     use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
     use super::*;
-    use crate::store::{AgentEvent, Query, sqlite::{SqliteStore, now_unix}};
+    use crate::store::{AgentEvent, Page, Query, sqlite::{SqliteStore, now_unix}};
 
     const CTR: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
     const KEY: &str = "AKIASIGILRETAIN00001";
@@ -205,7 +205,7 @@ mod tests {
         // What `serve --retention-days 30` runs at start-up.
         store.retain(now_unix() - 30 * 86_400).unwrap();
 
-        let trace = store.query(&Query::Trace("ret-1".into())).unwrap();
+        let trace = store.query(&Query::Trace("ret-1".into(), Page::default())).unwrap();
         assert_eq!(trace["attributed"], true, "{trace}");
         let at = &trace["attribution"][0];
         assert_eq!(at["run"]["run_id"], format!("container:{CTR}"), "{trace}");
@@ -213,6 +213,6 @@ mod tests {
         assert_eq!(at["processes"][0]["binary_path"], "/usr/bin/python3", "{trace}");
         // The unrelated old run is gone: retention still works for everything else.
         let other = format!("container:{}", CTR.replace("c", "d"));
-        assert!(store.query(&Query::Run(other)).is_err_and(|e| matches!(e, StoreError::NotFound(_))));
+        assert!(store.query(&Query::Run(other, Page::default())).is_err_and(|e| matches!(e, StoreError::NotFound(_))));
     }
 }

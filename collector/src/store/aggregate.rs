@@ -121,6 +121,28 @@ impl<K: Ord + Clone> Deltas<K> {
     }
 }
 
+/// The aggregates of cloud actions and links (kept by triggers in both schemas): per
+/// table, its rows and the same rows computed from scratch, in SQL both backends speak.
+pub const CLOUD_CHECKS: [(&str, &str, &str); 3] = [
+    (
+        "agg_actions",
+        "SELECT provider, actions FROM agg_actions WHERE actions <> 0 ORDER BY provider",
+        "SELECT provider, count(*) AS actions FROM cloud_actions GROUP BY provider ORDER BY provider",
+    ),
+    (
+        "agg_links",
+        "SELECT reason, links FROM agg_links WHERE links <> 0 ORDER BY reason",
+        "SELECT reason, count(*) AS links FROM links GROUP BY reason ORDER BY reason",
+    ),
+    (
+        "agg_delays",
+        "SELECT seconds, actions FROM agg_delays WHERE actions <> 0 ORDER BY seconds",
+        "SELECT seconds, count(*) AS actions FROM (
+            SELECT min(l.created) - a.ingested AS seconds FROM cloud_actions a JOIN links l ON l.cloud_action_id = a.id GROUP BY a.id) x
+         GROUP BY seconds ORDER BY seconds",
+    ),
+];
+
 /// Rows of an aggregate table against the same rows computed from scratch.
 pub fn compare(table: &str, kept: &[serde_json::Value], fresh: &[serde_json::Value]) -> Result<(), StoreError> {
     if kept == fresh {

@@ -65,15 +65,43 @@ impl IngestOutcome {
     }
 }
 
+/// The most entries one page of a long list may hold (`--limit`).
+pub const MAX_PAGE: usize = 1000;
+
+/// Which part of a long, ordered list one answer holds: at most `limit` entries (the
+/// verb's default when `None`), after the `after` cursor a previous answer's `next` gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+}
+
+impl Page {
+    /// A page from a request's `limit` and `after` (absent, 0 or empty: not given).
+    pub fn new(limit: Option<u64>, after: Option<&str>) -> Result<Self, StoreError> {
+        let limit = match limit.filter(|n| *n > 0) {
+            Some(n) if n > MAX_PAGE as u64 => return Err(StoreError::BadArgument(format!("limit {n} is more than {MAX_PAGE}"))),
+            other => other.map(|n| n as usize),
+        };
+        Ok(Self { limit, after: after.filter(|a| !a.is_empty()).map(str::to_owned) })
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.limit.is_none() && self.after.is_none()
+    }
+}
+
 /// The questions incident responders ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
-    /// A cloud action id (CloudTrail eventID, GCP insertId).
-    Trace(String),
+    /// A cloud action id (CloudTrail eventID, GCP insertId); the page is over its links.
+    Trace(String, Page),
     /// An access key id, a fingerprint or a jti.
     WhoUsed(String),
-    Run(String),
-    StaticCredentials,
+    /// A run id; the page is over its timeline.
+    Run(String, Page),
+    /// Long-lived credentials in use; the page is over them, most shared first.
+    StaticCredentials(Page),
     Unattributed,
     Posture,
     /// Misuse findings, optionally of one kind and with a misuse at or after `since`.
@@ -86,14 +114,27 @@ impl Query {
             if arg.is_empty() { Err(StoreError::BadArgument(format!("{name} needs {what}"))) } else { Ok(arg.to_owned()) }
         };
         Ok(match name {
-            "trace" => Query::Trace(need("a cloud event id")?),
+            "trace" => Query::Trace(need("a cloud event id")?, Page::default()),
             "who-used" => Query::WhoUsed(need("an access key id, fingerprint or jti")?),
-            "run" => Query::Run(need("a run id")?),
-            "static-credentials" => Query::StaticCredentials,
+            "run" => Query::Run(need("a run id")?, Page::default()),
+            "static-credentials" => Query::StaticCredentials(Page::default()),
             "unattributed" => Query::Unattributed,
             "posture" => Query::Posture,
             "findings" => findings_filter(arg)?,
             other => return Err(StoreError::BadArgument(format!("unknown query {other:?}"))),
+        })
+    }
+
+    /// [`Query::parse`], answering one page of the verbs that page (`trace`, `run`,
+    /// `static-credentials`); a
+    /// page asked of another verb is refused rather than ignored.
+    pub fn parse_paged(name: &str, arg: &str, page: Page) -> Result<Self, StoreError> {
+        Ok(match Self::parse(name, arg)? {
+            Query::Trace(id, _) => Query::Trace(id, page),
+            Query::Run(id, _) => Query::Run(id, page),
+            Query::StaticCredentials(_) => Query::StaticCredentials(page),
+            _ if !page.is_default() => return Err(StoreError::BadArgument(format!("{name} answers in one piece: --limit and --after are for trace, run and static-credentials"))),
+            q => q,
         })
     }
 }

@@ -166,13 +166,17 @@ pub fn rebuild_touched(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Compares every aggregate table with the same figures computed from the uses.
+/// Compares every aggregate table with the same figures computed from the uses, the
+/// cloud actions and the links.
 pub fn verify(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
     for (name, kept, fresh) in [
         ("agg_credentials", CREDENTIALS, CREDENTIALS_FROM_USES),
         ("agg_credential_runs", CREDENTIAL_RUNS, CREDENTIAL_RUNS_FROM_USES),
         ("agg_runs", RUNS, RUNS_FROM_USES),
-    ] {
+    ]
+    .into_iter()
+    .chain(aggregate::CLOUD_CHECKS)
+    {
         aggregate::compare(name, &to_json(&tx.query(kept, &[])?), &to_json(&tx.query(&fresh.replace("{scope}", "true"), &[])?))?;
     }
     Ok(())

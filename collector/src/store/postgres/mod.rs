@@ -26,7 +26,7 @@ use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, answer, sqlite:
 use crate::{cloud::CloudAction, correlate};
 
 const SCHEMA: &str = include_str!("schema.sql");
-const SCHEMA_VERSION: &str = "3";
+const SCHEMA_VERSION: &str = "4";
 /// Serialises schema set-up and partition creation among replicas.
 const DDL_LOCK: i64 = 0x0051_6711;
 

@@ -1,4 +1,4 @@
--- Sigil collector schema, version 3 (PostgreSQL): the SQLite layout's facts, for several
+-- Sigil collector schema, version 4 (PostgreSQL): the SQLite layout's facts, for several
 -- collector replicas sharing one database.
 --
 -- Every agent row is keyed by the node that sent it: events are unique on (node, event
@@ -37,14 +37,17 @@ CREATE TABLE IF NOT EXISTS processes (
     node_id BIGINT NOT NULL, exec_id TEXT NOT NULL, process_id TEXT NOT NULL, rid BIGINT NOT NULL, event_id TEXT NOT NULL,
     pid BIGINT NOT NULL, ppid BIGINT NOT NULL, time BIGINT NOT NULL, start_time TEXT,
     binary_path TEXT, sha256 TEXT, cgroup_path TEXT, comm TEXT, ancestry TEXT, exit_time BIGINT,
-    UNIQUE (node_id, exec_id));
-CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time);
+    row BIGSERIAL, UNIQUE (node_id, exec_id));
+-- `row` (here and in the tables below) orders rows of one second in a run's timeline,
+-- as SQLite's rowid does: a run's processes in (time, row) order, and its exits.
+CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time, row);
+CREATE INDEX IF NOT EXISTS processes_exit ON processes (rid, exit_time, row) WHERE exit_time IS NOT NULL;
 CREATE INDEX IF NOT EXISTS processes_time ON processes (time);
 
 CREATE TABLE IF NOT EXISTS token_issuances (
     node_id BIGINT NOT NULL, jti TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, time BIGINT NOT NULL,
     spiffe_id TEXT NOT NULL, audience TEXT NOT NULL, issuer TEXT, issued_at BIGINT, expires_at BIGINT,
-    ttl BIGINT, exec_id TEXT, rid BIGINT,
+    ttl BIGINT, exec_id TEXT, rid BIGINT, row BIGSERIAL,
     UNIQUE (node_id, jti));
 CREATE INDEX IF NOT EXISTS issuances_jti ON token_issuances (jti);
 CREATE INDEX IF NOT EXISTS issuances_sub ON token_issuances (spiffe_id, issued_at);
@@ -53,7 +56,7 @@ CREATE INDEX IF NOT EXISTS issuances_time ON token_issuances (time);
 
 CREATE TABLE IF NOT EXISTS token_denials (
     node_id BIGINT NOT NULL, time BIGINT NOT NULL, reason TEXT NOT NULL,
-    detail TEXT, spiffe_id TEXT, exec_id TEXT, rid BIGINT);
+    detail TEXT, spiffe_id TEXT, exec_id TEXT, rid BIGINT, row BIGSERIAL);
 CREATE INDEX IF NOT EXISTS denials_run ON token_denials (rid);
 CREATE INDEX IF NOT EXISTS denials_time ON token_denials (time);
 
@@ -66,7 +69,7 @@ CREATE TABLE IF NOT EXISTS credential_uses (
 CREATE INDEX IF NOT EXISTS uses_row ON credential_uses (row);
 CREATE INDEX IF NOT EXISTS uses_key ON credential_uses (access_key_id, time) WHERE access_key_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_fingerprint ON credential_uses (fingerprint, class);
-CREATE INDEX IF NOT EXISTS uses_run ON credential_uses (rid, time);
+CREATE INDEX IF NOT EXISTS uses_run ON credential_uses (rid, time, row);
 CREATE INDEX IF NOT EXISTS uses_jti ON credential_uses (jwt_jti) WHERE jwt_jti IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_iss ON credential_uses (jwt_iss, time) WHERE jwt_iss IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_sub ON credential_uses (jwt_sub, time) WHERE jwt_sub IS NOT NULL;
@@ -83,7 +86,7 @@ CREATE TABLE IF NOT EXISTS agg_runs (rid BIGINT PRIMARY KEY, uses BIGINT NOT NUL
 
 CREATE TABLE IF NOT EXISTS credential_file_reads (
     node_id BIGINT NOT NULL, time BIGINT NOT NULL, exec_id TEXT, rid BIGINT,
-    path TEXT NOT NULL, file_kind TEXT NOT NULL);
+    path TEXT NOT NULL, file_kind TEXT NOT NULL, row BIGSERIAL);
 CREATE INDEX IF NOT EXISTS file_reads_run ON credential_file_reads (rid);
 CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
 
@@ -91,7 +94,7 @@ CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
 CREATE TABLE IF NOT EXISTS credential_obtained (
     node_id BIGINT NOT NULL, time BIGINT NOT NULL, exec_id TEXT, rid BIGINT,
     exchange_kind TEXT NOT NULL, format TEXT NOT NULL, identifier TEXT, class TEXT NOT NULL,
-    fingerprint TEXT NOT NULL, expires_at TEXT, principal TEXT, host TEXT, presented_jti TEXT, token_jti TEXT);
+    fingerprint TEXT NOT NULL, expires_at TEXT, principal TEXT, host TEXT, presented_jti TEXT, token_jti TEXT, row BIGSERIAL);
 CREATE INDEX IF NOT EXISTS obtained_run ON credential_obtained (rid);
 CREATE INDEX IF NOT EXISTS obtained_identifier ON credential_obtained (identifier) WHERE identifier IS NOT NULL;
 CREATE INDEX IF NOT EXISTS obtained_time ON credential_obtained (time);
@@ -101,7 +104,9 @@ CREATE TABLE IF NOT EXISTS cloud_actions (
     action TEXT NOT NULL, service TEXT NOT NULL, region TEXT, principal TEXT, principal_type TEXT,
     access_key_id TEXT, source_ip TEXT, user_agent TEXT, error_code TEXT,
     issued_access_key_id TEXT, role_session_name TEXT, web_identity_subject TEXT,
-    delegation TEXT, json TEXT NOT NULL);
+    delegation TEXT, json TEXT NOT NULL,
+    -- When its first link was made (NULL: not attributed); kept by the triggers below.
+    linked BIGINT);
 CREATE INDEX IF NOT EXISTS actions_key ON cloud_actions (access_key_id, time);
 CREATE INDEX IF NOT EXISTS actions_issued ON cloud_actions (issued_access_key_id);
 CREATE INDEX IF NOT EXISTS actions_time ON cloud_actions (time);
@@ -112,9 +117,84 @@ CREATE INDEX IF NOT EXISTS actions_principal ON cloud_actions (principal) WHERE 
 
 CREATE TABLE IF NOT EXISTS links (
     cloud_action_id TEXT NOT NULL, run_id TEXT NOT NULL, exec_id TEXT, credential_use_id BIGINT,
-    jti TEXT, reason TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL, created BIGINT NOT NULL,
+    jti TEXT, reason TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL, created BIGINT NOT NULL, row BIGSERIAL,
     PRIMARY KEY (cloud_action_id, run_id, reason));
 CREATE INDEX IF NOT EXISTS links_run ON links (run_id);
+
+-- What `posture` and the metrics count of cloud actions and their links (the SQLite
+-- schema's tables), kept by the triggers below wherever rows come and go (import,
+-- correlation, retention): actions per provider, links per reason, and per delay
+-- (seconds from an action's ingestion to its first link) how many attributed actions
+-- had it. Rows counted down to 0 stay.
+CREATE TABLE IF NOT EXISTS agg_actions (provider TEXT PRIMARY KEY, actions BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS agg_links (reason TEXT PRIMARY KEY, links BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS agg_delays (seconds BIGINT PRIMARY KEY, actions BIGINT NOT NULL);
+
+CREATE OR REPLACE FUNCTION agg_delay(secs BIGINT, n BIGINT) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO agg_delays (seconds, actions) VALUES (secs, n)
+    ON CONFLICT (seconds) DO UPDATE SET actions = agg_delays.actions + EXCLUDED.actions $$;
+
+-- Lock order, so replicas never deadlock on these rows: an action's provider row, then
+-- (transaction advisory lock 5334810) the delay and reason rows, which only holders of
+-- that lock touch (correlation and retention, briefly).
+CREATE OR REPLACE FUNCTION agg_action_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE first_link BIGINT;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO agg_actions (provider, actions) VALUES (NEW.provider, 1)
+        ON CONFLICT (provider) DO UPDATE SET actions = agg_actions.actions + 1;
+        -- Links stored before their action (not done today, but cheap to get right).
+        SELECT min(created) INTO first_link FROM links WHERE cloud_action_id = NEW.id;
+        IF first_link IS NOT NULL THEN
+            PERFORM pg_advisory_xact_lock(5334810);
+            UPDATE cloud_actions SET linked = first_link WHERE id = NEW.id;
+            PERFORM agg_delay(first_link - NEW.ingested, 1);
+        END IF;
+        RETURN NEW;
+    END IF;
+    UPDATE agg_actions SET actions = actions - 1 WHERE provider = OLD.provider;
+    IF OLD.linked IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(5334810);
+        PERFORM agg_delay(OLD.linked - OLD.ingested, -1);
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE OR REPLACE TRIGGER agg_action AFTER INSERT OR DELETE ON cloud_actions FOR EACH ROW EXECUTE FUNCTION agg_action_changed();
+
+CREATE OR REPLACE FUNCTION agg_link_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE a RECORD; first_link BIGINT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(5334810);
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO agg_links (reason, links) VALUES (NEW.reason, 1)
+        ON CONFLICT (reason) DO UPDATE SET links = agg_links.links + 1;
+        SELECT ingested, linked INTO a FROM cloud_actions WHERE id = NEW.cloud_action_id;
+        -- A link earlier than the action's first: the action's delay moves (or it is new).
+        IF FOUND AND (a.linked IS NULL OR a.linked > NEW.created) THEN
+            IF a.linked IS NOT NULL THEN
+                PERFORM agg_delay(a.linked - a.ingested, -1);
+            END IF;
+            UPDATE cloud_actions SET linked = NEW.created WHERE id = NEW.cloud_action_id;
+            PERFORM agg_delay(NEW.created - a.ingested, 1);
+        END IF;
+        RETURN NEW;
+    END IF;
+    UPDATE agg_links SET links = links - 1 WHERE reason = OLD.reason;
+    SELECT ingested, linked INTO a FROM cloud_actions WHERE id = OLD.cloud_action_id;
+    -- The action's first link deleted (its action still stored): the next one is its first.
+    IF FOUND AND a.linked = OLD.created THEN
+        SELECT min(created) INTO first_link FROM links WHERE cloud_action_id = OLD.cloud_action_id;
+        IF first_link IS DISTINCT FROM a.linked THEN
+            PERFORM agg_delay(a.linked - a.ingested, -1);
+            UPDATE cloud_actions SET linked = first_link WHERE id = OLD.cloud_action_id;
+            IF first_link IS NOT NULL THEN
+                PERFORM agg_delay(first_link - a.ingested, 1);
+            END IF;
+        END IF;
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE OR REPLACE TRIGGER agg_link AFTER INSERT OR DELETE ON links FOR EACH ROW EXECUTE FUNCTION agg_link_changed();
 
 CREATE TABLE IF NOT EXISTS correlate_queue (what TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (what, value));
 
@@ -137,7 +217,7 @@ CREATE INDEX IF NOT EXISTS finding_facts_time ON finding_facts (fact, subject, t
 -- The same view names and columns as the SQLite schema, for the queries.
 CREATE OR REPLACE VIEW processes_v AS
     SELECT p.node_id, p.exec_id, p.process_id, p.rid, r.run_id, p.pid, p.ppid, p.time, p.start_time, p.exit_time,
-           p.binary_path, p.sha256, p.cgroup_path, p.comm, p.ancestry
+           p.binary_path, p.sha256, p.cgroup_path, p.comm, p.ancestry, p.row
     FROM processes p JOIN runs r ON r.rid = p.rid;
 
 CREATE OR REPLACE VIEW credential_uses_v AS
@@ -148,18 +228,18 @@ CREATE OR REPLACE VIEW credential_uses_v AS
 
 CREATE OR REPLACE VIEW token_issuances_v AS
     SELECT t.node_id, t.jti, t.stream AS event_id, t.time, t.spiffe_id, t.audience, t.issuer, t.issued_at, t.expires_at,
-           t.ttl, t.exec_id, t.rid, r.run_id
+           t.ttl, t.exec_id, t.rid, r.run_id, t.row
     FROM token_issuances t LEFT JOIN runs r ON r.rid = t.rid;
 
 CREATE OR REPLACE VIEW token_denials_v AS
-    SELECT d.time, d.reason, d.detail, d.spiffe_id, d.exec_id, d.rid, r.run_id
+    SELECT d.time, d.reason, d.detail, d.spiffe_id, d.exec_id, d.rid, r.run_id, d.row
     FROM token_denials d LEFT JOIN runs r ON r.rid = d.rid;
 
 CREATE OR REPLACE VIEW credential_obtained_v AS
     SELECT o.time, o.exchange_kind, o.format, o.identifier, o.class, o.fingerprint, o.expires_at, o.principal, o.host,
-           o.presented_jti, o.token_jti, o.exec_id, o.rid, r.run_id
+           o.presented_jti, o.token_jti, o.exec_id, o.rid, r.run_id, o.row
     FROM credential_obtained o LEFT JOIN runs r ON r.rid = o.rid;
 
 CREATE OR REPLACE VIEW credential_file_reads_v AS
-    SELECT f.time, f.path, f.file_kind, f.exec_id, f.rid, r.run_id
+    SELECT f.time, f.path, f.file_kind, f.exec_id, f.rid, r.run_id, f.row
     FROM credential_file_reads f LEFT JOIN runs r ON r.rid = f.rid;

@@ -70,13 +70,17 @@ const RUNS: &str = "SELECT rid, uses, long_uses FROM agg_runs ORDER BY rid";
 const RUNS_FROM_USES: &str = "SELECT u.rid, sum(u.count) AS uses, sum(CASE WHEN c.s IN ('short_lived', 'sigil_issued') THEN 0 ELSE u.count END) AS long_uses
     FROM credential_uses u JOIN strings c ON c.id = u.class WHERE u.rid IS NOT NULL GROUP BY u.rid ORDER BY u.rid";
 
-/// Compares every aggregate table with the same figures computed from the uses.
+/// Compares every aggregate table with the same figures computed from the uses, the
+/// cloud actions and the links.
 pub fn verify(conn: &Connection) -> Result<(), StoreError> {
     for (name, kept, fresh) in [
         ("agg_credentials", CREDENTIALS, CREDENTIALS_FROM_USES),
         ("agg_credential_runs", CREDENTIAL_RUNS, CREDENTIAL_RUNS_FROM_USES),
         ("agg_runs", RUNS, RUNS_FROM_USES),
-    ] {
+    ]
+    .into_iter()
+    .chain(aggregate::CLOUD_CHECKS)
+    {
         aggregate::compare(name, &rows(conn, kept, &[])?, &rows(conn, fresh, &[])?)?;
     }
     Ok(())

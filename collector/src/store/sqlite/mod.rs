@@ -34,7 +34,7 @@ use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, answer};
 use crate::{cloud::CloudAction, correlate};
 
 const SCHEMA: &str = include_str!("schema.sql");
-const SCHEMA_VERSION: &str = "3";
+const SCHEMA_VERSION: &str = "4";
 /// Rows (by rowid or key range) retention deletes per transaction: the store is free for
 /// batches between steps, so retention never holds ingest for long.
 const RETENTION_STEP: i64 = 20_000;
@@ -88,7 +88,7 @@ impl SqliteStore {
             let v: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
             if let Some(v) = v.filter(|v| v != SCHEMA_VERSION) {
                 return Err(StoreError::BadArgument(format!(
-                    "{} has schema version {v}; this collector writes version {SCHEMA_VERSION} (aggregated credential uses and aggregate tables): start with a new database file",
+                    "{} has schema version {v}; this collector writes version {SCHEMA_VERSION} (aggregates kept for the answers): start with a new database file",
                     path.display()
                 )));
             }

@@ -1,4 +1,4 @@
--- Sigil collector schema, version 3 (SQLite).
+-- Sigil collector schema, version 4 (SQLite).
 --
 -- One copy of each fact: repeated strings (paths, digests, exec ids, fingerprints, event
 -- streams) live once in `strings` and rows refer to them by id; runs are numbered. Every
@@ -41,7 +41,10 @@ CREATE TABLE IF NOT EXISTS processes (
     pid INTEGER NOT NULL, ppid INTEGER NOT NULL, time INTEGER NOT NULL, start_time TEXT,
     binary_path INTEGER, sha256 INTEGER, cgroup_path INTEGER, comm INTEGER, ancestry INTEGER, exit_time INTEGER,
     UNIQUE (node_id, exec_id));
-CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time);
+-- A run's processes in time order (the binary too, so a run's distinct binaries are
+-- counted from the index), and its exits (few processes have one while they run).
+CREATE INDEX IF NOT EXISTS processes_run ON processes (rid, time, binary_path);
+CREATE INDEX IF NOT EXISTS processes_exit ON processes (rid, exit_time) WHERE exit_time IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS token_issuances (
     node_id INTEGER NOT NULL, jti TEXT NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL,
@@ -96,7 +99,9 @@ CREATE TABLE IF NOT EXISTS cloud_actions (
     action TEXT NOT NULL, service TEXT NOT NULL, region TEXT, principal TEXT, principal_type TEXT,
     access_key_id TEXT, source_ip TEXT, user_agent TEXT, error_code TEXT,
     issued_access_key_id TEXT, role_session_name TEXT, web_identity_subject TEXT,
-    delegation TEXT, json TEXT NOT NULL);
+    delegation TEXT, json TEXT NOT NULL,
+    -- When its first link was made (NULL: not attributed); kept by the triggers below.
+    linked INTEGER);
 CREATE INDEX IF NOT EXISTS actions_key ON cloud_actions (access_key_id, time);
 CREATE INDEX IF NOT EXISTS actions_issued ON cloud_actions (issued_access_key_id);
 CREATE INDEX IF NOT EXISTS actions_time ON cloud_actions (time);
@@ -110,6 +115,54 @@ CREATE TABLE IF NOT EXISTS links (
     jti TEXT, reason TEXT NOT NULL, confidence REAL NOT NULL, created INTEGER NOT NULL,
     PRIMARY KEY (cloud_action_id, run_id, reason));
 CREATE INDEX IF NOT EXISTS links_run ON links (run_id);
+
+-- What `posture` and the metrics count of cloud actions and their links, kept by the
+-- triggers below wherever rows come and go (import, correlation, retention), so no
+-- answer scans `cloud_actions` or `links`: actions per provider, links per reason, and
+-- per delay (seconds from an action's ingestion to its first link) how many attributed
+-- actions had it, for the median time to attribute. Rows counted down to 0 stay.
+CREATE TABLE IF NOT EXISTS agg_actions (provider TEXT PRIMARY KEY, actions INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agg_links (reason TEXT PRIMARY KEY, links INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agg_delays (seconds INTEGER PRIMARY KEY, actions INTEGER NOT NULL);
+
+CREATE TRIGGER IF NOT EXISTS agg_action_in AFTER INSERT ON cloud_actions BEGIN
+    INSERT OR IGNORE INTO agg_actions (provider, actions) VALUES (NEW.provider, 0);
+    UPDATE agg_actions SET actions = actions + 1 WHERE provider = NEW.provider;
+END;
+-- Links stored before their action (not done today, but cheap to get right).
+CREATE TRIGGER IF NOT EXISTS agg_action_in_linked AFTER INSERT ON cloud_actions
+    WHEN EXISTS (SELECT 1 FROM links WHERE cloud_action_id = NEW.id) BEGIN
+    UPDATE cloud_actions SET linked = (SELECT min(created) FROM links WHERE cloud_action_id = NEW.id) WHERE id = NEW.id;
+    INSERT OR IGNORE INTO agg_delays (seconds, actions) SELECT linked - ingested, 0 FROM cloud_actions WHERE id = NEW.id;
+    UPDATE agg_delays SET actions = actions + 1 WHERE seconds = (SELECT linked - ingested FROM cloud_actions WHERE id = NEW.id);
+END;
+CREATE TRIGGER IF NOT EXISTS agg_action_out AFTER DELETE ON cloud_actions BEGIN
+    UPDATE agg_actions SET actions = actions - 1 WHERE provider = OLD.provider;
+    UPDATE agg_delays SET actions = actions - 1 WHERE seconds = OLD.linked - OLD.ingested;
+END;
+CREATE TRIGGER IF NOT EXISTS agg_link_in AFTER INSERT ON links BEGIN
+    INSERT OR IGNORE INTO agg_links (reason, links) VALUES (NEW.reason, 0);
+    UPDATE agg_links SET links = links + 1 WHERE reason = NEW.reason;
+END;
+-- A link earlier than the action's first: the action's delay moves (or it is new).
+CREATE TRIGGER IF NOT EXISTS agg_link_first AFTER INSERT ON links
+    WHEN (SELECT linked IS NULL OR linked > NEW.created FROM cloud_actions WHERE id = NEW.cloud_action_id) BEGIN
+    UPDATE agg_delays SET actions = actions - 1 WHERE seconds = (SELECT linked - ingested FROM cloud_actions WHERE id = NEW.cloud_action_id);
+    UPDATE cloud_actions SET linked = NEW.created WHERE id = NEW.cloud_action_id;
+    INSERT OR IGNORE INTO agg_delays (seconds, actions) SELECT NEW.created - ingested, 0 FROM cloud_actions WHERE id = NEW.cloud_action_id;
+    UPDATE agg_delays SET actions = actions + 1 WHERE seconds = (SELECT NEW.created - ingested FROM cloud_actions WHERE id = NEW.cloud_action_id);
+END;
+CREATE TRIGGER IF NOT EXISTS agg_link_out AFTER DELETE ON links BEGIN
+    UPDATE agg_links SET links = links - 1 WHERE reason = OLD.reason;
+END;
+-- The action's first link deleted (its action still stored): the next one is its first.
+CREATE TRIGGER IF NOT EXISTS agg_link_first_out AFTER DELETE ON links
+    WHEN (SELECT linked = OLD.created FROM cloud_actions WHERE id = OLD.cloud_action_id) BEGIN
+    UPDATE agg_delays SET actions = actions - 1 WHERE seconds = (SELECT linked - ingested FROM cloud_actions WHERE id = OLD.cloud_action_id);
+    UPDATE cloud_actions SET linked = (SELECT min(created) FROM links WHERE cloud_action_id = OLD.cloud_action_id) WHERE id = OLD.cloud_action_id;
+    INSERT OR IGNORE INTO agg_delays (seconds, actions) SELECT linked - ingested, 0 FROM cloud_actions WHERE id = OLD.cloud_action_id AND linked IS NOT NULL;
+    UPDATE agg_delays SET actions = actions + 1 WHERE seconds = (SELECT linked - ingested FROM cloud_actions WHERE id = OLD.cloud_action_id);
+END;
 
 -- Aggregates `posture` and `static-credentials` read instead of scanning the uses, kept
 -- up to date in each batch's transaction (newly stored uses only, so a replayed batch
@@ -152,22 +205,22 @@ CREATE VIEW IF NOT EXISTS credential_uses_v AS
     LEFT JOIN strings de ON de.id = u.detector LEFT JOIN strings cl ON cl.id = u.class;
 
 CREATE VIEW IF NOT EXISTS token_issuances_v AS
-    SELECT t.node_id, t.jti, st.s || '-' || t.seq AS event_id, t.time, t.spiffe_id, t.audience, i.s AS issuer, t.issued_at, t.expires_at,
+    SELECT t.rowid AS row, t.node_id, t.jti, st.s || '-' || t.seq AS event_id, t.time, t.spiffe_id, t.audience, i.s AS issuer, t.issued_at, t.expires_at,
            t.ttl, x.s AS exec_id, t.rid, r.run_id
     FROM token_issuances t JOIN strings st ON st.id = t.stream LEFT JOIN strings i ON i.id = t.issuer
     LEFT JOIN strings x ON x.id = t.exec_id LEFT JOIN runs r ON r.rid = t.rid;
 
 CREATE VIEW IF NOT EXISTS token_denials_v AS
-    SELECT d.time, d.reason, d.detail, d.spiffe_id, x.s AS exec_id, d.rid, r.run_id
+    SELECT d.rowid AS row, d.time, d.reason, d.detail, d.spiffe_id, x.s AS exec_id, d.rid, r.run_id
     FROM token_denials d LEFT JOIN strings x ON x.id = d.exec_id LEFT JOIN runs r ON r.rid = d.rid;
 
 CREATE VIEW IF NOT EXISTS credential_obtained_v AS
-    SELECT o.time, o.exchange_kind, o.format, o.identifier, o.class, o.fingerprint, o.expires_at, o.principal, o.host,
+    SELECT o.rowid AS row, o.time, o.exchange_kind, o.format, o.identifier, o.class, o.fingerprint, o.expires_at, o.principal, o.host,
            o.presented_jti, o.token_jti, x.s AS exec_id, o.rid, r.run_id
     FROM credential_obtained o LEFT JOIN strings x ON x.id = o.exec_id LEFT JOIN runs r ON r.rid = o.rid;
 
 CREATE VIEW IF NOT EXISTS credential_file_reads_v AS
-    SELECT f.time, f.path, f.file_kind, x.s AS exec_id, f.rid, r.run_id
+    SELECT f.rowid AS row, f.time, f.path, f.file_kind, x.s AS exec_id, f.rid, r.run_id
     FROM credential_file_reads f LEFT JOIN strings x ON x.id = f.exec_id LEFT JOIN runs r ON r.rid = f.rid;
 
 -- Misuse findings (collector/src/findings.rs): one row per finding kind, subject and

@@ -6,7 +6,7 @@ use sigil_proto::{EventBody, v1};
 use super::SqliteStore;
 use crate::{
     cloud::{CloudAction, Provider},
-    store::{AgentEvent, Query, Store},
+    store::{AgentEvent, Page, Query, Store},
 };
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
@@ -110,7 +110,7 @@ fn a_cloud_action_is_linked_when_a_later_batch_brings_the_use_of_its_key() {
     assert_eq!(links[0].run_id, format!("container:{}", "c".repeat(64)));
     let queued: i64 = s.read(|c| Ok(c.query_row("SELECT count(*) FROM correlate_queue", [], |r| r.get(0))?)).expect("reads");
     assert_eq!(queued, 0, "the queue is drained");
-    let traced = s.query(&Query::Trace("evt-1".into())).expect("traces");
+    let traced = s.query(&Query::Trace("evt-1".into(), Page::default())).expect("traces");
     assert_eq!(traced["attribution"][0]["credential"]["access_key_id"], "AKIAKEY1");
     assert_eq!(traced["attribution"][0]["processes"][0]["binary_path"], "/app");
     // Already attributed: a further use of the key creates nothing new.
@@ -146,7 +146,7 @@ fn the_agents_run_key_groups_a_jobs_pods_and_a_bare_reference_names_no_run() {
         .ingest_events("node-a", &[ev("s-1", in_pod("X1", "a")), ev("s-2", in_pod("X2", "b")), ev("s-3", used), ev("s-4", denied)])
         .expect("ingests");
     assert_eq!(out.stored, 4, "{out:?}");
-    let r = s.query(&Query::Run(run.into())).expect("the Job's run");
+    let r = s.query(&Query::Run(run.into(), Page::default())).expect("the Job's run");
     assert_eq!(r["run"]["run_id"], run, "{r}");
     let what: Vec<&str> = r["timeline"].as_array().expect("timeline").iter().filter_map(|e| e["what"].as_str()).collect();
     assert_eq!(what, ["exec", "exec", "credential_use"], "both pods' execs and the use are in the Job's run: {r}");
@@ -209,7 +209,7 @@ fn ingest_continues_while_retention_deletes_old_data() {
     s.verify_aggregates().expect("aggregates agree with the uses left");
     let kept: i64 = s.read(|c| Ok(c.query_row("SELECT count(*) FROM processes", [], |r| r.get(0))?)).expect("reads");
     assert_eq!(kept, i64::from(stored), "every new exec stored, every old one deleted");
-    assert!(s.query(&Query::StaticCredentials).expect("answers")["static_credentials"].as_array().expect("a list").is_empty());
+    assert!(s.query(&Query::StaticCredentials(Page::default())).expect("answers")["static_credentials"].as_array().expect("a list").is_empty());
 }
 
 fn cgroup_ref(exec_id: &str, cgroup: &str) -> v1::ProcessRef {
