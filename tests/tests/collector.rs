@@ -346,6 +346,9 @@ fn served(backend: Backend) {
         let asked = query.ask(QueryRequest { name: "run".into(), argument: run.into() }).await.unwrap().into_inner();
         (pushed, asked)
     });
+    // Closes the clients' connections (their tasks live on `rt`): a graceful shutdown
+    // waits for connected clients to go.
+    drop(rt);
     assert_eq!((pushed.stored, pushed.rejected), (3, 1), "{pushed:?}");
     let over_grpc: serde_json::Value = serde_json::from_slice(&asked.json).unwrap();
     let over_http = collector.sigil(&["run", run]);
