@@ -50,6 +50,12 @@ const FINDINGS: &str = "SELECT id, json FROM findings WHERE id = ANY($1) ORDER B
 
 /// A noted fact's key: fact, subject, detail, run.
 type NoteKey = (&'static str, String, String, String);
+/// Facts noted about a subject (fact, subject, at most this many), earliest first.
+type NotedLists = HashMap<(&'static str, String, usize), Vec<(String, Seen)>>;
+/// `finding_facts` columns, one vector each (the row's `NoteKey` first).
+type FactColumns<'r> = (Vec<&'r str>, Vec<&'r str>, Vec<&'r str>, Vec<&'r str>, Vec<&'r str>, Vec<Option<&'r str>>, Vec<&'r str>, Vec<&'r str>, Vec<i64>);
+/// `findings` columns for an insert: id, kind, subject, first and last time, JSON.
+type FindingColumns<'r> = (Vec<&'r str>, Vec<String>, Vec<&'r str>, Vec<i64>, Vec<i64>, Vec<String>);
 
 /// A finding as this batch leaves it, and whether it is new (to insert) or stored.
 struct Pending {
@@ -68,7 +74,7 @@ pub struct PgFindings<'a, 't> {
     first_uses: HashMap<String, Option<Seen>>,
     ended: HashMap<String, Option<i64>>,
     /// Per (fact, subject, limit): the facts noted, earliest first, this batch's included.
-    noted: HashMap<(&'static str, String, usize), Vec<(String, Seen)>>,
+    noted: NotedLists,
     /// Note keys known to exist (stored or noted by this batch) or known not to.
     note_keys: HashMap<NoteKey, bool>,
     /// Facts this batch noted, in order.
@@ -204,7 +210,7 @@ impl<'a, 't> PgFindings<'a, 't> {
     pub fn flush(mut self) -> Result<(), StoreError> {
         if !self.new_notes.is_empty() {
             let notes = std::mem::take(&mut self.new_notes);
-            let mut c: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<Option<&str>>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+            let mut c: FactColumns<'_> = Default::default();
             for ((f, s, d, r), seen) in &notes {
                 c.0.push(f);
                 c.1.push(s);
@@ -230,7 +236,7 @@ impl<'a, 't> PgFindings<'a, 't> {
         }
         new.sort_by(|a, b| a.f.id.cmp(&b.f.id));
         if !new.is_empty() {
-            let mut c: (Vec<&str>, Vec<String>, Vec<&str>, Vec<i64>, Vec<i64>, Vec<String>) = Default::default();
+            let mut c: FindingColumns<'_> = Default::default();
             for p in &new {
                 c.0.push(&p.f.id);
                 c.1.push(kind_name(&p.f));

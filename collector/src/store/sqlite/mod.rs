@@ -140,10 +140,10 @@ impl SqliteStore {
     /// transaction (batches are stored between steps), then the interned strings nothing
     /// refers to any more ([`prune`]); returns the rows deleted (strings included).
     fn retain_in_steps(&self, before: i64, step: i64) -> Result<usize, StoreError> {
-        self.write(|tx, caches| prune::begin(tx, caches))?;
+        self.write(prune::begin)?;
         let n = self.delete_old(before, step).and_then(|n| self.prune_strings(step).map(|p| n + p));
         // Stopped whatever happened (a failed step leaves marks that must not be trusted).
-        self.write(|tx, caches| prune::end(tx, caches))?;
+        self.write(prune::end)?;
         n
     }
 
