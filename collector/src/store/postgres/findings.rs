@@ -54,7 +54,7 @@ type NoteKey = (&'static str, String, String, String);
 type NotedLists = HashMap<(&'static str, String, usize), Vec<(String, Seen)>>;
 /// `finding_facts` columns, one vector each (the row's `NoteKey` first).
 type FactColumns<'r> = (Vec<&'r str>, Vec<&'r str>, Vec<&'r str>, Vec<&'r str>, Vec<&'r str>, Vec<Option<&'r str>>, Vec<&'r str>, Vec<&'r str>, Vec<i64>);
-/// `findings` columns for an insert: id, kind, subject, first and last time, JSON.
+/// `findings` columns: id, kind, subject, first and last time, JSON.
 type FindingColumns<'r> = (Vec<&'r str>, Vec<String>, Vec<&'r str>, Vec<i64>, Vec<i64>, Vec<String>);
 
 /// A finding as this batch leaves it, and whether it is new (to insert) or stored.
@@ -236,15 +236,7 @@ impl<'a, 't> PgFindings<'a, 't> {
         }
         new.sort_by(|a, b| a.f.id.cmp(&b.f.id));
         if !new.is_empty() {
-            let mut c: FindingColumns<'_> = Default::default();
-            for p in &new {
-                c.0.push(&p.f.id);
-                c.1.push(kind_name(&p.f));
-                c.2.push(&p.f.subject);
-                c.3.push(p.first);
-                c.4.push(p.last);
-                c.5.push(to_json(&p.f)?);
-            }
+            let c = columns(&new)?;
             let st = self.stmts.get(
                 self.tx,
                 "INSERT INTO findings (id, kind, subject, first_time, last_time, json)
@@ -261,22 +253,30 @@ impl<'a, 't> PgFindings<'a, 't> {
             }
         }
         if !changed.is_empty() {
-            let mut c: (Vec<&str>, Vec<i64>, Vec<i64>, Vec<String>) = Default::default();
-            for p in &changed {
-                c.0.push(&p.f.id);
-                c.1.push(p.first);
-                c.2.push(p.last);
-                c.3.push(to_json(&p.f)?);
-            }
+            let c = columns(&changed)?;
             let st = self.stmts.get(
                 self.tx,
                 "UPDATE findings f SET first_time = u.first, last_time = u.last, json = u.json
                  FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) AS u(id, first, last, json) WHERE f.id = u.id",
             )?;
-            self.tx.execute(&st, &[&c.0, &c.1, &c.2, &c.3])?;
+            self.tx.execute(&st, &[&c.0, &c.3, &c.4, &c.5])?;
         }
         Ok(())
     }
+}
+
+/// The `findings` columns of `pending`, one vector each.
+fn columns(pending: &[Pending]) -> Result<FindingColumns<'_>, StoreError> {
+    let mut c: FindingColumns<'_> = Default::default();
+    for p in pending {
+        c.0.push(&p.f.id);
+        c.1.push(kind_name(&p.f));
+        c.2.push(&p.f.subject);
+        c.3.push(p.first);
+        c.4.push(p.last);
+        c.5.push(to_json(&p.f)?);
+    }
+    Ok(c)
 }
 
 /// A finding's times as Unix seconds (`first`/`last` where its text does not parse).
