@@ -94,6 +94,11 @@ pub trait FindingLookups {
     fn note(&mut self, fact: Fact, subject: &str, detail: &str, seen: &Seen) -> Result<bool, StoreError>;
     /// Facts about `subject` (with their detail), earliest first, at most `limit`.
     fn noted(&mut self, fact: Fact, subject: &str, limit: usize) -> Result<Vec<(String, Seen)>, StoreError>;
+    /// The findings with these ids are about to be read and stored: a backend may read
+    /// (and lock) them all at once.
+    fn will_store(&mut self, _ids: &[&str]) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The stored finding with id `id`, locked for update where the backend can.
     fn stored_finding(&mut self, id: &str) -> Result<Option<v1::Finding>, StoreError>;
     /// Stores a new finding; false when another writer stored its id first.
@@ -116,7 +121,7 @@ struct Use<'a> {
 /// The run a process reference names, keyed as the stores key runs; `None` when it names
 /// no workload (the signer knows only the exec id).
 pub fn run_of(node: &str, p: &v1::ProcessRef) -> Option<String> {
-    (p.workload.is_some() || p.run.is_some()).then(|| p.run.clone().unwrap_or_else(|| run_id(node, p.workload.as_ref(), p.cgroup_path.as_deref())))
+    crate::store::sqlite::process_run(node, p)
 }
 
 /// The workload identity of a process, as an operator means "one workload": the pod's
@@ -307,6 +312,8 @@ pub fn detect(db: &mut impl FindingLookups, node: &str, events: &[AgentEvent]) -
             _ => {}
         }
     }
+    let ids: Vec<&str> = drafts.iter().map(|d| d.f.id.as_str()).collect();
+    db.will_store(&ids)?;
     let mut new = Vec::new();
     for d in drafts {
         if upsert(db, &d)? {

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Cmd::Ingest { .. } | Cmd::RotateKeys { .. } => None,
     };
     tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| "info".into()))
+        .with(log_filter())
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(telemetry.as_ref().and_then(|t| t.tracing_layer()))
         .init();
@@ -128,6 +128,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What is logged: `SIGIL_LOG` (as the agent reads it), else `RUST_LOG` (what an operator
+/// of any Rust service sets first, e.g. `RUST_LOG=warn` to quiet it), else `info`.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    EnvFilter::try_from_env("SIGIL_LOG").or_else(|_| EnvFilter::try_from_default_env()).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Result<ExitCode> {

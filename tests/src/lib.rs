@@ -125,18 +125,48 @@ impl Collector {
 
     /// Starts listening on `host` (e.g. 0.0.0.0, to test what is refused off loopback).
     pub fn start_at(db: &Path, host: &str, grpc: u16, http: u16, extra: &[&str]) -> Self {
+        let c = Self::spawn(db, host, grpc, http, extra, &[]);
+        c.log.wait_line("collector start-up", |l| l.contains("collector: gRPC on"));
+        c
+    }
+
+    /// Starts with `env` set (e.g. `RUST_LOG`), ready once both ports accept (its log
+    /// may say nothing).
+    pub fn start_env(db: &Path, env: &[(&str, &str)]) -> Self {
+        let (grpc, http) = (free_port(), free_port());
+        let c = Self::spawn(db, "127.0.0.1", grpc, http, &[], env);
+        let deadline = Instant::now() + WAIT;
+        while [grpc, http].iter().any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err()) {
+            assert!(Instant::now() < deadline, "the collector never listened; its log:\n{}", c.log.snapshot().join("\n"));
+            thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn spawn(db: &Path, host: &str, grpc: u16, http: u16, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(sibling_bin("sigil-collector"))
             .arg("--db")
             .arg(db)
             .args(["serve", "--grpc-listen", &format!("{host}:{grpc}"), "--http-listen", &format!("{host}:{http}")])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let log = Lines::default().follow(child.stderr.take().unwrap());
-        log.wait_line("collector start-up", |l| l.contains("collector: gRPC on"));
         Self { child, db: db.to_owned(), grpc: format!("http://127.0.0.1:{grpc}"), http: format!("http://127.0.0.1:{http}"), log }
+    }
+
+    /// Stops it as an operator does (SIGTERM: a graceful shutdown); its exit status and
+    /// everything it logged.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        // Let the reader thread drain the pipe.
+        thread::sleep(Duration::from_millis(200));
+        (status, self.log.snapshot())
     }
 
     pub fn ports(&self) -> (u16, u16) {

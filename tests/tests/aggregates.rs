@@ -144,3 +144,36 @@ fn postgres_aggregates_equal_a_computation_from_scratch_after_ingest_replays_and
     let replica = PostgresStore::connect(&pg.url).unwrap();
     aggregates_follow_ingest_replays_and_retention(&store, &replica);
 }
+
+/// The finding rules' questions, asked batch-wise on PostgreSQL and one at a time on
+/// SQLite, give the same findings: two workloads sharing a long-lived key, a temporary
+/// key obtained by one run and used by another, found in the batch that shows it, later
+/// batches widening them, and a resent batch (to a replica) adding nothing.
+#[test]
+fn both_stores_find_the_same_misuse_from_the_same_batches() {
+    let dir = scratch_dir();
+    let sqlite = SqliteStore::open(&dir.join("c.db")).unwrap();
+    let pg = Postgres::start();
+    let (postgres, replica) = (PostgresStore::connect(&pg.url).unwrap(), PostgresStore::connect(&pg.url).unwrap());
+    let (now, earlier) = (now_rfc3339(0), now_rfc3339(-60));
+    let first = vec![
+        exec("f-1", "pod-a", &earlier),
+        exec("f-2", "pod-b", &earlier),
+        key_use("f-3", "pod-a", KEY, &earlier, None, None),
+        key_use("f-4", "pod-a", TEMP, &earlier, None, None),
+    ];
+    let second = vec![key_use("f-5", "pod-b", KEY, &now, Some(4), Some(&earlier)), key_use("f-6", "pod-b", TEMP, &now, None, None)];
+    let third = vec![exec("f-7", "pod-c", &now), key_use("f-8", "pod-c", KEY, &now, None, None), key_use("f-9", "pod-b", TEMP, &now, None, None)];
+    let findings = |s: &dyn Store| s.query(&Query::Findings { kind: None, since: None }).unwrap();
+    for batch in [&first, &second, &third] {
+        assert_eq!(sqlite.ingest_events("node-a", batch).unwrap().stored as usize, batch.len());
+        assert_eq!(postgres.ingest_events("node-a", batch).unwrap().stored as usize, batch.len());
+        assert_eq!(findings(&sqlite), findings(&postgres));
+    }
+    let all = findings(&postgres);
+    let kinds: Vec<&str> = all["findings"].as_array().unwrap().iter().filter_map(|f| f["finding_kind"].as_str()).collect();
+    assert!(kinds.contains(&"static_credential_shared") && kinds.contains(&"credential_outlived_run"), "{all}");
+    assert_eq!(replica.ingest_events("node-a", &second).unwrap().duplicates, 2);
+    assert_eq!(findings(&postgres), all, "a resent batch adds nothing");
+    let _ = fs::remove_dir_all(dir);
+}

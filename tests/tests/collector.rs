@@ -282,3 +282,89 @@ fn plaintext_is_refused_off_loopback_on_both_sides() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing plaintext gRPC"), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = fs::remove_dir_all(dir);
 }
+
+on_both_backends!(a_collector_served_on_either_store_answers_over_http_and_grpc_groups_a_jobs_pods_and_stops_cleanly, served);
+/// `sigil-collector serve` as an operator runs it, with `RUST_LOG=warn`: batches pushed
+/// over gRPC (a Job's two pods under the agent's run key, a use naming that run, and one
+/// malformed event), questions asked over HTTP and gRPC, then SIGTERM. Every store call
+/// runs off the async workers (a blocking PostgreSQL call on one panics the worker), the
+/// Job's pods are one run on both stores, the log holds warnings only, and the collector
+/// exits cleanly without a panic.
+fn served(backend: Backend) {
+    use sigil_proto::{
+        EventBody,
+        v1::{self, Event, PushRequest, QueryRequest, ingest_client::IngestClient, query_client::QueryClient},
+    };
+    let dir = scratch_dir();
+    let db = Db::new(backend, &dir);
+    let collector = Collector::start_env(&db.arg, &[("RUST_LOG", "warn")]);
+    let run = "k8s/batch/job/nightly-7";
+    let now = now_rfc3339();
+    let exec = |exec_id: &str, pod: &str| {
+        let ctr = pod.repeat(64);
+        EventBody::ProcessExec(v1::ProcessExec {
+            exec_id: exec_id.into(),
+            process_id: format!("p-{exec_id}"),
+            time: now.clone(),
+            comm: "migrate".into(),
+            binary: Some(v1::Binary { path: Some(format!("/app/{exec_id}")), ..Default::default() }),
+            cgroup: Some(v1::CgroupInfo { id: 1, path: Some(format!("/kubepods/{pod}")) }),
+            workload: Some(v1::Workload { kind: v1::WorkloadKind::KubernetesPod as i32, pod_uid: Some(pod.into()), container_id: Some(ctr), ..Default::default() }),
+            run: Some(run.into()),
+            ..Default::default()
+        })
+    };
+    let used = EventBody::CredentialUse(v1::CredentialUse {
+        time: now.clone(),
+        process: Some(v1::ProcessRef {
+            exec_id: "X2".into(),
+            cgroup_path: Some("/kubepods/b".into()),
+            workload: Some(v1::Workload { kind: v1::WorkloadKind::KubernetesPod as i32, pod_uid: Some("b".into()), container_id: Some("b".repeat(64)), ..Default::default() }),
+            run: Some(run.into()),
+            ..Default::default()
+        }),
+        detector: v1::Detector::AwsSigv4 as i32,
+        class: v1::CredentialClass::Static as i32,
+        fingerprint: "fp-served".into(),
+        method: "GET".into(),
+        path: "/".into(),
+        identifiers: Some(v1::Identifiers { access_key_id: Some("AKIASERVED000000001".into()), ..Default::default() }),
+        ..Default::default()
+    });
+    let event = |id: &str, body: EventBody| Event { id: id.into(), kind: body.kind().into(), body: Some(body), ..Default::default() };
+    let events = vec![
+        event("s-1", exec("X1", "a")),
+        event("s-2", exec("X2", "b")),
+        event("s-3", used),
+        Event { id: "s-4".into(), json: b"{\"kind\":\"process_exit\",\"pid\":\"seven\"}".to_vec(), ..Default::default() },
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (pushed, asked) = rt.block_on(async {
+        let mut ingest = IngestClient::connect(collector.grpc.clone()).await.unwrap();
+        let pushed = ingest.push(PushRequest { node: "node-served".into(), events, contract_version: sigil_proto::CONTRACT_VERSION }).await.unwrap().into_inner();
+        let mut query = QueryClient::connect(collector.grpc.clone()).await.unwrap();
+        let asked = query.ask(QueryRequest { name: "run".into(), argument: run.into() }).await.unwrap().into_inner();
+        (pushed, asked)
+    });
+    // Closes the clients' connections (their tasks live on `rt`): a graceful shutdown
+    // waits for connected clients to go.
+    drop(rt);
+    assert_eq!((pushed.stored, pushed.rejected), (3, 1), "{pushed:?}");
+    let over_grpc: serde_json::Value = serde_json::from_slice(&asked.json).unwrap();
+    let over_http = collector.sigil(&["run", run]);
+    assert_eq!(over_grpc, over_http, "one answer whichever way it is asked");
+    assert_eq!(over_http["run"]["run_id"], run);
+    let whats: Vec<&str> = over_http["timeline"].as_array().unwrap().iter().filter_map(|e| e["what"].as_str()).collect();
+    assert_eq!(whats, ["exec", "exec", "credential_use"], "both pods' execs and the use in the Job's run: {over_http}");
+    assert_eq!(collector.sigil(&["who-used", "AKIASERVED000000001"])["runs"][0]["run_id"], run);
+    collector.sigil(&["posture"]);
+    collector.sigil(&["findings"]);
+
+    let (status, log) = collector.terminate();
+    let log = log.join("\n");
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains("panicked"), "the collector panicked:\n{log}");
+    assert!(!log.contains("INFO"), "RUST_LOG=warn leaves info lines out:\n{log}");
+    assert!(log.contains("WARN") && log.contains("rejected 1 events"), "warnings still reach the log:\n{log}");
+    let _ = fs::remove_dir_all(dir);
+}

@@ -14,6 +14,7 @@ use std::{
 use serde_json::{Value, json};
 use sigil_tests::{
     fake_apiserver::{FakeApiServer, PodSpec},
+    postgres::{Backend, Db},
     *,
 };
 
@@ -226,11 +227,12 @@ fn a_pod_process_matches_ns_and_sa_from_the_api_server_and_records_events_and_to
     finish(child);
 }
 
+on_both_backends!(a_jobs_pods_are_one_run_and_the_collector_groups_by_it, jobs_pods_are_one_run);
 /// A Job's pods (the first attempt and a retry) are one run, as users mean it, and the
-/// collector groups what they did by it.
-#[test]
-fn a_jobs_pods_are_one_run_and_the_collector_groups_by_it() {
-    let collector = Collector::start(&scratch_dir().join("collector.db"));
+/// collector groups what they did by it, on either store.
+fn jobs_pods_are_one_run(backend: Backend) {
+    let db = Db::new(backend, &scratch_dir());
+    let collector = Collector::start(&db.arg);
     let c = Cluster::start_with(&[], "", &["--collector", &collector.grpc], false);
     let first = c.create_owned(("Job", "migrate-7"), json!({}));
     let retry = c.create_owned(("Job", "migrate-7"), json!({}));

@@ -9,45 +9,42 @@ use std::collections::{BTreeMap, HashMap};
 use postgres::Transaction;
 use sigil_proto::{EventBody, json};
 
-use super::query::to_json;
+use super::{Stmts, query::to_json};
 use crate::store::{
     AgentEvent, StoreError,
     aggregate::{self, Deltas, UseFigures},
-    sqlite::run_id,
+    sqlite::process_run,
 };
 
 /// A credential as PostgreSQL names it: class and fingerprint.
 type Key = (String, String);
 
 /// Folds the newly stored events of `node` (only those: a replayed event is never
-/// counted twice) into the aggregate tables. `time_of` gives an event's stored time.
-pub fn add(tx: &mut Transaction<'_>, node: &str, stored: &[&AgentEvent], time_of: impl Fn(&EventBody) -> i64) -> Result<(), StoreError> {
-    let uses: Vec<_> = stored
-        .iter()
-        .filter_map(|e| match &e.body {
-            EventBody::CredentialUse(v) => Some((v, time_of(&e.body))),
-            _ => None,
-        })
-        .collect();
-    if uses.is_empty() {
+/// counted twice) into the aggregate tables. `rids` are the batch's runs by run key (as
+/// the projection found or created them); `time_of` gives an event's stored time.
+pub fn add(
+    tx: &mut Transaction<'_>,
+    stmts: &mut Stmts,
+    node: &str,
+    stored: &[&AgentEvent],
+    rids: &HashMap<String, i64>,
+    time_of: impl Fn(&EventBody) -> i64,
+) -> Result<(), StoreError> {
+    let mut d: Deltas<Key> = Deltas::default();
+    for e in stored {
+        if let EventBody::CredentialUse(v) = &e.body {
+            let class = json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into());
+            let rid = v.process.as_ref().and_then(|p| process_run(node, p)).and_then(|k| rids.get(&k).copied());
+            d.add((class, v.fingerprint.clone()), rid, UseFigures::of(v, time_of(&e.body)));
+        }
+    }
+    if d.credentials.is_empty() {
         return Ok(());
     }
-    // The runs the projection created or found for these uses' processes.
-    let keys: Vec<Option<String>> =
-        uses.iter().map(|(v, _)| v.process.as_ref().map(|p| run_id(node, p.workload.as_ref(), p.cgroup_path.as_deref()))).collect();
-    let wanted: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
-    let rids: HashMap<String, i64> =
-        tx.query("SELECT run_id, rid FROM runs WHERE run_id = ANY($1)", &[&wanted])?.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut d: Deltas<Key> = Deltas::default();
-    for ((v, time), key) in uses.iter().zip(&keys) {
-        let class = json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into());
-        let rid = key.as_ref().and_then(|k| rids.get(k).copied());
-        d.add((class, v.fingerprint.clone()), rid, UseFigures::of(v, *time));
-    }
-    apply(tx, &d)
+    apply(tx, stmts, &d)
 }
 
-fn apply(tx: &mut Transaction<'_>, d: &Deltas<Key>) -> Result<(), StoreError> {
+fn apply(tx: &mut Transaction<'_>, stmts: &mut Stmts, d: &Deltas<Key>) -> Result<(), StoreError> {
     let (mut class, mut fp, mut det, mut ak, mut tf, mut uses, mut first, mut last) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for ((c, f), x) in &d.credentials {
         class.push(c.as_str());
@@ -59,17 +56,18 @@ fn apply(tx: &mut Transaction<'_>, d: &Deltas<Key>) -> Result<(), StoreError> {
         first.push(x.first);
         last.push(x.last);
     }
-    let ids: HashMap<(String, String), i64> = tx
-        .query(
-            "INSERT INTO agg_credentials (class, fingerprint, detector, access_key_id, token_family, uses, first_seen, last_seen)
+    let st = stmts.get(
+        tx,
+        "INSERT INTO agg_credentials (class, fingerprint, detector, access_key_id, token_family, uses, first_seen, last_seen)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
              ON CONFLICT (class, fingerprint) DO UPDATE SET uses = agg_credentials.uses + EXCLUDED.uses,
                 first_seen = least(agg_credentials.first_seen, EXCLUDED.first_seen), last_seen = greatest(agg_credentials.last_seen, EXCLUDED.last_seen),
                 detector = greatest(agg_credentials.detector, EXCLUDED.detector), access_key_id = greatest(agg_credentials.access_key_id, EXCLUDED.access_key_id),
                 token_family = greatest(agg_credentials.token_family, EXCLUDED.token_family)
              RETURNING class, fingerprint, id",
-            &[&class, &fp, &det, &ak, &tf, &uses, &first, &last],
-        )?
+    )?;
+    let ids: HashMap<(String, String), i64> = tx
+        .query(&st, &[&class, &fp, &det, &ak, &tf, &uses, &first, &last])?
         .iter()
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect();
@@ -84,32 +82,36 @@ fn apply(tx: &mut Transaction<'_>, d: &Deltas<Key>) -> Result<(), StoreError> {
     // A pair is new when its total is what this batch added (every use counts at least 1).
     let added: HashMap<(i64, i64), i64> = cred.iter().zip(&rid).zip(&n).map(|((c, r), n)| ((*c, *r), *n)).collect();
     let mut new_runs: BTreeMap<i64, i64> = BTreeMap::new();
-    for r in tx.query(
+    let st = stmts.get(
+        tx,
         "INSERT INTO agg_credential_runs (cred, rid, uses) SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[])
          ON CONFLICT (cred, rid) DO UPDATE SET uses = agg_credential_runs.uses + EXCLUDED.uses RETURNING cred, rid, uses",
-        &[&cred, &rid, &n],
-    )? {
+    )?;
+    for r in tx.query(&st, &[&cred, &rid, &n])? {
         let (c, r, total): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
         if added.get(&(c, r)) == Some(&total) {
             *new_runs.entry(c).or_default() += 1;
         }
     }
     let (ids, counts): (Vec<i64>, Vec<i64>) = new_runs.into_iter().unzip();
-    tx.execute(
-        "UPDATE agg_credentials a SET runs = a.runs + u.n FROM unnest($1::int8[], $2::int8[]) AS u(id, n) WHERE a.id = u.id",
-        &[&ids, &counts],
-    )?;
+    if !ids.is_empty() {
+        let st = stmts.get(tx, "UPDATE agg_credentials a SET runs = a.runs + u.n FROM unnest($1::int8[], $2::int8[]) AS u(id, n) WHERE a.id = u.id")?;
+        tx.execute(&st, &[&ids, &counts])?;
+    }
     let (mut rids, mut uses, mut long) = (vec![], vec![], vec![]);
     for (r, x) in &d.runs {
         rids.push(*r);
         uses.push(x.uses);
         long.push(x.long_uses);
     }
-    tx.execute(
-        "INSERT INTO agg_runs (rid, uses, long_uses) SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[])
-         ON CONFLICT (rid) DO UPDATE SET uses = agg_runs.uses + EXCLUDED.uses, long_uses = agg_runs.long_uses + EXCLUDED.long_uses",
-        &[&rids, &uses, &long],
-    )?;
+    if !rids.is_empty() {
+        let st = stmts.get(
+            tx,
+            "INSERT INTO agg_runs (rid, uses, long_uses) SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[])
+             ON CONFLICT (rid) DO UPDATE SET uses = agg_runs.uses + EXCLUDED.uses, long_uses = agg_runs.long_uses + EXCLUDED.long_uses",
+        )?;
+        tx.execute(&st, &[&rids, &uses, &long])?;
+    }
     Ok(())
 }
 

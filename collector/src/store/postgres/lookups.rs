@@ -1,11 +1,12 @@
 //! The correlation rules' lookups in PostgreSQL: each an index probe by the identifier it
 //! is given. The queue is drained with `DELETE ... RETURNING`, so two replicas
-//! correlating at once never both miss, nor both lose, a queued identifier.
-
-use std::collections::BTreeMap;
+//! correlating at once never both miss, nor both lose, a queued identifier; a batch's own
+//! identifiers are handed over in memory, and every candidate is looked up in one
+//! statement.
 
 use postgres::{Row, Transaction, types::ToSql};
 
+use super::{Stmts, project::Queue};
 use crate::{
     correlate::{Action, Hit, Link, Lookups, WINDOW_AFTER, WINDOW_BEFORE},
     store::StoreError,
@@ -13,39 +14,40 @@ use crate::{
 
 pub struct PgLookups<'a, 't> {
     tx: &'a mut Transaction<'t>,
+    stmts: &'a mut Stmts,
+    /// Identifiers of the batch being stored (not written to the queue table).
+    batch: Queue,
+}
+
+/// An action from the columns `a.id, a.provider, a.time, a.action, a.access_key_id,
+/// a.principal, a.role_session_name, a.web_identity_subject, a.issued_access_key_id`.
+fn action(r: &Row) -> Action {
+    Action {
+        id: r.get(0),
+        provider: r.get(1),
+        time: r.get(2),
+        action: r.get(3),
+        access_key_id: r.get(4),
+        principal: r.get(5),
+        role_session_name: r.get(6),
+        web_identity_subject: r.get(7),
+        issued_access_key_id: r.get(8),
+    }
 }
 
 impl<'a, 't> PgLookups<'a, 't> {
-    pub fn new(tx: &'a mut Transaction<'t>) -> Self {
-        Self { tx }
+    /// Lookups in `tx`; the candidates are what the queue table holds and `batch`.
+    pub fn new(tx: &'a mut Transaction<'t>, stmts: &'a mut Stmts, batch: Queue) -> Self {
+        Self { tx, stmts, batch }
     }
 
-    /// Unattributed actions matching `cond` (a condition on `a`, one parameter).
-    fn actions(&mut self, cond: &str, value: &str) -> Result<Vec<Action>, StoreError> {
-        let sql = format!(
-            "SELECT a.id, a.provider, a.time, a.action, a.access_key_id, a.principal, a.role_session_name, a.web_identity_subject, a.issued_access_key_id
-             FROM cloud_actions a WHERE {cond} AND NOT EXISTS (SELECT 1 FROM links l WHERE l.cloud_action_id = a.id)"
-        );
-        Ok(self
-            .tx
-            .query(&sql, &[&value])?
-            .iter()
-            .map(|r| Action {
-                id: r.get(0),
-                provider: r.get(1),
-                time: r.get(2),
-                action: r.get(3),
-                access_key_id: r.get(4),
-                principal: r.get(5),
-                role_session_name: r.get(6),
-                web_identity_subject: r.get(7),
-                issued_access_key_id: r.get(8),
-            })
-            .collect())
+    fn query(&mut self, sql: &'static str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let st = self.stmts.get(self.tx, sql)?;
+        Ok(self.tx.query(&st, args)?)
     }
 
-    fn hits(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)], f: fn(&Row) -> Hit) -> Result<Vec<Hit>, StoreError> {
-        Ok(self.tx.query(sql, args)?.iter().map(f).collect())
+    fn hits(&mut self, sql: &'static str, args: &[&(dyn ToSql + Sync)], f: fn(&Row) -> Hit) -> Result<Vec<Hit>, StoreError> {
+        Ok(self.query(sql, args)?.iter().map(f).collect())
     }
 }
 
@@ -59,28 +61,42 @@ fn use_hit(r: &Row) -> Hit {
 
 impl Lookups for PgLookups<'_, '_> {
     fn take_candidates(&mut self) -> Result<Vec<Action>, StoreError> {
-        let queued: Vec<(String, String)> = self.tx.query("DELETE FROM correlate_queue RETURNING what, value", &[])?.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let mut found = BTreeMap::new();
+        let mut queued: Vec<(String, String)> =
+            self.query("DELETE FROM correlate_queue RETURNING what, value", &[])?.iter().map(|r| (r.get(0), r.get(1))).collect();
+        queued.extend(std::mem::take(&mut self.batch).into_iter().map(|(what, value)| (what.to_owned(), value)));
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every identifier in one statement: one index probe each, one round trip in all.
+        let mut by: [Vec<&str>; 5] = Default::default();
         for (what, value) in &queued {
-            let cond = match what.as_str() {
-                "action" => "a.id = $1",
-                "key" => "a.access_key_id = $1",
-                "principal" => "a.provider = 'gcp' AND a.principal = $1",
-                "jti" => "a.role_session_name = $1",
-                "subject" => "a.web_identity_subject = $1",
+            let i = match what.as_str() {
+                "action" => 0,
+                "key" => 1,
+                "principal" => 2,
+                "jti" => 3,
+                "subject" => 4,
                 _ => continue,
             };
-            for a in self.actions(cond, value)? {
-                found.insert((a.time, a.id.clone()), a);
-            }
+            by[i].push(value);
         }
-        Ok(found.into_values().collect())
+        const SQL: &str = "SELECT a.id, a.provider, a.time, a.action, a.access_key_id, a.principal, a.role_session_name, a.web_identity_subject, a.issued_access_key_id
+            FROM cloud_actions a WHERE a.id IN (
+                SELECT id FROM cloud_actions WHERE id = ANY($1)
+                UNION SELECT id FROM cloud_actions WHERE access_key_id = ANY($2)
+                UNION SELECT id FROM cloud_actions WHERE provider = 'gcp' AND principal IS NOT NULL AND principal = ANY($3)
+                UNION SELECT id FROM cloud_actions WHERE role_session_name IS NOT NULL AND role_session_name = ANY($4)
+                UNION SELECT id FROM cloud_actions WHERE web_identity_subject IS NOT NULL AND web_identity_subject = ANY($5))
+             AND NOT EXISTS (SELECT 1 FROM links l WHERE l.cloud_action_id = a.id)";
+        let mut found: Vec<Action> = self.query(SQL, &[&by[0], &by[1], &by[2], &by[3], &by[4]])?.iter().map(action).collect();
+        found.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        Ok(found)
     }
 
     fn unattributed_with_key(&mut self, key: &str) -> Result<Vec<Action>, StoreError> {
-        let mut v = self.actions("a.access_key_id = $1", key)?;
-        v.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
-        Ok(v)
+        const SQL: &str = "SELECT a.id, a.provider, a.time, a.action, a.access_key_id, a.principal, a.role_session_name, a.web_identity_subject, a.issued_access_key_id
+            FROM cloud_actions a WHERE a.access_key_id = $1 AND NOT EXISTS (SELECT 1 FROM links l WHERE l.cloud_action_id = a.id) ORDER BY a.time, a.id";
+        Ok(self.query(SQL, &[&key])?.iter().map(action).collect())
     }
 
     fn issuances_by_jti(&mut self, jti: &str) -> Result<Vec<Hit>, StoreError> {
@@ -99,7 +115,6 @@ impl Lookups for PgLookups<'_, '_> {
 
     fn links_of_actions_issuing(&mut self, key: &str) -> Result<Vec<(Hit, f64)>, StoreError> {
         Ok(self
-            .tx
             .query(
                 "SELECT l.run_id, l.exec_id, l.jti, l.confidence FROM cloud_actions a JOIN links l ON l.cloud_action_id = a.id
                  WHERE a.issued_access_key_id = $1",
@@ -135,9 +150,13 @@ impl Lookups for PgLookups<'_, '_> {
     }
 
     fn insert_link(&mut self, action_id: &str, l: &Link, now: i64) -> Result<bool, StoreError> {
-        let n = self.tx.execute(
+        let st = self.stmts.get(
+            self.tx,
             "INSERT INTO links (cloud_action_id, run_id, exec_id, credential_use_id, jti, reason, confidence, created)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )?;
+        let n = self.tx.execute(
+            &st,
             &[&action_id, &l.hit.run_id, &l.hit.exec_id, &l.hit.credential_use_id, &l.hit.jti, &l.reason, &l.confidence, &now],
         )?;
         Ok(n > 0)

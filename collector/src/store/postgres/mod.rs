@@ -35,10 +35,39 @@ pub struct PostgresStore {
 }
 
 struct Inner {
-    client: Client,
+    client: Connection,
     /// Days whose partitions are known to exist.
     days: std::collections::BTreeSet<i64>,
     stmts: Stmts,
+}
+
+/// The store's connection, closed off any tokio runtime: `postgres::Client` closes by
+/// running its own runtime's `block_on`, which panics on a thread that is driving a tokio
+/// runtime, and `serve` drops its last handle on the store on one (when it stops).
+struct Connection(Option<Client>);
+
+impl std::ops::Deref for Connection {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("the client is taken only on drop")
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("the client is taken only on drop")
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            // Joined, so the session is over when the store is gone.
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
+    }
 }
 
 /// This connection's prepared statements, by SQL text: parsed once, not per row.
@@ -81,7 +110,7 @@ impl PostgresStore {
         tx.batch_execute(SCHEMA)?;
         tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT DO NOTHING", &[&SCHEMA_VERSION])?;
         tx.commit()?;
-        Ok(Self { inner: Mutex::new(Inner { client, days: Default::default(), stmts: Stmts::default() }) })
+        Ok(Self { inner: Mutex::new(Inner { client: Connection(Some(client)), days: Default::default(), stmts: Stmts::default() }) })
     }
 
     /// Runs `f` in one transaction; on failure nothing of it stays.
@@ -95,23 +124,40 @@ impl PostgresStore {
 }
 
 impl Inner {
-    fn ingest_once(&mut self, node: &str, events: &[AgentEvent], received: i64) -> Result<IngestOutcome, StoreError> {
-        let days = events.iter().filter_map(|e| project::time_of(&e.body)).chain([received]).map(partitions::day_of);
-        partitions::ensure(&mut self.client, &mut self.days, days)?;
-        let mut tx = self.client.transaction()?;
-        let out = project::ingest(&mut tx, &mut self.stmts, node, events, received)?;
+    /// Stores a batch with its findings, and correlates what it made attributable (when
+    /// `correlate`; else its identifiers are queued), all in one transaction.
+    fn ingest_once(&mut self, node: &str, events: &[AgentEvent], received: i64, correlate: bool) -> Result<Ingested, StoreError> {
+        let Inner { client, days, stmts } = self;
+        let days_named = events.iter().filter_map(|e| project::time_of(&e.body)).chain([received]).map(partitions::day_of);
+        partitions::ensure(client, days, days_named)?;
+        let mut tx = client.transaction()?;
+        let (out, queue) = project::ingest(&mut tx, stmts, node, events, received)?;
         // In the batch's transaction: a batch is stored with its findings or not at all.
-        crate::findings::detect(&mut findings::PgFindings::new(&mut tx), node, events)?;
+        let mut found = findings::PgFindings::new(&mut tx, stmts);
+        found.prefetch(node, events)?;
+        crate::findings::detect(&mut found, node, events)?;
+        found.flush()?;
+        let links = match (correlate, out.stored > 0) {
+            (true, true) => correlate::run(&mut lookups::PgLookups::new(&mut tx, stmts, queue), received)?,
+            (true, false) => Vec::new(),
+            (false, _) => {
+                project::queue_for_later(&mut tx, stmts, &queue)?;
+                Vec::new()
+            }
+        };
         tx.commit()?;
-        Ok(out)
+        Ok((out, links))
     }
 }
 
-impl Store for PostgresStore {
-    fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError> {
+/// A stored batch's outcome and the links it made.
+type Ingested = (IngestOutcome, Vec<correlate::NewLink>);
+
+impl PostgresStore {
+    fn ingest(&self, node: &str, events: &[AgentEvent], correlate: bool) -> Result<Ingested, StoreError> {
         let received = now_unix();
         let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
-        match guard.ingest_once(node, events, received) {
+        match guard.ingest_once(node, events, received, correlate) {
             Ok(out) => Ok(out),
             Err(e) => {
                 // Nothing of the batch stayed. Statements prepared in the failed transaction
@@ -121,9 +167,19 @@ impl Store for PostgresStore {
                 tracing::warn!("batch from {node} failed ({e}); retrying once");
                 guard.stmts.0.clear();
                 guard.days.clear();
-                guard.ingest_once(node, events, received)
+                guard.ingest_once(node, events, received, correlate)
             }
         }
+    }
+}
+
+impl Store for PostgresStore {
+    fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError> {
+        Ok(self.ingest(node, events, false)?.0)
+    }
+
+    fn ingest_and_correlate(&self, node: &str, events: &[AgentEvent]) -> Result<Ingested, StoreError> {
+        self.ingest(node, events, true)
     }
 
     fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError> {
@@ -157,7 +213,12 @@ impl Store for PostgresStore {
     }
 
     fn correlate(&self) -> Result<Vec<correlate::NewLink>, StoreError> {
-        self.write(|tx| correlate::run(&mut lookups::PgLookups::new(tx), now_unix()))
+        let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        let Inner { client, stmts, .. } = &mut *guard;
+        let mut tx = client.transaction()?;
+        let links = correlate::run(&mut lookups::PgLookups::new(&mut tx, stmts, Default::default()), now_unix())?;
+        tx.commit()?;
+        Ok(links)
     }
 
     fn query(&self, q: &Query) -> Result<Value, StoreError> {

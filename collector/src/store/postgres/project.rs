@@ -7,13 +7,17 @@
 //! correlation queue likewise), so a batch costs a fixed dozen round trips whatever its
 //! size, where a statement per row cost one round trip (and one executor start) per row.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postgres::{Transaction, types::ToSql};
 use sigil_proto::{EventBody, json, v1};
 
 use super::Stmts;
-use crate::store::{AgentEvent, IngestOutcome, StoreError, aggregate::UseFigures, sqlite::run_id};
+use crate::store::{
+    AgentEvent, IngestOutcome, StoreError,
+    aggregate::UseFigures,
+    sqlite::{process_run, run_key},
+};
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
@@ -24,7 +28,12 @@ pub fn time_of(body: &EventBody) -> Option<i64> {
     body.time().map(|t| crate::cloud::parse_rfc3339(t).unwrap_or(0))
 }
 
-pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &[AgentEvent], received: i64) -> Result<IngestOutcome, StoreError> {
+/// The identifiers (kind, value) a batch's new rows carry, for correlation.
+pub type Queue = BTreeSet<(&'static str, String)>;
+
+/// Stores a batch from `node`: each event once per (node, id), projected into its table.
+/// Returns the outcome and the identifiers to correlate.
+pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &[AgentEvent], received: i64) -> Result<(IngestOutcome, Queue), StoreError> {
     let st = stmts.get(
         tx,
         "INSERT INTO nodes (node, first_seen, last_seen) VALUES ($1, $2, $2)
@@ -73,10 +82,11 @@ pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &
     for &(ev, time) in &fresh {
         b.project(&ev.id, &ev.body, time)?;
     }
-    b.write()?;
+    let rids = std::mem::take(&mut b.rids);
+    let queue = b.write()?;
     // The aggregate tables, from the events this transaction newly stored (only those).
     let stored: Vec<&AgentEvent> = fresh.iter().map(|&(ev, _)| ev).collect();
-    super::aggregates::add(tx, node, &stored, |body| time_of(body).unwrap_or(received))?;
+    super::aggregates::add(tx, stmts, node, &stored, &rids, |body| time_of(body).unwrap_or(received))?;
     let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
     for (ev, _) in &fresh {
         *counts.entry(ev.body.kind_id() as i32).or_default() += 1;
@@ -88,7 +98,19 @@ pub fn ingest(tx: &mut Transaction<'_>, stmts: &mut Stmts, node: &str, events: &
          ON CONFLICT (kind) DO UPDATE SET n = event_counts.n + EXCLUDED.n",
     )?;
     tx.execute(&st, &[&kinds, &ns])?;
-    Ok(out)
+    Ok((out, queue))
+}
+
+/// Keeps a batch's identifiers for the next correlation pass (when it is not correlated
+/// in its own transaction).
+pub fn queue_for_later(tx: &mut Transaction<'_>, stmts: &mut Stmts, queue: &Queue) -> Result<(), StoreError> {
+    if queue.is_empty() {
+        return Ok(());
+    }
+    let (what, value): (Vec<&str>, Vec<&str>) = queue.iter().map(|(w, v)| (*w, v.as_str())).unzip();
+    let st = stmts.get(tx, "INSERT INTO correlate_queue (what, value) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING")?;
+    tx.execute(&st, &[&what, &value])?;
+    Ok(())
 }
 
 /// One batch's rows, a vector per column, in event order.
@@ -102,7 +124,7 @@ struct Rows {
     uses: Uses,
     file_reads: FileReads,
     exits: (Vec<String>, Vec<i64>),
-    queue: BTreeMap<(&'static str, String), ()>,
+    queue: Queue,
 }
 
 #[derive(Default)]
@@ -194,18 +216,22 @@ struct Batch<'a, 't> {
     rows: Rows,
 }
 
-/// The workload and cgroup an event's run is named by, if it has one.
-fn run_of(body: &EventBody) -> Option<(Option<&v1::Workload>, Option<&str>)> {
-    fn process(p: &Option<v1::ProcessRef>) -> Option<(Option<&v1::Workload>, Option<&str>)> {
-        p.as_ref().map(|p| (p.workload.as_ref(), p.cgroup_path.as_deref()))
+/// The run an event names (keyed as [`run_key`] keys runs on both backends), with the
+/// workload and cgroup a new run is described by; `None` when it names no run.
+fn run_of<'b>(node: &str, body: &'b EventBody) -> Option<(String, Option<&'b v1::Workload>, Option<&'b str>)> {
+    fn process<'b>(node: &str, p: &'b Option<v1::ProcessRef>) -> Option<(String, Option<&'b v1::Workload>, Option<&'b str>)> {
+        p.as_ref().and_then(|p| Some((process_run(node, p)?, p.workload.as_ref(), p.cgroup_path.as_deref())))
     }
     match body {
-        EventBody::ProcessExec(v) => Some((v.workload.as_ref(), v.cgroup.as_ref().and_then(|c| c.path.as_deref()))),
-        EventBody::TokenIssued(v) => process(&v.process),
-        EventBody::TokenDenied(v) => process(&v.process),
-        EventBody::CredentialUse(v) => process(&v.process),
-        EventBody::CredentialFileRead(v) => process(&v.process),
-        EventBody::CredentialObtained(v) => process(&v.process),
+        EventBody::ProcessExec(v) => {
+            let cgroup = v.cgroup.as_ref().and_then(|c| c.path.as_deref());
+            Some((run_key(node, v.run.as_deref(), v.workload.as_ref(), cgroup), v.workload.as_ref(), cgroup))
+        }
+        EventBody::TokenIssued(v) => process(node, &v.process),
+        EventBody::TokenDenied(v) => process(node, &v.process),
+        EventBody::CredentialUse(v) => process(node, &v.process),
+        EventBody::CredentialFileRead(v) => process(node, &v.process),
+        EventBody::CredentialObtained(v) => process(node, &v.process),
         _ => None,
     }
 }
@@ -235,8 +261,8 @@ impl Batch<'_, '_> {
     fn resolve_runs(&mut self, events: &[(&AgentEvent, i64)]) -> Result<(), StoreError> {
         let mut wanted: BTreeMap<String, (Option<&v1::Workload>, Option<&str>, i64)> = BTreeMap::new();
         for &(ev, time) in events {
-            if let Some((w, cgroup)) = run_of(&ev.body) {
-                wanted.entry(run_id(self.node, w, cgroup)).or_insert((w, cgroup, time));
+            if let Some((key, w, cgroup)) = run_of(self.node, &ev.body) {
+                wanted.entry(key).or_insert((w, cgroup, time));
             }
         }
         if wanted.is_empty() {
@@ -280,19 +306,19 @@ impl Batch<'_, '_> {
         Ok(())
     }
 
-    /// The run of an event, as [`Self::resolve_runs`] found or created it.
-    fn rid(&self, workload: Option<&v1::Workload>, cgroup_path: Option<&str>) -> Result<i64, StoreError> {
-        let key = run_id(self.node, workload, cgroup_path);
-        self.rids.get(&key).copied().ok_or_else(|| StoreError::NotFound(format!("run {key} not created")))
+    /// The run of run key `key`, as [`Self::resolve_runs`] found or created it.
+    fn rid(&self, key: &str) -> Result<i64, StoreError> {
+        self.rids.get(key).copied().ok_or_else(|| StoreError::NotFound(format!("run {key} not created")))
     }
 
+    /// The run a process reference names, if it names one (as on SQLite).
     fn process_rid(&self, p: Option<&v1::ProcessRef>) -> Result<Option<i64>, StoreError> {
-        p.map(|p| self.rid(p.workload.as_ref(), p.cgroup_path.as_deref())).transpose()
+        p.and_then(|p| process_run(self.node, p)).map(|key| self.rid(&key)).transpose()
     }
 
     fn queue(&mut self, what: &'static str, value: Option<&str>) {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
-            self.rows.queue.insert((what, v.to_owned()), ());
+            self.rows.queue.insert((what, v.to_owned()));
         }
     }
 
@@ -301,7 +327,7 @@ impl Batch<'_, '_> {
         match body {
             EventBody::ProcessExec(v) => {
                 let cgroup_path = v.cgroup.as_ref().and_then(|c| c.path.clone());
-                let rid = self.rid(v.workload.as_ref(), cgroup_path.as_deref())?;
+                let rid = self.rid(&run_key(self.node, v.run.as_deref(), v.workload.as_ref(), cgroup_path.as_deref()))?;
                 let binary = v.binary.clone().unwrap_or_default();
                 let ancestry = serde_json::to_string(&v.ancestry).map_err(|e| StoreError::BadArgument(format!("ancestry: {e}")))?;
                 let p = &mut self.rows.processes;
@@ -425,8 +451,8 @@ impl Batch<'_, '_> {
     }
 
     /// One statement per table that has rows, then run bookkeeping (in run order, so
-    /// replicas lock runs in one order), then exits, then the correlation queue.
-    fn write(mut self) -> Result<(), StoreError> {
+    /// replicas lock runs in one order), then exits; hands back the correlation queue.
+    fn write(mut self) -> Result<Queue, StoreError> {
         let rows = std::mem::take(&mut self.rows);
         let n = self.node_id;
         let p = &rows.processes;
@@ -543,13 +569,6 @@ impl Batch<'_, '_> {
                 &[&rid, &count, &last_seen, &last_exit],
             )?;
         }
-        if !rows.queue.is_empty() {
-            let (what, value): (Vec<&str>, Vec<&str>) = rows.queue.keys().map(|(w, v)| (*w, v.as_str())).unzip();
-            self.exec(
-                "INSERT INTO correlate_queue (what, value) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-                &[&what, &value],
-            )?;
-        }
-        Ok(())
+        Ok(rows.queue)
     }
 }

@@ -13,11 +13,36 @@ pub struct IdCache {
     ids: HashMap<String, i64>,
     /// Names added during the open transaction.
     fresh: Vec<String>,
+    /// While retention prunes unused names: the ids batches referred to since it began
+    /// (it keeps them, whatever its scan of the tables saw).
+    used: Option<std::collections::HashSet<i64>>,
 }
 
 impl IdCache {
     pub fn get(&self, name: &str) -> Option<i64> {
         self.ids.get(name).copied()
+    }
+
+    /// Records that a row being written refers to `id` (see [`Self::track`]).
+    pub fn used(&mut self, id: i64) {
+        if let Some(u) = &mut self.used {
+            u.insert(id);
+        }
+    }
+
+    /// Starts (`true`) or stops recording the ids rows refer to.
+    pub fn track(&mut self, on: bool) {
+        self.used = on.then(Default::default);
+    }
+
+    /// The ids recorded since the last call.
+    pub fn take_used(&mut self) -> Vec<i64> {
+        self.used.as_mut().map(|u| u.drain().collect()).unwrap_or_default()
+    }
+
+    /// Forgets a name whose row was deleted.
+    pub fn forget(&mut self, name: &str) {
+        self.ids.remove(name);
     }
 
     pub fn put(&mut self, name: &str, id: i64) {

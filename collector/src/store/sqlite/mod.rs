@@ -17,6 +17,7 @@ mod findings;
 mod ids;
 mod lookups;
 mod project;
+mod prune;
 mod query;
 
 use std::{
@@ -62,6 +63,19 @@ pub fn run_id(node: &str, workload: Option<&v1::Workload>, cgroup_path: Option<&
         (v1::WorkloadKind::SystemdUnit, _, _, Some(u)) => format!("unit:{node}:{u}"),
         _ => format!("cgroup:{node}:{}", cgroup_path.unwrap_or("/")),
     }
+}
+
+/// The run a process belongs to: the agent's `run` key when it knew the process's pod (a
+/// Job's execution, a Deployment's pod: what users mean by a run), else the run derived
+/// from its workload. Both backends key runs by it.
+pub fn run_key(node: &str, run: Option<&str>, workload: Option<&v1::Workload>, cgroup_path: Option<&str>) -> String {
+    run.map_or_else(|| run_id(node, workload, cgroup_path), str::to_owned)
+}
+
+/// The run a process reference names; `None` when it names no workload (the signer knows
+/// only the exec id).
+pub fn process_run(node: &str, p: &v1::ProcessRef) -> Option<String> {
+    (p.workload.is_some() || p.run.is_some()).then(|| run_key(node, p.run.as_deref(), p.workload.as_ref(), p.cgroup_path.as_deref()))
 }
 
 impl SqliteStore {
@@ -123,8 +137,36 @@ impl SqliteStore {
 
 impl SqliteStore {
     /// Deletes what is older than `before`, `step` rows at a time, each step its own
-    /// transaction (batches are stored between steps).
+    /// transaction (batches are stored between steps), then the interned strings nothing
+    /// refers to any more ([`prune`]); returns the rows deleted (strings included).
     fn retain_in_steps(&self, before: i64, step: i64) -> Result<usize, StoreError> {
+        self.write(prune::begin)?;
+        let n = self.delete_old(before, step).and_then(|n| self.prune_strings(step).map(|p| n + p));
+        // Stopped whatever happened (a failed step leaves marks that must not be trusted).
+        self.write(prune::end)?;
+        n
+    }
+
+    /// Removes the strings nothing refers to, `step` ids at a time (after
+    /// [`Self::delete_old`] marked what its walk saw).
+    fn prune_strings(&self, step: i64) -> Result<usize, StoreError> {
+        let last: i64 = self.write(|tx, _| {
+            let last = tx.query_row("SELECT coalesce(max(rowid), 0) FROM agg_credentials", [], |r| r.get(0))?;
+            prune::mark_rows(tx, "agg_credentials", 0, last)?;
+            Ok(tx.query_row("SELECT coalesce(max(id), 0) FROM strings", [], |r| r.get(0))?)
+        })?;
+        let (mut from, mut n) = (0, 0);
+        while from < last {
+            n += self.write(|tx, caches| prune::sweep(tx, caches, from, (from + step).min(last)))?;
+            from += step;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(n)
+    }
+
+    /// Deletes what is older than `before`, `step` rows at a time, marking the strings of
+    /// the rows that stay.
+    fn delete_old(&self, before: i64, step: i64) -> Result<usize, StoreError> {
         // Imported audit logs are evidence a responder brought in, often months old: they
         // age by when they were ingested, not by when the calls happened. What they are
         // attributed to (runs, processes, credentials, tokens) is kept while they are, so
@@ -144,7 +186,9 @@ impl SqliteStore {
                     if table == "credential_uses" {
                         aggregates::subtract(tx, &cond, before, &mut touched)?;
                     }
-                    Ok(tx.execute(&format!("DELETE FROM {table} WHERE {cond}"), params![before])?)
+                    let n = tx.execute(&format!("DELETE FROM {table} WHERE {cond}"), params![before])?;
+                    prune::mark_rows(tx, table, from, from + step)?;
+                    Ok(n)
                 })?;
                 from += step;
                 std::thread::sleep(Duration::from_millis(1));
@@ -181,6 +225,7 @@ impl SqliteStore {
                     tx.execute("UPDATE event_counts SET n = max(n - ?2, 0) WHERE kind = ?1", params![kind, count])?;
                 }
                 let deleted = tx.prepare_cached(&format!("DELETE FROM events WHERE {range}"))?.execute(params![a, b, c, x, y, z, before])?;
+                prune::mark_events(tx, "(node_id, stream, seq) > (?1, ?2, ?3) AND (node_id, stream, seq) <= (?4, ?5, ?6)", [a, b, c, x, y, z])?;
                 Ok((deleted, upto))
             })?;
             n += deleted;

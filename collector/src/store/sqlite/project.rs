@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rusqlite::{OptionalExtension, Transaction, params};
 use sigil_proto::{EventBody, json, v1};
 
-use super::{aggregates, ids::Caches, run_id};
+use super::{aggregates, ids::Caches, run_key};
 use crate::store::{AgentEvent, IngestOutcome, StoreError, aggregate::{Deltas, UseFigures}};
 
 /// The agent's event id is `<spool stream>-<seq>`: the stream is interned and the sequence
@@ -90,6 +90,7 @@ impl Batch<'_, '_> {
     /// The id of an interned string.
     fn sid(&mut self, s: &str) -> Result<i64, StoreError> {
         if let Some(id) = self.caches.strings.get(s) {
+            self.caches.strings.used(id);
             return Ok(id);
         }
         let found = self.tx.prepare_cached("SELECT id FROM strings WHERE s = ?1")?.query_row([s], |r| r.get(0)).optional()?;
@@ -101,6 +102,7 @@ impl Batch<'_, '_> {
             }
         };
         self.caches.strings.put(s, id);
+        self.caches.strings.used(id);
         Ok(id)
     }
 
@@ -112,7 +114,7 @@ impl Batch<'_, '_> {
     /// the process's pod (a Job's execution, a Deployment's pod: what users mean by a
     /// run), else the run derived from the workload.
     fn rid(&mut self, run: Option<&str>, workload: Option<&v1::Workload>, cgroup_path: Option<&str>, time: i64) -> Result<i64, StoreError> {
-        let key = run.map_or_else(|| run_id(self.node, workload, cgroup_path), str::to_owned);
+        let key = run_key(self.node, run, workload, cgroup_path);
         if let Some(id) = self.caches.runs.get(&key) {
             return Ok(id);
         }

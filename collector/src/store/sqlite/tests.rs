@@ -282,3 +282,62 @@ fn a_token_replayed_by_another_run_and_after_its_run_ended_is_found_once_and_its
     assert_eq!(since["findings"].as_array().map(Vec::len), Some(2));
     assert!(Query::parse("findings", "kind=bribery").is_err());
 }
+
+/// Now, as RFC 3339 (retention keeps it).
+fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::from_unix_timestamp(super::now_unix()).expect("a time");
+    now.format(&time::format_description::well_known::Rfc3339).expect("formats")
+}
+
+fn count_strings(s: &SqliteStore) -> i64 {
+    s.read(|c| Ok(c.query_row("SELECT count(*) FROM strings", [], |r| r.get(0))?)).expect("reads")
+}
+
+fn interned(s: &SqliteStore, text: &str) -> bool {
+    s.read(|c| Ok(c.query_row("SELECT count(*) FROM strings WHERE s = ?1", [text], |r| r.get::<_, i64>(0))? > 0)).expect("reads")
+}
+
+/// Retention removes the interned strings only deleted rows referred to; what it keeps
+/// answers exactly as before; and a batch naming a removed string again (the store had it
+/// cached) stores it anew instead of pointing at the deleted id.
+#[test]
+fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_stay_the_same() {
+    let (_d, s) = store();
+    // Last January: 300 execs with binaries of their own, each using a key of its own.
+    let old: Vec<AgentEvent> = (0..300)
+        .flat_map(|i| {
+            [ev(&format!("old-{i}"), exec(&format!("OLD{i}"), &format!("/old/bin{i}"))), ev(&format!("olduse-{i}"), key_use(&format!("OLD{i}"), &format!("AKIAOLD{i}"), "2026-01-01T00:00:05Z"))]
+        })
+        .collect();
+    assert_eq!(s.ingest_events("node-a", &old).expect("ingests").stored, 600);
+    // Now: another pod's process, using a key of its own and running /app.
+    let fresh_pod = v1::Workload { container_id: Some("f".repeat(64)), pod_uid: Some("fresh".into()), ..workload() };
+    let EventBody::ProcessExec(mut e) = fresh_exec("NEW1") else { unreachable!("an exec") };
+    e.workload = Some(fresh_pod.clone());
+    let EventBody::CredentialUse(mut u) = key_use("NEW1", "AKIAFRESH", &now_rfc3339()) else { unreachable!("a use") };
+    u.process.as_mut().expect("a process").workload = Some(fresh_pod);
+    assert_eq!(s.ingest_events("node-a", &[ev("new-1", EventBody::ProcessExec(e)), ev("new-2", EventBody::CredentialUse(u))]).expect("ingests").stored, 2);
+    let run = format!("container:{}", "f".repeat(64));
+    let asked = [Query::Run(run.clone()), Query::WhoUsed("AKIAFRESH".into())];
+    let before: Vec<_> = asked.iter().map(|q| s.query(q).expect("answers")).collect();
+    let strings_before = count_strings(&s);
+
+    let deleted = s.retain_in_steps(super::now_unix() - 30 * 86_400, 50).expect("retains");
+    assert!(deleted >= 600, "deleted {deleted}");
+    let strings_after = count_strings(&s);
+    // Each old exec had its own exec id, binary, key and fingerprint.
+    assert!(strings_after <= strings_before - 4 * 300, "{strings_before} strings before retention, {strings_after} after");
+    assert!(!interned(&s, "/old/bin7") && !interned(&s, "AKIAOLD7") && !interned(&s, "OLD7"));
+    assert!(interned(&s, "/app") && interned(&s, "AKIAFRESH") && interned(&s, "NEW1"));
+    let after: Vec<_> = asked.iter().map(|q| s.query(q).expect("answers")).collect();
+    assert_eq!(before, after, "answers about kept data are unchanged");
+    s.verify_aggregates().expect("aggregates agree with the uses left");
+
+    // A pruned string, cached by this store when it was first stored, named again.
+    let EventBody::ProcessExec(mut again) = fresh_exec("NEW2") else { unreachable!("an exec") };
+    again.binary = Some(v1::Binary { path: Some("/old/bin7".into()), ..Default::default() });
+    assert_eq!(s.ingest_events("node-a", &[ev("new-3", EventBody::ProcessExec(again))]).expect("ingests").stored, 1);
+    let r = s.query(&Query::Run(format!("container:{}", "c".repeat(64)))).expect("the run");
+    let paths: Vec<&str> = r["timeline"].as_array().expect("timeline").iter().filter_map(|e| e["detail"]["binary_path"].as_str()).collect();
+    assert_eq!(paths, ["/old/bin7"], "{r}");
+}
