@@ -343,7 +343,7 @@ fn served(backend: Backend) {
         let mut ingest = IngestClient::connect(collector.grpc.clone()).await.unwrap();
         let pushed = ingest.push(PushRequest { node: "node-served".into(), events, contract_version: sigil_proto::CONTRACT_VERSION }).await.unwrap().into_inner();
         let mut query = QueryClient::connect(collector.grpc.clone()).await.unwrap();
-        let asked = query.ask(QueryRequest { name: "run".into(), argument: run.into() }).await.unwrap().into_inner();
+        let asked = query.ask(QueryRequest { name: "run".into(), argument: run.into(), ..Default::default() }).await.unwrap().into_inner();
         (pushed, asked)
     });
     // Closes the clients' connections (their tasks live on `rt`): a graceful shutdown

@@ -239,6 +239,9 @@ fn jobs_pods_are_one_run(backend: Backend) {
     let run = format!("k8s/{NS}/job/migrate-7");
     let mut children = Vec::new();
     for (pod, name) in [(&first, "migrate-a"), (&retry, "migrate-b")] {
+        // The watch has delivered the pod (its namespace and service account get their
+        // token): an exec that beats the watch is recorded without its pod, so its run.
+        c.expect_within(CHANGE, pod, ID_SA, Ok(()));
         let worker = unique_binary(&c.dir, name);
         let child = pod.cgroup.spawn(&worker, &["30"]);
         let rec = worker_exec(&c.agent, &child, &worker);

@@ -318,7 +318,7 @@ fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_sta
     u.process.as_mut().expect("a process").workload = Some(fresh_pod);
     assert_eq!(s.ingest_events("node-a", &[ev("new-1", EventBody::ProcessExec(e)), ev("new-2", EventBody::CredentialUse(u))]).expect("ingests").stored, 2);
     let run = format!("container:{}", "f".repeat(64));
-    let asked = [Query::Run(run.clone()), Query::WhoUsed("AKIAFRESH".into())];
+    let asked = [Query::Run(run.clone(), Page::default()), Query::WhoUsed("AKIAFRESH".into())];
     let before: Vec<_> = asked.iter().map(|q| s.query(q).expect("answers")).collect();
     let strings_before = count_strings(&s);
 
@@ -337,7 +337,7 @@ fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_sta
     let EventBody::ProcessExec(mut again) = fresh_exec("NEW2") else { unreachable!("an exec") };
     again.binary = Some(v1::Binary { path: Some("/old/bin7".into()), ..Default::default() });
     assert_eq!(s.ingest_events("node-a", &[ev("new-3", EventBody::ProcessExec(again))]).expect("ingests").stored, 1);
-    let r = s.query(&Query::Run(format!("container:{}", "c".repeat(64)))).expect("the run");
+    let r = s.query(&Query::Run(format!("container:{}", "c".repeat(64)), Page::default())).expect("the run");
     let paths: Vec<&str> = r["timeline"].as_array().expect("timeline").iter().filter_map(|e| e["detail"]["binary_path"].as_str()).collect();
     assert_eq!(paths, ["/old/bin7"], "{r}");
 }
