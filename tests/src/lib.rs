@@ -255,7 +255,10 @@ impl Lines {
                 return l.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}; saw {} lines", lines.len());
+            if left.is_zero() {
+                let tail = lines.iter().rev().take(12).rev().cloned().collect::<Vec<_>>().join("\n  ");
+                panic!("timed out waiting for {what}; saw {} lines, the last:\n  {tail}", lines.len());
+            }
             lines = cv.wait_timeout(lines, left).unwrap().0;
         }
     }

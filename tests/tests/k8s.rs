@@ -231,9 +231,12 @@ on_both_backends!(a_jobs_pods_are_one_run_and_the_collector_groups_by_it, jobs_p
 /// A Job's pods (the first attempt and a retry) are one run, as users mean it, and the
 /// collector groups what they did by it, on either store.
 fn jobs_pods_are_one_run(backend: Backend) {
-    let db = Db::new(backend, &scratch_dir());
+    let dir = scratch_dir();
+    let db = Db::new(backend, &dir);
     let collector = Collector::start(&db.arg);
-    let c = Cluster::start_with(&[], "", &["--collector", &collector.grpc], false);
+    // A spool of its own: the other backend's run streams at the same time.
+    let state = dir.join("state").display().to_string();
+    let c = Cluster::start_with(&[], "", &["--collector", &collector.grpc, "--state-dir", &state], false);
     let first = c.create_owned(("Job", "migrate-7"), json!({}));
     let retry = c.create_owned(("Job", "migrate-7"), json!({}));
     let run = format!("k8s/{NS}/job/migrate-7");
