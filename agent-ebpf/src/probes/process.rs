@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_ebpf_bindings::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns};
-use sigil_agent_common::{EventHeader, EventKind, ExeIdentity, ExeSource, ExecEvent, ExitEvent, PATH_LEN};
+use sigil_agent_common::{EventHeader, EventKind, ExeIdentity, ExeOffsets, ExeSource, ExecEvent, ExitEvent, PATH_LEN};
 
 use crate::maps::{count_lost, ForkInfo, EVENTS, EXE_OFFSETS, FORKS, TP_OFFSETS};
 
@@ -36,16 +36,23 @@ pub fn header(kind: EventKind, pid: u32) -> EventHeader {
     EventHeader { kind: kind as u32, pid, boot_ns, cgroup_id, start_ns: process_start_ns().unwrap_or(0) }
 }
 
-/// The current process's start time (`task->group_leader->start_boottime`), at offsets
-/// the agent took from BTF.
+/// The current task's address and the offsets to follow from it; Err when the agent
+/// found none in the kernel's BTF.
 #[inline(always)]
-fn process_start_ns() -> Result<u64, i32> {
+fn current_task() -> Result<(u64, ExeOffsets), i32> {
     let off = EXE_OFFSETS.load();
     if off.valid == 0 {
         return Err(0);
     }
     // SAFETY: no arguments; returns the current task's address.
-    let task = unsafe { bpf_get_current_task() };
+    Ok((unsafe { bpf_get_current_task() }, off))
+}
+
+/// The current process's start time (`task->group_leader->start_boottime`), at offsets
+/// the agent took from BTF.
+#[inline(always)]
+fn process_start_ns() -> Result<u64, i32> {
+    let (task, off) = current_task()?;
     let leader: u64 = read_field(task, off.task_group_leader)?;
     if leader == 0 {
         return Err(0);
@@ -128,12 +135,7 @@ fn read_field<T>(base: u64, off: u32) -> Result<T, i32> {
 /// the file instead).
 #[inline(always)]
 fn exe_identity() -> Result<ExeIdentity, i32> {
-    let off = EXE_OFFSETS.load();
-    if off.valid == 0 {
-        return Err(0);
-    }
-    // SAFETY: no arguments; returns the current task's address.
-    let task = unsafe { bpf_get_current_task() };
+    let (task, off) = current_task()?;
     let mm: u64 = read_field(task, off.task_mm)?;
     let file: u64 = read_field(mm, off.mm_exe_file)?;
     let inode: u64 = read_field(file, off.file_inode)?;
