@@ -506,7 +506,8 @@ impl Attestor {
         rec
     }
 
-    /// Everything procfs says that `reads` asks for, between two reads of the start time.
+    /// Everything procfs says that `reads` asks for, followed by a read of the start time
+    /// (and preceded by one too when the kernel did not give it: see `Reads::start_known`).
     fn read_facts(&self, p: &Process, reads: Reads) -> Result<ProcFacts, String> {
         let first = if reads.start_known { None } else { Some(procstat::read(p).map_err(proc_error)?) };
         let status = if reads.ids { p.status().ok() } else { None };
