@@ -512,6 +512,37 @@ pub fn python_script(name: &str) -> PathBuf {
 }
 
 /// A loopback port nobody listens on right now.
+/// An agent issuing from a one-entry policy in trust domain `sigil.test`, written into
+/// `dir`, with its own state directory, Workload API socket and OIDC port there, plus
+/// `extra` arguments (e.g. `--collector`).
+pub struct Issuer {
+    pub agent: Agent,
+    pub socket: PathBuf,
+    /// Where the agent serves its OIDC discovery document (`host:port`).
+    pub oidc: String,
+}
+
+impl Issuer {
+    pub fn start(dir: &Path, spiffe_id: &str, ttl_seconds: u64, selectors: &[String], extra: &[&str]) -> Self {
+        let policy = dir.join("policy.toml");
+        let quoted: Vec<String> = selectors.iter().map(|s| format!("\"{s}\"")).collect();
+        fs::write(
+            &policy,
+            format!(
+                "trust_domain = \"sigil.test\"\n[[entry]]\nspiffe_id = \"{spiffe_id}\"\nttl_seconds = {ttl_seconds}\nselectors = [{}]\n",
+                quoted.join(", ")
+            ),
+        )
+        .unwrap();
+        let socket = dir.join("w.sock");
+        let oidc = format!("127.0.0.1:{}", free_port());
+        let (state, policy, sock) = (dir.join("state").display().to_string(), policy.display().to_string(), socket.display().to_string());
+        let mut args = vec!["--state-dir", &state, "--policy", &policy, "--socket", &sock, "--oidc-listen", &oidc];
+        args.extend_from_slice(extra);
+        Self { agent: Agent::start(&args), socket, oidc }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

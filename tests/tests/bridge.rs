@@ -86,21 +86,8 @@ fn node(ttl: u64, backend: Backend) -> Node {
     let ctr = format!("{:064x}", u128::from(n) << 32 | u128::from(rand_suffix()));
     let collector = Collector::start(&db.arg);
     let client = unique_client(&dir, "sigil-bridge");
-    let policy = dir.join("policy.toml");
-    fs::write(
-        &policy,
-        format!(
-            "trust_domain = \"sigil.test\"\n[[entry]]\nspiffe_id = \"{ID}\"\nttl_seconds = {ttl}\nselectors = [\"k8s:pod-uid:{uid}\", \"unix:sha256:{}\"]\n",
-            sha256sum(&client)
-        ),
-    )
-    .unwrap();
-    let socket = dir.join("w.sock");
-    let agent = Agent::start(&[
-        "--collector", &collector.grpc, "--state-dir", &dir.join("state").display().to_string(),
-        "--policy", &policy.display().to_string(), "--socket", &socket.display().to_string(),
-        "--oidc-listen", &format!("127.0.0.1:{}", free_port()),
-    ]);
+    let selectors = [format!("k8s:pod-uid:{uid}"), format!("unix:sha256:{}", sha256sum(&client))];
+    let Issuer { agent, socket, .. } = Issuer::start(&dir, ID, ttl, &selectors, &["--collector", &collector.grpc]);
     let pod = TestCgroup::create(&format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ctr}.scope",
         uid.replace('-', "_")

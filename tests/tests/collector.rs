@@ -57,15 +57,8 @@ fn story(backend: Backend) {
     let collector = Collector::start(&db.arg);
     let client = unique_client(&dir, "checkout");
     let rogue = unique_client(&dir, "rogue");
-    let policy = dir.join("policy.toml");
-    fs::write(&policy, format!("trust_domain = \"sigil.test\"\n[[entry]]\nspiffe_id = \"spiffe://sigil.test/checkout\"\nttl_seconds = 300\nselectors = [\"k8s:pod-uid:{POD_B}\", \"unix:sha256:{}\"]\n", sha256sum(&client))).unwrap();
-    let oidc = free_port();
-    let socket = dir.join("w.sock");
-    let agent = Agent::start(&[
-        "--collector", &collector.grpc, "--state-dir", &dir.join("state").display().to_string(),
-        "--policy", &policy.display().to_string(), "--socket", &socket.display().to_string(),
-        "--oidc-listen", &format!("127.0.0.1:{oidc}"),
-    ]);
+    let selectors = [format!("k8s:pod-uid:{POD_B}"), format!("unix:sha256:{}", sha256sum(&client))];
+    let Issuer { agent, socket, oidc } = Issuer::start(&dir, "spiffe://sigil.test/checkout", 300, &selectors, &["--collector", &collector.grpc]);
     agent.stderr.wait_line("TLS capture", |l| l.contains("TLS capture attached") && l.contains("libssl"));
     let server = PyServer::start(Some(&dir));
     let endpoint = format!("https://127.0.0.1:{}", server.port);
@@ -86,7 +79,7 @@ fn story(backend: Backend) {
 
     collector.wait_for("both credential uses stored", &["posture"], |v| v["runs_using_credentials"] == 2 && v["tokens_issued"] == 1);
     let trail = dir.join("trail.json");
-    fs::write(&trail, cloudtrail(&jti, "spiffe://sigil.test/checkout", &format!("127.0.0.1:{oidc}"))).unwrap();
+    fs::write(&trail, cloudtrail(&jti, "spiffe://sigil.test/checkout", &oidc)).unwrap();
     let out = Command::new(sibling_bin("sigil-collector")).arg("--db").arg(&collector.db).args(["ingest", "cloudtrail"]).arg(&trail).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("ingested 4 cloud actions"), "{}", String::from_utf8_lossy(&out.stdout));

@@ -31,21 +31,8 @@ impl Rig {
         let db = Db::new(backend, &dir);
         let collector = Collector::start(&db.arg);
         let python_real = fs::canonicalize(python()).unwrap();
-        let policy = dir.join("policy.toml");
-        fs::write(
-            &policy,
-            format!(
-                "trust_domain = \"sigil.test\"\n[[entry]]\nspiffe_id = \"spiffe://sigil.test/victim\"\nttl_seconds = 300\nselectors = [\"systemd:unit:{unit}\", \"unix:path:{}\"]\n",
-                python_real.display()
-            ),
-        )
-        .unwrap();
-        let socket = dir.join("w.sock");
-        let agent = Agent::start(&[
-            "--collector", &collector.grpc, "--state-dir", &dir.join("state").display().to_string(),
-            "--policy", &policy.display().to_string(), "--socket", &socket.display().to_string(),
-            "--oidc-listen", &format!("127.0.0.1:{}", free_port()),
-        ]);
+        let selectors = [format!("systemd:unit:{unit}"), format!("unix:path:{}", python_real.display())];
+        let Issuer { agent, socket, .. } = Issuer::start(&dir, "spiffe://sigil.test/victim", 300, &selectors, &["--collector", &collector.grpc]);
         agent.stderr.wait_line("TLS capture", |l| l.contains("TLS capture attached") && l.contains("libssl"));
         let server = PyServer::start(Some(&dir));
         Self { dir, _db: db, collector, agent, socket, server }

@@ -30,20 +30,9 @@ fn pod_layout() -> String {
 
 /// An agent issuing tokens to `client` in the pod, with extra arguments.
 fn issuing_agent(dir: &Path, client: &Path, extra: &[&str]) -> (Agent, PathBuf) {
-    let policy = dir.join("policy.toml");
-    fs::write(
-        &policy,
-        format!("trust_domain = \"sigil.test\"\n[[entry]]\nspiffe_id = \"spiffe://sigil.test/metrics\"\nttl_seconds = 120\nselectors = [\"k8s:pod-uid:{POD}\", \"unix:sha256:{}\"]\n", sha256sum(client)),
-    )
-    .unwrap();
-    let socket = dir.join("w.sock");
-    let mut args = vec![
-        "--policy".to_owned(), policy.display().to_string(), "--socket".into(), socket.display().to_string(),
-        "--oidc-listen".into(), format!("127.0.0.1:{}", free_port()), "--state-dir".into(), dir.join("state").display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    (Agent::start(&refs), socket)
+    let selectors = [format!("k8s:pod-uid:{POD}"), format!("unix:sha256:{}", sha256sum(client))];
+    let Issuer { agent, socket, .. } = Issuer::start(dir, "spiffe://sigil.test/metrics", 120, &selectors, extra);
+    (agent, socket)
 }
 
 /// Three tokens issued and one refused (binary hash mismatch), from real processes.
