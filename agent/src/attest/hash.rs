@@ -46,9 +46,11 @@ impl FileKey {
         Ok(Self::from_metadata(&file.metadata()?))
     }
 
-    /// Whole seconds of the modification time (what `stat`'s `st_mtime` says).
-    pub fn mtime_secs(&self) -> i64 {
-        self.mtime_ns.div_euclid(1_000_000_000) as i64
+    /// (device, inode, size, whole seconds of mtime): the coarser key the per-exec TLS
+    /// library and blind-spot checks remember executables by, from `stat` or from the
+    /// kernel's identity alike.
+    pub fn version(&self) -> (u64, u64, u64, i64) {
+        (self.dev, self.ino, self.size, self.mtime_ns.div_euclid(1_000_000_000) as i64)
     }
 
     /// The key of metadata already read (one `fstat` per lookup on the exec path).

@@ -50,8 +50,8 @@ pub fn exe_offsets(path: &Path) -> Result<ExeOffsets, LayoutError> {
         task_group_leader: layout.field("task_struct", "group_leader")?,
         task_start_boottime: layout.field("task_struct", "start_boottime")?,
     };
-    drop(btf);
-    crate::release_startup_memory();
+    // The parse's memory is freed here and returned to the kernel with the rest of
+    // start-up's (`release_startup_memory`, before the event loop).
     Ok(offsets)
 }
 

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::{static_tls, uncovered::GoBinary};
 use crate::ebpf::loader::{LibraryLinks, LoadError, Probes, TlsLibrary};
-use crate::attest::record::ProcessRecord;
+use crate::attest::{hash::FileKey, record::ProcessRecord};
 
 /// Executables larger than this are not inspected for a TLS library of their own.
 const MAX_EXECUTABLE: u64 = 1 << 30;
@@ -139,7 +139,7 @@ impl LibraryWatcher {
     pub fn on_exec(&mut self, probes: &mut Probes, rec: &ProcessRecord) {
         // Known by the kernel's identity of the file: nothing to open or stat.
         if let Some(k) = rec.kernel_exe
-            && self.known(&(k.dev, k.ino, k.size, k.mtime_secs()))
+            && self.known(&k.version())
         {
             return;
         }
@@ -158,7 +158,7 @@ impl LibraryWatcher {
         let link = PathBuf::from(format!("/proc/{pid}/exe"));
         let meta = fs::metadata(&link).ok()?;
         let id = (meta.dev(), meta.ino());
-        let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+        let key = FileKey::from_metadata(&meta).version();
         if self.known(&key) {
             return Some(id);
         }

@@ -26,7 +26,7 @@ use object::{Object, ObjectSection, ObjectSymbol};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::attest::record::ProcessRecord;
+use crate::attest::{hash::FileKey, record::ProcessRecord};
 
 /// Executables larger than this are not inspected (counted as unknown, not guessed).
 const MAX_BINARY: u64 = 512 * 1024 * 1024;
@@ -171,7 +171,7 @@ impl UncoveredWatcher {
         if let Some(k) = rec.kernel_exe
             && let Ok(mut report) = self.shared.lock()
         {
-            match report.seen.get(&(k.dev, k.ino, k.size, k.mtime_secs())).cloned() {
+            match report.seen.get(&k.version()).cloned() {
                 Some(Verdict::Seen) => return,
                 Some(Verdict::Blind(kind, reason)) => {
                     if let Some(path) = rec.binary.path.clone().or_else(|| rec.binary.exec_path.clone()) {
@@ -275,7 +275,7 @@ fn inspect_exec(shared: &Mutex<Report>, go: &SyncSender<GoBinary>, exec: &Exec) 
     }) else {
         return;
     };
-    let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+    let key = FileKey::from_metadata(&meta).version();
     let known = shared.lock().ok().and_then(|r| r.seen.get(&key).cloned());
     let verdict = match known {
         Some(v) => v,
