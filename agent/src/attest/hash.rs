@@ -304,7 +304,7 @@ impl HashCache {
         self.entries.lock().ok()?.0.get(key).cloned()
     }
 
-    fn insert(&self, key: FileKey, sha: String) {
+    pub(super) fn insert(&self, key: FileKey, sha: String) {
         let Ok(mut guard) = self.entries.lock() else { return };
         let (map, order) = &mut *guard;
         if map.insert(key, sha).is_none() {

@@ -21,7 +21,7 @@ pub mod workload;
 use std::{
     fs,
     io::Read,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::Path,
     sync::{Arc, OnceLock},
 };
@@ -125,6 +125,24 @@ struct ProcFacts {
     /// comm changed between the first and last read: the process exec'd (or renamed
     /// itself) while it was read, so `exe` may be from a later image than the rest.
     comm_changed: bool,
+}
+
+/// The file an exited process's exec path names now, resolved in its parent's root
+/// (symbolic links followed inside that root), as the path `/proc/<pid>/exe` would have
+/// read, with its metadata. Callers compare the inode with the kernel's before trusting
+/// the path: the parent may be gone, in another root, or the file replaced.
+fn exec_path_now(obs: &Observed) -> Option<(String, fs::Metadata)> {
+    let path = obs.exec_path.as_deref().filter(|p| p.starts_with('/'))?;
+    let file = hash::open_for_hashing(Path::new(&format!("/proc/{}/root", obs.ppid)), path).ok()?;
+    Some((path_of_open(&file)?, file.metadata().ok()?))
+}
+
+/// The path of an open file as this process's `/proc/self/fd` reads it: for a file opened
+/// inside another mount namespace's root, the path within that namespace, as
+/// `/proc/<pid>/exe` reads for a process there.
+fn path_of_open(file: &fs::File) -> Option<String> {
+    let link = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    Some(link.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
 }
 
 /// A process that exec'd again before this exec event was handled (`sh -c 'exec app'`,
@@ -566,6 +584,7 @@ impl Attestor {
                 let binary = match known {
                     Some(d) => {
                         let mut b = Binary::unknown(obs.exec_path.clone());
+                        b.path = exec_path_now(&obs).filter(|(_, m)| (m.dev(), m.ino()) == (d.key.dev, d.key.ino)).map(|(p, _)| p);
                         b.fill_digest(d, "kernel");
                         b.error = Some(why);
                         (b, None)
@@ -630,7 +649,10 @@ impl Attestor {
         }
         let root = format!("/proc/{}/root", obs.ppid);
         match hash::open_for_hashing(Path::new(&root), path) {
-            Ok(file) => self.look_up(b, file, "exec_path"),
+            Ok(file) => {
+                b.path = path_of_open(&file);
+                self.look_up(b, file, "exec_path")
+            }
             Err(e) => {
                 self.note_skip(&e);
                 let why = b.error.take().unwrap_or_default();
@@ -728,5 +750,56 @@ impl Attestor {
             next = parent.ppid;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that exited before the agent looked (a busy node, a `cat` of a
+    /// credential file): its record still names the file the kernel ran, by the path
+    /// `/proc/<pid>/exe` would have read, and never a file the kernel did not run.
+    #[test]
+    fn an_exited_process_is_named_by_its_resolved_path_only_when_the_inode_matches() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let ran = fs::File::open("/bin/true").expect("open /bin/true");
+        let key = match attestor.hashes.lookup(&ran).expect("lookup") {
+            Lookup::Hit(d) => d.key,
+            Lookup::Miss(key) => attestor.hashes.compute(&ran, key, &|| None).expect("hash").key,
+        };
+        let mut child = std::process::Command::new("/bin/true").spawn().expect("spawn");
+        let pid = child.id();
+        assert!(child.wait().expect("wait").success());
+        let observed = |exe: FileKey| Observed {
+            source: Source::Ebpf,
+            pid,
+            ppid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            cgroup_id: None,
+            boot_ns: 1,
+            fork_boot_ns: 0,
+            start_ns: 1,
+            comm: "true".into(),
+            exec_path: Some("/bin/true".into()),
+            exe: Some(exe),
+        };
+
+        let rec = attestor.attest(observed(key)).expect("a record");
+        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
+        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "the path the exe link would have read");
+        assert_eq!(rec.binary.exec_path.as_deref(), Some("/bin/true"));
+        assert_eq!(rec.binary.hashed_from, Some("kernel"));
+        assert!(rec.binary.error.is_some(), "the record says procfs came too late");
+
+        // The kernel ran another inode than the one now at /bin/true (replaced since),
+        // and the cache knows that version: the digest stands, the path is not claimed.
+        let other = FileKey { ino: key.ino.wrapping_add(1), ..key };
+        let digest = "ab".repeat(32);
+        attestor.hashes.insert(other, digest.clone());
+        let rec = attestor.attest(observed(other)).expect("a record");
+        assert_eq!(rec.binary.path, None, "a path naming a file that did not run is never given");
+        assert_eq!(rec.binary.sha256, Some(digest));
     }
 }

@@ -266,16 +266,23 @@ mod tests {
             .expect("spawn");
         let pid = child.id();
         let cmdline = || fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let wait_for_argv = |argv: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while cmdline() != argv {
+                assert!(std::time::Instant::now() < deadline, "the shell never exec'd {argv:?}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        // `spawn` returns once the exec is past its point of no return, which is before the
+        // kernel has written the new stack (the auxiliary vector, `AT_RANDOM`, then argv).
+        // The argv being readable means the exec is complete.
+        wait_for_argv("/bin/sh\0-c\0read _; exec /bin/sh -c 'read _' second\0");
         let first = ExecIdentity::read(pid).expect("read");
         assert_eq!(ExecIdentity::read(pid).expect("read again"), first, "no exec, same reading");
         let mut stdin = child.stdin.take().expect("stdin");
         stdin.write_all(b"go\n").expect("write");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         // The new argv exactly (the first shell's own argv mentions `second` too).
-        while cmdline() != "/bin/sh\0-c\0read _\0second\0" {
-            assert!(std::time::Instant::now() < deadline, "the shell never exec'd");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_argv("/bin/sh\0-c\0read _\0second\0");
         let second = ExecIdentity::read(pid).expect("read after exec");
         assert_eq!((second.start_ticks, second.exe, &second.cgroup), (first.start_ticks, first.exe, &first.cgroup));
         assert_ne!(second, first, "the exec is told apart by its AT_RANDOM bytes");
