@@ -88,6 +88,9 @@ pub trait FindingLookups {
     fn issuances(&mut self, jti: &str) -> Result<Vec<Seen>, StoreError>;
     /// When run `run_id` ended (its last known process exited); `None` while it is live.
     fn run_ended(&mut self, run_id: &str) -> Result<Option<i64>, StoreError>;
+    /// The earliest credential response (`credential_obtained`) that handed access key
+    /// `key` to a known run.
+    fn first_obtained(&mut self, key: &str) -> Result<Option<Seen>, StoreError>;
     /// The earliest use of access key `key` by a known run.
     fn first_use_of_key(&mut self, key: &str) -> Result<Option<Seen>, StoreError>;
     /// Records `fact` about `subject`; false when (fact, subject, detail, run) was noted.
@@ -377,19 +380,13 @@ fn token_rules(db: &mut impl FindingLookups, u: &Use<'_>, out: &mut Vec<Draft>) 
 }
 
 /// Who obtained temporary key `key`: the run that received it in a credential response
-/// first, else the run that first presented it.
+/// (an STS response the agent read), else, where no response was seen (a client the agent
+/// cannot read responses of, a key obtained on another node), the run that first presented it.
 fn obtainer_of_temporary_key(db: &mut impl FindingLookups, key: &str) -> Result<Option<Seen>, StoreError> {
-    if let Some(obtained) = obtained_in_response(db, key)? {
-        return Ok(Some(obtained));
+    match db.first_obtained(key)? {
+        Some(obtained) => Ok(Some(obtained)),
+        None => db.first_use_of_key(key),
     }
-    db.first_use_of_key(key)
-}
-
-/// The hook for `credential_obtained` events (kind 18: an STS or OAuth response that
-/// handed `key` to a run, seen in TLS response capture). Until the contract has that kind,
-/// nothing is known here and the first use stands for the obtaining.
-fn obtained_in_response(_db: &mut impl FindingLookups, _key: &str) -> Result<Option<Seen>, StoreError> {
-    Ok(None)
 }
 
 /// `credential_outlived_run` for a temporary AWS key.

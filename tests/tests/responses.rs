@@ -15,7 +15,10 @@ use std::{
 
 use serde_json::Value;
 use sigil_agent::trace::{detect::Secret, fingerprint::Fingerprinter};
-use sigil_tests::*;
+use sigil_tests::{
+    postgres::{Backend, Db},
+    *,
+};
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
@@ -106,16 +109,22 @@ struct Setup {
     metrics: String,
     collector: Collector,
     agent: Agent,
+    _db: Db,
 }
 
 fn setup() -> Setup {
+    setup_on(Backend::Sqlite)
+}
+
+fn setup_on(backend: Backend) -> Setup {
     let dir = scratch_dir();
     let state = dir.join("state");
-    let collector = Collector::start(&dir.join("collector.db"));
+    let db = Db::new(backend, &dir);
+    let collector = Collector::start(&db.arg);
     let metrics = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start(&["--state-dir", state.to_str().unwrap(), "--metrics-listen", &metrics, "--collector", &collector.grpc]);
     agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
-    Setup { dir, state, metrics, collector, agent }
+    Setup { dir, state, metrics, collector, agent, _db: db }
 }
 
 impl Setup {
@@ -198,6 +207,48 @@ fn boto3_web_identity_exchange_records_the_obtained_asia_key_and_expiry_but_no_s
         s.assert_nowhere(secret);
     }
     s.assert_nowhere(&token);
+}
+
+on_both_backends!(temporary_credentials_obtained_at_sts_and_used_only_by_another_pod_name_the_obtainer, obtained_then_stolen);
+/// The attacker: a workload in another pod that copied the temporary credentials run A
+/// obtained at STS, before A used them at all, and signs an S3 call with them through
+/// boto3. Only the STS response names A: by first use alone, the thief would look like
+/// the credentials' owner and nothing would be found.
+fn obtained_then_stolen(backend: Backend) {
+    let s = setup_on(backend);
+    let p = Planted::new();
+    let sts = TokenServer::start(&s.dir, &p, "length");
+    let (a, a_ctr) = pod_cgroup();
+    let token = jwt("https://sigil.test", "spiffe://sigil.test/reports", &unique("jti-"), now() + 600);
+    let script = python_script("sts_web_identity.py").display().to_string();
+    let endpoint = format!("https://127.0.0.1:{}", sts.port);
+    let (code, out, err) = a.run(&python(), &[&script, &endpoint, "arn:aws:iam::123456789012:role/sigil-reports", "reports-run", &token]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&p.key_id), "boto3 obtained the planted key: {out}");
+    let obtained = s.obtained_in(&a, "credential_obtained for run A's exchange");
+
+    let s3 = PyServer::start(Some(&s.dir));
+    let (b, b_ctr) = pod_cgroup();
+    let script = python_script("aws_client.py").display().to_string();
+    let s3_endpoint = format!("https://127.0.0.1:{}", s3.port);
+    let (code, out, err) = b.run(&python(), &[&script, &s3_endpoint, &p.key_id, &p.secret_key, &p.session_token]);
+    assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
+
+    let found = s.collector.wait_for("credential_outlived_run about the stolen key", &["findings", "--kind", "credential_outlived_run"], |v| {
+        v["findings"].as_array().is_some_and(|a| a.iter().any(|f| f["subject"] == p.key_id.as_str()))
+    });
+    let f = found["findings"].as_array().unwrap().iter().find(|f| f["subject"] == p.key_id.as_str()).unwrap();
+    let runs: Vec<&str> = f["runs"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(runs, [format!("container:{a_ctr}"), format!("container:{b_ctr}")], "the obtainer first, then the thief: {f}");
+    let evidence = f["evidence"].as_array().unwrap();
+    assert_eq!(evidence[0]["kind"], "credential_obtained", "the STS response is the evidence of who obtained it: {f}");
+    assert!(evidence.iter().any(|e| e["kind"] == "credential_use"), "{f}");
+    // The agent's event id (`<spool stream>-<seq>`), on the node that saw the response.
+    assert!(evidence[0]["id"].as_str().is_some_and(|id| id.rsplit_once('-').is_some_and(|(_, seq)| seq.parse::<u64>().is_ok())), "{f}");
+    assert_eq!(evidence[0]["node"], obtained["node"], "{f}");
+    for secret in [&p.secret_key, &p.session_token] {
+        s.assert_nowhere(secret);
+    }
 }
 
 /// A workload's OAuth client-credentials grant with curl, answered with a gzip body in

@@ -102,16 +102,48 @@ fn pod(i: u64, boot: &str) -> Pod {
     Pod { uid, container, cgroup, ancestry }
 }
 
-/// The fleet's events, in push order: every fourth a credential use by a process of the
-/// pod exec'd just before.
-fn generate(n: usize, node: &str, stream: &str) -> Vec<Event> {
-    let boot = format!("{:08x}-0000-4000-8000-{:012x}", node.len() as u64 * 7919, stream.len() as u64);
-    let pods: Vec<Pod> = (0..PODS).map(|i| pod(i, &boot)).collect();
-    let mut rng = Lcg(0x5eed ^ node.len() as u64);
-    let t0 = 1_767_225_600; // 2026-01-01
-    let mut last_exec: Vec<Option<v1::ProcessRef>> = vec![None; PODS as usize];
-    (0..n)
-        .map(|seq| {
+/// One agent's events, in push order: every fourth a credential use by a process of the
+/// pod exec'd just before. Deterministic: the same node and stream give the same events.
+struct Generator {
+    node: String,
+    stream: String,
+    boot: String,
+    pods: Vec<Pod>,
+    rng: Lcg,
+    last_exec: Vec<Option<v1::ProcessRef>>,
+    seq: usize,
+    n: usize,
+}
+
+impl Generator {
+    fn new(n: usize, node: &str, stream: &str) -> Self {
+        let boot = format!("{:08x}-0000-4000-8000-{:012x}", node.len() as u64 * 7919, stream.len() as u64);
+        let pods: Vec<Pod> = (0..PODS).map(|i| pod(i, &boot)).collect();
+        let rng = Lcg(0x5eed ^ node.len() as u64);
+        Self { node: node.into(), stream: stream.into(), boot, pods, rng, last_exec: vec![None; PODS as usize], seq: 0, n }
+    }
+
+    /// The next batch of at most `size` events; None at the end.
+    fn batch(&mut self, size: usize) -> Option<Vec<Event>> {
+        let b: Vec<Event> = self.by_ref().take(size).collect();
+        (!b.is_empty()).then_some(b)
+    }
+}
+
+impl Iterator for Generator {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        const T0: i64 = 1_767_225_600; // 2026-01-01
+        if self.seq >= self.n {
+            return None;
+        }
+        let seq = self.seq;
+        self.seq += 1;
+        let Self { node, stream, boot, pods, rng, last_exec, .. } = self;
+        let (node, stream, boot) = (node.as_str(), stream.as_str(), boot.as_str());
+        let t0 = T0;
+        Some({
             let p = rng.next(PODS) as usize;
             let pod = &pods[p];
             let time = t0 + (seq / 50) as i64;
@@ -204,22 +236,52 @@ fn generate(n: usize, node: &str, stream: &str) -> Vec<Event> {
             };
             Event { id: format!("{stream}-{seq}"), kind: body.kind().into(), body: Some(body), ..Default::default() }
         })
-        .collect()
+    }
+}
+
+/// Where a fleet's batches come from: events generated before the clock starts (the
+/// ingest figures measure the collector, not the generator), or, for runs too large to
+/// hold in memory (10M events take about 24 GB as structs), generated while pushing.
+enum Source {
+    Ready(Vec<(String, std::sync::Arc<Vec<Event>>)>),
+    Streamed(Vec<(String, usize)>),
+}
+
+/// Runs above this many events are generated while pushing.
+const PREGENERATED_MAX: usize = 2_000_000;
+
+fn stream_of(i: usize) -> String {
+    format!("{:032x}", 0xb0a7_u128 + i as u128)
 }
 
 /// Pushes each agent's batches in order, agents concurrently; returns seconds taken.
-async fn push_all(url: &str, fleets: std::sync::Arc<Vec<(String, Vec<Event>)>>, batch: usize) -> Result<f64> {
+async fn push_all(url: &str, source: &std::sync::Arc<Source>, batch: usize) -> Result<f64> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await.context("connecting to the collector")?;
+    let fleets = match &**source {
+        Source::Ready(f) => f.len(),
+        Source::Streamed(f) => f.len(),
+    };
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..fleets.len() {
+    for i in 0..fleets {
         let mut client = IngestClient::new(channel.clone()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-        let fleets = fleets.clone();
+        let source = source.clone();
         tasks.push(tokio::spawn(async move {
-            let (node, events) = &fleets[i];
+            let (node, mut batches): (String, Box<dyn Iterator<Item = Vec<Event>> + Send>) = match &*source {
+                Source::Ready(f) => {
+                    let (node, events) = f[i].clone();
+                    let len = events.len();
+                    (node, Box::new((0..len).step_by(batch.max(1)).map(move |at| events[at..(at + batch).min(len)].to_vec())))
+                }
+                Source::Streamed(f) => {
+                    let (node, n) = f[i].clone();
+                    let mut g = Generator::new(n, &node, &stream_of(i));
+                    (node, Box::new(std::iter::from_fn(move || g.batch(batch))))
+                }
+            };
             let mut stored = 0u64;
-            for chunk in events.chunks(batch) {
-                let r = client.push(PushRequest { node: node.clone(), events: chunk.to_vec(), contract_version: CONTRACT_VERSION }).await?.into_inner();
+            for chunk in &mut batches {
+                let r = client.push(PushRequest { node: node.clone(), events: chunk, contract_version: CONTRACT_VERSION }).await?.into_inner();
                 if r.rejected > 0 {
                     bail!("collector rejected {} events: {:?}", r.rejected, r.errors);
                 }
@@ -251,7 +313,7 @@ fn db_bytes(path: &Path) -> Result<u64> {
 
 /// The baseline: the same rows, strings inline, into two plain tables keyed by event id,
 /// one transaction per batch, with the collector's durability settings.
-fn raw_insert(path: &Path, fleets: &[(String, Vec<Event>)], batch: usize) -> Result<f64> {
+fn raw_insert(path: &Path, fleets: &[(String, &[Event])], batch: usize) -> Result<f64> {
     let _ = std::fs::remove_file(path);
     let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -320,13 +382,14 @@ fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
 }
 
 /// Asks each query verb `n` times (random arguments from the fleet) and times the answers.
-async fn query_latencies(url: &str, fleets: &[(String, Vec<Event>)], actions: usize, n: usize) -> Result<serde_json::Value> {
+async fn query_latencies(url: &str, fleets: &[(String, usize)], actions: usize, n: usize) -> Result<serde_json::Value> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await?;
     let mut client = QueryClient::new(channel).max_decoding_message_size(256 << 20);
     let runs: Vec<String> = fleets
         .iter()
-        .flat_map(|(_, evs)| evs.iter().take(20_000))
-        .filter_map(|e| match &e.body {
+        .enumerate()
+        .flat_map(|(i, (node, n))| Generator::new(*n, node, &stream_of(i)).take(20_000))
+        .filter_map(|e| match e.body {
             Some(EventBody::ProcessExec(v)) => v.workload.as_ref().and_then(|w| w.container_id.clone()).map(|c| format!("container:{c}")),
             _ => None,
         })
@@ -386,7 +449,7 @@ fn pg_bytes(url: &str, raw: bool) -> Result<u64> {
 /// The PostgreSQL baseline: the same rows as [`raw_insert`], into two plain tables keyed
 /// by event id, one transaction per batch and one multi-row `INSERT ... SELECT FROM
 /// unnest` per table (the fastest plain way to insert a batch without COPY).
-fn raw_insert_pg(url: &str, fleets: &[(String, Vec<Event>)], batch: usize) -> Result<f64> {
+fn raw_insert_pg(url: &str, fleets: &[(String, &[Event])], batch: usize) -> Result<f64> {
     let mut c = postgres::Client::connect(url, postgres::NoTls)?;
     c.batch_execute(&format!("DROP TABLE IF EXISTS raw_exec, raw_use; {RAW_TABLES}"))?;
     let start = Instant::now();
@@ -458,26 +521,28 @@ fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
 async fn main() -> Result<()> {
     let a = Args::parse();
     let per_agent = a.events / a.agents.max(1);
-    let fleets: Vec<(String, Vec<Event>)> = (0..a.agents.max(1))
-        .map(|i| {
-            let node = format!("bench-node-{i}");
-            let stream = format!("{:032x}", 0xb0a7_u128 + i as u128);
-            let events = generate(per_agent, &node, &stream);
-            (node, events)
-        })
-        .collect();
+    let fleets: Vec<(String, usize)> = (0..a.agents.max(1)).map(|i| (format!("bench-node-{i}"), per_agent)).collect();
     let total = per_agent * a.agents.max(1);
-    let fleets = std::sync::Arc::new(fleets);
-    let grpc_seconds = push_all(&a.grpc, fleets.clone(), a.batch).await?;
+    let source = std::sync::Arc::new(if total <= PREGENERATED_MAX {
+        Source::Ready(fleets.iter().enumerate().map(|(i, (node, n))| (node.clone(), std::sync::Arc::new(Generator::new(*n, node, &stream_of(i)).collect()))).collect())
+    } else {
+        Source::Streamed(fleets.clone())
+    });
+    let grpc_seconds = push_all(&a.grpc, &source, a.batch).await?;
+    let ready: Vec<(String, &[Event])> = match &*source {
+        Source::Ready(f) => f.iter().map(|(node, events)| (node.clone(), events.as_slice())).collect(),
+        Source::Streamed(_) if a.no_raw => Vec::new(),
+        Source::Streamed(_) => bail!("the raw baseline needs the events in memory: at most {PREGENERATED_MAX} events, or --no-raw"),
+    };
     let (grpc_bytes, raw) = if is_url(&a.db) {
         blocking(|| {
             let grpc_bytes = pg_bytes(&a.db, false)?;
-            let raw = if a.no_raw { None } else { Some((raw_insert_pg(&a.raw_db, &fleets, a.batch)?, pg_bytes(&a.raw_db, true)?)) };
+            let raw = if a.no_raw { None } else { Some((raw_insert_pg(&a.raw_db, &ready, a.batch)?, pg_bytes(&a.raw_db, true)?)) };
             Ok((grpc_bytes, raw))
         })?
     } else {
         let grpc_bytes = db_bytes(Path::new(&a.db))?;
-        let raw = if a.no_raw { None } else { Some((raw_insert(Path::new(&a.raw_db), &fleets, a.batch)?, db_bytes(Path::new(&a.raw_db))?)) };
+        let raw = if a.no_raw { None } else { Some((raw_insert(Path::new(&a.raw_db), &ready, a.batch)?, db_bytes(Path::new(&a.raw_db))?)) };
         (grpc_bytes, raw)
     };
     let grpc_rate = total as f64 / grpc_seconds;
@@ -488,6 +553,7 @@ async fn main() -> Result<()> {
         "mix": "3 process_exec : 1 credential_use",
         "grpc_events_per_second": grpc_rate.round(),
         "bytes_per_event": grpc_bytes / total as u64,
+        "generated_while_pushing": matches!(*source, Source::Streamed(_)),
     });
     if let Some((raw_seconds, raw_bytes)) = raw {
         let raw_rate = total as f64 / raw_seconds;

@@ -36,6 +36,10 @@ const ISSUANCES: &str = "SELECT r.run_id, n.node, t.exec_id, t.stream, t.time, t
 const FIRST_USES: &str = "SELECT x.run_id, x.node, x.exec_id, x.stream, x.time, k.key FROM unnest($1::text[]) AS k(key) CROSS JOIN LATERAL (
         SELECT r.run_id, n.node, u.exec_id, u.stream, u.time FROM credential_uses u JOIN runs r ON r.rid = u.rid
         JOIN nodes n ON n.node_id = u.node_id WHERE u.access_key_id = k.key ORDER BY u.time, u.row LIMIT 1) x";
+/// Per key: the earliest credential response that handed it to a known run.
+const FIRST_OBTAINED: &str = "SELECT x.run_id, x.node, x.exec_id, x.stream, x.time, k.key FROM unnest($1::text[]) AS k(key) CROSS JOIN LATERAL (
+        SELECT r.run_id, n.node, o.exec_id, o.stream, o.time FROM credential_obtained o JOIN runs r ON r.rid = o.rid
+        JOIN nodes n ON n.node_id = o.node_id WHERE o.identifier = k.key AND o.stream IS NOT NULL ORDER BY o.time, o.row LIMIT 1) x";
 const RUNS_ENDED: &str = "SELECT run_id, ended FROM runs WHERE run_id = ANY($1)";
 /// Per (fact, subject, limit): the facts noted, earliest first (`C` order, as SQLite and
 /// Rust compare strings).
@@ -72,6 +76,7 @@ pub struct PgFindings<'a, 't> {
     stmts: &'a mut Stmts,
     issuances: HashMap<String, Vec<Seen>>,
     first_uses: HashMap<String, Option<Seen>>,
+    first_obtained: HashMap<String, Option<Seen>>,
     ended: HashMap<String, Option<i64>>,
     /// Per (fact, subject, limit): the facts noted, earliest first, this batch's included.
     noted: NotedLists,
@@ -90,6 +95,7 @@ impl<'a, 't> PgFindings<'a, 't> {
             stmts,
             issuances: HashMap::new(),
             first_uses: HashMap::new(),
+            first_obtained: HashMap::new(),
             ended: HashMap::new(),
             noted: HashMap::new(),
             note_keys: HashMap::new(),
@@ -150,13 +156,17 @@ impl<'a, 't> PgFindings<'a, 't> {
         }
         if !keys.is_empty() {
             let keys: Vec<String> = keys.into_iter().collect();
-            for r in self.query(FIRST_USES, &[&keys])? {
-                let s = seen(&r, "credential_use");
-                runs.insert(s.run_id.clone());
-                self.first_uses.insert(r.get(5), Some(s));
-            }
-            for k in keys {
-                self.first_uses.entry(k).or_insert(None);
+            for (sql, kind) in [(FIRST_OBTAINED, "credential_obtained"), (FIRST_USES, "credential_use")] {
+                let rows = self.query(sql, &[&keys])?;
+                let cache = if kind == "credential_use" { &mut self.first_uses } else { &mut self.first_obtained };
+                for r in rows {
+                    let s = seen(&r, kind);
+                    runs.insert(s.run_id.clone());
+                    cache.insert(r.get(5), Some(s));
+                }
+                for k in &keys {
+                    cache.entry(k.clone()).or_insert(None);
+                }
             }
         }
         if !runs.is_empty() {
@@ -301,6 +311,15 @@ impl FindingLookups for PgFindings<'_, '_> {
         let ended = self.query(RUNS_ENDED, &[&vec![run_id]])?.first().and_then(|r| r.get::<_, Option<i64>>(1));
         self.ended.insert(run_id.to_owned(), ended);
         Ok(ended)
+    }
+
+    fn first_obtained(&mut self, key: &str) -> Result<Option<Seen>, StoreError> {
+        if let Some(v) = self.first_obtained.get(key) {
+            return Ok(v.clone());
+        }
+        let found = self.query(FIRST_OBTAINED, &[&vec![key]])?.first().map(|r| seen(r, "credential_obtained"));
+        self.first_obtained.insert(key.to_owned(), found.clone());
+        Ok(found)
     }
 
     fn first_use_of_key(&mut self, key: &str) -> Result<Option<Seen>, StoreError> {

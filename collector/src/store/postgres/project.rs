@@ -431,11 +431,11 @@ impl Batch<'_, '_> {
                 let class = json::credential_class::name(v.class).unwrap_or_else(|| "unknown".into());
                 let host = v.destination.as_ref().and_then(|d| d.host.clone().or_else(|| d.ip.clone()));
                 self.exec(
-                    "INSERT INTO credential_obtained (node_id, time, exec_id, rid, exchange_kind, format, identifier, class, fingerprint, expires_at, principal, host, presented_jti, token_jti)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    "INSERT INTO credential_obtained (node_id, time, exec_id, rid, exchange_kind, format, identifier, class, fingerprint, expires_at, principal, host, presented_jti, token_jti, stream)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                     &[
                         &node_id, &time, &p.map(|p| &p.exec_id), &rid, &v.exchange_kind, &v.format, &v.identifier, &class, &v.fingerprint, &v.expires_at,
-                        &v.principal, &host, &v.presented_jti, &v.token_jti,
+                        &v.principal, &host, &v.presented_jti, &v.token_jti, &id,
                     ],
                 )?;
             }

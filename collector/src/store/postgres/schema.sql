@@ -95,6 +95,8 @@ CREATE TABLE IF NOT EXISTS credential_obtained (
     node_id BIGINT NOT NULL, time BIGINT NOT NULL, exec_id TEXT, rid BIGINT,
     exchange_kind TEXT NOT NULL, format TEXT NOT NULL, identifier TEXT, class TEXT NOT NULL,
     fingerprint TEXT NOT NULL, expires_at TEXT, principal TEXT, host TEXT, presented_jti TEXT, token_jti TEXT, row BIGSERIAL);
+-- The agent's event id: the evidence a finding cites (added after version 4 shipped).
+ALTER TABLE credential_obtained ADD COLUMN IF NOT EXISTS stream TEXT;
 CREATE INDEX IF NOT EXISTS obtained_run ON credential_obtained (rid);
 CREATE INDEX IF NOT EXISTS obtained_identifier ON credential_obtained (identifier) WHERE identifier IS NOT NULL;
 CREATE INDEX IF NOT EXISTS obtained_time ON credential_obtained (time);

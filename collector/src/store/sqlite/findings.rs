@@ -48,6 +48,16 @@ impl FindingLookups for SqliteFindings<'_, '_> {
         Ok(ended.flatten())
     }
 
+    fn first_obtained(&mut self, key: &str) -> Result<Option<Seen>, StoreError> {
+        let sql = format!(
+            "SELECT r.run_id, n.node, x.s, {}, o.time FROM credential_obtained o JOIN runs r ON r.rid = o.rid JOIN nodes n ON n.node_id = o.node_id
+             JOIN strings st ON st.id = o.stream LEFT JOIN strings x ON x.id = o.exec_id
+             WHERE o.identifier = ?1 ORDER BY o.time, o.rowid LIMIT 1",
+            event_id("o")
+        );
+        Ok(self.tx.prepare_cached(&sql)?.query_row([key], |r| seen(r, "credential_obtained")).optional()?)
+    }
+
     fn first_use_of_key(&mut self, key: &str) -> Result<Option<Seen>, StoreError> {
         let sql = format!(
             "SELECT r.run_id, n.node, x.s, {}, u.time FROM credential_uses u JOIN runs r ON r.rid = u.rid JOIN nodes n ON n.node_id = u.node_id

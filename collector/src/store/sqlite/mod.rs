@@ -108,6 +108,7 @@ impl SqliteStore {
             }
         }
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])?;
         Ok(Self { inner: Mutex::new(Inner { conn, caches: ids::Caches::default() }) })
     }
@@ -133,6 +134,18 @@ impl SqliteStore {
         let guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
         f(&guard.conn)
     }
+}
+
+/// Columns added to a table after its schema version shipped: nullable, so older rows
+/// simply lack them (`CREATE TABLE IF NOT EXISTS` leaves an existing table as it was).
+fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, kind) in [("credential_obtained", "stream", "INTEGER"), ("credential_obtained", "seq", "INTEGER")] {
+        let has: bool = conn.query_row(&format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| r.get(0))?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl SqliteStore {

@@ -89,7 +89,10 @@ CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
 CREATE TABLE IF NOT EXISTS credential_obtained (
     node_id INTEGER NOT NULL, time INTEGER NOT NULL, exec_id INTEGER, rid INTEGER,
     exchange_kind TEXT NOT NULL, format TEXT NOT NULL, identifier TEXT, class TEXT NOT NULL,
-    fingerprint TEXT NOT NULL, expires_at TEXT, principal TEXT, host TEXT, presented_jti TEXT, token_jti TEXT);
+    fingerprint TEXT NOT NULL, expires_at TEXT, principal TEXT, host TEXT, presented_jti TEXT, token_jti TEXT,
+    -- The agent's event id (see events): the evidence a finding cites. Added after
+    -- version 4 shipped; `SqliteStore::open` adds it to older files.
+    stream INTEGER, seq INTEGER);
 CREATE INDEX IF NOT EXISTS obtained_run ON credential_obtained (rid);
 CREATE INDEX IF NOT EXISTS obtained_identifier ON credential_obtained (identifier) WHERE identifier IS NOT NULL;
 CREATE INDEX IF NOT EXISTS obtained_time ON credential_obtained (time);

@@ -341,3 +341,35 @@ fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_sta
     let paths: Vec<&str> = r["timeline"].as_array().expect("timeline").iter().filter_map(|e| e["detail"]["binary_path"].as_str()).collect();
     assert_eq!(paths, ["/old/bin7"], "{r}");
 }
+
+/// A database written by a collector from before `credential_obtained` kept its event id
+/// opens, gains the columns, and stores responses again; its older rows keep working.
+#[test]
+fn a_database_from_before_the_obtained_event_id_is_upgraded_in_place() {
+    let (dir, s) = store();
+    drop(s);
+    let path = dir.path().join("c.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("opens");
+        conn.execute_batch("ALTER TABLE credential_obtained DROP COLUMN stream; ALTER TABLE credential_obtained DROP COLUMN seq;").expect("old shape");
+        conn.execute_batch("INSERT INTO credential_obtained (node_id, time, exchange_kind, format, class, fingerprint, identifier) VALUES (1, 1, 'k', 'f', 'short_lived', 'fp', 'ASIAOLD')")
+            .expect("an old row");
+    }
+    let s = SqliteStore::open(&path).expect("reopens and upgrades");
+    let obtained = EventBody::CredentialObtained(v1::CredentialObtained {
+        time: "2026-01-01T00:00:00Z".into(),
+        process: Some(v1::ProcessRef { exec_id: "e1".into(), workload: Some(workload()), cgroup_path: Some("/kubepods/x".into()), ..Default::default() }),
+        exchange_kind: "aws_sts_assume_role_with_web_identity".into(),
+        format: "aws_sts_xml".into(),
+        identifier: Some("ASIANEW".into()),
+        fingerprint: "hmac-sha256:x".into(),
+        ..Default::default()
+    });
+    s.ingest_events("n1", &[ev("s-1", exec("e1", "/bin/app")), ev("s-2", obtained)]).expect("stores");
+    let conn = rusqlite::Connection::open(&path).expect("opens");
+    let rows: Vec<(String, Option<i64>)> = conn
+        .prepare("SELECT identifier, seq FROM credential_obtained ORDER BY rowid")
+        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .expect("reads");
+    assert_eq!(rows, [("ASIAOLD".to_owned(), None), ("ASIANEW".to_owned(), Some(2))]);
+}
