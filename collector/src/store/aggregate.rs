@@ -121,9 +121,16 @@ impl<K: Ord + Clone> Deltas<K> {
     }
 }
 
-/// The aggregates of cloud actions and links (kept by triggers in both schemas): per
-/// table, its rows and the same rows computed from scratch, in SQL both backends speak.
-pub const CLOUD_CHECKS: [(&str, &str, &str); 3] = [
+/// The counts kept per run (by each batch) and the aggregates of cloud actions and links
+/// (by triggers in both schemas): per table, its rows and the same rows computed from
+/// scratch, in SQL both backends speak.
+pub const SHARED_CHECKS: [(&str, &str, &str); 4] = [
+    (
+        "runs.processes/binaries",
+        "SELECT rid, processes, binaries FROM runs ORDER BY rid",
+        "SELECT r.rid, (SELECT count(*) FROM processes p WHERE p.rid = r.rid) AS processes,
+                (SELECT count(DISTINCT binary_path) FROM processes p WHERE p.rid = r.rid) AS binaries FROM runs r ORDER BY r.rid",
+    ),
     (
         "agg_actions",
         "SELECT provider, actions FROM agg_actions WHERE actions <> 0 ORDER BY provider",

@@ -177,7 +177,7 @@ pub fn verify(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
         ("agg_runs", RUNS, RUNS_FROM_USES),
     ]
     .into_iter()
-    .chain(aggregate::CLOUD_CHECKS)
+    .chain(aggregate::SHARED_CHECKS)
     {
         aggregate::compare(name, &to_json(&tx.query(kept, &[])?), &to_json(&tx.query(&fresh.replace("{scope}", "true"), &[])?))?;
     }

@@ -107,7 +107,22 @@ impl PostgresStore {
         }
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])?;
+        // A database from before the runs kept their counts: filled in once, below.
+        let uncounted: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'runs')
+                    AND NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'runs' AND column_name = 'processes')",
+                &[],
+            )?
+            .get(0);
         tx.batch_execute(SCHEMA)?;
+        if uncounted {
+            tx.batch_execute(
+                "INSERT INTO run_binaries (rid, binary_path) SELECT DISTINCT rid, binary_path FROM processes WHERE binary_path IS NOT NULL ON CONFLICT DO NOTHING;
+                 UPDATE runs r SET processes = (SELECT count(*) FROM processes p WHERE p.rid = r.rid),
+                     binaries = (SELECT count(*) FROM run_binaries b WHERE b.rid = r.rid);",
+            )?;
+        }
         tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT DO NOTHING", &[&SCHEMA_VERSION])?;
         tx.commit()?;
         Ok(Self { inner: Mutex::new(Inner { client: Connection(Some(client)), days: Default::default(), stmts: Stmts::default() }) })
@@ -241,9 +256,21 @@ impl Store for PostgresStore {
         // transaction: the answers never count a dropped use.
         let mut n = partitions::drop_before(&mut tx, days, before)?;
         aggregates::rebuild_touched(&mut tx)?;
+        // The runs that lose processes are counted again afterwards.
+        let recount: Vec<i64> = tx.query("SELECT DISTINCT rid FROM processes WHERE time < $1", &[&before])?.iter().map(|r| r.get(0)).collect();
         for table in ["processes", "token_issuances", "token_denials", "credential_file_reads", "credential_obtained"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE time < $1"), &[&before])? as usize;
         }
+        tx.execute(
+            "DELETE FROM run_binaries b WHERE b.rid = ANY($1)
+                AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.rid = b.rid AND p.binary_path = b.binary_path)",
+            &[&recount],
+        )?;
+        tx.execute(
+            "UPDATE runs r SET processes = (SELECT count(*) FROM processes p WHERE p.rid = r.rid),
+                binaries = (SELECT count(*) FROM run_binaries b WHERE b.rid = r.rid) WHERE r.rid = ANY($1)",
+            &[&recount],
+        )?;
         n += tx.execute("DELETE FROM stats_events WHERE received < $1", &[&before])? as usize;
         n += tx.execute("DELETE FROM findings WHERE last_time < $1", &[&before])? as usize;
         n += tx.execute("DELETE FROM finding_facts WHERE time < $1", &[&before])? as usize;
@@ -251,6 +278,7 @@ impl Store for PostgresStore {
         n += tx.execute("DELETE FROM cloud_actions WHERE ingested < $1", &[&before])? as usize;
         n += tx.execute("DELETE FROM links l WHERE NOT EXISTS (SELECT 1 FROM cloud_actions a WHERE a.id = l.cloud_action_id)", &[])? as usize;
         n += tx.execute("DELETE FROM runs WHERE last_seen < $1", &[&before])? as usize;
+        tx.execute("DELETE FROM run_binaries b WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.rid = b.rid)", &[])?;
         tx.commit()?;
         Ok(n)
     }

@@ -462,14 +462,17 @@ impl Batch<'_, '_> {
                 "INSERT INTO processes (node_id, exec_id, process_id, rid, pid, ppid, time, start_time, binary_path, sha256, cgroup_path, comm, ancestry, event_id)
                  SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::text[], $9::text[], $10::text[],
                      $11::text[], $12::text[], $13::text[], $14::text[])
-                 ON CONFLICT DO NOTHING RETURNING rid",
+                 ON CONFLICT DO NOTHING RETURNING rid, binary_path",
                 &[&n, &p.exec_id, &p.process_id, &p.rid, &p.pid, &p.ppid, &p.time, &p.start_time, &p.binary_path, &p.sha256, &p.cgroup_path, &p.comm, &p.ancestry, &p.event_id],
             )?;
             let mut runs = rows.runs;
+            let mut binaries: BTreeSet<(i64, String)> = BTreeSet::new();
             for r in inserted {
-                if let Some(touch) = runs.get_mut(&r.get::<_, i64>(0)) {
+                let rid: i64 = r.get(0);
+                if let Some(touch) = runs.get_mut(&rid) {
                     touch.2 += 1;
                 }
+                binaries.extend(r.get::<_, Option<String>>(1).map(|b| (rid, b)));
             }
             let (mut rid, mut first, mut last, mut new) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (r, (f, l, k)) in runs {
@@ -479,12 +482,22 @@ impl Batch<'_, '_> {
                 new.push(k);
             }
             self.lock_runs(&rid)?;
+            // Under the runs' locks, in key order: the binaries new to each run.
+            let (bin_rid, bin_path): (Vec<i64>, Vec<String>) = binaries.into_iter().unzip();
+            let mut new_binaries: HashMap<i64, i64> = HashMap::new();
+            for r in self.query(
+                "INSERT INTO run_binaries (rid, binary_path) SELECT * FROM unnest($1::int8[], $2::text[]) ON CONFLICT DO NOTHING RETURNING rid",
+                &[&bin_rid, &bin_path],
+            )? {
+                *new_binaries.entry(r.get(0)).or_default() += 1;
+            }
+            let bins: Vec<i64> = rid.iter().map(|r| new_binaries.get(r).copied().unwrap_or(0)).collect();
             self.exec(
                 "UPDATE runs r SET started = least(r.started, u.first), last_seen = greatest(r.last_seen, u.last), live = r.live + u.new,
-                    ended = CASE WHEN u.new > 0 THEN NULL ELSE r.ended END
-                 FROM (SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS u(rid, first, last, new)) u
+                    ended = CASE WHEN u.new > 0 THEN NULL ELSE r.ended END, processes = r.processes + u.new, binaries = r.binaries + u.bins
+                 FROM (SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS u(rid, first, last, new, bins)) u
                  WHERE r.rid = u.rid",
-                &[&rid, &first, &last, &new],
+                &[&rid, &first, &last, &new, &bins],
             )?;
         }
         let t = &rows.issuances;

@@ -25,8 +25,7 @@ fn sql(fact: Fact) -> &'static str {
         Fact::LinkCount => "SELECT count(*) AS n FROM links
             WHERE cloud_action_id = $1 AND ($2::int8 = 0 OR confidence < $3::float8 OR (confidence = $3::float8 AND (run_id, reason) > ($4::text, $5::text)))",
         Fact::Run => "SELECT run_id, node, kind, pod_uid, container_id, unit, cgroup_path, started, last_seen, ended FROM runs WHERE run_id = $1",
-        Fact::RunSummary => "SELECT (SELECT count(*) FROM processes WHERE rid = r.rid) AS processes,
-                (SELECT count(DISTINCT binary_path) FROM processes WHERE rid = r.rid) AS binaries,
+        Fact::RunSummary => "SELECT r.processes, r.binaries,
                 coalesce((SELECT uses FROM agg_runs WHERE rid = r.rid), 0) AS credential_uses,
                 (SELECT count(DISTINCT l.cloud_action_id) FROM links l JOIN cloud_actions a ON a.id = l.cloud_action_id WHERE l.run_id = r.run_id) AS cloud_actions
             FROM runs r WHERE r.run_id = $1",

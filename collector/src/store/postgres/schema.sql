@@ -32,6 +32,13 @@ CREATE TABLE IF NOT EXISTS runs (
     rid BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL UNIQUE, node TEXT NOT NULL, kind TEXT NOT NULL,
     pod_uid TEXT, container_id TEXT, unit TEXT, cgroup_path TEXT,
     started BIGINT NOT NULL, last_seen BIGINT NOT NULL, ended BIGINT, live BIGINT NOT NULL DEFAULT 0);
+-- Its processes and distinct binaries, kept per batch (a run's summary must not count a
+-- busy run's thousands of processes on every answer). Added after version 4 shipped:
+-- `PostgresStore::connect` fills them in for older databases.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS processes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS binaries BIGINT NOT NULL DEFAULT 0;
+-- The distinct binaries of each run: what `runs.binaries` counts.
+CREATE TABLE IF NOT EXISTS run_binaries (rid BIGINT NOT NULL, binary_path TEXT NOT NULL, PRIMARY KEY (rid, binary_path));
 
 CREATE TABLE IF NOT EXISTS processes (
     node_id BIGINT NOT NULL, exec_id TEXT NOT NULL, process_id TEXT NOT NULL, rid BIGINT NOT NULL, event_id TEXT NOT NULL,

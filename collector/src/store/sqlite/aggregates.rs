@@ -79,7 +79,7 @@ pub fn verify(conn: &Connection) -> Result<(), StoreError> {
         ("agg_runs", RUNS, RUNS_FROM_USES),
     ]
     .into_iter()
-    .chain(aggregate::CLOUD_CHECKS)
+    .chain(aggregate::SHARED_CHECKS)
     {
         aggregate::compare(name, &rows(conn, kept, &[])?, &rows(conn, fresh, &[])?)?;
     }

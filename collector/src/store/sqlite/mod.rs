@@ -136,13 +136,27 @@ impl SqliteStore {
     }
 }
 
-/// Columns added to a table after its schema version shipped: nullable, so older rows
-/// simply lack them (`CREATE TABLE IF NOT EXISTS` leaves an existing table as it was).
+/// Columns added to a table after its schema version shipped (`CREATE TABLE IF NOT
+/// EXISTS` leaves an existing table as it was), each with what fills it in for the rows
+/// already there: none for evidence older rows never had.
+const ADDED_COLUMNS: [(&str, &str, &str, &str); 4] = [
+    ("credential_obtained", "stream", "INTEGER", ""),
+    ("credential_obtained", "seq", "INTEGER", ""),
+    ("runs", "processes", "INTEGER NOT NULL DEFAULT 0", "UPDATE runs SET processes = (SELECT count(*) FROM processes p WHERE p.rid = runs.rid)"),
+    (
+        "runs",
+        "binaries",
+        "INTEGER NOT NULL DEFAULT 0",
+        "INSERT OR IGNORE INTO run_binaries (rid, binary_path) SELECT DISTINCT rid, binary_path FROM processes WHERE binary_path IS NOT NULL;
+         UPDATE runs SET binaries = (SELECT count(*) FROM run_binaries b WHERE b.rid = runs.rid)",
+    ),
+];
+
 fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
-    for (table, column, kind) in [("credential_obtained", "stream", "INTEGER"), ("credential_obtained", "seq", "INTEGER")] {
+    for (table, column, kind, fill) in ADDED_COLUMNS {
         let has: bool = conn.query_row(&format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| r.get(0))?;
         if !has {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+            conn.execute_batch(&format!("BEGIN; ALTER TABLE {table} ADD COLUMN {column} {kind}; {fill}; COMMIT;"))?;
         }
     }
     Ok(())
@@ -189,7 +203,7 @@ impl SqliteStore {
             Ok(n + tx.execute("DELETE FROM links WHERE cloud_action_id NOT IN (SELECT id FROM cloud_actions)", [])?)
         })?;
         let linked = "SELECT r.rid FROM runs r JOIN links l ON l.run_id = r.run_id";
-        let mut touched = BTreeSet::new();
+        let (mut touched, mut recount) = (BTreeSet::new(), BTreeSet::new());
         for table in ["processes", "token_issuances", "token_denials", "credential_uses", "credential_file_reads", "credential_obtained"] {
             let last: i64 = self.read(|c| Ok(c.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {table}"), [], |r| r.get(0))?))?;
             let mut from = 0;
@@ -198,6 +212,10 @@ impl SqliteStore {
                 n += self.write(|tx, _| {
                     if table == "credential_uses" {
                         aggregates::subtract(tx, &cond, before, &mut touched)?;
+                    }
+                    if table == "processes" {
+                        let mut st = tx.prepare(&format!("SELECT DISTINCT rid FROM processes WHERE {cond}"))?;
+                        recount.extend(st.query_map(params![before], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?);
                     }
                     let n = tx.execute(&format!("DELETE FROM {table} WHERE {cond}"), params![before])?;
                     prune::mark_rows(tx, table, from, from + step)?;
@@ -209,6 +227,22 @@ impl SqliteStore {
         }
         for key in touched {
             self.write(|tx, _| aggregates::refresh(tx, key))?;
+        }
+        // The runs that lost processes are counted again (rare: a run's processes age out
+        // together, and only unlinked runs lose them).
+        for rid in recount {
+            self.write(|tx, _| {
+                tx.execute(
+                    "DELETE FROM run_binaries WHERE rid = ?1 AND binary_path NOT IN (SELECT binary_path FROM processes WHERE rid = ?1 AND binary_path IS NOT NULL)",
+                    [rid],
+                )?;
+                tx.execute(
+                    "UPDATE runs SET processes = (SELECT count(*) FROM processes WHERE rid = ?1),
+                        binaries = (SELECT count(*) FROM run_binaries WHERE rid = ?1) WHERE rid = ?1",
+                    [rid],
+                )?;
+                Ok(())
+            })?;
         }
         // `events` has no rowid: walk its key, `step` keys at a time, up to the last key
         // there was when retention started (as the tables above stop at their last rowid):
@@ -253,7 +287,8 @@ impl SqliteStore {
             caches.runs = ids::IdCache::default();
             let mut n = tx.execute("DELETE FROM findings WHERE last_time < ?1", params![before])?;
             n += tx.execute("DELETE FROM finding_facts WHERE time < ?1", params![before])?;
-            Ok(n + tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?)
+            n += tx.execute("DELETE FROM runs WHERE last_seen < ?1 AND run_id NOT IN (SELECT run_id FROM links)", params![before])?;
+            Ok(n + tx.execute("DELETE FROM run_binaries WHERE rid NOT IN (SELECT rid FROM runs)", [])?)
         })?;
         Ok(n)
     }

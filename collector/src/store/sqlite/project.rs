@@ -36,6 +36,8 @@ struct RunTouch {
     first: i64,
     last: i64,
     new_processes: i64,
+    /// The binaries (interned paths) of the processes new to the store.
+    binaries: BTreeSet<i64>,
 }
 
 struct Batch<'a, 't> {
@@ -177,11 +179,14 @@ impl Batch<'_, '_> {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                     )?
                     .execute(params![node_id, v.exec_id, v.process_id, rid, v.pid, v.ppid, time, v.start_time, row.0, row.1, row.2, row.3, row.4])?;
-                let touch = self.runs.entry(rid).or_insert(RunTouch { first: time, last: time, new_processes: 0 });
+                let touch = self.runs.entry(rid).or_insert(RunTouch { first: time, last: time, new_processes: 0, binaries: BTreeSet::new() });
                 touch.first = touch.first.min(time);
                 touch.last = touch.last.max(time);
                 // The same exec reported again (under another event id) is one process.
                 touch.new_processes += inserted as i64;
+                if inserted == 1 {
+                    touch.binaries.extend(row.0);
+                }
             }
             EventBody::ProcessExit(v) => {
                 // Applied after the batch's execs, so an exit never precedes its exec.
@@ -285,11 +290,15 @@ impl Batch<'_, '_> {
     fn finish(self) -> Result<Queue, StoreError> {
         let tx = self.tx;
         for (rid, t) in &self.runs {
+            let mut binaries = 0i64;
+            for b in &t.binaries {
+                binaries += tx.prepare_cached("INSERT OR IGNORE INTO run_binaries (rid, binary_path) VALUES (?1, ?2)")?.execute(params![rid, b])? as i64;
+            }
             tx.prepare_cached(
                 "UPDATE runs SET started = min(started, ?2), last_seen = max(last_seen, ?3), live = live + ?4,
-                    ended = CASE WHEN ?4 > 0 THEN NULL ELSE ended END WHERE rid = ?1",
+                    ended = CASE WHEN ?4 > 0 THEN NULL ELSE ended END, processes = processes + ?4, binaries = binaries + ?5 WHERE rid = ?1",
             )?
-            .execute(params![rid, t.first, t.last, t.new_processes])?;
+            .execute(params![rid, t.first, t.last, t.new_processes, binaries])?;
         }
         for (exec_id, time) in &self.exits {
             let rid: Option<i64> = tx

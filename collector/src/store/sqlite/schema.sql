@@ -33,7 +33,14 @@ CREATE TABLE IF NOT EXISTS event_counts (kind INTEGER PRIMARY KEY, n INTEGER NOT
 CREATE TABLE IF NOT EXISTS runs (
     rid INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE, node TEXT NOT NULL, kind TEXT NOT NULL,
     pod_uid TEXT, container_id TEXT, unit TEXT, cgroup_path TEXT,
-    started INTEGER NOT NULL, last_seen INTEGER NOT NULL, ended INTEGER, live INTEGER NOT NULL DEFAULT 0);
+    started INTEGER NOT NULL, last_seen INTEGER NOT NULL, ended INTEGER, live INTEGER NOT NULL DEFAULT 0,
+    -- Its processes and distinct binaries, kept per batch (a run's summary must not count
+    -- a busy run's thousands of processes on every answer). Added after version 4
+    -- shipped: `SqliteStore::open` adds and fills them in older files.
+    processes INTEGER NOT NULL DEFAULT 0, binaries INTEGER NOT NULL DEFAULT 0);
+-- The distinct binaries (interned paths) of each run: what `runs.binaries` counts.
+CREATE TABLE IF NOT EXISTS run_binaries (
+    rid INTEGER NOT NULL, binary_path INTEGER NOT NULL, PRIMARY KEY (rid, binary_path)) WITHOUT ROWID;
 
 -- String columns hold `strings.id`.
 CREATE TABLE IF NOT EXISTS processes (

@@ -345,13 +345,18 @@ fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_sta
 /// A database written by a collector from before `credential_obtained` kept its event id
 /// opens, gains the columns, and stores responses again; its older rows keep working.
 #[test]
-fn a_database_from_before_the_obtained_event_id_is_upgraded_in_place() {
+fn a_database_from_before_the_obtained_event_id_and_run_counts_is_upgraded_in_place() {
     let (dir, s) = store();
+    s.ingest_events("n1", &[ev("s-0", exec("e0", "/bin/sh")), ev("s-00", exec("e00", "/bin/sh"))]).expect("stores");
     drop(s);
     let path = dir.path().join("c.db");
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
-        conn.execute_batch("ALTER TABLE credential_obtained DROP COLUMN stream; ALTER TABLE credential_obtained DROP COLUMN seq;").expect("old shape");
+        conn.execute_batch(
+            "ALTER TABLE credential_obtained DROP COLUMN stream; ALTER TABLE credential_obtained DROP COLUMN seq;
+             ALTER TABLE runs DROP COLUMN processes; ALTER TABLE runs DROP COLUMN binaries; DROP TABLE run_binaries;",
+        )
+        .expect("old shape");
         conn.execute_batch("INSERT INTO credential_obtained (node_id, time, exchange_kind, format, class, fingerprint, identifier) VALUES (1, 1, 'k', 'f', 'short_lived', 'fp', 'ASIAOLD')")
             .expect("an old row");
     }
@@ -372,4 +377,8 @@ fn a_database_from_before_the_obtained_event_id_is_upgraded_in_place() {
         .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .expect("reads");
     assert_eq!(rows, [("ASIAOLD".to_owned(), None), ("ASIANEW".to_owned(), Some(2))]);
+    // The run's counts were filled in from its processes, then kept by the new batch.
+    s.verify_aggregates().expect("run counts agree with the processes");
+    let counts: (i64, i64) = conn.query_row("SELECT processes, binaries FROM runs", [], |r| Ok((r.get(0)?, r.get(1)?))).expect("one run");
+    assert_eq!(counts, (3, 2));
 }
