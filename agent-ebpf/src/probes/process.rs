@@ -176,6 +176,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, i32> {
     unsafe {
         entry.as_mut_ptr().write(ExitEvent { header: header(EventKind::Exit, tgid), _pad0: 0, _pad1: 0 });
     }
-    entry.submit(0);
+    // Never a wakeup: nothing races an exit (the record stays until it is read), and in
+    // an exec loop a woken agent would be woken again for every process's end. It is read
+    // with the next exec or at the agent's poll tick.
+    entry.submit(aya_ebpf_bindings::bindings::BPF_RB_NO_WAKEUP as u64);
     Ok(0)
 }

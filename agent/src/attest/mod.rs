@@ -137,12 +137,13 @@ fn exec_path_now(obs: &Observed) -> Option<(String, fs::Metadata)> {
     Some((path_of_open(&file)?, file.metadata().ok()?))
 }
 
-/// The path of an open file as this process's `/proc/self/fd` reads it: for a file opened
-/// inside another mount namespace's root, the path within that namespace, as
-/// `/proc/<pid>/exe` reads for a process there.
+/// The path of an open file as this process's `/proc/self/fd` reads it (with the kernel's
+/// ` (deleted)` suffix for an unlinked file): for a file opened inside another mount
+/// namespace's root, the path within that namespace, as `/proc/<pid>/exe` reads for a
+/// process there.
 fn path_of_open(file: &fs::File) -> Option<String> {
     let link = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
-    Some(link.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
+    Some(link.to_string_lossy().into_owned())
 }
 
 /// A process that exec'd again before this exec event was handled (`sh -c 'exec app'`,
@@ -435,7 +436,8 @@ impl Attestor {
             exec_path: obs.exec_path.as_deref(),
             start_known: obs.start_ns != 0,
         };
-        let facts = Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
+        let from_kernel = known.as_ref().and_then(|d| self.facts_from_kernel(&obs, &reads, d));
+        let facts = from_kernel.map_or_else(|| Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
             let facts = self.read_facts(&p, reads)?;
             // The pid named another process by the time we looked: not the start time
             // the kernel gave with the exec or, without it, one after the exec (allow
@@ -448,10 +450,46 @@ impl Attestor {
                 return Err("pid was reused before the process could be attested".to_owned());
             }
             Ok(facts)
-        });
+        }), Ok);
         let facts = facts.map(|f| forget_later_exec(&obs, f));
         let (rec, pending) = self.build(obs, facts, known);
         self.dispatch(rec, pending)
+    }
+
+    /// What procfs would add to an exec the kernel described in full (its start time, a
+    /// resolvable cgroup, an executable version the cache knows): only the path the exe
+    /// link reads. One open of that link, whose handle gives the file's identity and path
+    /// together, instead of opening the process directory and reading its stat file.
+    /// None where more is needed (a possible script's argv), or where the link no longer
+    /// names the file the kernel ran (the process exited, exec'd again, or its pid now
+    /// runs another program): the full read decides then.
+    fn facts_from_kernel(&self, obs: &Observed, reads: &Reads, known: &Digest) -> Option<ProcFacts> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if obs.source != Source::Ebpf || !reads.start_known || reads.cgroup || obs.comm.is_empty() {
+            return None;
+        }
+        let exe = fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(format!("/proc/{}/exe", obs.pid)).ok()?;
+        let m = exe.metadata().ok()?;
+        if (m.dev(), m.ino()) != (known.key.dev, known.key.ino) {
+            return None;
+        }
+        let exe_path = path_of_open(&exe)?;
+        if script::may_have_script(obs.exec_path.as_deref(), Some(&exe_path)) {
+            return None;
+        }
+        Some(ProcFacts {
+            start_ticks: self.clock.boot_ns_to_ticks(obs.start_ns),
+            ppid: obs.ppid,
+            comm: obs.comm.clone(),
+            kthread: false,
+            exe_path: Some(exe_path),
+            exe: None,
+            cgroup_path: None,
+            argv: None,
+            uid: None,
+            gid: None,
+            comm_changed: false,
+        })
     }
 
     /// A record with a hash still to compute goes to the pool when one runs (None: the
@@ -801,5 +839,70 @@ mod tests {
         let rec = attestor.attest(observed(other)).expect("a record");
         assert_eq!(rec.binary.path, None, "a path naming a file that did not run is never given");
         assert_eq!(rec.binary.sha256, Some(digest));
+    }
+
+    fn digest_of(attestor: &Attestor, path: &str) -> Digest {
+        let f = fs::File::open(path).expect("open");
+        match attestor.hashes.lookup(&f).expect("lookup") {
+            Lookup::Hit(d) => d,
+            Lookup::Miss(key) => attestor.hashes.compute(&f, key, &|| None).expect("hash"),
+        }
+    }
+
+    /// The common exec (a known binary, not an interpreter) is attested from the kernel's
+    /// facts and the exe link alone; anything the link does not vouch for goes the long way.
+    #[test]
+    fn a_running_process_the_kernel_described_in_full_needs_only_its_exe_link() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let spawn = |bin: &str, args: &[&str]| std::process::Command::new(bin).args(args).spawn().expect("spawn");
+        let observed = |pid: u32, exec_path: &str, comm: &str| Observed {
+            source: Source::Ebpf,
+            pid,
+            ppid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            cgroup_id: Some(1),
+            boot_ns: 1,
+            fork_boot_ns: 0,
+            start_ns: 1_000_000_000,
+            comm: comm.into(),
+            exec_path: Some(exec_path.into()),
+            exe: None,
+        };
+        let reads = |exec_path: &'static str, comm: &'static str| Reads {
+            ids: false,
+            exe: false,
+            cgroup: false,
+            kernel_comm: comm,
+            exec_path: Some(exec_path),
+            start_known: true,
+        };
+
+        let sleep = digest_of(&attestor, "/bin/sleep");
+        let mut child = spawn("/bin/sleep", &["30"]);
+        let obs = observed(child.id(), "/bin/sleep", "sleep");
+        let f = attestor.facts_from_kernel(&obs, &reads("/bin/sleep", "sleep"), &sleep).expect("from the kernel and the exe link");
+        let real = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
+        assert_eq!(f.exe_path.as_deref(), Some(real.as_str()));
+        assert_eq!((f.ppid, f.comm.as_str(), f.start_ticks), (std::process::id(), "sleep", attestor.clock.boot_ns_to_ticks(1_000_000_000)));
+        assert!(f.argv.is_none() && f.exe.is_none());
+
+        // The kernel ran another version of the file than the link names now.
+        let other = Digest { key: FileKey { ino: sleep.key.ino.wrapping_add(1), ..sleep.key }, ..sleep.clone() };
+        assert!(attestor.facts_from_kernel(&obs, &reads("/bin/sleep", "sleep"), &other).is_none());
+        // The cgroup id did not resolve: procfs must be read.
+        assert!(attestor.facts_from_kernel(&obs, &Reads { cgroup: true, ..reads("/bin/sleep", "sleep") }, &sleep).is_none());
+        let _ = child.kill();
+        let _ = child.wait();
+        // Gone: the link names nothing.
+        assert!(attestor.facts_from_kernel(&obs, &reads("/bin/sleep", "sleep"), &sleep).is_none());
+
+        // An interpreter may run a script: its argv is read, the long way.
+        let sh = digest_of(&attestor, "/bin/sh");
+        let mut child = spawn("/bin/sh", &["-c", "sleep 30"]);
+        let obs = observed(child.id(), "/bin/sh", "sh");
+        assert!(attestor.facts_from_kernel(&obs, &reads("/bin/sh", "sh"), &sh).is_none());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
