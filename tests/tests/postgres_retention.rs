@@ -76,3 +76,35 @@ fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
     assert_eq!(replica.ingest_events("node-d", &[exec("late-1", "2026-01-01T11:00:00Z")]).unwrap().stored, 1);
     let _ = fs::remove_dir_all(dir);
 }
+
+/// A database a collector from before the runs kept their counts wrote: the next
+/// collector fills them in once at connect, and keeps them from there.
+#[test]
+fn a_database_from_before_the_run_counts_is_filled_in_at_connect() {
+    let pg = Postgres::start();
+    let now = String::from_utf8(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap().stdout).unwrap().trim().to_owned();
+    let in_a_pod = |id: &str, binary: &str| {
+        let body = v1::ProcessExec {
+            exec_id: format!("exec-{id}"),
+            process_id: format!("proc-{id}"),
+            time: now.clone(),
+            comm: "app".into(),
+            binary: Some(v1::Binary { path: Some(binary.into()), ..Default::default() }),
+            workload: Some(v1::Workload { kind: v1::WorkloadKind::KubernetesPod as i32, container_id: Some("c".repeat(64)), ..Default::default() }),
+            ..Default::default()
+        };
+        AgentEvent { id: id.into(), body: EventBody::ProcessExec(body) }
+    };
+    let store = PostgresStore::connect(&pg.url).unwrap();
+    store.ingest_events("node-a", &[in_a_pod("s-1", "/bin/sh"), in_a_pod("s-2", "/bin/sh"), in_a_pod("s-3", "/app")]).unwrap();
+    drop(store);
+    pg.client()
+        .batch_execute("ALTER TABLE runs DROP COLUMN processes, DROP COLUMN binaries; DROP TABLE run_binaries; ALTER TABLE credential_obtained DROP COLUMN stream;")
+        .unwrap();
+    let store = PostgresStore::connect(&pg.url).unwrap();
+    store.verify_aggregates().expect("counts filled in from the processes");
+    store.ingest_events("node-a", &[in_a_pod("s-4", "/bin/curl")]).unwrap();
+    store.verify_aggregates().expect("and kept by the next batch");
+    let row = pg.client().query_one("SELECT processes, binaries FROM runs", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (4, 3));
+}

@@ -78,6 +78,9 @@ CREATE INDEX IF NOT EXISTS uses_key ON credential_uses (access_key_id, time) WHE
 CREATE INDEX IF NOT EXISTS uses_fingerprint ON credential_uses (fingerprint, class);
 CREATE INDEX IF NOT EXISTS uses_run ON credential_uses (rid, time, row);
 CREATE INDEX IF NOT EXISTS uses_jti ON credential_uses (jwt_jti) WHERE jwt_jti IS NOT NULL;
+-- A run's token exchanges by time (how a trace explains a run's temporary key): without
+-- it the answer would walk every use of the run.
+CREATE INDEX IF NOT EXISTS uses_run_exchange ON credential_uses (rid, time) WHERE detector = 'token_exchange' AND jwt_jti IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_iss ON credential_uses (jwt_iss, time) WHERE jwt_iss IS NOT NULL;
 CREATE INDEX IF NOT EXISTS uses_sub ON credential_uses (jwt_sub, time) WHERE jwt_sub IS NOT NULL;
 

@@ -49,7 +49,7 @@ fn sql(fact: Fact) -> &'static str {
         Fact::FileReads => "SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = (SELECT rid FROM runs WHERE run_id = ?1) ORDER BY time",
         // Filtered on the interned ids before any string is resolved: a run's uses are many.
         Fact::Exchange => "SELECT event_id, time, host, dest_ip, dest_port, path, jwt_jti, exec_id FROM credential_uses_v
-            WHERE row = (SELECT u.rowid FROM credential_uses u WHERE u.rid = (SELECT rid FROM runs WHERE run_id = ?1)
+            WHERE row = (SELECT u.rowid FROM credential_uses u INDEXED BY uses_run_exchange WHERE u.rid = (SELECT rid FROM runs WHERE run_id = ?1)
                 AND u.detector = (SELECT id FROM strings WHERE s = 'token_exchange') AND u.jwt_jti IS NOT NULL AND u.time <= ?2
                 ORDER BY u.time DESC LIMIT 1)",
         Fact::HandedOut => "SELECT time, exchange_kind, identifier, expires_at, principal, host, presented_jti, exec_id, run_id FROM credential_obtained_v
