@@ -97,6 +97,11 @@ pub const RESPONSE_BUDGET: u64 = 16 * 1024;
 /// Name of the map of response budgets (`TlsConnKey` -> bytes still to copy).
 pub const RESPONSE_WATCH_MAP: &str = "RESPONSE_WATCH";
 
+/// Name of the map of executable versions (`ExeIdentity` as the exec program reads it)
+/// whose execs need nothing read from the live process: their exec events are submitted
+/// without a wakeup (see the agent's `Probes::quiet_exec`).
+pub const QUIET_EXES_MAP: &str = "QUIET_EXES";
+
 /// A TLS connection of a process: its tgid and the library's connection object
 /// (`SSL*`, `gnutls_session_t`). Key of `TLS_FDS` and `RESPONSE_WATCH`.
 #[repr(C)]
@@ -191,7 +196,8 @@ pub struct ExecEvent {
     pub filename_len: u16,
     /// 1 when the kernel's name was longer than [`PATH_LEN`] - 1.
     pub filename_truncated: u8,
-    pub _pad0: u8,
+    /// 1 when the executable was in [`QUIET_EXES_MAP`]: submitted without waking the agent.
+    pub quiet: u8,
     /// `bpf_ktime_get_boot_ns()` at the fork that created this process; 0 if unknown.
     pub fork_boot_ns: u64,
     /// The executed file as the kernel knew it at exec (the hash-cache key), when the

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use aya_ebpf::maps::HashMap;
 use sigil_agent_common::{
-    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES,
+    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeIdentity, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES,
     TracepointOffsets, WATCH_NAME_LEN,
 };
 
@@ -173,6 +173,14 @@ pub static TLS_READS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TL
 /// cost one lookup per read and copy nothing.
 #[map]
 pub static RESPONSE_WATCH: LruHashMap<TlsConnKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Executable versions whose execs user space attests from the event alone (it knows
+/// their digest by the kernel's identity, and they run no script): their exec events wait
+/// for the agent's next poll tick instead of waking it. In an exec-heavy workload (a CI
+/// runner's shells and compilers) that is most execs, and the wakeups were most of the
+/// agent's cost. LRU: a forgotten version only costs a wakeup.
+#[map]
+pub static QUIET_EXES: LruHashMap<ExeIdentity, u8> = LruHashMap::with_max_entries(8192, 0);
 
 /// TLS connections whose writes are not requests (a server's responses), set by user
 /// space after the first write: `sock_key(tgid, fd)` -> the TLS object. Cleared on close,

@@ -471,6 +471,17 @@ pub fn run(
                             }
                         }
                     }
+                    // An executable version attested from the event alone, with nothing for
+                    // the tracer to attach or inspect: its next execs need not wake us.
+                    if ev.quiet == 0
+                        && ev.exe.from_kernel()
+                        && let Some(r) = rec.as_ref().filter(|r| Attestor::attests_from_the_event(r))
+                        && tracer.as_ref().is_none_or(|t| t.settled_executable(r))
+                        && let Err(e) = probes.quiet_exec(&ev.exe)
+                    {
+                        tracing::debug!("execs of {:?} keep waking the agent: {e}", r.binary.path);
+                    }
+                    stats.quiet_execs += u64::from(ev.quiet);
                     if let Some(rec) = rec {
                         sink.emit(&EventBody::from(&rec)).context("writing output")?;
                     }
@@ -550,6 +561,7 @@ pub fn run(
 struct Counters {
     events: u64,
     decode_errors: u64,
+    quiet_execs: u64,
     cpu: cpu::CpuByKind,
 }
 
@@ -581,6 +593,7 @@ impl Counters {
             },
             kernel_drops: probes.drops().unwrap_or_default().into_iter().map(|(r, n)| (r.as_str(), n)).collect(),
             decode_errors: self.decode_errors,
+            quiet_execs: self.quiet_execs,
             processes_tracked: attestor.table().len(),
             tokens: issuer.map(Issuer::stats),
             trace: tracer.map(Tracer::stats),

@@ -89,6 +89,8 @@ pub struct AgentStats {
     pub export: Option<crate::stream::exporter::ExportStats>,
     /// Kernel records read from the ring buffer.
     pub events: u64,
+    /// Execs read at a poll tick without waking the agent.
+    pub quiet_execs: u64,
     /// Event-thread CPU time per kernel event, by kind.
     pub cpu_by_kind: std::collections::BTreeMap<&'static str, crate::cpu::CpuCost>,
     /// Identity events emitted, by kind.
@@ -124,6 +126,7 @@ impl From<&AgentStats> for EventBody {
             }),
             ring_buffer_lost: Some(v1::LostByKind { exec: l.exec, exit: l.exit, connect: l.connect, data: l.data, file_open: l.file_open }),
             decode_errors: a.decode_errors,
+            quiet_execs: a.quiet_execs,
             processes_tracked: a.processes_tracked as u64,
             tokens: a.tokens.as_ref().map(|t| v1::TokenStats {
                 issued: t.issued,

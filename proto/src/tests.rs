@@ -178,6 +178,7 @@ fn samples() -> Vec<EventBody> {
             hash: Some(v1::HashStats { cache_hits: 1, hashes_computed: 2, hash_errors: 3, hash_micros: 4, pending: 5, skipped_queue_full: 6, skipped_time_budget: 7, skipped_too_large: 8, skipped_not_regular_file: 9, skipped_shutdown: 10 }),
             ring_buffer_lost: Some(v1::LostByKind { exec: 1, exit: 2, connect: 3, data: 4, file_open: 5 }),
             decode_errors: 1,
+            quiet_execs: 3,
             processes_tracked: 2,
             tokens: Some(v1::TokenStats { issued: 1, denied: [("unknown_process".to_owned(), 2)].into() }),
             trace: Some(v1::TraceStats {

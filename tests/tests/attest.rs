@@ -2,7 +2,7 @@
 //! Exec attestation against the real kernel: real programs loaded, real processes in
 //! real cgroup trees laid out as kubelet and container runtimes lay them out.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, os::unix::fs::MetadataExt, path::Path, process::Command};
 
 use serde_json::Value;
 use sigil_tests::*;
@@ -217,4 +217,68 @@ fn a_process_that_exits_at_once_is_still_reported_with_its_cgroup() {
     } else {
         assert!(rec["binary"]["error"].is_string(), "no digest and no reason: {rec}");
     }
+}
+
+/// Execs of an executable the agent has settled (digest known by the kernel's identity,
+/// no script, nothing to attach) are read at the next poll tick, not woken for: still
+/// attested in full although each process is gone by then. The attacker: a workload that
+/// lets its binary become "quiet", then rewrites it in place (same inode, new content) and
+/// runs it again, hoping the old digest is handed out. The new version is not quiet: it
+/// is hashed again from the running process.
+#[test]
+fn execs_of_a_settled_binary_are_read_without_wakeups_and_a_rewrite_is_not() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::create("attest.slice/quiet.scope");
+    let dir = scratch_dir();
+    let bin = unique_binary(&dir, "quiet");
+    let digest = sha256sum(&bin);
+    let path = bin.display().to_string();
+    let records = |sha: &str| {
+        agent.events().into_iter().filter(|v| v["kind"] == "process_exec" && v["binary"]["exec_path"] == path.as_str() && v["binary"]["sha256"] == sha).count()
+    };
+    let mut runs = 0;
+    // The first exec is hashed, the next ones find the digest by the kernel's identity;
+    // once the background inspection has settled the file, its execs go quiet.
+    let quiet_execs = || {
+        let stats = agent.events().into_iter().rev().find(|v| v["kind"] == "agent_stats");
+        stats.and_then(|s| s["quiet_execs"].as_u64()).unwrap_or(0)
+    };
+    while quiet_execs() == 0 && runs < 40 {
+        let (code, _, err) = cg.run(&bin, &["0"]);
+        assert_eq!(code, 0, "{err}");
+        runs += 1;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(quiet_execs() > 0, "no exec went quiet in {runs} runs");
+    for _ in 0..5 {
+        cg.run(&bin, &["0"]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while records(&digest) < runs + 5 {
+        assert!(std::time::Instant::now() < deadline, "{} records of {} runs", records(&digest), runs + 5);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let quiet: Vec<Value> =
+        agent.events().into_iter().filter(|v| v["kind"] == "process_exec" && v["binary"]["exec_path"] == path.as_str()).skip(runs).collect();
+    for rec in &quiet {
+        assert_eq!(rec["binary"]["sha256"], digest.as_str(), "{rec}");
+        assert_eq!(rec["binary"]["hashed_from"], "kernel", "{rec}");
+        assert_eq!(rec["binary"]["path"], path.as_str(), "the exe link's path, from the parent's root: {rec}");
+        assert_eq!(rec["cgroup"]["path"], cg.path.as_str(), "{rec}");
+    }
+
+    // Rewritten in place: same inode, new bytes, new ctime.
+    let ino = fs::metadata(&bin).unwrap().ino();
+    let mut bytes = fs::read(&bin).unwrap();
+    bytes.extend_from_slice(b"-rewritten");
+    write_executable(&bin, &bytes);
+    assert_eq!(fs::metadata(&bin).unwrap().ino(), ino);
+    let rewritten = sha256sum(&bin);
+    let mut child = cg.spawn(&bin, &["30"]);
+    let rec = agent.wait_exec(child.id(), &bin);
+    assert_eq!(rec["binary"]["sha256"], rewritten.as_str(), "the new content, not the quiet version's digest");
+    assert_eq!(records(&rewritten), 1);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = fs::remove_dir_all(dir);
 }

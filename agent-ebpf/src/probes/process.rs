@@ -12,7 +12,7 @@ use aya_ebpf::{
 use aya_ebpf_bindings::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns};
 use sigil_agent_common::{EventHeader, EventKind, ExeIdentity, ExeOffsets, ExeSource, ExecEvent, ExitEvent, PATH_LEN};
 
-use crate::maps::{count_lost, ForkInfo, EVENTS, EXE_OFFSETS, FORKS, TP_OFFSETS};
+use crate::maps::{count_lost, data_wakeup_flags, ForkInfo, EVENTS, EXE_OFFSETS, FORKS, QUIET_EXES, TP_OFFSETS};
 
 #[tracepoint]
 pub fn sigil_fork(ctx: TracePointContext) -> u32 {
@@ -95,11 +95,18 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i32> {
         (*ev).fork_boot_ns = fork.map_or(0, |f| f.boot_ns);
         (*ev).uid = uid_gid as u32;
         (*ev).gid = (uid_gid >> 32) as u32;
-        (*ev)._pad0 = 0;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*ev).exe = exe_identity().unwrap_or_default();
         (*ev).filename_len = 0;
         (*ev).filename_truncated = 0;
+    }
+    // Looked up from the stack (map keys must not point into the ring buffer).
+    let exe = exe_identity().unwrap_or_default();
+    // SAFETY: `QUIET_EXES` values are plain data.
+    let quiet = exe.source == ExeSource::Kernel as u32 && unsafe { QUIET_EXES.get(&exe) }.is_some();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot.
+    unsafe {
+        (*ev).exe = exe;
+        (*ev).quiet = quiet as u8;
     }
     // `__data_loc`: low 16 bits are the offset of the string in the record, high 16 its length.
     let loc: u32 = match unsafe { ctx.read_at(off.exec_filename as usize) } {
@@ -117,9 +124,11 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i32> {
             (*ev).filename_truncated = (name_len > PATH_LEN) as u8;
         }
     }
-    // Always a wakeup: attestation races the process's exit, and data events submitted
-    // without one may be waiting ahead of this one (the adaptive default would not wake).
-    entry.submit(aya_ebpf_bindings::bindings::BPF_RB_FORCE_WAKEUP as u64);
+    // A wakeup unless user space said it needs nothing live from this executable's
+    // processes: attestation races the process's exit, and data events submitted without
+    // a wakeup may be waiting ahead of this one (the adaptive default would not wake).
+    let flags = if quiet { data_wakeup_flags() } else { aya_ebpf_bindings::bindings::BPF_RB_FORCE_WAKEUP as u64 };
+    entry.submit(flags);
     Ok(0)
 }
 

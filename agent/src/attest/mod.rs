@@ -492,6 +492,19 @@ impl Attestor {
         })
     }
 
+    /// True when an exec like this one (same executable version, as the kernel identifies
+    /// it) can be attested from its event alone, even after the process has exited: the
+    /// digest came from the kernel's identity, the process runs no script (whose argv only
+    /// the live process has), and it was attested without error.
+    pub fn attests_from_the_event(rec: &ProcessRecord) -> bool {
+        let b = &rec.binary;
+        rec.kernel_exe.is_some()
+            && b.hashed_from == Some("kernel")
+            && b.error.is_none()
+            && rec.script.is_none()
+            && !script::may_have_script(b.exec_path.as_deref(), b.path.as_deref())
+    }
+
     /// A record with a hash still to compute goes to the pool when one runs (None: the
     /// pool emits it); otherwise it is finished here.
     fn dispatch(&self, rec: ProcessRecord, pending: Option<PendingHash>) -> Option<ProcessRecord> {

@@ -79,7 +79,7 @@ mod tests {
             gid: 0,
             filename_len: 9,
             filename_truncated: 0,
-            _pad0: 0,
+            quiet: 0,
             fork_boot_ns: 5,
             exe: Default::default(),
             comm: [0; COMM_LEN],

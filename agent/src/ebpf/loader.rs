@@ -5,7 +5,7 @@ use std::io;
 use std::path::Path;
 
 use agent_common::{
-    DROP_REASONS, DROPS_MAP, DropReason, ExeOffsets, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets, WATCH_NAME_LEN,
+    DROP_REASONS, DROPS_MAP, DropReason, ExeIdentity, ExeOffsets, QUIET_EXES_MAP, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets, WATCH_NAME_LEN,
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -325,6 +325,15 @@ impl Probes {
             Ok(()) | Err(MapError::SyscallError(_)) => Ok(()),
             Err(source) => Err(LoadError::Map { name: "CONNS", source }),
         }
+    }
+
+    /// Lets the execs of this executable version go without a wakeup (read at the next
+    /// poll tick): the caller knows it can attest them from the event alone.
+    pub fn quiet_exec(&mut self, exe: &ExeIdentity) -> Result<(), LoadError> {
+        let mut map: BpfHashMap<_, ExeIdentity, u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut(QUIET_EXES_MAP).ok_or(LoadError::Missing("map QUIET_EXES"))?)
+                .map_err(|source| LoadError::Map { name: "QUIET_EXES", source })?;
+        map.insert(*exe, 1, 0).map_err(|source| LoadError::Map { name: "QUIET_EXES", source })
     }
 
     /// Stops copying a TLS connection's writes (they are not requests).

@@ -146,6 +146,12 @@ impl LibraryWatcher {
         self.check_executable(probes, &rec.pid.to_string());
     }
 
+    /// The executable of this version was inspected and carries no TLS library of its own
+    /// (nothing to attach when one of its processes starts).
+    pub fn is_plain(&self, key: &(u64, u64, u64, i64)) -> bool {
+        self.plain_executables.contains(key)
+    }
+
     /// The executable of this (dev, inode, size, mtime) was inspected already.
     fn known(&self, key: &(u64, u64, u64, i64)) -> bool {
         let id = (key.0, key.1);

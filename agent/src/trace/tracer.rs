@@ -226,6 +226,13 @@ impl Tracer {
         self.uncovered.on_exec(rec);
     }
 
+    /// True when nothing about this exec's executable needs the live process (no TLS of
+    /// its own to attach, no Go or blind-spot client to inspect): its later execs may wait
+    /// for the next poll tick.
+    pub fn settled_executable(&self, rec: &ProcessRecord) -> bool {
+        rec.kernel_exe.map(|k| k.version()).is_some_and(|v| self.libs.is_plain(&v) && self.uncovered.is_plain(&v))
+    }
+
     /// Hooks the Go binaries the exec inspector found since the last call; one that cannot
     /// be hooked is reported as uncovered, with the reason.
     pub fn attach_go_binaries(&mut self, probes: &mut Probes) {

@@ -222,6 +222,12 @@ impl UncoveredWatcher {
         }
     }
 
+    /// The executable of this version was classified as nothing to report (no Go, no
+    /// blind spot): its execs need no inspection.
+    pub fn is_plain(&self, key: &(u64, u64, u64, i64)) -> bool {
+        self.shared.lock().is_ok_and(|r| matches!(r.seen.get(key), Some(Verdict::Seen)))
+    }
+
     /// Go binaries found hookable since the last call (never blocks).
     pub fn go_binaries(&self) -> Vec<GoBinary> {
         self.go.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default()
