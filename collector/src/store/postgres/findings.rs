@@ -40,6 +40,8 @@ const FIRST_USES: &str = "SELECT x.run_id, x.node, x.exec_id, x.stream, x.time, 
 const FIRST_OBTAINED: &str = "SELECT x.run_id, x.node, x.exec_id, x.stream, x.time, k.key FROM unnest($1::text[]) AS k(key) CROSS JOIN LATERAL (
         SELECT r.run_id, n.node, o.exec_id, o.stream, o.time FROM credential_obtained o JOIN runs r ON r.rid = o.rid
         JOIN nodes n ON n.node_id = o.node_id WHERE o.identifier = k.key AND o.stream IS NOT NULL ORDER BY o.time, o.row LIMIT 1) x";
+/// The first-event lookups by access key, with the evidence kind each finds.
+const FIRSTS: [(&str, &str); 2] = [(FIRST_OBTAINED, "credential_obtained"), (FIRST_USES, "credential_use")];
 const RUNS_ENDED: &str = "SELECT run_id, ended FROM runs WHERE run_id = ANY($1)";
 /// Per (fact, subject, limit): the facts noted, earliest first (`C` order, as SQLite and
 /// Rust compare strings).
@@ -75,8 +77,9 @@ pub struct PgFindings<'a, 't> {
     tx: &'a mut Transaction<'t>,
     stmts: &'a mut Stmts,
     issuances: HashMap<String, Vec<Seen>>,
-    first_uses: HashMap<String, Option<Seen>>,
-    first_obtained: HashMap<String, Option<Seen>>,
+    /// Per (evidence kind, access key): the earliest `credential_obtained` response that
+    /// handed the key out, or the earliest `credential_use` of it.
+    firsts: HashMap<(&'static str, String), Option<Seen>>,
     ended: HashMap<String, Option<i64>>,
     /// Per (fact, subject, limit): the facts noted, earliest first, this batch's included.
     noted: NotedLists,
@@ -94,14 +97,23 @@ impl<'a, 't> PgFindings<'a, 't> {
             tx,
             stmts,
             issuances: HashMap::new(),
-            first_uses: HashMap::new(),
-            first_obtained: HashMap::new(),
+            firsts: HashMap::new(),
             ended: HashMap::new(),
             noted: HashMap::new(),
             note_keys: HashMap::new(),
             new_notes: Vec::new(),
             findings: HashMap::new(),
         }
+    }
+
+    /// The first `kind` event about access key `key` (prefetched, or asked now).
+    fn first(&mut self, (sql, kind): (&'static str, &'static str), key: &str) -> Result<Option<Seen>, StoreError> {
+        if let Some(v) = self.firsts.get(&(kind, key.to_owned())) {
+            return Ok(v.clone());
+        }
+        let found = self.query(sql, &[&vec![key]])?.first().map(|r| seen(r, kind));
+        self.firsts.insert((kind, key.to_owned()), found.clone());
+        Ok(found)
     }
 
     fn query(&mut self, sql: &'static str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
@@ -156,16 +168,14 @@ impl<'a, 't> PgFindings<'a, 't> {
         }
         if !keys.is_empty() {
             let keys: Vec<String> = keys.into_iter().collect();
-            for (sql, kind) in [(FIRST_OBTAINED, "credential_obtained"), (FIRST_USES, "credential_use")] {
-                let rows = self.query(sql, &[&keys])?;
-                let cache = if kind == "credential_use" { &mut self.first_uses } else { &mut self.first_obtained };
-                for r in rows {
+            for (sql, kind) in FIRSTS {
+                for r in self.query(sql, &[&keys])? {
                     let s = seen(&r, kind);
                     runs.insert(s.run_id.clone());
-                    cache.insert(r.get(5), Some(s));
+                    self.firsts.insert((kind, r.get(5)), Some(s));
                 }
                 for k in &keys {
-                    cache.entry(k.clone()).or_insert(None);
+                    self.firsts.entry((kind, k.clone())).or_insert(None);
                 }
             }
         }
@@ -314,21 +324,11 @@ impl FindingLookups for PgFindings<'_, '_> {
     }
 
     fn first_obtained(&mut self, key: &str) -> Result<Option<Seen>, StoreError> {
-        if let Some(v) = self.first_obtained.get(key) {
-            return Ok(v.clone());
-        }
-        let found = self.query(FIRST_OBTAINED, &[&vec![key]])?.first().map(|r| seen(r, "credential_obtained"));
-        self.first_obtained.insert(key.to_owned(), found.clone());
-        Ok(found)
+        self.first(FIRSTS[0], key)
     }
 
     fn first_use_of_key(&mut self, key: &str) -> Result<Option<Seen>, StoreError> {
-        if let Some(v) = self.first_uses.get(key) {
-            return Ok(v.clone());
-        }
-        let found = self.query(FIRST_USES, &[&vec![key]])?.first().map(|r| seen(r, "credential_use"));
-        self.first_uses.insert(key.to_owned(), found.clone());
-        Ok(found)
+        self.first(FIRSTS[1], key)
     }
 
     fn note(&mut self, fact: Fact, subject: &str, detail: &str, s: &Seen) -> Result<bool, StoreError> {
