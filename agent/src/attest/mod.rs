@@ -912,9 +912,15 @@ mod tests {
 
         // An interpreter may run a script: its argv is read, the long way.
         let sh = digest_of(&attestor, "/bin/sh");
-        let mut child = spawn("/bin/sh", &["-c", "sleep 30"]);
+        // (Two commands, so the shell stays the process rather than exec'ing sleep.)
+        let mut child = spawn("/bin/sh", &["-c", "sleep 30; true"]);
         let obs = observed(child.id(), "/bin/sh", "sh");
-        assert!(attestor.facts_from_kernel(&obs, &reads("/bin/sh", "sh"), &sh).is_none());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::metadata(format!("/proc/{}/exe", child.id())).map(|m| m.ino()).ok() != Some(sh.key.ino) {
+            assert!(std::time::Instant::now() < deadline, "the shell never ran");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(attestor.facts_from_kernel(&obs, &reads("/bin/sh", "sh"), &sh).is_none(), "an interpreter is read the long way");
         let _ = child.kill();
         let _ = child.wait();
     }
