@@ -511,7 +511,6 @@ pub fn python_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
 }
 
-/// A loopback port nobody listens on right now.
 /// An agent issuing from a one-entry policy in trust domain `sigil.test`, written into
 /// `dir`, with its own state directory, Workload API socket and OIDC port there, plus
 /// `extra` arguments (e.g. `--collector`).
@@ -543,6 +542,7 @@ impl Issuer {
     }
 }
 
+/// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

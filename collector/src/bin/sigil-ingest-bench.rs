@@ -142,11 +142,10 @@ impl Iterator for Generator {
         self.seq += 1;
         let Self { node, stream, boot, pods, rng, last_exec, .. } = self;
         let (node, stream, boot) = (node.as_str(), stream.as_str(), boot.as_str());
-        let t0 = T0;
         Some({
             let p = rng.next(PODS) as usize;
             let pod = &pods[p];
-            let time = t0 + (seq / 50) as i64;
+            let time = T0 + (seq / 50) as i64;
             let workload = v1::Workload {
                 kind: v1::WorkloadKind::KubernetesPod as i32,
                 pod_uid: Some(pod.uid.clone()),

@@ -90,6 +90,11 @@ pub fn is_url(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
+/// A run's process and binary counts from its rows (`run_binaries` must be up to date):
+/// for the runs an upgrade fills in, and those retention took processes from.
+const RECOUNT_RUNS: &str = "UPDATE runs r SET processes = (SELECT count(*) FROM processes p WHERE p.rid = r.rid),
+    binaries = (SELECT count(*) FROM run_binaries b WHERE b.rid = r.rid)";
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`) and creates or checks the schema.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
@@ -117,11 +122,10 @@ impl PostgresStore {
             .get(0);
         tx.batch_execute(SCHEMA)?;
         if uncounted {
-            tx.batch_execute(
+            tx.batch_execute(&format!(
                 "INSERT INTO run_binaries (rid, binary_path) SELECT DISTINCT rid, binary_path FROM processes WHERE binary_path IS NOT NULL ON CONFLICT DO NOTHING;
-                 UPDATE runs r SET processes = (SELECT count(*) FROM processes p WHERE p.rid = r.rid),
-                     binaries = (SELECT count(*) FROM run_binaries b WHERE b.rid = r.rid);",
-            )?;
+                 {RECOUNT_RUNS};"
+            ))?;
         }
         tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT DO NOTHING", &[&SCHEMA_VERSION])?;
         tx.commit()?;
@@ -266,11 +270,7 @@ impl Store for PostgresStore {
                 AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.rid = b.rid AND p.binary_path = b.binary_path)",
             &[&recount],
         )?;
-        tx.execute(
-            "UPDATE runs r SET processes = (SELECT count(*) FROM processes p WHERE p.rid = r.rid),
-                binaries = (SELECT count(*) FROM run_binaries b WHERE b.rid = r.rid) WHERE r.rid = ANY($1)",
-            &[&recount],
-        )?;
+        tx.execute(&format!("{RECOUNT_RUNS} WHERE r.rid = ANY($1)"), &[&recount])?;
         n += tx.execute("DELETE FROM stats_events WHERE received < $1", &[&before])? as usize;
         n += tx.execute("DELETE FROM findings WHERE last_time < $1", &[&before])? as usize;
         n += tx.execute("DELETE FROM finding_facts WHERE time < $1", &[&before])? as usize;

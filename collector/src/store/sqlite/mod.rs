@@ -139,24 +139,30 @@ impl SqliteStore {
 /// Columns added to a table after its schema version shipped (`CREATE TABLE IF NOT
 /// EXISTS` leaves an existing table as it was), each with what fills it in for the rows
 /// already there: none for evidence older rows never had.
+/// (The run counts are both filled in with the second of them, which completes the pair.)
 const ADDED_COLUMNS: [(&str, &str, &str, &str); 4] = [
     ("credential_obtained", "stream", "INTEGER", ""),
     ("credential_obtained", "seq", "INTEGER", ""),
-    ("runs", "processes", "INTEGER NOT NULL DEFAULT 0", "UPDATE runs SET processes = (SELECT count(*) FROM processes p WHERE p.rid = runs.rid)"),
+    ("runs", "processes", "INTEGER NOT NULL DEFAULT 0", ""),
     (
         "runs",
         "binaries",
         "INTEGER NOT NULL DEFAULT 0",
-        "INSERT OR IGNORE INTO run_binaries (rid, binary_path) SELECT DISTINCT rid, binary_path FROM processes WHERE binary_path IS NOT NULL;
-         UPDATE runs SET binaries = (SELECT count(*) FROM run_binaries b WHERE b.rid = runs.rid)",
+        "INSERT OR IGNORE INTO run_binaries (rid, binary_path) SELECT DISTINCT rid, binary_path FROM processes WHERE binary_path IS NOT NULL",
     ),
 ];
+
+/// A run's process and binary counts from its rows (`run_binaries` must be up to date):
+/// for the runs an upgrade fills in, and those retention took processes from.
+const RECOUNT_RUNS: &str = "UPDATE runs SET processes = (SELECT count(*) FROM processes p WHERE p.rid = runs.rid),
+    binaries = (SELECT count(*) FROM run_binaries b WHERE b.rid = runs.rid)";
 
 fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
     for (table, column, kind, fill) in ADDED_COLUMNS {
         let has: bool = conn.query_row(&format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| r.get(0))?;
         if !has {
-            conn.execute_batch(&format!("BEGIN; ALTER TABLE {table} ADD COLUMN {column} {kind}; {fill}; COMMIT;"))?;
+            let recount = if column == "binaries" { RECOUNT_RUNS } else { "" };
+            conn.execute_batch(&format!("BEGIN; ALTER TABLE {table} ADD COLUMN {column} {kind}; {fill}; {recount}; COMMIT;"))?;
         }
     }
     Ok(())
@@ -236,11 +242,7 @@ impl SqliteStore {
                     "DELETE FROM run_binaries WHERE rid = ?1 AND binary_path NOT IN (SELECT binary_path FROM processes WHERE rid = ?1 AND binary_path IS NOT NULL)",
                     [rid],
                 )?;
-                tx.execute(
-                    "UPDATE runs SET processes = (SELECT count(*) FROM processes WHERE rid = ?1),
-                        binaries = (SELECT count(*) FROM run_binaries WHERE rid = ?1) WHERE rid = ?1",
-                    [rid],
-                )?;
+                tx.execute(&format!("{RECOUNT_RUNS} WHERE rid = ?1"), [rid])?;
                 Ok(())
             })?;
         }
