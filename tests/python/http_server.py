@@ -1,7 +1,7 @@
 """A small HTTP/1.1 server (keep-alive, bodies read by Content-Length), with TLS when a
 certificate is given. Prints "READY <port>" once listening.
 
-usage: http_server.py PORT [CERT KEY]
+usage: http_server.py PORT [CERT KEY]   (PORT 0: a free port, the one printed)
 """
 import http.server
 import ssl
@@ -37,13 +37,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def serve(port: int, handler, cert=None, key=None) -> None:
     """Serves `handler` on loopback `port` (TLS when `cert` and `key` are given); prints
-    READY once listening. token_server.py serves its own handler through this too."""
+    READY and the port once listening. Port 0 lets the kernel pick one while binding, so
+    no other socket can take it between a choice and the bind. token_server.py serves
+    its own handler through this too."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     if cert and key:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    print(f"READY {port}", flush=True)
+    print(f"READY {server.server_address[1]}", flush=True)
     server.serve_forever()
 
 

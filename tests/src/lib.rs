@@ -73,16 +73,13 @@ impl PyServer {
     }
 
     fn serve(cert: Option<(&Path, &Path)>) -> Self {
-        let port = free_port();
         let mut cmd = Command::new(python());
-        cmd.arg(python_script("http_server.py")).arg(port.to_string());
+        cmd.arg(python_script("http_server.py")).arg("0");
         if let Some((cert, key)) = cert {
             cmd.arg(cert).arg(key);
         }
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("READY"), "server did not start: {line:?}");
+        let port = ready_port(&mut child);
         Self { child, port }
     }
 }
@@ -92,6 +89,16 @@ impl Drop for PyServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The port a server started on port 0 bound, from its "READY <port>" line (the servers
+/// in tests/python bind port 0 themselves: a port chosen here could be taken by another
+/// test's socket before the server binds it).
+pub fn ready_port(child: &mut Child) -> u16 {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.strip_prefix("READY ").and_then(|p| p.trim().parse().ok());
+    port.unwrap_or_else(|| panic!("server did not start: {line:?}"))
 }
 
 /// A binary built next to the agent (`sigil-collector`, `sigil`).
@@ -257,7 +264,11 @@ impl Lines {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let tail = lines.iter().rev().take(12).rev().cloned().collect::<Vec<_>>().join("\n  ");
-                panic!("timed out waiting for {what}; saw {} lines, the last:\n  {tail}", lines.len());
+                let seen = lines.len();
+                // Released before the panic, so the reader thread goes on (a poisoned lock
+                // would panic it too and bury this message under its own).
+                drop(lines);
+                panic!("timed out waiting for {what}; saw {seen} lines, the last:\n  {tail}");
             }
             lines = cv.wait_timeout(lines, left).unwrap().0;
         }

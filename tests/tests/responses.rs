@@ -7,7 +7,6 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{SystemTime, UNIX_EPOCH},
@@ -78,10 +77,9 @@ struct TokenServer {
 impl TokenServer {
     fn start(dir: &Path, p: &Planted, mode: &str) -> Self {
         self_signed_cert(dir);
-        let port = free_port();
         let mut child = Command::new(python())
             .arg(python_script("token_server.py"))
-            .arg(port.to_string())
+            .arg("0")
             .arg(dir.join("cert.pem"))
             .arg(dir.join("key.pem"))
             .args([&p.key_id, &p.secret_key, &p.session_token, &p.access_token, mode])
@@ -89,9 +87,7 @@ impl TokenServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("READY"), "token server did not start: {line:?}");
+        let port = ready_port(&mut child);
         Self { child, port }
     }
 }

@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::{self, File},
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::Path,
     sync::{
         Arc, Mutex,
@@ -292,14 +292,7 @@ fn inspect_exec(shared: &Mutex<Report>, go: &SyncSender<GoBinary>, exec: &Exec) 
         report.seen.clear();
     }
     report.seen.insert(key, verdict.clone());
-    // Report the path of the file inspected, not the /proc link that named it: where the
-    // link led when it was opened (the record's path may be an earlier exec's when the
-    // attestor could not read the inode), else the path itself.
-    let binary = fs::read_link(path)
-        .ok()
-        .filter(|_| path.starts_with("/proc/"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| path.clone());
+    let binary = reported_path(path, &file, candidates);
     match verdict {
         Verdict::Seen => {}
         Verdict::Blind(kind, reason) => report.count(kind, binary, &reason),
@@ -310,6 +303,22 @@ fn inspect_exec(shared: &Mutex<Report>, go: &SyncSender<GoBinary>, exec: &Exec) 
             }
         }
     }
+}
+
+/// The path to report for the file inspected, not the /proc link that named it. The link
+/// is read through our own descriptor: the process may have exited since it was opened,
+/// and then its /proc entry names nothing. Failing that, the first candidate that is a
+/// real path (the record's path may be an earlier exec's when the attestor could not
+/// read the inode).
+fn reported_path(path: &str, file: &File, candidates: &[String]) -> String {
+    if !path.starts_with("/proc/") {
+        return path.to_owned();
+    }
+    fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+        .map(|p| p.display().to_string())
+        .or_else(|| candidates.iter().find(|c| !c.starts_with("/proc/")).cloned())
+        .unwrap_or_else(|| path.to_owned())
 }
 
 fn inspect(exe: &Path, file: &File, size: u64) -> Verdict {
@@ -361,5 +370,20 @@ mod tests {
         assert_eq!(classify("x", &b""[..]), None);
         assert_eq!(classify("x", &b"#!/bin/sh\necho /rustls-0.23/\n"[..]), None);
         assert_eq!(classify("java", &b"\x7fELF garbage"[..]), None);
+    }
+    #[test]
+    fn a_process_gone_after_its_exe_was_opened_is_reported_by_the_file_path() {
+        let mut child = std::process::Command::new("/bin/sleep").arg("30").spawn().expect("sleep");
+        let link = format!("/proc/{}/exe", child.id());
+        while fs::read_link(&link).ok().as_deref() != Some(Path::new("/usr/bin/sleep")) {
+            std::thread::yield_now();
+        }
+        let file = File::open(&link).expect("open exe");
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(fs::read_link(&link).is_err(), "the /proc entry is gone");
+        let candidates = [link.clone(), "/bin/sleep".to_owned()];
+        assert_eq!(reported_path(&link, &file, &candidates), "/usr/bin/sleep");
+        assert_eq!(reported_path("/bin/sleep", &file, &candidates), "/bin/sleep");
     }
 }
