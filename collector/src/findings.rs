@@ -41,8 +41,9 @@ pub const KIND_NAMES: [&str; 5] = ["token_replayed", "token_used_after_run_ended
 /// Evidence (and process) ids kept per finding: the first ones found. A token replayed
 /// a million times is one finding whose times keep moving, not a million ids.
 pub const MAX_EVIDENCE: usize = 32;
-/// Workloads compared per long-lived credential.
-pub const MAX_SHARERS: usize = 64;
+/// Workloads a use of a long-lived credential is compared with: the first seen using it
+/// (only that one is read, so a credential every workload uses costs each use one row).
+pub const ORIGINS: usize = 1;
 
 /// A stored event a rule points at, with the run and process it belongs to.
 #[derive(Debug, Clone, PartialEq)]
@@ -416,7 +417,7 @@ fn static_rules(db: &mut impl FindingLookups, u: &Use<'_>, out: &mut Vec<Draft>)
     let workload = workload_of(&u.seen.node, p);
     let first_in_run = db.note(Fact::StaticUse, fp, &workload, &u.seen)?;
     // Shared: compared with the first workload seen using it.
-    let users = db.noted(Fact::StaticUse, fp, MAX_SHARERS)?;
+    let users = db.noted(Fact::StaticUse, fp, ORIGINS)?;
     if let Some((first_workload, origin)) = users.first()
         && *first_workload != workload
     {

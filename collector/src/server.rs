@@ -117,7 +117,7 @@ pub async fn push(shared: &Shared, node: String, events: Vec<AgentEvent>) -> Res
     let (s, t) = (shared.store.clone(), shared.telemetry.clone());
     blocking(move || {
         let _span = tracing::info_span!("ingest_batch", node = %node, events = events.len()).entered();
-        let (out, links) = s.ingest_and_correlate(&node, &events)?;
+        let (out, links) = s.ingest_and_correlate(node, events)?;
         if out.stored > 0 {
             // Per batch, so at debug: thousands of agents would drown the log.
             tracing::debug!(stored = out.stored, links = links.len(), "batch ingested");

@@ -29,6 +29,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     BadArgument(String),
+    /// A failure shared by every batch of one group commit (each gets a copy).
+    #[error("{0}")]
+    Shared(String),
     /// An aggregate table disagrees with the rows it summarises.
     #[error("aggregate out of step: {0}")]
     Inconsistent(String),
@@ -168,8 +171,9 @@ pub trait Store: Send + Sync {
     fn ingest_events(&self, node: &str, events: &[AgentEvent]) -> Result<IngestOutcome, StoreError>;
     /// Stores a batch and links what it made attributable: in the batch's own transaction
     /// where the backend can, else one after the other.
-    fn ingest_and_correlate(&self, node: &str, events: &[AgentEvent]) -> Result<(IngestOutcome, Vec<crate::correlate::NewLink>), StoreError> {
-        let out = self.ingest_events(node, events)?;
+    /// Takes the batch by value: a backend may hand it to the writer of a group commit.
+    fn ingest_and_correlate(&self, node: String, events: Vec<AgentEvent>) -> Result<(IngestOutcome, Vec<crate::correlate::NewLink>), StoreError> {
+        let out = self.ingest_events(&node, &events)?;
         let links = if out.stored > 0 { self.correlate()? } else { Vec::new() };
         Ok((out, links))
     }

@@ -139,7 +139,7 @@ impl<'a, 't> PgFindings<'a, 't> {
                                 continue;
                             }
                             notes.insert((Fact::StaticUse.as_str(), v.fingerprint.clone(), workload_of(node, p), run.clone()));
-                            lists.insert((Fact::StaticUse.as_str(), v.fingerprint.clone(), crate::findings::MAX_SHARERS));
+                            lists.insert((Fact::StaticUse.as_str(), v.fingerprint.clone(), crate::findings::ORIGINS));
                             lists.insert((Fact::FileRead.as_str(), run, crate::findings::MAX_EVIDENCE));
                         }
                         _ => {}

@@ -197,8 +197,8 @@ impl Store for PostgresStore {
         Ok(self.ingest(node, events, false)?.0)
     }
 
-    fn ingest_and_correlate(&self, node: &str, events: &[AgentEvent]) -> Result<Ingested, StoreError> {
-        self.ingest(node, events, true)
+    fn ingest_and_correlate(&self, node: String, events: Vec<AgentEvent>) -> Result<Ingested, StoreError> {
+        self.ingest(&node, &events, true)
     }
 
     fn ingest_cloud(&self, actions: &[CloudAction]) -> Result<IngestOutcome, StoreError> {

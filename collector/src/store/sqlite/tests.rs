@@ -382,3 +382,55 @@ fn a_database_from_before_the_obtained_event_id_and_run_counts_is_upgraded_in_pl
     let counts: (i64, i64) = conn.query_row("SELECT processes, binaries FROM runs", [], |r| Ok((r.get(0)?, r.get(1)?))).expect("one run");
     assert_eq!(counts, (3, 2));
 }
+
+fn temporary_use(exec_id: &str, key: &str, time: &str) -> EventBody {
+    let EventBody::CredentialUse(mut u) = key_use(exec_id, key, time) else { unreachable!() };
+    u.class = v1::CredentialClass::ShortLived as i32;
+    EventBody::CredentialUse(u)
+}
+
+/// The SQL of every statement on `s`'s connection that SQLite had to prepare again since
+/// it was first prepared (a statement whose plan depends on its bindings is re-prepared
+/// on every step with new ones).
+fn reprepared(s: &SqliteStore) -> Vec<(String, i32)> {
+    use rusqlite::ffi;
+    let guard = s.inner.lock().expect("lock");
+    let mut out = Vec::new();
+    // SAFETY: the handle is this connection's, held under its lock for the whole walk;
+    // `sqlite3_next_stmt` and `sqlite3_sql` only read statements the connection owns.
+    unsafe {
+        let db = guard.conn.handle();
+        let mut st = ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+        while !st.is_null() {
+            let n = ffi::sqlite3_stmt_status(st, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
+            if n > 0 {
+                out.push((std::ffi::CStr::from_ptr(ffi::sqlite3_sql(st)).to_string_lossy().into_owned(), n));
+            }
+            st = ffi::sqlite3_next_stmt(db, st);
+        }
+    }
+    out
+}
+
+/// Batches with new values every time (exits, temporary and static keys, file reads, cloud
+/// actions to correlate) run on statements prepared once: none is re-prepared per binding.
+#[test]
+fn the_ingest_statements_are_prepared_once_whatever_their_bindings() {
+    let (_d, s) = store();
+    for i in 0..4 {
+        let t = format!("2026-01-01T00:00:0{i}Z");
+        let batch = [
+            ev(&format!("s-{}", 10 * i), exec(&format!("E{i}"), &format!("/bin/app{i}"))),
+            ev(&format!("s-{}", 10 * i + 1), temporary_use(&format!("E{i}"), &format!("ASIA{i:016}"), &t)),
+            ev(&format!("s-{}", 10 * i + 2), key_use(&format!("E{i}"), &format!("AKIA{i:016}"), &t)),
+            ev(
+                &format!("s-{}", 10 * i + 3),
+                EventBody::ProcessExit(v1::ProcessExit { exec_id: format!("E{i}"), time: t.clone(), ..Default::default() }),
+            ),
+        ];
+        s.ingest_and_correlate("node-a".into(), batch.to_vec()).expect("ingests");
+        s.ingest_cloud(&[action(&format!("a{i}"), &format!("AKIA{i:016}"), 1_767_225_600 + i)]).expect("cloud");
+        s.ingest_and_correlate("node-a".into(), vec![ev(&format!("t-{i}"), key_use("E0", &format!("AKIA{i:016}"), &t))]).expect("ingests");
+    }
+    assert_eq!(reprepared(&s), Vec::<(String, i32)>::new());
+}
