@@ -321,11 +321,42 @@ pub fn detect(db: &mut impl FindingLookups, node: &str, events: &[AgentEvent]) -
     let mut new = Vec::new();
     for d in drafts {
         if upsert(db, &d)? {
-            tracing::warn!(finding = d.f.finding_kind().as_str_name(), subject = %d.f.subject, runs = ?d.f.runs, "{}", d.f.summary);
+            if let Some(unlogged) = LOGGED.take() {
+                tracing::warn!(finding = d.f.finding_kind().as_str_name(), subject = %d.f.subject, runs = ?d.f.runs, unlogged_before = unlogged, "{}", d.f.summary);
+            }
             new.push(d.f);
         }
     }
     Ok(new)
+}
+
+/// New findings logged per [`LOG_WINDOW`]; the rest are counted into the next line logged.
+/// Every finding is stored, counted in the metrics and listed by `sigil findings`: the log
+/// is a notice, and a workload that trips a rule a thousand times a second (or an attacker
+/// who wants the collector busy writing its log) must not flood it.
+const LOGS_PER_WINDOW: u32 = 20;
+const LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+static LOGGED: LogBudget = LogBudget(std::sync::Mutex::new(None));
+
+struct LogBudget(std::sync::Mutex<Option<(std::time::Instant, u32, u64)>>);
+
+impl LogBudget {
+    /// `Some(findings not logged since the last line)` when this one may be logged.
+    fn take(&self) -> Option<u64> {
+        let Ok(mut w) = self.0.lock() else { return Some(0) };
+        let now = std::time::Instant::now();
+        let (start, logged, unlogged) = w.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= LOG_WINDOW {
+            (*start, *logged) = (now, 0);
+        }
+        if *logged < LOGS_PER_WINDOW {
+            *logged += 1;
+            Some(std::mem::take(unlogged))
+        } else {
+            *unlogged += 1;
+            None
+        }
+    }
 }
 
 fn seen_of(node: &str, id: &str, kind: &str, p: &v1::ProcessRef, time: i64) -> Option<Seen> {
@@ -449,6 +480,21 @@ mod tests {
             nodes: vec!["n".into()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_flood_of_new_findings_logs_a_few_lines_and_counts_the_rest() {
+        let budget = LogBudget(std::sync::Mutex::new(None));
+        let logged: Vec<Option<u64>> = (0..LOGS_PER_WINDOW + 5).map(|_| budget.take()).collect();
+        assert!(logged[..LOGS_PER_WINDOW as usize].iter().all(|l| *l == Some(0)));
+        assert!(logged[LOGS_PER_WINDOW as usize..].iter().all(Option::is_none));
+        // The next window's first line says how many went unlogged.
+        if let Ok(mut w) = budget.0.lock()
+            && let Some((start, _, _)) = w.as_mut()
+        {
+            *start = start.checked_sub(LOG_WINDOW).unwrap_or(*start);
+        }
+        assert_eq!(budget.take(), Some(5));
     }
 
     #[test]

@@ -172,6 +172,12 @@ fn ingest(quick: bool) -> Result<()> {
     let r = against_collector(&dir.join("collector.db").display().to_string(), &dir.join("raw.db").display().to_string(), &args)?;
     print_ingest("SQLite", &r);
     record("ingest", r)?;
+    // A fleet pushes from many nodes at once: batches that arrive together share a commit.
+    let fleet = [&args[..], &["--agents".to_owned(), "8".to_owned()]].concat();
+    eprintln!("bench: the same from 8 agents at once");
+    let r = against_collector(&dir.join("collector-8.db").display().to_string(), &dir.join("raw-8.db").display().to_string(), &fleet)?;
+    print_ingest("SQLite, 8 agents", &r);
+    record("ingest_8_agents", r)?;
     provision::debian_packages(&["postgresql"])?;
     let pg = postgres_server::Server::start(std::env::temp_dir().join(format!("sigil-bench-pg-{}", std::process::id())))?;
     eprintln!("bench: ingest of {events} events into a throwaway PostgreSQL on port {}, then the same rows raw", pg.port);
