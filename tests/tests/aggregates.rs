@@ -2,8 +2,9 @@
 //! The aggregate tables behind `posture` and `static-credentials`, on both backends (a
 //! real SQLite file, a real PostgreSQL server): after ingest, after an agent resends
 //! batches it got no answer for, and after retention, they equal the same figures
-//! computed from scratch from the stored uses; aggregated credential-use events (the
-//! agent folds repeated uses into one event with `count`) count `count` uses.
+//! computed from scratch from the stored uses (and tokens issued and denied); aggregated
+//! credential-use events (the agent folds repeated uses into one event with `count`)
+//! count `count` uses.
 
 use std::fs;
 
@@ -61,6 +62,33 @@ fn key_use(id: &str, pod: &str, key: &str, time: &str, count: Option<u64>, first
 }
 
 /// Now plus `offset` seconds, as RFC 3339.
+fn issued(id: &str, pod: &str, ttl: i64, time: &str) -> AgentEvent {
+    let process = v1::ProcessRef { exec_id: format!("exec-{pod}"), workload: Some(workload(pod)), ..Default::default() };
+    let body = v1::TokenIssued {
+        time: time.into(),
+        jti: format!("jti-{id}"),
+        spiffe_id: format!("spiffe://sigil.test/{pod}"),
+        audience: vec!["sts.amazonaws.com".into()],
+        issuer: "https://sigil.test".into(),
+        ttl_seconds: ttl,
+        process: Some(process),
+        ..Default::default()
+    };
+    AgentEvent { id: id.into(), body: EventBody::TokenIssued(body) }
+}
+
+fn denied(id: &str, reason: v1::DenyReason, time: &str) -> AgentEvent {
+    let body = v1::TokenDenied { time: time.into(), reason: reason as i32, detail: "refused".into(), ..Default::default() };
+    AgentEvent { id: id.into(), body: EventBody::TokenDenied(body) }
+}
+
+/// posture's issuance figures: tokens issued, their mean lifetime, denials per reason.
+fn issuance(store: &dyn Store) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let p = store.query(&Query::Posture).unwrap();
+    let (tokens, ttl) = (p["tokens_issued"].clone(), p["mean_token_lifetime_seconds"].clone());
+    (tokens, ttl, p["denials_by_reason"].clone())
+}
+
 fn now_rfc3339(offset: i64) -> String {
     let at = format!("@{}", now_unix() + offset);
     let out = std::process::Command::new("date").args(["-u", "-d", &at, "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
@@ -88,9 +116,14 @@ fn aggregates_follow_ingest_replays_and_retention(store: &dyn Store, replica: &d
         key_use("s-3", "pod-a", KEY, &now, Some(40), Some(&earlier)),
         key_use("s-4", "pod-b", KEY, &now, None, None),
         key_use("s-5", "pod-b", TEMP, &now, Some(3), Some(&earlier)),
+        issued("s-6", "pod-a", 300, &now),
+        issued("s-7", "pod-b", 600, &now),
+        denied("s-8", v1::DenyReason::NoMatchingEntry, &now),
     ];
-    assert_eq!(store.ingest_events("node-a", &batch).unwrap().stored, 5);
+    assert_eq!(store.ingest_events("node-a", &batch).unwrap().stored, 8);
     check(store);
+    let no_match = serde_json::json!([{"reason": "no_matching_entry", "count": 1}]);
+    assert_eq!(issuance(store), (2.into(), 450.0.into(), no_match.clone()));
     let s = static_row(store);
     assert_eq!((s["uses"].as_i64(), s["runs"].as_i64()), (Some(41), Some(2)), "{s}");
     assert_eq!(s["access_key_id"], KEY);
@@ -103,15 +136,24 @@ fn aggregates_follow_ingest_replays_and_retention(store: &dyn Store, replica: &d
 
     // The agent got no answer and resends the batch, to this collector and to a replica
     // sharing the database: nothing counts twice.
-    assert_eq!(store.ingest_events("node-a", &batch).unwrap().duplicates, 5);
-    assert_eq!(replica.ingest_events("node-a", &batch).unwrap().duplicates, 5);
+    assert_eq!(store.ingest_events("node-a", &batch).unwrap().duplicates, 8);
+    assert_eq!(replica.ingest_events("node-a", &batch).unwrap().duplicates, 8);
     check(store);
     assert_eq!(static_row(store)["uses"], 41);
+    assert_eq!(issuance(store), (2.into(), 450.0.into(), no_match.clone()), "a resent batch counts no token twice");
 
     // Old uses (last year): counted until retention takes them away.
-    let old_batch = vec![exec("o-1", "pod-c", &old), key_use("o-2", "pod-c", KEY, &old, Some(7), Some("2025-03-01T09:59:00Z"))];
-    assert_eq!(replica.ingest_events("node-b", &old_batch).unwrap().stored, 2);
+    let old_batch = vec![
+        exec("o-1", "pod-c", &old),
+        key_use("o-2", "pod-c", KEY, &old, Some(7), Some("2025-03-01T09:59:00Z")),
+        issued("o-3", "pod-c", 3600, &old),
+        denied("o-4", v1::DenyReason::BinaryHashMismatch, &old),
+        denied("o-5", v1::DenyReason::NoMatchingEntry, &old),
+    ];
+    assert_eq!(replica.ingest_events("node-b", &old_batch).unwrap().stored, 5);
     check(store);
+    let both = serde_json::json!([{"reason": "no_matching_entry", "count": 2}, {"reason": "binary_hash_mismatch", "count": 1}]);
+    assert_eq!(issuance(store), (3.into(), 1500.0.into(), both), "two nodes' rows add up");
     let s = static_row(store);
     assert_eq!((s["uses"].as_i64(), s["runs"].as_i64()), (Some(48), Some(3)), "{s}");
     assert_eq!(store.query(&Query::Posture).unwrap()["runs_using_credentials"], 3);
@@ -122,8 +164,9 @@ fn aggregates_follow_ingest_replays_and_retention(store: &dyn Store, replica: &d
     let s = static_row(store);
     assert_eq!((s["uses"].as_i64(), s["runs"].as_i64()), (Some(41), Some(2)), "retention took the old uses out: {s}");
     assert!(s["first_seen"].as_i64().unwrap() > before, "the first use is recomputed: {s}");
+    assert_eq!(issuance(store), (2.into(), 450.0.into(), no_match), "retention took the old tokens and denials out");
     // Replayed after retention: still once.
-    assert_eq!(store.ingest_events("node-a", &batch).unwrap().duplicates, 5);
+    assert_eq!(store.ingest_events("node-a", &batch).unwrap().duplicates, 8);
     check(store);
     assert_eq!(static_row(store)["uses"], 41);
 }

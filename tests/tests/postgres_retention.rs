@@ -80,7 +80,7 @@ fn retention_drops_old_day_partitions_and_keeps_imported_audit_logs() {
 /// A database a collector from before the runs kept their counts wrote: the next
 /// collector fills them in once at connect, and keeps them from there.
 #[test]
-fn a_database_from_before_the_run_counts_is_filled_in_at_connect() {
+fn a_database_from_before_the_run_counts_and_token_aggregates_is_filled_in_at_connect() {
     let pg = Postgres::start();
     let now = String::from_utf8(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap().stdout).unwrap().trim().to_owned();
     let in_a_pod = |id: &str, binary: &str| {
@@ -95,14 +95,24 @@ fn a_database_from_before_the_run_counts_is_filled_in_at_connect() {
         };
         AgentEvent { id: id.into(), body: EventBody::ProcessExec(body) }
     };
+    let issued = v1::TokenIssued { time: now.clone(), jti: "j-1".into(), ttl_seconds: 300, ..Default::default() };
+    let denied = v1::TokenDenied { time: now.clone(), reason: v1::DenyReason::UnknownProcess as i32, ..Default::default() };
+    let tokens = [AgentEvent { id: "s-5".into(), body: EventBody::TokenIssued(issued) }, AgentEvent { id: "s-6".into(), body: EventBody::TokenDenied(denied) }];
     let store = PostgresStore::connect(&pg.url).unwrap();
     store.ingest_events("node-a", &[in_a_pod("s-1", "/bin/sh"), in_a_pod("s-2", "/bin/sh"), in_a_pod("s-3", "/app")]).unwrap();
+    store.ingest_events("node-a", &tokens).unwrap();
     drop(store);
     pg.client()
-        .batch_execute("ALTER TABLE runs DROP COLUMN processes, DROP COLUMN binaries; DROP TABLE run_binaries; ALTER TABLE credential_obtained DROP COLUMN stream;")
+        .batch_execute(
+            "ALTER TABLE runs DROP COLUMN processes, DROP COLUMN binaries; DROP TABLE run_binaries; ALTER TABLE credential_obtained DROP COLUMN stream;
+             DROP TRIGGER agg_token ON token_issuances; DROP TRIGGER agg_denial ON token_denials; DROP TABLE agg_tokens, agg_denials;",
+        )
         .unwrap();
     let store = PostgresStore::connect(&pg.url).unwrap();
-    store.verify_aggregates().expect("counts filled in from the processes");
+    store.verify_aggregates().expect("counts and token figures filled in from the rows");
+    let p = store.query(&sigil_collector::store::Query::Posture).unwrap();
+    assert_eq!((p["tokens_issued"].as_i64(), p["mean_token_lifetime_seconds"].as_f64()), (Some(1), Some(300.0)), "{p}");
+    assert_eq!(p["denials_by_reason"], serde_json::json!([{"reason": "unknown_process", "count": 1}]));
     store.ingest_events("node-a", &[in_a_pod("s-4", "/bin/curl")]).unwrap();
     store.verify_aggregates().expect("and kept by the next batch");
     let row = pg.client().query_one("SELECT processes, binaries FROM runs", &[]).unwrap();

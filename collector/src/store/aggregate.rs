@@ -124,7 +124,18 @@ impl<K: Ord + Clone> Deltas<K> {
 /// The counts kept per run (by each batch) and the aggregates of cloud actions and links
 /// (by triggers in both schemas): per table, its rows and the same rows computed from
 /// scratch, in SQL both backends speak.
-pub const SHARED_CHECKS: [(&str, &str, &str); 4] = [
+pub const SHARED_CHECKS: [(&str, &str, &str); 6] = [
+    (
+        "agg_tokens",
+        "SELECT node_id, tokens, ttl_sum, ttl_count FROM agg_tokens WHERE tokens <> 0 ORDER BY node_id",
+        "SELECT node_id, count(*) AS tokens, CAST(coalesce(sum(ttl), 0) AS BIGINT) AS ttl_sum, count(ttl) AS ttl_count
+         FROM token_issuances GROUP BY node_id ORDER BY node_id",
+    ),
+    (
+        "agg_denials",
+        "SELECT node_id, reason, denials FROM agg_denials WHERE denials <> 0 ORDER BY node_id, reason",
+        "SELECT node_id, reason, count(*) AS denials FROM token_denials GROUP BY node_id, reason ORDER BY node_id, reason",
+    ),
     (
         "runs.processes/binaries",
         "SELECT rid, processes, binaries FROM runs ORDER BY rid",
@@ -149,6 +160,12 @@ pub const SHARED_CHECKS: [(&str, &str, &str); 4] = [
          GROUP BY seconds ORDER BY seconds",
     ),
 ];
+
+/// Fills in the token aggregates from the rows they summarise, for a database written
+/// before they were kept (run once, right after the schema created them; both backends).
+pub const FILL_TOKEN_AGGREGATES: &str = "INSERT INTO agg_tokens (node_id, tokens, ttl_sum, ttl_count)
+        SELECT node_id, count(*), coalesce(sum(ttl), 0), count(ttl) FROM token_issuances GROUP BY node_id;
+    INSERT INTO agg_denials (node_id, reason, denials) SELECT node_id, reason, count(*) FROM token_denials GROUP BY node_id, reason;";
 
 /// Rows of an aggregate table against the same rows computed from scratch.
 pub fn compare(table: &str, kept: &[serde_json::Value], fresh: &[serde_json::Value]) -> Result<(), StoreError> {

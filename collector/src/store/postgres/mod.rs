@@ -120,7 +120,14 @@ impl PostgresStore {
                 &[],
             )?
             .get(0);
+        // A database from before the token aggregates: filled in once, below.
+        let had_token_aggregates: bool = tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'agg_tokens')", &[])?
+            .get(0);
         tx.batch_execute(SCHEMA)?;
+        if !had_token_aggregates {
+            tx.batch_execute(crate::store::aggregate::FILL_TOKEN_AGGREGATES)?;
+        }
         if uncounted {
             tx.batch_execute(&format!(
                 "INSERT INTO run_binaries (rid, binary_path) SELECT DISTINCT rid, binary_path FROM processes WHERE binary_path IS NOT NULL ON CONFLICT DO NOTHING;

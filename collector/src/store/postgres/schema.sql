@@ -67,6 +67,38 @@ CREATE TABLE IF NOT EXISTS token_denials (
 CREATE INDEX IF NOT EXISTS denials_run ON token_denials (rid);
 CREATE INDEX IF NOT EXISTS denials_time ON token_denials (time);
 
+-- What `posture` counts of issuance, kept by the triggers below wherever rows come and go
+-- (ingest, retention), so no answer scans the token tables: per node, tokens issued and
+-- their lifetimes (sum and count of the known ones), and denials per reason. Per node, so
+-- replicas writing different nodes' batches never wait on one row. Rows counted down to
+-- 0 stay. `PostgresStore::connect` fills them in for a database from before them.
+CREATE TABLE IF NOT EXISTS agg_tokens (node_id BIGINT PRIMARY KEY, tokens BIGINT NOT NULL, ttl_sum BIGINT NOT NULL, ttl_count BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS agg_denials (node_id BIGINT NOT NULL, reason TEXT NOT NULL, denials BIGINT NOT NULL, PRIMARY KEY (node_id, reason));
+CREATE OR REPLACE FUNCTION agg_token_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO agg_tokens (node_id, tokens, ttl_sum, ttl_count) VALUES (NEW.node_id, 1, coalesce(NEW.ttl, 0), (NEW.ttl IS NOT NULL)::int)
+        ON CONFLICT (node_id) DO UPDATE SET tokens = agg_tokens.tokens + 1, ttl_sum = agg_tokens.ttl_sum + EXCLUDED.ttl_sum,
+            ttl_count = agg_tokens.ttl_count + EXCLUDED.ttl_count;
+        RETURN NEW;
+    END IF;
+    UPDATE agg_tokens SET tokens = tokens - 1, ttl_sum = ttl_sum - coalesce(OLD.ttl, 0), ttl_count = ttl_count - (OLD.ttl IS NOT NULL)::int
+        WHERE node_id = OLD.node_id;
+    RETURN OLD;
+END $$;
+CREATE OR REPLACE TRIGGER agg_token AFTER INSERT OR DELETE ON token_issuances FOR EACH ROW EXECUTE FUNCTION agg_token_changed();
+CREATE OR REPLACE FUNCTION agg_denial_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO agg_denials (node_id, reason, denials) VALUES (NEW.node_id, NEW.reason, 1)
+        ON CONFLICT (node_id, reason) DO UPDATE SET denials = agg_denials.denials + 1;
+        RETURN NEW;
+    END IF;
+    UPDATE agg_denials SET denials = denials - 1 WHERE node_id = OLD.node_id AND reason = OLD.reason;
+    RETURN OLD;
+END $$;
+CREATE OR REPLACE TRIGGER agg_denial AFTER INSERT OR DELETE ON token_denials FOR EACH ROW EXECUTE FUNCTION agg_denial_changed();
+
 CREATE TABLE IF NOT EXISTS credential_uses (
     row BIGSERIAL, node_id BIGINT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, time BIGINT NOT NULL,
     exec_id TEXT, rid BIGINT, dest_ip TEXT, dest_port BIGINT, host TEXT, method TEXT, path TEXT,

@@ -33,7 +33,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, config::DbConfig, par
 use serde_json::Value;
 use sigil_proto::v1;
 
-use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, answer};
+use super::{AgentEvent, IngestOutcome, Query, Store, StoreError, aggregate, answer};
 use crate::{cloud::CloudAction, correlate};
 
 const SCHEMA: &str = include_str!("schema.sql");
@@ -119,7 +119,11 @@ impl SqliteStore {
                 )));
             }
         }
+        let had_token_aggregates: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'agg_tokens'", [], |r| r.get(0))?;
         conn.execute_batch(SCHEMA)?;
+        if !had_token_aggregates {
+            conn.execute_batch(&format!("BEGIN; {}; COMMIT;", aggregate::FILL_TOKEN_AGGREGATES))?;
+        }
         add_missing_columns(&conn)?;
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])?;
         Ok(Self { inner: Mutex::new(Inner { conn, caches: ids::Caches::default() }), queue: group::Queue::default() })

@@ -106,8 +106,9 @@ fn sql(fact: Fact) -> &'static str {
         Fact::PostureRuns => "SELECT count(*) AS runs_using_credentials, coalesce(sum(long_uses = 0), 0) AS runs_using_only_short_lived_credentials FROM agg_runs",
         Fact::LongLived => "SELECT f.s AS fingerprint, c.access_key_id, c.runs FROM agg_credentials c JOIN strings f ON f.id = c.fingerprint
             WHERE c.class = (SELECT id FROM strings WHERE s = 'static') ORDER BY c.runs DESC, f.s LIMIT ?1",
-        Fact::Denials => "SELECT reason, count(*) AS count FROM token_denials GROUP BY reason ORDER BY count DESC, reason",
-        Fact::Tokens => "SELECT count(*) AS tokens_issued, avg(ttl) AS mean_token_lifetime_seconds FROM token_issuances",
+        Fact::Denials => "SELECT reason, sum(denials) AS count FROM agg_denials GROUP BY reason HAVING sum(denials) <> 0 ORDER BY count DESC, reason",
+        Fact::Tokens => "SELECT coalesce(sum(tokens), 0) AS tokens_issued,
+                CASE WHEN sum(ttl_count) > 0 THEN CAST(sum(ttl_sum) AS REAL) / sum(ttl_count) END AS mean_token_lifetime_seconds FROM agg_tokens",
         Fact::CloudActions => "SELECT (SELECT coalesce(sum(actions), 0) FROM agg_actions) AS cloud_actions,
             (SELECT coalesce(sum(actions), 0) FROM agg_delays) AS cloud_actions_attributed",
         Fact::Delays => "SELECT seconds AS d, actions AS n FROM agg_delays WHERE actions > 0 ORDER BY seconds",

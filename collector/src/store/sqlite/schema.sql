@@ -69,6 +69,30 @@ CREATE TABLE IF NOT EXISTS token_denials (
 CREATE INDEX IF NOT EXISTS denials_run ON token_denials (rid);
 CREATE INDEX IF NOT EXISTS denials_time ON token_denials (time);
 
+-- What `posture` counts of issuance, kept by the triggers below wherever rows come and go
+-- (ingest, retention), so no answer scans the token tables: per node, tokens issued and
+-- their lifetimes (sum and count of the known ones), and denials per reason. Per node, so
+-- PostgreSQL replicas writing different nodes' batches never wait on one row. Rows
+-- counted down to 0 stay. `open` fills them in for a database from before them.
+CREATE TABLE IF NOT EXISTS agg_tokens (node_id INTEGER PRIMARY KEY, tokens INTEGER NOT NULL, ttl_sum INTEGER NOT NULL, ttl_count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agg_denials (node_id INTEGER NOT NULL, reason TEXT NOT NULL, denials INTEGER NOT NULL, PRIMARY KEY (node_id, reason));
+CREATE TRIGGER IF NOT EXISTS agg_token_in AFTER INSERT ON token_issuances BEGIN
+    INSERT OR IGNORE INTO agg_tokens (node_id, tokens, ttl_sum, ttl_count) VALUES (NEW.node_id, 0, 0, 0);
+    UPDATE agg_tokens SET tokens = tokens + 1, ttl_sum = ttl_sum + coalesce(NEW.ttl, 0), ttl_count = ttl_count + (NEW.ttl IS NOT NULL)
+        WHERE node_id = NEW.node_id;
+END;
+CREATE TRIGGER IF NOT EXISTS agg_token_out AFTER DELETE ON token_issuances BEGIN
+    UPDATE agg_tokens SET tokens = tokens - 1, ttl_sum = ttl_sum - coalesce(OLD.ttl, 0), ttl_count = ttl_count - (OLD.ttl IS NOT NULL)
+        WHERE node_id = OLD.node_id;
+END;
+CREATE TRIGGER IF NOT EXISTS agg_denial_in AFTER INSERT ON token_denials BEGIN
+    INSERT OR IGNORE INTO agg_denials (node_id, reason, denials) VALUES (NEW.node_id, NEW.reason, 0);
+    UPDATE agg_denials SET denials = denials + 1 WHERE node_id = NEW.node_id AND reason = NEW.reason;
+END;
+CREATE TRIGGER IF NOT EXISTS agg_denial_out AFTER DELETE ON token_denials BEGIN
+    UPDATE agg_denials SET denials = denials - 1 WHERE node_id = OLD.node_id AND reason = OLD.reason;
+END;
+
 -- String columns (exec_id .. token_family) hold `strings.id` (detector and class their
 -- JSON names). One row per event: an aggregated event (the agent folds repeated uses of
 -- a credential) stands for `count` uses from `first_seen` (NULL: the event's own time)

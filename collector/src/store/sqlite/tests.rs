@@ -343,18 +343,24 @@ fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_sta
 }
 
 /// A database written by a collector from before `credential_obtained` kept its event id
-/// opens, gains the columns, and stores responses again; its older rows keep working.
+/// (and before the run counts and the token aggregates) opens, gains the columns and
+/// tables, and stores responses again; its older rows keep working.
 #[test]
 fn a_database_from_before_the_obtained_event_id_and_run_counts_is_upgraded_in_place() {
     let (dir, s) = store();
-    s.ingest_events("n1", &[ev("s-0", exec("e0", "/bin/sh")), ev("s-00", exec("e00", "/bin/sh"))]).expect("stores");
+    let issued = EventBody::TokenIssued(v1::TokenIssued { time: "2026-01-01T00:00:00Z".into(), jti: "j0".into(), ttl_seconds: 300, ..Default::default() });
+    let denied = EventBody::TokenDenied(v1::TokenDenied { time: "2026-01-01T00:00:00Z".into(), reason: v1::DenyReason::UnknownProcess as i32, ..Default::default() });
+    let old = [ev("s-0", exec("e0", "/bin/sh")), ev("s-00", exec("e00", "/bin/sh")), ev("s-01", issued), ev("s-02", denied)];
+    s.ingest_events("n1", &old).expect("stores");
     drop(s);
     let path = dir.path().join("c.db");
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
         conn.execute_batch(
             "ALTER TABLE credential_obtained DROP COLUMN stream; ALTER TABLE credential_obtained DROP COLUMN seq;
-             ALTER TABLE runs DROP COLUMN processes; ALTER TABLE runs DROP COLUMN binaries; DROP TABLE run_binaries;",
+             ALTER TABLE runs DROP COLUMN processes; ALTER TABLE runs DROP COLUMN binaries; DROP TABLE run_binaries;
+             DROP TABLE agg_tokens; DROP TABLE agg_denials; DROP TRIGGER agg_token_in; DROP TRIGGER agg_token_out;
+             DROP TRIGGER agg_denial_in; DROP TRIGGER agg_denial_out;",
         )
         .expect("old shape");
         conn.execute_batch("INSERT INTO credential_obtained (node_id, time, exchange_kind, format, class, fingerprint, identifier) VALUES (1, 1, 'k', 'f', 'short_lived', 'fp', 'ASIAOLD')")
@@ -381,6 +387,10 @@ fn a_database_from_before_the_obtained_event_id_and_run_counts_is_upgraded_in_pl
     s.verify_aggregates().expect("run counts agree with the processes");
     let counts: (i64, i64) = conn.query_row("SELECT processes, binaries FROM runs", [], |r| Ok((r.get(0)?, r.get(1)?))).expect("one run");
     assert_eq!(counts, (3, 2));
+    // The token aggregates were filled in from the rows already there.
+    let p = s.query(&Query::Posture).expect("posture");
+    assert_eq!((p["tokens_issued"].as_i64(), p["mean_token_lifetime_seconds"].as_f64()), (Some(1), Some(300.0)), "{p}");
+    assert_eq!(p["denials_by_reason"], serde_json::json!([{"reason": "unknown_process", "count": 1}]));
 }
 
 fn temporary_use(exec_id: &str, key: &str, time: &str) -> EventBody {
