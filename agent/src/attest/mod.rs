@@ -689,28 +689,44 @@ impl Attestor {
     fn binary_of_exited(&self, obs: &Observed, why: String) -> (Binary, Option<PendingHash>) {
         let mut b = Binary::unknown(obs.exec_path.clone());
         b.error = Some(why);
-        let (Some(path), Some(cgroup_id)) = (obs.exec_path.as_deref().filter(|p| p.starts_with('/')), obs.cgroup_id)
-        else {
+        let Some(path) = obs.exec_path.as_deref().filter(|p| p.starts_with('/')) else {
             return (b, None);
         };
-        let Ok(parent) = Process::new(obs.ppid as i32) else { return (b, None) };
-        let parent_cgroup = read_cgroup_path(&parent).and_then(|p| self.cgroups.id_of(&p));
-        if parent_cgroup != Some(cgroup_id) {
-            return (b, None);
-        }
+        // Whether the file at the path, resolved in the parent's root, is the one that
+        // ran: the kernel's identity of it at exec says so exactly (a process exec'd into
+        // another cgroup by a parent outside it, as runtimes and CI runners do, is still
+        // named). Without that identity, the parent must share the exec's cgroup, so its
+        // root is the child's.
+        let shares_root = || {
+            let parent = Process::new(obs.ppid as i32).ok();
+            obs.cgroup_id.is_some() && parent.and_then(|p| read_cgroup_path(&p)).and_then(|p| self.cgroups.id_of(&p)) == obs.cgroup_id
+        };
+        let trusted = obs.exe.is_some() || shares_root();
         let root = format!("/proc/{}/root", obs.ppid);
         match hash::open_for_hashing(Path::new(&root), path) {
             Ok(file) => {
+                let ran = match &obs.exe {
+                    Some(k) => FileKey::of(&file).is_ok_and(|f| f == *k),
+                    None => trusted,
+                };
+                if !ran {
+                    if obs.exe.is_some() {
+                        let why = b.error.take().unwrap_or_default();
+                        b.error = Some(format!("{why}; the file now at the exec path is not the one that ran"));
+                    }
+                    return (b, None);
+                }
                 b.path = path_of_open(&file);
                 self.look_up(b, file, "exec_path")
             }
-            Err(e) => {
+            Err(e) if trusted => {
                 self.note_skip(&e);
                 let why = b.error.take().unwrap_or_default();
                 b.skip(&e);
                 b.error = Some(format!("{why}; the file now at the exec path: {e}"));
                 (b, None)
             }
+            Err(_) => (b, None),
         }
     }
 
@@ -852,6 +868,44 @@ mod tests {
         let rec = attestor.attest(observed(other)).expect("a record");
         assert_eq!(rec.binary.path, None, "a path naming a file that did not run is never given");
         assert_eq!(rec.binary.sha256, Some(digest));
+    }
+
+    /// The first exec of a binary (not in the cache) by a process that exited at once,
+    /// exec'd into a cgroup its parent is not in (a runtime, a CI runner, `cg.run` in the
+    /// tests): the file at its path is hashed and named when it is the one the kernel
+    /// ran, and neither when it is not.
+    #[test]
+    fn an_exited_first_exec_in_another_cgroup_is_named_when_the_kernel_identity_matches() {
+        let fresh = || Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let ran = FileKey::of(&fs::File::open("/bin/true").expect("open /bin/true")).expect("stat");
+        let mut child = std::process::Command::new("/bin/true").spawn().expect("spawn");
+        let pid = child.id();
+        assert!(child.wait().expect("wait").success());
+        let observed = |exe: FileKey| Observed {
+            source: Source::Ebpf,
+            pid,
+            ppid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            // No cgroup of ours: the parent does not share it.
+            cgroup_id: Some(u64::MAX),
+            boot_ns: 1,
+            fork_boot_ns: 0,
+            start_ns: 1,
+            comm: "true".into(),
+            exec_path: Some("/bin/true".into()),
+            exe: Some(exe),
+        };
+        let rec = fresh().attest(observed(ran)).expect("a record");
+        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
+        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()));
+        assert_eq!(rec.binary.hashed_from, Some("exec_path"));
+        assert!(rec.binary.sha256.is_some());
+
+        let replaced = FileKey { ctime_ns: ran.ctime_ns + 1, ..ran };
+        let rec = fresh().attest(observed(replaced)).expect("a record");
+        assert_eq!((rec.binary.path.as_deref(), rec.binary.sha256.as_deref()), (None, None), "not the file that ran: {:?}", rec.binary);
+        assert!(rec.binary.error.as_deref().is_some_and(|e| e.contains("not the one that ran")), "{:?}", rec.binary.error);
     }
 
     fn digest_of(attestor: &Attestor, path: &str) -> Digest {
