@@ -763,6 +763,11 @@ impl Attestor {
             // The kernel's identity of the executed file is in the cache: its digest.
             (_, Some(d)) => {
                 let running = (d.key.dev, d.key.ino);
+                // A zombie (exited, not yet reaped) still has its stat but no exe link:
+                // the path that link would have read, when it names the file that ran.
+                if b.path.is_none() {
+                    b.path = exec_path_now(obs).filter(|(_, m)| (m.dev(), m.ino()) == running).map(|(p, _)| p);
+                }
                 b.fill_digest(d, "kernel");
                 (Some(running), b, None)
             }
@@ -770,6 +775,9 @@ impl Attestor {
                 // The executed inode, before anything is read: the replacement check needs
                 // only its identity, so it happens now, while the process exists.
                 let running = exe.metadata().ok().map(|m| (m.dev(), m.ino()));
+                if b.path.is_none() {
+                    b.path = path_of_open(&exe).map(|p| p.trim_end_matches(" (deleted)").to_owned());
+                }
                 let (b, pending) = self.look_up(b, exe, "exe");
                 (running, b, pending)
             }
@@ -868,6 +876,41 @@ mod tests {
         let rec = attestor.attest(observed(other)).expect("a record");
         assert_eq!(rec.binary.path, None, "a path naming a file that did not run is never given");
         assert_eq!(rec.binary.sha256, Some(digest));
+    }
+
+    /// A zombie (exited, not reaped) still reads as the process in procfs, but its exe link
+    /// is gone: its record still names the file that ran, by the path the link would have
+    /// read.
+    #[test]
+    fn a_zombie_of_a_known_binary_is_named_by_its_resolved_path() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let key = digest_of(&attestor, "/bin/true").key;
+        let mut child = std::process::Command::new("/bin/true").spawn().expect("spawn");
+        let pid = child.id();
+        while fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z'))) != Some(true) {
+            std::thread::yield_now();
+        }
+        assert!(fs::read_link(format!("/proc/{pid}/exe")).is_err(), "a zombie has no exe link");
+        let obs = Observed {
+            source: Source::Ebpf,
+            pid,
+            ppid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            cgroup_id: None,
+            boot_ns: u64::MAX / 2,
+            fork_boot_ns: 0,
+            start_ns: 0,
+            comm: "true".into(),
+            exec_path: Some("/bin/true".into()),
+            exe: Some(key),
+        };
+        let rec = attestor.attest(obs).expect("a record");
+        child.wait().expect("reap");
+        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
+        assert_eq!(rec.binary.error, None, "procfs read the zombie");
+        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()));
+        assert_eq!(rec.binary.hashed_from, Some("kernel"));
     }
 
     /// The first exec of a binary (not in the cache) by a process that exited at once,
