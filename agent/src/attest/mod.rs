@@ -832,6 +832,24 @@ impl Attestor {
 mod tests {
     use super::*;
 
+    /// The exec event of `/bin/true` by a child of this test process.
+    fn true_exec(pid: u32, cgroup_id: Option<u64>, boot_ns: u64, start_ns: u64, exe: FileKey) -> Observed {
+        Observed {
+            source: Source::Ebpf,
+            pid,
+            ppid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            cgroup_id,
+            boot_ns,
+            fork_boot_ns: 0,
+            start_ns,
+            comm: "true".into(),
+            exec_path: Some("/bin/true".into()),
+            exe: Some(exe),
+        }
+    }
+
     /// A process that exited before the agent looked (a busy node, a `cat` of a
     /// credential file): its record still names the file the kernel ran, by the path
     /// `/proc/<pid>/exe` would have read, and never a file the kernel did not run.
@@ -846,20 +864,7 @@ mod tests {
         let mut child = std::process::Command::new("/bin/true").spawn().expect("spawn");
         let pid = child.id();
         assert!(child.wait().expect("wait").success());
-        let observed = |exe: FileKey| Observed {
-            source: Source::Ebpf,
-            pid,
-            ppid: std::process::id(),
-            uid: 0,
-            gid: 0,
-            cgroup_id: None,
-            boot_ns: 1,
-            fork_boot_ns: 0,
-            start_ns: 1,
-            comm: "true".into(),
-            exec_path: Some("/bin/true".into()),
-            exe: Some(exe),
-        };
+        let observed = |exe: FileKey| true_exec(pid, None, 1, 1, exe);
 
         let rec = attestor.attest(observed(key)).expect("a record");
         let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
@@ -891,21 +896,8 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(fs::read_link(format!("/proc/{pid}/exe")).is_err(), "a zombie has no exe link");
-        let obs = Observed {
-            source: Source::Ebpf,
-            pid,
-            ppid: std::process::id(),
-            uid: 0,
-            gid: 0,
-            cgroup_id: None,
-            boot_ns: u64::MAX / 2,
-            fork_boot_ns: 0,
-            start_ns: 0,
-            comm: "true".into(),
-            exec_path: Some("/bin/true".into()),
-            exe: Some(key),
-        };
-        let rec = attestor.attest(obs).expect("a record");
+        // No start time from the kernel: procfs's is taken (the exec event is "later").
+        let rec = attestor.attest(true_exec(pid, None, u64::MAX / 2, 0, key)).expect("a record");
         child.wait().expect("reap");
         let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
         assert_eq!(rec.binary.error, None, "procfs read the zombie");
@@ -924,21 +916,8 @@ mod tests {
         let mut child = std::process::Command::new("/bin/true").spawn().expect("spawn");
         let pid = child.id();
         assert!(child.wait().expect("wait").success());
-        let observed = |exe: FileKey| Observed {
-            source: Source::Ebpf,
-            pid,
-            ppid: std::process::id(),
-            uid: 0,
-            gid: 0,
-            // No cgroup of ours: the parent does not share it.
-            cgroup_id: Some(u64::MAX),
-            boot_ns: 1,
-            fork_boot_ns: 0,
-            start_ns: 1,
-            comm: "true".into(),
-            exec_path: Some("/bin/true".into()),
-            exe: Some(exe),
-        };
+        // No cgroup of ours: the parent does not share it.
+        let observed = |exe: FileKey| true_exec(pid, Some(u64::MAX), 1, 1, exe);
         let rec = fresh().attest(observed(ran)).expect("a record");
         let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
         assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()));
