@@ -127,21 +127,22 @@ struct ProcFacts {
     comm_changed: bool,
 }
 
-/// The file an exited process's exec path names now, resolved in its parent's root
-/// (symbolic links followed inside that root), as the path `/proc/<pid>/exe` would have
-/// read, with its metadata. Callers compare the inode with the kernel's before trusting
-/// the path: the parent may be gone, in another root, or the file replaced.
-fn exec_path_now(obs: &Observed) -> Option<(String, fs::Metadata)> {
+/// The path `/proc/<pid>/exe` would have read for a process whose exe link is gone: its
+/// exec path resolved in its parent's root (symbolic links followed inside that root),
+/// only when that file is inode `ran`, the one the kernel ran (the parent may be gone, in
+/// another root, or the file replaced).
+fn exec_path_now(obs: &Observed, ran: (u64, u64)) -> Option<String> {
     let path = obs.exec_path.as_deref().filter(|p| p.starts_with('/'))?;
     let file = hash::open_for_hashing(Path::new(&format!("/proc/{}/root", obs.ppid)), path).ok()?;
-    Some((path_of_open(&file)?, file.metadata().ok()?))
+    let m = file.metadata().ok()?;
+    ((m.dev(), m.ino()) == ran).then(|| path_of_open(&file)).flatten()
 }
 
 /// The path of an open file as this process's `/proc/self/fd` reads it (with the kernel's
 /// ` (deleted)` suffix for an unlinked file): for a file opened inside another mount
 /// namespace's root, the path within that namespace, as `/proc/<pid>/exe` reads for a
 /// process there.
-fn path_of_open(file: &fs::File) -> Option<String> {
+pub(crate) fn path_of_open(file: &fs::File) -> Option<String> {
     let link = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
     Some(link.to_string_lossy().into_owned())
 }
@@ -635,7 +636,7 @@ impl Attestor {
                 let binary = match known {
                     Some(d) => {
                         let mut b = Binary::unknown(obs.exec_path.clone());
-                        b.path = exec_path_now(&obs).filter(|(_, m)| (m.dev(), m.ino()) == (d.key.dev, d.key.ino)).map(|(p, _)| p);
+                        b.path = exec_path_now(&obs, (d.key.dev, d.key.ino));
                         b.fill_digest(d, "kernel");
                         b.error = Some(why);
                         (b, None)
@@ -766,7 +767,7 @@ impl Attestor {
                 // A zombie (exited, not yet reaped) still has its stat but no exe link:
                 // the path that link would have read, when it names the file that ran.
                 if b.path.is_none() {
-                    b.path = exec_path_now(obs).filter(|(_, m)| (m.dev(), m.ino()) == running).map(|(p, _)| p);
+                    b.path = exec_path_now(obs, running);
                 }
                 b.fill_digest(d, "kernel");
                 (Some(running), b, None)

@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::{self, File},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::unix::fs::MetadataExt,
     path::Path,
     sync::{
         Arc, Mutex,
@@ -314,9 +314,7 @@ fn reported_path(path: &str, file: &File, candidates: &[String]) -> String {
     if !path.starts_with("/proc/") {
         return path.to_owned();
     }
-    fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .ok()
-        .map(|p| p.display().to_string())
+    crate::attest::path_of_open(file)
         .or_else(|| candidates.iter().find(|c| !c.starts_with("/proc/")).cloned())
         .unwrap_or_else(|| path.to_owned())
 }
