@@ -452,9 +452,9 @@ pub fn run(
         wait_readable(events.as_raw_fd(), DATA_POLL_TICK);
         while let Some(item) = events.next() {
             stats.events += 1;
-            let cpu_before = cpu::thread_cpu_ns();
             let decoded = KernelEvent::decode(&item);
             let kind = decoded.as_ref().map_or("undecodable", KernelEvent::label);
+            let cpu_before = stats.cpu.count(kind).then(cpu::thread_cpu_ns);
             match decoded {
                 Ok(KernelEvent::Exec(ev)) => {
                     let rec = attestor.on_exec(&ev);
@@ -517,7 +517,9 @@ pub fn run(
                     warn!("dropping undecodable ring-buffer record ({} so far): {e}", stats.decode_errors);
                 }
             }
-            stats.cpu.add(kind, cpu::thread_cpu_ns().saturating_sub(cpu_before));
+            if let Some(before) = cpu_before {
+                stats.cpu.timed(kind, cpu::thread_cpu_ns().saturating_sub(before));
+            }
         }
         for used in tracer.as_mut().map(Tracer::due).unwrap_or_default() {
             sink.emit(&EventBody::CredentialUse(used)).context("writing output")?;

@@ -195,10 +195,13 @@ pub fn sigil_ssl_write_ex(ctx: ProbeContext) -> u32 {
     enter(&ctx, DataSource::OpenSsl, true)
 }
 
+/// Also attached to OpenSSL's internal write function, when `SSL_write` and
+/// `SSL_write_ex` share it (agent/src/trace/hook_site.rs): it returns a positive value on
+/// success where `SSL_write_ex` returns 1, hence `> 0` rather than `== 1`.
 #[uretprobe]
 pub fn sigil_ssl_write_ex_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    if ret != 1 {
+    if ret <= 0 {
         let _ = TLS_CALLS.remove(&bpf_get_current_pid_tgid());
         return 0;
     }
@@ -240,10 +243,11 @@ pub fn sigil_ssl_read_ex(ctx: ProbeContext) -> u32 {
     enter(&ctx, DataSource::OpenSslRead, true)
 }
 
+/// Like [`sigil_ssl_write_ex_ret`], also attached to the internal read function.
 #[uretprobe]
 pub fn sigil_ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    if ret != 1 {
+    if ret <= 0 {
         let _ = TLS_READS.remove(&bpf_get_current_pid_tgid());
         return 0;
     }

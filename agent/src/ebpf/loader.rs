@@ -106,6 +106,15 @@ impl TlsLibrary {
         self.hooks().iter().map(|(symbol, _, _)| *symbol).collect()
     }
 
+    /// (plain, ex) functions that may share one hook at the internal function both call
+    /// (`trace::hook_site`): the `ex` programs read the arguments they pass it.
+    pub fn shared_pairs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            TlsLibrary::OpenSsl => &[("SSL_write", "SSL_write_ex"), ("SSL_read", "SSL_read_ex")],
+            TlsLibrary::GnuTls => &[],
+        }
+    }
+
     /// (symbol, entry program, return program)
     fn hooks(self) -> &'static [(&'static str, &'static str, &'static str)] {
         match self {
@@ -244,16 +253,11 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the write hooks of a TLS library file (a path the agent can open, e.g.
-    /// through /proc/<pid>/root for a container's copy). Symbols the library lacks are
-    /// skipped (SSL_write_ex is OpenSSL 1.1.1+); none at all is an error.
-    pub fn attach_library(&mut self, lib: TlsLibrary, path: &Path) -> Result<LibraryLinks, LoadError> {
-        self.attach_hooks(lib, path, |symbol| Some(UProbeAttachLocation::Symbol(symbol)))
-    }
-
-    /// Attaches the write hooks of a TLS library compiled into an executable, at the file
-    /// offsets of its functions (`offsets`, by symbol; see `trace::static_tls`).
-    pub fn attach_embedded(&mut self, lib: TlsLibrary, path: &Path, offsets: &[(&str, u64)]) -> Result<LibraryLinks, LoadError> {
+    /// Attaches a TLS library's hooks at file offsets of the file at `path` (a path the
+    /// agent can open, e.g. `/proc/self/fd/N` for the file whose code gave the offsets):
+    /// each `(symbol, offset)` gets that symbol's entry and return programs. The offsets
+    /// come from `trace::static_tls` and `trace::hook_site`.
+    pub fn attach_at(&mut self, lib: TlsLibrary, path: &Path, offsets: &[(&str, u64)]) -> Result<LibraryLinks, LoadError> {
         self.attach_hooks(lib, path, |symbol| {
             offsets.iter().find(|(s, _)| *s == symbol).map(|(_, o)| UProbeAttachLocation::AbsoluteOffset(*o))
         })

@@ -22,7 +22,11 @@ use std::{
 
 use tracing::{debug, info, warn};
 
-use super::{static_tls, uncovered::GoBinary};
+use super::{
+    hook_site::{self, MachineCode, Shared},
+    static_tls,
+    uncovered::GoBinary,
+};
 use crate::ebpf::loader::{LibraryLinks, LoadError, Probes, TlsLibrary};
 use crate::attest::{hash::FileKey, record::ProcessRecord};
 
@@ -92,6 +96,34 @@ fn stable_path(pid: &str, path_in_ns: &str, id: (u64, u64)) -> PathBuf {
     }
 }
 
+/// Offsets to hook, by symbol whose programs go there, and the pairs hooked once.
+type Hooks = (Vec<(&'static str, u64)>, Vec<Shared>);
+
+/// Where to hook `lib` in `file`: its functions' file offsets, where pairs that share a
+/// cheaper internal function are hooked there once ([`hook_site`]).
+fn hooks_in(file: &fs::File, lib: TlsLibrary) -> Result<Hooks, String> {
+    let data = object::ReadCache::new(file.try_clone().map_err(|e| e.to_string())?);
+    let mut offsets = static_tls::find_functions(&data, &lib.symbols()).map_err(|e| e.to_string())?;
+    let executable = static_tls::executable_ranges(&data).map_err(|e| e.to_string())?;
+    let shared = hook_site::share_sites(&MachineCode { data: &data, executable }, &mut offsets, lib.shared_pairs());
+    Ok((offsets, shared))
+}
+
+/// The file as this process has it open: a uprobe attached through it lands on the inode
+/// whose code was read, whatever happens to the path meanwhile.
+fn via_fd(file: &fs::File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// What was attached, for the log line: the library, `where` it lives, the pairs shared.
+fn describe(lib: TlsLibrary, place: &str, shared: &[Shared]) -> String {
+    let mut what = format!("{lib:?}{place}");
+    for s in shared {
+        what.push_str(&format!("; {} and {} hooked once, at the internal function both call ({:#x})", s.plain, s.ex, s.target));
+    }
+    what
+}
+
 impl LibraryWatcher {
     pub fn attached_count(&self) -> usize {
         self.attached.len()
@@ -102,8 +134,20 @@ impl LibraryWatcher {
         if self.attached.contains_key(&id) || self.refused.contains(&id) {
             return;
         }
-        let attached = probes.attach_library(lib, &path);
-        self.record(id, path, pinned, attached, format!("{lib:?}"));
+        let attached = fs::File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|file| hooks_in(&file, lib).map(|hooks| (file, hooks)));
+        match attached {
+            Ok((file, (offsets, shared))) if !offsets.is_empty() => {
+                let attached = probes.attach_at(lib, &via_fd(&file), &offsets);
+                self.record(id, path, pinned, attached, describe(lib, "", &shared));
+            }
+            Ok(_) => self.record(id, path, pinned, Err(LoadError::Missing("TLS function in the file")), format!("{lib:?}")),
+            Err(e) => {
+                warn!("cannot read {} for TLS capture: {e}", path.display());
+                self.refused.insert(id);
+            }
+        }
     }
 
     fn record(&mut self, id: (u64, u64), path: PathBuf, pinned: bool, attached: Result<LibraryLinks, LoadError>, what: String) {
@@ -127,8 +171,7 @@ impl LibraryWatcher {
         if self.attached.contains_key(&go.id) {
             return Ok(());
         }
-        let via = PathBuf::from(format!("/proc/self/fd/{}", go.file.as_raw_fd()));
-        let links = probes.attach_go_tls(&via, go.offset)?;
+        let links = probes.attach_go_tls(&via_fd(&go.file), go.offset)?;
         info!("Go TLS capture attached to {} at offset {:#x}", go.binary, go.offset);
         self.attached.insert(go.id, Attached { path: PathBuf::from(&go.binary), links, pinned: false });
         Ok(())
@@ -174,19 +217,15 @@ impl LibraryWatcher {
         // fail (and the file be refused for good).
         let file = fs::File::open(&link).map_err(|e| e.to_string());
         let found = match &file {
-            _ if meta.size() > MAX_EXECUTABLE => Ok(Vec::new()),
-            Ok(f) => f
-                .try_clone()
-                .map_err(|e| e.to_string())
-                .and_then(|f| static_tls::find_functions(&object::ReadCache::new(f), &lib.symbols()).map_err(|e| e.to_string())),
+            _ if meta.size() > MAX_EXECUTABLE => Ok((Vec::new(), Vec::new())),
+            Ok(f) => hooks_in(f, lib),
             Err(e) => Err(e.clone()),
         };
         match (found, &file) {
-            (Ok(offsets), Ok(f)) if !offsets.is_empty() => {
+            (Ok((offsets, shared)), Ok(f)) if !offsets.is_empty() => {
                 let path = fs::read_link(&link).ok().map_or(link.clone(), |p| stable_path(pid, &p.to_string_lossy(), id));
-                let via = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-                let attached = probes.attach_embedded(lib, &via, &offsets);
-                self.record(id, path, false, attached, format!("{lib:?} compiled into the executable"));
+                let attached = probes.attach_at(lib, &via_fd(f), &offsets);
+                self.record(id, path, false, attached, describe(lib, " compiled into the executable", &shared));
             }
             (Ok(_), _) => self.remember_plain(key),
             (Err(e), _) => {
@@ -266,5 +305,30 @@ garbage line
         assert_eq!(classify("/usr/lib/x86_64-linux-gnu/libgnutls.so.30.34.3"), Some(TlsLibrary::GnuTls));
         assert_eq!(classify("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"), None);
         assert_eq!(classify(""), None);
+    }
+
+    /// The host's libssl (Debian 12: OpenSSL 3.0) is what every test client here links:
+    /// both pairs share their internal functions, each hooked once, and every offset lies
+    /// inside the file.
+    #[test]
+    #[allow(clippy::expect_used)] // tests: the machines this suite runs on have it
+    fn the_hosts_libssl_is_hooked_at_its_shared_internal_functions() {
+        let file = fs::File::open("/usr/lib/x86_64-linux-gnu/libssl.so.3").expect("Debian's libssl3");
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let (offsets, shared) = hooks_in(&file, TlsLibrary::OpenSsl).unwrap_or_default();
+        assert_eq!(shared.iter().map(|s| s.ex).collect::<Vec<_>>(), ["SSL_write_ex", "SSL_read_ex"], "{offsets:x?}");
+        assert_eq!(offsets.len(), 2);
+        assert!(offsets.iter().all(|(_, o)| *o > 0 && *o < size));
+        assert!(offsets.iter().all(|(s, o)| shared.iter().any(|sh| sh.ex == *s && sh.target == *o)));
+    }
+
+    /// GnuTLS exports no pair: its functions keep their own hooks.
+    #[test]
+    #[allow(clippy::expect_used)]
+    fn gnutls_keeps_its_exported_hooks() {
+        let file = fs::File::open("/usr/lib/x86_64-linux-gnu/libgnutls.so.30").expect("Debian's libgnutls30");
+        let (offsets, shared) = hooks_in(&file, TlsLibrary::GnuTls).unwrap_or_default();
+        assert!(shared.is_empty());
+        assert_eq!(offsets.iter().map(|(s, _)| *s).collect::<Vec<_>>(), ["gnutls_record_send", "gnutls_record_recv"]);
     }
 }

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod events;
 pub mod files;
 pub mod golang;
+pub mod hook_site;
 #[cfg(test)]
 mod families_test;
 pub mod fingerprint;

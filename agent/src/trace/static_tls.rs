@@ -11,9 +11,11 @@
 //! converted through the loadable segment (program header) that contains it: right for
 //! fixed-address executables and for PIE ones alike, whatever the sections' layout.
 
+use std::ops::Range;
+
 use object::{
     Endianness, Object, ObjectSegment, elf,
-    read::elf::{ElfFile64, SectionHeader, Sym},
+    read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader, Sym},
 };
 use thiserror::Error;
 
@@ -71,6 +73,26 @@ pub fn find_functions<'a, R: object::ReadRef<'a>>(
         .filter_map(|(name, address)| address.map(|a| (*name, a)))
         .map(|(symbol, address)| file_offset(&file, address).ok_or(StaticTlsError::NoSegment { symbol, address }).map(|o| (symbol, o)))
         .collect()
+}
+
+/// The file ranges of the segments mapped executable: where [`super::hook_site`] may
+/// read and follow code. None for a file of another architecture than x86-64 (its code is
+/// not decoded).
+pub fn executable_ranges<'a, R: object::ReadRef<'a>>(data: R) -> Result<Vec<Range<u64>>, StaticTlsError> {
+    let file = ElfFile64::<Endianness, R>::parse(data)?;
+    let endian = file.endian();
+    if file.elf_header().e_machine(endian) != elf::EM_X86_64 {
+        return Ok(Vec::new());
+    }
+    Ok(file
+        .elf_program_headers()
+        .iter()
+        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD && ph.p_flags(endian) & elf::PF_X != 0)
+        .map(|ph| {
+            let start = ph.p_offset(endian);
+            start..start.saturating_add(ph.p_filesz(endian))
+        })
+        .collect())
 }
 
 /// The file offset of a virtual address, through the loadable segment that maps it.
