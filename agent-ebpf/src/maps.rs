@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use aya_ebpf::maps::HashMap;
 use sigil_agent_common::{
@@ -187,6 +187,15 @@ pub static QUIET_EXES: LruHashMap<ExeIdentity, u8> = LruHashMap::with_max_entrie
 /// and only honoured while the fd still carries the same TLS object.
 #[map]
 pub static TLS_SKIP: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Threads whose TLS write the entry probe let go on a [`TLS_SKIP`]ped connection, so
+/// that the return probe, finding no [`TLS_CALLS`] entry, knows it was not lost: slot
+/// `tid % SKIPPED_SLOTS` holds that thread's pid_tgid. An array, not a hash map: the
+/// point is to spare a busy server's every response write a map insert and delete. Two
+/// threads sharing a slot at the same moment can only make a skip count as a loss.
+#[map]
+pub static TLS_SKIPPED_CALLS: Array<u64> = Array::with_max_entries(SKIPPED_SLOTS, 0);
+pub const SKIPPED_SLOTS: u32 = 65536;
 
 /// Base names of credential files (NUL-padded), filled by user space.
 #[map]

@@ -167,7 +167,7 @@ fn reading_an_aws_shared_credentials_file_is_an_event() {
     assert_eq!(ev["path"], creds.display().to_string());
     assert_eq!(ev["file_kind"], "aws_shared_credentials");
     assert_eq!(ev["access"], "read");
-    assert_eq!(ev["process"]["binary_path"], "/usr/bin/cat");
+    assert_eq!(ev["process"]["binary_path"], "/usr/bin/cat", "{ev}");
     // An ordinary file of the same base name elsewhere is not reported.
     let decoy = t.dir.join("credentials");
     fs::write(&decoy, "x").unwrap();

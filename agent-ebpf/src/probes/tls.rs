@@ -18,7 +18,9 @@ use aya_ebpf::{
 use sigil_agent_common::{DATA_CAPTURE, DataSource, DropReason, RESPONSE_BUDGET};
 
 use super::net::emit_data;
-use crate::maps::{RESPONSE_WATCH, TLS_CALLS, TLS_FDS, TLS_READS, TLS_SKIP, TlsCall, TlsConnKey, count_drop, sock_key};
+use crate::maps::{
+    RESPONSE_WATCH, SKIPPED_SLOTS, TLS_CALLS, TLS_FDS, TLS_READS, TLS_SKIP, TLS_SKIPPED_CALLS, TlsCall, TlsConnKey, count_drop, sock_key,
+};
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {
@@ -31,6 +33,12 @@ fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {
     let key = TlsConnKey { tgid: (pid_tgid >> 32) as u32, _pad: 0, conn };
     // SAFETY: plain value.
     if reading && unsafe { RESPONSE_WATCH.get(&key) }.is_none() {
+        return 0;
+    }
+    // A write on a connection user space gave up on (a server's responses): let it go
+    // here, before any map insert, and tell the return probe so.
+    if !reading && skipped(key) {
+        mark_skipped(pid_tgid);
         return 0;
     }
     let written = if has_written { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
@@ -50,15 +58,22 @@ fn leave(accepted: u64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: plain data copied out of our own map.
     let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
-        // Evicted while this thread was inside the call (or never saved): not captured.
-        count_drop(DropReason::TlsCallLost);
+        // Let go at entry, or evicted while this thread was inside the call (or never
+        // saved): the latter is not captured, and counted.
+        if !take_skipped(pid_tgid) {
+            count_drop(DropReason::TlsCallLost);
+        }
         return 0;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
     let tgid = (pid_tgid >> 32) as u32;
     let key = TlsConnKey { tgid, _pad: 0, conn: call.conn };
     let fd = if call.fd >= 0 {
-        let _ = TLS_FDS.insert(&key, &call.fd, 0);
+        // An LRU update allocates a node: only when the fd changed.
+        // SAFETY: plain value.
+        if unsafe { TLS_FDS.get(&key) }.copied() != Some(call.fd) {
+            let _ = TLS_FDS.insert(&key, &call.fd, 0);
+        }
         call.fd
     } else {
         // SAFETY: plain value.
@@ -89,6 +104,37 @@ fn leave(accepted: u64) -> u32 {
     }
     emit_data(tgid, call.conn, fd, source, call.buf, len);
     0
+}
+
+/// Is this connection's socket one whose writes user space stopped (`TLS_SKIP`), as
+/// far as the last fd seen under it tells?
+#[inline(always)]
+fn skipped(key: TlsConnKey) -> bool {
+    // SAFETY: plain values.
+    let Some(fd) = (unsafe { TLS_FDS.get(&key) }).copied() else { return false };
+    unsafe { TLS_SKIP.get(&sock_key(key.tgid, fd)) }.copied() == Some(key.conn)
+}
+
+#[inline(always)]
+fn mark_skipped(pid_tgid: u64) {
+    if let Some(slot) = TLS_SKIPPED_CALLS.get_ptr_mut(pid_tgid as u32 % SKIPPED_SLOTS) {
+        // SAFETY: our own array slot; a racing thread of the same slot only blurs a count.
+        unsafe { *slot = pid_tgid };
+    }
+}
+
+/// Whether this thread's current write was let go at entry (and forgets it).
+#[inline(always)]
+fn take_skipped(pid_tgid: u64) -> bool {
+    let Some(slot) = TLS_SKIPPED_CALLS.get_ptr_mut(pid_tgid as u32 % SKIPPED_SLOTS) else { return false };
+    // SAFETY: as above.
+    unsafe {
+        if *slot == pid_tgid {
+            *slot = 0;
+            return true;
+        }
+    }
+    false
 }
 
 /// Return of a read: `got` bytes are now in the saved buffer (for SSL_read_ex, read
@@ -175,6 +221,15 @@ pub unsafe fn copy_user_to(dst: *mut u8, src: u64, len: u64) -> u32 {
     }
 }
 
+/// A failed write: nothing was sent.
+#[inline(always)]
+fn give_up() -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    take_skipped(pid_tgid);
+    0
+}
+
 #[uprobe]
 pub fn sigil_ssl_write(ctx: ProbeContext) -> u32 {
     enter(&ctx, DataSource::OpenSsl, false)
@@ -184,8 +239,7 @@ pub fn sigil_ssl_write(ctx: ProbeContext) -> u32 {
 pub fn sigil_ssl_write_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
     if ret <= 0 {
-        let _ = TLS_CALLS.remove(&bpf_get_current_pid_tgid());
-        return 0;
+        return give_up();
     }
     leave(ret as u64)
 }
@@ -202,8 +256,7 @@ pub fn sigil_ssl_write_ex(ctx: ProbeContext) -> u32 {
 pub fn sigil_ssl_write_ex_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
     if ret <= 0 {
-        let _ = TLS_CALLS.remove(&bpf_get_current_pid_tgid());
-        return 0;
+        return give_up();
     }
     leave(0)
 }
@@ -217,8 +270,7 @@ pub fn sigil_gnutls_send(ctx: ProbeContext) -> u32 {
 pub fn sigil_gnutls_send_ret(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
     if ret <= 0 {
-        let _ = TLS_CALLS.remove(&bpf_get_current_pid_tgid());
-        return 0;
+        return give_up();
     }
     leave(ret as u64)
 }
