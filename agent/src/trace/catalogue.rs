@@ -7,7 +7,7 @@
 //! the detector. The file is embedded at build time and parsed once; a unit test proves
 //! it parses and that every family's pattern compiles.
 
-use std::sync::LazyLock;
+use std::{collections::HashMap, sync::LazyLock};
 
 use regex::{Regex, RegexSet};
 use serde::Deserialize;
@@ -37,7 +37,7 @@ impl Lifetime {
 }
 
 /// Where a credential travels in a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Placement {
     Header,
     Scheme,
@@ -147,14 +147,14 @@ impl Family {
             .map(|m| m.as_str().to_owned())
     }
 
-    fn lists(&self, placement: Placement, name: &str) -> bool {
-        let names = match placement {
+    /// The names of the places of this kind the family's clients use.
+    fn names(&self, placement: Placement) -> &[String] {
+        match placement {
             Placement::Header => &self.spec.headers,
             Placement::Scheme => &self.spec.schemes,
             Placement::Query => &self.spec.query,
             Placement::Cookie => &self.spec.cookies,
-        };
-        names.iter().any(|n| n.eq_ignore_ascii_case(name))
+        }
     }
 
     /// Length of the longest documented prefix `token` starts with, if the rest of the
@@ -181,6 +181,13 @@ pub struct PathCredential<'a> {
 #[derive(Default)]
 pub struct Catalogue {
     families: Vec<Family>,
+    /// Matchable families by the first byte of each documented prefix (an empty prefix
+    /// in every slot): a bearer token is compared with its first byte's few prefixes, not
+    /// with all of them. Every request of a keep-alive client asks.
+    by_first_byte: Vec<Vec<usize>>,
+    /// Matchable families by each place they list, (placement, lower-cased name): one
+    /// lookup per header instead of a pass over every family's lists.
+    by_place: HashMap<(Placement, String), Vec<usize>>,
     /// Full-shape patterns of the families that have a prefix, for values found in
     /// places nobody listed (a `ghp_` token in a custom header).
     shapes: Option<RegexSet>,
@@ -260,8 +267,31 @@ impl Catalogue {
                 family: "(all)".into(),
                 source: Box::new(e),
             })?;
+        let mut by_first_byte = vec![Vec::new(); 256];
+        let mut by_place: HashMap<(Placement, String), Vec<usize>> = HashMap::new();
+        for (i, f) in families.iter().enumerate().filter(|(_, f)| f.spec.detector.is_none()) {
+            for p in &f.spec.prefixes {
+                let slots: Vec<&mut Vec<usize>> = match p.as_bytes().first() {
+                    Some(&b) => by_first_byte.get_mut(usize::from(b)).into_iter().collect(),
+                    None => by_first_byte.iter_mut().collect(),
+                };
+                for slot in slots.into_iter().filter(|s| s.last() != Some(&i)) {
+                    slot.push(i);
+                }
+            }
+            for placement in [Placement::Header, Placement::Scheme, Placement::Query, Placement::Cookie] {
+                for name in f.names(placement) {
+                    let listed = by_place.entry((placement, name.to_ascii_lowercase())).or_default();
+                    if listed.last() != Some(&i) {
+                        listed.push(i);
+                    }
+                }
+            }
+        }
         Ok(Self {
             families,
+            by_first_byte,
+            by_place,
             shapes: Some(shapes),
             shaped,
             generic: file.generic,
@@ -279,7 +309,11 @@ impl Catalogue {
     /// The family a token belongs to by its documented prefix (the longest wins), for
     /// tokens whose place already says "credential" (a bearer token, a listed header).
     pub fn by_prefix(&self, token: &str) -> Option<&Family> {
-        self.matchable()
+        let first = usize::from(*token.as_bytes().first()?);
+        self.by_first_byte
+            .get(first)?
+            .iter()
+            .filter_map(|&i| self.families.get(i))
             .filter_map(|f| f.longest_prefix(token).map(|len| (len, f)))
             .max_by_key(|(len, _)| *len)
             .map(|(_, f)| f)
@@ -315,8 +349,11 @@ impl Catalogue {
     /// listed.
     pub fn classify(&self, placement: Placement, name: &str, value: &str) -> Option<Verdict<'_>> {
         let listed: Vec<&Family> = self
-            .matchable()
-            .filter(|f| f.lists(placement, name))
+            .by_place
+            .get(&(placement, name.to_ascii_lowercase()))
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.families.get(i))
             .collect();
         if let Some(f) = listed.iter().find(|f| f.pattern.is_match(value)) {
             return Some(Verdict::Family(f));
