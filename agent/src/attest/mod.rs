@@ -757,6 +757,11 @@ impl Attestor {
         b.path = f.exe_path.as_ref().map(|p| p.trim_end_matches(" (deleted)").to_owned());
         b.replaced_after_exec = f.exe_path.as_deref().is_some_and(|p| p.ends_with(" (deleted)"));
         let (running, mut b, pending) = match (f.exe.take(), known) {
+            // A zombie (exited, not yet reaped) of a binary the cache does not know: its
+            // stat reads, its exe link does not open. The file at the exec path, resolved
+            // in the parent's root, is named and hashed when the kernel's identity says it
+            // is the one that ran, as for a process already gone.
+            (Some(Err(e)), None) if obs.exe.is_some() => return self.binary_of_exited(obs, e),
             (Some(Err(e)), _) => {
                 b.error = Some(e);
                 return (b, None);
@@ -904,6 +909,27 @@ mod tests {
         assert_eq!(rec.binary.error, None, "procfs read the zombie");
         assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()));
         assert_eq!(rec.binary.hashed_from, Some("kernel"));
+    }
+
+    /// The same zombie, of a binary the cache does not know yet (an agent's first `cat`):
+    /// the exe link does not open, and the record names and hashes the file at the exec
+    /// path, which the kernel's identity says is the one that ran. This was the
+    /// intermittent `binary_path: null` of `trace::reading_an_aws_shared_credentials_file`.
+    #[test]
+    fn a_zombie_of_an_unknown_binary_is_named_and_hashed_by_its_resolved_path() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let ran = FileKey::of(&fs::File::open("/bin/true").expect("open /bin/true")).expect("stat");
+        let mut child = std::process::Command::new("/bin/true").spawn().expect("spawn");
+        let pid = child.id();
+        while fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z'))) != Some(true) {
+            std::thread::yield_now();
+        }
+        let rec = attestor.attest(true_exec(pid, None, u64::MAX / 2, 0, ran)).expect("a record");
+        child.wait().expect("reap");
+        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
+        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "{:?}", rec.binary);
+        assert_eq!(rec.binary.hashed_from, Some("exec_path"));
+        assert!(rec.binary.sha256.is_some());
     }
 
     /// The first exec of a binary (not in the cache) by a process that exited at once,
