@@ -115,7 +115,7 @@ fn via_fd(file: &fs::File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
-/// What was attached, for the log line: the library, `where` it lives, the pairs shared.
+/// What was attached, for the log line: the library, the `place` it lives, the pairs shared.
 fn describe(lib: TlsLibrary, place: &str, shared: &[Shared]) -> String {
     let mut what = format!("{lib:?}{place}");
     for s in shared {
