@@ -333,7 +333,9 @@ pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::fu
         None => None,
     };
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc).await.with_context(|| format!("binding {}", cfg.grpc))?;
-    let (grpc_addr, http_addr, mode) = (cfg.grpc, cfg.http, if cfg.tls.is_some() { "mTLS" } else { "plaintext, loopback" });
+    // The bound addresses, so `--grpc-listen 127.0.0.1:0` names the port it got.
+    let (grpc_addr, http_addr) = (grpc_listener.local_addr().unwrap_or(cfg.grpc), http.local_addr().unwrap_or(cfg.http));
+    let mode = if cfg.tls.is_some() { "mTLS" } else { "plaintext, loopback" };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
     let mut routes = builder

@@ -116,8 +116,10 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Starts on ports the kernel picks (port 0), read back from the start-up line: no
+    /// window in which another test's listener can take a port chosen beforehand.
     pub fn start(db: &Path) -> Self {
-        Self::start_on(db, free_port(), free_port())
+        Self::start_on(db, 0, 0)
     }
 
     /// Starts on given ports (a restart reuses them, as agents keep their URL).
@@ -132,8 +134,19 @@ impl Collector {
 
     /// Starts listening on `host` (e.g. 0.0.0.0, to test what is refused off loopback).
     pub fn start_at(db: &Path, host: &str, grpc: u16, http: u16, extra: &[&str]) -> Self {
-        let c = Self::spawn(db, host, grpc, http, extra, &[]);
-        c.log.wait_line("collector start-up", |l| l.contains("collector: gRPC on"));
+        let mut c = Self::spawn(db, host, grpc, http, extra, &[]);
+        let line = c.log.wait_line("collector start-up", |l| l.contains("collector: gRPC on"));
+        // "collector: gRPC on 127.0.0.1:PORT (...), HTTP on 127.0.0.1:PORT (...)"
+        let bound = |what: &str| {
+            let addr = line.split(what).nth(1)?.split_whitespace().next()?;
+            addr.rsplit(':').next()?.parse::<u16>().ok()
+        };
+        if grpc == 0 {
+            c.grpc = format!("http://127.0.0.1:{}", bound("gRPC on ").expect("the collector names its gRPC port"));
+        }
+        if http == 0 {
+            c.http = format!("http://127.0.0.1:{}", bound("HTTP on ").expect("the collector names its HTTP port"));
+        }
         c
     }
 
