@@ -15,7 +15,7 @@ use sigil_collector::{
 };
 use sigil_proto::{EventBody, v1};
 use sigil_tests::{
-    Collector, free_port,
+    Collector,
     postgres::{Backend, Db},
     scratch_dir,
 };
@@ -251,7 +251,7 @@ fn paging_lists_every_entry_once(backend: Backend) {
     // `sigil` against a collector serving this store: the text says how many were left
     // out and prints the command for the next page, which shows the next entries.
     // (No retention at start-up: these events are from January.)
-    let collector = Collector::start_with(&db.arg, free_port(), free_port(), &["--retention-days", "0"]);
+    let collector = Collector::start_with(&db.arg, 0, 0, &["--retention-days", "0"]);
     let text = collector.sigil_text(&["run", run_a, "--limit", "4"]);
     assert!(text.contains("29 timeline entries"), "{text}");
     let hint = text.lines().find(|l| l.contains("25 more timeline entries not shown; next page: ")).unwrap_or_else(|| panic!("{text}"));
