@@ -838,6 +838,17 @@ impl Attestor {
 mod tests {
     use super::*;
 
+    /// A child running `/bin/true` that has exited and is not reaped yet (a zombie), and
+    /// its pid. The caller reaps it.
+    fn zombie_true() -> (std::process::Child, u32) {
+        let child = std::process::Command::new("/bin/true").spawn().expect("spawn");
+        let pid = child.id();
+        while fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z'))) != Some(true) {
+            std::thread::yield_now();
+        }
+        (child, pid)
+    }
+
     /// The exec event of `/bin/true` by a child of this test process.
     fn true_exec(pid: u32, cgroup_id: Option<u64>, boot_ns: u64, start_ns: u64, exe: FileKey) -> Observed {
         Observed {
@@ -896,11 +907,7 @@ mod tests {
     fn a_zombie_of_a_known_binary_is_named_by_its_resolved_path() {
         let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
         let key = digest_of(&attestor, "/bin/true").key;
-        let mut child = std::process::Command::new("/bin/true").spawn().expect("spawn");
-        let pid = child.id();
-        while fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z'))) != Some(true) {
-            std::thread::yield_now();
-        }
+        let (mut child, pid) = zombie_true();
         assert!(fs::read_link(format!("/proc/{pid}/exe")).is_err(), "a zombie has no exe link");
         // No start time from the kernel: procfs's is taken (the exec event is "later").
         let rec = attestor.attest(true_exec(pid, None, u64::MAX / 2, 0, key)).expect("a record");
@@ -919,17 +926,20 @@ mod tests {
     fn a_zombie_of_an_unknown_binary_is_named_and_hashed_by_its_resolved_path() {
         let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
         let ran = FileKey::of(&fs::File::open("/bin/true").expect("open /bin/true")).expect("stat");
-        let mut child = std::process::Command::new("/bin/true").spawn().expect("spawn");
-        let pid = child.id();
-        while fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z'))) != Some(true) {
-            std::thread::yield_now();
-        }
+        let (mut child, pid) = zombie_true();
         let rec = attestor.attest(true_exec(pid, None, u64::MAX / 2, 0, ran)).expect("a record");
+        // The attacker's move: the file at the path is not the one the kernel ran (swapped
+        // after the exec). Refused: neither named nor hashed.
+        let replaced = FileKey { ctime_ns: ran.ctime_ns + 1, ..ran };
+        let fresh = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let swapped = fresh.attest(true_exec(pid, None, u64::MAX / 2, 0, replaced)).expect("a record");
         child.wait().expect("reap");
         let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
         assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "{:?}", rec.binary);
         assert_eq!(rec.binary.hashed_from, Some("exec_path"));
         assert!(rec.binary.sha256.is_some());
+        assert_eq!((swapped.binary.path.as_deref(), swapped.binary.sha256.as_deref()), (None, None), "{:?}", swapped.binary);
+        assert!(swapped.binary.error.as_deref().is_some_and(|e| e.contains("not the one that ran")), "{:?}", swapped.binary.error);
     }
 
     /// The first exec of a binary (not in the cache) by a process that exited at once,
