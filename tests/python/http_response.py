@@ -2,8 +2,9 @@
 import socket
 
 
-def read_response(s: socket.socket) -> None:
-    """Reads the head and a Content-Length body; fails if the peer closes first."""
+def read_response(s: socket.socket) -> int:
+    """Reads the head and a Content-Length body, and returns the status code; fails if
+    the peer closes first."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = s.recv(65536)
@@ -17,3 +18,4 @@ def read_response(s: socket.socket) -> None:
             length = int(line.split(b":")[1])
     while len(rest) < length:
         rest += s.recv(65536)
+    return int(head.split(b" ")[1])

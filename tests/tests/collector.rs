@@ -60,7 +60,7 @@ fn story(backend: Backend) {
     let selectors = [format!("k8s:pod-uid:{POD_B}"), format!("unix:sha256:{}", sha256sum(&client))];
     let Issuer { agent, socket, oidc } = Issuer::start(&dir, "spiffe://sigil.test/checkout", 300, &selectors, &["--collector", &collector.grpc]);
     agent.stderr.wait_line("TLS capture", |l| l.contains("TLS capture attached") && l.contains("libssl"));
-    let server = PyServer::start(Some(&dir));
+    let server = LocalServer::start(Some(&dir));
     let endpoint = format!("https://127.0.0.1:{}", server.port);
     let script = python_script("aws_client.py").display().to_string();
 

@@ -22,7 +22,7 @@ struct Rig {
     collector: Collector,
     agent: Agent,
     socket: std::path::PathBuf,
-    server: PyServer,
+    server: LocalServer,
 }
 
 impl Rig {
@@ -34,7 +34,7 @@ impl Rig {
         let selectors = [format!("systemd:unit:{unit}"), format!("unix:path:{}", python_real.display())];
         let Issuer { agent, socket, .. } = Issuer::start(&dir, "spiffe://sigil.test/victim", 300, &selectors, &["--collector", &collector.grpc]);
         agent.stderr.wait_line("TLS capture", |l| l.contains("TLS capture attached") && l.contains("libssl"));
-        let server = PyServer::start(Some(&dir));
+        let server = LocalServer::start(Some(&dir));
         Self { dir, _db: db, collector, agent, socket, server }
     }
 

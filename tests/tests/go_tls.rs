@@ -8,51 +8,13 @@
 use std::{
     fs,
     io::Write,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::OnceLock,
+    path::PathBuf,
+    process::Stdio,
     time::Instant,
 };
 
 use serde_json::Value;
 use sigil_tests::*;
-
-/// Go's build cache, shared by the tests of one run (the standard library is compiled
-/// once), under the run's scratch root so it is removed with it.
-fn go_env_root() -> PathBuf {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let root = std::env::var_os("SIGIL_SCRATCH_ROOT").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let d = root.join(format!("sigil-go-{}", std::process::id()));
-        fs::create_dir_all(&d).unwrap();
-        d
-    })
-    .clone()
-}
-
-/// Builds tests/go/<program> into `dir` with extra `go build` flags; returns the binary.
-fn go_build(dir: &Path, program: &str, out: &str, flags: &[&str]) -> PathBuf {
-    let src = dir.join(format!("src-{out}"));
-    fs::create_dir_all(&src).unwrap();
-    fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("go").join(program).join("main.go"), src.join("main.go")).unwrap();
-    fs::write(src.join("go.mod"), format!("module sigiltest/{program}\n\ngo 1.18\n")).unwrap();
-    let bin = dir.join(out);
-    let env = go_env_root();
-    let built = Command::new("go")
-        .current_dir(&src)
-        .env("GOCACHE", env.join("cache"))
-        .env("GOPATH", env.join("gopath"))
-        .env("GOFLAGS", "")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .args(flags)
-        .arg(".")
-        .output()
-        .unwrap_or_else(|e| panic!("running go (golang-go, installed by `cargo xtask test`): {e}"));
-    assert!(built.status.success(), "go build {flags:?}: {}", String::from_utf8_lossy(&built.stderr));
-    bin
-}
 
 struct Run {
     agent: Agent,
@@ -77,7 +39,7 @@ fn traced() -> Run {
 /// recorded with the client's pid, exec id and binary, and neither secret is kept.
 fn go_client_credentials_are_attributed(flags: &[&str], name: &str) {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let bin = go_build(&t.dir, "tls_client", name, flags);
     let cg = TestCgroup::create(&format!("go.slice/{name}.scope"));
     let token = format!("sigil-go-bearer-{}", unique("t"));

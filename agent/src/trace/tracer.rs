@@ -18,7 +18,7 @@ use super::{
     events::{CredentialFileRead, CredentialUse, Destination, set_class},
     files,
     fingerprint::Fingerprinter,
-    http::Request,
+    http::{Request, may_start_requests},
     libs::LibraryWatcher,
     obtained::{Expected, ResponseTracker},
     scrub::event_path,
@@ -132,13 +132,6 @@ pub struct Tracer {
     static_runs: HashMap<String, std::collections::HashSet<String>>,
     aggregator: Aggregator,
     responses: ResponseTracker,
-}
-
-/// Could these be the first bytes of an HTTP/1 request or an HTTP/2 connection?
-pub fn looks_like_http(first: &[u8]) -> bool {
-    const STARTS: [&[u8]; 10] =
-        [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ", b"PRI * HTTP/2"];
-    STARTS.iter().any(|s| first.starts_with(s) || (first.len() < s.len() && s.starts_with(first)))
 }
 
 /// The record of the process that `pid` named when it wrote at `boot_ns`.
@@ -282,7 +275,7 @@ impl Tracer {
         let tgid = ev.header.pid;
         let key = StreamKey { tgid, fd: ev.fd, conn: ev.conn };
 
-        if !self.streams.contains(&key) && !looks_like_http(captured) {
+        if !self.streams.contains(&key) && !may_start_requests(captured) {
             // Not a client's requests (TLS handshakes, database protocols, a server's
             // responses): have the kernel stop copying this connection.
             let stopped = if source == DataSource::PlainSocket {
@@ -483,15 +476,5 @@ mod tests {
         assert_eq!(v["uses_by_class_detector"][0]["class"], "static");
         assert_eq!(v["uses_by_class_detector"][0]["count"], 2);
         assert_eq!(v["file_reads_by_kind"]["ssh_private_key"], 1);
-    }
-
-    #[test]
-    fn recognises_http_starts_only() {
-        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
-        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
-        assert!(looks_like_http(b"PO"), "a partial method may still be HTTP");
-        assert!(!looks_like_http(b"\x16\x03\x01\x02\x00"), "a TLS ClientHello is not");
-        assert!(!looks_like_http(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"), "postgres startup is not");
-        assert!(!looks_like_http(b"GETX"));
     }
 }
