@@ -108,7 +108,7 @@ fn commit_group<T>(
     let Inner { conn, caches } = &mut **guard;
     if group.len() > 1 {
         let together = (|| {
-            let tx = conn.transaction()?;
+            let tx = super::begin_write(conn)?;
             let outcomes = group.iter().map(|t| write(&tx, caches, t)).collect::<Result<Vec<T>, StoreError>>()?;
             tx.commit()?;
             Ok::<_, StoreError>(outcomes)
@@ -129,7 +129,7 @@ fn commit_group<T>(
     }
     for t in group {
         let alone = (|| {
-            let tx = conn.transaction()?;
+            let tx = super::begin_write(conn)?;
             let v = write(&tx, caches, t)?;
             tx.commit()?;
             Ok::<_, StoreError>(v)

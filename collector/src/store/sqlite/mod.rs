@@ -122,7 +122,7 @@ impl SqliteStore {
         let had_token_aggregates: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'agg_tokens'", [], |r| r.get(0))?;
         conn.execute_batch(SCHEMA)?;
         if !had_token_aggregates {
-            conn.execute_batch(&format!("BEGIN; {}; COMMIT;", aggregate::FILL_TOKEN_AGGREGATES))?;
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {}; COMMIT;", aggregate::FILL_TOKEN_AGGREGATES))?;
         }
         add_missing_columns(&conn)?;
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])?;
@@ -133,7 +133,7 @@ impl SqliteStore {
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>, &mut ids::Caches) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut guard = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
         let Inner { conn, caches } = &mut *guard;
-        let tx = conn.transaction()?;
+        let tx = begin_write(conn)?;
         match f(&tx, caches).and_then(|v| tx.commit().map(|()| v).map_err(StoreError::from)) {
             Ok(v) => {
                 caches.committed();
@@ -178,7 +178,7 @@ fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
         let has: bool = conn.query_row(&format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| r.get(0))?;
         if !has {
             let recount = if column == "binaries" { RECOUNT_RUNS } else { "" };
-            conn.execute_batch(&format!("BEGIN; ALTER TABLE {table} ADD COLUMN {column} {kind}; {fill}; {recount}; COMMIT;"))?;
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; ALTER TABLE {table} ADD COLUMN {column} {kind}; {fill}; {recount}; COMMIT;"))?;
         }
     }
     Ok(())
@@ -310,6 +310,15 @@ impl SqliteStore {
         })?;
         Ok(n)
     }
+}
+
+/// A write transaction, holding the write lock from its start. Another process may write
+/// the same file (`sigil-collector ingest` while the collector serves): a transaction that
+/// began with a read cannot take the lock once the other has committed (its snapshot is
+/// stale, so SQLite fails it at once, whatever the busy timeout), while `BEGIN IMMEDIATE`
+/// waits for the lock within the timeout.
+pub(super) fn begin_write(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
+    Ok(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
 }
 
 /// Projects a batch and runs the finding rules over it, in the batch's transaction: a

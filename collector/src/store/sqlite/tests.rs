@@ -444,3 +444,32 @@ fn the_ingest_statements_are_prepared_once_whatever_their_bindings() {
     }
     assert_eq!(reprepared(&s), Vec::<(String, i32)>::new());
 }
+
+/// A responder runs `sigil-collector ingest cloudtrail` against the file the serving
+/// collector writes: two processes, two connections. A write transaction that began with a
+/// read (correlation reads its queue first) used to fail at once with "database is locked"
+/// when the other connection committed in between (SQLite cannot move a reader's snapshot
+/// forward, so its busy timeout never applies); the import then failed. Write transactions
+/// take the write lock when they begin, and wait for it.
+#[test]
+fn an_import_and_the_serving_collector_write_one_file_without_locking_each_other_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.db");
+    let (serving, import) = (SqliteStore::open(&path).expect("opens"), SqliteStore::open(&path).expect("opens again"));
+    std::thread::scope(|scope| {
+        let pushes = scope.spawn(|| {
+            for i in 0..1200 {
+                let batch = [ev(&format!("s-{i}"), exec(&format!("E{i}"), "/app")), ev(&format!("u-{i}"), key_use(&format!("E{i}"), &format!("AKIAPUSH{i}"), "2026-01-01T00:00:01Z"))];
+                serving.ingest_and_correlate("node-a".into(), batch.to_vec()).expect("a pushed batch is stored");
+            }
+        });
+        for i in 0..300 {
+            let records: Vec<CloudAction> = (0..50).map(|j| action(&format!("ct-{i}-{j}"), &format!("AKIAPUSH{}", i * 4 + j % 4), 1_767_225_601)).collect();
+            import.ingest_cloud(&records).expect("imported records are stored");
+            import.correlate().expect("the import correlates");
+        }
+        pushes.join().expect("the pushing thread");
+    });
+    let linked: i64 = import.read(|c| Ok(c.query_row("SELECT count(*) FROM links", [], |r| r.get(0))?)).expect("reads");
+    assert!(linked > 0, "the imported actions were attributed");
+}
