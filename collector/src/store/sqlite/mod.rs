@@ -14,6 +14,7 @@
 //! (at checkpoint) can lose acknowledged events.
 
 mod aggregates;
+mod checkpoint;
 mod findings;
 mod group;
 mod ids;
@@ -46,6 +47,10 @@ pub struct SqliteStore {
     inner: Mutex<Inner>,
     /// Agent batches waiting to be written together (see `group`).
     queue: group::Queue<Ingested>,
+    /// Checkpoints off the writer's path (held for its `Drop`, which stops the thread);
+    /// `None`: the writer checkpoints itself.
+    #[cfg_attr(not(test), allow(dead_code))]
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 type Ingested = (IngestOutcome, Vec<correlate::NewLink>);
@@ -89,7 +94,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::BadArgument(format!("{}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // WAL + NORMAL: a committed batch survives a process crash; an OS crash may lose the
         // last batches, which agents then resend (they keep events until acknowledged).
@@ -98,6 +103,7 @@ impl SqliteStore {
         // Checkpoint every ~40 MB of WAL instead of every 4 MB: a page batches keep
         // rewriting (index interiors, the aggregates) is copied to the database once per
         // checkpoint, not once per few batches. Durability is unchanged (commit = in WAL).
+        // [`checkpoint`] moves them off the writer; this stays if it cannot start.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every statement of a batch stays prepared (the default cache of 16 is smaller
@@ -126,7 +132,8 @@ impl SqliteStore {
         }
         add_missing_columns(&conn)?;
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])?;
-        Ok(Self { inner: Mutex::new(Inner { conn, caches: ids::Caches::default() }), queue: group::Queue::default() })
+        let checkpointer = checkpoint::Checkpointer::start(path, &mut conn);
+        Ok(Self { inner: Mutex::new(Inner { conn, caches: ids::Caches::default() }), queue: group::Queue::default(), checkpointer })
     }
 
     /// Runs `f` in one transaction; on failure nothing of it stays, in the file or the caches.

@@ -473,3 +473,36 @@ fn an_import_and_the_serving_collector_write_one_file_without_locking_each_other
     let linked: i64 = import.read(|c| Ok(c.query_row("SELECT count(*) FROM links", [], |r| r.get(0))?)).expect("reads");
     assert!(linked > 0, "the imported actions were attributed");
 }
+
+/// Checkpoints run on the store's own thread while batches keep committing, and the WAL
+/// still starts over: a background checkpoint racing a busy writer never copies every
+/// frame, so without the writer's catch-up pass the WAL file grew without bound.
+#[test]
+fn checkpoints_run_beside_the_writer_and_the_wal_stays_bounded() {
+    let (dir, s) = store();
+    let wal = dir.path().join("c.db-wal");
+    let largest = std::sync::atomic::AtomicU64::new(0);
+    // Two agents pushing at once keep the writer busy, as a fleet does. Unique paths and
+    // exec ids: every batch dirties fresh pages.
+    std::thread::scope(|scope| {
+        for agent in 0..2 {
+            let (s, wal, largest) = (&s, &wal, &largest);
+            scope.spawn(move || {
+                for b in 0..60 {
+                    let batch: Vec<AgentEvent> = (0..1000)
+                        .map(|i| ev(&format!("w-{b}-{i}"), exec(&format!("W{b}x{i}"), &format!("/opt/app-{agent}-{b}-{i}/bin/{}", "x".repeat(200)))))
+                        .collect();
+                    let (out, _) = s.ingest_and_correlate(format!("node-{agent}"), batch).expect("ingests");
+                    assert_eq!(out.stored, 1000);
+                    largest.fetch_max(std::fs::metadata(wal).map_or(0, |m| m.len()), std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let largest = largest.into_inner();
+    let passes = s.checkpointer.as_ref().expect("a checkpoint thread").passes();
+    assert!(passes >= 1, "the background thread never checkpointed");
+    // The writer's catch-up threshold, plus what one group of two batches can add past it.
+    let bound = (super::checkpoint::WRITER_PAGES as u64 + 2_000) * 4096;
+    assert!(largest <= bound, "the WAL reached {largest} bytes (bound {bound}) after {passes} background checkpoints");
+}

@@ -1,0 +1,134 @@
+//! Checkpoints mostly on a thread of their own. A checkpoint copies the pages committed
+//! to the WAL back into the database file (and syncs it). Left to SQLite, the connection
+//! whose commit crosses the threshold runs it inline: that was the batch writer, under the
+//! store's lock, a tenth of the ingest path's time.
+//!
+//! WAL checkpoints do not block writers, so a second connection copies the bulk while
+//! batches keep committing. But the WAL only starts over once a checkpoint has copied
+//! every frame in it, which one racing a busy writer never does: the writer still runs a
+//! checkpoint itself a little later, which copies only what came after the background
+//! pass, and lets the WAL start over. If this thread cannot keep up, that checkpoint does
+//! the whole work, as before.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use rusqlite::Connection;
+
+/// WAL pages (4 KiB) after which this thread checkpoints: ~40 MB. Copying a page the
+/// batches keep rewriting (index interiors, aggregates) once per checkpoint, not once per
+/// few batches, is what makes a large threshold pay.
+const PAGES: i32 = 10_000;
+/// WAL pages after which the writer checkpoints what the background pass left.
+pub const WRITER_PAGES: i32 = PAGES + PAGES / 4;
+
+#[derive(Default)]
+struct Signal {
+    /// (a checkpoint is wanted, the store is closing)
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+    /// Background checkpoints run.
+    passes: AtomicU64,
+}
+
+impl Signal {
+    fn set(&self, f: impl FnOnce(&mut (bool, bool))) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// Stops and joins the thread on drop.
+pub struct Checkpointer {
+    signal: Arc<Signal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Takes over `writer`'s checkpoints for the database at `db`. `None` when the thread
+    /// cannot be started: the writer then keeps checkpointing itself, as SQLite does.
+    pub fn start(db: &Path, writer: &mut Connection) -> Option<Self> {
+        let signal = Arc::new(Signal::default());
+        let (path, theirs) = (db.to_path_buf(), signal.clone());
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || run(&path, &theirs))
+            .map_err(|e| tracing::warn!("no checkpoint thread ({e}): the batch writer checkpoints"))
+            .ok()?;
+        let ours = signal.clone();
+        // Called after each commit with the WAL's length in pages (this replaces SQLite's
+        // automatic checkpoint on this connection).
+        // An error returned here would fail the commit's statement although the commit
+        // stands: a checkpoint that fails is only logged (the next commit tries again).
+        let hooked = writer.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
+            if pages >= WRITER_PAGES {
+                if let Err(e) = wal.checkpoint() {
+                    tracing::debug!("checkpoint after a commit: {e}");
+                }
+            } else if pages >= PAGES {
+                ours.set(|s| s.0 = true);
+            }
+            Ok(())
+        }));
+        let me = Self { signal, thread: Some(thread) };
+        match hooked {
+            Ok(()) => Some(me),
+            Err(e) => {
+                tracing::warn!("no checkpoint hook ({e}): the batch writer checkpoints");
+                None
+            }
+        }
+    }
+}
+
+impl Checkpointer {
+    /// Checkpoints this thread has run.
+    #[cfg(test)]
+    pub fn passes(&self) -> u64 {
+        self.signal.passes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.signal.set(|s| s.1 = true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(db: &Path, signal: &Signal) {
+    let conn = match Connection::open(db).and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("checkpoint connection to {}: {e}; the WAL grows to the writer's bound", db.display());
+            return;
+        }
+    };
+    loop {
+        {
+            let Ok(guard) = signal.state.lock() else { return };
+            let Ok(mut guard) = signal.cv.wait_while(guard, |(wanted, stop)| !*wanted && !*stop) else { return };
+            if guard.1 {
+                return;
+            }
+            guard.0 = false;
+        }
+        // PASSIVE: copies what no reader still needs, never waits for readers or the
+        // writer; the rest goes with the next request.
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => _ = signal.passes.fetch_add(1, Ordering::Relaxed),
+            Err(e) => tracing::debug!("checkpoint: {e}"),
+        }
+    }
+}
