@@ -91,6 +91,11 @@ pub fn process_run(node: &str, p: &v1::ProcessRef) -> Option<String> {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_checkpointing_at(path, checkpoint::PAGES)
+    }
+
+    /// [`Self::open`] with checkpoints every `pages` WAL pages.
+    pub(crate) fn open_checkpointing_at(path: &Path, pages: i32) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::BadArgument(format!("{}: {e}", dir.display())))?;
         }
@@ -100,10 +105,10 @@ impl SqliteStore {
         // last batches, which agents then resend (they keep events until acknowledged).
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -65_536)?;
-        // Checkpoint every ~40 MB of WAL instead of every 4 MB: a page batches keep
-        // rewriting (index interiors, the aggregates) is copied to the database once per
-        // checkpoint, not once per few batches. Durability is unchanged (commit = in WAL).
-        // [`checkpoint`] moves them off the writer; this stays if it cannot start.
+        // If the checkpoint thread cannot start, the writer checkpoints every ~40 MB of WAL
+        // instead of every 4 MB: a page batches keep rewriting (index interiors, the
+        // aggregates) is copied once per checkpoint, not once per few batches. Durability
+        // is the same either way (commit = in WAL).
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every statement of a batch stays prepared (the default cache of 16 is smaller
@@ -132,7 +137,7 @@ impl SqliteStore {
         }
         add_missing_columns(&conn)?;
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])?;
-        let checkpointer = checkpoint::Checkpointer::start(path, &mut conn);
+        let checkpointer = checkpoint::Checkpointer::start(path, &mut conn, pages);
         Ok(Self { inner: Mutex::new(Inner { conn, caches: ids::Caches::default() }), queue: group::Queue::default(), checkpointer })
     }
 

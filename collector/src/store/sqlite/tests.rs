@@ -479,7 +479,9 @@ fn an_import_and_the_serving_collector_write_one_file_without_locking_each_other
 /// frame, so without the writer's catch-up pass the WAL file grew without bound.
 #[test]
 fn checkpoints_run_beside_the_writer_and_the_wal_stays_bounded() {
-    let (dir, s) = store();
+    const PAGES: i32 = 10_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = SqliteStore::open_checkpointing_at(&dir.path().join("c.db"), PAGES).expect("opens");
     let wal = dir.path().join("c.db-wal");
     let largest = std::sync::atomic::AtomicU64::new(0);
     // Two agents pushing at once keep the writer busy, as a fleet does. Unique paths and
@@ -503,6 +505,6 @@ fn checkpoints_run_beside_the_writer_and_the_wal_stays_bounded() {
     let passes = s.checkpointer.as_ref().expect("a checkpoint thread").passes();
     assert!(passes >= 1, "the background thread never checkpointed");
     // The writer's catch-up threshold, plus what one group of two batches can add past it.
-    let bound = (super::checkpoint::WRITER_PAGES as u64 + 2_000) * 4096;
+    let bound = (super::checkpoint::Checkpointer::writer_bound(PAGES) as u64 + 2_000) * 4096;
     assert!(largest <= bound, "the WAL reached {largest} bytes (bound {bound}) after {passes} background checkpoints");
 }
