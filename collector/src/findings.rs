@@ -321,13 +321,19 @@ pub fn detect(db: &mut impl FindingLookups, node: &str, events: &[AgentEvent]) -
     let mut new = Vec::new();
     for d in drafts {
         if upsert(db, &d)? {
-            if let Some(unlogged) = LOGGED.take() {
-                tracing::warn!(finding = d.f.finding_kind().as_str_name(), subject = %d.f.subject, runs = ?d.f.runs, unlogged_before = unlogged, "{}", d.f.summary);
-            }
             new.push(d.f);
         }
     }
     Ok(new)
+}
+
+/// Logs findings a batch stored first, once that batch has committed.
+pub fn log_new(found: &[crate::store::NewFinding]) {
+    for f in found {
+        if let Some(unlogged) = LOGGED.take() {
+            tracing::warn!(finding = f.kind, subject = %f.subject, runs = ?f.runs, unlogged_before = unlogged, "{}", f.summary);
+        }
+    }
 }
 
 /// New findings logged per [`LOG_WINDOW`]; the rest are counted into the next line logged.

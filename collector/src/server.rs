@@ -118,6 +118,8 @@ pub async fn push(shared: &Shared, node: String, events: Vec<AgentEvent>) -> Res
     blocking(move || {
         let _span = tracing::info_span!("ingest_batch", node = %node, events = events.len()).entered();
         let (out, links) = s.ingest_and_correlate(node, events)?;
+        // Committed: the batch's findings are stored, and may be told.
+        crate::findings::log_new(&out.new_findings);
         if out.stored > 0 {
             // Per batch, so at debug: thousands of agents would drown the log.
             tracing::debug!(stored = out.stored, links = links.len(), "batch ingested");

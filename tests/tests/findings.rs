@@ -87,9 +87,15 @@ impl Rig {
         scrape_metrics(self.collector.http.trim_start_matches("http://"))
     }
 
-    /// Waits for a finding of `kind` about `subject`.
+    /// Waits for a finding of `kind` about `subject`, and for the collector's one notice of
+    /// it in its log (written once the batch that found it has committed).
     fn wait_finding(&self, kind: &str, subject: &str) -> Value {
         let v = self.collector.wait_for(kind, &["findings", "--kind", kind], |v| v["findings"].as_array().is_some_and(|a| a.iter().any(|f| f["subject"] == subject)));
+        let name = format!("FINDING_KIND_{}", kind.to_ascii_uppercase());
+        let notice = |l: &str| l.contains("WARN") && l.contains(&name) && l.contains(subject);
+        self.collector.log.wait_line(&format!("the collector's notice of {kind} about {subject}"), notice);
+        let told = self.collector.log.snapshot().into_iter().filter(|l| notice(l)).count();
+        assert_eq!(told, 1, "one notice per new finding");
         v["findings"].as_array().unwrap().iter().find(|f| f["subject"] == subject).cloned().unwrap()
     }
 }

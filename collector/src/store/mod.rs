@@ -51,6 +51,26 @@ pub struct IngestOutcome {
     pub duplicates: u32,
     pub rejected: u32,
     pub errors: Vec<String>,
+    /// Findings the batch stored first, to be logged by the caller once the batch has
+    /// committed: a batch rolled back (or written again alone after its group failed)
+    /// must not have logged them.
+    #[serde(skip)]
+    pub new_findings: Vec<NewFinding>,
+}
+
+/// What the log says of a new finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFinding {
+    pub kind: &'static str,
+    pub subject: String,
+    pub runs: Vec<String>,
+    pub summary: String,
+}
+
+impl From<&sigil_proto::v1::Finding> for NewFinding {
+    fn from(f: &sigil_proto::v1::Finding) -> Self {
+        Self { kind: f.finding_kind().as_str_name(), subject: f.subject.clone(), runs: f.runs.clone(), summary: f.summary.clone() }
+    }
 }
 
 impl IngestOutcome {
@@ -65,6 +85,7 @@ impl IngestOutcome {
         self.duplicates += other.duplicates;
         self.rejected += other.rejected;
         self.errors.extend(other.errors);
+        self.new_findings.extend(other.new_findings);
     }
 }
 

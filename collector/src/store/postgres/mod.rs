@@ -157,11 +157,11 @@ impl Inner {
         let days_named = events.iter().filter_map(|e| project::time_of(&e.body)).chain([received]).map(partitions::day_of);
         partitions::ensure(client, days, days_named)?;
         let mut tx = client.transaction()?;
-        let (out, queue) = project::ingest(&mut tx, stmts, node, events, received)?;
+        let (mut out, queue) = project::ingest(&mut tx, stmts, node, events, received)?;
         // In the batch's transaction: a batch is stored with its findings or not at all.
         let mut found = findings::PgFindings::new(&mut tx, stmts);
         found.prefetch(node, events)?;
-        crate::findings::detect(&mut found, node, events)?;
+        out.new_findings = crate::findings::detect(&mut found, node, events)?.iter().map(Into::into).collect();
         found.flush()?;
         let links = match (correlate, out.stored > 0) {
             (true, true) => correlate::run(&mut lookups::PgLookups::new(&mut tx, stmts, queue), received)?,

@@ -342,9 +342,10 @@ fn ingest_with_findings(
     events: &[AgentEvent],
     received: i64,
 ) -> Result<(IngestOutcome, project::Queue), StoreError> {
-    let batch = project::ingest(tx, caches, node, events, received)?;
-    crate::findings::detect(&mut findings::SqliteFindings::new(tx), node, events)?;
-    Ok(batch)
+    let (mut out, queue) = project::ingest(tx, caches, node, events, received)?;
+    let found = crate::findings::detect(&mut findings::SqliteFindings::new(tx), node, events)?;
+    out.new_findings = found.iter().map(Into::into).collect();
+    Ok((out, queue))
 }
 
 impl Store for SqliteStore {

@@ -258,8 +258,11 @@ fn a_token_replayed_by_another_run_and_after_its_run_ended_is_found_once_and_its
     let stolen = token_use(cgroup_ref("eb", "/b"), "j1", "2026-01-01T00:00:03Z", "2026-01-01T00:00:03Z", 1);
     let again = token_use(cgroup_ref("eb", "/b"), "j1", "2026-01-01T00:00:04Z", "2026-01-01T00:00:09Z", 5);
     let batch = [ev("s-4", stolen), ev("s-5", again)];
-    s.ingest_events("n1", &batch).expect("stored");
-    s.ingest_events("n1", &batch).expect("resent");
+    // The outcome names the new finding once (the caller logs it after the commit); the
+    // resent batch finds nothing new.
+    let first = s.ingest_events("n1", &batch).expect("stored").new_findings;
+    assert_eq!(first.iter().map(|f| (f.kind, f.subject.as_str())).collect::<Vec<_>>(), [("FINDING_KIND_TOKEN_REPLAYED", "j1")]);
+    assert!(s.ingest_events("n1", &batch).expect("resent").new_findings.is_empty());
     let f = found(&s, Some("token_replayed"));
     assert_eq!(f.as_array().map(Vec::len), Some(1), "{f}");
     assert_eq!(f[0]["subject"], "j1");
