@@ -8,10 +8,11 @@
 //!
 //! Durability: WAL with `synchronous = NORMAL`. A batch is acknowledged after its
 //! transaction commits, i.e. once it is in the WAL file: a crash of the collector process
-//! loses nothing acknowledged. A crash of the machine (power, kernel) may lose the last
-//! transactions not yet checkpointed and synced; agents keep every event until it is
-//! acknowledged and resend, so only a machine crash between the ack and the next fsync
-//! (at checkpoint) can lose acknowledged events.
+//! loses nothing acknowledged. A crash of the machine (power, kernel) may lose the
+//! transactions not yet synced; agents keep every event until it is acknowledged and
+//! resend, so only a machine crash between the ack and the next sync can lose acknowledged
+//! events. [`checkpoint`] syncs the WAL within a second of a commit (SQLite alone would
+//! wait for the next checkpoint).
 
 mod aggregates;
 mod checkpoint;

@@ -511,3 +511,27 @@ fn checkpoints_run_beside_the_writer_and_the_wal_stays_bounded() {
     let bound = (super::checkpoint::Checkpointer::writer_bound(PAGES) as u64 + 2_000) * 4096;
     assert!(largest <= bound, "the WAL reached {largest} bytes (bound {bound}) after {passes} background checkpoints");
 }
+
+/// With `synchronous = NORMAL` SQLite syncs the WAL only at checkpoints, so a machine crash
+/// could take every batch since the last one, however long ago. The store's thread syncs
+/// the WAL within a second of a commit, and not at all while nothing is committed.
+#[test]
+fn a_commit_is_synced_within_about_a_second_and_an_idle_store_is_not() {
+    let (_dir, s) = store();
+    let syncs = || s.checkpointer.as_ref().expect("a checkpoint thread").syncs();
+    s.ingest_events("node-a", &[ev("d-1", exec("D1", "/app"))]).expect("stored");
+    let deadline = std::time::Instant::now() + 5 * super::checkpoint::SYNC_EVERY;
+    while syncs() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the commit was not synced");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let after = syncs();
+    std::thread::sleep(super::checkpoint::SYNC_EVERY * 2 + std::time::Duration::from_millis(500));
+    assert_eq!(syncs(), after, "synced with nothing new committed");
+    s.ingest_events("node-a", &[ev("d-2", exec("D2", "/app"))]).expect("stored");
+    let deadline = std::time::Instant::now() + 5 * super::checkpoint::SYNC_EVERY;
+    while syncs() == after {
+        assert!(std::time::Instant::now() < deadline, "the second commit was not synced");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
