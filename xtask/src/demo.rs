@@ -124,9 +124,11 @@ pub fn run() -> Result<()> {
         .and_then(|jti| run_cloud_story(&python, &endpoint, &bin_dir, &demo_dir, &jti));
     remove_tree(&cgroup2_root()?.join("sigil-demo"));
     drop(endpoint);
-    drop(collector);
+    // The agent first, while its collector still answers: it sends what it has left and
+    // stops, instead of warning that the collector went away.
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
     let _ = agent.wait();
+    drop(collector);
     result
 }
 
