@@ -190,6 +190,8 @@ fn print_ingest(backend: &str, r: &Value) {
     println!("\n{:<52} {:>12}", format!("collector ingest into {backend} ({} events, {})", r["events"], r["mix"].as_str().unwrap_or("")), "");
     println!("{:<52} {:>12}", format!("gRPC push into {backend} (events/s)"), r["grpc_events_per_second"]);
     println!("{:<52} {:>12}", "raw batched insert of the same rows (rows/s)", r["raw_insert_rows_per_second"]);
+    let around = r["raw_insert_rows_per_second_before_and_after"].as_array().map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(" / "));
+    println!("{:<52} {:>12}", "  the mean of: before / after the pushes", around.unwrap_or_default());
     println!("{:<52} {:>12}", "ratio (gRPC / raw)", r["ratio_to_raw"]);
     println!("{:<52} {:>12}", "bytes per event (collector store)", r["bytes_per_event"]);
     println!("{:<52} {:>12}", "bytes per event (raw rows)", r["raw_bytes_per_event"]);

@@ -313,7 +313,11 @@ fn db_bytes(path: &Path) -> Result<u64> {
 /// The baseline: the same rows, strings inline, into two plain tables keyed by event id,
 /// one transaction per batch, with the collector's durability settings.
 fn raw_insert(path: &Path, fleets: &[(String, &[Event])], batch: usize) -> Result<f64> {
-    let _ = std::fs::remove_file(path);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
     let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -513,7 +517,7 @@ fn raw_insert_pg(url: &str, fleets: &[(String, &[Event])], batch: usize) -> Resu
 /// Runs `f` on its own thread: the PostgreSQL client blocks on a runtime of its own,
 /// which must not be started from inside this one.
 fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|_| bail!("the PostgreSQL baseline panicked")))
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|_| bail!("the raw baseline panicked")))
 }
 
 #[tokio::main]
@@ -527,22 +531,27 @@ async fn main() -> Result<()> {
     } else {
         Source::Streamed(fleets.clone())
     });
-    let grpc_seconds = push_all(&a.grpc, &source, a.batch).await?;
     let ready: Vec<(String, &[Event])> = match &*source {
         Source::Ready(f) => f.iter().map(|(node, events)| (node.clone(), events.as_slice())).collect(),
         Source::Streamed(_) if a.no_raw => Vec::new(),
         Source::Streamed(_) => bail!("the raw baseline needs the events in memory: at most {PREGENERATED_MAX} events, or --no-raw"),
     };
-    let (grpc_bytes, raw) = if is_url(&a.db) {
-        blocking(|| {
-            let grpc_bytes = pg_bytes(&a.db, false)?;
-            let raw = if a.no_raw { None } else { Some((raw_insert_pg(&a.raw_db, &ready, a.batch)?, pg_bytes(&a.raw_db, true)?)) };
-            Ok((grpc_bytes, raw))
-        })?
+    // The baseline runs before and after the pushes, and the ratio takes their mean: this
+    // VM's speed drifts by tens of percent within minutes, and one baseline compared the
+    // pushes with another moment's machine.
+    let baseline = || -> Result<Option<f64>> {
+        if a.no_raw {
+            return Ok(None);
+        }
+        Ok(Some(if is_url(&a.db) { raw_insert_pg(&a.raw_db, &ready, a.batch)? } else { raw_insert(Path::new(&a.raw_db), &ready, a.batch)? }))
+    };
+    let raw_before = blocking(baseline)?;
+    let grpc_seconds = push_all(&a.grpc, &source, a.batch).await?;
+    let raw_after = blocking(baseline)?;
+    let (grpc_bytes, raw_bytes) = if is_url(&a.db) {
+        blocking(|| Ok((pg_bytes(&a.db, false)?, if a.no_raw { None } else { Some(pg_bytes(&a.raw_db, true)?) })))?
     } else {
-        let grpc_bytes = db_bytes(Path::new(&a.db))?;
-        let raw = if a.no_raw { None } else { Some((raw_insert(Path::new(&a.raw_db), &ready, a.batch)?, db_bytes(Path::new(&a.raw_db))?)) };
-        (grpc_bytes, raw)
+        (db_bytes(Path::new(&a.db))?, if a.no_raw { None } else { Some(db_bytes(Path::new(&a.raw_db))?) })
     };
     let grpc_rate = total as f64 / grpc_seconds;
     let mut result = json!({
@@ -554,9 +563,10 @@ async fn main() -> Result<()> {
         "bytes_per_event": grpc_bytes / total as u64,
         "generated_while_pushing": matches!(*source, Source::Streamed(_)),
     });
-    if let Some((raw_seconds, raw_bytes)) = raw {
-        let raw_rate = total as f64 / raw_seconds;
+    if let (Some(before), Some(after), Some(raw_bytes)) = (raw_before, raw_after, raw_bytes) {
+        let raw_rate = total as f64 / ((before + after) / 2.0);
         result["raw_insert_rows_per_second"] = json!(raw_rate.round());
+        result["raw_insert_rows_per_second_before_and_after"] = json!([(total as f64 / before).round(), (total as f64 / after).round()]);
         result["ratio_to_raw"] = json!((grpc_rate / raw_rate * 1000.0).round() / 1000.0);
         result["raw_bytes_per_event"] = json!(raw_bytes / total as u64);
     }
