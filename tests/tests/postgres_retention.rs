@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests: a failed step should stop the test loudly
 //! The PostgreSQL store on a real server: events are stored once per (node, id) however
-//! often they are resent, retention drops whole day partitions of old events, and cloud
-//! audit logs a responder imports keep (retained by ingestion time, not event time).
+//! often they are resent, retention drops whole day partitions of old events, cloud
+//! audit logs a responder imports keep (retained by ingestion time, not event time), and
+//! one agent's batch waiting on a lock does not hold up the others'.
 
 use std::{fs, path::Path, process::Command};
 
@@ -117,4 +118,40 @@ fn a_database_from_before_the_run_counts_and_token_aggregates_is_filled_in_at_co
     store.verify_aggregates().expect("and kept by the next batch");
     let row = pg.client().query_one("SELECT processes, binaries FROM runs", &[]).unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (4, 3));
+}
+
+/// An agent's batch can wait on a lock another writer holds: another replica's
+/// transaction on the same node's row, say. With one connection per collector, every
+/// other agent's batch waited behind it. Batches now go through several connections:
+/// another node's batch is stored while the first still waits.
+#[test]
+fn a_batch_waiting_on_a_lock_does_not_hold_up_other_agents_batches() {
+    let pg = Postgres::start();
+    let store = std::sync::Arc::new(PostgresStore::connect(&pg.url).unwrap());
+    let day = "2026-01-01T10:00:00Z";
+    assert_eq!(store.ingest_events("node-a", &[exec("a-0", day)]).unwrap().stored, 1);
+    // Another writer, mid-transaction, holds node-a's row.
+    let mut other = pg.client();
+    let mut tx = other.transaction().unwrap();
+    tx.execute("SELECT 1 FROM nodes WHERE node = 'node-a' FOR UPDATE", &[]).unwrap();
+    let stuck = {
+        let store = store.clone();
+        std::thread::spawn(move || store.ingest_events("node-a", &[exec("a-1", day)]).map(|o| o.stored))
+    };
+    let mut watch = pg.client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while watch.query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'", &[]).unwrap().get::<_, i64>(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "node-a's batch never waited on the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let other_agent = {
+        let store = store.clone();
+        std::thread::spawn(move || done_tx.send(store.ingest_events("node-b", &[exec("b-1", day)]).map(|o| o.stored)))
+    };
+    let meanwhile = done_rx.recv_timeout(std::time::Duration::from_secs(20));
+    tx.commit().unwrap();
+    assert_eq!(meanwhile.expect("node-b's batch waited behind node-a's").unwrap(), 1);
+    assert_eq!(stuck.join().unwrap().unwrap(), 1, "node-a's batch is stored once the lock is released");
+    other_agent.join().unwrap().unwrap();
 }
