@@ -769,10 +769,17 @@ impl Attestor {
             // The kernel's identity of the executed file is in the cache: its digest.
             (_, Some(d)) => {
                 let running = (d.key.dev, d.key.ino);
-                // A zombie (exited, not yet reaped) still has its stat but no exe link:
-                // the path that link would have read, when it names the file that ran.
-                if b.path.is_none() {
+                // The exe link was read apart from the kernel's identity, and by then the
+                // process may have exec'd again (`sh -c 'exec app'`): the link then named
+                // the later image, between the kernel switching the image and the comm.
+                // It names the file that ran only if the process still runs that file
+                // after the read. A zombie (exited, not yet reaped) has no exe link at all.
+                // Otherwise: the path that link would have read, when it names the file
+                // that ran.
+                let still_running = fs::metadata(format!("/proc/{}/exe", obs.pid)).is_ok_and(|m| (m.dev(), m.ino()) == running);
+                if b.path.is_none() || !still_running {
                     b.path = exec_path_now(obs, running);
+                    b.replaced_after_exec = false;
                 }
                 b.fill_digest(d, "kernel");
                 (Some(running), b, None)
@@ -916,6 +923,33 @@ mod tests {
         assert_eq!(rec.binary.error, None, "procfs read the zombie");
         assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()));
         assert_eq!(rec.binary.hashed_from, Some("kernel"));
+    }
+
+    /// Attacker: a process that execs again at once (`sh -c 'exec app'`), caught by the
+    /// agent between the kernel switching its image and its comm. The exec event names
+    /// `/bin/true` (known to the cache), procfs already shows the later image and the same
+    /// comm, so nothing looks changed. The record of the first exec used to name the later
+    /// binary's path next to the first binary's digest (seen once in the full suite, in
+    /// `attest_hardening::an_exec_is_never_reported_with_the_binary_of_a_later_exec`).
+    #[test]
+    fn an_exec_record_never_names_the_path_of_a_later_image() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let key = digest_of(&attestor, "/bin/true").key;
+        // The process as it is after its second exec: running sleep.
+        let mut later = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
+        let pid = later.id();
+        let sleep = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
+        while fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).ok().as_deref() != Some(sleep.as_str()) {
+            std::thread::yield_now();
+        }
+        let observed = Observed { comm: "sleep".into(), ..true_exec(pid, None, u64::MAX / 2, 0, key) };
+        let rec = attestor.attest(observed).expect("a record");
+        let _ = later.kill();
+        let _ = later.wait();
+        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
+        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "the file that ran, never the later image: {:?}", rec.binary);
+        assert_eq!(rec.binary.hashed_from, Some("kernel"));
+        assert!(!rec.binary.replaced_after_exec, "{:?}", rec.binary);
     }
 
     /// The same zombie, of a binary the cache does not know yet (an agent's first `cat`):
