@@ -776,8 +776,8 @@ impl Attestor {
                 // after the read. A zombie (exited, not yet reaped) has no exe link at all.
                 // Otherwise: the path that link would have read, when it names the file
                 // that ran.
-                let still_running = fs::metadata(format!("/proc/{}/exe", obs.pid)).is_ok_and(|m| (m.dev(), m.ino()) == running);
-                if b.path.is_none() || !still_running {
+                let still_running = || fs::metadata(format!("/proc/{}/exe", obs.pid)).is_ok_and(|m| (m.dev(), m.ino()) == running);
+                if b.path.is_none() || !still_running() {
                     b.path = exec_path_now(obs, running);
                     b.replaced_after_exec = false;
                 }
@@ -788,6 +788,15 @@ impl Attestor {
                 // The executed inode, before anything is read: the replacement check needs
                 // only its identity, so it happens now, while the process exists.
                 let running = exe.metadata().ok().map(|m| (m.dev(), m.ino()));
+                // The kernel named the file this exec ran: an exe that is another file is a
+                // later exec's image (the process exec'd again before this event was
+                // handled), whatever the comm says. The file that ran is then named and
+                // hashed from its exec path, when the kernel's identity says it is that one.
+                if let (Some(k), Some(now)) = (&obs.exe, running)
+                    && (k.dev, k.ino) != now
+                {
+                    return self.binary_of_exited(obs, "the process exec'd again before this exec was attested".to_owned());
+                }
                 if b.path.is_none() {
                     b.path = path_of_open(&exe).map(|p| p.trim_end_matches(" (deleted)").to_owned());
                 }
@@ -851,6 +860,18 @@ mod tests {
         let child = std::process::Command::new("/bin/true").spawn().expect("spawn");
         let pid = child.id();
         while fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z'))) != Some(true) {
+            std::thread::yield_now();
+        }
+        (child, pid)
+    }
+
+    /// A child already running `/bin/sleep`, and its pid: a process as it is after a second
+    /// exec, when the agent handles its first. The caller kills and reaps it.
+    fn running_sleep() -> (std::process::Child, u32) {
+        let child = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
+        let pid = child.id();
+        let sleep = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
+        while fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).ok().as_deref() != Some(sleep.as_str()) {
             std::thread::yield_now();
         }
         (child, pid)
@@ -935,13 +956,7 @@ mod tests {
     fn an_exec_record_never_names_the_path_of_a_later_image() {
         let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
         let key = digest_of(&attestor, "/bin/true").key;
-        // The process as it is after its second exec: running sleep.
-        let mut later = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
-        let pid = later.id();
-        let sleep = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
-        while fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).ok().as_deref() != Some(sleep.as_str()) {
-            std::thread::yield_now();
-        }
+        let (mut later, pid) = running_sleep();
         let observed = Observed { comm: "sleep".into(), ..true_exec(pid, None, u64::MAX / 2, 0, key) };
         let rec = attestor.attest(observed).expect("a record");
         let _ = later.kill();
@@ -950,6 +965,24 @@ mod tests {
         assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "the file that ran, never the later image: {:?}", rec.binary);
         assert_eq!(rec.binary.hashed_from, Some("kernel"));
         assert!(!rec.binary.replaced_after_exec, "{:?}", rec.binary);
+    }
+
+    /// The same race, for a binary the cache does not know yet: procfs's exe is the later
+    /// image, which used to be named and hashed as this exec's binary. The kernel's
+    /// identity says which file ran; that one is named and hashed from the exec path.
+    #[test]
+    fn an_exec_record_never_hashes_a_later_image() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let ran = FileKey::of(&fs::File::open("/bin/true").expect("open /bin/true")).expect("stat");
+        let (mut later, pid) = running_sleep();
+        let observed = Observed { comm: "sleep".into(), ..true_exec(pid, None, u64::MAX / 2, 0, ran) };
+        let rec = attestor.attest(observed).expect("a record");
+        let _ = later.kill();
+        let _ = later.wait();
+        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
+        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "the file that ran, never the later image: {:?}", rec.binary);
+        assert_eq!(rec.binary.hashed_from, Some("exec_path"));
+        assert_eq!(rec.binary.sha256, Some(digest_of(&attestor, "/bin/true").sha256), "{:?}", rec.binary);
     }
 
     /// The same zombie, of a binary the cache does not know yet (an agent's first `cat`):
