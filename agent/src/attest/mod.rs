@@ -865,16 +865,23 @@ mod tests {
         (child, pid)
     }
 
-    /// A child already running `/bin/sleep`, and its pid: a process as it is after a second
-    /// exec, when the agent handles its first. The caller kills and reaps it.
-    fn running_sleep() -> (std::process::Child, u32) {
-        let child = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
-        let pid = child.id();
+    /// The record of an exec of `/bin/true` (kernel identity `ran`) by a process that by
+    /// now runs `/bin/sleep`, with the same comm: a process as it is after a second exec,
+    /// caught between the kernel switching its image and its comm. Whatever the path,
+    /// the record names `/bin/true`, never the later image.
+    fn true_exec_after_sleep_took_over(attestor: &Attestor, ran: FileKey) -> ProcessRecord {
+        let mut later = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
+        let pid = later.id();
         let sleep = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
         while fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).ok().as_deref() != Some(sleep.as_str()) {
             std::thread::yield_now();
         }
-        (child, pid)
+        let rec = attestor.attest(Observed { comm: "sleep".into(), ..true_exec(pid, None, u64::MAX / 2, 0, ran) }).expect("a record");
+        let _ = later.kill();
+        let _ = later.wait();
+        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
+        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "the file that ran, never the later image: {:?}", rec.binary);
+        rec
     }
 
     /// The exec event of `/bin/true` by a child of this test process.
@@ -956,13 +963,7 @@ mod tests {
     fn an_exec_record_never_names_the_path_of_a_later_image() {
         let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
         let key = digest_of(&attestor, "/bin/true").key;
-        let (mut later, pid) = running_sleep();
-        let observed = Observed { comm: "sleep".into(), ..true_exec(pid, None, u64::MAX / 2, 0, key) };
-        let rec = attestor.attest(observed).expect("a record");
-        let _ = later.kill();
-        let _ = later.wait();
-        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
-        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "the file that ran, never the later image: {:?}", rec.binary);
+        let rec = true_exec_after_sleep_took_over(&attestor, key);
         assert_eq!(rec.binary.hashed_from, Some("kernel"));
         assert!(!rec.binary.replaced_after_exec, "{:?}", rec.binary);
     }
@@ -974,13 +975,7 @@ mod tests {
     fn an_exec_record_never_hashes_a_later_image() {
         let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
         let ran = FileKey::of(&fs::File::open("/bin/true").expect("open /bin/true")).expect("stat");
-        let (mut later, pid) = running_sleep();
-        let observed = Observed { comm: "sleep".into(), ..true_exec(pid, None, u64::MAX / 2, 0, ran) };
-        let rec = attestor.attest(observed).expect("a record");
-        let _ = later.kill();
-        let _ = later.wait();
-        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
-        assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "the file that ran, never the later image: {:?}", rec.binary);
+        let rec = true_exec_after_sleep_took_over(&attestor, ran);
         assert_eq!(rec.binary.hashed_from, Some("exec_path"));
         assert_eq!(rec.binary.sha256, Some(digest_of(&attestor, "/bin/true").sha256), "{:?}", rec.binary);
     }
