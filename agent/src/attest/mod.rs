@@ -361,7 +361,13 @@ impl Attestor {
     /// before its exec event is handled, or after moving to another cgroup). The bool is
     /// true when the record was created by this call.
     pub fn attest_running(&self, pid: u32) -> Option<(Arc<ProcessRecord>, bool)> {
-        if let Some(rec) = self.table.get(pid).filter(|r| self.still_same(r)) {
+        self.attest_running_where(pid, |r| self.still_same(r))
+    }
+
+    /// [`Self::attest_running`] for a caller that has just read what `pid` runs and says,
+    /// through `current`, whether a table record describes it: no second procfs reading.
+    pub fn attest_running_where(&self, pid: u32, current: impl FnOnce(&ProcessRecord) -> bool) -> Option<(Arc<ProcessRecord>, bool)> {
+        if let Some(rec) = self.table.get(pid).filter(|r| current(r)) {
             if rec.binary.sha256.is_some() {
                 return Some((rec, false));
             }
@@ -374,6 +380,12 @@ impl Attestor {
         let (rec, pending) = self.attest_from_procfs(pid, Source::OnRequest)?;
         let rec = Arc::new(self.finish(rec, pending));
         Some((rec, true))
+    }
+
+    /// The record of `pid` if the table holds one that `current` accepts and that has its
+    /// digest: what [`Self::attest_running_where`] answers without reading or hashing.
+    pub fn attested_where(&self, pid: u32, current: impl FnOnce(&ProcessRecord) -> bool) -> Option<Arc<ProcessRecord>> {
+        self.table.get(pid).filter(|r| r.binary.sha256.is_some() && current(r))
     }
 
     /// True while `pid` still is what `rec` describes: same start time, same executable

@@ -67,8 +67,9 @@ impl WorkloadApiLimits {
         Duration::from_secs(self.idle_seconds.max(1))
     }
 
-    /// The total that fits the agent's file-descriptor limit: two descriptors each, a
-    /// quarter of the limit for all of them.
+    /// The total that fits the agent's file-descriptor limit: three descriptors each
+    /// (the socket, the peer's pidfd and its procfs directory), a quarter of the limit
+    /// for all of them.
     fn total(&self) -> usize {
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes into the struct we pass.
@@ -77,7 +78,7 @@ impl WorkloadApiLimits {
         } else {
             1024
         };
-        self.max_connections.min(nofile / 8).max(1)
+        self.max_connections.min(nofile / 12).max(1)
     }
 }
 

@@ -17,12 +17,13 @@
 //! bound at accept ([`ExecIdentity`]) and every request checks it is still the same.
 
 use std::{
+    ffi::{CStr, CString},
     fs,
     future::Future,
-    io,
+    io::{self, Read},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::{FileExt, MetadataExt},
+        unix::fs::FileExt,
     },
     pin::Pin,
     sync::Arc,
@@ -30,7 +31,6 @@ use std::{
     time::Duration,
 };
 
-use procfs::process::Process;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::UnixStream,
@@ -43,7 +43,7 @@ use super::{
     h2_authority::{AuthorityFix, Refused},
     limits::Slot,
 };
-use crate::attest::cgroup;
+use crate::attest::{cgroup, procstat, record::ProcessRecord};
 
 /// `SO_PEERPIDFD` from include/uapi/asm-generic/socket.h (not yet in every libc crate).
 const SO_PEERPIDFD: libc::c_int = 77;
@@ -51,6 +51,71 @@ const SO_PEERPIDFD: libc::c_int = 77;
 /// `AT_RANDOM` in the auxiliary vector: the address of 16 bytes the kernel fills with
 /// fresh random data on the new stack at every exec.
 const AT_RANDOM: u64 = 25;
+
+/// `/proc/<pid>` of the process that connected, opened once at accept. procfs ties an
+/// open pid directory to its process: once that process is reaped, every lookup beneath
+/// it fails, so nothing read through it can be about a pid successor. Reading through it
+/// also spares each request's checks the path walks from `/proc`.
+#[derive(Debug)]
+pub struct ProcDir(OwnedFd);
+
+impl ProcDir {
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let path = CString::new(format!("/proc/{pid}")).map_err(io::Error::other)?;
+        // SAFETY: a NUL-terminated path; the result is a new fd we then own.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new fd.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn open_file(&self, name: &CStr) -> io::Result<fs::File> {
+        // SAFETY: a valid directory fd and a NUL-terminated name; the result is ours.
+        let fd = unsafe { libc::openat(self.0.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new fd.
+        Ok(unsafe { fs::File::from_raw_fd(fd) })
+    }
+
+    fn read(&self, name: &CStr) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(512);
+        self.open_file(name)?.read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// (device, inode) of the file `name` links to (`exe`).
+    fn target_id(&self, name: &CStr) -> io::Result<(u64, u64)> {
+        // SAFETY: an all-zero stat is a valid out-buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid directory fd, a NUL-terminated name, a stat-sized out-pointer.
+        if unsafe { libc::fstatat(self.0.as_raw_fd(), name.as_ptr(), &mut st, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((st.st_dev, st.st_ino))
+    }
+
+    /// The bytes at `AT_RANDOM` of the exec the process runs now. The address comes from
+    /// the auxiliary vector the kernel keeps for this exec (a process cannot rewrite it),
+    /// never from an earlier reading: an exec's argv and environment are the caller's to
+    /// fill, and without address randomisation they could lay a former exec's bytes out
+    /// at the former address.
+    fn exec_nonce(&self) -> Option<[u8; 16]> {
+        let auxv = self.read(c"auxv").ok()?;
+        let word = |b: &[u8]| b.try_into().map(u64::from_ne_bytes).unwrap_or_default();
+        let addr = auxv
+            .chunks_exact(16)
+            .map(|kv| (word(&kv[..8]), word(&kv[8..])))
+            .take_while(|&(key, _)| key != 0)
+            .find_map(|(key, value)| (key == AT_RANDOM).then_some(value))?;
+        let mut bytes = [0u8; 16];
+        self.open_file(c"mem").ok()?.read_exact_at(&mut bytes, addr).ok()?;
+        Some(bytes)
+    }
+}
 
 /// Which exec of which process: what the kernel says a process is running, read from
 /// procfs. Two readings are equal only if no exec happened in between.
@@ -73,23 +138,24 @@ pub struct ExecIdentity {
 }
 
 impl ExecIdentity {
-    /// Reads what `pid` runs now. Fails if the process is gone or its pid was reused
-    /// while reading.
+    /// Reads what `pid` runs now. Fails if the process is gone.
     pub fn read(pid: u32) -> io::Result<Self> {
-        let p = Process::new(pid as i32).map_err(io::Error::other)?;
-        let start = p.stat().map_err(io::Error::other)?.starttime;
-        let exe = fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| (m.dev(), m.ino()));
-        let cgroup = cgroup::v2_path_of(&p);
-        let exec_nonce = p.auxv().ok().and_then(|aux| aux.get(&AT_RANDOM).copied()).and_then(|addr| {
-            let mut bytes = [0u8; 16];
-            let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
-            mem.read_exact_at(&mut bytes, addr).ok()?;
-            Some(bytes)
-        });
-        if p.stat().map_err(io::Error::other)?.starttime != start {
-            return Err(io::Error::other("pid was reused while it was being read"));
-        }
-        Ok(Self { start_ticks: start, exe, cgroup, exec_nonce })
+        Self::read_in(&ProcDir::open(pid)?)
+    }
+
+    /// Reads what the process behind `dir` runs now. Fails once it has been reaped.
+    fn read_in(dir: &ProcDir) -> io::Result<Self> {
+        let start_ticks = procstat::parse(&dir.read(c"stat")?).ok_or_else(|| io::Error::other("unreadable stat"))?.starttime;
+        let exe = dir.target_id(c"exe").ok();
+        let cgroup = dir.read(c"cgroup").ok().and_then(|t| cgroup::v2_path_from_proc(&String::from_utf8_lossy(&t)));
+        let exec_nonce = dir.exec_nonce();
+        Ok(Self { start_ticks, exe, cgroup, exec_nonce })
+    }
+
+    /// True if `rec` was attested from this exec: the same start time, executable inode
+    /// and cgroup (what [`crate::attest::Attestor::still_same`] re-reads from procfs).
+    pub fn describes(&self, rec: &ProcessRecord) -> bool {
+        rec.start_ticks == self.start_ticks && rec.binary.inode == self.exe.map(|(_, ino)| ino) && rec.cgroup.path == self.cgroup
     }
 }
 
@@ -100,6 +166,8 @@ pub struct Peer {
     pub gid: u32,
     /// None on kernels without SO_PEERPIDFD; then only the start-time check guards reuse.
     pub pidfd: Option<Arc<OwnedFd>>,
+    /// The connector's procfs directory, which every later reading goes through.
+    dir: Arc<ProcDir>,
     /// What the connecting process was running when its connection was accepted.
     pub at_accept: ExecIdentity,
 }
@@ -111,16 +179,17 @@ impl Peer {
             io::Error::new(io::ErrorKind::PermissionDenied, "peer pid is not visible from this pid namespace")
         })?;
         let pidfd = peer_pidfd(stream).map(Arc::new);
-        let at_accept = ExecIdentity::read(pid)
-            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, format!("pid {pid} could not be read: {e}")))?;
-        Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), pidfd, at_accept })
+        let unreadable = |e: io::Error| io::Error::new(io::ErrorKind::PermissionDenied, format!("pid {pid} could not be read: {e}"));
+        let dir = ProcDir::open(pid).map_err(unreadable)?;
+        let at_accept = ExecIdentity::read_in(&dir).map_err(unreadable)?;
+        Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), pidfd, dir: Arc::new(dir), at_accept })
     }
 
     /// True while the connecting process still runs the exec it ran when its connection
     /// was accepted. False once it exec'd anything (even the same file again), exited, or
     /// its pid names another process.
     pub fn same_exec_as_at_accept(&self) -> bool {
-        ExecIdentity::read(self.pid).is_ok_and(|now| now == self.at_accept)
+        ExecIdentity::read_in(&self.dir).is_ok_and(|now| now == self.at_accept)
     }
 
     /// False once the process that connected has exited (its pid may then be reused).
@@ -252,6 +321,27 @@ mod tests {
         assert!(peer.still_alive());
         assert!(peer.same_exec_as_at_accept());
         assert!(peer.at_accept.exec_nonce.is_some(), "root reads AT_RANDOM through /proc/<pid>/mem");
+    }
+
+    #[test]
+    fn the_exec_nonce_is_the_bytes_the_kernel_gave_this_exec() {
+        // SAFETY: getauxval has no preconditions; AT_RANDOM points at 16 readable bytes.
+        let expected = unsafe { *(libc::getauxval(libc::AT_RANDOM) as *const [u8; 16]) };
+        let me = ExecIdentity::read(std::process::id()).expect("read");
+        assert_eq!(me.exec_nonce, Some(expected));
+        assert!(me.exe.is_some() && me.cgroup.is_some());
+    }
+
+    /// Whoever later holds the pid, a reading through the connector's directory never
+    /// answers for it: the directory is bound to the process it was opened for.
+    #[test]
+    fn a_reaped_process_cannot_be_read_through_its_directory() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        let dir = ProcDir::open(child.id()).expect("open");
+        assert!(ExecIdentity::read_in(&dir).is_ok());
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(ExecIdentity::read_in(&dir).is_err(), "a reaped process read as alive");
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub trait TokenSigner: PublicKeys + Send + Sync {
     fn maintain(&self) -> Result<bool, String>;
     /// The key that signs new tokens, when this process knows it.
     fn active_kid(&self) -> Option<String>;
+    /// True if `sign` may wait on something outside this process (a remote signer).
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 /// Single-node mode: the agent's own keys.
@@ -72,5 +76,9 @@ impl TokenSigner for LocalSigner {
 
     fn active_kid(&self) -> Option<String> {
         self.0.active_kid()
+    }
+
+    fn may_block(&self) -> bool {
+        false
     }
 }

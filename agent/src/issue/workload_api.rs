@@ -60,11 +60,17 @@ impl SpiffeWorkloadApi for WorkloadApi {
             spiffe_id: Some(body.spiffe_id).filter(|s| !s.is_empty()),
             has_security_header: has_header,
         };
-        let issuer = self.issuer.clone();
-        // Attestation reads procfs and may hash a binary: keep it off the reactor.
-        let result = tokio::task::spawn_blocking(move || issuer.fetch_jwt(&peer, &request))
-            .await
-            .map_err(|e| Status::internal(format!("issuance task failed: {e}")))?;
+        // Decided here when nothing on the way may block; otherwise (a binary to hash, a
+        // pod to wait for, a remote signer) on a blocking thread, off the reactor.
+        let result = match self.issuer.try_fetch_jwt_now(&peer, &request) {
+            Some(result) => result,
+            None => {
+                let issuer = self.issuer.clone();
+                tokio::task::spawn_blocking(move || issuer.fetch_jwt(&peer, &request))
+                    .await
+                    .map_err(|e| Status::internal(format!("issuance task failed: {e}")))?
+            }
+        };
         match result {
             Ok(issued) => Ok(Response::new(JwtsvidResponse {
                 svids: issued.into_iter().map(|i| Jwtsvid { spiffe_id: i.spiffe_id, svid: i.token, hint: i.hint }).collect(),
