@@ -38,6 +38,14 @@ pub enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Benchmark: the cost of one ES256 signature and of one whole JWT-SVID, as JSON
+    /// (`cargo xtask bench` sets the Workload API's latency against it).
+    #[command(hide = true)]
+    SignBench {
+        /// Signatures to time (the mean counts).
+        #[arg(long, default_value_t = 2000)]
+        repeat: u32,
+    },
     /// List the credential families Sigil names, and where each is looked for.
     Families(FamiliesArgs),
     /// Keep a token file fresh for SDKs that read one (AWS web identity, GCP external

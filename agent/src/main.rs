@@ -93,6 +93,10 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> an
             println!("{}", sigil_agent::attest::hash_bench::measure(&file, repeat)?);
             Ok(())
         }
+        Cmd::SignBench { repeat } => {
+            println!("{}", sigil_agent::issue::sign_bench::measure(repeat)?);
+            Ok(())
+        }
         Cmd::Run(args) => {
             let cfg = args.config()?;
             let stop = Arc::new(AtomicBool::new(false));

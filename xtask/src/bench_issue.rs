@@ -36,6 +36,22 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// What signing costs in the agent's own code (`sigil-agent sign-bench`), µs.
+pub struct SignCost {
+    pub es256_us: f64,
+    pub jwt_us: f64,
+}
+
+pub fn sign_cost(bin: &Path) -> Result<SignCost> {
+    let out = Command::new(bin).arg("sign-bench").output()?;
+    if !out.status.success() {
+        bail!("sigil-agent sign-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let field = |k: &str| v[k].as_f64().with_context(|| format!("sign-bench printed no {k}: {v}"));
+    Ok(SignCost { es256_us: field("es256_us")?, jwt_us: field("jwt_us")? })
+}
+
 /// One mode's figures: p50 and p99 (µs), tokens per second.
 pub struct Row {
     pub name: String,

@@ -15,6 +15,7 @@ pub mod oidc;
 pub mod peer;
 pub mod policy;
 pub mod remote;
+pub mod sign_bench;
 pub mod signing;
 pub mod watched;
 pub mod workload_api;
