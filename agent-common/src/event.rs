@@ -160,8 +160,10 @@ pub struct FileOpenEvent {
     pub filename: [u8; PATH_LEN],
 }
 
-/// Length of a watched base name key (NUL-padded).
-pub const WATCH_NAME_LEN: usize = 32;
+/// Length of a watched name key (NUL-padded): room for the longest name on the watch
+/// list (`application_default_credentials.json`, 36 bytes). At most 64, the bits of
+/// the kernel's length mask.
+pub const WATCH_NAME_LEN: usize = 40;
 
 /// First field of every event.
 #[repr(C)]

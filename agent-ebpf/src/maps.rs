@@ -203,7 +203,7 @@ pub static WATCHED_NAMES: HashMap<[u8; WATCH_NAME_LEN], u8> = HashMap::with_max_
 
 /// Bit `l - 1` set when some watched name is `l` bytes long (set by the loader).
 #[unsafe(no_mangle)]
-pub static WATCH_LENGTHS: Global<u32> = Global::new(0);
+pub static WATCH_LENGTHS: Global<u64> = Global::new(0);
 
 /// Per-CPU scratch for an open() candidate, so unwatched opens never touch the ring buffer.
 #[map]

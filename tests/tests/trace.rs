@@ -177,6 +177,36 @@ fn reading_an_aws_shared_credentials_file_is_an_event() {
     assert!(t.agent.events().iter().all(|v| v["path"] != decoy_path.as_str()));
 }
 
+/// Every name on the kernel's watch list is reported when a workload reads it, the
+/// longest included: `application_default_credentials.json` (gcloud's ADC file, 36
+/// bytes) was once longer than the kernel's name key, dropped from the watch list
+/// without a word, and never reported.
+#[test]
+fn reading_any_watched_credential_file_is_an_event() {
+    let t = traced();
+    let home = t.dir.join("watched-home");
+    let paths: Vec<String> = sigil_agent::trace::files::WATCHED
+        .iter()
+        .map(|name| {
+            let path = home.join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, "x\n").unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let cg = TestCgroup::create("trace.slice/every-file.scope");
+    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (code, _, err) = cg.run(Path::new("/bin/cat"), &args);
+    assert_eq!(code, 0, "{err}");
+    for path in &paths {
+        let ev = t.agent.wait_event(&format!("cat's read of {path}"), |v| {
+            v["kind"] == "credential_file_read" && v["path"] == path.as_str() && v["process"]["cgroup_path"] == cg.path.as_str()
+        });
+        assert_eq!(ev["access"], "read");
+        assert!(ev["file_kind"].is_string(), "{ev}");
+    }
+}
+
 #[test]
 fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_request() {
     let t = traced();

@@ -39,7 +39,7 @@ fn try_open(ctx: &TracePointContext, name_at: usize, flags_at: usize) -> Result<
     let mut hit = false;
     let mut l = 1usize;
     while l <= WATCH_NAME_LEN {
-        if lengths & (1u32 << (l - 1)) != 0 && l <= len && suffix_watched(buf, len, l) {
+        if lengths & (1u64 << (l - 1)) != 0 && l <= len && suffix_watched(buf, len, l) {
             hit = true;
             break;
         }

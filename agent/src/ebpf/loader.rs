@@ -33,6 +33,9 @@ pub enum LoadError {
     Missing(&'static str),
     #[error("syscall tracepoint {0} does not have the expected layout; credential tracing is off")]
     Layout(String),
+    /// A name the kernel's key cannot hold would never be matched: refused, not dropped.
+    #[error("credential file name {0:?} does not fit the kernel's watch list ({WATCH_NAME_LEN} bytes at most)")]
+    WatchedName(String),
 }
 
 impl LoadError {
@@ -181,10 +184,10 @@ impl Probes {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        let lengths: u32 = watched_names
-            .iter()
-            .filter(|n| (1..=WATCH_NAME_LEN).contains(&n.len()))
-            .fold(0, |m, n| m | 1 << (n.len() - 1));
+        if let Some(name) = watched_names.iter().find(|n| !(1..=WATCH_NAME_LEN).contains(&n.len())) {
+            return Err(LoadError::WatchedName(name.to_string()));
+        }
+        let lengths: u64 = watched_names.iter().fold(0, |m, n| m | 1 << (n.len() - 1));
         // Data events wake user space once an eighth of the ring is waiting (else at its
         // next poll tick, `DATA_POLL_TICK`).
         let data_wakeup_bytes = u64::from(ring_buffer_bytes / 8);

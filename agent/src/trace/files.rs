@@ -70,6 +70,16 @@ pub fn classify(path: &str) -> Option<FileKind> {
 mod tests {
     use super::*;
 
+    /// Every watched name fits the kernel's key and is classified (the loader refuses
+    /// a name that does not fit rather than leaving it unwatched).
+    #[test]
+    fn every_watched_name_fits_the_kernel_key_and_is_classified() {
+        for name in WATCHED {
+            assert!((1..=agent_common::WATCH_NAME_LEN).contains(&name.len()), "{name} does not fit");
+            assert!(classify(&format!("/home/u/{name}")).is_some(), "{name} is watched but not classified");
+        }
+    }
+
     #[test]
     fn classifies_watched_paths_and_rejects_lookalikes() {
         assert_eq!(classify("/root/.aws/credentials"), Some(FileKind::AwsSharedCredentials));
