@@ -32,8 +32,15 @@ pub fn sigil_close(ctx: TracePointContext) -> u32 {
     if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[0]) } {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let key = sock_key(tgid, fd as i32);
-        let _ = CONNS.remove(&key);
-        let _ = TLS_SKIP.remove(&key);
+        // Nearly every close is of something never tracked: a lookup (lock-free) spares
+        // those the delete's bucket lock.
+        // SAFETY: plain values; the references do not outlive this program run.
+        if unsafe { CONNS.get(&key) }.is_some() {
+            let _ = CONNS.remove(&key);
+        }
+        if unsafe { TLS_SKIP.get(&key) }.is_some() {
+            let _ = TLS_SKIP.remove(&key);
+        }
     }
     0
 }
