@@ -1,6 +1,9 @@
 //! A minimal Workload API client, for `sigil-agent token` (shell scripts, demos, tests).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
@@ -50,16 +53,23 @@ pub struct Measured {
 
 /// Token fetch latency and throughput for `cargo xtask bench`: `n` fetches spread over
 /// `clients` connections fetching at the same time, each for a new audience when
-/// `distinct` (so no cache can answer).
+/// `distinct` (so no cache can answer). Each client first fetches once, untimed: the
+/// agent attests a caller it has not seen (hashing its binary) on its first request,
+/// which is attestation's cost, not issuance's.
 pub async fn measure(socket: &Path, audience: &str, n: usize, distinct: bool, clients: usize) -> Result<Measured> {
     let clients = clients.max(1);
-    let started = std::time::Instant::now();
+    let ready = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let (socket, audience) = (socket.to_owned(), audience.to_owned());
+        let (socket, audience, ready) = (socket.to_owned(), audience.to_owned(), ready.clone());
         let share = n / clients + usize::from(c < n % clients);
         tasks.spawn(async move {
-            let mut client = connect(&socket).await?;
+            let mut client = connect(&socket).await;
+            if let Ok(client) = &mut client {
+                let _ = fetch_with(client, vec![format!("{audience}-warm-{c}")], None).await;
+            }
+            ready.wait().await;
+            let mut client = client?;
             let mut micros = Vec::with_capacity(share);
             for i in 0..share {
                 let aud = if distinct { format!("{audience}-{c}-{i}") } else { audience.clone() };
@@ -70,6 +80,8 @@ pub async fn measure(socket: &Path, audience: &str, n: usize, distinct: bool, cl
             anyhow::Ok(micros)
         });
     }
+    ready.wait().await;
+    let started = std::time::Instant::now();
     let mut micros = Vec::with_capacity(n);
     while let Some(done) = tasks.join_next().await {
         micros.extend(done.context("a fetching task failed")??);
