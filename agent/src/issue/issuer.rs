@@ -58,8 +58,9 @@ pub struct Denial {
 
 /// Where a request is decided. `Now` is the gRPC task itself, where nothing may block;
 /// a step that could (hashing an executable not attested yet, waiting for the pod watch,
-/// re-reading a script, asking a remote signer) stops the decision there, before anything
-/// was emitted, and the request is decided again on a blocking thread. Requests from
+/// re-reading a script, asking the cluster signer for a token it has not cached) stops
+/// the decision there, before anything was emitted, and the request is decided again on
+/// a blocking thread. Requests from
 /// attested workloads, nearly all of them, skip the thread hop: about a fifth of a
 /// token's cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,9 +307,6 @@ impl Issuer {
         let deny = |reason, detail: String, process: Option<&ProcessRecord>| {
             Stop::Denied(self.deny(peer, req, reason, detail, process.map(ProcessRef::from)))
         };
-        if mode == Mode::Now && self.signer.may_block() {
-            return Err(Stop::WouldBlock);
-        }
         if !req.has_security_header {
             return Err(deny(
                 DenyReason::MissingSecurityHeader,
@@ -394,7 +392,11 @@ impl Issuer {
                 sigil_k8s_pod: meta.as_ref().and_then(|m| m.name.clone()),
                 sigil_run: meta.as_ref().and_then(PodMeta::run_key),
             };
-            let signed = self.signer.sign(claims).map_err(|e| {
+            let signed = match mode {
+                Mode::Now => self.signer.sign_now(claims).ok_or(Stop::WouldBlock)?,
+                Mode::MayBlock => self.signer.sign(claims),
+            };
+            let signed = signed.map_err(|e| {
                 let reason = match &e {
                     SignError::Unavailable(_) => DenyReason::SignerUnavailable,
                     SignError::Refused(_) => DenyReason::SignerRefused,

@@ -120,6 +120,11 @@ impl RemoteSigner {
         (hit.claims.exp - now > min_left(hit)).then(|| Signed { fresh: false, ..hit.clone() })
     }
 
+    /// A cached token with more than half of its lifetime left: served again.
+    fn reusable(&self, key: &CacheKey) -> Option<Signed> {
+        self.cached(key, |s| (s.claims.exp - s.claims.iat) / 2)
+    }
+
     fn unavailable(&self, why: &str) -> SignError {
         SignError::Unavailable(format!(
             "the cluster signer at {} is unreachable ({why}) and no cached token for this identity and audience is valid",
@@ -146,10 +151,13 @@ impl PublicKeys for RemoteSigner {
 }
 
 impl TokenSigner for RemoteSigner {
+    fn sign_now(&self, claims: Claims) -> Option<Result<Signed, SignError>> {
+        self.reusable(&CacheKey::of(&claims)).map(Ok)
+    }
+
     fn sign(&self, claims: Claims) -> Result<Signed, SignError> {
         let key = CacheKey::of(&claims);
-        // More than half of its lifetime left: serve it again.
-        if let Some(hit) = self.cached(&key, |s| (s.claims.exp - s.claims.iat) / 2) {
+        if let Some(hit) = self.reusable(&key) {
             return Ok(hit);
         }
         let req = SignJwtRequest {

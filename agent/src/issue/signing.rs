@@ -45,9 +45,10 @@ pub trait TokenSigner: PublicKeys + Send + Sync {
     fn maintain(&self) -> Result<bool, String>;
     /// The key that signs new tokens, when this process knows it.
     fn active_kid(&self) -> Option<String>;
-    /// True if `sign` may wait on something outside this process (a remote signer).
-    fn may_block(&self) -> bool {
-        true
+    /// Signs without waiting on anything outside this process, or None when signing
+    /// would have to (a remote signer with nothing cached for these claims).
+    fn sign_now(&self, _claims: Claims) -> Option<Result<Signed, SignError>> {
+        None
     }
 }
 
@@ -78,7 +79,7 @@ impl TokenSigner for LocalSigner {
         self.0.active_kid()
     }
 
-    fn may_block(&self) -> bool {
-        false
+    fn sign_now(&self, claims: Claims) -> Option<Result<Signed, SignError>> {
+        Some(self.sign(claims))
     }
 }
