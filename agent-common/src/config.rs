@@ -60,6 +60,16 @@ pub struct ExeOffsets {
     pub task_group_leader: u32,
     /// `task_struct.start_boottime`
     pub task_start_boottime: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `fdtable.max_fds`
+    pub fdtable_max_fds: u32,
+    /// `file.f_flags`
+    pub file_flags: u32,
 }
 
 #[cfg(feature = "user")]

@@ -149,16 +149,35 @@ pub struct DataEvent {
     pub data: [u8; DATA_CAPTURE],
 }
 
-/// An open() of a file whose base name is on the watch list (filtered in the kernel).
+/// An open() of a credential file, sent when the open returns: either the name passed
+/// was on the watch list ([`OPEN_BY_NAME`]), or the file opened is one the kernel already
+/// knows as a credential file by its inode ([`OPEN_BY_IDENTITY`]: a link to it, a
+/// relative or unusually spelled name).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FileOpenEvent {
     pub header: EventHeader,
     pub flags: i32,
     pub filename_len: u16,
-    pub _pad0: u16,
+    /// [`OPEN_BY_NAME`] or [`OPEN_BY_IDENTITY`].
+    pub matched: u16,
+    /// The open's result: the fd, or a negative errno (the file was not opened).
+    pub ret: i32,
+    pub _pad0: u32,
+    /// The opened file's `super_block.s_dev` and inode (0 when the open failed).
+    pub dev: u64,
+    pub ino: u64,
+    /// The name passed to open (empty for [`OPEN_BY_IDENTITY`]).
     pub filename: [u8; PATH_LEN],
 }
+
+/// The name passed to open() was on the watch list.
+pub const OPEN_BY_NAME: u16 = 0;
+/// The name was not, but the file opened is a known credential file (its inode).
+pub const OPEN_BY_IDENTITY: u16 = 1;
+/// Credential-file inodes the kernel knows (learnt from opens by name, and from the
+/// agent's scan of well-known places).
+pub const WATCHED_INODES_ENTRIES: u32 = 8192;
 
 /// Length of a watched name key (NUL-padded): room for the longest name on the watch
 /// list (`application_default_credentials.json`, 36 bytes). At most 64, the bits of

@@ -15,5 +15,6 @@ pub use config::{ExeOffsets, TracepointOffsets};
 pub use drops::{DROP_REASONS, DROPS_MAP, DropReason, TLS_CALLS_ENTRIES, TLS_CALLS_MAP};
 pub use event::{
     ConnectEvent, DataEvent, DataSource, EventHeader, EventKind, ExeIdentity, ExeSource, ExecEvent, ExitEvent,
-    FileOpenEvent, COMM_LEN, DATA_CAPTURE, PATH_LEN, RESPONSE_BUDGET, RESPONSE_WATCH_MAP, QUIET_EXES_MAP, TlsConnKey, WATCH_NAME_LEN,
+    FileOpenEvent, COMM_LEN, DATA_CAPTURE, OPEN_BY_IDENTITY, OPEN_BY_NAME, PATH_LEN, RESPONSE_BUDGET, RESPONSE_WATCH_MAP,
+    QUIET_EXES_MAP, TlsConnKey, WATCHED_INODES_ENTRIES, WATCH_NAME_LEN,
 };

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use aya_ebpf::maps::HashMap;
 use sigil_agent_common::{
     DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeIdentity, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES,
-    TracepointOffsets, WATCH_NAME_LEN,
+    TracepointOffsets, WATCHED_INODES_ENTRIES, WATCH_NAME_LEN,
 };
 
 /// All events go through one ring buffer so user space sees them in kernel order.
@@ -80,6 +80,11 @@ pub static EXE_OFFSETS: Global<ExeOffsets> = Global::new(ExeOffsets {
     sb_dev: 0,
     task_group_leader: 0,
     task_start_boottime: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_fd: 0,
+    fdtable_max_fds: 0,
+    file_flags: 0,
 });
 
 /// Everything the kernel side gave up on, by [`DropReason`] (user space sums the CPUs).
@@ -201,6 +206,11 @@ pub const SKIPPED_SLOTS: u32 = 65536;
 #[map]
 pub static WATCHED_NAMES: HashMap<[u8; WATCH_NAME_LEN], u8> = HashMap::with_max_entries(256, 0);
 
+/// The agent's own process id (set by the loader): its own opens, several per exec it
+/// attests, are not a workload's and cost the open programs nothing.
+#[unsafe(no_mangle)]
+pub static AGENT_TGID: Global<u32> = Global::new(0);
+
 /// Bit `l - 1` set when some watched name is `l` bytes long (set by the loader).
 #[unsafe(no_mangle)]
 pub static WATCH_LENGTHS: Global<u64> = Global::new(0);
@@ -208,6 +218,16 @@ pub static WATCH_LENGTHS: Global<u64> = Global::new(0);
 /// Per-CPU scratch for an open() candidate, so unwatched opens never touch the ring buffer.
 #[map]
 pub static OPEN_SCRATCH: PerCpuArray<FileOpenEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Opens of a watched name between their entry and their return, by thread id: the
+/// event is sent at the return, with the identity of the file opened.
+#[map]
+pub static OPENS_BY_NAME: HashMap<u32, FileOpenEvent> = HashMap::with_max_entries(4096, 0);
+
+/// (`s_dev`, inode) of known credential files: every file opened by a watched name is
+/// added at its open's return; the agent adds what its scan finds.
+#[map]
+pub static WATCHED_INODES: HashMap<[u64; 2], u8> = HashMap::with_max_entries(WATCHED_INODES_ENTRIES, 0);
 
 /// A data event with room behind it, so writev/sendmsg can copy iovec after iovec at a
 /// variable offset: each copy starts below `DATA_CAPTURE` and is at most `DATA_CAPTURE`

@@ -300,6 +300,11 @@ fn start_tracing(
         return Ok(None);
     }
     let mut tracer = Tracer::new(node.to_owned(), Fingerprinter::new(&key), sigil_issuers);
+    let found = files::scan_well_known();
+    if let Err(e) = probes.watch_file_ids(found.iter().map(|(id, _, _)| *id)) {
+        warn!("credential files found at start are matched by name only: {e}");
+    }
+    tracer.learn_files(found);
     tracer.libs.attach_system(probes);
     tracer.libs.scan(probes);
     Ok(Some(tracer))

@@ -207,6 +207,47 @@ fn reading_any_watched_credential_file_is_an_event() {
     }
 }
 
+/// A workload that knows the agent matches credential files by name reads
+/// `.aws/credentials` under other names: a symbolic link, a hard link, a name relative to
+/// its working directory, `.` and `//` in the path, a path longer than the kernel's copy
+/// of it, and through `openat2`. Each is matched by the file's inode at the open's
+/// return, and reported as the credential file it is, under the name the kernel first
+/// saw it by. Before, every one went unseen.
+#[test]
+fn a_credential_file_read_under_another_name_is_still_an_event() {
+    let t = traced();
+    let home = t.dir.join("renamed-home");
+    let aws = home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let secret = "PLANTEDlinkSECRETwJalrXUtnFEMIK7MDENGbPxRfiCY";
+    let creds = aws.join("credentials");
+    // Written by its name: the kernel learns the file's inode from this very open.
+    fs::write(&creds, format!("[default]\naws_access_key_id = AKIASIGILTEST0000010\naws_secret_access_key = {secret}\n")).unwrap();
+    let (c, h, a) = (creds.display().to_string(), home.display().to_string(), aws.display().to_string());
+    let long = format!("{h}/{}.aws/credentials", "./".repeat(200));
+    let variants = [
+        ("symlink", format!("ln -s {c} {h}/innocent.txt && cat {h}/innocent.txt"), c.clone()),
+        ("hardlink", format!("ln {c} {h}/notes.txt && cat {h}/notes.txt"), c.clone()),
+        ("relative", format!("cd {a} && cat credentials"), c.clone()),
+        ("dot", format!("cat {a}/./credentials"), c.clone()),
+        ("slashes", format!("cat {h}//.aws//credentials"), c.clone()),
+        ("long", format!("cat {long}"), c.clone()),
+        ("openat2", format!("{} -c 'import ctypes,os,sys; how=(ctypes.c_uint64*3)(os.O_RDONLY,0,0); fd=ctypes.CDLL(None,use_errno=True).syscall(437,-100,sys.argv[1].encode(),how,24); sys.exit(0 if fd>=0 and os.read(fd,9) else 1)' {a}/../.aws/./credentials", python().display()), c.clone()),
+    ];
+    for (name, script, reported) in variants {
+        let cg = TestCgroup::create(&format!("trace.slice/renamed-{name}.scope"));
+        let (code, _, err) = cg.run(Path::new("/bin/sh"), &["-c", &script]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let ev = t.agent.wait_event(&format!("the {name} read"), |v| {
+            v["kind"] == "credential_file_read" && v["process"]["cgroup_path"] == cg.path.as_str()
+        });
+        assert_eq!(ev["file_kind"], "aws_shared_credentials", "{name}: {ev}");
+        assert_eq!(ev["path"], reported.as_str(), "{name}: {ev}");
+        assert_eq!(ev["access"], "read", "{name}: {ev}");
+    }
+    t.assert_never_kept(secret);
+}
+
 #[test]
 fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_request() {
     let t = traced();

@@ -1,33 +1,57 @@
-//! Opens of credential files, filtered in the kernel by base name so that the millions
-//! of ordinary opens cost a string copy and one hash lookup, and never reach user space.
+//! Opens of credential files, filtered in the kernel so that the millions of ordinary
+//! opens never reach user space. At entry, the name passed is matched against the watch
+//! list (a string copy and a few hash lookups). At return, the file actually opened is
+//! matched by its inode against the credential files the kernel already knows: a link
+//! to `.aws/credentials`, a relative name (`cd ~/.aws; cat credentials`) or a path
+//! spelled with `.` or `//` names the same inode. Every file opened by a watched name
+//! becomes known that way.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sigil_agent_common::{EventKind, PATH_LEN, WATCH_NAME_LEN};
+use sigil_agent_common::{EventKind, FileOpenEvent, OPEN_BY_IDENTITY, OPEN_BY_NAME, PATH_LEN, WATCH_NAME_LEN};
 
-use super::{SYSCALL_ARG, process::header};
-use crate::maps::{EVENTS, OPEN_SCRATCH, WATCHED_NAMES, WATCH_LENGTHS, count_lost};
+use super::{
+    SYSCALL_ARG, SYSCALL_RET,
+    process::{fd_file_identity, header},
+};
+use crate::maps::{AGENT_TGID, EVENTS, OPEN_SCRATCH, OPENS_BY_NAME, WATCHED_INODES, WATCHED_NAMES, WATCH_LENGTHS, count_lost};
 
 /// openat(dfd, filename, flags, mode)
 #[tracepoint]
 pub fn sigil_openat(ctx: TracePointContext) -> u32 {
-    try_open(&ctx, SYSCALL_ARG[1], SYSCALL_ARG[2]).unwrap_or(0)
+    // SAFETY: fixed syscall tracepoint layout.
+    let flags = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[2]) }.unwrap_or(0);
+    try_open(&ctx, SYSCALL_ARG[1], flags).unwrap_or(0)
 }
 
 /// open(filename, flags, mode)
 #[tracepoint]
 pub fn sigil_open(ctx: TracePointContext) -> u32 {
-    try_open(&ctx, SYSCALL_ARG[0], SYSCALL_ARG[1]).unwrap_or(0)
+    // SAFETY: fixed syscall tracepoint layout.
+    let flags = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[1]) }.unwrap_or(0);
+    try_open(&ctx, SYSCALL_ARG[0], flags).unwrap_or(0)
 }
 
-fn try_open(ctx: &TracePointContext, name_at: usize, flags_at: usize) -> Result<u32, i64> {
+/// openat2(dfd, filename, how, size): the flags are the first field of `struct open_how`.
+#[tracepoint]
+pub fn sigil_openat2(ctx: TracePointContext) -> u32 {
+    // SAFETY: fixed syscall tracepoint layout; the user pointer is only probe-read.
+    let how = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[2]) }.unwrap_or(0);
+    let flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
+    try_open(&ctx, SYSCALL_ARG[1], flags).unwrap_or(0)
+}
+
+fn try_open(ctx: &TracePointContext, name_at: usize, flags: u64) -> Result<u32, i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+        return Ok(0);
+    }
     let ev = OPEN_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: fixed syscall tracepoint layout; per-CPU scratch owned by this program run.
     let name: u64 = unsafe { ctx.read_at(name_at) }.map_err(|e| e as i64)?;
-    let flags: u64 = unsafe { ctx.read_at(flags_at) }.map_err(|e| e as i64)?;
     let buf = unsafe { &mut (*ev).filename };
     let len = unsafe { bpf_probe_read_user_str_bytes(name as *const u8, buf) }?.len();
 
@@ -48,16 +72,98 @@ fn try_open(ctx: &TracePointContext, name_at: usize, flags_at: usize) -> Result<
     if !hit {
         return Ok(0);
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     unsafe {
-        (*ev).header = header(EventKind::FileOpen, tgid);
+        (*ev).header = header(EventKind::FileOpen, (pid_tgid >> 32) as u32);
         (*ev).flags = flags as i32;
         (*ev).filename_len = len as u16;
+        (*ev).matched = OPEN_BY_NAME;
+        (*ev).ret = 0;
         (*ev)._pad0 = 0;
+        (*ev).dev = 0;
+        (*ev).ino = 0;
     }
+    // Sent at the open's return, with what was opened. With no room to wait (thousands
+    // of threads inside such an open at once), sent now, without the identity.
     // SAFETY: `ev` is a valid FileOpenEvent in our scratch map.
-    if EVENTS.output::<sigil_agent_common::FileOpenEvent>(unsafe { &*ev }, 0).is_err() {
+    if OPENS_BY_NAME.insert(&(pid_tgid as u32), unsafe { &*ev }, 0).is_err() {
+        send(unsafe { &*ev });
+    }
+    Ok(0)
+}
+
+fn send(ev: &FileOpenEvent) {
+    if EVENTS.output::<FileOpenEvent>(ev, 0).is_err() {
         count_lost(EventKind::FileOpen.loss_slot());
+    }
+}
+
+/// The return of openat() and open().
+#[tracepoint]
+pub fn sigil_open_exit(ctx: TracePointContext) -> u32 {
+    try_open_exit(&ctx).unwrap_or(0)
+}
+
+fn try_open_exit(ctx: &TracePointContext) -> Result<u32, i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+        return Ok(0);
+    }
+    let tid = pid_tgid as u32;
+    // SAFETY: fixed syscall tracepoint layout.
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.map_err(|e| e as i64)?;
+    let by_name = OPENS_BY_NAME.get_ptr_mut(&tid);
+    if ret < 0 {
+        // A failed attempt on a watched name is still reported (probing for keys).
+        if let Some(ev) = by_name {
+            // SAFETY: a valid entry of our map, ours until removed below.
+            unsafe {
+                (*ev).ret = ret as i32;
+                send(&*ev);
+            }
+            let _ = OPENS_BY_NAME.remove(&tid);
+        }
+        return Ok(0);
+    }
+    let Ok((dev, ino, flags)) = fd_file_identity(ret as u32) else {
+        if let Some(ev) = by_name {
+            // SAFETY: as above.
+            unsafe {
+                (*ev).ret = ret as i32;
+                send(&*ev);
+            }
+            let _ = OPENS_BY_NAME.remove(&tid);
+        }
+        return Ok(0);
+    };
+    let key = [dev, ino];
+    if let Some(ev) = by_name {
+        // SAFETY: as above.
+        unsafe {
+            (*ev).ret = ret as i32;
+            (*ev).dev = dev;
+            (*ev).ino = ino;
+            send(&*ev);
+        }
+        let _ = OPENS_BY_NAME.remove(&tid);
+        let _ = WATCHED_INODES.insert(&key, &1, 0);
+        return Ok(0);
+    }
+    // SAFETY: plain value.
+    if unsafe { WATCHED_INODES.get(&key) }.is_none() {
+        return Ok(0);
+    }
+    let ev = OPEN_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    // SAFETY: per-CPU scratch owned by this program run.
+    unsafe {
+        (*ev).header = header(EventKind::FileOpen, (pid_tgid >> 32) as u32);
+        (*ev).flags = flags as i32;
+        (*ev).filename_len = 0;
+        (*ev).matched = OPEN_BY_IDENTITY;
+        (*ev).ret = ret as i32;
+        (*ev)._pad0 = 0;
+        (*ev).dev = dev;
+        (*ev).ino = ino;
+        send(&*ev);
     }
     Ok(0)
 }

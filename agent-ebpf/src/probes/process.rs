@@ -164,6 +164,28 @@ fn exe_identity() -> Result<ExeIdentity, i32> {
     })
 }
 
+/// (`s_dev`, inode, open flags) of the file behind the current process's `fd`, following
+/// `task->files->fdt->fd[fd]->f_inode` at offsets the agent took from BTF.
+#[inline(always)]
+pub fn fd_file_identity(fd: u32) -> Result<(u64, u64, u32), i32> {
+    let (task, off) = current_task()?;
+    let files: u64 = read_field(task, off.task_files)?;
+    let fdt: u64 = read_field(files, off.files_fdt)?;
+    let max_fds: u32 = read_field(fdt, off.fdtable_max_fds)?;
+    if files == 0 || fdt == 0 || fd >= max_fds {
+        return Err(0);
+    }
+    let array: u64 = read_field(fdt, off.fdtable_fd)?;
+    let file: u64 = read_field(array, fd * 8)?;
+    let inode: u64 = read_field(file, off.file_inode)?;
+    let sb: u64 = read_field(inode, off.inode_sb)?;
+    if array == 0 || file == 0 || inode == 0 || sb == 0 {
+        return Err(0);
+    }
+    let dev: u32 = read_field(sb, off.sb_dev)?;
+    Ok((u64::from(dev), read_field(inode, off.inode_ino)?, read_field(file, off.file_flags)?))
+}
+
 fn try_exit(ctx: &TracePointContext) -> Result<u32, i32> {
     let off = TP_OFFSETS.load();
     if off.valid == 0 {

@@ -49,6 +49,11 @@ pub fn exe_offsets(path: &Path) -> Result<ExeOffsets, LayoutError> {
         sb_dev: layout.field("super_block", "s_dev")?,
         task_group_leader: layout.field("task_struct", "group_leader")?,
         task_start_boottime: layout.field("task_struct", "start_boottime")?,
+        task_files: layout.field("task_struct", "files")?,
+        files_fdt: layout.field("files_struct", "fdt")?,
+        fdtable_fd: layout.field("fdtable", "fd")?,
+        fdtable_max_fds: layout.field("fdtable", "max_fds")?,
+        file_flags: layout.field("file", "f_flags")?,
     };
     // The parse's memory is freed here and returned to the kernel with the rest of
     // start-up's (`release_startup_memory`, before the event loop).

@@ -84,7 +84,7 @@ const PROCESS_PROGRAMS: [(&str, &str, &str); 3] = [
 
 /// (program, syscall tracepoint) for credential-use tracing. `sigil_write` serves both
 /// write and sendto: their first three arguments are (fd, buffer, length).
-const TRACE_PROGRAMS: [(&str, &str); 9] = [
+const TRACE_PROGRAMS: [(&str, &str); 14] = [
     ("sigil_connect_enter", "sys_enter_connect"),
     ("sigil_connect_exit", "sys_exit_connect"),
     ("sigil_close", "sys_enter_close"),
@@ -94,6 +94,13 @@ const TRACE_PROGRAMS: [(&str, &str); 9] = [
     ("sigil_sendmsg", "sys_enter_sendmsg"),
     ("sigil_openat", "sys_enter_openat"),
     ("sigil_open", "sys_enter_open"),
+    ("sigil_openat2", "sys_enter_openat2"),
+    // Every open's return: what was opened, matched by inode (open_by_handle_at names
+    // no path at all).
+    ("sigil_open_exit", "sys_exit_openat"),
+    ("sigil_open_exit", "sys_exit_open"),
+    ("sigil_open_exit", "sys_exit_openat2"),
+    ("sigil_open_exit", "sys_exit_open_by_handle_at"),
 ];
 
 /// A TLS library's write function and the programs that trace it.
@@ -191,7 +198,9 @@ impl Probes {
         // Data events wake user space once an eighth of the ring is waiting (else at its
         // next poll tick, `DATA_POLL_TICK`).
         let data_wakeup_bytes = u64::from(ring_buffer_bytes / 8);
+        let agent_tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
+            .override_global("AGENT_TGID", &agent_tgid, true)
             .override_global("DATA_WAKEUP_BYTES", &data_wakeup_bytes, true)
             .override_global("TP_OFFSETS", &offsets, true)
             .override_global("EXE_OFFSETS", &exe, true)
@@ -224,11 +233,12 @@ impl Probes {
     /// Attaches the syscall tracepoints and loads (without attaching) the TLS uprobes.
     pub fn attach_tracing(&mut self, tracefs: &Path) -> Result<(), LoadError> {
         // The programs read syscall arguments at fixed 8-byte slots from offset 16.
-        const LAYOUT: [(&str, &str, u32); 7] = [
+        const LAYOUT: [(&str, &str, u32); 8] = [
             ("sys_enter_write", "fd", 16),
             ("sys_enter_write", "buf", 24),
             ("sys_enter_connect", "uservaddr", 24),
             ("sys_exit_connect", "ret", 16),
+            ("sys_exit_openat", "ret", 16),
             ("sys_enter_writev", "vec", 24),
             ("sys_enter_writev", "vlen", 32),
             ("sys_enter_sendmsg", "msg", 24),
@@ -318,6 +328,19 @@ impl Probes {
             let n = name.len().min(WATCH_NAME_LEN);
             key[..n].copy_from_slice(&name.as_bytes()[..n]);
             map.insert(key, 1, 0).map_err(|source| LoadError::Map { name: "WATCHED_NAMES", source })?;
+        }
+        Ok(())
+    }
+
+    /// Puts credential files on the kernel's identity list (`s_dev`, inode), so an open
+    /// of one by any name is matched.
+    pub fn watch_file_ids(&mut self, ids: impl IntoIterator<Item = (u64, u64)>) -> Result<(), LoadError> {
+        let mut map: BpfHashMap<_, [u64; 2], u8> = BpfHashMap::try_from(
+            self.ebpf.map_mut("WATCHED_INODES").ok_or(LoadError::Missing("map WATCHED_INODES"))?,
+        )
+        .map_err(|source| LoadError::Map { name: "WATCHED_INODES", source })?;
+        for (dev, ino) in ids {
+            map.insert([dev, ino], 1, 0).map_err(|source| LoadError::Map { name: "WATCHED_INODES", source })?;
         }
         Ok(())
     }

@@ -66,9 +66,95 @@ pub fn classify(path: &str) -> Option<FileKind> {
     })
 }
 
+/// Where credential files usually live under a home directory: scanned at start, so a
+/// file the kernel has not yet seen opened by its name is known by its inode too.
+const IN_HOME: &[&str] = &[
+    ".aws/credentials",
+    ".aws/config",
+    ".config/gcloud/application_default_credentials.json",
+    ".config/gcloud/credentials.db",
+    ".config/gcloud/access_tokens.db",
+    ".kube/config",
+    ".netrc",
+    ".git-credentials",
+    ".docker/config.json",
+    ".ssh/id_rsa",
+    ".ssh/id_ecdsa",
+    ".ssh/id_ed25519",
+    ".ssh/id_dsa",
+];
+
+/// A credential file's identity as the kernel encodes it: (`s_dev`, inode). The kernel's
+/// internal device number has a 20-bit minor; `stat` reports the glibc encoding.
+pub type FileId = (u64, u64);
+
+pub fn kernel_file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    let dev = meta.dev();
+    (u64::from(libc::major(dev)) << 20 | u64::from(libc::minor(dev)), meta.ino())
+}
+
+/// Credential files in this host's home directories (`/root`, `/home/*`) and the
+/// host's service-account token, with their identities.
+pub fn scan_well_known() -> Vec<(FileId, String, FileKind)> {
+    let homes = std::fs::read_dir("/home").into_iter().flatten().filter_map(Result::ok).map(|e| e.path());
+    let mut paths: Vec<String> = std::iter::once(std::path::PathBuf::from("/root"))
+        .chain(homes)
+        .flat_map(|home| IN_HOME.iter().map(move |name| home.join(name).display().to_string()))
+        .collect();
+    paths.push("/var/run/secrets/kubernetes.io/serviceaccount/token".into());
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let kind = classify(&path)?;
+            let meta = std::fs::metadata(&path).ok().filter(std::fs::Metadata::is_file)?;
+            Some((kernel_file_id(&meta), path, kind))
+        })
+        .collect()
+}
+
+/// The credential files known by identity, for opens the kernel matched by inode alone
+/// (a link, a relative name): what each is. Bounded like the kernel's table.
+#[derive(Debug, Default)]
+pub struct KnownFiles(std::collections::HashMap<FileId, (String, FileKind)>);
+
+impl KnownFiles {
+    pub fn learn(&mut self, id: FileId, path: String, kind: FileKind) {
+        if self.0.len() >= agent_common::WATCHED_INODES_ENTRIES as usize && !self.0.contains_key(&id) {
+            return;
+        }
+        self.0.insert(id, (path, kind));
+    }
+
+    pub fn get(&self, id: &FileId) -> Option<&(String, FileKind)> {
+        self.0.get(id)
+    }
+}
+
+pub fn access_of(flags: i32) -> &'static str {
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => "write",
+        libc::O_RDWR => "read_write",
+        _ => "read",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scanned file's identity is encoded as the kernel encodes `s_dev`: decoding it
+    /// the way the exec path decodes the kernel's (already checked against live execs)
+    /// gives `stat`'s device back.
+    #[test]
+    fn a_scanned_identity_uses_the_kernels_device_encoding() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata("/proc/self/exe").expect("stat");
+        let (dev, ino) = kernel_file_id(&meta);
+        let e = agent_common::ExeIdentity { ino, size: 0, mtime_sec: 0, ctime_sec: 0, mtime_nsec: 0, ctime_nsec: 0, dev: dev as u32, source: agent_common::ExeSource::Kernel as u32 };
+        let (major, minor) = e.major_minor();
+        assert_eq!(libc::makedev(major, minor), meta.dev());
+    }
 
     /// Every watched name fits the kernel's key and is classified (the loader refuses
     /// a name that does not fit rather than leaving it unwatched).

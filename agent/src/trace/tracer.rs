@@ -6,7 +6,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, EventHeader, FileOpenEvent};
+use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, EventHeader, FileOpenEvent, OPEN_BY_IDENTITY};
 use sigil_proto::{EventBody, json, v1};
 use tracing::{debug, warn};
 
@@ -132,6 +132,7 @@ pub struct Tracer {
     static_runs: HashMap<String, std::collections::HashSet<String>>,
     aggregator: Aggregator,
     responses: ResponseTracker,
+    known_files: files::KnownFiles,
 }
 
 /// The record of the process that `pid` named when it wrote at `boot_ns`.
@@ -198,6 +199,7 @@ impl Tracer {
             static_runs: HashMap::new(),
             aggregator: Aggregator::default(),
             responses: ResponseTracker::default(),
+            known_files: files::KnownFiles::default(),
         }
     }
 
@@ -439,17 +441,32 @@ impl Tracer {
         self.aggregator.flush()
     }
 
+    /// Credential files found at start, so opens of them by any name are matched.
+    pub fn learn_files(&mut self, found: Vec<(files::FileId, String, files::FileKind)>) {
+        for (id, path, kind) in found {
+            self.known_files.learn(id, path, kind);
+        }
+    }
+
     pub fn on_file_open(&mut self, ev: &FileOpenEvent, attestor: &Attestor) -> Option<CredentialFileRead> {
-        let len = usize::from(ev.filename_len).min(ev.filename.len());
-        let path = c_str(&ev.filename[..len]);
-        let file_kind = files::classify(&path)?;
+        let id = (ev.dev, ev.ino);
+        let (path, file_kind, access) = if ev.matched == OPEN_BY_IDENTITY {
+            // Opened by another name (a link, a relative or oddly spelled path): the file
+            // is named as the kernel first saw it, by its name, and is what that name is.
+            // (The name in use is often gone by now: a short-lived reader has closed it.)
+            let (path, kind) = self.known_files.get(&id)?.clone();
+            (path, kind, files::access_of(ev.flags))
+        } else {
+            let len = usize::from(ev.filename_len).min(ev.filename.len());
+            let path = c_str(&ev.filename[..len]);
+            let kind = files::classify(&path)?;
+            if ev.ret >= 0 && id != (0, 0) {
+                self.known_files.learn(id, path.clone(), kind);
+            }
+            (path, kind, files::access_of(ev.flags))
+        };
         self.stats.credential_file_reads += 1;
         *self.stats.file_reads_by_kind.entry(label(json::file_kind::name(v1::FileKind::from(file_kind) as i32))).or_default() += 1;
-        let access = match ev.flags & libc::O_ACCMODE {
-            libc::O_WRONLY => "write",
-            libc::O_RDWR => "read_write",
-            _ => "read",
-        };
         let process = process_at(attestor, &self.clock, &ev.header);
         Some(CredentialFileRead {
             time: self.clock.rfc3339(ev.header.boot_ns),
