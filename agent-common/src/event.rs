@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(size_of::<ExitEvent>(), 32 + 8);
         assert_eq!(size_of::<ConnectEvent>(), 32 + 4 + 2 + 2 + 16 + 4 + 4);
         assert_eq!(size_of::<DataEvent>(), 32 + 8 + 8 + 4 + 4 + 4 + 4 + DATA_CAPTURE);
-        assert_eq!(size_of::<FileOpenEvent>(), 32 + 4 + 2 + 2 + PATH_LEN);
+        assert_eq!(size_of::<FileOpenEvent>(), 32 + 4 + 2 + 2 + 4 + 4 + 8 + 8 + PATH_LEN);
         assert_eq!(align_of::<ExecEvent>(), 8);
         assert_eq!(size_of::<TlsConnKey>(), 4 + 4 + 8);
     }

@@ -111,33 +111,12 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     let tid = pid_tgid as u32;
     // SAFETY: fixed syscall tracepoint layout.
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.map_err(|e| e as i64)?;
-    let by_name = OPENS_BY_NAME.get_ptr_mut(&tid);
-    if ret < 0 {
-        // A failed attempt on a watched name is still reported (probing for keys).
-        if let Some(ev) = by_name {
-            // SAFETY: a valid entry of our map, ours until removed below.
-            unsafe {
-                (*ev).ret = ret as i32;
-                send(&*ev);
-            }
-            let _ = OPENS_BY_NAME.remove(&tid);
-        }
-        return Ok(0);
-    }
-    let Ok((dev, ino, flags)) = fd_file_identity(ret as u32) else {
-        if let Some(ev) = by_name {
-            // SAFETY: as above.
-            unsafe {
-                (*ev).ret = ret as i32;
-                send(&*ev);
-            }
-            let _ = OPENS_BY_NAME.remove(&tid);
-        }
-        return Ok(0);
-    };
-    let key = [dev, ino];
-    if let Some(ev) = by_name {
-        // SAFETY: as above.
+    let identity = if ret >= 0 { fd_file_identity(ret as u32).ok() } else { None };
+    if let Some(ev) = OPENS_BY_NAME.get_ptr_mut(&tid) {
+        // Sent whatever the result: a failed attempt on a watched name is reported too
+        // (probing for keys). A file it opened becomes known by its identity.
+        let (dev, ino) = identity.map_or((0, 0), |(dev, ino, _)| (dev, ino));
+        // SAFETY: a valid entry of our map, ours until removed below.
         unsafe {
             (*ev).ret = ret as i32;
             (*ev).dev = dev;
@@ -145,11 +124,14 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<u32, i64> {
             send(&*ev);
         }
         let _ = OPENS_BY_NAME.remove(&tid);
-        let _ = WATCHED_INODES.insert(&key, &1, 0);
+        if identity.is_some() {
+            let _ = WATCHED_INODES.insert(&[dev, ino], &1, 0);
+        }
         return Ok(0);
     }
+    let Some((dev, ino, flags)) = identity else { return Ok(0) };
     // SAFETY: plain value.
-    if unsafe { WATCHED_INODES.get(&key) }.is_none() {
+    if unsafe { WATCHED_INODES.get(&[dev, ino]) }.is_none() {
         return Ok(0);
     }
     let ev = OPEN_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
