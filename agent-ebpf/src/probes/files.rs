@@ -97,7 +97,7 @@ fn send(ev: &FileOpenEvent) {
     }
 }
 
-/// The return of openat() and open().
+/// The return of open(), openat(), openat2() and open_by_handle_at().
 #[tracepoint]
 pub fn sigil_open_exit(ctx: TracePointContext) -> u32 {
     try_open_exit(&ctx).unwrap_or(0)

@@ -60,9 +60,8 @@ pub struct Denial {
 /// a step that could (hashing an executable not attested yet, waiting for the pod watch,
 /// re-reading a script, asking the cluster signer for a token it has not cached) stops
 /// the decision there, before anything was emitted, and the request is decided again on
-/// a blocking thread. Requests from
-/// attested workloads, nearly all of them, skip the thread hop: about a fifth of a
-/// token's cost.
+/// a blocking thread. Requests from attested workloads, nearly all of them, skip the
+/// thread hop: about a fifth of a token's cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Now,
