@@ -438,6 +438,7 @@ impl Tracer {
 
     /// Everything still pending (the agent is stopping).
     pub fn flush(&mut self) -> Vec<CredentialUse> {
+        self.uncovered.stop();
         self.aggregator.flush()
     }
 

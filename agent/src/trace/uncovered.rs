@@ -18,6 +18,7 @@ use std::{
     path::Path,
     sync::{
         Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
         mpsc::{Receiver, SyncSender, sync_channel},
     },
 };
@@ -138,6 +139,8 @@ pub struct UncoveredWatcher {
     /// Go binaries the worker found hookable, for the pipeline to attach.
     go: Option<Receiver<GoBinary>>,
     shared: Arc<Mutex<Report>>,
+    /// Set when the agent stops: the worker leaves what is still queued.
+    stopping: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -202,12 +205,12 @@ impl UncoveredWatcher {
     fn start(&mut self) -> Option<SyncSender<Exec>> {
         let (tx, rx) = sync_channel::<Exec>(QUEUE);
         let (go_tx, go_rx) = sync_channel::<GoBinary>(QUEUE);
-        let shared = Arc::clone(&self.shared);
+        let (shared, stopping) = (Arc::clone(&self.shared), Arc::clone(&self.stopping));
         let spawned = std::thread::Builder::new()
             .name("uncovered".into())
             .spawn(move || {
                 for exec in rx {
-                    inspect_exec(&shared, &go_tx, &exec);
+                    inspect_exec(&shared, &go_tx, &exec, &stopping);
                 }
             });
         match spawned {
@@ -220,6 +223,13 @@ impl UncoveredWatcher {
                 None
             }
         }
+    }
+
+    /// The agent is stopping: executables still queued are left uninspected, so the
+    /// worker does not log on after the agent said it stopped.
+    pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.queue = None;
     }
 
     /// The executable of this version was classified as nothing to report (no Go, no
@@ -267,7 +277,12 @@ struct Exec {
     inode: Option<u64>,
 }
 
-fn inspect_exec(shared: &Mutex<Report>, go: &SyncSender<GoBinary>, exec: &Exec) {
+/// Classifies one exec'd file and reports it; does nothing once the agent is stopping
+/// (checked again after the inspection, which can take a while on a large binary).
+fn inspect_exec(shared: &Mutex<Report>, go: &SyncSender<GoBinary>, exec: &Exec, stopping: &AtomicBool) {
+    if stopping.load(Ordering::Relaxed) {
+        return;
+    }
     let candidates = &exec.candidates;
     // Open first and read everything from this one file: the path may be replaced while
     // we look, and the probe must land on the inode that was inspected. A file that is
@@ -288,6 +303,9 @@ fn inspect_exec(shared: &Mutex<Report>, go: &SyncSender<GoBinary>, exec: &Exec) 
         None => inspect(Path::new(path), &file, meta.size()),
     };
     let Ok(mut report) = shared.lock() else { return };
+    if stopping.load(Ordering::Relaxed) {
+        return;
+    }
     if report.seen.len() >= CACHED {
         report.seen.clear();
     }
