@@ -99,6 +99,10 @@ pub struct Attestor {
     background: OnceLock<(HashPool, Emit)>,
     /// Pod metadata from the API server, when the agent watches it.
     pods: OnceLock<Arc<crate::k8s::PodCache>>,
+    /// Exec ids of records attested on request and already emitted (by the Workload
+    /// API): when their exec event comes later, the table keeps that record and the
+    /// event must not emit it a second time.
+    announced: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// An executable opened and looked up, whose digest is still to be computed.
@@ -208,6 +212,7 @@ impl Attestor {
             table: Arc::default(),
             background: OnceLock::new(),
             pods: OnceLock::new(),
+            announced: std::sync::Mutex::default(),
         }
     }
 
@@ -307,7 +312,7 @@ impl Attestor {
         if ev.filename_truncated != 0 {
             exec_path.push_str("...");
         }
-        self.attest(Observed {
+        let rec = self.attest(Observed {
             source: Source::Ebpf,
             pid: ev.header.pid,
             ppid: ev.ppid,
@@ -320,13 +325,36 @@ impl Attestor {
             comm: c_str(&ev.comm),
             exec_path: Some(exec_path),
             exe: FileKey::from_kernel(&ev.exe),
-        })
+        })?;
+        self.unless_announced(rec)
+    }
+
+    /// None when `rec` is the record this exec was attested with on request and that
+    /// was emitted then (by the Workload API; the tracer's are not emitted until now).
+    fn unless_announced(&self, rec: ProcessRecord) -> Option<ProcessRecord> {
+        let announced = rec.source == Source::OnRequest && self.announced.lock().is_ok_and(|mut a| a.remove(&rec.exec_id));
+        (!announced).then_some(rec)
+    }
+
+    /// Notes that the on-request record of `exec_id` was emitted (see `announced`).
+    pub fn note_announced(&self, exec_id: &str) {
+        if let Ok(mut a) = self.announced.lock() {
+            // Bounded: an entry whose exec event never comes (a process older than the
+            // agent) is dropped at its exit; this is the backstop.
+            if a.len() >= 4096 {
+                a.clear();
+            }
+            a.insert(exec_id.to_owned());
+        }
     }
 
     /// The exit to emit now; None for an unknown pid, and for a process whose exec
     /// record still waits for its digest (the exit then follows that record).
     pub fn on_exit(&self, ev: &ExitEvent) -> Option<ProcessExit> {
         let rec = self.table.remove(ev.header.pid)?;
+        if let Ok(mut a) = self.announced.lock() {
+            a.remove(&rec.exec_id);
+        }
         self.table.exit_after_record(ProcessExit {
             exec_id: rec.exec_id.clone(),
             process_id: rec.process_id.clone(),
@@ -894,6 +922,40 @@ mod tests {
         let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
         assert_eq!(rec.binary.path.as_deref(), Some(resolved.as_str()), "the file that ran, never the later image: {:?}", rec.binary);
         rec
+    }
+
+    /// A workload's token request beats its exec event (a loaded node): the Workload
+    /// API attests it on request and emits that record; the exec event, handled later,
+    /// keeps the record and must not emit it again (the collector would see the exec
+    /// twice). A record the tracer attested on request was not emitted, so it still is.
+    #[test]
+    fn an_exec_attested_on_request_is_emitted_once() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        for announced in [true, false] {
+            let mut child = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
+            let pid = child.id();
+            let sleep = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
+            while fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).ok().as_deref() != Some(sleep.as_str()) {
+                std::thread::yield_now();
+            }
+            let (on_request, fresh) = attestor.attest_running(pid).expect("attested on request");
+            assert!(fresh && on_request.source == Source::OnRequest);
+            if announced {
+                attestor.note_announced(&on_request.exec_id);
+            }
+            let event = Observed {
+                comm: "sleep".into(),
+                exec_path: Some("/bin/sleep".into()),
+                exe: None,
+                ..true_exec(pid, None, Clock::now_boot_ns(), 0, FileKey { dev: 0, ino: 0, size: 0, mtime_ns: 0, ctime_ns: 0 })
+            };
+            let kept = attestor.attest(event).expect("a record");
+            assert_eq!(kept.exec_id, on_request.exec_id, "one exec, one record");
+            let emitted = attestor.unless_announced(kept);
+            assert_eq!(emitted.is_none(), announced, "announced: {announced}");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The exec event of `/bin/true` by a child of this test process.

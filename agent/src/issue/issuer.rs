@@ -338,8 +338,8 @@ impl Issuer {
         let Some((process, fresh)) = attested else {
             return Err(deny(DenyReason::UnknownProcess, format!("pid {} could not be attested", peer.pid), None));
         };
-        if fresh {
-            let _ = self.sink.emit(&EventBody::from(process.as_ref()));
+        if fresh && self.sink.emit(&EventBody::from(process.as_ref())).is_ok() {
+            self.attestor.note_announced(&process.exec_id);
         }
         let policy = self.current_policy();
         let meta = match self.pod_meta(process.workload.pod_uid.as_deref(), mode)? {
