@@ -251,6 +251,12 @@ impl Probes {
         }
         let mut loaded: Vec<&str> = Vec::new();
         for (name, tracepoint) in TRACE_PROGRAMS {
+            // Not every kernel has every syscall (`open` is absent on arm64, `openat2`
+            // before 5.6): what it lacks, no workload can call.
+            if !tracefs.join("events/syscalls").join(tracepoint).exists() {
+                tracing::info!("syscall tracepoint {tracepoint} is absent from this kernel; not traced");
+                continue;
+            }
             let prog: &mut TracePoint = self.program(name)?;
             if !loaded.contains(&name) {
                 prog.load().map_err(|e| program_error(name, e))?;
