@@ -905,17 +905,24 @@ mod tests {
         (child, pid)
     }
 
+    /// A child that runs `/bin/sleep 5` (its exec complete: the exe link names sleep), and
+    /// its pid. The caller kills and reaps it.
+    fn running_sleep() -> (std::process::Child, u32) {
+        let child = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
+        let pid = child.id();
+        let sleep = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
+        while fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).ok().as_deref() != Some(sleep.as_str()) {
+            std::thread::yield_now();
+        }
+        (child, pid)
+    }
+
     /// The record of an exec of `/bin/true` (kernel identity `ran`) by a process that by
     /// now runs `/bin/sleep`, with the same comm: a process as it is after a second exec,
     /// caught between the kernel switching its image and its comm. Whatever the path,
     /// the record names `/bin/true`, never the later image.
     fn true_exec_after_sleep_took_over(attestor: &Attestor, ran: FileKey) -> ProcessRecord {
-        let mut later = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
-        let pid = later.id();
-        let sleep = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
-        while fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).ok().as_deref() != Some(sleep.as_str()) {
-            std::thread::yield_now();
-        }
+        let (mut later, pid) = running_sleep();
         let rec = attestor.attest(Observed { comm: "sleep".into(), ..true_exec(pid, None, u64::MAX / 2, 0, ran) }).expect("a record");
         let _ = later.kill();
         let _ = later.wait();
@@ -932,12 +939,7 @@ mod tests {
     fn an_exec_attested_on_request_is_emitted_once() {
         let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
         for announced in [true, false] {
-            let mut child = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn sleep");
-            let pid = child.id();
-            let sleep = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
-            while fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).ok().as_deref() != Some(sleep.as_str()) {
-                std::thread::yield_now();
-            }
+            let (mut child, pid) = running_sleep();
             let (on_request, fresh) = attestor.attest_running(pid).expect("attested on request");
             assert!(fresh && on_request.source == Source::OnRequest);
             if announced {
