@@ -105,6 +105,15 @@ pub struct Attestor {
     announced: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// Who emits a record attested on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    /// The Workload API, which attested it to decide on a token.
+    ByCaller,
+    /// Its exec event, later (the tracer attests to attribute, and emits no records).
+    ByExecEvent,
+}
+
 /// An executable opened and looked up, whose digest is still to be computed.
 struct PendingHash {
     file: fs::File,
@@ -336,8 +345,9 @@ impl Attestor {
         (!announced).then_some(rec)
     }
 
-    /// Notes that the on-request record of `exec_id` was emitted (see `announced`).
-    pub fn note_announced(&self, exec_id: &str) {
+    /// Notes that the on-request record of `exec_id` is emitted by whoever attested it
+    /// (see `announced`).
+    fn note_announced(&self, exec_id: &str) {
         if let Ok(mut a) = self.announced.lock() {
             // Bounded: an entry whose exec event never comes (a process older than the
             // agent) is dropped at its exit; this is the backstop.
@@ -388,26 +398,58 @@ impl Attestor {
     /// when the table has none or an outdated one (a caller can reach the Workload API
     /// before its exec event is handled, or after moving to another cgroup). The bool is
     /// true when the record was created by this call.
+    /// The record is not emitted: its exec event will emit it.
     pub fn attest_running(&self, pid: u32) -> Option<(Arc<ProcessRecord>, bool)> {
-        self.attest_running_where(pid, |r| self.still_same(r))
+        self.running(pid, |r| self.still_same(r), Announce::ByExecEvent)
     }
 
-    /// [`Self::attest_running`] for a caller that has just read what `pid` runs and says,
-    /// through `current`, whether a table record describes it: no second procfs reading.
+    /// [`Self::attest_running`] for the Workload API, which has just read what `pid` runs
+    /// and says, through `current`, whether a table record describes it (no second procfs
+    /// reading). A record created here (the bool is true) is the caller's to emit: its
+    /// exec event will not emit it again.
     pub fn attest_running_where(&self, pid: u32, current: impl FnOnce(&ProcessRecord) -> bool) -> Option<(Arc<ProcessRecord>, bool)> {
+        self.running(pid, current, Announce::ByCaller)
+    }
+
+    fn running(&self, pid: u32, current: impl FnOnce(&ProcessRecord) -> bool, announce: Announce) -> Option<(Arc<ProcessRecord>, bool)> {
         if let Some(rec) = self.table.get(pid).filter(|r| current(r)) {
-            if rec.binary.sha256.is_some() {
-                return Some((rec, false));
-            }
-            // No digest yet (still being computed in the background, or given up under
-            // the pool's time budget) is not good enough to decide on: hash it inline,
-            // without a budget, under the exec id it already has, so one exec keeps one
-            // record. A file that cannot be hashed at all stays without a digest.
-            return Some((self.hash_now(&rec).unwrap_or(rec), false));
+            return Some((self.with_digest(rec), false));
         }
-        let (rec, pending) = self.attest_from_procfs(pid, Source::OnRequest)?;
-        let rec = Arc::new(self.finish(rec, pending));
-        Some((rec, true))
+        let (mut rec, pending) = self.attest_from_procfs(pid, Source::OnRequest)?;
+        self.hash_inline(&mut rec, pending);
+        Some(self.enter_on_request(rec, announce))
+    }
+
+    /// Enters a record attested on request. Its exec event may have been handled while
+    /// it was read and hashed (the table had no record to find then): the event's record
+    /// is the exec's one record, and is returned instead (not created here). When the
+    /// caller announces, the exec id is noted *before* the record is visible, so an
+    /// exec event handled right after finds it already emitted.
+    fn enter_on_request(&self, rec: ProcessRecord, announce: Announce) -> (Arc<ProcessRecord>, bool) {
+        let exec_id = rec.exec_id.clone();
+        if announce == Announce::ByCaller {
+            self.note_announced(&exec_id);
+        }
+        match self.table.insert_unless_attested(Arc::new(rec.clone())) {
+            Ok(()) => (Arc::new(rec), true),
+            Err(by_event) => {
+                if let Ok(mut a) = self.announced.lock() {
+                    a.remove(&exec_id);
+                }
+                (self.with_digest(by_event), false)
+            }
+        }
+    }
+
+    /// `rec` with its digest. None yet (still being computed in the background, or given
+    /// up under the pool's time budget) is not good enough to decide on: it is hashed
+    /// inline, without a budget, under the exec id it already has, so one exec keeps one
+    /// record. A file that cannot be hashed at all stays without a digest.
+    fn with_digest(&self, rec: Arc<ProcessRecord>) -> Arc<ProcessRecord> {
+        if rec.binary.sha256.is_some() {
+            return rec;
+        }
+        self.hash_now(&rec).unwrap_or(rec)
     }
 
     /// The record of `pid` if the table holds one that `current` accepts and that has its
@@ -557,6 +599,12 @@ impl Attestor {
 
     /// Completes a record inline (computing a pending hash now) and enters it in the table.
     fn finish(&self, mut rec: ProcessRecord, pending: Option<PendingHash>) -> ProcessRecord {
+        self.hash_inline(&mut rec, pending);
+        self.commit(rec)
+    }
+
+    /// Computes a pending hash now, into the record.
+    fn hash_inline(&self, rec: &mut ProcessRecord, pending: Option<PendingHash>) {
         if let Some(p) = pending {
             match self.hashes.compute(&p.file, p.key, &|| None) {
                 Ok(d) => rec.binary.fill_digest(d, p.from),
@@ -566,7 +614,6 @@ impl Attestor {
                 }
             }
         }
-        self.commit(rec)
     }
 
     /// Enters the record in the table with its hash pending, and queues the hash; the
@@ -607,13 +654,10 @@ impl Attestor {
     /// (its Workload API call beat this event) keeps that record, so one exec has one
     /// exec_id everywhere.
     fn commit(&self, rec: ProcessRecord) -> ProcessRecord {
-        if let Some(prev) = self.table.get(rec.pid)
-            && table::same_exec_on_request(&prev, &rec)
-        {
-            return (*prev).clone();
+        match self.table.insert_unless_attested(Arc::new(rec.clone())) {
+            Ok(()) => rec,
+            Err(prev) => (*prev).clone(),
         }
-        self.table.insert(Arc::new(rec.clone()));
-        rec
     }
 
     /// Everything procfs says that `reads` asks for, followed by a read of the start time
@@ -940,24 +984,53 @@ mod tests {
         let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
         for announced in [true, false] {
             let (mut child, pid) = running_sleep();
-            let (on_request, fresh) = attestor.attest_running(pid).expect("attested on request");
-            assert!(fresh && on_request.source == Source::OnRequest);
-            if announced {
-                attestor.note_announced(&on_request.exec_id);
+            let (on_request, fresh) = if announced {
+                attestor.attest_running_where(pid, |r| attestor.still_same(r))
+            } else {
+                attestor.attest_running(pid)
             }
-            let event = Observed {
-                comm: "sleep".into(),
-                exec_path: Some("/bin/sleep".into()),
-                exe: None,
-                ..true_exec(pid, None, Clock::now_boot_ns(), 0, FileKey { dev: 0, ino: 0, size: 0, mtime_ns: 0, ctime_ns: 0 })
-            };
-            let kept = attestor.attest(event).expect("a record");
+            .expect("attested on request");
+            assert!(fresh && on_request.source == Source::OnRequest);
+            let kept = attestor.attest(sleep_exec_event(pid)).expect("a record");
             assert_eq!(kept.exec_id, on_request.exec_id, "one exec, one record");
             let emitted = attestor.unless_announced(kept);
             assert_eq!(emitted.is_none(), announced, "announced: {announced}");
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The exec event of `/bin/sleep` by `pid`, as the tracer observes it.
+    fn sleep_exec_event(pid: u32) -> Observed {
+        Observed {
+            comm: "sleep".into(),
+            exec_path: Some("/bin/sleep".into()),
+            exe: None,
+            ..true_exec(pid, None, Clock::now_boot_ns(), 0, FileKey { dev: 0, ino: 0, size: 0, mtime_ns: 0, ctime_ns: 0 })
+        }
+    }
+
+    /// The other order of the same race (seen in CI): the request found no record, and
+    /// while it read and hashed the caller, the exec event was handled and entered its
+    /// own record. The request must use that record, not enter and emit a second one
+    /// under another exec id, and must not mark it as emitted by the Workload API.
+    #[test]
+    fn an_exec_event_handled_while_a_request_attests_keeps_its_record() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let (mut child, pid) = running_sleep();
+        let (mut on_request, pending) = attestor.attest_from_procfs(pid, Source::OnRequest).expect("attested on request");
+        attestor.hash_inline(&mut on_request, pending);
+        let by_event = attestor.attest(sleep_exec_event(pid)).expect("a record");
+        assert_eq!(by_event.source, Source::Ebpf);
+        assert_ne!(by_event.exec_id, on_request.exec_id, "two attestations of one exec, at two moments");
+        let (kept, fresh) = attestor.enter_on_request(on_request, Announce::ByCaller);
+        assert!(!fresh, "not created by the request: the caller must not emit it");
+        assert_eq!(kept.exec_id, by_event.exec_id, "one exec, one record");
+        assert!(kept.binary.sha256.is_some(), "a decision needs the digest");
+        assert_eq!(attestor.table.get(pid).map(|r| r.exec_id.clone()), Some(by_event.exec_id.clone()));
+        assert_eq!(attestor.unless_announced(by_event).map(|r| r.source), Some(Source::Ebpf), "the event's record is the event's to emit");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// The exec event of `/bin/true` by a child of this test process.

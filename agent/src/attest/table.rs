@@ -9,14 +9,15 @@ use sigil_proto::v1::ProcessExit;
 
 use super::record::{ProcessRecord, Source};
 
-/// `prev` is the on-request record of the exec `rec` (from the exec event) describes:
-/// same process instance, same executable inode, same cgroup.
+/// `a` and `b` describe one exec: same process instance, same executable inode, same
+/// cgroup (attested at different moments, so their exec ids may differ).
+fn same_exec(a: &ProcessRecord, b: &ProcessRecord) -> bool {
+    a.process_id == b.process_id && a.binary.inode == b.binary.inode && a.cgroup.path == b.cgroup.path
+}
+
+/// `prev` is the on-request record of the exec `rec` (from the exec event) describes.
 pub fn same_exec_on_request(prev: &ProcessRecord, rec: &ProcessRecord) -> bool {
-    prev.source == Source::OnRequest
-        && rec.source == Source::Ebpf
-        && prev.process_id == rec.process_id
-        && prev.binary.inode == rec.binary.inode
-        && prev.cgroup.path == rec.cgroup.path
+    prev.source == Source::OnRequest && rec.source == Source::Ebpf && same_exec(prev, rec)
 }
 
 /// Shared between the event loop (writer) and, later, the Workload API (readers).
@@ -46,6 +47,30 @@ impl ProcessTable {
     pub fn insert(&self, rec: Arc<ProcessRecord>) {
         if let Ok(mut t) = self.inner.write() {
             t.insert(rec.pid, rec);
+        }
+    }
+
+    /// Inserts `rec` unless the table already holds another record of the same exec that
+    /// must stay its one record, which is returned instead. Check and insert happen under
+    /// one lock: the event loop and the Workload API attest the same exec concurrently
+    /// (a token request racing its own exec event), and whichever enters second must see
+    /// the first. The record that stays:
+    /// - for an exec event, the on-request record made before it was handled;
+    /// - for an on-request record, the exec event's record entered while the request
+    ///   was reading and hashing.
+    pub fn insert_unless_attested(&self, rec: Arc<ProcessRecord>) -> Result<(), Arc<ProcessRecord>> {
+        let Ok(mut t) = self.inner.write() else { return Ok(()) };
+        let keep = |cur: &ProcessRecord| match rec.source {
+            Source::Ebpf => same_exec_on_request(cur, &rec),
+            Source::OnRequest => cur.source == Source::Ebpf && same_exec(cur, &rec),
+            _ => false,
+        };
+        match t.get(&rec.pid) {
+            Some(cur) if keep(cur) => Err(cur.clone()),
+            _ => {
+                t.insert(rec.pid, rec);
+                Ok(())
+            }
         }
     }
 

@@ -338,8 +338,9 @@ impl Issuer {
         let Some((process, fresh)) = attested else {
             return Err(deny(DenyReason::UnknownProcess, format!("pid {} could not be attested", peer.pid), None));
         };
-        if fresh && self.sink.emit(&EventBody::from(process.as_ref())).is_ok() {
-            self.attestor.note_announced(&process.exec_id);
+        // Attested here: this record is ours to emit (its exec event will not).
+        if fresh && let Err(e) = self.sink.emit(&EventBody::from(process.as_ref())) {
+            warn!("could not emit the exec record of pid {} attested on request: {e}", peer.pid);
         }
         let policy = self.current_policy();
         let meta = match self.pod_meta(process.workload.pod_uid.as_deref(), mode)? {
