@@ -248,6 +248,103 @@ fn plain_http_sent_with_sendmsg_or_writev_is_captured() {
     }
 }
 
+/// nginx (Debian's nginx-light) serving plain HTTP on loopback behind `proxy_protocol`, as
+/// a backend behind a load balancer does: it requires a PROXY protocol header first, and
+/// answers with the client address that header claimed.
+struct ProxiedNginx {
+    child: Child,
+    port: u16,
+}
+
+impl ProxiedNginx {
+    fn start(dir: &Path) -> Self {
+        let prefix = dir.join("nginx");
+        fs::create_dir_all(&prefix).unwrap();
+        // nginx cannot bind port 0 and say which port it got: a port that another socket
+        // takes between the choice and the bind makes nginx exit, and the next try
+        // picks another.
+        for _ in 0..5 {
+            let port = free_port();
+            let temp = |name: &str| format!("{name}_temp_path {};", prefix.join(name).display());
+            let conf = format!(
+                "daemon off; master_process off; pid {pid}; error_log stderr notice;
+                 events {{ worker_connections 64; }}
+                 http {{ access_log off; {client_body} {proxy} {fastcgi} {uwsgi} {scgi}
+                   server {{ listen 127.0.0.1:{port} proxy_protocol;
+                     location / {{ default_type text/plain; return 200 \"client $proxy_protocol_addr\\n\"; }} }} }}",
+                pid = prefix.join("nginx.pid").display(),
+                client_body = temp("client_body"),
+                proxy = temp("proxy"),
+                fastcgi = temp("fastcgi"),
+                uwsgi = temp("uwsgi"),
+                scgi = temp("scgi"),
+            );
+            let conf_path = prefix.join("nginx.conf");
+            fs::write(&conf_path, conf).unwrap();
+            let mut child = std::process::Command::new("/usr/sbin/nginx")
+                .args(["-p", prefix.to_str().unwrap(), "-c", conf_path.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nginx (Debian package nginx-light)");
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, port };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nginx did not start listening");
+    }
+}
+
+impl Drop for ProxiedNginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An evader in a pod sends its token to a server that takes the PROXY protocol (nginx,
+/// as behind a load balancer), opening the connection with the header that server
+/// expects: version 1 from an unmodified curl (`--haproxy-protocol`), and version 2 (a
+/// binary header, with a TLV) from a raw socket. The agent used to take the header for a
+/// protocol other than HTTP, told the kernel to stop copying the connection, and never
+/// saw the token. nginx's answer (the client address the header claimed) shows the
+/// server read each header.
+#[test]
+fn a_proxy_protocol_header_before_the_request_does_not_blind_the_agent() {
+    let t = traced(&[]);
+    let nginx = ProxiedNginx::start(&t.dir);
+    let v2_client = python_script("proxy_v2_client.py");
+    for (version, claimed) in [("v1", "client 127.0.0.1"), ("v2", "client 10.9.8.7")] {
+        let cg = TestCgroup::create(&format!("trace.slice/proxy-{version}.scope"));
+        let token = unique(&format!("PLANTED-proxy-{version}"));
+        let path = format!("/after-{version}");
+        let (code, out, err) = match version {
+            "v1" => {
+                let url = format!("http://127.0.0.1:{}{path}", nginx.port);
+                cg.run(Path::new("/usr/bin/curl"), &["-s", "--haproxy-protocol", &url, "-H", &format!("Authorization: Bearer {token}")])
+            }
+            _ => cg.run(&python(), &[v2_client.to_str().unwrap(), &nginx.port.to_string(), &path, &token]),
+        };
+        assert_eq!(code, 0, "{version}: {err}");
+        assert!(out.contains(claimed), "{version}: nginx read the header and answered: {out}");
+
+        let used = t.uses_in(&cg, &format!("the token sent after a PROXY {version} header"), |v| v["path"] == path.as_str());
+        assert_eq!(used["transport"], "plain", "{used}");
+        assert_eq!(used["detector"], "bearer_token", "{used}");
+        assert_eq!(used["destination"]["port"], nginx.port, "{used}");
+        assert_eq!(used["fingerprint"], t.fingerprint_of(&token).as_str(), "{used}");
+        t.assert_nowhere(&token);
+    }
+}
+
 /// An evader in a pod opens a TLS connection with a first write that its server accepts
 /// but that starts with no known method, then sends its token on that connection. At the
 /// branch point the agent judged a connection by its first write against a list of

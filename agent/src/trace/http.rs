@@ -9,6 +9,8 @@
 
 use loona_hpack::Decoder;
 
+use super::proxy_protocol;
+
 /// Request heads and HTTP/2 header blocks larger than this are abandoned: it bounds the
 /// memory held per stream, and no legitimate client sends heads this large.
 const MAX_HEAD: usize = 64 * 1024;
@@ -140,6 +142,9 @@ struct Http1 {
     bodies: Vec<(Request, Vec<u8>)>,
     /// The held body is chunked: `holding.body` collects its raw coding until complete.
     chunked: bool,
+    /// Nothing has been read yet: a PROXY protocol header may come first (its start,
+    /// when split across writes, is held in `head`).
+    at_start: bool,
 }
 
 /// A request whose body is being collected; `whole` turns false when bytes are missing.
@@ -185,7 +190,38 @@ impl Http1 {
             holding: None,
             bodies: Vec::new(),
             chunked: false,
+            at_start: true,
         }
+    }
+
+    /// Skips a PROXY protocol header at the connection's start, as a server that accepts
+    /// one does. The position in `captured` where requests start, or None while the
+    /// header's start is held for the next write. Bytes held that turn out to be no header
+    /// go to the request parser (the start of a method) or away (empty lines, which a
+    /// server skips too).
+    fn skip_proxy_header(&mut self, captured: &[u8], true_len: usize) -> Option<usize> {
+        let held = self.head.len();
+        self.head.extend_from_slice(captured);
+        let header = proxy_protocol::header(&self.head);
+        self.head.truncate(held);
+        match header {
+            proxy_protocol::Header::Partial if captured.len() == true_len => {
+                self.head.extend_from_slice(captured);
+                return None;
+            }
+            proxy_protocol::Header::Complete { len, then } => {
+                self.at_start = false;
+                self.head.clear();
+                self.body_left = then;
+                return Some(len.saturating_sub(held));
+            }
+            _ => {}
+        }
+        self.at_start = false;
+        if self.head.iter().all(|&b| b == b'\r' || b == b'\n') {
+            self.head.clear();
+        }
+        Some(0)
     }
 
     /// Hands a finished body over, if every byte of it was captured.
@@ -231,6 +267,12 @@ impl Http1 {
 
     fn feed(&mut self, captured: &[u8], true_len: usize, out: &mut Vec<Request>) -> Next {
         let mut pos = 0usize;
+        if self.at_start {
+            match self.skip_proxy_header(captured, true_len) {
+                Some(start) => pos = start,
+                None => return Next::Stay,
+            }
+        }
         loop {
             if self.chunked {
                 match self.feed_chunked(captured, true_len, pos) {
@@ -347,8 +389,16 @@ impl Http1 {
 /// the agent to a connection by opening it with a write a server accepts but the list did
 /// not: an empty line (RFC 9112 section 2.2; nginx and Node's llhttp ignore it) or an
 /// unknown method (RFC 9110 section 9.1; Go's net/http answers it and keeps the connection).
+/// A PROXY protocol header is skipped first, as a server that accepts one skips it.
 pub fn may_start_requests(first: &[u8]) -> bool {
-    !matches!(parse_head(first), Head::Invalid)
+    match proxy_protocol::header(first) {
+        proxy_protocol::Header::Partial => true,
+        proxy_protocol::Header::Complete { len, then } => {
+            let after = usize::try_from(then).ok().and_then(|t| len.checked_add(t));
+            after.and_then(|at| first.get(at..)).is_none_or(|rest| rest.is_empty() || !matches!(parse_head(rest), Head::Invalid))
+        }
+        proxy_protocol::Header::None => !matches!(parse_head(first), Head::Invalid),
+    }
 }
 
 /// How many bytes of `bytes` are the empty lines a server skips before a request line:
@@ -781,6 +831,46 @@ mod tests {
         let reqs = feed_all(&mut s, &[b"POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nok\r\n", b"GET /c HTTP/1.1\r\nAuthorization: Bearer t2\r\n\r\n"]);
         assert_eq!(reqs.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/b", "/c"]);
         assert_eq!(header(&reqs[1], "authorization"), Some("Bearer t2"));
+    }
+
+    /// An evader opens its connection with a PROXY protocol header (its server, behind a
+    /// load balancer, accepts one) and sends its token after it: in the same write, in a
+    /// write of its own, split byte by byte, and as version 2 with TLVs.
+    #[test]
+    fn requests_after_a_proxy_protocol_header_are_read() {
+        let request = b"GET /after HTTP/1.1\r\nAuthorization: Bearer t1\r\n\r\n".as_slice();
+        let v1 = b"PROXY TCP4 10.0.0.1 10.0.0.2 51000 80\r\n".as_slice();
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x14".to_vec();
+        v2.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0xc7, 0x38, 0, 80, 0x04, 0, 5, b'x', b'y', b'z', b'z', b'y']);
+        let bytes: Vec<Vec<u8>> = v1.iter().map(|b| vec![*b]).collect();
+        let mut one_by_one: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        one_by_one.push(request);
+        let v2_then_request = [v2.as_slice(), request].concat();
+        let v1_then_request = [v1, request].concat();
+        let cases: [(&str, Vec<&[u8]>); 5] = [
+            ("v1, one write", vec![&v1_then_request]),
+            ("v1, its own write", vec![v1, request]),
+            ("v1, a byte a write", one_by_one),
+            ("v2 with TLVs, one write", vec![&v2_then_request]),
+            ("v2, split inside its signature and its addresses", vec![&v2[..3], &v2[3..20], &v2[20..], request]),
+        ];
+        for (case, writes) in cases {
+            let mut s = HttpStream::new();
+            let reqs = feed_all(&mut s, &writes);
+            assert_eq!(reqs.len(), 1, "{case}");
+            assert_eq!((reqs[0].path.as_str(), header(&reqs[0], "authorization")), ("/after", Some("Bearer t1")), "{case}");
+        }
+        // Only at the start: later, PROXY is an unknown method like any other.
+        let mut s = HttpStream::new();
+        let reqs = feed_all(&mut s, &[request, b"PROXY / HTTP/1.1\r\n\r\n"]);
+        assert_eq!(reqs.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), ["GET", "PROXY"]);
+        // Bytes held as a possible header that are not one still reach the parser.
+        let mut s = HttpStream::new();
+        let reqs = feed_all(&mut s, &[b"PRO", b"PFIND /dav HTTP/1.1\r\nAuthorization: Bearer t2\r\n\r\n"]);
+        assert_eq!((reqs.len(), reqs.first().map(|r| r.method.as_str())), (1, Some("PROPFIND")));
+        assert!(may_start_requests(v1) && may_start_requests(&v1_then_request) && may_start_requests(&v2_then_request));
+        assert!(may_start_requests(b"PROX") && may_start_requests(&v2[..5]));
+        assert!(!may_start_requests(&[v1, b"\x16\x03\x01\x02\x00"].concat()), "TLS behind a PROXY header is not HTTP");
     }
 
     #[test]

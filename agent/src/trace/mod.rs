@@ -20,6 +20,7 @@ pub mod fingerprint;
 pub mod http;
 pub mod libs;
 pub mod obtained;
+pub mod proxy_protocol;
 pub mod redact;
 pub mod response;
 pub mod scrub;
