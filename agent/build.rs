@@ -9,9 +9,8 @@ use std::{env, fs, path::PathBuf};
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let object = env::var_os("SIGIL_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        manifest.join("../target/ebpf/bpfel-unknown-none/release/sigil-agent-ebpf")
-    });
+    let object =
+        env::var_os("SIGIL_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| manifest.join("../target/ebpf/bpfel-unknown-none/release/sigil-agent-ebpf"));
     println!("cargo:rerun-if-env-changed=SIGIL_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", object.display());
     let bytes = fs::read(&object).unwrap_or_default();

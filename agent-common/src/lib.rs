@@ -7,14 +7,13 @@
 //! before it knows the body.
 #![no_std]
 
-pub mod event;
 pub mod config;
 pub mod drops;
+pub mod event;
 
 pub use config::{ExeOffsets, TracepointOffsets};
 pub use drops::{DROP_REASONS, DROPS_MAP, DropReason, TLS_CALLS_ENTRIES, TLS_CALLS_MAP};
 pub use event::{
-    ConnectEvent, DataEvent, DataSource, EventHeader, EventKind, ExeIdentity, ExeSource, ExecEvent, ExitEvent,
-    FileOpenEvent, COMM_LEN, DATA_CAPTURE, OPEN_BY_IDENTITY, OPEN_BY_NAME, PATH_LEN, RESPONSE_BUDGET, RESPONSE_WATCH_MAP,
-    QUIET_EXES_MAP, TlsConnKey, WATCHED_INODES_ENTRIES, WATCH_NAME_LEN,
+    COMM_LEN, ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, EventHeader, EventKind, ExeIdentity, ExeSource, ExecEvent, ExitEvent, FileOpenEvent,
+    OPEN_BY_IDENTITY, OPEN_BY_NAME, PATH_LEN, QUIET_EXES_MAP, RESPONSE_BUDGET, RESPONSE_WATCH_MAP, TlsConnKey, WATCH_NAME_LEN, WATCHED_INODES_ENTRIES,
 };

@@ -1,14 +1,14 @@
 //! Maps and load-time globals shared by every program.
 
+use aya_ebpf::maps::HashMap;
 use aya_ebpf::{
     Global,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use aya_ebpf::maps::HashMap;
 use sigil_agent_common::{
-    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeIdentity, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES,
-    TracepointOffsets, WATCHED_INODES_ENTRIES, WATCH_NAME_LEN,
+    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeIdentity, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES, TracepointOffsets, WATCH_NAME_LEN,
+    WATCHED_INODES_ENTRIES,
 };
 
 /// All events go through one ring buffer so user space sees them in kernel order.
@@ -29,11 +29,7 @@ pub static DATA_WAKEUP_BYTES: Global<u64> = Global::new(0);
 pub fn data_wakeup_flags() -> u64 {
     use aya_ebpf_bindings::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
     let threshold = DATA_WAKEUP_BYTES.load();
-    if threshold == 0 || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
+    if threshold == 0 || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 }
 }
 
 /// Events dropped because [`EVENTS`] was full, indexed by `EventKind::loss_slot`.
@@ -55,12 +51,7 @@ pub struct ForkInfo {
 pub static FORKS: LruHashMap<u32, ForkInfo> = LruHashMap::with_max_entries(65536, 0);
 
 #[unsafe(no_mangle)]
-pub static TP_OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
-    valid: 0,
-    exec_filename: 0,
-    fork_child_pid: 0,
-    exit_group_dead: 0,
-});
+pub static TP_OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets { valid: 0, exec_filename: 0, fork_child_pid: 0, exit_group_dead: 0 });
 
 /// Where the exec program finds the executable's inode: computed by the agent from this
 /// kernel's BTF and written into read-only data at load (`valid` 0: not read).

@@ -232,11 +232,7 @@ impl RunArgs {
             pods: self.pods.clone(),
             socket: self.socket.clone(),
             oidc_listen: self.oidc_listen,
-            issuer_url: self
-                .issuer
-                .clone()
-                .map(|u| u.trim_end_matches('/').to_owned())
-                .unwrap_or_else(|| format!("http://{}", self.oidc_listen)),
+            issuer_url: self.issuer.clone().map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_else(|| format!("http://{}", self.oidc_listen)),
             key_rotation: Duration::from_secs(self.key_rotation_seconds),
             limits: self.workload_api.clone(),
             signer: self.signer.as_ref().map(remote),
@@ -244,8 +240,7 @@ impl RunArgs {
         if let Some(url) = &self.signer {
             crate::stream::exporter::check_transport(url)?;
         }
-        let trace = (!self.no_trace)
-            .then(|| TraceConfig { fingerprint_key: self.fingerprint_key_file.clone(), state_dir: self.state_dir.clone() });
+        let trace = (!self.no_trace).then(|| TraceConfig { fingerprint_key: self.fingerprint_key_file.clone(), state_dir: self.state_dir.clone() });
         if let Some(url) = &self.collector {
             crate::stream::exporter::check_transport(url)?;
         }

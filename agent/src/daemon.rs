@@ -25,11 +25,9 @@ use sigil_telemetry::Telemetry;
 use sigil_proto::EventBody;
 
 use crate::{
-    cpu,
-    metrics,
     attest::{Attestor, pool::HashBudget},
+    cpu,
     ebpf::{KernelEvent, Probes, features::KernelFeatures, kernel_layout, mounts, tracefs},
-    trace::{files, fingerprint::Fingerprinter, tracer::Tracer},
     issue::{
         issuer::{Issuer, IssuerConfig},
         keys::KeyManager,
@@ -39,8 +37,10 @@ use crate::{
         signing::{LocalSigner, TokenSigner},
         workload_api,
     },
+    metrics,
     output::{AgentStats, JsonLines, LostByKind, Sink, Tee},
     stream::exporter::{self, CollectorConfig, SpoolSink},
+    trace::{files, fingerprint::Fingerprinter, tracer::Tracer},
 };
 
 /// Failures that have their own exit code, so supervisors can tell "misconfigured node"
@@ -179,13 +179,7 @@ fn start_issuance(
         }
     };
     let issuer = Arc::new(Issuer::new(
-        IssuerConfig {
-            node: node.to_owned(),
-            issuer_url: ic.issuer_url.clone(),
-            policy_path: ic.policy.clone(),
-            pods_path: ic.pods.clone(),
-            pod_cache,
-        },
+        IssuerConfig { node: node.to_owned(), issuer_url: ic.issuer_url.clone(), policy_path: ic.policy.clone(), pods_path: ic.pods.clone(), pod_cache },
         attestor,
         signer.clone(),
         sink,
@@ -265,35 +259,22 @@ fn fingerprint_key(tc: &TraceConfig) -> anyhow::Result<Vec<u8>> {
     }
     let path = tc.state_dir.join("fingerprint.key");
     if let Ok(key) = std::fs::read(&path)
-        && key.len() >= 16 {
-            return Ok(key);
-        }
-    warn!(
-        "no --fingerprint-key-file: generating {} (fingerprints are comparable only between agents sharing a key)",
-        path.display()
-    );
+        && key.len() >= 16
+    {
+        return Ok(key);
+    }
+    warn!("no --fingerprint-key-file: generating {} (fingerprints are comparable only between agents sharing a key)", path.display());
     std::fs::create_dir_all(&tc.state_dir).with_context(|| format!("creating {}", tc.state_dir.display()))?;
     let key = Fingerprinter::generate_key().to_vec();
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).with_context(|| format!("creating {}", path.display()))?;
     f.write_all(&key)?;
     Ok(key)
 }
 
 /// Attaches credential-use tracing; on failure logs why and runs without it (exec
 /// attestation and issuance do not depend on it).
-fn start_tracing(
-    tc: &TraceConfig,
-    node: &str,
-    probes: &mut Probes,
-    tracefs: &std::path::Path,
-    sigil_issuers: Vec<String>,
-) -> anyhow::Result<Option<Tracer>> {
+fn start_tracing(tc: &TraceConfig, node: &str, probes: &mut Probes, tracefs: &std::path::Path, sigil_issuers: Vec<String>) -> anyhow::Result<Option<Tracer>> {
     let key = fingerprint_key(tc)?;
     if let Err(e) = probes.attach_tracing(tracefs).and_then(|()| probes.watch_file_names(files::WATCHED.iter().copied())) {
         warn!("credential-use tracing is off: {e}");
@@ -310,21 +291,13 @@ fn start_tracing(
     Ok(Some(tracer))
 }
 
-pub fn run(
-    cfg: RunConfig,
-    stop: Arc<AtomicBool>,
-    rt: tokio::runtime::Handle,
-    telemetry: Option<Arc<Telemetry>>,
-) -> anyhow::Result<()> {
+pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, telemetry: Option<Arc<Telemetry>>) -> anyhow::Result<()> {
     check_privileges()?;
     crate::attest::pidns::check_initial().map_err(|e| StartError::Config(e.to_string()))?;
     let mounted = mounts::ensure().map_err(|e| StartError::Privilege(e.to_string()))?;
     let features = KernelFeatures::probe();
     if !features.tracepoint.available() || !features.ring_buffer.available() {
-        return Err(StartError::Unavailable(format!(
-            "the kernel refuses to load eBPF programs for this process ({features})"
-        ))
-        .into());
+        return Err(StartError::Unavailable(format!("the kernel refuses to load eBPF programs for this process ({features})")).into());
     }
     let offsets = tracefs::process_offsets(&mounted.tracefs)?;
     // Without the executable's inode offsets the exec program sends no identity and
@@ -333,12 +306,9 @@ pub fn run(
         warn!("executable identity at exec: {e}; falling back to procfs");
         Default::default()
     });
-    let mut probes = Probes::load(offsets, exe_offsets, cfg.ring_buffer_bytes, cfg.tls_calls_entries, files::WATCHED).map_err(|e| {
-        if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() }
-    })?;
-    probes.attach_process_lifecycle().map_err(|e| {
-        if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() }
-    })?;
+    let mut probes = Probes::load(offsets, exe_offsets, cfg.ring_buffer_bytes, cfg.tls_calls_entries, files::WATCHED)
+        .map_err(|e| if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() })?;
+    probes.attach_process_lifecycle().map_err(|e| if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() })?;
     let hook = features.exec_hook();
     info!(
         "sigil-agent running on {}: kernel [{features}]; exec via {}; executable identity from {}; fell back from [{}]; attached [{}]; mounted by agent [{}]",
@@ -358,10 +328,7 @@ pub fn run(
         None => None,
     };
     let mut events = probes.take_events()?;
-    let attestor = Arc::new(
-        Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes)
-            .with_layouts(cfg.layouts.clone()),
-    );
+    let attestor = Arc::new(Attestor::new(cfg.node.clone(), &mounted.cgroup2, cfg.hash_cache_entries, cfg.max_hash_bytes).with_layouts(cfg.layouts.clone()));
     let pod_cache = match &cfg.kubernetes {
         Some(kc) => {
             let cache = crate::k8s::watch::start(kc, &cfg.node, &rt, stopped(stop.clone()))?;
@@ -627,8 +594,9 @@ fn wait_readable(fd: i32, timeout: Duration) {
 /// The node name: the DaemonSet's downward-API value, else the host name.
 pub fn default_node_name() -> String {
     if let Ok(n) = std::env::var("NODE_NAME")
-        && !n.is_empty() {
-            return n;
-        }
+        && !n.is_empty()
+    {
+        return n;
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
 }

@@ -27,15 +27,9 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(telemetry.as_ref().and_then(|t| t.tracing_layer()))
-        .init();
+    tracing_subscriber::registry().with(filter).with(fmt).with(telemetry.as_ref().and_then(|t| t.tracing_layer())).init();
     match real_main(cli, telemetry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,9 +103,7 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> an
             // The event pipeline is blocking by design (see daemon.rs) and runs on its own
             // thread; the runtime serves the Workload API and watches for signals.
             let handle = rt.handle().clone();
-            let worker = std::thread::Builder::new()
-                .name("attest".into())
-                .spawn(move || daemon::run(cfg, stop, handle, telemetry))?;
+            let worker = std::thread::Builder::new().name("attest".into()).spawn(move || daemon::run(cfg, stop, handle, telemetry))?;
             let result = rt.block_on(async { tokio::task::spawn_blocking(move || worker.join()).await });
             match result {
                 Ok(Ok(r)) => r,

@@ -139,8 +139,12 @@ pub fn register(meter: &Meter, snap: Snapshot) -> Histogram<f64> {
         .build();
     let gauges: [Reading; 4] = [
         ("sigil.agent.processes_tracked", "Live processes with an attestation record", |a| a.processes_tracked as u64),
-        ("sigil.agent.long_lived_credentials", "Distinct long-lived credentials seen in use", |a| a.trace.as_ref().map_or(0, |t| t.long_lived_credentials as u64)),
-        ("sigil.agent.shared_credentials", "Long-lived credentials used by more than one workload run", |a| a.trace.as_ref().map_or(0, |t| t.shared_credentials as u64)),
+        ("sigil.agent.long_lived_credentials", "Distinct long-lived credentials seen in use", |a| {
+            a.trace.as_ref().map_or(0, |t| t.long_lived_credentials as u64)
+        }),
+        ("sigil.agent.shared_credentials", "Long-lived credentials used by more than one workload run", |a| {
+            a.trace.as_ref().map_or(0, |t| t.shared_credentials as u64)
+        }),
         ("sigil.agent.spool.depth_events", "Events spooled, not yet acknowledged by the collector", |a| a.export.map_or(0, |e| e.spool.depth_events)),
     ];
     for (name, desc, f) in gauges {

@@ -60,9 +60,10 @@ impl Sink for Tee {
         let mut first = Ok(());
         for s in &self.sinks {
             if let Err(e) = s.emit(event)
-                && first.is_ok() {
-                    first = Err(e);
-                }
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
         }
         first
     }
@@ -128,10 +129,7 @@ impl From<&AgentStats> for EventBody {
             decode_errors: a.decode_errors,
             quiet_execs: a.quiet_execs,
             processes_tracked: a.processes_tracked as u64,
-            tokens: a.tokens.as_ref().map(|t| v1::TokenStats {
-                issued: t.issued,
-                denied: t.denied.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
-            }),
+            tokens: a.tokens.as_ref().map(|t| v1::TokenStats { issued: t.issued, denied: t.denied.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect() }),
             trace: a.trace.as_ref().map(v1::TraceStats::from),
             export: a.export.map(|e| v1::ExportStats {
                 batches_sent: e.batches_sent,

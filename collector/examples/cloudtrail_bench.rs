@@ -44,9 +44,15 @@ fn record(i: u64, id_prefix: &str) -> String {
     let iam_user = format!(
         r#"{{"type":"IAMUser","principalId":"AIDASIGILBENCHUSER{user:02}","arn":"arn:aws:iam::111122223333:user/bench-{user}","accountId":"111122223333","accessKeyId":"AKIASIGILBENCH{user:06}","userName":"bench-{user}"}}"#
     );
-    let tls = r#""tlsDetails":{"tlsVersion":"TLSv1.3","cipherSuite":"TLS_AES_128_GCM_SHA256","clientProvidedHostHeader":"sigil-bench.s3.us-east-1.amazonaws.com"}"#;
+    let tls =
+        r#""tlsDetails":{"tlsVersion":"TLSv1.3","cipherSuite":"TLS_AES_128_GCM_SHA256","clientProvidedHostHeader":"sigil-bench.s3.us-east-1.amazonaws.com"}"#;
     let agent = "[aws-cli/2.17.20 md/awscrt#0.20.11 ua/2.0 os/linux#6.8.0 md/arch#x86_64 lang/python#3.11.9 md/pyimpl#CPython cfg/retry-mode#standard]";
-    let head = format!(r#""eventVersion":"1.10","eventTime":"{time}","awsRegion":"us-east-1","sourceIPAddress":"10.{}.{}.{}","userAgent":"{agent}","requestID":"{req}","eventID":"{id}""#, i % 200, i / 200 % 250, i % 250 + 1);
+    let head = format!(
+        r#""eventVersion":"1.10","eventTime":"{time}","awsRegion":"us-east-1","sourceIPAddress":"10.{}.{}.{}","userAgent":"{agent}","requestID":"{req}","eventID":"{id}""#,
+        i % 200,
+        i / 200 % 250,
+        i % 250 + 1
+    );
     let tail = r#""recipientAccountId":"111122223333""#;
     match i % 20 {
         0..=9 => {

@@ -36,7 +36,8 @@ use crate::{
 };
 
 /// Every finding kind's JSON name.
-pub const KIND_NAMES: [&str; 5] = ["token_replayed", "token_used_after_run_ended", "credential_outlived_run", "static_credential_shared", "credential_file_to_egress"];
+pub const KIND_NAMES: [&str; 5] =
+    ["token_replayed", "token_used_after_run_ended", "credential_outlived_run", "static_credential_shared", "credential_file_to_egress"];
 
 /// Evidence (and process) ids kept per finding: the first ones found. A token replayed
 /// a million times is one finding whose times keep moving, not a million ids.
@@ -400,10 +401,7 @@ fn token_rules(db: &mut impl FindingLookups, u: &Use<'_>, out: &mut Vec<Draft>) 
         let other_run = u.run.as_deref().is_some_and(|r| r != iss.run_id);
         let other_node = u.seen.node != iss.node;
         if other_run || other_node {
-            let summary = format!(
-                "token {jti} issued to run {} on {} was presented by run {} on {}",
-                iss.run_id, iss.node, u.seen.run_id, u.seen.node
-            );
+            let summary = format!("token {jti} issued to run {} on {} was presented by run {} on {}", iss.run_id, iss.node, u.seen.run_id, u.seen.node);
             out.push(draft(FindingKind::TokenReplayed, Severity::High, "jti", jti, &[&iss, &u.seen], u.first, u.last, summary));
         }
         if let Some(ended) = db.run_ended(&iss.run_id)?
@@ -528,14 +526,27 @@ mod tests {
     #[test]
     fn workloads_are_owners_units_and_cgroups_not_processes() {
         let mut p = v1::ProcessRef {
-            workload: Some(v1::Workload { kind: v1::WorkloadKind::KubernetesPod as i32, pod_uid: Some("u1".into()), container_id: Some("c1".into()), ..Default::default() }),
-            pod: Some(v1::PodMeta { namespace: Some("shop".into()), owner: Some(v1::Owner { kind: "Deployment".into(), name: "checkout".into(), via: None }), ..Default::default() }),
+            workload: Some(v1::Workload {
+                kind: v1::WorkloadKind::KubernetesPod as i32,
+                pod_uid: Some("u1".into()),
+                container_id: Some("c1".into()),
+                ..Default::default()
+            }),
+            pod: Some(v1::PodMeta {
+                namespace: Some("shop".into()),
+                owner: Some(v1::Owner { kind: "Deployment".into(), name: "checkout".into(), via: None }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         assert_eq!(workload_of("n", &p), "k8s:shop/Deployment/checkout");
         p.pod = None;
         assert_eq!(workload_of("n", &p), "container:c1");
-        let cg = v1::ProcessRef { workload: Some(v1::Workload { kind: v1::WorkloadKind::Cgroup as i32, ..Default::default() }), cgroup_path: Some("/x".into()), ..Default::default() };
+        let cg = v1::ProcessRef {
+            workload: Some(v1::Workload { kind: v1::WorkloadKind::Cgroup as i32, ..Default::default() }),
+            cgroup_path: Some("/x".into()),
+            ..Default::default()
+        };
         assert_eq!(workload_of("n", &cg), "cgroup:n:/x");
         assert_eq!(run_of("n", &cg).as_deref(), Some("cgroup:n:/x"));
         assert_eq!(run_of("n", &v1::ProcessRef::default()), None);

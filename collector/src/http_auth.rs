@@ -81,9 +81,7 @@ pub async fn require(State(auth): State<ApiAuth>, req: Request, next: Next) -> R
             Ok(_) => return next.run(req).await,
             Err(_) => (StatusCode::UNAUTHORIZED, "unreadable client certificate".to_owned()),
         },
-        Some(TlsPeer { client_cert: None }) => {
-            (StatusCode::UNAUTHORIZED, "a client certificate or a bearer token is required".to_owned())
-        }
+        Some(TlsPeer { client_cert: None }) => (StatusCode::UNAUTHORIZED, "a client certificate or a bearer token is required".to_owned()),
     };
     // Read (a bounded amount of) the body before answering: closing a connection with
     // unread data makes the kernel reset it, and the client may lose the refusal.

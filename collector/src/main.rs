@@ -154,7 +154,12 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
             let links = store.correlate()?;
             println!(
                 "ingested {} cloud actions ({} already stored), {} skipped with errors, {} new attribution links (read and stored in {:.2}s, correlated in {:.2}s)",
-                totals.stored, totals.duplicates, totals.record_errors, links.len(), stored_in.as_secs_f64(), (started.elapsed() - stored_in).as_secs_f64()
+                totals.stored,
+                totals.duplicates,
+                totals.record_errors,
+                links.len(),
+                stored_in.as_secs_f64(),
+                (started.elapsed() - stored_in).as_secs_f64()
             );
             if totals.skipped_files > 0 {
                 println!("{} files not ingested (each named above with the reason)", totals.skipped_files);
@@ -169,7 +174,19 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
             println!("rotated: {before} retired, {} signs now", keys.current_kid().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Serve { grpc_listen, http_listen, tls_cert, tls_key, client_ca, retention_days, http_token_file, signer, max_grpc_message_bytes, max_ingest_body_bytes, .. } => {
+        Cmd::Serve {
+            grpc_listen,
+            http_listen,
+            tls_cert,
+            tls_key,
+            client_ca,
+            retention_days,
+            http_token_file,
+            signer,
+            max_grpc_message_bytes,
+            max_ingest_body_bytes,
+            ..
+        } => {
             let http_auth = ApiAuth::from_file(http_token_file.as_deref())?;
             let signer = signer.setup(std::path::Path::new(&cli.db))?;
             let limits = RequestLimits { max_grpc_message_bytes, max_ingest_body_bytes, ..RequestLimits::default() };
@@ -206,7 +223,12 @@ fn real_main(cli: Cli, telemetry: Option<Arc<sigil_telemetry::Telemetry>>) -> Re
                         }
                     }
                 };
-                let result = server::serve(ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone(), signer, http_auth, limits }, store, shutdown).await;
+                let result = server::serve(
+                    ServerConfig { grpc: grpc_listen, http: http_listen, tls, telemetry: telemetry.clone(), signer, http_auth, limits },
+                    store,
+                    shutdown,
+                )
+                .await;
                 telemetry.flush();
                 result
             })?;

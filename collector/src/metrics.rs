@@ -109,7 +109,12 @@ pub fn register(meter: &Meter, counters: Arc<Counters>, snap: Snapshot) {
         ("sigil.collector.short_lived_share", &["posture", "share_of_runs_short_lived_only"][..], "", "Share of runs using only short-lived credentials"),
         ("sigil.collector.long_lived_credentials_in_use", &["posture", "long_lived_credentials_in_use"][..], "", "Distinct long-lived credentials in use"),
         ("sigil.collector.mean_token_lifetime", &["posture", "mean_token_lifetime_seconds"][..], "s", "Mean lifetime of issued tokens"),
-        ("sigil.collector.median_time_to_attribute", &["posture", "median_seconds_to_attribute"][..], "s", "Median time from ingesting a cloud action to attributing it"),
+        (
+            "sigil.collector.median_time_to_attribute",
+            &["posture", "median_seconds_to_attribute"][..],
+            "s",
+            "Median time from ingesting a cloud action to attributing it",
+        ),
         ("sigil.collector.agents", &["agents"][..], "", "Agents seen in the last five minutes"),
     ] {
         let s = snap.clone();

@@ -48,8 +48,7 @@ impl CertNames {
 }
 
 pub fn certificate_names(der: &[u8]) -> Result<CertNames, NodeError> {
-    let (_, cert) =
-        x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| NodeError::BadCertificate(e.to_string()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| NodeError::BadCertificate(e.to_string()))?;
     let san = cert.subject_alternative_name().map_err(|e| NodeError::BadCertificate(e.to_string()))?;
     let names = san.map(|s| s.value.general_names.clone()).unwrap_or_default();
     Ok(CertNames {
@@ -74,9 +73,7 @@ pub fn node_of_spiffe_id(uri: &str) -> Option<String> {
 
 /// Whether this connection came with a node's (an agent's) SPIFFE certificate.
 pub fn is_node_certificate<T>(req: &Request<T>) -> bool {
-    req.peer_certs()
-        .and_then(|c| c.first().map(|d| certificate_names(d.as_ref())))
-        .is_some_and(|n| matches!(n, Ok(CertNames { spiffe_node: Some(_), .. })))
+    req.peer_certs().and_then(|c| c.first().map(|d| certificate_names(d.as_ref()))).is_some_and(|n| matches!(n, Ok(CertNames { spiffe_node: Some(_), .. })))
 }
 
 /// The authenticated node of a gRPC request. With mTLS: the certificate's node, and a

@@ -19,16 +19,19 @@ use sigil_proto::v1::{
     query_server::{Query as QueryApi, QueryServer},
     signer_server::SignerServer,
 };
-use tonic::{Request, Response as GrpcResponse, Status, transport::{Certificate, Identity, Server, ServerTlsConfig}};
+use tonic::{
+    Request, Response as GrpcResponse, Status,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 use tracing::{info, warn};
 
 use crate::{
+    cloud::{Limits, Parsed, cloudtrail, gcp},
     http_auth::{self, ApiAuth},
     https::{self, TlsListener, TlsPeer},
     metrics,
     node_identity::{self, NodeError},
     sign::{self, SignerSetup},
-    cloud::{Limits, Parsed, cloudtrail, gcp},
     store::{AgentEvent, Page, Query, Store, StoreError},
 };
 
@@ -242,7 +245,11 @@ async fn http_query_plain(State(s): State<SharedStore>, UrlPath(name): UrlPath<S
 
 /// An audit-log upload as parsed, or the response refusing it. An upload over the body
 /// limit is refused whole (413) before anything from it is stored; earlier uploads stay.
-fn upload(s: &Shared, body: Result<Bytes, BytesRejection>, parse: fn(&str, &[u8], &Limits, &mut dyn crate::cloud::Sink)) -> Result<Parsed, (StatusCode, Json<Value>)> {
+fn upload(
+    s: &Shared,
+    body: Result<Bytes, BytesRejection>,
+    parse: fn(&str, &[u8], &Limits, &mut dyn crate::cloud::Sink),
+) -> Result<Parsed, (StatusCode, Json<Value>)> {
     let body = body.map_err(|r| {
         let status = r.status();
         let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -279,10 +286,8 @@ async fn http_metrics(State(t): State<Arc<sigil_telemetry::Telemetry>>) -> impl 
 }
 
 pub fn http_router(shared: Shared, telemetry: Arc<sigil_telemetry::Telemetry>) -> Router {
-    let queries = Router::new()
-        .route("/v1/query/{name}", get(http_query_plain))
-        .route("/v1/query/{name}/{arg}", get(http_query))
-        .with_state(shared.store.clone());
+    let queries =
+        Router::new().route("/v1/query/{name}", get(http_query_plain)).route("/v1/query/{name}/{arg}", get(http_query)).with_state(shared.store.clone());
     let ingest = Router::new()
         .route("/v1/ingest/cloudtrail", post(http_cloudtrail))
         .route("/v1/ingest/gcp-audit", post(http_gcp))
@@ -321,9 +326,7 @@ pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::fu
     let mut builder = Server::builder();
     if let Some(t) = &cfg.tls {
         let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?))
-            .client_ca_root(Certificate::from_pem(read(&t.client_ca)?));
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?)).client_ca_root(Certificate::from_pem(read(&t.client_ca)?));
         builder = builder.tls_config(tls).context("TLS configuration")?;
     }
     if cfg.tls.is_none() && !cfg.http.ip().is_loopback() {
@@ -365,13 +368,11 @@ pub async fn serve(cfg: ServerConfig, store: SharedStore, shutdown: impl std::fu
         info!("signer: issuing for the cluster with current key {}", sg.keys.current_kid().unwrap_or_default());
     }
     info!("collector: gRPC on {grpc_addr} ({mode}), HTTP on {http_addr} ({})", if mode == "mTLS" { "HTTPS" } else { "plaintext, loopback" });
-    let grpc = routes
-        .serve_with_incoming_shutdown(tokio_stream_listener(grpc_listener), async move {
-            let _ = rx2.wait_for(|v| *v).await;
-        });
+    let grpc = routes.serve_with_incoming_shutdown(tokio_stream_listener(grpc_listener), async move {
+        let _ = rx2.wait_for(|v| *v).await;
+    });
     let mut rx3 = rx.clone();
-    let app = http_router(shared, cfg.telemetry.clone())
-        .layer(axum::middleware::from_fn_with_state(cfg.http_auth.clone(), http_auth::require));
+    let app = http_router(shared, cfg.telemetry.clone()).layer(axum::middleware::from_fn_with_state(cfg.http_auth.clone(), http_auth::require));
     let stop3 = async move {
         let _ = rx3.wait_for(|v| *v).await;
     };

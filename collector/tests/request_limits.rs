@@ -126,18 +126,12 @@ fn a_network_peer_sending_an_oversized_grpc_message_is_refused_with_a_clear_stat
     rt.block_on(async {
         let url = format!("http://127.0.0.1:{}", c.grpc);
         let mut ingest = IngestClient::connect(url.clone()).await.unwrap();
-        let status = ingest
-            .push(PushRequest { node: "n".repeat(LIMIT * 2), ..Default::default() })
-            .await
-            .unwrap_err();
+        let status = ingest.push(PushRequest { node: "n".repeat(LIMIT * 2), ..Default::default() }).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
         assert!(status.message().contains(&LIMIT.to_string()), "{status:?}");
 
         let mut query = QueryClient::connect(url).await.unwrap();
-        let status = query
-            .ask(QueryRequest { name: "trace".into(), argument: "x".repeat(LIMIT * 2), ..Default::default() })
-            .await
-            .unwrap_err();
+        let status = query.ask(QueryRequest { name: "trace".into(), argument: "x".repeat(LIMIT * 2), ..Default::default() }).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
         let answer = query.ask(QueryRequest { name: "posture".into(), ..Default::default() }).await.unwrap();
         assert!(serde_json::from_slice::<Value>(&answer.into_inner().json).unwrap().is_object());

@@ -14,13 +14,7 @@ use sigil_agent::trace::{
     response::{ResponseStream, read_body},
 };
 
-const HEADER_NAMES: &[&str] = &[
-    "authorization",
-    "Proxy-Authorization",
-    "x-api-key",
-    "x-amz-security-token",
-    "apikey",
-];
+const HEADER_NAMES: &[&str] = &["authorization", "Proxy-Authorization", "x-api-key", "x-amz-security-token", "apikey"];
 
 /// What a response yields is only ever well-formed identifiers, never made up.
 fn check_obtained(o: &sigil_agent::trace::response::Obtained) {
@@ -67,13 +61,7 @@ fuzz_target!(|data: &[u8]| {
     for (line, name) in text.split('\n').zip(HEADER_NAMES.iter().cycle()) {
         headers.push(((*name).to_owned(), line.to_owned()));
     }
-    let request = Request {
-        protocol: Protocol::Http1,
-        method: "GET".into(),
-        path: text.clone().into_owned(),
-        authority: None,
-        headers,
-    };
+    let request = Request { protocol: Protocol::Http1, method: "GET".into(), path: text.clone().into_owned(), authority: None, headers };
     check(&request, &issuers);
     folded_headers_never_hide_authorization(data);
 });
@@ -82,12 +70,7 @@ fuzz_target!(|data: &[u8]| {
 /// own, between two well-formed headers: the `Authorization` after it must still be
 /// recovered and detected (issue 14: one malformed header must not hide a credential).
 fn folded_headers_never_hide_authorization(data: &[u8]) {
-    let junk: Vec<u8> = data
-        .iter()
-        .copied()
-        .filter(|b| *b != b'\n' && *b != b'\r')
-        .take(512)
-        .collect();
+    let junk: Vec<u8> = data.iter().copied().filter(|b| *b != b'\n' && *b != b'\r').take(512).collect();
     // An empty line of its own would end the head: that is the protocol, not evasion.
     let own_line: &[u8] = if junk.is_empty() { b"X-Old: a\r\n " } else { b"X-Old: a\r\n" };
     for before in [&b"X-Old: a\r\n "[..], b"X-Old: a\r\n\t", own_line] {
@@ -96,11 +79,7 @@ fn folded_headers_never_hide_authorization(data: &[u8]) {
         head.extend_from_slice(&junk);
         head.extend_from_slice(b"\r\nAuthorization: Bearer fuzz-token-1\r\n\r\n");
         let requests = HttpStream::new().feed(&head, head.len());
-        let seen = requests.iter().any(|r| {
-            detect(r, 0, &[])
-                .iter()
-                .any(|c| c.secret.expose() == b"fuzz-token-1")
-        });
+        let seen = requests.iter().any(|r| detect(r, 0, &[]).iter().any(|c| c.secret.expose() == b"fuzz-token-1"));
         assert!(seen, "credential hidden by {:?}", String::from_utf8_lossy(&head));
     }
 }

@@ -24,9 +24,7 @@ where
 {
     match v {
         NameOrNumber::Number(n) => Ok(n),
-        NameOrNumber::Name(s) => {
-            from_name(&format!("{prefix}{}", s.to_ascii_uppercase())).ok_or_else(|| E::custom(format!("unknown value {s:?}")))
-        }
+        NameOrNumber::Name(s) => from_name(&format!("{prefix}{}", s.to_ascii_uppercase())).ok_or_else(|| E::custom(format!("unknown value {s:?}"))),
     }
 }
 
@@ -64,9 +62,7 @@ macro_rules! json_enum {
                 }
 
                 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
-                    Option::<NameOrNumber>::deserialize(d)?
-                        .map(|v| parse(v, $prefix, |n| $ty::from_str_name(n).map(i32::from)))
-                        .transpose()
+                    Option::<NameOrNumber>::deserialize(d)?.map(|v| parse(v, $prefix, |n| $ty::from_str_name(n).map(i32::from))).transpose()
                 }
             }
         }

@@ -175,7 +175,18 @@ fn samples() -> Vec<EventBody> {
         }),
         EventBody::AgentStats(v1::AgentStats {
             node: "n1".into(),
-            hash: Some(v1::HashStats { cache_hits: 1, hashes_computed: 2, hash_errors: 3, hash_micros: 4, pending: 5, skipped_queue_full: 6, skipped_time_budget: 7, skipped_too_large: 8, skipped_not_regular_file: 9, skipped_shutdown: 10 }),
+            hash: Some(v1::HashStats {
+                cache_hits: 1,
+                hashes_computed: 2,
+                hash_errors: 3,
+                hash_micros: 4,
+                pending: 5,
+                skipped_queue_full: 6,
+                skipped_time_budget: 7,
+                skipped_too_large: 8,
+                skipped_not_regular_file: 9,
+                skipped_shutdown: 10,
+            }),
             ring_buffer_lost: Some(v1::LostByKind { exec: 1, exit: 2, connect: 3, data: 4, file_open: 5 }),
             decode_errors: 1,
             quiet_execs: 3,
@@ -289,10 +300,13 @@ fn json_keeps_the_field_names_and_enum_spellings_the_agent_always_wrote() {
     assert_eq!(exec["source"], "procfs_scan");
     assert_eq!(exec["binary"]["path"], "/app/checkout");
     assert_eq!(exec["cgroup"]["path"], "/kubepods/pod");
-    assert_eq!(exec["workload"], json!({
-        "kind": "kubernetes_pod", "pod_uid": "0c3d2a4e-5b6f-4a1b-9c8d-7e6f5a4b3c2d", "qos_class": "best_effort",
-        "container_id": "ab".repeat(32), "runtime": "cri_o", "unit": null, "user_unit": null, "user_uid": null
-    }));
+    assert_eq!(
+        exec["workload"],
+        json!({
+            "kind": "kubernetes_pod", "pod_uid": "0c3d2a4e-5b6f-4a1b-9c8d-7e6f5a4b3c2d", "qos_class": "best_effort",
+            "container_id": "ab".repeat(32), "runtime": "cri_o", "unit": null, "user_unit": null, "user_uid": null
+        })
+    );
     assert_eq!(exec["binary"]["hash_skipped"], "time_budget");
     assert_eq!(exec["binary"]["hash_pending"], false);
     assert_eq!(exec["script"]["source"], "argv");
@@ -313,7 +327,10 @@ fn json_keeps_the_field_names_and_enum_spellings_the_agent_always_wrote() {
     assert!(plain.get("source").is_none() && plain["process"].get("pod").is_none() && plain["process"].get("run").is_none(), "{plain}");
     assert_eq!(exec["ancestry"][0]["binary_path"], "/sbin/init");
     let used = by_kind("credential_use");
-    assert_eq!((used["class"].as_str(), used["detector"].as_str(), used["protocol"].as_str()), (Some("short_lived"), Some("aws_sigv4_presigned"), Some("http2")));
+    assert_eq!(
+        (used["class"].as_str(), used["detector"].as_str(), used["protocol"].as_str()),
+        (Some("short_lived"), Some("aws_sigv4_presigned"), Some("http2"))
+    );
     assert_eq!(used["lifetime_seconds"], 900);
     assert_eq!(used["identifiers"]["access_key_id"], "AKIAEXAMPLE");
     assert_eq!(by_kind("token_denied")["reason"], "binary_hash_mismatch");

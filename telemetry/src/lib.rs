@@ -45,18 +45,10 @@ impl Telemetry {
     pub fn new(service: &'static str, node: &str, cfg: &TelemetryConfig) -> Result<Self> {
         let registry = Registry::new();
         // Standard process metrics (CPU seconds, resident memory) for the health dashboard.
-        registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .context("registering process metrics")?;
-        let prom = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_target_info()
-            .build()
-            .context("building the Prometheus exporter")?;
-        let resource = Resource::builder()
-            .with_service_name(service)
-            .with_attributes([KeyValue::new("host.name", node.to_owned())])
-            .build();
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).context("registering process metrics")?;
+        let prom =
+            opentelemetry_prometheus::exporter().with_registry(registry.clone()).without_target_info().build().context("building the Prometheus exporter")?;
+        let resource = Resource::builder().with_service_name(service).with_attributes([KeyValue::new("host.name", node.to_owned())]).build();
         let mut builder = SdkMeterProvider::builder().with_resource(resource.clone()).with_reader(prom);
         if let Some(url) = &cfg.otlp_endpoint {
             let exporter = MetricExporter::builder()
@@ -75,23 +67,13 @@ impl Telemetry {
                 .with_endpoint(format!("{base}/v1/traces"))
                 .build()
                 .context("building the OTLP span exporter")?;
-            tracer = Some(
-                opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                    .with_resource(resource.clone())
-                    .with_batch_exporter(spans)
-                    .build(),
-            );
+            tracer = Some(opentelemetry_sdk::trace::SdkTracerProvider::builder().with_resource(resource.clone()).with_batch_exporter(spans).build());
             let logs = opentelemetry_otlp::LogExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{base}/v1/logs"))
                 .build()
                 .context("building the OTLP log exporter")?;
-            logger = Some(
-                opentelemetry_sdk::logs::SdkLoggerProvider::builder()
-                    .with_resource(resource.clone())
-                    .with_batch_exporter(logs)
-                    .build(),
-            );
+            logger = Some(opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_resource(resource.clone()).with_batch_exporter(logs).build());
         }
         Ok(Self { provider: builder.build(), registry, tracer, logger, service })
     }

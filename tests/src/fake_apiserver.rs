@@ -63,7 +63,11 @@ use tokio_stream::wrappers::ReceiverStream;
 /// What open watches are told.
 #[derive(Clone, Debug)]
 enum Msg {
-    Event { rv: u64, kind: &'static str, pod: Value },
+    Event {
+        rv: u64,
+        kind: &'static str,
+        pod: Value,
+    },
     /// Send `410 Gone` and end (the history they would resume from is gone).
     Gone,
     /// End the stream, as a watch timeout or a load balancer would.
@@ -132,12 +136,46 @@ fn openssl(args: &[&str]) {
 fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let p = |f: &str| dir.join(f).display().to_string();
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(&[&["req", "-x509"][..], &ec, &["-days", "1", "-subj", "/CN=sigil test cluster CA", "-keyout", &p("ca.key"), "-out", &p("ca.crt"),
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]].concat());
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=sigil test cluster CA",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.crt"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ],
+        ]
+        .concat(),
+    );
     openssl(&[&["req"][..], &ec, &["-subj", "/CN=kube-apiserver", "-keyout", &p("tls.key"), "-out", &p("tls.csr")]].concat());
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(&["x509", "-req", "-in", &p("tls.csr"), "-CA", &p("ca.crt"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-days", "1",
-        "-extfile", &p("ext.cnf"), "-out", &p("tls.crt")]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("tls.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("tls.crt"),
+    ]);
     (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
 }
 
@@ -384,11 +422,7 @@ async fn pods(State(sh): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query
             _ => return status(StatusCode::BAD_REQUEST, "BadRequest", format!("unsupported field selector {f:?}")),
         },
     };
-    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        watch(sh, &q, node)
-    } else {
-        list(&sh, node.as_deref())
-    }
+    if q.get("watch").is_some_and(|w| w == "true" || w == "1") { watch(sh, &q, node) } else { list(&sh, node.as_deref()) }
 }
 
 fn list(sh: &Shared, node: Option<&str>) -> Response {
@@ -431,8 +465,7 @@ fn watch(sh: Arc<Shared>, q: &HashMap<String, String>, node: Option<String>) -> 
             },
         };
         let expired = (from < st.oldest).then_some(st.oldest);
-        let backlog: Vec<(u64, &'static str, Value)> =
-            st.history.iter().filter(|(rv, _, p)| *rv > from && matches(p)).cloned().collect();
+        let backlog: Vec<(u64, &'static str, Value)> = st.history.iter().filter(|(rv, _, p)| *rv > from && matches(p)).cloned().collect();
         (from, backlog, sh.events.subscribe(), expired)
     };
     tokio::spawn(async move {

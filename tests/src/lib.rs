@@ -4,9 +4,9 @@
 //! Every test drives the kernel for real; nothing here fakes an event.
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should stop the test loudly
 
-pub mod pki;
 pub mod fake_apiserver;
 pub mod manifests;
+pub mod pki;
 pub mod postgres;
 pub mod postgres_server;
 pub mod workload_api;
@@ -31,9 +31,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// The agent binary under test (`cargo xtask test` sets SIGIL_AGENT_BIN).
 pub fn agent_bin() -> PathBuf {
-    std::env::var_os("SIGIL_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sigil-agent"))
+    std::env::var_os("SIGIL_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sigil-agent"))
 }
 
 /// A self-signed P-256 certificate for 127.0.0.1 in `dir` (cert.pem, key.pem).
@@ -226,9 +224,10 @@ impl Collector {
         loop {
             let out = Command::new(sibling_bin("sigil")).args(["--collector", &self.http, "--json"]).args(args).output().unwrap();
             if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout)
-                && pred(&v) {
-                    return v;
-                }
+                && pred(&v)
+            {
+                return v;
+            }
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}: last answer {}{}; collector log:\n{}",
@@ -455,23 +454,14 @@ impl TestCgroup {
     /// A command that runs `program args...` inside this cgroup.
     pub fn command(&self, program: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(r#"echo $$ > "$0" && exec "$@""#)
-            .arg(self.leaf.join("cgroup.procs"))
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null());
+        cmd.arg("-c").arg(r#"echo $$ > "$0" && exec "$@""#).arg(self.leaf.join("cgroup.procs")).arg(program).args(args).stdin(Stdio::null());
         cmd
     }
 
     /// Runs to completion inside this cgroup; returns (exit code, stdout, stderr).
     pub fn run(&self, program: &Path, args: &[&str]) -> (i32, String, String) {
         let out = self.command(program, args).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        )
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_owned(), String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 
     pub fn id(&self) -> u64 {
@@ -531,9 +521,7 @@ pub fn next_line(out: &mut BufReader<std::process::ChildStdout>) -> String {
 
 /// The Python interpreter with py-spiffe and PyJWT (`cargo xtask test` provisions it).
 pub fn python() -> PathBuf {
-    std::env::var_os("SIGIL_PYTHON")
-        .map(PathBuf::from)
-        .expect("SIGIL_PYTHON is set by `cargo xtask test` (a venv with py-spiffe and PyJWT)")
+    std::env::var_os("SIGIL_PYTHON").map(PathBuf::from).expect("SIGIL_PYTHON is set by `cargo xtask test` (a venv with py-spiffe and PyJWT)")
 }
 
 /// A script under tests/python.

@@ -21,11 +21,7 @@ pub fn base_dir() -> PathBuf {
 
 /// `kubectl kustomize deploy/kubernetes`, written to a scratch file.
 pub fn render() -> PathBuf {
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(base_dir())
-        .output()
-        .expect("kubectl (with its built-in kustomize) renders deploy/kubernetes");
+    let out = Command::new("kubectl").arg("kustomize").arg(base_dir()).output().expect("kubectl (with its built-in kustomize) renders deploy/kubernetes");
     assert!(out.status.success(), "kubectl kustomize failed: {}", String::from_utf8_lossy(&out.stderr));
     let path = scratch_dir().join("rendered.yaml");
     std::fs::write(&path, &out.stdout).expect("writing the rendered manifests");
@@ -41,9 +37,7 @@ pub fn load(paths: &[&Path]) -> Vec<Value> {
 
 /// The one object of `kind` named `name`.
 pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
 }
 
 /// The agent container's `securityContext.capabilities.add`, as setpriv names them
@@ -52,10 +46,5 @@ pub fn agent_capabilities(docs: &[Value]) -> Vec<String> {
     let ds = find(docs, "DaemonSet", "sigil-agent");
     let c = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(c["capabilities"]["drop"], serde_json::json!(["ALL"]), "the agent drops every capability it does not add");
-    c["capabilities"]["add"]
-        .as_array()
-        .expect("capabilities.add")
-        .iter()
-        .map(|v| v.as_str().expect("a capability name").to_ascii_lowercase())
-        .collect()
+    c["capabilities"]["add"].as_array().expect("capabilities.add").iter().map(|v| v.as_str().expect("a capability name").to_ascii_lowercase()).collect()
 }

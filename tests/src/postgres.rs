@@ -34,7 +34,8 @@ impl Postgres {
 
     /// Everything the database holds, as `pg_dump` writes it.
     pub fn dump(&self) -> Vec<u8> {
-        let out = Command::new(Path::new(BIN).join("pg_dump")).args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "sigil", "sigil"]).output().unwrap();
+        let out =
+            Command::new(Path::new(BIN).join("pg_dump")).args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "sigil", "sigil"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     }

@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
-use sigil_proto::spiffe::{
-    JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient,
-};
+use sigil_proto::spiffe::{JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
 use tokio::net::UnixStream;
 use tonic::{Request, Status, metadata::MetadataValue, transport::Endpoint};
 

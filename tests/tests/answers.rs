@@ -83,7 +83,13 @@ fn events() -> Vec<AgentEvent> {
         b.push(exec("pa", n, &if n < 6 { at(0, 0) } else { at(0, 10 + n as u32) }));
     }
     for n in 0..4 {
-        b.push(EventBody::ProcessExit(v1::ProcessExit { exec_id: format!("exec-pa-{n}"), process_id: format!("proc-pa-{n}"), time: at(3, 0), pid: 100 + n as u32, ..Default::default() }));
+        b.push(EventBody::ProcessExit(v1::ProcessExit {
+            exec_id: format!("exec-pa-{n}"),
+            process_id: format!("proc-pa-{n}"),
+            time: at(3, 0),
+            pid: 100 + n as u32,
+            ..Default::default()
+        }));
     }
     for n in 0..5 {
         b.push(key_use("pa", 6 + n, KEY, &if n < 3 { at(1, 0) } else { at(2, n as u32) }));
@@ -184,7 +190,16 @@ fn paging_lists_every_entry_once(backend: Backend) {
     let run_a = "container:ctr-pa";
     let full = store.query(&Query::Run(run_a.into(), page(1000, None))).unwrap();
     let by_kind = &full["entries_by_kind"];
-    let expected = [("exec", 12), ("exit", 4), ("token_issued", 2), ("token_denied", 2), ("credential_use", 5), ("credential_file_read", 1), ("credential_obtained", 0), ("cloud_action", 3)];
+    let expected = [
+        ("exec", 12),
+        ("exit", 4),
+        ("token_issued", 2),
+        ("token_denied", 2),
+        ("credential_use", 5),
+        ("credential_file_read", 1),
+        ("credential_obtained", 0),
+        ("cloud_action", 3),
+    ];
     for (kind, n) in expected {
         assert_eq!(by_kind[kind], n, "{kind}: {full}");
     }
@@ -196,7 +211,11 @@ fn paging_lists_every_entry_once(backend: Backend) {
     let times: Vec<i64> = timeline.iter().map(|e| e["time"].as_i64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order: {times:?}");
     let s = &full["summary"];
-    assert_eq!((s["processes"].as_i64(), s["binaries"].as_i64(), s["credential_uses"].as_i64(), s["cloud_actions"].as_i64()), (Some(12), Some(3), Some(5), Some(3)), "{s}");
+    assert_eq!(
+        (s["processes"].as_i64(), s["binaries"].as_i64(), s["credential_uses"].as_i64(), s["cloud_actions"].as_i64()),
+        (Some(12), Some(3), Some(5), Some(3)),
+        "{s}"
+    );
     assert_eq!((s["first"].as_i64(), s["last"].as_i64()), (Some(1_767_225_600), Some(1_767_225_900)), "first exec, last cloud action: {s}");
 
     // Pages of 4 (pages split the seconds holding 6 execs, 4 exits, 3 uses and two
@@ -260,7 +279,10 @@ fn paging_lists_every_entry_once(backend: Backend) {
     let second = collector.sigil(&command[1..]);
     assert_eq!(second["timeline"].as_array().unwrap()[..], timeline[4..8], "the printed command shows the next page");
     let traced = collector.sigil_text(&["trace", "page-0", "--limit", "1"]);
-    assert!(traced.contains("linked to 3 run(s)") && traced.contains("2 more linked runs not shown; next page: sigil trace page-0 --limit 1 --after "), "{traced}");
+    assert!(
+        traced.contains("linked to 3 run(s)") && traced.contains("2 more linked runs not shown; next page: sigil trace page-0 --limit 1 --after "),
+        "{traced}"
+    );
     assert!(traced.contains("more processes not shown; all of them: sigil run container:ctr-p"), "{traced}");
     drop(collector);
 
@@ -279,7 +301,11 @@ fn paging_lists_every_entry_once(backend: Backend) {
     assert!(store.retain(now_unix() + 3600).unwrap() > 0);
     store.verify_aggregates().unwrap();
     let p = store.query(&Query::Posture).unwrap();
-    assert_eq!((p["cloud_actions"].as_i64(), p["cloud_actions_attributed"].as_i64(), p["median_seconds_to_attribute"].is_null()), (Some(0), Some(0), true), "{p}");
+    assert_eq!(
+        (p["cloud_actions"].as_i64(), p["cloud_actions_attributed"].as_i64(), p["median_seconds_to_attribute"].is_null()),
+        (Some(0), Some(0), true),
+        "{p}"
+    );
     let _ = fs::remove_dir_all(dir);
 }
 

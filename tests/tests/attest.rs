@@ -42,10 +42,7 @@ fn check_layout(layout: &str, expect: impl Fn(&Value)) {
 
 #[test]
 fn containerd_systemd_driver_pod_is_attested_with_pod_uid_and_container_id() {
-    let layout = format!(
-        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CONTAINER}.scope",
-        POD_UID.replace('-', "_")
-    );
+    let layout = format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CONTAINER}.scope", POD_UID.replace('-', "_"));
     check_layout(&layout, |w| {
         assert_eq!(w["kind"], "kubernetes_pod");
         assert_eq!(w["pod_uid"], POD_UID);
@@ -118,9 +115,7 @@ fn one_binary_is_hashed_once_and_again_after_a_rewrite() {
 
     // The agent's own counters agree: at least our two misses were computed, our hit
     // counted (other processes on the machine may add to both).
-    let stats = agent.wait_event("agent_stats after the runs", |v| {
-        v["kind"] == "agent_stats" && v["hash"]["cache_hits"].as_u64().unwrap_or(0) >= 1
-    });
+    let stats = agent.wait_event("agent_stats after the runs", |v| v["kind"] == "agent_stats" && v["hash"]["cache_hits"].as_u64().unwrap_or(0) >= 1);
     assert!(stats["hash"]["hashes_computed"].as_u64().unwrap() >= 2);
     let _ = fs::remove_dir_all(dir);
 }

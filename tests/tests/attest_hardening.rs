@@ -104,17 +104,20 @@ fn a_local_user_swapping_a_fifo_or_dev_zero_in_for_an_exited_binary_does_not_sta
     let cg = TestCgroup::create("racer.slice/racer.scope");
     let python = python();
     let mut racer = cg
-        .command(Path::new("setpriv"), &[
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            "--",
-            python.to_str().unwrap(),
-            script.to_str().unwrap(),
-            dir.to_str().unwrap(),
-            &rounds.to_string(),
-            "30",
-        ])
+        .command(
+            Path::new("setpriv"),
+            &[
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+                "--",
+                python.to_str().unwrap(),
+                script.to_str().unwrap(),
+                dir.to_str().unwrap(),
+                &rounds.to_string(),
+                "30",
+            ],
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -147,11 +150,7 @@ fn a_local_user_swapping_a_fifo_or_dev_zero_in_for_an_exited_binary_does_not_sta
         assert!(err.contains("a FIFO") || err.contains("a character device"), "reason missing: {v}");
         assert_eq!(v["binary"]["sha256"], Value::Null);
     }
-    assert!(
-        !refused.is_empty(),
-        "the race was never won: no victim was attested after its path was swapped ({} records)",
-        victims.len()
-    );
+    assert!(!refused.is_empty(), "the race was never won: no victim was attested after its path was swapped ({} records)", victims.len());
     agent.wait_event("agent_stats counting the refusals", |v| {
         v["kind"] == "agent_stats" && v["hash"]["skipped_not_regular_file"].as_u64() >= Some(refused.len() as u64)
     });
@@ -204,34 +203,26 @@ fn a_burst_of_huge_distinct_executables_does_not_delay_an_ordinary_exec() {
     let huge_recs: Vec<Value> = huge
         .iter()
         .zip(&huge_pids)
-        .map(|(p, pid)| loop {
-            let path = p.to_str().unwrap();
-            if let Some(v) = agent.events().into_iter().find(|v| {
-                v["kind"] == "process_exec" && v["pid"] == *pid && v["binary"]["path"] == path
-            }) {
-                break v;
+        .map(|(p, pid)| {
+            loop {
+                let path = p.to_str().unwrap();
+                if let Some(v) = agent.events().into_iter().find(|v| v["kind"] == "process_exec" && v["pid"] == *pid && v["binary"]["path"] == path) {
+                    break v;
+                }
+                assert!(Instant::now() < deadline, "no record for {path}");
+                std::thread::sleep(Duration::from_millis(200));
             }
-            assert!(Instant::now() < deadline, "no record for {path}");
-            std::thread::sleep(Duration::from_millis(200));
         })
         .collect();
 
     // Output order proves who waited for whom: on the old code every huge record came
     // first (hashed in kernel order on the event thread).
     let lines = agent.stdout.snapshot();
-    let position = |pid: u32| {
-        lines
-            .iter()
-            .position(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["kind"] == "process_exec" && v["pid"] == pid))
-            .unwrap()
-    };
-    let hashed: Vec<(u32, &Value)> =
-        huge_pids.iter().copied().zip(&huge_recs).filter(|(_, r)| r["binary"]["sha256"].is_string()).collect();
+    let position =
+        |pid: u32| lines.iter().position(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["kind"] == "process_exec" && v["pid"] == pid)).unwrap();
+    let hashed: Vec<(u32, &Value)> = huge_pids.iter().copied().zip(&huge_recs).filter(|(_, r)| r["binary"]["sha256"].is_string()).collect();
     assert!(!hashed.is_empty(), "at least one huge binary fits the budget and is hashed");
-    assert!(
-        hashed.iter().any(|(pid, _)| position(*pid) > position(ordinary_pid)),
-        "the ordinary record must not wait for the huge hashes"
-    );
+    assert!(hashed.iter().any(|(pid, _)| position(*pid) > position(ordinary_pid)), "the ordinary record must not wait for the huge hashes");
     // A hashed huge binary has the right digest (sha256sum reads it independently).
     let (first_pid, first) = hashed[0];
     let first_path = &huge[huge_pids.iter().position(|p| *p == first_pid).unwrap()];
@@ -275,11 +266,8 @@ struct UserDelegation {
 impl UserDelegation {
     fn create(uid: u32) -> Self {
         let root = cgroup2_root();
-        let chain = [
-            root.join("user.slice"),
-            root.join(format!("user.slice/user-{uid}.slice")),
-            root.join(format!("user.slice/user-{uid}.slice/user@{uid}.service")),
-        ];
+        let chain =
+            [root.join("user.slice"), root.join(format!("user.slice/user-{uid}.slice")), root.join(format!("user.slice/user-{uid}.slice/user@{uid}.service"))];
         let mut created = Vec::new();
         for d in &chain {
             if !d.exists() {
@@ -386,10 +374,7 @@ fn pods_nested_in_a_runtime_unit_and_static_pods_get_their_real_identity() {
     let agent = Agent::start(&["--no-trace"]);
     let uid = "214f3ba8-4b69-4bdb-a7d5-5ecc73f04ae9";
     let id = "d4e8e05a546c86b6443f101966c618e47753ed01fa9929cae00d3b692f7a9f80";
-    let rec = record_in(
-        &agent,
-        &format!("system.slice/containerd.service/kubepods-besteffort-pod{}.slice:cri-containerd:{id}", uid.replace('-', "_")),
-    );
+    let rec = record_in(&agent, &format!("system.slice/containerd.service/kubepods-besteffort-pod{}.slice:cri-containerd:{id}", uid.replace('-', "_")));
     let w = &rec["workload"];
     assert_eq!(w["kind"], "kubernetes_pod", "{rec}");
     assert_eq!(w["pod_uid"], uid);
@@ -398,10 +383,7 @@ fn pods_nested_in_a_runtime_unit_and_static_pods_get_their_real_identity() {
     assert_eq!(w["unit"], Value::Null, "a pod is not containerd.service");
 
     let static_uid = "5d5ba0d8c3e6a2ec0e7aa43cd3a6ce34";
-    let rec = record_in(
-        &agent,
-        &format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{static_uid}.slice/cri-containerd-{id}.scope"),
-    );
+    let rec = record_in(&agent, &format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{static_uid}.slice/cri-containerd-{id}.scope"));
     assert_eq!(rec["workload"]["pod_uid"], static_uid, "{rec}");
 
     // Something container-like under a unit in no known form: unknown, not the unit.
@@ -471,17 +453,15 @@ fn an_exec_is_never_reported_with_the_binary_of_a_later_exec() {
     let children: Vec<_> = (0..40).map(|_| cg.spawn(&bin, &["1"])).collect();
     let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
     for pid in &pids {
-        agent.wait_event("the shell's exec record", |v| {
-            v["kind"] == "process_exec" && v["pid"] == *pid && v["binary"]["exec_path"] == "/bin/sh"
-        });
-        agent.wait_event("the binary's exec record", |v| {
-            v["kind"] == "process_exec" && v["pid"] == *pid && v["binary"]["exec_path"] == bin.to_str().unwrap()
-        });
+        agent.wait_event("the shell's exec record", |v| v["kind"] == "process_exec" && v["pid"] == *pid && v["binary"]["exec_path"] == "/bin/sh");
+        agent.wait_event("the binary's exec record", |v| v["kind"] == "process_exec" && v["pid"] == *pid && v["binary"]["exec_path"] == bin.to_str().unwrap());
     }
     let bin_path = bin.to_str().unwrap();
-    for v in agent.events().iter().filter(|v| {
-        v["kind"] == "process_exec" && pids.contains(&(v["pid"].as_u64().unwrap_or(0) as u32)) && v["binary"]["exec_path"] == "/bin/sh"
-    }) {
+    for v in agent
+        .events()
+        .iter()
+        .filter(|v| v["kind"] == "process_exec" && pids.contains(&(v["pid"].as_u64().unwrap_or(0) as u32)) && v["binary"]["exec_path"] == "/bin/sh")
+    {
         assert_ne!(v["binary"]["sha256"], sha.as_str(), "the shell's exec claims the later binary: {v}");
         assert_ne!(v["binary"]["path"], bin_path, "{v}");
     }

@@ -278,13 +278,10 @@ fn credential_process(backend: Backend) {
     assert!(key.starts_with("ASIA"), "moto handed out {key}");
 
     // The token the bridge exchanged is the one the run was issued.
-    let issued = node.collector.wait_for("the issuance", &["run", &node.run_id], |v| {
-        v["timeline"].as_array().is_some_and(|tl| tl.iter().any(|e| e["what"] == "token_issued"))
-    });
-    let jti = issued["timeline"].as_array().unwrap().iter().find(|e| e["what"] == "token_issued").unwrap()["detail"]["jti"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let issued = node
+        .collector
+        .wait_for("the issuance", &["run", &node.run_id], |v| v["timeline"].as_array().is_some_and(|tl| tl.iter().any(|e| e["what"] == "token_issued")));
+    let jti = issued["timeline"].as_array().unwrap().iter().find(|e| e["what"] == "token_issued").unwrap()["detail"]["jti"].as_str().unwrap().to_owned();
     let t = trace_s3_call(&node, &key);
     assert_chain(&node, &t, &key, &jti, &moto);
     // The bridge process itself is in the run: it made the exchange (the trace lists the
@@ -304,10 +301,8 @@ fn gcp_external_account_configuration_points_at_a_token_file_that_is_kept_fresh(
     let path = node.dir.join("gcp-token");
     let config = node.dir.join("gcp-credentials.json");
     let aud = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/sigil/providers/node";
-    let (bridge, env) = token_file(
-        &node,
-        &["--audience", aud, "--path", &path.display().to_string(), "--gcp-config", &config.display().to_string(), "--gcp-audience", aud],
-    );
+    let (bridge, env) =
+        token_file(&node, &["--audience", aud, "--path", &path.display().to_string(), "--gcp-config", &config.display().to_string(), "--gcp-audience", aud]);
     assert_eq!(env, [format!("GOOGLE_APPLICATION_CREDENTIALS={}", config.display())]);
     let cfg: Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
     assert_eq!(cfg["type"], "external_account");

@@ -162,9 +162,7 @@ fn exactly_once(backend: Backend) {
     let db = Db::new(backend, &dir);
     let collector = Collector::start(&db.arg);
     let (g, h) = collector.ports();
-    let agent = Agent::start(&[
-        "--collector", &collector.grpc, "--state-dir", &dir.join("state").display().to_string(), "--no-trace",
-    ]);
+    let agent = Agent::start(&["--collector", &collector.grpc, "--state-dir", &dir.join("state").display().to_string(), "--no-trace"]);
     let cg = TestCgroup::create("exactly-once.slice/load.scope");
     // A workload exec'ing steadily for ~6 s while the collector dies and comes back.
     let mut load = cg.spawn(Path::new("/bin/sh"), &["-c", "i=0; while [ $i -lt 300 ]; do /bin/true; sleep 0.02; i=$((i+1)); done"]);
@@ -174,9 +172,7 @@ fn exactly_once(backend: Backend) {
     let collector = Collector::start_on(&db.arg, g, h);
     assert!(load.wait().unwrap().success());
 
-    let emitted = |agent: &Agent| {
-        agent.events().iter().filter(|v| v["kind"] == "process_exec" && v["cgroup"]["path"] == cg.path.as_str()).count()
-    };
+    let emitted = |agent: &Agent| agent.events().iter().filter(|v| v["kind"] == "process_exec" && v["cgroup"]["path"] == cg.path.as_str()).count();
     // Every exec the agent reported must reach the database once: wait for the spool to drain.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (total, distinct) = loop {
@@ -238,15 +234,28 @@ fn agents_stream_over_mutual_tls_and_an_agent_without_a_client_certificate_is_re
     pki(&dir);
     let p = |f: &str| dir.join(f).display().to_string();
     let (g, h) = (free_port(), free_port());
-    let collector = Collector::start_with(&dir.join("c.db"), g, h, &["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key"), "--client-ca", &p("ca.pem")]);
+    let collector =
+        Collector::start_with(&dir.join("c.db"), g, h, &["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key"), "--client-ca", &p("ca.pem")]);
     assert!(collector.log.snapshot().iter().any(|l| l.contains("mTLS")));
     let url = format!("https://127.0.0.1:{g}");
 
     let good = Agent::start(&[
-        "--no-trace", "--node-name", "node-with-cert", "--state-dir", &p("state-good"), "--collector", &url,
-        "--collector-ca", &p("ca.pem"), "--collector-cert", &p("client.pem"), "--collector-key", &p("client.key"),
+        "--no-trace",
+        "--node-name",
+        "node-with-cert",
+        "--state-dir",
+        &p("state-good"),
+        "--collector",
+        &url,
+        "--collector-ca",
+        &p("ca.pem"),
+        "--collector-cert",
+        &p("client.pem"),
+        "--collector-key",
+        &p("client.key"),
     ]);
-    let bad = Agent::start(&["--no-trace", "--node-name", "node-without-cert", "--state-dir", &p("state-bad"), "--collector", &url, "--collector-ca", &p("ca.pem")]);
+    let bad =
+        Agent::start(&["--no-trace", "--node-name", "node-without-cert", "--state-dir", &p("state-bad"), "--collector", &url, "--collector-ca", &p("ca.pem")]);
     good.wait_event("events acknowledged over mTLS", |v| v["kind"] == "agent_stats" && v["export"]["events_acked"].as_u64().unwrap_or(0) > 0);
     let refused = bad.wait_event("the unauthenticated agent failing", |v| v["kind"] == "agent_stats" && v["export"]["send_errors"].as_u64().unwrap_or(0) > 0);
     assert_eq!(refused["export"]["events_acked"], 0);
@@ -302,7 +311,12 @@ fn served(backend: Backend) {
             comm: "migrate".into(),
             binary: Some(v1::Binary { path: Some(format!("/app/{exec_id}")), ..Default::default() }),
             cgroup: Some(v1::CgroupInfo { id: 1, path: Some(format!("/kubepods/{pod}")) }),
-            workload: Some(v1::Workload { kind: v1::WorkloadKind::KubernetesPod as i32, pod_uid: Some(pod.into()), container_id: Some(ctr), ..Default::default() }),
+            workload: Some(v1::Workload {
+                kind: v1::WorkloadKind::KubernetesPod as i32,
+                pod_uid: Some(pod.into()),
+                container_id: Some(ctr),
+                ..Default::default()
+            }),
             run: Some(run.into()),
             ..Default::default()
         })
@@ -312,7 +326,12 @@ fn served(backend: Backend) {
         process: Some(v1::ProcessRef {
             exec_id: "X2".into(),
             cgroup_path: Some("/kubepods/b".into()),
-            workload: Some(v1::Workload { kind: v1::WorkloadKind::KubernetesPod as i32, pod_uid: Some("b".into()), container_id: Some("b".repeat(64)), ..Default::default() }),
+            workload: Some(v1::Workload {
+                kind: v1::WorkloadKind::KubernetesPod as i32,
+                pod_uid: Some("b".into()),
+                container_id: Some("b".repeat(64)),
+                ..Default::default()
+            }),
             run: Some(run.into()),
             ..Default::default()
         }),
@@ -334,7 +353,8 @@ fn served(backend: Backend) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (pushed, asked) = rt.block_on(async {
         let mut ingest = IngestClient::connect(collector.grpc.clone()).await.unwrap();
-        let pushed = ingest.push(PushRequest { node: "node-served".into(), events, contract_version: sigil_proto::CONTRACT_VERSION }).await.unwrap().into_inner();
+        let pushed =
+            ingest.push(PushRequest { node: "node-served".into(), events, contract_version: sigil_proto::CONTRACT_VERSION }).await.unwrap().into_inner();
         let mut query = QueryClient::connect(collector.grpc.clone()).await.unwrap();
         let asked = query.ask(QueryRequest { name: "run".into(), argument: run.into(), ..Default::default() }).await.unwrap().into_inner();
         (pushed, asked)

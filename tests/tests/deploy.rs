@@ -24,7 +24,18 @@ fn the_kustomize_base_renders_and_every_object_validates_against_the_pinned_kube
     let example = manifests::base_dir().join("examples/workload.yaml");
     let docs = manifests::load(&[&rendered, &example]);
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Deployment", "Service", "NetworkPolicy", "PersistentVolumeClaim"] {
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "DaemonSet",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+    ] {
         assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
     }
     let (ok, report) = validate(&[&rendered, &example]);

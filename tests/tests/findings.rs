@@ -68,7 +68,9 @@ impl Rig {
     /// id contains `run`.
     fn wait_stored(&self, credential: &str, run: &str, uses: u64) {
         self.collector.wait_for(&format!("{uses} uses of {credential} by {run}"), &["who-used", credential], |v| {
-            v["runs"].as_array().is_some_and(|rs| rs.iter().any(|r| r["run_id"].as_str().is_some_and(|id| id.contains(run)) && r["uses"].as_u64() >= Some(uses)))
+            v["runs"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|r| r["run_id"].as_str().is_some_and(|id| id.contains(run)) && r["uses"].as_u64() >= Some(uses)))
         });
     }
 
@@ -90,7 +92,9 @@ impl Rig {
     /// Waits for a finding of `kind` about `subject`, and for the collector's one notice of
     /// it in its log (written once the batch that found it has committed).
     fn wait_finding(&self, kind: &str, subject: &str) -> Value {
-        let v = self.collector.wait_for(kind, &["findings", "--kind", kind], |v| v["findings"].as_array().is_some_and(|a| a.iter().any(|f| f["subject"] == subject)));
+        let v = self
+            .collector
+            .wait_for(kind, &["findings", "--kind", kind], |v| v["findings"].as_array().is_some_and(|a| a.iter().any(|f| f["subject"] == subject)));
         let name = format!("FINDING_KIND_{}", kind.to_ascii_uppercase());
         let notice = |l: &str| l.contains("WARN") && l.contains(&name) && l.contains(subject);
         self.collector.log.wait_line(&format!("the collector's notice of {kind} about {subject}"), notice);
@@ -142,7 +146,8 @@ fn token_replayed(backend: Backend) {
 
     // Control: the victim's run uses its own token.
     r.curl_bearer(&victim, &token);
-    r.agent.wait_event("the victim's own use", |v| v["kind"] == "credential_use" && v["identifiers"]["jwt_jti"] == jti.as_str() && v["class"] == "sigil_issued");
+    r.agent
+        .wait_event("the victim's own use", |v| v["kind"] == "credential_use" && v["identifiers"]["jwt_jti"] == jti.as_str() && v["class"] == "sigil_issued");
     r.wait_stored(&jti, &unit, 1);
     assert_eq!(r.findings_about(&jti), Vec::<Value>::new(), "a token used by its own run is no finding");
 
@@ -203,10 +208,11 @@ fn static_rules(backend: Backend) {
     r.boto3(&owner, &key, secret, None);
     r.boto3(&owner, &key, secret, None);
     r.wait_stored(&key, &unit, 2);
-    let fingerprint = r.agent.events().iter().find(|v| v["kind"] == "credential_use" && v["identifiers"]["access_key_id"] == key.as_str()).unwrap()["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let fingerprint =
+        r.agent.events().iter().find(|v| v["kind"] == "credential_use" && v["identifiers"]["access_key_id"] == key.as_str()).unwrap()["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     assert_eq!(r.findings_about(&fingerprint), Vec::<Value>::new(), "one workload's processes are not sharing");
 
     let (_, thief) = unit_cgroup("findings-reader-");

@@ -12,10 +12,8 @@ use std::{
 };
 
 use serde_json::Value;
+use sigil_proto::v1::{Event, PushRequest, SignJwtRequest, ingest_client::IngestClient, signer_client::SignerClient};
 use sigil_proto::{CONTRACT_VERSION, EventBody};
-use sigil_proto::v1::{
-    Event, PushRequest, SignJwtRequest, ingest_client::IngestClient, signer_client::SignerClient,
-};
 use sigil_tests::{pki::Pki, *};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -112,12 +110,26 @@ impl Setup {
         let url = format!("https://127.0.0.1:{}", c.grpc);
         let p = |f: &str| self.pki.path(f);
         let agent = Agent::start(&[
-            "--no-trace", "--no-scan", "--node-name", node,
-            "--state-dir", &self.dir.join(format!("state-{node}")).display().to_string(),
-            "--policy", &self.dir.join("policy.toml").display().to_string(),
-            "--socket", &self.socket(node).display().to_string(),
-            "--collector", &url, "--signer", &url,
-            "--collector-ca", &p("ca.pem"), "--collector-cert", &p(&format!("{node}.pem")), "--collector-key", &p(&format!("{node}.key")),
+            "--no-trace",
+            "--no-scan",
+            "--node-name",
+            node,
+            "--state-dir",
+            &self.dir.join(format!("state-{node}")).display().to_string(),
+            "--policy",
+            &self.dir.join("policy.toml").display().to_string(),
+            "--socket",
+            &self.socket(node).display().to_string(),
+            "--collector",
+            &url,
+            "--signer",
+            &url,
+            "--collector-ca",
+            &p("ca.pem"),
+            "--collector-cert",
+            &p(&format!("{node}.pem")),
+            "--collector-key",
+            &p(&format!("{node}.key")),
         ]);
         agent.stderr.wait_line("Workload API start", |l| l.contains("Workload API on"));
         agent
@@ -163,17 +175,8 @@ fn py_spiffe(cg: &TestCgroup, socket: &Path, audience: &str) -> Value {
 /// PyJWT, as a cloud STS would: discovery document, JWKS, signature, iss, aud, exp, all
 /// over HTTPS from the one issuer.
 fn pyjwt(token: &str, issuer: &str, audience: &str, ca: &str) -> Result<Value, String> {
-    let out = Command::new(python())
-        .arg(python_script("verify_jwt.py"))
-        .args([token, issuer, audience])
-        .env("SSL_CERT_FILE", ca)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let out = Command::new(python()).arg(python_script("verify_jwt.py")).args([token, issuer, audience]).env("SSL_CERT_FILE", ca).output().unwrap();
+    if out.status.success() { Ok(serde_json::from_slice(&out.stdout).unwrap()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
 }
 
 /// curl (a real HTTPS client); returns (HTTP status, body).
@@ -307,11 +310,19 @@ fn a_compromised_node_cannot_push_events_as_another_node() {
     let own = push("", vec![event("own-1", r#"{"kind":"agent_stats"}"#)]);
     assert_eq!(runtime().block_on(a.push(own)).unwrap().into_inner().stored, 1);
     let conn = rusqlite::Connection::open(s.dir.join("c.db")).unwrap();
-    let rows: Vec<(String, String)> =
-        conn.prepare("SELECT st.s || '-' || e.seq, n.node FROM events e JOIN strings st ON st.id = e.stream JOIN nodes n USING (node_id)").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT st.s || '-' || e.seq, n.node FROM events e JOIN strings st ON st.id = e.stream JOIN nodes n USING (node_id)")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(rows, [("own-1".to_owned(), "node-a".to_owned())]);
     // Counted: the operator reads the metric over HTTPS with its client certificate.
-    let (code, body) = curl(&format!("https://127.0.0.1:{}/metrics", c.http), &["--cacert", &s.pki.path("ca.pem"), "--cert", &s.pki.path("operator.pem"), "--key", &s.pki.path("operator.key")]);
+    let (code, body) = curl(
+        &format!("https://127.0.0.1:{}/metrics", c.http),
+        &["--cacert", &s.pki.path("ca.pem"), "--cert", &s.pki.path("operator.pem"), "--key", &s.pki.path("operator.key")],
+    );
     assert_eq!(code, 200, "{body}");
     assert!(body.lines().any(|l| l.starts_with("sigil_collector_node_mismatch") && l.trim_end().ends_with(" 1")), "{body}");
 }
@@ -324,7 +335,9 @@ fn a_compromised_node_cannot_shadow_or_overwrite_another_nodes_events() {
     let s = Setup::new(&["node-a", "node-b"]);
     let c = start_collector(&s.dir, &s.pki, (free_port(), free_port(), free_port()));
     let exec = |node: &str| {
-        format!(r#"{{"kind":"process_exec","exec_id":"boot:42:7:9","pid":42,"ppid":1,"binary":{{"path":"/bin/{node}"}},"workload":{{"kind":"cgroup"}},"cgroup":{{"path":"/{node}"}}}}"#)
+        format!(
+            r#"{{"kind":"process_exec","exec_id":"boot:42:7:9","pid":42,"ppid":1,"binary":{{"path":"/bin/{node}"}},"workload":{{"kind":"cgroup"}},"cgroup":{{"path":"/{node}"}}}}"#
+        )
     };
     let issued = r#"{"kind":"token_issued","jti":"feedfacefeedfacefeedfacefeedface","spiffe_id":"spiffe://sigil.test/x","process":{"exec_id":"boot:42:7:9"}}"#;
     let batch = |node: &str| push(node, vec![event("spool-1", &exec(node)), event("spool-2", issued)]);
@@ -333,15 +346,12 @@ fn a_compromised_node_cannot_shadow_or_overwrite_another_nodes_events() {
     let out = runtime().block_on(IngestClient::new(s.channel("node-b", c.grpc)).push(batch("node-b"))).unwrap().into_inner();
     assert_eq!(out.stored, 2, "B's events are stored, not shadowed as duplicates");
     let conn = rusqlite::Connection::open(s.dir.join("c.db")).unwrap();
-    let b_binary: String =
-        conn.query_row("SELECT binary_path FROM processes_v JOIN nodes USING (node_id) WHERE node = 'node-b'", [], |r| r.get(0)).unwrap();
+    let b_binary: String = conn.query_row("SELECT binary_path FROM processes_v JOIN nodes USING (node_id) WHERE node = 'node-b'", [], |r| r.get(0)).unwrap();
     assert_eq!(b_binary, "/bin/node-b", "B's process row is B's own");
-    let a_binary: String =
-        conn.query_row("SELECT binary_path FROM processes_v JOIN nodes USING (node_id) WHERE node = 'node-a'", [], |r| r.get(0)).unwrap();
+    let a_binary: String = conn.query_row("SELECT binary_path FROM processes_v JOIN nodes USING (node_id) WHERE node = 'node-a'", [], |r| r.get(0)).unwrap();
     assert_eq!(a_binary, "/bin/node-a", "and A's did not overwrite it");
-    let jti_nodes: i64 = conn
-        .query_row("SELECT count(DISTINCT node_id) FROM token_issuances WHERE jti = 'feedfacefeedfacefeedfacefeedface'", [], |r| r.get(0))
-        .unwrap();
+    let jti_nodes: i64 =
+        conn.query_row("SELECT count(DISTINCT node_id) FROM token_issuances WHERE jti = 'feedfacefeedfacefeedfacefeedface'", [], |r| r.get(0)).unwrap();
     assert_eq!(jti_nodes, 2, "each node's issuance is kept under its own node");
 }
 
@@ -378,10 +388,7 @@ fn a_compromised_node_cannot_get_another_nodes_spiffe_id_signed() {
         .collect();
     assert_eq!(
         denials,
-        [
-            ("node-a".to_owned(), "not_allowed_on_node".to_owned(), b_id.clone()),
-            ("node-a".to_owned(), "node_mismatch".to_owned(), b_id.clone()),
-        ]
+        [("node-a".to_owned(), "not_allowed_on_node".to_owned(), b_id.clone()), ("node-a".to_owned(), "node_mismatch".to_owned(), b_id.clone()),]
     );
 }
 
@@ -459,14 +466,8 @@ fn a_network_peer_without_credentials_gets_nothing_from_the_http_api() {
         assert_eq!(code, 200, "{path} with the token");
     }
     // The operator's CLI: refused without credentials, answered with a token or a certificate.
-    let sigil = |extra: &[&str]| {
-        Command::new(sibling_bin("sigil"))
-            .args(["--collector", &url(""), "--ca", &ca, "--json"])
-            .args(extra)
-            .arg("posture")
-            .output()
-            .unwrap()
-    };
+    let sigil =
+        |extra: &[&str]| Command::new(sibling_bin("sigil")).args(["--collector", &url(""), "--ca", &ca, "--json"]).args(extra).arg("posture").output().unwrap();
     let out = sigil(&[]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("required"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(sigil(&["--token-file", &token_file]).status.success());
@@ -476,7 +477,10 @@ fn a_network_peer_without_credentials_gets_nothing_from_the_http_api() {
     // Uploads follow the same rule.
     let (code, _) = curl(&url("/v1/ingest/cloudtrail"), &["--cacert", &ca, "-X", "POST", "--data-binary", r#"{"Records":[]}"#]);
     assert_eq!(code, 401);
-    let (code, _) = curl(&url("/v1/ingest/cloudtrail"), &["--cacert", &ca, "-H", &format!("Authorization: Bearer {token}"), "-X", "POST", "--data-binary", r#"{"Records":[]}"#]);
+    let (code, _) = curl(
+        &url("/v1/ingest/cloudtrail"),
+        &["--cacert", &ca, "-H", &format!("Authorization: Bearer {token}"), "-X", "POST", "--data-binary", r#"{"Records":[]}"#],
+    );
     assert_eq!(code, 200);
     // Plain HTTP to the TLS port gets no answer either.
     let (code, _) = curl(&format!("http://127.0.0.1:{http}/v1/query/posture"), &[]);

@@ -5,13 +5,7 @@
 //! `crypto/tls.(*Conn).Write` in the binary's `.gopclntab`, hooks it when the binary is
 //! exec'd, and attributes both credentials to the right process.
 
-use std::{
-    fs,
-    io::Write,
-    path::PathBuf,
-    process::Stdio,
-    time::Instant,
-};
+use std::{fs, io::Write, path::PathBuf, process::Stdio, time::Instant};
 
 use serde_json::Value;
 use sigil_tests::*;
@@ -54,9 +48,7 @@ fn go_client_credentials_are_attributed(flags: &[&str], name: &str) {
     assert_eq!(next_line(&mut out), "READY");
     // The agent hooks the binary once its exec is inspected; the client goes on after.
     let bin_path = bin.display().to_string();
-    t.agent.stderr.wait_line("Go TLS capture attached to the client", |l| {
-        l.contains("Go TLS capture attached") && l.contains(&bin_path)
-    });
+    t.agent.stderr.wait_line("Go TLS capture attached to the client", |l| l.contains("Go TLS capture attached") && l.contains(&bin_path));
     eprintln!("{name}: exec -> Go TLS probe attached in {:?}", started.elapsed());
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let sent = next_line(&mut out);
@@ -64,9 +56,7 @@ fn go_client_credentials_are_attributed(flags: &[&str], name: &str) {
     assert!(status.success() && sent == "SENT", "client failed: {status} {sent:?}");
 
     let exec = t.agent.wait_exec(pid, &bin);
-    let uses_of = |what: &str, pred: &dyn Fn(&Value) -> bool| {
-        t.agent.wait_event(what, |v| v["kind"] == "credential_use" && v["pid"] == pid && pred(v))
-    };
+    let uses_of = |what: &str, pred: &dyn Fn(&Value) -> bool| t.agent.wait_event(what, |v| v["kind"] == "credential_use" && v["pid"] == pid && pred(v));
     let bearer = uses_of("the Go client's bearer token", &|v| v["detector"] == "bearer_token");
     let sigv4 = uses_of("the Go client's SigV4 request", &|v| v["detector"] == "aws_sigv4");
     for ev in [&bearer, &sigv4] {
@@ -128,8 +118,7 @@ fn go_binary_without_tls_write_stays_uncovered_with_the_reason() {
     assert_eq!((code, out.as_str()), (0, "no TLS here"), "{err}");
     let bin_path = bin.display().to_string();
     let stats = t.agent.wait_event("agent_stats listing the TLS-less Go binary", |v| {
-        v["kind"] == "agent_stats"
-            && v["trace"]["uncovered"].as_array().is_some_and(|l| l.iter().any(|u| u["binary"] == bin_path.as_str()))
+        v["kind"] == "agent_stats" && v["trace"]["uncovered"].as_array().is_some_and(|l| l.iter().any(|u| u["binary"] == bin_path.as_str()))
     });
     let entry = stats["trace"]["uncovered"].as_array().unwrap().iter().find(|u| u["binary"] == bin_path.as_str()).unwrap();
     assert_eq!(entry["client"], "go_crypto_tls");

@@ -31,10 +31,7 @@ struct Node {
 }
 
 fn pod_layout() -> String {
-    format!(
-        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CONTAINER}.scope",
-        POD_UID.replace('-', "_")
-    )
+    format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CONTAINER}.scope", POD_UID.replace('-', "_"))
 }
 
 fn policy_for(client_sha: &str, ttl: u64, extra_selector: Option<&str>) -> String {
@@ -85,11 +82,7 @@ impl Node {
     }
 
     fn verify(&self, token: &str) -> Value {
-        let out = Command::new(python())
-            .arg(python_script("verify_jwt.py"))
-            .args([token, &self.issuer, AUDIENCE])
-            .output()
-            .unwrap();
+        let out = Command::new(python()).arg(python_script("verify_jwt.py")).args([token, &self.issuer, AUDIENCE]).output().unwrap();
         assert!(out.status.success(), "PyJWT refused the token: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
@@ -148,16 +141,9 @@ fn a_token_request_that_beats_the_background_hash_keeps_one_exec_record() {
     let issued = n.agent.wait_event("token_issued", |e| e["kind"] == "token_issued");
     assert_eq!(issued["process"]["exec_id"], exec_id.as_str());
     // Wait until the hashing pool is idle (its job for this exec has finished), then count.
-    n.agent.wait_event("agent_stats with an idle hashing pool", |e| {
-        e["kind"] == "agent_stats" && e["hash"]["pending"].as_u64().unwrap_or(0) == 0
-    });
+    n.agent.wait_event("agent_stats with an idle hashing pool", |e| e["kind"] == "agent_stats" && e["hash"]["pending"].as_u64().unwrap_or(0) == 0);
     let client = n.client.display().to_string();
-    let execs: Vec<Value> = n
-        .agent
-        .events()
-        .into_iter()
-        .filter(|e| e["kind"] == "process_exec" && e["binary"]["path"] == client.as_str())
-        .collect();
+    let execs: Vec<Value> = n.agent.events().into_iter().filter(|e| e["kind"] == "process_exec" && e["binary"]["path"] == client.as_str()).collect();
     let brief: Vec<String> = execs
         .iter()
         .map(|e| format!("{} source={} sha256={} pending={}", e["exec_id"], e["source"], e["binary"]["sha256"], e["binary"]["hash_pending"]))
@@ -199,14 +185,12 @@ fn an_unregistered_cgroup_is_denied() {
 #[test]
 fn requests_without_audience_or_security_header_are_refused() {
     let n = node(120, &[]);
-    let e = workload_api::fetch(&n.socket, Call { audience: vec![AUDIENCE.into()], spiffe_id: String::new(), header: false, metadata: vec![] })
-        .unwrap_err();
+    let e = workload_api::fetch(&n.socket, Call { audience: vec![AUDIENCE.into()], spiffe_id: String::new(), header: false, metadata: vec![] }).unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("security header"), "{}", e.message());
     n.denial("missing_security_header");
 
-    let e = workload_api::fetch(&n.socket, Call { audience: vec![], spiffe_id: String::new(), header: true, metadata: vec![] })
-        .unwrap_err();
+    let e = workload_api::fetch(&n.socket, Call { audience: vec![], spiffe_id: String::new(), header: true, metadata: vec![] }).unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     n.denial("missing_audience");
 

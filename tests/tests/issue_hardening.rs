@@ -172,10 +172,8 @@ fn a_workload_that_execs_a_registered_binary_after_connecting_gets_no_token_over
 
     // The attack.
     let reg = registered.display().to_string();
-    let mut attacker = Helper::spawn(cg.command(
-        Path::new(PY),
-        &[&helper(), "exec-after-connect", &socket, &request_hex(), &reg, "-c", "import time; time.sleep(60)"],
-    ));
+    let mut attacker =
+        Helper::spawn(cg.command(Path::new(PY), &[&helper(), "exec-after-connect", &socket, &request_hex(), &reg, "-c", "import time; time.sleep(60)"]));
     let parent = attacker.pid();
     let answer = attacker.answer();
     let (code, message) = answer.expect_err("the child of the former unregistered program must get no token");
@@ -202,14 +200,13 @@ fn a_connection_passed_with_scm_rights_speaks_for_its_connector_and_dies_with_it
 
     for connector_stays in [true, false] {
         let handoff = n.dir.join(unique("handoff-")).display().to_string();
-        let mut receiver = Helper::spawn(receiver_cg.command(
-            Path::new("setpriv"),
-            &["--reuid", "65534", "--regid", "65534", "--clear-groups", PY, &helper(), "recv-fd", &handoff, &request_hex()],
-        ));
+        let mut receiver = Helper::spawn(
+            receiver_cg
+                .command(Path::new("setpriv"), &["--reuid", "65534", "--regid", "65534", "--clear-groups", PY, &helper(), "recv-fd", &handoff, &request_hex()]),
+        );
         receiver.expect_line("LISTENING");
         let mode = if connector_stays { "stay" } else { "exit" };
-        let mut connector =
-            Helper::spawn(registered_cg.command(&registered, &[&helper(), "send-fd", &socket, &handoff, mode]));
+        let mut connector = Helper::spawn(registered_cg.command(&registered, &[&helper(), "send-fd", &socket, &handoff, mode]));
         let connector_pid = connector.pid();
         connector.expect_line("SENT");
         receiver.expect_line("RECEIVED");
@@ -413,8 +410,7 @@ fn a_denied_request_with_a_huge_audience_list_yields_a_bounded_event() {
     assert!(line.len() < 8 * 1024, "the event is {} bytes", line.len());
 
     let huge = vec!["x".repeat(1 << 20); 10];
-    let e = workload_api::fetch(&n.socket, Call { audience: huge, spiffe_id: String::new(), header: true, metadata: vec![] })
-        .unwrap_err();
+    let e = workload_api::fetch(&n.socket, Call { audience: huge, spiffe_id: String::new(), header: true, metadata: vec![] }).unwrap_err();
     assert!(matches!(e.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{e:?}");
     assert!(n.agent.stdout.snapshot().iter().all(|l| l.len() < 16 * 1024), "no event carries the 10 MB request");
 }

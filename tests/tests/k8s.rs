@@ -64,9 +64,7 @@ fn container_cgroup(uid: &str) -> TestCgroup {
 /// loaded agent may attest only after the shell became the worker).
 fn worker_exec(agent: &Agent, child: &std::process::Child, worker: &std::path::Path) -> Value {
     let (pid, path) = (child.id(), worker.display().to_string());
-    agent.wait_event("the worker's exec", |v| {
-        v["kind"] == "process_exec" && v["pid"] == pid && v["binary"]["exec_path"] == path.as_str()
-    })
+    agent.wait_event("the worker's exec", |v| v["kind"] == "process_exec" && v["pid"] == pid && v["binary"]["exec_path"] == path.as_str())
 }
 
 /// The claims of `token`, verified by PyJWT against the issuer's published keys.
@@ -144,15 +142,7 @@ impl Cluster {
         if owner.0 == "ReplicaSet" {
             labels["pod-template-hash"] = json!("5d8f7c9b4");
         }
-        self.api.put_pod(FakeApiServer::pod(&PodSpec {
-            namespace: NS,
-            name,
-            uid,
-            node: &self.node,
-            service_account: "checkout",
-            labels,
-            owner: Some(owner),
-        }));
+        self.api.put_pod(FakeApiServer::pod(&PodSpec { namespace: NS, name, uid, node: &self.node, service_account: "checkout", labels, owner: Some(owner) }));
     }
 
     /// A token for `id` requested from inside `pod`: Ok(token) or Err(why).
@@ -209,9 +199,7 @@ fn a_pod_process_matches_ns_and_sa_from_the_api_server_and_records_events_and_to
     assert_eq!(claims["sigil_run"], run.as_str());
     assert_eq!(claims["sigil_pod_uid"], pod.uid.as_str());
 
-    let issued = c.agent.wait_event("token_issued with its pod", |v| {
-        v["kind"] == "token_issued" && v["process"]["pod"]["name"] == pod.name.as_str()
-    });
+    let issued = c.agent.wait_event("token_issued with its pod", |v| v["kind"] == "token_issued" && v["process"]["pod"]["name"] == pod.name.as_str());
     assert_eq!(issued["process"]["pod"]["owner"]["kind"], "Deployment");
     assert_eq!(issued["process"]["pod"]["owner"]["via"]["name"], "checkout-5d8f7c9b4");
     assert_eq!(issued["process"]["pod"]["labels"]["app"], "checkout");
@@ -254,13 +242,8 @@ fn jobs_pods_are_one_run(backend: Backend) {
     }
     let paths: Vec<String> = children.iter().map(|(_, p)| p.clone()).collect();
     let v = collector.wait_for("both pods' processes in one run", &["run", &run], |v| {
-        let execs: Vec<&str> = v["timeline"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["what"] == "exec")
-            .filter_map(|e| e["detail"]["binary_path"].as_str())
-            .collect();
+        let execs: Vec<&str> =
+            v["timeline"].as_array().into_iter().flatten().filter(|e| e["what"] == "exec").filter_map(|e| e["detail"]["binary_path"].as_str()).collect();
         paths.iter().all(|p| execs.contains(&p.as_str()))
     });
     assert_eq!(v["run"]["run_id"], run.as_str());
@@ -290,9 +273,7 @@ fn a_workload_whose_pod_is_relabelled_or_deleted_loses_its_identity_within_two_s
 
     c.api.delete(NS, &pod.name);
     c.expect_within(CHANGE, &pod, ID_SA, Err("pod_metadata_unavailable"));
-    let denied = c.agent.wait_event("token_denied pod_metadata_unavailable", |v| {
-        v["kind"] == "token_denied" && v["reason"] == "pod_metadata_unavailable"
-    });
+    let denied = c.agent.wait_event("token_denied pod_metadata_unavailable", |v| v["kind"] == "token_denied" && v["reason"] == "pod_metadata_unavailable");
     assert!(denied["detail"].as_str().unwrap().contains("deleted"), "{denied}");
 }
 
@@ -307,9 +288,7 @@ fn a_workload_in_a_pod_the_api_server_has_not_described_is_refused_not_guessed()
     let why = c.ask(&forged, ID_SA).expect_err("an undescribed pod gets nothing");
     assert!(why.contains("pod metadata unavailable") || why.contains("pod_metadata_unavailable"), "{why}");
     c.agent.wait_event("token_denied for the undescribed pod", |v| {
-        v["kind"] == "token_denied"
-            && v["reason"] == "pod_metadata_unavailable"
-            && v["process"]["workload"]["pod_uid"] == forged.uid.as_str()
+        v["kind"] == "token_denied" && v["reason"] == "pod_metadata_unavailable" && v["process"]["workload"]["pod_uid"] == forged.uid.as_str()
     });
     assert!(c.ask(&known, ID_SA).is_ok(), "the known pod next to it is unaffected");
 

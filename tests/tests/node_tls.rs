@@ -18,9 +18,7 @@ use sigil_tests::{pki::Pki, *};
 /// Debian's node, unpacked by `cargo xtask test` (SIGIL_DEBIAN_NODE), and the directory
 /// of its libnode.
 fn debian_node() -> (PathBuf, PathBuf) {
-    let node = std::env::var_os("SIGIL_DEBIAN_NODE")
-        .map(PathBuf::from)
-        .expect("SIGIL_DEBIAN_NODE is set by `cargo xtask test` (Debian's Node.js, unpacked)");
+    let node = std::env::var_os("SIGIL_DEBIAN_NODE").map(PathBuf::from).expect("SIGIL_DEBIAN_NODE is set by `cargo xtask test` (Debian's Node.js, unpacked)");
     let libs = node.parent().unwrap().parent().unwrap().join("lib/x86_64-linux-gnu");
     (node, libs)
 }
@@ -98,9 +96,7 @@ impl NodeRun {
 
     /// The credential_use of the node client `pid` in `cg`, attributed to it.
     fn expect_use(&self, cg: &TestCgroup, pid: u32, node: &Path, port: u16) -> Value {
-        let ev = self.agent.wait_event("the node client's bearer token", |v| {
-            v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str()
-        });
+        let ev = self.agent.wait_event("the node client's bearer token", |v| v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str());
         assert_eq!(ev["pid"], pid, "attributed to the node process itself");
         assert_eq!(ev["process"]["binary_path"], node.display().to_string().as_str());
         assert_eq!(ev["identifiers"]["token_family"], "github_pat");
@@ -202,9 +198,6 @@ fn debian_node_with_the_system_libssl_is_attributed_its_bearer_token() {
     let token = planted_token("debian");
     run.send_bearer(&node, Some(&lib_dir), &token, None);
     let own = format!("TLS capture attached to {} (", node.display());
-    assert!(
-        !run.agent.stderr.snapshot().iter().any(|l| l.contains(&own)),
-        "Debian's node executable carries no OpenSSL of its own to attach to"
-    );
+    assert!(!run.agent.stderr.snapshot().iter().any(|l| l.contains(&own)), "Debian's node executable carries no OpenSSL of its own to attach to");
     run.assert_never_kept(&token);
 }

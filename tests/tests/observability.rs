@@ -94,9 +94,10 @@ fn otlp_receiver() -> Receiver {
                     }
                     r.lock().unwrap().extend_from_slice(&body);
                     if path == "/v1/metrics"
-                        && let Ok(req) = ExportMetricsServiceRequest::decode(body.as_slice()) {
-                            g.lock().unwrap().push(req);
-                        }
+                        && let Ok(req) = ExportMetricsServiceRequest::decode(body.as_slice())
+                    {
+                        g.lock().unwrap().push(req);
+                    }
                     a.lock().unwrap().push((path, body));
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
                 }
@@ -153,11 +154,7 @@ fn otlp_export_carries_the_scripted_token_figures() {
     let dir = scratch_dir();
     let client = unique_client(&dir, "metrics-client");
     let (port, got, raw, all) = otlp_receiver();
-    let (agent, socket) = issuing_agent(
-        &dir,
-        &client,
-        &["--otlp-endpoint", &format!("http://127.0.0.1:{port}"), "--otlp-interval-seconds", "1", "--no-trace"],
-    );
+    let (agent, socket) = issuing_agent(&dir, &client, &["--otlp-endpoint", &format!("http://127.0.0.1:{port}"), "--otlp-interval-seconds", "1", "--no-trace"]);
     script_tokens(&dir, &client, &socket);
     agent.wait_event("the denial", |v| v["kind"] == "token_denied");
 
@@ -254,7 +251,15 @@ fn every_dashboard_query_answers_from_a_real_prometheus() {
     fs::write(home.join("credentials"), "[default]\n").unwrap();
     cg.run(Path::new("/bin/cat"), &[&home.join("credentials").display().to_string()]);
     // A SigV4 call with the key the CloudTrail records below name, so attribution links exist.
-    let sent = cg.run(&python(), &[&python_script("aws_client.py").display().to_string(), &format!("http://127.0.0.1:{port}"), "AKIASIGILDASH0000001", "PLANTEDdashSECRET000000000000000000000001"]);
+    let sent = cg.run(
+        &python(),
+        &[
+            &python_script("aws_client.py").display().to_string(),
+            &format!("http://127.0.0.1:{port}"),
+            "AKIASIGILDASH0000001",
+            "PLANTEDdashSECRET000000000000000000000001",
+        ],
+    );
     assert_eq!(sent.1, "SENT", "{}", sent.2);
     agent.wait_event("the SigV4 use", |v| v["kind"] == "credential_use" && v["identifiers"]["access_key_id"] == "AKIASIGILDASH0000001");
     let used = agent.wait_event("credential use", |v| v["kind"] == "credential_use");

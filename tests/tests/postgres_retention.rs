@@ -14,7 +14,8 @@ use sigil_proto::{EventBody, v1};
 use sigil_tests::{postgres::Postgres, scratch_dir};
 
 fn exec(id: &str, time: &str) -> AgentEvent {
-    let body = v1::ProcessExec { exec_id: format!("exec-{id}"), process_id: format!("proc-{id}"), time: time.into(), comm: "true".into(), ..Default::default() };
+    let body =
+        v1::ProcessExec { exec_id: format!("exec-{id}"), process_id: format!("proc-{id}"), time: time.into(), comm: "true".into(), ..Default::default() };
     AgentEvent { id: id.into(), body: EventBody::ProcessExec(body) }
 }
 

@@ -36,9 +36,7 @@ fn an_agent_switching_between_two_collector_replicas_mid_stream_stores_every_eve
     let one = Collector::start(&db.arg);
     let two = Collector::start(&db.arg);
     let ((g1, h1), (g2, h2)) = (one.ports(), two.ports());
-    let agent = Agent::start(&[
-        "--collector", &format!("{},{}", one.grpc, two.grpc), "--state-dir", &dir.join("state").display().to_string(), "--no-trace",
-    ]);
+    let agent = Agent::start(&["--collector", &format!("{},{}", one.grpc, two.grpc), "--state-dir", &dir.join("state").display().to_string(), "--no-trace"]);
     let cg = TestCgroup::create(&format!("{}.slice/load.scope", unique("replicas-")));
     // A workload exec'ing steadily while the replicas die and come back in turn.
     let mut load = cg.spawn(Path::new("/bin/sh"), &["-c", "i=0; while [ $i -lt 500 ]; do /bin/true; sleep 0.02; i=$((i+1)); done"]);

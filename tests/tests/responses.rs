@@ -309,6 +309,7 @@ fn a_network_peer_answering_an_exchange_with_an_error_yields_no_credential_obtai
     assert_eq!(code, 0, "{err}");
     let ev = s.obtained_in(&cg, "the real grant's credential_obtained");
     assert_eq!(ev["destination"]["port"], real.port, "the first answer made no event: {ev}");
-    let obtained: Vec<Value> = s.agent.events().into_iter().filter(|v| v["kind"] == "credential_obtained" && v["process"]["cgroup_path"] == cg.path.as_str()).collect();
+    let obtained: Vec<Value> =
+        s.agent.events().into_iter().filter(|v| v["kind"] == "credential_obtained" && v["process"]["cgroup_path"] == cg.path.as_str()).collect();
     assert_eq!(obtained.len(), 1, "{obtained:?}");
 }

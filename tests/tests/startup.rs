@@ -19,23 +19,14 @@ fn assert_one_line_refusal(out: &std::process::Output, expect_code: &[i32], ment
 
 #[test]
 fn without_root_the_agent_refuses_with_one_line() {
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(agent_bin())
-        .args(["run", "--stdout"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(agent_bin()).args(["run", "--stdout"]).output().unwrap();
     assert_one_line_refusal(&out, &[77], "needs root");
 }
 
 #[test]
 fn root_without_capabilities_is_refused_too() {
-    let out = Command::new("setpriv")
-        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
-        .arg(agent_bin())
-        .args(["run", "--stdout"])
-        .output()
-        .unwrap();
+    let out = Command::new("setpriv").args(["--bounding-set=-all", "--inh-caps=-all", "--"]).arg(agent_bin()).args(["run", "--stdout"]).output().unwrap();
     assert_one_line_refusal(&out, &[77], "CAP_BPF");
 }
 
@@ -44,12 +35,7 @@ fn root_without_capabilities_is_refused_too() {
 #[test]
 fn when_the_kernel_refuses_bpf_the_agent_says_so() {
     ensure_tracefs();
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--"])
-        .arg(agent_bin())
-        .args(["run", "--stdout"])
-        .output()
-        .unwrap();
+    let out = Command::new("unshare").args(["--user", "--map-root-user", "--"]).arg(agent_bin()).args(["run", "--stdout"]).output().unwrap();
     assert_one_line_refusal(&out, &[69], "eBPF");
 }
 

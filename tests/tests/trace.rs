@@ -29,9 +29,7 @@ fn traced() -> Traced {
 
 impl Traced {
     fn uses_in(&self, cg: &TestCgroup, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        self.agent.wait_event(what, |v| {
-            v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str() && pred(v)
-        })
+        self.agent.wait_event(what, |v| v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str() && pred(v))
     }
 
     /// The secret appears in no event, no log line, and no file the agent keeps.
@@ -107,8 +105,7 @@ fn boto3_sigv4_requests_are_classified_static_or_temporary_by_key_id() {
     let endpoint = format!("https://127.0.0.1:{}", server.port);
     let cg = TestCgroup::create("trace.slice/boto3.scope");
     let (akia, akia_secret) = ("AKIASIGILTEST0000001", "wJalrXUtnFEMI/K7MDENG/PLANTEDsecretKEY001");
-    let (asia, asia_secret, session) =
-        ("ASIASIGILTEST0000002", "wJalrXUtnFEMI/K7MDENG/PLANTEDsecretKEY002", "FwoGZXIvYXdzEPLANTEDsessionTOKEN0002//////////");
+    let (asia, asia_secret, session) = ("ASIASIGILTEST0000002", "wJalrXUtnFEMI/K7MDENG/PLANTEDsecretKEY002", "FwoGZXIvYXdzEPLANTEDsessionTOKEN0002//////////");
     let script = python_script("aws_client.py").display().to_string();
     let (code, out, err) = cg.run(&python(), &[&script, &endpoint, akia, akia_secret]);
     assert_eq!((code, out.as_str()), (0, "SENT"), "{err}");
@@ -161,9 +158,7 @@ fn reading_an_aws_shared_credentials_file_is_an_event() {
     let (code, out, _) = cg.run(Path::new("/bin/cat"), &[&creds.display().to_string()]);
     assert_eq!(code, 0);
     assert!(out.contains(secret), "the reader really read it");
-    let ev = t.agent.wait_event("credential file read", |v| {
-        v["kind"] == "credential_file_read" && v["process"]["cgroup_path"] == cg.path.as_str()
-    });
+    let ev = t.agent.wait_event("credential file read", |v| v["kind"] == "credential_file_read" && v["process"]["cgroup_path"] == cg.path.as_str());
     assert_eq!(ev["path"], creds.display().to_string());
     assert_eq!(ev["file_kind"], "aws_shared_credentials");
     assert_eq!(ev["access"], "read");
@@ -232,15 +227,20 @@ fn a_credential_file_read_under_another_name_is_still_an_event() {
         ("dot", format!("cat {a}/./credentials"), c.clone()),
         ("slashes", format!("cat {h}//.aws//credentials"), c.clone()),
         ("long", format!("cat {long}"), c.clone()),
-        ("openat2", format!("{} -c 'import ctypes,os,sys; how=(ctypes.c_uint64*3)(os.O_RDONLY,0,0); fd=ctypes.CDLL(None,use_errno=True).syscall(437,-100,sys.argv[1].encode(),how,24); sys.exit(0 if fd>=0 and os.read(fd,9) else 1)' {a}/../.aws/./credentials", python().display()), c.clone()),
+        (
+            "openat2",
+            format!(
+                "{} -c 'import ctypes,os,sys; how=(ctypes.c_uint64*3)(os.O_RDONLY,0,0); fd=ctypes.CDLL(None,use_errno=True).syscall(437,-100,sys.argv[1].encode(),how,24); sys.exit(0 if fd>=0 and os.read(fd,9) else 1)' {a}/../.aws/./credentials",
+                python().display()
+            ),
+            c.clone(),
+        ),
     ];
     for (name, script, reported) in variants {
         let cg = TestCgroup::create(&format!("trace.slice/renamed-{name}.scope"));
         let (code, _, err) = cg.run(Path::new("/bin/sh"), &["-c", &script]);
         assert_eq!(code, 0, "{name}: {err}");
-        let ev = t.agent.wait_event(&format!("the {name} read"), |v| {
-            v["kind"] == "credential_file_read" && v["process"]["cgroup_path"] == cg.path.as_str()
-        });
+        let ev = t.agent.wait_event(&format!("the {name} read"), |v| v["kind"] == "credential_file_read" && v["process"]["cgroup_path"] == cg.path.as_str());
         assert_eq!(ev["file_kind"], "aws_shared_credentials", "{name}: {ev}");
         assert_eq!(ev["path"], reported.as_str(), "{name}: {ev}");
         assert_eq!(ev["access"], "read", "{name}: {ev}");
@@ -254,21 +254,14 @@ fn a_split_request_is_detected_once_and_a_large_body_does_not_hide_the_next_requ
     let server = LocalServer::start(Some(&t.dir));
     let cg = TestCgroup::create("trace.slice/writer.scope");
     let tokens: Vec<String> = ["split", "big", "next"].iter().map(|n| format!("ghp_PLANTED{n}{}", unique("x")).replace('x', "0")).collect();
-    let (code, out, err) = cg.run(
-        &python(),
-        &[&python_script("tls_writer.py").display().to_string(), &server.port.to_string(), &tokens[0], &tokens[1], &tokens[2]],
-    );
+    let (code, out, err) =
+        cg.run(&python(), &[&python_script("tls_writer.py").display().to_string(), &server.port.to_string(), &tokens[0], &tokens[1], &tokens[2]]);
     assert_eq!((code, out.as_str()), (0, "DONE"), "{err}");
     let after = t.uses_in(&cg, "request after the 1 MiB body", |v| v["path"] == "/after-body");
     assert_eq!(after["detector"], "bearer_token");
     assert_eq!(after["identifiers"]["token_family"], "github_pat");
     assert_eq!(after["class"], "static");
-    let uses: Vec<Value> = t
-        .agent
-        .events()
-        .into_iter()
-        .filter(|v| v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str())
-        .collect();
+    let uses: Vec<Value> = t.agent.events().into_iter().filter(|v| v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str()).collect();
     let count = |p: &str| uses.iter().filter(|v| v["path"] == p).count();
     assert_eq!(count("/split"), 1, "a head split over three writes is one request");
     assert_eq!(count("/upload"), 1);
@@ -332,10 +325,7 @@ fn gnutls_clients_are_traced_too() {
     let input = t.dir.join("request.txt");
     fs::write(&input, request).unwrap();
     let port = server.port.to_string();
-    let (code, _, err) = cg.run(
-        Path::new("/bin/sh"),
-        &["-c", &format!("gnutls-cli --insecure --port {port} 127.0.0.1 < {}", input.display())],
-    );
+    let (code, _, err) = cg.run(Path::new("/bin/sh"), &["-c", &format!("gnutls-cli --insecure --port {port} 127.0.0.1 < {}", input.display())]);
     assert_eq!(code, 0, "{err}");
     let ev = t.uses_in(&cg, "GnuTLS use", |v| v["path"] == "/gnutls");
     assert_eq!(ev["tls_library"], "gnutls");
@@ -392,12 +382,8 @@ fn repeated_uses_fold_into_aggregates_whose_counts_add_up() {
     assert!(client.wait().unwrap().success());
     t.agent.wait_event("exit of the keep-alive client", |v| v["kind"] == "process_exit" && v["pid"] == pid);
 
-    let uses: Vec<Value> = t
-        .agent
-        .events()
-        .into_iter()
-        .filter(|v| v["kind"] == "credential_use" && v["pid"] == pid && v["identifiers"]["token_family"] == "github_pat")
-        .collect();
+    let uses: Vec<Value> =
+        t.agent.events().into_iter().filter(|v| v["kind"] == "credential_use" && v["pid"] == pid && v["identifiers"]["token_family"] == "github_pat").collect();
     let counts: Vec<u64> = uses.iter().map(|v| v["count"].as_u64().unwrap()).collect();
     assert_eq!(counts.iter().sum::<u64>(), 200, "every use is accounted for: {counts:?}");
     assert_eq!(counts[0], 1, "the first use is its own event");
@@ -428,7 +414,20 @@ fn curl_token_exchanges_in_split_json_and_form_bodies_are_recorded() {
     let url = format!("https://127.0.0.1:{}/v1/token", tls.port);
     let (code, _, err) = cg.run(
         Path::new("/usr/bin/curl"),
-        &["-sk", "-o", "/dev/null", &url, "-H", "Host: sts.googleapis.com", "-H", "Content-Type: application/json", "-H", "Expect: 100-continue", "--data", &json],
+        &[
+            "-sk",
+            "-o",
+            "/dev/null",
+            &url,
+            "-H",
+            "Host: sts.googleapis.com",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Expect: 100-continue",
+            "--data",
+            &json,
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let client_secret = unique("PLANTEDclientSECRET");
@@ -464,8 +463,7 @@ fn pending_aggregates_are_flushed_when_the_agent_stops() {
     let cg = TestCgroup::create("trace.slice/held-client.scope");
     let token = format!("ghp_{}", unique("SHUTDOWNplanted").replace(['-', '_'], "x"));
     let script = python_script("tls_loop.py").display().to_string();
-    let mut client =
-        cg.command(&python(), &[&script, &server.port.to_string(), "50", &token, "120"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut client = cg.command(&python(), &[&script, &server.port.to_string(), "50", &token, "120"]).stdout(Stdio::piped()).spawn().unwrap();
     let pid = client.id();
     let mut rate = String::new();
     BufReader::new(client.stdout.take().unwrap()).read_line(&mut rate).unwrap();
@@ -474,11 +472,7 @@ fn pending_aggregates_are_flushed_when_the_agent_stops() {
 
     let (_, events) = agent.stop();
     finish(client);
-    let counts: Vec<u64> = events
-        .iter()
-        .filter(|v| v["kind"] == "credential_use" && v["pid"] == pid)
-        .map(|v| v["count"].as_u64().unwrap())
-        .collect();
+    let counts: Vec<u64> = events.iter().filter(|v| v["kind"] == "credential_use" && v["pid"] == pid).map(|v| v["count"].as_u64().unwrap()).collect();
     assert_eq!(counts.iter().sum::<u64>(), 50, "{counts:?}");
     assert!(counts.len() <= 3, "folded: {counts:?}");
     assert!(events.iter().all(|v| !v.to_string().contains(&token)));
@@ -604,26 +598,16 @@ fn rustls_and_java_clients_are_reported_as_uncovered_when_they_run() {
     }
     let collector = fs::canonicalize(&collector).unwrap().display().to_string();
     let has = |v: &Value, client: &str, binary: &dyn Fn(&str) -> bool| {
-        v["trace"]["uncovered"]
-            .as_array()
-            .is_some_and(|list| list.iter().any(|u| u["client"] == client && u["binary"].as_str().is_some_and(binary)))
+        v["trace"]["uncovered"].as_array().is_some_and(|list| list.iter().any(|u| u["client"] == client && u["binary"].as_str().is_some_and(binary)))
     };
     let stats = t.agent.wait_event("agent_stats listing the uncovered clients", |v| {
-        v["kind"] == "agent_stats"
-            && has(v, "java_jsse", &|b| b.ends_with("/bin/java"))
-            && has(v, "rustls", &|b| b == collector)
+        v["kind"] == "agent_stats" && has(v, "java_jsse", &|b| b.ends_with("/bin/java")) && has(v, "rustls", &|b| b == collector)
     });
     let list = stats["trace"]["uncovered"].as_array().unwrap();
-    assert!(
-        !list.iter().any(|u| u["binary"].as_str().is_some_and(|b| b.ends_with("/curl"))),
-        "curl links libssl and is seen: {list:?}"
-    );
+    assert!(!list.iter().any(|u| u["binary"].as_str().is_some_and(|b| b.ends_with("/curl"))), "curl links libssl and is seen: {list:?}");
     // The inspector takes execs in order: java, run after promtool, is listed, so
     // promtool has been inspected (and found hookable) by now.
-    assert!(
-        !list.iter().any(|u| u["binary"] == "/usr/bin/promtool"),
-        "promtool's crypto/tls is hooked, so it is covered: {list:?}"
-    );
+    assert!(!list.iter().any(|u| u["binary"] == "/usr/bin/promtool"), "promtool's crypto/tls is hooked, so it is covered: {list:?}");
     let java = list.iter().find(|u| u["client"] == "java_jsse").unwrap();
     assert!(java["execs"].as_u64().unwrap() >= 1);
     assert!(java["reason"].as_str().unwrap().contains("JSSE"));

@@ -36,9 +36,7 @@ fn traced(extra: &[&str]) -> Traced {
 
 impl Traced {
     fn uses_in(&self, cg: &TestCgroup, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        self.agent.wait_event(what, |v| {
-            v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str() && pred(v)
-        })
+        self.agent.wait_event(what, |v| v["kind"] == "credential_use" && v["process"]["cgroup_path"] == cg.path.as_str() && pred(v))
     }
 
     /// The secret is in no event, log line, state file, or metric.
@@ -79,8 +77,7 @@ fn a_github_token_sent_as_the_basic_auth_user_name_is_only_fingerprinted() {
     let cg = TestCgroup::create("trace.slice/git-basic.scope");
     let token = format!("ghp_PLANTEDbasic{}", unique("Z")).replace('x', "0");
     let url = format!("https://127.0.0.1:{}/org/repo.git/info/refs?service=git-upload-pack", server.port);
-    let (code, _, err) =
-        cg.run(Path::new("/usr/bin/curl"), &["-sk", "-o", "/dev/null", "-u", &format!("{token}:x-oauth-basic"), &url]);
+    let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-sk", "-o", "/dev/null", "-u", &format!("{token}:x-oauth-basic"), &url]);
     assert_eq!(code, 0, "{err}");
 
     let ev = t.uses_in(&cg, "basic auth use", |v| v["detector"] == "basic_auth");
@@ -117,10 +114,7 @@ fn a_presigned_gcs_url_and_oauth_parameters_are_stripped_from_the_reported_path(
     );
     let bearer = unique("sk-ant-PLANTEDbearer");
     let url = format!("https://127.0.0.1:{}{target}", server.port);
-    let (code, _, err) = cg.run(
-        Path::new("/usr/bin/curl"),
-        &["-sk", "-o", "/dev/null", &url, "-H", &format!("Authorization: Bearer {bearer}")],
-    );
+    let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-sk", "-o", "/dev/null", &url, "-H", &format!("Authorization: Bearer {bearer}")]);
     assert_eq!(code, 0, "{err}");
 
     let ev = t.uses_in(&cg, "use with a presigned target", |v| v["method"] == "GET" && v["detector"] == "bearer_token");
@@ -174,8 +168,7 @@ fn threads_stuck_or_killed_inside_ssl_write_do_not_stop_tls_capture_and_losses_a
     let cg = TestCgroup::create("trace.slice/ssl-stuck.scope");
     let curl_with = |path: &str, token: &str| {
         let url = format!("https://127.0.0.1:{}{path}", server.port);
-        let (code, _, err) =
-            cg.run(Path::new("/usr/bin/curl"), &["-sk", "-o", "/dev/null", &url, "-H", &format!("Authorization: Bearer {token}")]);
+        let (code, _, err) = cg.run(Path::new("/usr/bin/curl"), &["-sk", "-o", "/dev/null", &url, "-H", &format!("Authorization: Bearer {token}")]);
         assert_eq!(code, 0, "{err}");
     };
 
@@ -225,10 +218,7 @@ fn plain_http_sent_with_sendmsg_or_writev_is_captured() {
     let cg = TestCgroup::create("trace.slice/iov.scope");
     let key = unique("sk-proj-PLANTEDsendmsg");
     let token = unique("xoxb-PLANTEDwritev");
-    let (code, out, err) = cg.run(
-        &python(),
-        &[python_script("iov_client.py").to_str().unwrap(), &server.port.to_string(), &key, &token],
-    );
+    let (code, out, err) = cg.run(&python(), &[python_script("iov_client.py").to_str().unwrap(), &server.port.to_string(), &key, &token]);
     assert_eq!((code, out.as_str()), (0, "DONE"), "{err}");
 
     let sent = t.uses_in(&cg, "API key sent with sendmsg", |v| v["path"] == "/via-sendmsg");
@@ -365,8 +355,7 @@ fn a_first_write_a_server_accepts_does_not_blind_the_agent_to_the_connection() {
     for (step, server, statuses) in [("blank-line", &node, "200 DONE"), ("unknown-method", &go, "200 200 DONE")] {
         let cg = TestCgroup::create(&format!("trace.slice/first-{step}.scope"));
         let token = unique(&format!("PLANTED-{step}"));
-        let (code, out, err) =
-            cg.run(&python(), &[python_script("tls_first_write.py").to_str().unwrap(), step, &server.port.to_string(), &token]);
+        let (code, out, err) = cg.run(&python(), &[python_script("tls_first_write.py").to_str().unwrap(), step, &server.port.to_string(), &token]);
         // The server took the evader's first write and answered the request after it.
         assert_eq!((code, out.as_str()), (0, statuses), "{step}: {err}");
 

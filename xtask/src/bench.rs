@@ -25,8 +25,7 @@ use crate::{
     bench_exec::{self, Agent},
     build,
     peers::{self, Guard},
-    postgres_server,
-    provision,
+    postgres_server, provision,
     test::PYTHON_PACKAGES,
 };
 
@@ -51,15 +50,7 @@ const FULL: Sizes = Sizes {
     storm_workers: &[1, 2, 4, 8, 16],
     storm_seconds: 3,
 };
-const QUICK: Sizes = Sizes {
-    rounds: 1,
-    execs: 500,
-    tls_requests: 500,
-    cached_hashes: 1000,
-    hash_mib: 32,
-    storm_workers: &[2, 8],
-    storm_seconds: 2,
-};
+const QUICK: Sizes = Sizes { rounds: 1, execs: 500, tls_requests: 500, cached_hashes: 1000, hash_mib: 32, storm_workers: &[2, 8], storm_seconds: 2 };
 
 fn tls_round(python: &Path, script: &Path, port: u16, requests: usize) -> Result<f64> {
     let out = Command::new(python).arg(script).arg(port.to_string()).arg(requests.to_string()).output()?;
@@ -94,11 +85,7 @@ pub fn run(quick: bool, full: bool, only: Option<&str>) -> Result<()> {
 /// The release binaries the bench runs (agent and collector only: no test binaries).
 fn release_bins() -> Result<PathBuf> {
     let object = build::ebpf()?;
-    provision::run(
-        build::cargo()
-            .args(["build", "--release", "-p", "sigil-agent", "-p", "sigil-collector", "--bins"])
-            .env("SIGIL_EBPF_OBJECT", &object),
-    )?;
+    provision::run(build::cargo().args(["build", "--release", "-p", "sigil-agent", "-p", "sigil-collector", "--bins"]).env("SIGIL_EBPF_OBJECT", &object))?;
     Ok(build::workspace_root().join("target/release"))
 }
 
@@ -253,7 +240,11 @@ fn queries(quick: bool, full: bool) -> Result<()> {
         let r = against_collector(&db, &raw, &["--events".into(), events.to_string(), "--queries".into(), asked.to_string(), "--no-raw".into()]);
         let _ = std::fs::remove_dir_all(&dir);
         let r = r?;
-        println!("\n{:<52} {:>12}  measured (p50 / p99)", format!("queries at {events} events ({} B/event, {} events/s ingest)", r["bytes_per_event"], r["grpc_events_per_second"]), "goal p99");
+        println!(
+            "\n{:<52} {:>12}  measured (p50 / p99)",
+            format!("queries at {events} events ({} B/event, {} events/s ingest)", r["bytes_per_event"], r["grpc_events_per_second"]),
+            "goal p99"
+        );
         for (verb, goal) in goals {
             let q = &r["queries"][verb];
             println!("{:<52} {:>12}  {} ms / {} ms ({} B answers)", format!("  {verb}"), goal, q["p50_ms"], q["p99_ms"], q["mean_answer_bytes"]);
@@ -294,7 +285,12 @@ fn agent(quick: bool) -> Result<()> {
     row(&mut rows, "  agent CPU per exec event, event thread", "-", format!("{:.0} µs", e.agent_thread_us_per_exec));
     row(&mut rows, "  ring-buffer losses during the loops", "0", e.lost.to_string());
     row(&mut rows, "agent RSS at rest", "< 64 MiB", format!("{:.1} MiB", e.rss_rest_kib as f64 / 1024.0));
-    row(&mut rows, "agent RSS after the exec loop (peak)", "-", format!("{:.1} MiB ({:.1})", e.rss_loop_kib as f64 / 1024.0, e.rss_loop_hwm_kib as f64 / 1024.0));
+    row(
+        &mut rows,
+        "agent RSS after the exec loop (peak)",
+        "-",
+        format!("{:.1} MiB ({:.1})", e.rss_loop_kib as f64 / 1024.0, e.rss_loop_hwm_kib as f64 / 1024.0),
+    );
     res.extend([
         ("exec_loop.execs".into(), json!(sz.execs)),
         ("exec_loop.nothing_s".into(), json!(e.nothing_s)),
@@ -318,7 +314,12 @@ fn agent(quick: bool) -> Result<()> {
     res.extend([("rss.cached_hashes".into(), json!(computed)), ("rss.cached_hashes_kib".into(), json!(rss))]);
 
     let (agent_mbs, openssl_mbs, hit_ns) = bench_exec::hashing(&bin, &dir, sz.hash_mib)?;
-    row(&mut rows, format!("SHA-256 of {} MiB: agent / openssl dgst", sz.hash_mib), ">= 0.9", format!("{:.2} ({agent_mbs:.0} vs {openssl_mbs:.0} MB/s)", agent_mbs / openssl_mbs));
+    row(
+        &mut rows,
+        format!("SHA-256 of {} MiB: agent / openssl dgst", sz.hash_mib),
+        ">= 0.9",
+        format!("{:.2} ({agent_mbs:.0} vs {openssl_mbs:.0} MB/s)", agent_mbs / openssl_mbs),
+    );
     row(&mut rows, "hash-cache hit (fstat + lookup)", "-", format!("{:.2} µs", hit_ns / 1000.0));
     res.extend([
         ("hash.agent_mb_per_s".into(), json!(agent_mbs)),

@@ -44,12 +44,8 @@ fn measure(root: &Path, dir: &Path) -> Result<Value> {
     let file_bytes = std::fs::metadata(&file)?.len();
     eprintln!("bench: ingesting {} MB through `sigil-collector ingest cloudtrail`", file_bytes >> 20);
     let start = Instant::now();
-    let out = Command::new(root.join("target/release/sigil-collector"))
-        .arg("--db")
-        .arg(dir.join("ingest.db"))
-        .args(["ingest", "cloudtrail"])
-        .arg(&file)
-        .output()?;
+    let out =
+        Command::new(root.join("target/release/sigil-collector")).arg("--db").arg(dir.join("ingest.db")).args(["ingest", "cloudtrail"]).arg(&file).output()?;
     let seconds = start.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || !stdout.contains(&format!("ingested {RECORDS} cloud actions")) {

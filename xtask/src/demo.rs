@@ -143,13 +143,7 @@ fn run_workloads(demo_dir: &Path, events: &mpsc::Receiver<Value>) -> Result<()> 
         let bin = demo_dir.join("bin").join(w.name);
         fs::copy("/bin/sleep", &bin)?;
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
-        let child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(r#"echo $$ > "$0" && exec "$@""#)
-            .arg(leaf.join("cgroup.procs"))
-            .arg(&bin)
-            .arg("5")
-            .spawn()?;
+        let child = Command::new("/bin/sh").arg("-c").arg(r#"echo $$ > "$0" && exec "$@""#).arg(leaf.join("cgroup.procs")).arg(&bin).arg("5").spawn()?;
         println!("  {:<15} pid {:<7} cgroup /sigil-demo/{}", w.name, child.id(), w.layout);
         children.push((w.name, child, bin));
     }
@@ -162,9 +156,10 @@ fn run_workloads(demo_dir: &Path, events: &mpsc::Receiver<Value>) -> Result<()> 
     while !pending.is_empty() && Instant::now() < deadline {
         let Ok(ev) = events.recv_timeout(Duration::from_millis(200)) else { continue };
         writeln!(log, "{ev}")?;
-        let Some(i) = pending.iter().position(|(_, pid, bin)| {
-            ev["kind"] == "process_exec" && ev["pid"] == *pid && ev["binary"]["path"] == bin.to_string_lossy().as_ref()
-        }) else {
+        let Some(i) = pending
+            .iter()
+            .position(|(_, pid, bin)| ev["kind"] == "process_exec" && ev["pid"] == *pid && ev["binary"]["path"] == bin.to_string_lossy().as_ref())
+        else {
             continue;
         };
         let (name, _, _) = pending.remove(i);
@@ -184,7 +179,8 @@ const DEMO_OIDC: &str = "127.0.0.1:18443";
 const DEMO_GRPC: &str = "127.0.0.1:18451";
 const DEMO_HTTP: &str = "127.0.0.1:18480";
 const DEMO_AWS: u16 = 18444;
-const LEDGER_LAYOUT: &str = "kubepods.slice/kubepods-pod1f2e3d4c_5b6a_4978_8695_a4b3c2d1e0f9.slice/crio-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+const LEDGER_LAYOUT: &str =
+    "kubepods.slice/kubepods-pod1f2e3d4c_5b6a_4978_8695_a4b3c2d1e0f9.slice/crio-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
 const AKIA: &str = "AKIASIGILDEMO0000001";
 const ASIA: &str = "ASIASIGILDEMO0000002";
 
@@ -255,16 +251,11 @@ fn run_cloud_story(python: &Path, _endpoint: &HttpsEndpoint, bin_dir: &Path, dem
             .replace("{{SPIFFE_ID}}", "spiffe://demo.sigil.dev/ns/payments/sa/checkout")
             .replace("{{ISSUER_HOST}}", DEMO_OIDC),
     )?;
-    let out = Command::new(bin_dir.join("sigil-collector")).arg("--db").arg(demo_dir.join("collector.db")).args(["ingest", "cloudtrail"]).arg(&trail).output()?;
+    let out =
+        Command::new(bin_dir.join("sigil-collector")).arg("--db").arg(demo_dir.join("collector.db")).args(["ingest", "cloudtrail"]).arg(&trail).output()?;
     print!("  $ sigil-collector ingest cloudtrail target/demo/cloudtrail.json\n  {}", String::from_utf8_lossy(&out.stdout));
 
-    for args in [
-        vec!["trace", "ct-static-1"],
-        vec!["trace", "ct-temp-3"],
-        vec!["trace", "ct-unknown-4"],
-        vec!["static-credentials"],
-        vec!["posture"],
-    ] {
+    for args in [vec!["trace", "ct-static-1"], vec!["trace", "ct-temp-3"], vec!["trace", "ct-unknown-4"], vec!["static-credentials"], vec!["posture"]] {
         println!("\n$ sigil {}", args.join(" "));
         print!("{}", sigil(bin_dir, &args)?);
     }
@@ -307,13 +298,7 @@ fn sha256_hex(path: &Path) -> Result<String> {
 fn run_in(layout: &str, program: &Path, args: &[&str]) -> Result<std::process::Output> {
     let leaf = cgroup2_root()?.join("sigil-demo").join(layout);
     fs::create_dir_all(&leaf)?;
-    let out = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$0" && exec "$@""#)
-        .arg(leaf.join("cgroup.procs"))
-        .arg(program)
-        .args(args)
-        .output()?;
+    let out = Command::new("/bin/sh").arg("-c").arg(r#"echo $$ > "$0" && exec "$@""#).arg(leaf.join("cgroup.procs")).arg(program).args(args).output()?;
     Ok(out)
 }
 
@@ -390,10 +375,7 @@ fn print_record(name: &str, ev: &Value) {
         Some("systemd_unit") => println!("    workload systemd unit {}", s(&w["unit"])),
         other => println!("    workload {}", other.unwrap_or("-")),
     }
-    let chain: Vec<String> = ev["ancestry"]
-        .as_array()
-        .map(|a| a.iter().map(|p| format!("{}({})", s(&p["comm"]), p["pid"])).collect())
-        .unwrap_or_default();
+    let chain: Vec<String> = ev["ancestry"].as_array().map(|a| a.iter().map(|p| format!("{}({})", s(&p["comm"]), p["pid"])).collect()).unwrap_or_default();
     println!("    ancestry {}", if chain.is_empty() { "-".into() } else { chain.join(" <- ") });
 }
 

@@ -92,8 +92,7 @@ fn bpf_linker(sysroot: &Path) -> Result<PathBuf> {
     for name in [libllvm.as_str(), "libLLVM.so"] {
         let link = prefix_lib.join(name);
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(lib_dir.join(&libllvm), &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(lib_dir.join(&libllvm), &link).with_context(|| format!("linking {}", link.display()))?;
     }
     run(Command::new("cargo")
         .args(["install", "--locked", "bpf-linker", "--version", "^0.13", "--no-default-features"])
@@ -124,10 +123,7 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Effective uid 0 (from /proc/self/status, so xtask needs no unsafe code).
@@ -182,7 +178,18 @@ pub fn cargo_fuzz() -> Result<PathBuf> {
 pub fn debian_node() -> Result<PathBuf> {
     // What libnode links and what it loads from /usr/share/nodejs at start-up (JS only;
     // their `nodejs` dependency is met by whichever node is installed).
-    debian_packages(&["libssl3", "libuv1", "libc-ares2", "libicu72", "libnghttp2-14", "libbrotli1", "zlib1g", "node-cjs-module-lexer", "node-acorn", "node-undici"])?;
+    debian_packages(&[
+        "libssl3",
+        "libuv1",
+        "libc-ares2",
+        "libicu72",
+        "libnghttp2-14",
+        "libbrotli1",
+        "zlib1g",
+        "node-cjs-module-lexer",
+        "node-acorn",
+        "node-undici",
+    ])?;
     // libnode108 is Debian's alone (bookworm); its version is the nodejs package's.
     let show = || output(Command::new("apt-cache").args(["show", "--no-all-versions", "libnode108"])).unwrap_or_default();
     let mut info = show();
@@ -202,9 +209,7 @@ pub fn debian_node() -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&dir);
     let debs = dir.join("debs");
     fs::create_dir_all(&debs)?;
-    run(Command::new("apt-get")
-        .args(["download", "-qq", &format!("nodejs={version}"), &format!("libnode108={version}")])
-        .current_dir(&debs))?;
+    run(Command::new("apt-get").args(["download", "-qq", &format!("nodejs={version}"), &format!("libnode108={version}")]).current_dir(&debs))?;
     for deb in fs::read_dir(&debs)? {
         run(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&dir))?;
     }

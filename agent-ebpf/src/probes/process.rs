@@ -1,18 +1,15 @@
 //! Process lifecycle: fork (to learn the parent), exec (the attestation trigger), exit.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes,
-    },
+    EbpfContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::tracepoint,
     programs::TracePointContext,
-    EbpfContext,
 };
 use aya_ebpf_bindings::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns};
 use sigil_agent_common::{EventHeader, EventKind, ExeIdentity, ExeOffsets, ExeSource, ExecEvent, ExitEvent, PATH_LEN};
 
-use crate::maps::{count_lost, data_wakeup_flags, ForkInfo, EVENTS, EXE_OFFSETS, FORKS, QUIET_EXES, TP_OFFSETS};
+use crate::maps::{EVENTS, EXE_OFFSETS, FORKS, ForkInfo, QUIET_EXES, TP_OFFSETS, count_lost, data_wakeup_flags};
 
 #[tracepoint]
 pub fn sigil_fork(ctx: TracePointContext) -> u32 {

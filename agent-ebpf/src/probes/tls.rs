@@ -18,9 +18,7 @@ use aya_ebpf::{
 use sigil_agent_common::{DATA_CAPTURE, DataSource, DropReason, RESPONSE_BUDGET};
 
 use super::net::emit_data;
-use crate::maps::{
-    RESPONSE_WATCH, SKIPPED_SLOTS, TLS_CALLS, TLS_FDS, TLS_READS, TLS_SKIP, TLS_SKIPPED_CALLS, TlsCall, TlsConnKey, count_drop, sock_key,
-};
+use crate::maps::{RESPONSE_WATCH, SKIPPED_SLOTS, TLS_CALLS, TLS_FDS, TLS_READS, TLS_SKIP, TLS_SKIPPED_CALLS, TlsCall, TlsConnKey, count_drop, sock_key};
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, source: DataSource, has_written: bool) -> u32 {

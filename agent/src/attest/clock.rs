@@ -44,10 +44,7 @@ impl Clock {
     }
 
     pub fn rfc3339(&self, boot_ns: u64) -> String {
-        OffsetDateTime::from_unix_timestamp_nanos(self.boot_wall_ns + boot_ns as i128)
-            .ok()
-            .and_then(|t| t.format(&Rfc3339).ok())
-            .unwrap_or_default()
+        OffsetDateTime::from_unix_timestamp_nanos(self.boot_wall_ns + boot_ns as i128).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
     }
 }
 

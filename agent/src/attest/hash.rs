@@ -137,23 +137,15 @@ pub fn ensure_regular(file: &File) -> Result<std::fs::Metadata, HashError> {
 /// the same.
 pub fn open_for_hashing(root: &Path, path: &str) -> Result<File, HashError> {
     let root_dir = File::open(root)?;
-    let rel = CString::new(path.trim_start_matches('/').as_bytes())
-        .map_err(|_| HashError::Io(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let rel = CString::new(path.trim_start_matches('/').as_bytes()).map_err(|_| HashError::Io(io::Error::from(io::ErrorKind::InvalidInput)))?;
     let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
     // SAFETY: an all-zero open_how is valid; the fields are set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: valid dirfd, NUL-terminated path and a correctly sized open_how.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root_dir.as_raw_fd(),
-            rel.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
+    let fd =
+        unsafe { libc::syscall(libc::SYS_openat2, root_dir.as_raw_fd(), rel.as_ptr(), &how as *const libc::open_how, std::mem::size_of::<libc::open_how>()) };
     if fd < 0 {
         let e = io::Error::last_os_error();
         return Err(match e.raw_os_error() {
@@ -381,10 +373,7 @@ mod tests {
     fn known_digests() {
         let tmp = tempfile::NamedTempFile::new().expect("tmp");
         assert_eq!(sha256_from_start(tmp.as_file()).expect("hash"), EMPTY_SHA);
-        assert_eq!(
-            sha256_reader(&b"abc"[..]).expect("hash"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_reader(&b"abc"[..]).expect("hash"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
@@ -438,10 +427,7 @@ mod tests {
         // Inside the temporary root there is no /dev/zero; from the real root there is.
         assert!(open("zero").is_err());
         let zero_link = dir.path().join("zero");
-        assert!(matches!(
-            open_for_hashing(Path::new("/"), zero_link.to_str().expect("utf-8")),
-            Err(HashError::NotRegular("a character device"))
-        ));
+        assert!(matches!(open_for_hashing(Path::new("/"), zero_link.to_str().expect("utf-8")), Err(HashError::NotRegular("a character device"))));
         std::os::unix::fs::symlink("/fifo", dir.path().join("to-fifo")).expect("symlink");
         assert!(matches!(open("to-fifo"), Err(HashError::NotRegular("a FIFO"))));
         std::os::unix::fs::symlink("real", dir.path().join("to-real")).expect("symlink");
@@ -451,10 +437,7 @@ mod tests {
         assert!(matches!(open_for_hashing(Path::new("/"), "/dev/zero"), Err(HashError::NotRegular("a character device"))));
         assert!(matches!(open_for_hashing(Path::new("/"), "/tmp"), Err(HashError::NotRegular("a directory"))));
         let f = open("real").expect("a regular file opens");
-        assert_eq!(
-            HashCache::new(4, 1 << 20).digest(&f).expect("digest").sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(HashCache::new(4, 1 << 20).digest(&f).expect("digest").sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         // An absolute symlink resolves inside the given root, not the agent's.
         std::os::unix::fs::symlink("/real", dir.path().join("abs")).expect("symlink");
         std::fs::create_dir(dir.path().join("d")).expect("mkdir");
@@ -462,11 +445,7 @@ mod tests {
         assert!(open("d/up/real").is_ok(), "`/` inside the root is the root");
         assert!(open_for_hashing(dir.path(), "/d/up/etc/passwd").is_err(), "the agent's /etc is out of reach");
         // An already-open descriptor on a FIFO is refused by the cache too.
-        let fd = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .expect("open fifo");
+        let fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("open fifo");
         assert!(matches!(HashCache::new(4, 1 << 20).digest(&fd), Err(HashError::NotRegular(_))));
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "nothing blocked");
     }
@@ -475,10 +454,7 @@ mod tests {
     fn reads_stop_at_the_size_fstat_reported() {
         let mut tmp = tempfile::NamedTempFile::new().expect("tmp");
         tmp.write_all(b"abcdef").expect("write");
-        assert_eq!(
-            sha256_bounded(tmp.as_file(), 3, &|| None).expect("hash"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_bounded(tmp.as_file(), 3, &|| None).expect("hash"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(matches!(sha256_bounded(tmp.as_file(), 6, &|| Some("stop")), Err(HashError::Cancelled("stop"))));
     }
 

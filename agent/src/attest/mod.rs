@@ -208,9 +208,7 @@ fn proc_error(e: procfs::ProcError) -> String {
 
 impl Attestor {
     pub fn new(node: String, cgroup2_mount: &std::path::Path, hash_cache_entries: usize, max_hash_bytes: u64) -> Self {
-        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().replace('-', ""))
-            .unwrap_or_default();
+        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().replace('-', "")).unwrap_or_default();
         Self {
             node,
             boot_id,
@@ -290,11 +288,7 @@ impl Attestor {
     /// pool gave up on was emitted without a digest and is emitted again, complete. None
     /// when the process or its executable changed.
     fn hash_now(&self, rec: &ProcessRecord) -> Option<Arc<ProcessRecord>> {
-        let f = Process::new(rec.pid as i32)
-            .ok()?
-            .open_relative("exe")
-            .ok()
-            .filter(|f| f.metadata().is_ok_and(|m| Some(m.ino()) == rec.binary.inode))?;
+        let f = Process::new(rec.pid as i32).ok()?.open_relative("exe").ok().filter(|f| f.metadata().is_ok_and(|m| Some(m.ino()) == rec.binary.inode))?;
         let digest = match self.hashes.lookup(&f).ok()? {
             Lookup::Hit(d) => d,
             Lookup::Miss(key) => self.hashes.compute(&f, key, &|| None).ok()?,
@@ -520,20 +514,25 @@ impl Attestor {
             start_known: obs.start_ns != 0,
         };
         let from_kernel = known.as_ref().and_then(|d| self.facts_from_kernel(&obs, &reads, d));
-        let facts = from_kernel.map_or_else(|| Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
-            let facts = self.read_facts(&p, reads)?;
-            // The pid named another process by the time we looked: not the start time
-            // the kernel gave with the exec or, without it, one after the exec (allow
-            // one tick of procfs rounding).
-            let reused = match obs.start_ns {
-                0 => self.clock.ticks_to_boot_ns(facts.start_ticks) > obs.boot_ns + self.clock.tick_ns(),
-                ns => facts.start_ticks != self.clock.boot_ns_to_ticks(ns),
-            };
-            if reused {
-                return Err("pid was reused before the process could be attested".to_owned());
-            }
-            Ok(facts)
-        }), Ok);
+        let facts = from_kernel.map_or_else(
+            || {
+                Process::new(obs.pid as i32).map_err(proc_error).and_then(|p| {
+                    let facts = self.read_facts(&p, reads)?;
+                    // The pid named another process by the time we looked: not the start time
+                    // the kernel gave with the exec or, without it, one after the exec (allow
+                    // one tick of procfs rounding).
+                    let reused = match obs.start_ns {
+                        0 => self.clock.ticks_to_boot_ns(facts.start_ticks) > obs.boot_ns + self.clock.tick_ns(),
+                        ns => facts.start_ticks != self.clock.boot_ns_to_ticks(ns),
+                    };
+                    if reused {
+                        return Err("pid was reused before the process could be attested".to_owned());
+                    }
+                    Ok(facts)
+                })
+            },
+            Ok,
+        );
         let facts = facts.map(|f| forget_later_exec(&obs, f));
         let (rec, pending) = self.build(obs, facts, known);
         self.dispatch(rec, pending)
@@ -918,12 +917,7 @@ impl Attestor {
             if parent.start_ticks > start {
                 break;
             }
-            out.push(Ancestor {
-                pid: parent.pid,
-                exec_id: parent.exec_id.clone(),
-                comm: parent.comm.clone(),
-                binary_path: parent.binary.path.clone(),
-            });
+            out.push(Ancestor { pid: parent.pid, exec_id: parent.exec_id.clone(), comm: parent.comm.clone(), binary_path: parent.binary.path.clone() });
             if parent.ppid == next {
                 break;
             }
@@ -984,12 +978,8 @@ mod tests {
         let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
         for announced in [true, false] {
             let (mut child, pid) = running_sleep();
-            let (on_request, fresh) = if announced {
-                attestor.attest_running_where(pid, |r| attestor.still_same(r))
-            } else {
-                attestor.attest_running(pid)
-            }
-            .expect("attested on request");
+            let (on_request, fresh) = if announced { attestor.attest_running_where(pid, |r| attestor.still_same(r)) } else { attestor.attest_running(pid) }
+                .expect("attested on request");
             assert!(fresh && on_request.source == Source::OnRequest);
             let kept = attestor.attest(sleep_exec_event(pid)).expect("a record");
             assert_eq!(kept.exec_id, on_request.exec_id, "one exec, one record");

@@ -360,10 +360,7 @@ mod tests {
         let pool = pool(2, 20 << 20, Duration::from_secs(60));
         let (tx, _rx) = mpsc::channel();
         let files: Vec<_> = (0..4u64).map(|i| sparse(17 << 20 | i)).collect();
-        let outcomes: Vec<_> = files
-            .iter()
-            .map(|(_, f)| pool.submit(job(f.try_clone().expect("dup"), tx.clone())).map_err(|(_, why)| why))
-            .collect();
+        let outcomes: Vec<_> = files.iter().map(|(_, f)| pool.submit(job(f.try_clone().expect("dup"), tx.clone())).map_err(|(_, why)| why)).collect();
         assert!(outcomes[0].is_ok(), "one 17 MiB file fits a 20 MiB budget");
         assert_eq!(outcomes[1..], [Err(HashSkip::QueueFull); 3]);
         assert_eq!(pool.stats().skipped_queue_full, 3);

@@ -58,8 +58,8 @@ impl From<&Script> for sigil_proto::v1::Script {
 /// is not opened and hashed as a "script" (`cat /etc/passwd`, `cp big.iso ...`): only
 /// these interpreters' (and any `#!` file's, whatever its interpreter).
 const INTERPRETERS: &[&str] = &[
-    "python", "pypy", "perl", "ruby", "jruby", "node", "nodejs", "deno", "bun", "bash", "sh", "dash", "zsh", "ksh", "mksh",
-    "fish", "php", "lua", "luajit", "tclsh", "wish", "pwsh", "Rscript", "julia", "escript", "elixir", "groovy",
+    "python", "pypy", "perl", "ruby", "jruby", "node", "nodejs", "deno", "bun", "bash", "sh", "dash", "zsh", "ksh", "mksh", "fish", "php", "lua", "luajit",
+    "tclsh", "wish", "pwsh", "Rscript", "julia", "escript", "elixir", "groovy",
 ];
 
 /// True for an interpreter's executable, versioned or not (`python3.11`, `php8.2`).
@@ -75,8 +75,7 @@ fn is_interpreter(exe_path: &str) -> bool {
 /// exec path is the agent's most frequent procfs read otherwise, for nothing.
 pub fn may_have_script(exec_path: Option<&str>, exe_path: Option<&str>) -> bool {
     let base = |p: &str| p.trim_end_matches(" (deleted)").rsplit('/').next().unwrap_or(p).to_owned();
-    exe_path.is_some_and(|e| is_interpreter(e.trim_end_matches(" (deleted)")))
-        || exec_path.is_some_and(|x| exe_path.is_none_or(|e| base(x) != base(e)))
+    exe_path.is_some_and(|e| is_interpreter(e.trim_end_matches(" (deleted)"))) || exec_path.is_some_and(|x| exe_path.is_none_or(|e| base(x) != base(e)))
 }
 
 /// Which argument names the script, if any: `exec_path` is the kernel's exec filename,
@@ -102,8 +101,7 @@ pub fn identify(pid: u32, argv: &[String], exec_path: Option<&str>, exe_path: Op
         s.error = Some("relative script path: run it by absolute path to bind it".into());
         return Some(s);
     }
-    let digest = open_script(&format!("/proc/{pid}/root{path}"))
-        .and_then(|f| hashes.digest(&f).map_err(|e| e.to_string()));
+    let digest = open_script(&format!("/proc/{pid}/root{path}")).and_then(|f| hashes.digest(&f).map_err(|e| e.to_string()));
     match digest {
         Ok(d) => {
             s.sha256 = Some(d.sha256);
@@ -127,11 +125,7 @@ pub fn hash_file(path: &str) -> Result<(String, u64), String> {
 /// it may name anything: it is first opened as O_PATH (which opens no device, FIFO or
 /// socket) and only reopened for reading once that very inode is a regular file.
 fn open_script(path: &str) -> Result<fs::File, String> {
-    let handle = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(path)
-        .map_err(|e| format!("opening the script: {e}"))?;
+    let handle = fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path).map_err(|e| format!("opening the script: {e}"))?;
     let meta = handle.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("the script is not a regular file".into());

@@ -133,16 +133,7 @@ impl From<&Workload> for v1::Workload {
 
 impl Workload {
     fn bare(kind: WorkloadKind) -> Self {
-        Self {
-            kind,
-            pod_uid: None,
-            qos_class: None,
-            container_id: None,
-            runtime: None,
-            unit: None,
-            user_unit: None,
-            user_uid: None,
-        }
+        Self { kind, pod_uid: None, qos_class: None, container_id: None, runtime: None, unit: None, user_unit: None, user_uid: None }
     }
 
     fn container(runtime: ContainerRuntime, id: Option<String>) -> Self {
@@ -200,14 +191,8 @@ impl Layouts {
             return w;
         }
         // Deepest anchor first: a configured prefix says what lives below it.
-        let mut anchors: Vec<usize> = self
-            .prefixes
-            .iter()
-            .filter(|globs| {
-                globs.len() <= parts.len() && globs.iter().zip(&parts).all(|(g, p)| g.is_match(p))
-            })
-            .map(Vec::len)
-            .collect();
+        let mut anchors: Vec<usize> =
+            self.prefixes.iter().filter(|globs| globs.len() <= parts.len() && globs.iter().zip(&parts).all(|(g, p)| g.is_match(p))).map(Vec::len).collect();
         anchors.sort_unstable_by(|a, b| b.cmp(a));
         anchors.push(0);
         for at in anchors {
@@ -216,11 +201,7 @@ impl Layouts {
                 return w;
             }
         }
-        if parts.iter().any(|p| looks_like_runtime(p)) {
-            Workload::bare(WorkloadKind::Unknown)
-        } else {
-            Workload::bare(WorkloadKind::Cgroup)
-        }
+        if parts.iter().any(|p| looks_like_runtime(p)) { Workload::bare(WorkloadKind::Unknown) } else { Workload::bare(WorkloadKind::Cgroup) }
     }
 }
 
@@ -342,11 +323,7 @@ fn runtime_layout(rest: &[&str]) -> Option<Workload> {
 
 /// The pod and the container component below it.
 fn pod_workload(pod: Pod, container: Option<ContainerPart>) -> Workload {
-    let mut w = Workload {
-        pod_uid: Some(pod.uid),
-        qos_class: pod.qos,
-        ..Workload::bare(WorkloadKind::KubernetesPod)
-    };
+    let mut w = Workload { pod_uid: Some(pod.uid), qos_class: pod.qos, ..Workload::bare(WorkloadKind::KubernetesPod) };
     match container {
         Some(ContainerPart::Id(runtime, id)) => {
             w.runtime = Some(runtime);
@@ -516,8 +493,7 @@ fn pod_uid(raw: &str) -> Option<String> {
     }
     let sep = if lower.contains('_') { '_' } else { '-' };
     let groups: Vec<&str> = lower.split(sep).collect();
-    let shape_ok = groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    let shape_ok = groups.len() == 5 && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
     shape_ok.then(|| groups.join("-"))
 }
 
@@ -728,10 +704,7 @@ mod tests {
         let layouts = Layouts::new(&["/sigil-test-*".to_owned()]).expect("layouts");
         assert_eq!(layouts.parse(&spoof).kind, WorkloadKind::UserUnit);
         // Named like a system unit: still the user's.
-        assert_eq!(
-            parse_cgroup_path("/user.slice/user-65534.slice/user@65534.service/app.slice/sshd.service"),
-            user_unit(65534, "sshd.service")
-        );
+        assert_eq!(parse_cgroup_path("/user.slice/user-65534.slice/user@65534.service/app.slice/sshd.service"), user_unit(65534, "sshd.service"));
     }
 
     /// Pod and container names are accepted only where the runtime puts them.
@@ -785,15 +758,10 @@ mod tests {
     fn outermost_pod_and_container_win_over_workload_made_subcgroups() {
         // A container with a delegated cgroup subtree could create these deeper names.
         let fake_uid = "ffffffff_ffff_ffff_ffff_ffffffffffff";
-        let p = format!(
-            "/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope/kubepods-pod{fake_uid}.slice/cri-containerd-{CID2}.scope"
-        );
+        let p = format!("/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope/kubepods-pod{fake_uid}.slice/cri-containerd-{CID2}.scope");
         assert_eq!(parse(p), pod(Guaranteed, Some((Containerd, CID))));
         assert_eq!(parse(format!("/docker/{CID}/docker/{CID2}")), container(Docker, Some(CID)));
-        assert_eq!(
-            parse(format!("/system.slice/docker-{CID}.scope/system.slice/nginx.service")),
-            container(Docker, Some(CID))
-        );
+        assert_eq!(parse(format!("/system.slice/docker-{CID}.scope/system.slice/nginx.service")), container(Docker, Some(CID)));
     }
 
     #[test]
@@ -868,7 +836,9 @@ mod tests {
 
     #[test]
     fn slices_only_are_plain_cgroups() {
-        for p in ["/system.slice", "/user.slice", "/user.slice/user-1000.slice", "/kubepods.slice", "/kubepods.slice/kubepods-burstable.slice", "/kubepods", "/", ""] {
+        for p in
+            ["/system.slice", "/user.slice", "/user.slice/user-1000.slice", "/kubepods.slice", "/kubepods.slice/kubepods-burstable.slice", "/kubepods", "/", ""]
+        {
             assert_eq!(parse_cgroup_path(p), none(WorkloadKind::Cgroup), "{p}");
         }
     }
@@ -921,9 +891,36 @@ mod tests {
     #[test]
     fn fuzzed_combinations_never_panic_and_keep_invariants() {
         let pieces = [
-            "", "/", "kubepods", "kubepods.slice", "burstable", "besteffort", "pod", "-pod", "_", "-", ".slice", ".scope", ".service",
-            "crio-", "crio-conmon-", "docker", "docker-", "libpod-", "cri-containerd-", ":", "user.slice", "user-1.slice", "user@1.service",
-            "..", UID, UID_US, CID, "é", "\u{10ffff}", "a",
+            "",
+            "/",
+            "kubepods",
+            "kubepods.slice",
+            "burstable",
+            "besteffort",
+            "pod",
+            "-pod",
+            "_",
+            "-",
+            ".slice",
+            ".scope",
+            ".service",
+            "crio-",
+            "crio-conmon-",
+            "docker",
+            "docker-",
+            "libpod-",
+            "cri-containerd-",
+            ":",
+            "user.slice",
+            "user-1.slice",
+            "user@1.service",
+            "..",
+            UID,
+            UID_US,
+            CID,
+            "é",
+            "\u{10ffff}",
+            "a",
         ];
         let mut seed: u64 = 0x5eed;
         for _ in 0..5_000 {
@@ -950,9 +947,7 @@ mod tests {
     #[test]
     /// The contract type the agent emits writes every field in snake_case.
     fn serializes_all_fields_in_snake_case() {
-        let p = format!(
-            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/crio-{CID}.scope"
-        );
+        let p = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/crio-{CID}.scope");
         let json = serde_json::to_value(v1::Workload::from(&parse(p))).expect("serialize");
         assert_eq!(
             json,

@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use ring::rand::SystemRandom;
 
 use super::{
-    FIRST_FETCH_WITHIN, Fetched, args::TokenFileArgs, atomic::write_private, fetch, fetch_retrying, first_backoff, gcp::ExternalAccount, jitter,
-    next_backoff, now_unix,
+    FIRST_FETCH_WITHIN, Fetched, args::TokenFileArgs, atomic::write_private, fetch, fetch_retrying, first_backoff, gcp::ExternalAccount, jitter, next_backoff,
+    now_unix,
 };
 
 /// Never refresh more often than this, even for a token about to expire.

@@ -87,8 +87,7 @@ mod tests {
         };
         ev.filename[..9].copy_from_slice(b"/bin/true");
         // SAFETY: viewing a plain-data struct as bytes.
-        unsafe { std::slice::from_raw_parts((&ev as *const ExecEvent).cast::<u8>(), std::mem::size_of::<ExecEvent>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts((&ev as *const ExecEvent).cast::<u8>(), std::mem::size_of::<ExecEvent>()) }.to_vec()
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt;
 
 use aya::{
     maps::MapType,
-    programs::{ProgramType, LsmAttachType},
+    programs::{LsmAttachType, ProgramType},
     sys::{is_map_supported, is_program_supported},
 };
 

@@ -5,12 +5,16 @@ use std::io;
 use std::path::Path;
 
 use agent_common::{
-    DROP_REASONS, DROPS_MAP, DropReason, ExeIdentity, ExeOffsets, QUIET_EXES_MAP, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets, WATCH_NAME_LEN,
+    DROP_REASONS, DROPS_MAP, DropReason, ExeIdentity, ExeOffsets, QUIET_EXES_MAP, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets,
+    WATCH_NAME_LEN,
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope}},
+    programs::{
+        ProgramError, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
 };
 use thiserror::Error;
 
@@ -50,9 +54,10 @@ fn permission_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(ioe) = err.downcast_ref::<io::Error>()
-            && matches!(ioe.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-                return Some(ioe.to_string());
-            }
+            && matches!(ioe.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+        {
+            return Some(ioe.to_string());
+        }
         cur = err.source();
     }
     None
@@ -134,10 +139,9 @@ impl TlsLibrary {
                 ("SSL_read", "sigil_ssl_read", "sigil_ssl_read_ret"),
                 ("SSL_read_ex", "sigil_ssl_read_ex", "sigil_ssl_read_ex_ret"),
             ],
-            TlsLibrary::GnuTls => &[
-                ("gnutls_record_send", "sigil_gnutls_send", "sigil_gnutls_send_ret"),
-                ("gnutls_record_recv", "sigil_gnutls_recv", "sigil_gnutls_recv_ret"),
-            ],
+            TlsLibrary::GnuTls => {
+                &[("gnutls_record_send", "sigil_gnutls_send", "sigil_gnutls_send_ret"), ("gnutls_record_recv", "sigil_gnutls_recv", "sigil_gnutls_recv_ret")]
+            }
         }
     }
 
@@ -170,11 +174,7 @@ impl Probes {
     where
         &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
     {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(LoadError::Missing("program"))?
-            .try_into()
-            .map_err(|e| program_error(name, e))
+        self.ebpf.program_mut(name).ok_or(LoadError::Missing("program"))?.try_into().map_err(|e| program_error(name, e))
     }
 
     /// `watched_names` are the credential-file suffixes the open() filter will look for;
@@ -277,9 +277,7 @@ impl Probes {
     /// each `(symbol, offset)` gets that symbol's entry and return programs. The offsets
     /// come from `trace::static_tls` and `trace::hook_site`.
     pub fn attach_at(&mut self, lib: TlsLibrary, path: &Path, offsets: &[(&str, u64)]) -> Result<LibraryLinks, LoadError> {
-        self.attach_hooks(lib, path, |symbol| {
-            offsets.iter().find(|(s, _)| *s == symbol).map(|(_, o)| UProbeAttachLocation::AbsoluteOffset(*o))
-        })
+        self.attach_hooks(lib, path, |symbol| offsets.iter().find(|(s, _)| *s == symbol).map(|(_, o)| UProbeAttachLocation::AbsoluteOffset(*o)))
     }
 
     fn attach_hooks<'s>(
@@ -325,10 +323,9 @@ impl Probes {
 
     /// Puts credential-file names on the kernel's watch list (`.aws/credentials`, `id_rsa`).
     pub fn watch_file_names<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) -> Result<(), LoadError> {
-        let mut map: BpfHashMap<_, [u8; WATCH_NAME_LEN], u8> = BpfHashMap::try_from(
-            self.ebpf.map_mut("WATCHED_NAMES").ok_or(LoadError::Missing("map WATCHED_NAMES"))?,
-        )
-        .map_err(|source| LoadError::Map { name: "WATCHED_NAMES", source })?;
+        let mut map: BpfHashMap<_, [u8; WATCH_NAME_LEN], u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut("WATCHED_NAMES").ok_or(LoadError::Missing("map WATCHED_NAMES"))?)
+                .map_err(|source| LoadError::Map { name: "WATCHED_NAMES", source })?;
         for name in names {
             let mut key = [0u8; WATCH_NAME_LEN];
             let n = name.len().min(WATCH_NAME_LEN);
@@ -341,10 +338,8 @@ impl Probes {
     /// Puts credential files on the kernel's identity list (`s_dev`, inode), so an open
     /// of one by any name is matched.
     pub fn watch_file_ids(&mut self, ids: impl IntoIterator<Item = (u64, u64)>) -> Result<(), LoadError> {
-        let mut map: BpfHashMap<_, [u64; 2], u8> = BpfHashMap::try_from(
-            self.ebpf.map_mut("WATCHED_INODES").ok_or(LoadError::Missing("map WATCHED_INODES"))?,
-        )
-        .map_err(|source| LoadError::Map { name: "WATCHED_INODES", source })?;
+        let mut map: BpfHashMap<_, [u64; 2], u8> = BpfHashMap::try_from(self.ebpf.map_mut("WATCHED_INODES").ok_or(LoadError::Missing("map WATCHED_INODES"))?)
+            .map_err(|source| LoadError::Map { name: "WATCHED_INODES", source })?;
         for (dev, ino) in ids {
             map.insert([dev, ino], 1, 0).map_err(|source| LoadError::Map { name: "WATCHED_INODES", source })?;
         }
@@ -353,9 +348,8 @@ impl Probes {
 
     /// Stops copying plaintext writes of a socket (its first bytes showed it is not HTTP).
     pub fn stop_plain_capture(&mut self, tgid: u32, fd: i32) -> Result<(), LoadError> {
-        let mut map: BpfHashMap<_, u64, u32> =
-            BpfHashMap::try_from(self.ebpf.map_mut("CONNS").ok_or(LoadError::Missing("map CONNS"))?)
-                .map_err(|source| LoadError::Map { name: "CONNS", source })?;
+        let mut map: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(self.ebpf.map_mut("CONNS").ok_or(LoadError::Missing("map CONNS"))?)
+            .map_err(|source| LoadError::Map { name: "CONNS", source })?;
         let key = (u64::from(tgid) << 32) | u64::from(fd as u32);
         match map.insert(key, 0, 2 /* BPF_EXIST: only if still tracked */) {
             Ok(()) | Err(MapError::SyscallError(_)) => Ok(()),
@@ -366,17 +360,15 @@ impl Probes {
     /// Lets the execs of this executable version go without a wakeup (read at the next
     /// poll tick): the caller knows it can attest them from the event alone.
     pub fn quiet_exec(&mut self, exe: &ExeIdentity) -> Result<(), LoadError> {
-        let mut map: BpfHashMap<_, ExeIdentity, u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut(QUIET_EXES_MAP).ok_or(LoadError::Missing("map QUIET_EXES"))?)
-                .map_err(|source| LoadError::Map { name: "QUIET_EXES", source })?;
+        let mut map: BpfHashMap<_, ExeIdentity, u8> = BpfHashMap::try_from(self.ebpf.map_mut(QUIET_EXES_MAP).ok_or(LoadError::Missing("map QUIET_EXES"))?)
+            .map_err(|source| LoadError::Map { name: "QUIET_EXES", source })?;
         map.insert(*exe, 1, 0).map_err(|source| LoadError::Map { name: "QUIET_EXES", source })
     }
 
     /// Stops copying a TLS connection's writes (they are not requests).
     pub fn skip_tls(&mut self, tgid: u32, fd: i32, conn: u64) -> Result<(), LoadError> {
-        let mut map: BpfHashMap<_, u64, u64> =
-            BpfHashMap::try_from(self.ebpf.map_mut("TLS_SKIP").ok_or(LoadError::Missing("map TLS_SKIP"))?)
-                .map_err(|source| LoadError::Map { name: "TLS_SKIP", source })?;
+        let mut map: BpfHashMap<_, u64, u64> = BpfHashMap::try_from(self.ebpf.map_mut("TLS_SKIP").ok_or(LoadError::Missing("map TLS_SKIP"))?)
+            .map_err(|source| LoadError::Map { name: "TLS_SKIP", source })?;
         let key = (u64::from(tgid) << 32) | u64::from(fd as u32);
         map.insert(key, conn, 0).map_err(|source| LoadError::Map { name: "TLS_SKIP", source })
     }
@@ -384,10 +376,9 @@ impl Probes {
     /// Withdraws a TLS connection's response budget: its last POST was no credential
     /// exchange, so the kernel stops copying what the client reads on it.
     pub fn stop_response_capture(&mut self, tgid: u32, conn: u64) -> Result<(), LoadError> {
-        let mut map: BpfHashMap<_, TlsConnKey, u64> = BpfHashMap::try_from(
-            self.ebpf.map_mut(RESPONSE_WATCH_MAP).ok_or(LoadError::Missing("map RESPONSE_WATCH"))?,
-        )
-        .map_err(|source| LoadError::Map { name: "RESPONSE_WATCH", source })?;
+        let mut map: BpfHashMap<_, TlsConnKey, u64> =
+            BpfHashMap::try_from(self.ebpf.map_mut(RESPONSE_WATCH_MAP).ok_or(LoadError::Missing("map RESPONSE_WATCH"))?)
+                .map_err(|source| LoadError::Map { name: "RESPONSE_WATCH", source })?;
         match map.remove(&TlsConnKey { tgid, _pad: 0, conn }) {
             // Already gone: the budget ran out, or the LRU evicted it.
             Ok(()) | Err(MapError::SyscallError(_)) => Ok(()),
@@ -405,24 +396,12 @@ impl Probes {
     pub fn drops(&self) -> Result<Vec<(DropReason, u64)>, LoadError> {
         (0..DROP_REASONS)
             .zip(DropReason::ALL)
-            .map(|(i, reason)| {
-                self.drops
-                    .get(&i, 0)
-                    .map(|v| (reason, v.iter().sum()))
-                    .map_err(|source| LoadError::Map { name: "DROPS", source })
-            })
+            .map(|(i, reason)| self.drops.get(&i, 0).map(|v| (reason, v.iter().sum())).map_err(|source| LoadError::Map { name: "DROPS", source }))
             .collect()
     }
 
     /// Events the kernel side could not queue, per `EventKind::loss_slot`, summed over CPUs.
     pub fn lost(&self) -> Result<Vec<u64>, LoadError> {
-        (0..8u32)
-            .map(|i| {
-                self.lost
-                    .get(&i, 0)
-                    .map(|v| v.iter().sum())
-                    .map_err(|source| LoadError::Map { name: "LOST", source })
-            })
-            .collect()
+        (0..8u32).map(|i| self.lost.get(&i, 0).map(|v| v.iter().sum()).map_err(|source| LoadError::Map { name: "LOST", source })).collect()
     }
 }

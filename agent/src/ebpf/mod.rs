@@ -7,5 +7,5 @@ pub mod loader;
 pub mod mounts;
 pub mod tracefs;
 
-pub use decode::{KernelEvent, DecodeError};
+pub use decode::{DecodeError, KernelEvent};
 pub use loader::{LoadError, Probes};

@@ -4,7 +4,11 @@
 //! A DaemonSet usually gets these from the host; on a bare machine they may be missing,
 //! and mounting them is cheaper for the operator than a failed start.
 
-use std::{ffi::CString, fs, io, path::{Path, PathBuf}};
+use std::{
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use thiserror::Error;
 

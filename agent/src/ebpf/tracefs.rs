@@ -30,8 +30,7 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
 
 fn offset(tracefs: &Path, tracepoint: &str, field: &'static str) -> Result<u32, FormatError> {
     let path = tracefs.join("events").join(tracepoint).join("format");
-    let text = fs::read_to_string(&path)
-        .map_err(|source| FormatError::Read { path: path.display().to_string(), source })?;
+    let text = fs::read_to_string(&path).map_err(|source| FormatError::Read { path: path.display().to_string(), source })?;
     field_offset(&text, field).ok_or(FormatError::MissingField { tracepoint: tracepoint.to_owned(), field })
 }
 

@@ -153,12 +153,7 @@ fn with_path(path: &std::path::Path, mut e: PolicyError) -> PolicyError {
 }
 
 impl Issuer {
-    pub fn new(
-        cfg: IssuerConfig,
-        attestor: Arc<Attestor>,
-        signer: Arc<dyn TokenSigner>,
-        sink: Arc<dyn Sink>,
-    ) -> Result<Self, PolicyError> {
+    pub fn new(cfg: IssuerConfig, attestor: Arc<Attestor>, signer: Arc<dyn TokenSigner>, sink: Arc<dyn Sink>) -> Result<Self, PolicyError> {
         let policy = Watched::load(&cfg.policy_path, policy::parse).map_err(|e| with_path(&cfg.policy_path, e))?;
         let pods = match &cfg.pods_path {
             Some(p) => Some(Watched::load(p, policy::parse_pods).map_err(|e| with_path(p, e))?),
@@ -223,12 +218,8 @@ impl Issuer {
         Ok(match cache.lookup(uid) {
             Lookup::Found(m) => Ok(Some((*m).clone())),
             Lookup::Deleted => Err(format!("pod {uid} was deleted according to the API server")),
-            Lookup::NotSeen { synced: true } => {
-                Err(format!("pod {uid} is not among this node's pods in the API server (waited for the watch to catch up)"))
-            }
-            Lookup::NotSeen { synced: false } => {
-                Err(format!("pod {uid}: this node's pods have not been listed from the API server yet"))
-            }
+            Lookup::NotSeen { synced: true } => Err(format!("pod {uid} is not among this node's pods in the API server (waited for the watch to catch up)")),
+            Lookup::NotSeen { synced: false } => Err(format!("pod {uid}: this node's pods have not been listed from the API server yet")),
         })
     }
 
@@ -282,9 +273,8 @@ impl Issuer {
 
     /// Decides `req`; may block (procfs, hashing, the pod watch, a remote signer).
     pub fn fetch_jwt(&self, peer: &Peer, req: &JwtRequest) -> Result<Vec<Issued>, Denial> {
-        self.fetch_jwt_in(peer, req, Mode::MayBlock).unwrap_or_else(|| {
-            Err(Denial { reason: DenyReason::InternalError, detail: "a blocking decision was deferred".into() })
-        })
+        self.fetch_jwt_in(peer, req, Mode::MayBlock)
+            .unwrap_or_else(|| Err(Denial { reason: DenyReason::InternalError, detail: "a blocking decision was deferred".into() }))
     }
 
     fn fetch_jwt_in(&self, peer: &Peer, req: &JwtRequest, mode: Mode) -> Option<Result<Vec<Issued>, Denial>> {
@@ -303,25 +293,15 @@ impl Issuer {
     }
 
     fn decide(&self, peer: &Peer, req: &JwtRequest, mode: Mode) -> Result<Vec<Issued>, Stop> {
-        let deny = |reason, detail: String, process: Option<&ProcessRecord>| {
-            Stop::Denied(self.deny(peer, req, reason, detail, process.map(ProcessRef::from)))
-        };
+        let deny = |reason, detail: String, process: Option<&ProcessRecord>| Stop::Denied(self.deny(peer, req, reason, detail, process.map(ProcessRef::from)));
         if !req.has_security_header {
-            return Err(deny(
-                DenyReason::MissingSecurityHeader,
-                "request lacks the `workload.spiffe.io: true` metadata".into(),
-                None,
-            ));
+            return Err(deny(DenyReason::MissingSecurityHeader, "request lacks the `workload.spiffe.io: true` metadata".into(), None));
         }
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(deny(DenyReason::MissingAudience, "a JWT-SVID needs at least one audience".into(), None));
         }
         if req.audience.len() > MAX_AUDIENCES || req.audience.iter().any(|a| a.len() > MAX_AUDIENCE_LEN) {
-            return Err(deny(
-                DenyReason::InvalidRequest,
-                format!("at most {MAX_AUDIENCES} audiences of at most {MAX_AUDIENCE_LEN} bytes each"),
-                None,
-            ));
+            return Err(deny(DenyReason::InvalidRequest, format!("at most {MAX_AUDIENCES} audiences of at most {MAX_AUDIENCE_LEN} bytes each"), None));
         }
         // Exec after connect: the connection belongs to the exec that connected. A
         // process that exec'd since (possibly into a registered binary, while a child of
@@ -348,9 +328,8 @@ impl Issuer {
             Err(detail) => return Err(deny(DenyReason::PodMetadataUnavailable, detail, Some(&process))),
         };
         // From here on, events name the pod as the decision saw it.
-        let deny = |reason, detail: String, process: &ProcessRecord| {
-            Stop::Denied(self.deny(peer, req, reason, detail, Some(process_ref(process, meta.as_ref()))))
-        };
+        let deny =
+            |reason, detail: String, process: &ProcessRecord| Stop::Denied(self.deny(peer, req, reason, detail, Some(process_ref(process, meta.as_ref()))));
         let subject = Subject { node: &self.node, process: &process, pod: meta.as_ref() };
         let entries = match policy.evaluate(&subject, req.spiffe_id.as_deref()) {
             Ok(e) => e,
@@ -431,11 +410,7 @@ impl Issuer {
             return Err(deny(DenyReason::ProcessChanged, exec_since_connect(peer.pid), &process));
         }
         if !peer.at_accept.describes(&process) || !peer.still_alive() {
-            return Err(deny(
-                DenyReason::ProcessChanged,
-                "the calling process exited or exec'd another binary while its request was decided".into(),
-                &process,
-            ));
+            return Err(deny(DenyReason::ProcessChanged, "the calling process exited or exec'd another binary while its request was decided".into(), &process));
         }
         for ev in events {
             self.issued.fetch_add(1, Ordering::Relaxed);
@@ -456,14 +431,7 @@ impl Issuer {
         Ok(hex::encode(b))
     }
 
-    fn deny(
-        &self,
-        peer: &Peer,
-        req: &JwtRequest,
-        reason: DenyReason,
-        detail: String,
-        process: Option<ProcessRef>,
-    ) -> Denial {
+    fn deny(&self, peer: &Peer, req: &JwtRequest, reason: DenyReason, detail: String, process: Option<ProcessRef>) -> Denial {
         if let Ok(mut d) = self.denied.lock() {
             *d.entry(reason).or_default() += 1;
         }

@@ -113,11 +113,7 @@ pub fn sign(keys: &KeyManager, claims: &Claims) -> Result<String, JwtError> {
 
 /// The compact JWS for `claims` under key `kid`; `sign` turns the signing input into an
 /// ES256 (r||s) signature. Shared by the agent's own keys and the cluster signer.
-pub fn encode(
-    kid: &str,
-    claims: &Claims,
-    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, KeyError>,
-) -> Result<String, JwtError> {
+pub fn encode(kid: &str, claims: &Claims, sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, KeyError>) -> Result<String, JwtError> {
     let header = Header { alg: "ES256".into(), kid: kid.to_owned(), typ: Some("JWT".into()) };
     let head = B64.encode(serde_json::to_vec(&header).map_err(|_| JwtError::Malformed)?);
     let body = B64.encode(serde_json::to_vec(claims).map_err(|_| JwtError::Malformed)?);
@@ -152,10 +148,8 @@ fn parts(token: &str) -> Result<Parts<'_>, JwtError> {
     let (Some(h), Some(c), Some(s), None) = (it.next(), it.next(), it.next(), it.next()) else {
         return Err(JwtError::Malformed);
     };
-    let header: Header =
-        serde_json::from_slice(&B64.decode(h).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&B64.decode(c).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
+    let header: Header = serde_json::from_slice(&B64.decode(h).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
+    let claims: Map<String, Value> = serde_json::from_slice(&B64.decode(c).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
     let sig = B64.decode(s).map_err(|_| JwtError::Malformed)?;
     Ok(Parts { header, claims, signing_input: &token[..h.len() + 1 + c.len()], signature: sig })
 }
@@ -175,8 +169,7 @@ pub fn verify(keys: &(impl PublicKeys + ?Sized), token: &str, audience: &str, no
         return Err(JwtError::Expired);
     }
     claims.get("sub").and_then(Value::as_str).ok_or(JwtError::Claim("sub"))?;
-    let aud: Audience =
-        claims.get("aud").cloned().and_then(|v| serde_json::from_value(v).ok()).ok_or(JwtError::Claim("aud"))?;
+    let aud: Audience = claims.get("aud").cloned().and_then(|v| serde_json::from_value(v).ok()).ok_or(JwtError::Claim("aud"))?;
     if !aud.contains(audience) {
         return Err(JwtError::Audience(audience.to_owned()));
     }

@@ -73,11 +73,7 @@ impl WorkloadApiLimits {
     fn total(&self) -> usize {
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes into the struct we pass.
-        let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
-        } else {
-            1024
-        };
+        let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX) } else { 1024 };
         self.max_connections.min(nofile / 12).max(1)
     }
 }
@@ -151,9 +147,7 @@ impl Connections {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
         let last = self.last_log_ms.load(Ordering::Relaxed);
-        if (last == 0 || now.saturating_sub(last) >= 1000)
-            && self.last_log_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        if (last == 0 || now.saturating_sub(last) >= 1000) && self.last_log_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             warn!("closing a Workload API connection at accept: {why} ({n} refused since start)");
         }
     }

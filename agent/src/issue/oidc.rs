@@ -54,9 +54,6 @@ pub async fn serve(
     keys_: Arc<KeyManager>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/.well-known/openid-configuration", get(configuration))
-        .route("/keys", get(keys))
-        .with_state(Oidc { issuer, keys: keys_ });
+    let app = Router::new().route("/.well-known/openid-configuration", get(configuration)).route("/keys", get(keys)).with_state(Oidc { issuer, keys: keys_ });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("OIDC discovery server")
 }

@@ -175,9 +175,11 @@ pub struct Peer {
 impl Peer {
     pub fn of(stream: &UnixStream) -> io::Result<Self> {
         let cred = stream.peer_cred()?;
-        let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::PermissionDenied, "peer pid is not visible from this pid namespace")
-        })?;
+        let pid = cred
+            .pid()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "peer pid is not visible from this pid namespace"))?;
         let pidfd = peer_pidfd(stream).map(Arc::new);
         let unreadable = |e: io::Error| io::Error::new(io::ErrorKind::PermissionDenied, format!("pid {pid} could not be read: {e}"));
         let dir = ProcDir::open(pid).map_err(unreadable)?;
@@ -227,9 +229,7 @@ fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid socket fd, out-pointers sized for a c_int.
-    let rc = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&mut fd as *mut libc::c_int).cast(), &mut len)
-    };
+    let rc = unsafe { libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&mut fd as *mut libc::c_int).cast(), &mut len) };
     // SAFETY: on success the kernel returned a new fd that we now own.
     (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -282,12 +282,7 @@ impl AsyncRead for PeerStream {
             }
             Poll::Pending => match me.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
-                    warn!(
-                        pid = me.peer.pid,
-                        uid = me.peer.uid,
-                        "closing a Workload API connection that sent nothing for {} s",
-                        me.idle.as_secs()
-                    );
+                    warn!(pid = me.peer.pid, uid = me.peer.uid, "closing a Workload API connection that sent nothing for {} s", me.idle.as_secs());
                     Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "Workload API connection idle")))
                 }
                 Poll::Pending => Poll::Pending,
@@ -384,10 +379,8 @@ mod tests {
     /// even though the agent could not signal it (another uid, no CAP_KILL needed).
     #[test]
     fn a_pidfd_of_another_uids_process_reads_alive_then_exited() {
-        let mut child = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"])
-            .spawn()
-            .expect("setpriv sleep");
+        let mut child =
+            std::process::Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"]).spawn().expect("setpriv sleep");
         let pid = child.id() as libc::pid_t;
         // SAFETY: pidfd_open on our own child; the result is a new fd we then own.
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;

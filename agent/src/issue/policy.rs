@@ -103,9 +103,7 @@ impl Selector {
             }
             ("k8s", "pod-uid") => Selector::K8sPodUid(v.to_ascii_lowercase()),
             ("k8s", "container-id") => Selector::K8sContainerId(v.to_ascii_lowercase()),
-            ("cgroup", "path") => Selector::CgroupPath(
-                Glob::new(value).map_err(|e| format!("selector {s:?}: bad glob: {e}"))?.compile_matcher(),
-            ),
+            ("cgroup", "path") => Selector::CgroupPath(Glob::new(value).map_err(|e| format!("selector {s:?}: bad glob: {e}"))?.compile_matcher()),
             ("unix", "sha256") => {
                 if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(format!("selector {s:?}: a sha256 is 64 hex digits"));
@@ -133,10 +131,7 @@ impl Selector {
 
     /// Selectors about *which binary* runs; failing only these is a hash mismatch.
     fn is_binary(&self) -> bool {
-        matches!(
-            self,
-            Selector::BinarySha256(_) | Selector::BinaryPath(_) | Selector::ScriptPath(_) | Selector::ScriptSha256(_)
-        )
+        matches!(self, Selector::BinarySha256(_) | Selector::BinaryPath(_) | Selector::ScriptPath(_) | Selector::ScriptSha256(_))
     }
 
     pub fn matches(&self, s: &Subject<'_>) -> bool {
@@ -149,9 +144,7 @@ impl Selector {
             Selector::K8sServiceAccount(sa) => s.pod.is_some_and(|m| eq(&m.service_account, sa)),
             Selector::K8sPodName(n) => s.pod.is_some_and(|m| eq(&m.name, n)),
             Selector::K8sPodLabel(k, v) => s.pod.is_some_and(|m| m.labels.get(k) == Some(v)),
-            Selector::K8sOwner(kind, name) => {
-                s.pod.and_then(|m| m.owner.as_ref()).is_some_and(|o| o.kind == *kind && o.name == *name)
-            }
+            Selector::K8sOwner(kind, name) => s.pod.and_then(|m| m.owner.as_ref()).is_some_and(|o| o.kind == *kind && o.name == *name),
             Selector::K8sPodUid(u) => eq(&w.pod_uid, u),
             Selector::K8sContainerId(c) => eq(&w.container_id, c),
             Selector::CgroupPath(g) => p.cgroup.path.as_deref().is_some_and(|c| g.is_match(c)),
@@ -264,18 +257,16 @@ impl fmt::Display for DenyReason {
 impl Policy {
     /// The entries the subject is entitled to (optionally only `only_id`), or why none.
     pub fn evaluate(&self, s: &Subject<'_>, only_id: Option<&str>) -> Result<Vec<&Entry>, (DenyReason, String)> {
-        let candidates: Vec<&Entry> =
-            self.entries.iter().filter(|e| only_id.is_none_or(|id| e.spiffe_id == id)).collect();
-        let matched: Vec<&Entry> =
-            candidates.iter().copied().filter(|e| e.selectors.iter().all(|sel| sel.matches(s))).collect();
+        let candidates: Vec<&Entry> = self.entries.iter().filter(|e| only_id.is_none_or(|id| e.spiffe_id == id)).collect();
+        let matched: Vec<&Entry> = candidates.iter().copied().filter(|e| e.selectors.iter().all(|sel| sel.matches(s))).collect();
         if !matched.is_empty() {
             return Ok(matched);
         }
         // Everything but the binary matched: someone swapped what runs in a registered place.
-        if let Some(e) = candidates.iter().find(|e| {
-            e.selectors.iter().any(Selector::is_binary)
-                && e.selectors.iter().filter(|sel| !sel.is_binary()).all(|sel| sel.matches(s))
-        }) {
+        if let Some(e) = candidates
+            .iter()
+            .find(|e| e.selectors.iter().any(Selector::is_binary) && e.selectors.iter().filter(|sel| !sel.is_binary()).all(|sel| sel.matches(s)))
+        {
             return Err((
                 DenyReason::BinaryHashMismatch,
                 format!(
@@ -438,13 +429,7 @@ pub fn parse_pods(text: &str) -> Result<std::collections::HashMap<String, PodMet
         .into_iter()
         .map(|p| {
             let owner = p.owner.map(|o| crate::k8s::Owner { kind: o.kind, name: o.name, via: None });
-            let meta = PodMeta {
-                namespace: p.namespace,
-                service_account: p.service_account,
-                name: p.name,
-                labels: p.labels,
-                owner,
-            };
+            let meta = PodMeta { namespace: p.namespace, service_account: p.service_account, name: p.name, labels: p.labels, owner };
             (p.uid.to_ascii_lowercase(), meta)
         })
         .collect())
@@ -519,11 +504,7 @@ selectors = ["cgroup:path:/batch.slice/**", "unix:uid:1000"]
     #[test]
     fn all_selectors_must_match_and_a_wrong_binary_is_named_as_such() {
         let p = parse(POLICY).expect("valid");
-        let meta = PodMeta {
-            namespace: Some("payments".into()),
-            service_account: Some("checkout".into()),
-            ..Default::default()
-        };
+        let meta = PodMeta { namespace: Some("payments".into()), service_account: Some("checkout".into()), ..Default::default() };
         let good = process(SHA, &pod_cgroup());
         let s = Subject { node: "n1", process: &good, pod: Some(&meta) };
         let ok = p.evaluate(&s, None).expect("entitled");
@@ -553,8 +534,16 @@ selectors = ["cgroup:path:/batch.slice/**", "unix:uid:1000"]
     #[test]
     fn errors_name_the_line() {
         let cases: [(&str, usize, &str); 9] = [
-            ("trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = [\"unix:script-path:/srv/app.py\"]\n", 4, "interpreter pinned"),
-            ("trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = [\"unix:path:/usr/bin/python3\", \"unix:script-sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]\n", 4, "needs unix:script-path"),
+            (
+                "trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = [\"unix:script-path:/srv/app.py\"]\n",
+                4,
+                "interpreter pinned",
+            ),
+            (
+                "trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = [\"unix:path:/usr/bin/python3\", \"unix:script-sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]\n",
+                4,
+                "needs unix:script-path",
+            ),
             ("trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = [\"bogus:x:y\"]\n", 4, "unknown selector"),
             ("trust_domain = \"t.test\"\n\n[[entry]]\nspiffe_id = \"spiffe://other/a\"\nselectors = [\"unix:uid:1\"]\n", 4, "must be a path under"),
             ("trust_domain = \"t.test\"\n[[entry]]\nspiffe_id = \"spiffe://t.test/a\"\nselectors = []\n", 4, "at least one selector"),

@@ -42,12 +42,7 @@ impl CacheKey {
         let mut audience = audience_list(&c.aud);
         audience.sort();
         audience.dedup();
-        Self {
-            spiffe_id: c.sub.clone(),
-            audience,
-            cgroup: c.sigil_cgroup.clone(),
-            binary_sha256: c.sigil_binary_sha256.clone(),
-        }
+        Self { spiffe_id: c.sub.clone(), audience, cgroup: c.sigil_cgroup.clone(), binary_sha256: c.sigil_binary_sha256.clone() }
     }
 }
 
@@ -94,14 +89,7 @@ pub struct RemoteSigner {
 impl RemoteSigner {
     /// `channel` is the agent's (lazily connecting) mTLS channel to the signer.
     pub fn new(url: String, node: String, channel: Channel, rt: tokio::runtime::Handle) -> Self {
-        Self {
-            url,
-            node,
-            client: SignerClient::new(channel),
-            rt,
-            cache: Mutex::default(),
-            published: RwLock::default(),
-        }
+        Self { url, node, client: SignerClient::new(channel), rt, cache: Mutex::default(), published: RwLock::default() }
     }
 
     pub fn url(&self) -> &str {
@@ -126,10 +114,7 @@ impl RemoteSigner {
     }
 
     fn unavailable(&self, why: &str) -> SignError {
-        SignError::Unavailable(format!(
-            "the cluster signer at {} is unreachable ({why}) and no cached token for this identity and audience is valid",
-            self.url
-        ))
+        SignError::Unavailable(format!("the cluster signer at {} is unreachable ({why}) and no cached token for this identity and audience is valid", self.url))
     }
 
     fn call(&self, req: SignJwtRequest) -> Result<sigil_proto::v1::SignJwtResponse, tonic::Status> {
@@ -231,8 +216,7 @@ impl TokenSigner for RemoteSigner {
             .map_err(|_| format!("the cluster signer at {} did not answer within 5 s", self.url))?
             .map_err(|s| format!("the cluster signer at {} is unreachable: {}", self.url, s.message()))?
             .into_inner();
-        let doc: JwksDoc =
-            serde_json::from_slice(&resp.jwks).map_err(|e| format!("the cluster signer's JWKS is malformed: {e}"))?;
+        let doc: JwksDoc = serde_json::from_slice(&resp.jwks).map_err(|e| format!("the cluster signer's JWKS is malformed: {e}"))?;
         let mut keys = Vec::with_capacity(doc.keys.len());
         for k in doc.keys {
             let point = keys::point_from(&k.x, &k.y).ok_or_else(|| format!("key {} is not a P-256 point", k.kid))?;

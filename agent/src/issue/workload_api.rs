@@ -5,8 +5,8 @@ use std::{collections::HashMap, path::Path, pin::Pin, sync::Arc};
 use prost_types::{ListValue, Struct, Value as PValue, value::Kind};
 use serde_json::Value;
 use sigil_proto::spiffe::{
-    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, Jwtsvid, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest, X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest,
+    X509BundlesResponse, X509svidRequest, X509svidResponse,
     spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer},
 };
 use tokio::{net::UnixListener, sync::watch};
@@ -30,11 +30,7 @@ fn has_security_header<T>(req: &Request<T>) -> bool {
 }
 
 fn require_header<T>(req: &Request<T>) -> Result<(), Status> {
-    if has_security_header(req) {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument("security header missing from request"))
-    }
+    if has_security_header(req) { Ok(()) } else { Err(Status::invalid_argument("security header missing from request")) }
 }
 
 pub struct WorkloadApi {
@@ -49,17 +45,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl SpiffeWorkloadApi for WorkloadApi {
     async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
         let has_header = has_security_header(&req);
-        let peer = req
-            .extensions()
-            .get::<Peer>()
-            .cloned()
-            .ok_or_else(|| Status::permission_denied("caller could not be identified"))?;
+        let peer = req.extensions().get::<Peer>().cloned().ok_or_else(|| Status::permission_denied("caller could not be identified"))?;
         let body = req.into_inner();
-        let request = JwtRequest {
-            audience: body.audience,
-            spiffe_id: Some(body.spiffe_id).filter(|s| !s.is_empty()),
-            has_security_header: has_header,
-        };
+        let request = JwtRequest { audience: body.audience, spiffe_id: Some(body.spiffe_id).filter(|s| !s.is_empty()), has_security_header: has_header };
         // Decided here when nothing on the way may block; otherwise (a binary to hash, a
         // pod to wait for, a remote signer) on a blocking thread, off the reactor.
         let result = match self.issuer.try_fetch_jwt_now(&peer, &request) {
@@ -87,10 +75,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
     type FetchJWTBundlesStream = BoxStream<JwtBundlesResponse>;
 
-    async fn fetch_jwt_bundles(
-        &self,
-        req: Request<JwtBundlesRequest>,
-    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+    async fn fetch_jwt_bundles(&self, req: Request<JwtBundlesRequest>) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         require_header(&req)?;
         let issuer = self.issuer.clone();
         let stream = tokio_stream::wrappers::WatchStream::new(self.bundle_version.clone()).map(move |_| {
@@ -101,10 +86,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn validate_jwtsvid(
-        &self,
-        req: Request<ValidateJwtsvidRequest>,
-    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+    async fn validate_jwtsvid(&self, req: Request<ValidateJwtsvidRequest>) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         require_header(&req)?;
         let body = req.into_inner();
         if body.audience.is_empty() {
@@ -113,8 +95,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if body.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
-        let (spiffe_id, claims) =
-            self.issuer.validate(&body.svid, &body.audience).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (spiffe_id, claims) = self.issuer.validate(&body.svid, &body.audience).map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(ValidateJwtsvidResponse { spiffe_id, claims: Some(to_struct(claims)) }))
     }
 
@@ -127,10 +108,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
     type FetchX509BundlesStream = BoxStream<X509BundlesResponse>;
 
-    async fn fetch_x509_bundles(
-        &self,
-        req: Request<X509BundlesRequest>,
-    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+    async fn fetch_x509_bundles(&self, req: Request<X509BundlesRequest>) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         require_header(&req)?;
         Err(Status::unimplemented("this agent issues JWT-SVIDs only; X.509 bundles are not available"))
     }
@@ -210,11 +188,7 @@ pub async fn serve(
         .http2_max_header_list_size(super::h2_authority::MAX_HEADER_LIST as u32)
         .http2_keepalive_interval(Some(ping))
         .http2_keepalive_timeout(Some(ping))
-        .add_service(
-            SpiffeWorkloadApiServer::new(api)
-                .max_decoding_message_size(MAX_REQUEST_BYTES)
-                .max_encoding_message_size(1 << 20),
-        )
+        .add_service(SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES).max_encoding_message_size(1 << 20))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| anyhow::anyhow!("Workload API server: {e}"))

@@ -24,7 +24,9 @@ pub enum Lookup {
     Deleted,
     /// Not delivered by the watch within the wait. `synced` is false when no full list
     /// has completed yet (API server unreachable since start-up).
-    NotSeen { synced: bool },
+    NotSeen {
+        synced: bool,
+    },
 }
 
 #[derive(Default)]
@@ -102,8 +104,7 @@ impl PodCache {
     /// Waits up to `timeout` for the first complete list; true once there is one.
     pub fn wait_synced(&self, timeout: Duration) -> bool {
         let inner = self.lock();
-        let (inner, _) =
-            self.changed.wait_timeout_while(inner, timeout, |i| !i.synced).unwrap_or_else(|p| p.into_inner());
+        let (inner, _) = self.changed.wait_timeout_while(inner, timeout, |i| !i.synced).unwrap_or_else(|p| p.into_inner());
         inner.synced
     }
 

@@ -14,8 +14,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 use prost::Message;
+use serde::Serialize;
 use sigil_proto::{
     CONTRACT_VERSION, EventBody,
     v1::{Event, PushRequest, ingest_client::IngestClient},

@@ -1,3 +1,3 @@
 //! Delivery of identity events to the collector, which may be unreachable for a while.
-pub mod spool;
 pub mod exporter;
+pub mod spool;

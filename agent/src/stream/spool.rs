@@ -122,11 +122,7 @@ pub enum SpoolError {
     /// A record that was intact at open (or written by this process) no longer is: the
     /// disk is failing. Reopening the spool truncates the segment there and continues.
     #[error("spool segment {path} is corrupt at byte {offset}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: &'static str,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: &'static str },
     /// Such an event could never be stored without exceeding the bound.
     #[error("event record of {len} bytes cannot fit in a spool bounded to {max} bytes")]
     TooLarge { len: u64, max: u64 },
@@ -135,10 +131,7 @@ pub enum SpoolError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SpoolError::Io { path: path.to_path_buf(), source }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -164,8 +157,7 @@ struct Segment {
 
 impl Segment {
     fn unacked(&self, acked: u64) -> u64 {
-        self.end_seq
-            .saturating_sub(self.first_seq.max(acked.saturating_add(1)))
+        self.end_seq.saturating_sub(self.first_seq.max(acked.saturating_add(1)))
     }
 }
 
@@ -205,18 +197,11 @@ impl Spool {
     fn open_with(dir: &Path, max_bytes: u64, segment_target: u64) -> Result<Spool, SpoolError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_at(&lock_path))?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_at(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                return Err(SpoolError::Locked {
-                    path: dir.to_path_buf(),
-                });
+                return Err(SpoolError::Locked { path: dir.to_path_buf() });
             }
             Err(TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
         }
@@ -287,10 +272,7 @@ impl Spool {
         let record = encode_record(seq, kind, payload)?;
         let rec_len = record.len() as u64;
         if HEADER_LEN + rec_len > self.max_bytes {
-            return Err(SpoolError::TooLarge {
-                len: rec_len,
-                max: self.max_bytes,
-            });
+            return Err(SpoolError::TooLarge { len: rec_len, max: self.max_bytes });
         }
         if self.active.is_some()
             && let Some(back) = self.segments.back()
@@ -335,21 +317,12 @@ impl Spool {
                     Ok(r) => r,
                     Err(ReadError::Io(e)) => return Err(io_at(&seg.path)(e)),
                     Err(ReadError::Corrupt(reason)) => {
-                        return Err(SpoolError::Corrupt {
-                            path: seg.path.clone(),
-                            offset,
-                            reason,
-                        });
+                        return Err(SpoolError::Corrupt { path: seg.path.clone(), offset, reason });
                     }
                 };
                 offset += len;
                 if rec.seq > self.acked {
-                    out.push(Spooled {
-                        id: self.id_for(rec.seq),
-                        seq: rec.seq,
-                        kind: rec.kind,
-                        payload: rec.payload,
-                    });
+                    out.push(Spooled { id: self.id_for(rec.seq), seq: rec.seq, kind: rec.kind, payload: rec.payload });
                 }
             }
         }
@@ -438,25 +411,14 @@ impl Spool {
 
     fn start_segment(&mut self, first_seq: u64) -> Result<(), SpoolError> {
         let path = self.dir.join(segment_name(first_seq));
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_at(&path))?;
+        let mut file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(io_at(&path))?;
         if let Err(e) = file.write_all(MAGIC) {
             let _ = fs::remove_file(&path);
             return Err(io_at(&path)(e));
         }
         // Without this, a power loss could lose the whole file even after peek's fsync.
         sync_dir(&self.dir)?;
-        self.segments.push_back(Segment {
-            first_seq,
-            end_seq: first_seq,
-            path,
-            valid_len: HEADER_LEN,
-            disk_len: HEADER_LEN,
-            read_offset: HEADER_LEN,
-        });
+        self.segments.push_back(Segment { first_seq, end_seq: first_seq, path, valid_len: HEADER_LEN, disk_len: HEADER_LEN, read_offset: HEADER_LEN });
         self.active = Some(file);
         self.unsynced = true;
         Ok(())
@@ -464,9 +426,7 @@ impl Spool {
 
     fn write_record(&mut self, seq: u64, record: &[u8]) -> Result<(), SpoolError> {
         let (Some(file), Some(seg)) = (self.active.as_mut(), self.segments.back_mut()) else {
-            return Err(io_at(&self.dir)(io::Error::other(
-                "no active spool segment",
-            )));
+            return Err(io_at(&self.dir)(io::Error::other("no active spool segment")));
         };
         let len = record.len() as u64;
         match file.write_all(record) {
@@ -510,14 +470,8 @@ impl Spool {
     }
 
     fn write_state(&self, acked: u64) -> Result<(), SpoolError> {
-        let state = State {
-            acked,
-            next_seq: self.next_seq,
-        };
-        let json = serde_json::to_vec(&state).map_err(|e| SpoolError::State {
-            path: self.dir.join(STATE_FILE),
-            reason: e.to_string(),
-        })?;
+        let state = State { acked, next_seq: self.next_seq };
+        let json = serde_json::to_vec(&state).map_err(|e| SpoolError::State { path: self.dir.join(STATE_FILE), reason: e.to_string() })?;
         write_atomic(&self.dir, STATE_FILE, &json)
     }
 }
@@ -553,14 +507,7 @@ fn scan_segment(path: PathBuf, first_seq: u64, acked: u64) -> Result<(Segment, b
     // A previous process may have exited with appends still only in the page cache; they
     // are about to be peeked, and peek promises that what it hands out is durable.
     file.sync_data().map_err(io_at(&path))?;
-    let mut seg = Segment {
-        first_seq,
-        end_seq: first_seq,
-        path,
-        valid_len: 0,
-        disk_len,
-        read_offset: 0,
-    };
+    let mut seg = Segment { first_seq, end_seq: first_seq, path, valid_len: 0, disk_len, read_offset: 0 };
     if disk_len < HEADER_LEN {
         // Torn while being created: it never held a record.
         return Ok((seg, false));
@@ -611,16 +558,12 @@ fn skip_acked(seg: &mut Segment, acked: u64) -> Result<(), SpoolError> {
         let mut head = [0u8; 16];
         reader.read_exact(&mut head).map_err(io_at(&seg.path))?;
         let body_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let seq = u64::from_le_bytes([
-            head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15],
-        ]);
+        let seq = u64::from_le_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]);
         if seq > acked {
             break;
         }
         offset += FRAME_LEN + u64::from(body_len);
-        reader
-            .seek_relative(i64::from(body_len) - 8)
-            .map_err(io_at(&seg.path))?;
+        reader.seek_relative(i64::from(body_len) - 8).map_err(io_at(&seg.path))?;
     }
     seg.read_offset = offset;
     Ok(())
@@ -629,10 +572,7 @@ fn skip_acked(seg: &mut Segment, acked: u64) -> Result<(), SpoolError> {
 fn encode_record(seq: u64, kind: &str, payload: &[u8]) -> Result<Vec<u8>, SpoolError> {
     let body_len = BODY_FIXED + kind.len() + payload.len();
     let Ok(len32) = u32::try_from(body_len) else {
-        return Err(SpoolError::TooLarge {
-            len: body_len as u64,
-            max: u64::from(u32::MAX),
-        });
+        return Err(SpoolError::TooLarge { len: body_len as u64, max: u64::from(u32::MAX) });
     };
     let mut buf = Vec::with_capacity(FRAME_LEN as usize + body_len);
     buf.extend_from_slice(&len32.to_le_bytes());
@@ -708,9 +648,7 @@ fn read_record<R: Read>(reader: &mut R, remaining: u64) -> Result<(Record, u64),
         return Err(ReadError::Corrupt("record length too small"));
     }
     if u64::from(body_len) > remaining - FRAME_LEN {
-        return Err(ReadError::Corrupt(
-            "record extends past the end of the segment",
-        ));
+        return Err(ReadError::Corrupt("record extends past the end of the segment"));
     }
     let mut body = vec![0u8; body_len as usize];
     reader.read_exact(&mut body).map_err(ReadError::Io)?;
@@ -729,14 +667,7 @@ fn read_record<R: Read>(reader: &mut R, remaining: u64) -> Result<(Record, u64),
     let Ok(kind) = String::from_utf8(kind.to_vec()) else {
         return Err(ReadError::Corrupt("record kind is not UTF-8"));
     };
-    Ok((
-        Record {
-            seq: u64::from_le_bytes(seq),
-            kind,
-            payload: payload.to_vec(),
-        },
-        FRAME_LEN + u64::from(body_len),
-    ))
+    Ok((Record { seq: u64::from_le_bytes(seq), kind, payload: payload.to_vec() }, FRAME_LEN + u64::from(body_len)))
 }
 
 /// A missing id file with segments present means the directory was tampered with; a new id
@@ -750,17 +681,12 @@ fn load_or_create_id(dir: &Path) -> Result<String, SpoolError> {
             if id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                 Ok(id.to_string())
             } else {
-                Err(SpoolError::State {
-                    path,
-                    reason: "spool id is not 16 lowercase hex characters".into(),
-                })
+                Err(SpoolError::State { path, reason: "spool id is not 16 lowercase hex characters".into() })
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut raw = [0u8; 8];
-            SystemRandom::new()
-                .fill(&mut raw)
-                .map_err(|_| io_at(&path)(io::Error::other("system random generator failed")))?;
+            SystemRandom::new().fill(&mut raw).map_err(|_| io_at(&path)(io::Error::other("system random generator failed")))?;
             let id = hex::encode(raw);
             write_atomic(dir, ID_FILE, format!("{id}\n").as_bytes())?;
             Ok(id)
@@ -772,12 +698,7 @@ fn load_or_create_id(dir: &Path) -> Result<String, SpoolError> {
 fn read_state(dir: &Path) -> Result<Option<State>, SpoolError> {
     let path = dir.join(STATE_FILE);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| SpoolError::State {
-                path,
-                reason: e.to_string(),
-            }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| SpoolError::State { path, reason: e.to_string() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_at(&path)(e)),
     }
@@ -803,16 +724,11 @@ fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), SpoolErro
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), SpoolError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_at(path))?;
+    let file = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
     file.set_len(len).map_err(io_at(path))?;
     file.sync_all().map_err(io_at(path))
 }
@@ -832,11 +748,7 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
@@ -880,18 +792,11 @@ mod tests {
     }
 
     fn segment_files(dir: &Path) -> Vec<PathBuf> {
-        list_segments(dir)
-            .unwrap()
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect()
+        list_segments(dir).unwrap().into_iter().map(|(_, p)| p).collect()
     }
 
     fn spool_id(dir: &Path) -> String {
-        fs::read_to_string(dir.join(ID_FILE))
-            .unwrap()
-            .trim()
-            .to_string()
+        fs::read_to_string(dir.join(ID_FILE)).unwrap().trim().to_string()
     }
 
     fn append_n(spool: &mut Spool, n: u64) {
@@ -914,29 +819,12 @@ mod tests {
         let id = spool_id(dir.path());
         assert_eq!(id.len(), 16);
 
-        assert_eq!(
-            spool.append("exec", b"{\"a\":1}").unwrap(),
-            format!("{id}-1")
-        );
-        assert_eq!(
-            spool.append("exit", b"{\"a\":2}").unwrap(),
-            format!("{id}-2")
-        );
-        assert_eq!(
-            spool.append("exec", b"{\"a\":3}").unwrap(),
-            format!("{id}-3")
-        );
+        assert_eq!(spool.append("exec", b"{\"a\":1}").unwrap(), format!("{id}-1"));
+        assert_eq!(spool.append("exit", b"{\"a\":2}").unwrap(), format!("{id}-2"));
+        assert_eq!(spool.append("exec", b"{\"a\":3}").unwrap(), format!("{id}-3"));
 
         let first = spool.peek(10).unwrap();
-        assert_eq!(
-            first[1],
-            Spooled {
-                id: format!("{id}-2"),
-                seq: 2,
-                kind: "exit".into(),
-                payload: b"{\"a\":2}".to_vec(),
-            }
-        );
+        assert_eq!(first[1], Spooled { id: format!("{id}-2"), seq: 2, kind: "exit".into(), payload: b"{\"a\":2}".to_vec() });
         assert_eq!(seqs(&first), [1, 2, 3]);
         assert_eq!(spool.peek(10).unwrap(), first, "peek must not consume");
 
@@ -981,10 +869,7 @@ mod tests {
         assert_eq!(seqs(&spool.peek(10).unwrap()), [4, 5]);
         assert_eq!(spool.stats().depth_events, 2);
         spool.ack(5).unwrap();
-        assert!(
-            segment_files(dir.path()).is_empty(),
-            "fully acked segments are deleted"
-        );
+        assert!(segment_files(dir.path()).is_empty(), "fully acked segments are deleted");
         drop(spool);
 
         // No segment is left to show which sequences were used; the state file must.
@@ -1026,10 +911,7 @@ mod tests {
         append_n(&mut spool, 1);
 
         let stats = spool.stats();
-        assert_eq!(
-            stats.dropped_total, 1,
-            "seq 1 was acked, only seq 2 was lost"
-        );
+        assert_eq!(stats.dropped_total, 1, "seq 1 was acked, only seq 2 was lost");
         assert_eq!(stats.acked_total, 1);
         assert_eq!(stats.depth_events, 5);
         assert_eq!(seqs(&spool.peek(100).unwrap()), [3, 4, 5, 6, 7]);
@@ -1044,21 +926,14 @@ mod tests {
 
         spool.ack(3).unwrap();
         assert_eq!(segment_files(dir.path()).len(), 2);
-        assert_eq!(
-            spool.stats().depth_bytes,
-            416,
-            "seq 3 shares a segment with seq 4"
-        );
+        assert_eq!(spool.stats().depth_bytes, 416, "seq 3 shares a segment with seq 4");
         assert_eq!(seqs(&spool.peek(100).unwrap()), [4, 5, 6]);
 
         spool.ack(6).unwrap();
         assert!(segment_files(dir.path()).is_empty());
         assert_eq!(spool.stats().depth_bytes, 0);
         append_n(&mut spool, 1);
-        assert_eq!(
-            segment_files(dir.path()),
-            [dir.path().join("seg-00000000000000000007.log")]
-        );
+        assert_eq!(segment_files(dir.path()), [dir.path().join("seg-00000000000000000007.log")]);
         assert_eq!(seqs(&spool.peek(100).unwrap()), [7]);
     }
 
@@ -1089,9 +964,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
         for i in 1..=5u64 {
-            spool
-                .append("exec", format!("{{\"n\":{i}}}").as_bytes())
-                .unwrap();
+            spool.append("exec", format!("{{\"n\":{i}}}").as_bytes()).unwrap();
         }
         drop(spool);
         let files = segment_files(dir.path());
@@ -1114,11 +987,7 @@ mod tests {
         drop(spool);
 
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(
-            spool.stats().corrupt_records_total,
-            0,
-            "repaired once, not recounted"
-        );
+        assert_eq!(spool.stats().corrupt_records_total, 0, "repaired once, not recounted");
         let events = spool.peek(10).unwrap();
         assert_eq!(seqs(&events), [1, 2, 3, 4, 5]);
         assert_eq!(events[4].payload, b"again");
@@ -1130,10 +999,7 @@ mod tests {
         // unwritten block looks like after a power loss).
         let mut zeros = vec![20, 0, 0, 0];
         zeros.resize(4 + 4 + 20, 0);
-        let garbage: [Vec<u8>; 2] = [
-            (0..37u8).map(|b| b.wrapping_mul(151) ^ 0x5a).collect(),
-            zeros,
-        ];
+        let garbage: [Vec<u8>; 2] = [(0..37u8).map(|b| b.wrapping_mul(151) ^ 0x5a).collect(), zeros];
         for junk in garbage {
             let dir = tempfile::tempdir().unwrap();
             let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
@@ -1149,10 +1015,7 @@ mod tests {
             assert_eq!(spool.stats().corrupt_records_total, 1);
             assert_eq!(seqs(&spool.peek(10).unwrap()), [1, 2, 3]);
             assert_eq!(fs::metadata(seg).unwrap().len(), good_len);
-            assert_eq!(
-                spool.append("k", b"x").unwrap(),
-                format!("{}-4", spool_id(dir.path()))
-            );
+            assert_eq!(spool.append("k", b"x").unwrap(), format!("{}-4", spool_id(dir.path())));
             drop(spool);
 
             let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
@@ -1238,30 +1101,18 @@ mod tests {
     fn oversized_events_are_rejected_without_burning_a_seq() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open_with(dir.path(), 200, 100).unwrap();
-        assert!(matches!(
-            spool.append("k", &[0; 300]),
-            Err(SpoolError::TooLarge { len: 319, max: 200 })
-        ));
+        assert!(matches!(spool.append("k", &[0; 300]), Err(SpoolError::TooLarge { len: 319, max: 200 })));
         let long_kind = "k".repeat(70_000);
-        assert!(matches!(
-            spool.append(&long_kind, b""),
-            Err(SpoolError::KindTooLong { len: 70_000 })
-        ));
+        assert!(matches!(spool.append(&long_kind, b""), Err(SpoolError::KindTooLong { len: 70_000 })));
         assert_eq!(spool.stats(), SpoolStats::default());
-        assert_eq!(
-            spool.append("k", b"ok").unwrap(),
-            format!("{}-1", spool_id(dir.path()))
-        );
+        assert_eq!(spool.append("k", b"ok").unwrap(), format!("{}-1", spool_id(dir.path())));
     }
 
     #[test]
     fn a_second_open_of_the_same_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert!(matches!(
-            Spool::open(dir.path(), 1 << 20),
-            Err(SpoolError::Locked { .. })
-        ));
+        assert!(matches!(Spool::open(dir.path(), 1 << 20), Err(SpoolError::Locked { .. })));
         drop(spool);
         Spool::open(dir.path(), 1 << 20).unwrap();
     }
@@ -1271,10 +1122,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(Spool::open(dir.path(), 1 << 20).unwrap());
         fs::write(dir.path().join(STATE_FILE), b"{\"acked\":").unwrap();
-        assert!(matches!(
-            Spool::open(dir.path(), 1 << 20),
-            Err(SpoolError::State { .. })
-        ));
+        assert!(matches!(Spool::open(dir.path(), 1 << 20), Err(SpoolError::State { .. })));
     }
 
     #[test]

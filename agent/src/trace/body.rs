@@ -218,7 +218,8 @@ mod tests {
         let body = format!(
             "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fdemo&RoleSessionName=run+1&WebIdentityToken={token}"
         );
-        let found = detect_body(&post("sts.amazonaws.com", "application/x-www-form-urlencoded; charset=utf-8"), body.as_bytes(), NOW, &["https://sigil.test".into()]);
+        let found =
+            detect_body(&post("sts.amazonaws.com", "application/x-www-form-urlencoded; charset=utf-8"), body.as_bytes(), NOW, &["https://sigil.test".into()]);
         assert_eq!(found.len(), 1);
         let (cred, ex) = &found[0];
         assert_eq!(cred.detector, Detector::TokenExchange);
@@ -324,8 +325,10 @@ mod tests {
     fn an_sts_exchange_sent_chunked_is_still_detected() {
         use crate::trace::http::HttpStream;
         let token = jwt(r#"{"iss":"https://sigil.test","sub":"spiffe://sigil.test/a","jti":"chunked-1"}"#);
-        let form = format!("Action=AssumeRoleWithWebIdentity&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr&RoleSessionName=s&WebIdentityToken={token}&Version=2011-06-15");
-        let mut wire = b"POST / HTTP/1.1\r\nHost: sts.amazonaws.com\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let form =
+            format!("Action=AssumeRoleWithWebIdentity&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr&RoleSessionName=s&WebIdentityToken={token}&Version=2011-06-15");
+        let mut wire =
+            b"POST / HTTP/1.1\r\nHost: sts.amazonaws.com\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         for (i, piece) in form.as_bytes().chunks(50).enumerate() {
             wire.extend_from_slice(format!("{:x}{}\r\n", piece.len(), if i == 0 { ";ext=1" } else { "" }).as_bytes());
             wire.extend_from_slice(piece);

@@ -28,10 +28,7 @@ impl Lifetime {
     pub fn class(self) -> Class {
         match self {
             Self::Static => Class::Static,
-            Self::ShortLived => Class::ShortLived {
-                lifetime_seconds: None,
-                remaining_seconds: None,
-            },
+            Self::ShortLived => Class::ShortLived { lifetime_seconds: None, remaining_seconds: None },
         }
     }
 }
@@ -108,10 +105,7 @@ pub enum CatalogueError {
     #[error("families.toml does not parse: {0}")]
     Toml(#[from] toml::de::Error),
     #[error("family {family}: bad pattern: {source}")]
-    Pattern {
-        family: String,
-        source: Box<regex::Error>,
-    },
+    Pattern { family: String, source: Box<regex::Error> },
     #[error("family {family}: {problem}")]
     Invalid { family: String, problem: String },
 }
@@ -141,10 +135,7 @@ impl Family {
 
     /// The non-secret identifier a token of this family carries, if any.
     pub fn identifier_in(&self, token: &str) -> Option<String> {
-        self.pattern
-            .captures(token)?
-            .name("id")
-            .map(|m| m.as_str().to_owned())
+        self.pattern.captures(token)?.name("id").map(|m| m.as_str().to_owned())
     }
 
     /// The names of the places of this kind the family's clients use.
@@ -160,13 +151,7 @@ impl Family {
     /// Length of the longest documented prefix `token` starts with, if the rest of the
     /// token also fits (or the prefix alone suffices).
     fn longest_prefix(&self, token: &str) -> Option<usize> {
-        let len = self
-            .spec
-            .prefixes
-            .iter()
-            .filter(|p| token.len() > p.len() && token.starts_with(p.as_str()))
-            .map(String::len)
-            .max()?;
+        let len = self.spec.prefixes.iter().filter(|p| token.len() > p.len() && token.starts_with(p.as_str())).map(String::len).max()?;
         (self.spec.prefix_suffices || self.pattern.is_match(token)).then_some(len)
     }
 }
@@ -221,40 +206,22 @@ impl Catalogue {
         let file: File = toml::from_str(source)?;
         let mut families = Vec::with_capacity(file.family.len());
         for spec in file.family {
-            let compile = |p: &str| {
-                Regex::new(&format!("^(?:{p})$")).map_err(|e| CatalogueError::Pattern {
-                    family: spec.name.clone(),
-                    source: Box::new(e),
-                })
-            };
+            let compile = |p: &str| Regex::new(&format!("^(?:{p})$")).map_err(|e| CatalogueError::Pattern { family: spec.name.clone(), source: Box::new(e) });
             let pattern = compile(&spec.pattern)?;
             let path = match &spec.path {
                 Some(p) => {
-                    let re = Regex::new(p).map_err(|e| CatalogueError::Pattern {
-                        family: spec.name.clone(),
-                        source: Box::new(e),
-                    })?;
+                    let re = Regex::new(p).map_err(|e| CatalogueError::Pattern { family: spec.name.clone(), source: Box::new(e) })?;
                     if !re.capture_names().flatten().any(|n| n == "secret") {
-                        return Err(CatalogueError::Invalid {
-                            family: spec.name.clone(),
-                            problem: "path pattern has no `secret` group".into(),
-                        });
+                        return Err(CatalogueError::Invalid { family: spec.name.clone(), problem: "path pattern has no `secret` group".into() });
                     }
                     Some(re)
                 }
                 None => None,
             };
             if families.iter().any(|f: &Family| f.spec.name == spec.name) {
-                return Err(CatalogueError::Invalid {
-                    family: spec.name.clone(),
-                    problem: "listed twice".into(),
-                });
+                return Err(CatalogueError::Invalid { family: spec.name.clone(), problem: "listed twice".into() });
             }
-            families.push(Family {
-                spec,
-                pattern,
-                path,
-            });
+            families.push(Family { spec, pattern, path });
         }
         let shaped: Vec<usize> = families
             .iter()
@@ -263,10 +230,7 @@ impl Catalogue {
             .map(|(i, _)| i)
             .collect();
         let shapes = RegexSet::new(shaped.iter().filter_map(|&i| families.get(i)).map(|f| f.pattern.as_str()))
-            .map_err(|e| CatalogueError::Pattern {
-                family: "(all)".into(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| CatalogueError::Pattern { family: "(all)".into(), source: Box::new(e) })?;
         let mut by_first_byte = vec![Vec::new(); 256];
         let mut by_place: HashMap<(Placement, String), Vec<usize>> = HashMap::new();
         for (i, f) in families.iter().enumerate().filter(|(_, f)| f.spec.detector.is_none()) {
@@ -288,14 +252,7 @@ impl Catalogue {
                 }
             }
         }
-        Ok(Self {
-            families,
-            by_first_byte,
-            by_place,
-            shapes: Some(shapes),
-            shaped,
-            generic: file.generic,
-        })
+        Ok(Self { families, by_first_byte, by_place, shapes: Some(shapes), shaped, generic: file.generic })
     }
 
     pub fn families(&self) -> &[Family] {
@@ -324,11 +281,7 @@ impl Catalogue {
     /// "credential".
     pub fn by_shape(&self, value: &str) -> Option<&Family> {
         let shapes = self.shapes.as_ref()?;
-        shapes
-            .matches(value)
-            .iter()
-            .filter_map(|i| self.shaped.get(i).and_then(|&f| self.families.get(f)))
-            .max_by_key(|f| f.longest_prefix(value).unwrap_or(0))
+        shapes.matches(value).iter().filter_map(|i| self.shaped.get(i).and_then(|&f| self.families.get(f))).max_by_key(|f| f.longest_prefix(value).unwrap_or(0))
     }
 
     fn generic_names(&self, placement: Placement) -> &[String] {
@@ -348,20 +301,12 @@ impl Catalogue {
     /// vendor's family. A value with a family's full shape counts even in a place nobody
     /// listed.
     pub fn classify(&self, placement: Placement, name: &str, value: &str) -> Option<Verdict<'_>> {
-        let listed: Vec<&Family> = self
-            .by_place
-            .get(&(placement, name.to_ascii_lowercase()))
-            .into_iter()
-            .flatten()
-            .filter_map(|&i| self.families.get(i))
-            .collect();
+        let listed: Vec<&Family> =
+            self.by_place.get(&(placement, name.to_ascii_lowercase())).into_iter().flatten().filter_map(|&i| self.families.get(i)).collect();
         if let Some(f) = listed.iter().find(|f| f.pattern.is_match(value)) {
             return Some(Verdict::Family(f));
         }
-        let generic = self
-            .generic_names(placement)
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name));
+        let generic = self.generic_names(placement).iter().any(|n| n.eq_ignore_ascii_case(name));
         if listed.is_empty() && !generic {
             return self.by_shape(value).map(Verdict::Family);
         }
@@ -372,11 +317,7 @@ impl Catalogue {
         // (`key`, `token`) are everybody's, so there only the value's shape can name it.
         let vendor_word = matches!(placement, Placement::Header | Placement::Scheme);
         match listed.as_slice() {
-            [first, rest @ ..]
-                if vendor_word && !generic && rest.iter().all(|f| f.spec.vendor == first.spec.vendor) =>
-            {
-                Some(Verdict::Family(first))
-            }
+            [first, rest @ ..] if vendor_word && !generic && rest.iter().all(|f| f.spec.vendor == first.spec.vendor) => Some(Verdict::Family(first)),
             _ if generic || vendor_word => Some(Verdict::Generic),
             _ => None,
         }
@@ -385,13 +326,8 @@ impl Catalogue {
     /// Credentials carried in a URL path (webhook URLs).
     pub fn in_path<'a>(&'a self, path: &'a str) -> impl Iterator<Item = PathCredential<'a>> + 'a {
         self.matchable().filter_map(|f| f.path.as_ref().map(|re| (f, re))).flat_map(move |(f, re)| {
-            re.captures_iter(path).filter_map(move |c| {
-                Some(PathCredential {
-                    family: f,
-                    secret: c.name("secret")?.as_str(),
-                    id: c.name("id").map(|m| m.as_str()),
-                })
-            })
+            re.captures_iter(path)
+                .filter_map(move |c| Some(PathCredential { family: f, secret: c.name("secret")?.as_str(), id: c.name("id").map(|m| m.as_str()) }))
         })
     }
 
@@ -433,21 +369,10 @@ impl Catalogue {
             .collect();
         let header = ["FAMILY", "VENDOR", "LIFETIME", "PREFIX OR SHAPE", "WHERE"];
         let widths: Vec<usize> = (0..header.len())
-            .map(|i| {
-                rows.iter()
-                    .filter_map(|r| r.get(i))
-                    .map(String::len)
-                    .chain(header.get(i).map(|h| h.len()))
-                    .max()
-                    .unwrap_or(0)
-                    .min(48)
-            })
+            .map(|i| rows.iter().filter_map(|r| r.get(i)).map(String::len).chain(header.get(i).map(|h| h.len())).max().unwrap_or(0).min(48))
             .collect();
         let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-            let cells: Vec<String> = cells
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
+            let cells: Vec<String> = cells.zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             out.push_str(cells.join("  ").trim_end());
             out.push('\n');
         };
@@ -480,8 +405,8 @@ mod tests {
                 "family names are snake_case labels: {}",
                 f.spec.name
             );
-            let id_group = f.pattern.capture_names().flatten().any(|n| n == "id")
-                || f.path.as_ref().is_some_and(|p| p.capture_names().flatten().any(|n| n == "id"));
+            let id_group =
+                f.pattern.capture_names().flatten().any(|n| n == "id") || f.path.as_ref().is_some_and(|p| p.capture_names().flatten().any(|n| n == "id"));
             assert_eq!(id_group, f.spec.identifier.is_some(), "{}: `id` group iff identifier", f.spec.name);
         }
     }
@@ -504,12 +429,9 @@ mod tests {
     fn bad_catalogues_are_clear_errors() {
         let head = "[generic]\nheaders=[]\nquery=[]\ncookies=[]\n";
         let err = |body: &str| Catalogue::parse(&format!("{head}{body}")).err().map(|e| e.to_string());
-        assert!(err("[[family]]\nname='x'\nvendor='v'\nlifetime='static'\npattern='('\n")
-            .is_some_and(|e| e.contains("family x: bad pattern")));
-        assert!(err("[[family]]\nname='x'\nvendor='v'\nlifetime='forever'\npattern='a'\n")
-            .is_some_and(|e| e.contains("does not parse")));
-        assert!(err("[[family]]\nname='x'\nvendor='v'\nlifetime='static'\npattern='a'\npath='/a'\n")
-            .is_some_and(|e| e.contains("no `secret` group")));
+        assert!(err("[[family]]\nname='x'\nvendor='v'\nlifetime='static'\npattern='('\n").is_some_and(|e| e.contains("family x: bad pattern")));
+        assert!(err("[[family]]\nname='x'\nvendor='v'\nlifetime='forever'\npattern='a'\n").is_some_and(|e| e.contains("does not parse")));
+        assert!(err("[[family]]\nname='x'\nvendor='v'\nlifetime='static'\npattern='a'\npath='/a'\n").is_some_and(|e| e.contains("no `secret` group")));
         let twice = "[[family]]\nname='x'\nvendor='v'\nlifetime='static'\npattern='a'\n";
         assert!(err(&format!("{twice}{twice}")).is_some_and(|e| e.contains("listed twice")));
         assert!(err("[[family]]\nname='x'\nvendor='v'\nlifetime='static'\npattern='a'\nsurprise=1\n").is_some());

@@ -151,11 +151,7 @@ impl fmt::Debug for Credential {
 /// Finds every credential in `req`. `now` is unix seconds; `sigil_issuers` are issuer
 /// URLs (JWT `iss`) that mean "issued by Sigil".
 pub fn detect(req: &Request, now: i64, sigil_issuers: &[String]) -> Vec<Credential> {
-    let ctx = Context {
-        req,
-        now,
-        sigil_issuers,
-    };
+    let ctx = Context { req, now, sigil_issuers };
     let mut found = Vec::new();
     for (name, value) in &req.headers {
         let name = name.trim();
@@ -205,19 +201,12 @@ impl Context<'_> {
                 .filter_map(|param| param.split_once('='))
                 .find(|(key, _)| key.eq_ignore_ascii_case("Credential"))?
                 .1;
-            let signed = Signed {
-                algorithm,
-                region_set: self.header_value("x-amz-region-set"),
-            };
-            return self.aws(Detector::AwsSigv4, header, credential, signed, || {
-                self.header_value("x-amz-security-token")
-            });
+            let signed = Signed { algorithm, region_set: self.header_value("x-amz-region-set") };
+            return self.aws(Detector::AwsSigv4, header, credential, signed, || self.header_value("x-amz-security-token"));
         }
         if rest.is_empty() {
             // No scheme at all: some APIs take the raw key. Only trust known prefixes.
-            return catalogue()
-                .by_prefix(value)
-                .map(|f| self.named(Detector::ApiKey, header, value, Verdict::Family(f)));
+            return catalogue().by_prefix(value).map(|f| self.named(Detector::ApiKey, header, value, Verdict::Family(f)));
         }
         if is("Bearer") {
             Some(self.token(Detector::BearerToken, header, rest))
@@ -227,9 +216,7 @@ impl Context<'_> {
             basic(header, rest)
         } else {
             // Vendor schemes: `SSWS` (Okta), `Bot` (Discord), `Api-Token` (Dynatrace)...
-            catalogue()
-                .classify(Placement::Scheme, scheme, rest)
-                .map(|verdict| self.named(Detector::ApiKey, header, rest, verdict))
+            catalogue().classify(Placement::Scheme, scheme, rest).map(|verdict| self.named(Detector::ApiKey, header, rest, verdict))
         }
     }
 
@@ -280,21 +267,13 @@ impl Context<'_> {
     }
 
     fn header_value(&self, name: &str) -> Option<String> {
-        self.req
-            .headers
-            .iter()
-            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+        self.req.headers.iter().find(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
     fn presigned(&self) -> Option<Credential> {
         let mut credential = None;
         let mut token = None;
-        let mut signed = Signed {
-            algorithm: SIGV4_ALGORITHMS[0],
-            region_set: None,
-        };
+        let mut signed = Signed { algorithm: SIGV4_ALGORITHMS[0], region_set: None };
         for (name, value) in query_params(&self.req.path) {
             let is = |s: &str| name.eq_ignore_ascii_case(s);
             if is("X-Amz-Credential") {
@@ -310,25 +289,12 @@ impl Context<'_> {
             }
         }
         let credential = credential?;
-        self.aws(
-            Detector::AwsSigv4Presigned,
-            "query:X-Amz-Credential",
-            &credential,
-            signed,
-            move || token,
-        )
+        self.aws(Detector::AwsSigv4Presigned, "query:X-Amz-Credential", &credential, signed, move || token)
     }
 
     /// `credential` is the SigV4 scope `<key id>/<date>/<region>/<service>/aws4_request`
     /// (SigV4a drops the region).
-    fn aws(
-        &self,
-        detector: Detector,
-        header: &str,
-        credential: &str,
-        signed: Signed,
-        session_token: impl FnOnce() -> Option<String>,
-    ) -> Option<Credential> {
+    fn aws(&self, detector: Detector, header: &str, credential: &str, signed: Signed, session_token: impl FnOnce() -> Option<String>) -> Option<Credential> {
         let parts: Vec<&str> = credential.trim().split('/').collect();
         let key_id = *parts.first()?;
         let (region, service) = match parts.as_slice() {
@@ -336,49 +302,24 @@ impl Context<'_> {
             [_, _, service, "aws4_request"] => (None, Some(*service)),
             _ => (None, None),
         };
-        let aws_shaped = (16..=128).contains(&key_id.len())
-            && key_id
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        let aws_shaped = (16..=128).contains(&key_id.len()) && key_id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         // Any other key id (MinIO, Ceph, R2) is recognised by the signing algorithm plus
         // a well-formed scope: `<key>/<yyyymmdd>/[<region>/]<service>/aws4_request`.
-        let scoped = service.is_some()
-            && parts
-                .get(1)
-                .is_some_and(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()));
-        let other_key = (1..=128).contains(&key_id.len())
-            && key_id
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"/,=\"".contains(&b));
+        let scoped = service.is_some() && parts.get(1).is_some_and(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()));
+        let other_key = (1..=128).contains(&key_id.len()) && key_id.bytes().all(|b| b.is_ascii_graphic() && !b"/,=\"".contains(&b));
         if !(aws_shaped || (scoped && other_key)) {
             return None;
         }
-        let scope_word = |s: &&str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        };
+        let scope_word = |s: &&str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let (class, secret) = match key_id.get(..4) {
             Some("AKIA" | "ABIA" | "ACCA") => (Class::Static, key_id.to_owned()),
             // Temporary credentials: the session token is what actually identifies the
             // session (many sessions share nothing else), so it is what we fingerprint.
-            Some("ASIA") => (
-                Class::ShortLived {
-                    lifetime_seconds: None,
-                    remaining_seconds: None,
-                },
-                session_token().unwrap_or_else(|| key_id.to_owned()),
-            ),
+            Some("ASIA") => (Class::ShortLived { lifetime_seconds: None, remaining_seconds: None }, session_token().unwrap_or_else(|| key_id.to_owned())),
             _ => (Class::UnknownFormat, key_id.to_owned()),
         };
-        let region_set = signed.region_set.map(|set| {
-            set.split(',')
-                .map(str::trim)
-                .filter(|r| *r == "*" || scope_word(r))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        });
+        let region_set =
+            signed.region_set.map(|set| set.split(',').map(str::trim).filter(|r| *r == "*" || scope_word(r)).map(str::to_owned).collect::<Vec<_>>());
         Some(Credential {
             detector,
             class,
@@ -397,10 +338,7 @@ impl Context<'_> {
 
     /// A bearer-style token: a JWT if it decodes as one, else classified by prefix.
     fn token(&self, detector: Detector, header: &str, token: &str) -> Credential {
-        let verdict = catalogue()
-            .by_prefix(token)
-            .or_else(|| catalogue().by_shape(token))
-            .map_or(Verdict::Generic, Verdict::Family);
+        let verdict = catalogue().by_prefix(token).or_else(|| catalogue().by_shape(token)).map_or(Verdict::Generic, Verdict::Family);
         self.named(detector, header, token, verdict)
     }
 
@@ -410,10 +348,7 @@ impl Context<'_> {
             Verdict::Family(f) => Some(f),
             Verdict::Generic => None,
         };
-        let mut identifiers = Identifiers {
-            header: Some(header.to_owned()),
-            ..Identifiers::default()
-        };
+        let mut identifiers = Identifiers { header: Some(header.to_owned()), ..Identifiers::default() };
         let (detector, class) = match decode_jwt(token) {
             Some(claims) => {
                 let class = self.jwt_class(&claims);
@@ -427,41 +362,22 @@ impl Context<'_> {
                 (detector, class)
             }
             None => {
-                identifiers.token_family =
-                    Some(family.map_or("generic", |f| f.name()).to_owned());
+                identifiers.token_family = Some(family.map_or("generic", |f| f.name()).to_owned());
                 identifiers.key_id = family.and_then(|f| f.identifier_in(token));
                 (detector, family.map_or(Class::Unknown, Family::class))
             }
         };
-        Credential {
-            detector,
-            class,
-            identifiers,
-            secret: Secret::new(token.as_bytes()),
-        }
+        Credential { detector, class, identifiers, secret: Secret::new(token.as_bytes()) }
     }
 
     fn jwt_class(&self, claims: &JwtClaims) -> Class {
-        let lifetime_seconds = claims
-            .exp
-            .zip(claims.iat)
-            .map(|(exp, iat)| exp.saturating_sub(iat));
+        let lifetime_seconds = claims.exp.zip(claims.iat).map(|(exp, iat)| exp.saturating_sub(iat));
         let remaining_seconds = claims.exp.map(|exp| exp.saturating_sub(self.now));
-        let sigil = claims.iss.as_deref().is_some_and(|iss| {
-            self.sigil_issuers
-                .iter()
-                .any(|s| s.trim_end_matches('/') == iss.trim_end_matches('/'))
-        });
+        let sigil = claims.iss.as_deref().is_some_and(|iss| self.sigil_issuers.iter().any(|s| s.trim_end_matches('/') == iss.trim_end_matches('/')));
         if sigil {
-            Class::SigilIssued {
-                lifetime_seconds,
-                remaining_seconds,
-            }
+            Class::SigilIssued { lifetime_seconds, remaining_seconds }
         } else if claims.exp.is_some() {
-            Class::ShortLived {
-                lifetime_seconds,
-                remaining_seconds,
-            }
+            Class::ShortLived { lifetime_seconds, remaining_seconds }
         } else {
             Class::Unknown
         }
@@ -488,8 +404,7 @@ fn basic_from_decoded(header: &str, decoded: &[u8]) -> Option<Credential> {
     let password_family = std::str::from_utf8(password).ok().and_then(family);
     // A user name we cannot read, or one that looks machine-generated, may be a secret.
     let user_is_secret = user_family.is_some() || user_text.is_none_or(looks_like_secret);
-    let in_password = password_family.is_some()
-        || (user_family.is_none() && !password.is_empty() && !(user_is_secret && is_placeholder(password)));
+    let in_password = password_family.is_some() || (user_family.is_none() && !password.is_empty() && !(user_is_secret && is_placeholder(password)));
     let (secret, family) = if in_password { (password, password_family) } else { (user, user_family) };
     if secret.is_empty() {
         return None;
@@ -505,12 +420,7 @@ fn basic_from_decoded(header: &str, decoded: &[u8]) -> Option<Credential> {
     Some(Credential {
         detector: Detector::BasicAuth,
         class,
-        identifiers: Identifiers {
-            header: Some(header.to_owned()),
-            username,
-            token_family: family.map(|(name, _)| name.to_owned()),
-            ..Identifiers::default()
-        },
+        identifiers: Identifiers { header: Some(header.to_owned()), username, token_family: family.map(|(name, _)| name.to_owned()), ..Identifiers::default() },
         secret: Secret::new(secret),
     })
 }
@@ -564,15 +474,11 @@ struct Signed {
     region_set: Option<String>,
 }
 
-const B64_STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+const B64_STANDARD_LENIENT: GeneralPurpose =
+    GeneralPurpose::new(&base64::alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
 
-const B64_URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::URL_SAFE,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+const B64_URL_LENIENT: GeneralPurpose =
+    GeneralPurpose::new(&base64::alphabet::URL_SAFE, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
 
 #[derive(Default)]
 pub(crate) struct JwtClaims {
@@ -616,11 +522,7 @@ pub(crate) fn decode_jwt(token: &str) -> Option<JwtClaims> {
     let string = |key: &str| claims.get(key)?.as_str().map(str::to_owned);
     let aud = match claims.get("aud") {
         Some(Value::String(aud)) => Some(vec![aud.clone()]),
-        Some(Value::Array(auds)) => Some(
-            auds.iter()
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect(),
-        ),
+        Some(Value::Array(auds)) => Some(auds.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect()),
         _ => None,
     };
     Some(JwtClaims {
@@ -643,8 +545,7 @@ fn json_object(part: &str) -> Option<Map<String, Value>> {
 
 /// RFC 7519 NumericDate may be fractional; out-of-range floats saturate.
 fn numeric_date(v: &Value) -> Option<i64> {
-    v.as_i64()
-        .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+    v.as_i64().or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
 }
 
 #[cfg(test)]
@@ -661,10 +562,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             authority: Some("example.com".into()),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
+            headers: headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
         }
     }
 
@@ -687,10 +585,7 @@ mod tests {
         let c = one(&[("Authorization", SIGV4)]);
         assert_eq!(c.detector, Detector::AwsSigv4);
         assert_eq!(c.class, Class::Static);
-        assert_eq!(
-            c.identifiers.access_key_id.as_deref(),
-            Some("AKIAIOSFODNN7EXAMPLE")
-        );
+        assert_eq!(c.identifiers.access_key_id.as_deref(), Some("AKIAIOSFODNN7EXAMPLE"));
         assert_eq!(c.identifiers.aws_region.as_deref(), Some("us-east-1"));
         assert_eq!(c.identifiers.aws_service.as_deref(), Some("s3"));
         assert_eq!(c.identifiers.header.as_deref(), Some("authorization"));
@@ -700,22 +595,10 @@ mod tests {
     #[test]
     fn sigv4_temporary_credentials_use_the_session_token() {
         let auth = "AWS4-HMAC-SHA256 Credential=ASIAXXXXXXXXXXXXXXXX/20240101/eu-west-3/sts/aws4_request,SignedHeaders=host,Signature=00";
-        let c = one(&[
-            ("authorization", auth),
-            ("X-Amz-Security-Token", " IQoJb3JpZ2luX2VjE/session+token= "),
-        ]);
+        let c = one(&[("authorization", auth), ("X-Amz-Security-Token", " IQoJb3JpZ2luX2VjE/session+token= ")]);
         assert_eq!(c.detector, Detector::AwsSigv4);
-        assert_eq!(
-            c.class,
-            Class::ShortLived {
-                lifetime_seconds: None,
-                remaining_seconds: None
-            }
-        );
-        assert_eq!(
-            c.identifiers.access_key_id.as_deref(),
-            Some("ASIAXXXXXXXXXXXXXXXX")
-        );
+        assert_eq!(c.class, Class::ShortLived { lifetime_seconds: None, remaining_seconds: None });
+        assert_eq!(c.identifiers.access_key_id.as_deref(), Some("ASIAXXXXXXXXXXXXXXXX"));
         assert_eq!(c.identifiers.aws_region.as_deref(), Some("eu-west-3"));
         assert_eq!(c.identifiers.aws_service.as_deref(), Some("sts"));
         assert_eq!(c.secret.expose(), b"IQoJb3JpZ2luX2VjE/session+token=");
@@ -727,19 +610,11 @@ mod tests {
 
     #[test]
     fn sigv4_other_key_prefixes_and_sigv4a() {
-        for (key, class) in [
-            ("ABIAXXXXXXXXXXXXXXXX", Class::Static),
-            ("ACCAXXXXXXXXXXXXXXXX", Class::Static),
-            ("AIDAXXXXXXXXXXXXXXXX", Class::UnknownFormat),
-        ] {
-            let auth =
-                format!("AWS4-HMAC-SHA256 Credential={key}/20240101/us-east-1/s3/aws4_request");
+        for (key, class) in [("ABIAXXXXXXXXXXXXXXXX", Class::Static), ("ACCAXXXXXXXXXXXXXXXX", Class::Static), ("AIDAXXXXXXXXXXXXXXXX", Class::UnknownFormat)] {
+            let auth = format!("AWS4-HMAC-SHA256 Credential={key}/20240101/us-east-1/s3/aws4_request");
             assert_eq!(one(&[("authorization", &auth)]).class, class, "{key}");
         }
-        let c = one(&[(
-            "authorization",
-            "AWS4-ECDSA-P256-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20240101/s3/aws4_request, Signature=1",
-        )]);
+        let c = one(&[("authorization", "AWS4-ECDSA-P256-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20240101/s3/aws4_request, Signature=1")]);
         assert_eq!(c.identifiers.aws_region, None);
         assert_eq!(c.identifiers.aws_service.as_deref(), Some("s3"));
     }
@@ -756,20 +631,11 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=SHORT/20240101/us-east-1/s3/other",
             "AWS4-HMAC-SHA256 Credential=SH\"ORT/20240101/us-east-1/s3/aws4_request",
         ] {
-            assert!(
-                detect(&req("/", &[("authorization", auth)]), NOW, &[]).is_empty(),
-                "{auth}"
-            );
+            assert!(detect(&req("/", &[("authorization", auth)]), NOW, &[]).is_empty(), "{auth}");
         }
         // Garbage scope parts are not reported as region/service.
-        let c = one(&[(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/d/US EAST/<s3>/aws4_request",
-        )]);
-        assert_eq!(
-            (c.identifiers.aws_region, c.identifiers.aws_service),
-            (None, None)
-        );
+        let c = one(&[("authorization", "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/d/US EAST/<s3>/aws4_request")]);
+        assert_eq!((c.identifiers.aws_region, c.identifiers.aws_service), (None, None));
     }
 
     #[test]
@@ -782,23 +648,11 @@ mod tests {
         assert_eq!(found.len(), 1);
         let c = &found[0];
         assert_eq!(c.detector, Detector::AwsSigv4Presigned);
-        assert_eq!(
-            c.class,
-            Class::ShortLived {
-                lifetime_seconds: None,
-                remaining_seconds: None
-            }
-        );
-        assert_eq!(
-            c.identifiers.access_key_id.as_deref(),
-            Some("ASIAQEXAMPLEEXAMPLE1")
-        );
+        assert_eq!(c.class, Class::ShortLived { lifetime_seconds: None, remaining_seconds: None });
+        assert_eq!(c.identifiers.access_key_id.as_deref(), Some("ASIAQEXAMPLEEXAMPLE1"));
         assert_eq!(c.identifiers.aws_region.as_deref(), Some("ap-south-1"));
         assert_eq!(c.identifiers.aws_service.as_deref(), Some("s3"));
-        assert_eq!(
-            c.identifiers.header.as_deref(),
-            Some("query:X-Amz-Credential")
-        );
+        assert_eq!(c.identifiers.header.as_deref(), Some("query:X-Amz-Credential"));
         assert_eq!(c.secret.expose(), b"FwoGZXIvYXdzEBc/secret+token=");
 
         let path = "/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20240101%2Fus-east-1%2Fs3%2Faws4_request";
@@ -809,27 +663,16 @@ mod tests {
 
     #[test]
     fn jwt_bearer_with_lifetime_and_remaining() {
-        let token = jwt(
-            r#"{"iss":"https://accounts.google.com","sub":"svc-1","aud":["a","b"],"jti":"id-7","iat":1699999000,"exp":1700002600}"#,
-        );
+        let token = jwt(r#"{"iss":"https://accounts.google.com","sub":"svc-1","aud":["a","b"],"jti":"id-7","iat":1699999000,"exp":1700002600}"#);
         let c = one(&[("Authorization", &format!("Bearer {token}"))]);
         assert_eq!(c.detector, Detector::BearerJwt);
-        assert_eq!(
-            c.class,
-            Class::ShortLived {
-                lifetime_seconds: Some(3600),
-                remaining_seconds: Some(2600)
-            }
-        );
+        assert_eq!(c.class, Class::ShortLived { lifetime_seconds: Some(3600), remaining_seconds: Some(2600) });
         let ids = &c.identifiers;
         assert_eq!(ids.jwt_iss.as_deref(), Some("https://accounts.google.com"));
         assert_eq!(ids.jwt_sub.as_deref(), Some("svc-1"));
         assert_eq!(ids.jwt_aud, Some(vec!["a".to_owned(), "b".to_owned()]));
         assert_eq!(ids.jwt_jti.as_deref(), Some("id-7"));
-        assert_eq!(
-            (ids.jwt_iat, ids.jwt_exp),
-            (Some(1_699_999_000), Some(1_700_002_600))
-        );
+        assert_eq!((ids.jwt_iat, ids.jwt_exp), (Some(1_699_999_000), Some(1_700_002_600)));
         assert_eq!(ids.token_family, None);
         assert_eq!(c.secret.expose(), token.as_bytes());
     }
@@ -837,101 +680,41 @@ mod tests {
     #[test]
     fn jwt_variants() {
         // Expired, no iat, string aud, fractional exp.
-        let c = one(&[(
-            "authorization",
-            &format!("bearer {}", jwt(r#"{"aud":"x","exp":1699999999.9}"#)),
-        )]);
-        assert_eq!(
-            c.class,
-            Class::ShortLived {
-                lifetime_seconds: None,
-                remaining_seconds: Some(-1)
-            }
-        );
+        let c = one(&[("authorization", &format!("bearer {}", jwt(r#"{"aud":"x","exp":1699999999.9}"#)))]);
+        assert_eq!(c.class, Class::ShortLived { lifetime_seconds: None, remaining_seconds: Some(-1) });
         assert_eq!(c.identifiers.jwt_aud, Some(vec!["x".to_owned()]));
         // No exp: nothing to say about its lifetime.
-        let c = one(&[(
-            "authorization",
-            &format!("Bearer {}", jwt(r#"{"sub":"s"}"#)),
-        )]);
+        let c = one(&[("authorization", &format!("Bearer {}", jwt(r#"{"sub":"s"}"#)))]);
         assert_eq!((c.detector, c.class), (Detector::BearerJwt, Class::Unknown));
         // Claims that are not an object make it an opaque token.
         let c = one(&[("authorization", &format!("Bearer {}", jwt("[1,2]")))]);
-        assert_eq!(
-            (c.detector, c.class),
-            (Detector::BearerToken, Class::Unknown)
-        );
+        assert_eq!((c.detector, c.class), (Detector::BearerToken, Class::Unknown));
         assert_eq!(c.identifiers.token_family.as_deref(), Some("generic"));
         // A header without "alg" is not a JWT header.
-        let no_alg = format!(
-            "{}.{}.x",
-            URL_SAFE_NO_PAD.encode("{}"),
-            URL_SAFE_NO_PAD.encode("{}")
-        );
-        assert_eq!(
-            one(&[("authorization", &format!("Bearer {no_alg}"))]).detector,
-            Detector::BearerToken
-        );
+        let no_alg = format!("{}.{}.x", URL_SAFE_NO_PAD.encode("{}"), URL_SAFE_NO_PAD.encode("{}"));
+        assert_eq!(one(&[("authorization", &format!("Bearer {no_alg}"))]).detector, Detector::BearerToken);
     }
 
     #[test]
     fn sigil_issued_jwt() {
-        let token = jwt(
-            r#"{"iss":"https://sigil.example/cluster-a","sub":"spiffe://c/ns/x","iat":1699999900,"exp":1700000200}"#,
-        );
+        let token = jwt(r#"{"iss":"https://sigil.example/cluster-a","sub":"spiffe://c/ns/x","iat":1699999900,"exp":1700000200}"#);
         let issuers = vec!["https://sigil.example/cluster-a/".to_owned()];
-        let found = detect(
-            &req("/", &[("authorization", &format!("Bearer {token}"))]),
-            NOW,
-            &issuers,
-        );
+        let found = detect(&req("/", &[("authorization", &format!("Bearer {token}"))]), NOW, &issuers);
         assert_eq!(found.len(), 1);
-        assert_eq!(
-            found[0].class,
-            Class::SigilIssued {
-                lifetime_seconds: Some(300),
-                remaining_seconds: Some(200)
-            }
-        );
-        assert_eq!(
-            found[0].identifiers.jwt_sub.as_deref(),
-            Some("spiffe://c/ns/x")
-        );
+        assert_eq!(found[0].class, Class::SigilIssued { lifetime_seconds: Some(300), remaining_seconds: Some(200) });
+        assert_eq!(found[0].identifiers.jwt_sub.as_deref(), Some("spiffe://c/ns/x"));
     }
 
     #[test]
     fn bearer_token_families() {
-        let short = Class::ShortLived {
-            lifetime_seconds: None,
-            remaining_seconds: None,
-        };
+        let short = Class::ShortLived { lifetime_seconds: None, remaining_seconds: None };
         let cases = [
             ("ya29.a0AfH6SMBx", "gcp_oauth", short.clone()),
-            (
-                "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
-                "github_pat",
-                Class::Static,
-            ),
-            (
-                "gho_16C7e42F292c6912E7710c838347Ae178B4a",
-                "github_oauth",
-                Class::Static,
-            ),
-            (
-                "ghu_16C7e42F292c6912E7710c838347Ae178B4a",
-                "github_user_to_server",
-                short.clone(),
-            ),
-            (
-                "ghs_16C7e42F292c6912E7710c838347Ae178B4a",
-                "github_server_to_server",
-                short.clone(),
-            ),
-            (
-                "github_pat_11ABCDEFG0123456789_abcdef",
-                "github_fine_grained_pat",
-                Class::Static,
-            ),
+            ("ghp_16C7e42F292c6912E7710c838347Ae178B4a", "github_pat", Class::Static),
+            ("gho_16C7e42F292c6912E7710c838347Ae178B4a", "github_oauth", Class::Static),
+            ("ghu_16C7e42F292c6912E7710c838347Ae178B4a", "github_user_to_server", short.clone()),
+            ("ghs_16C7e42F292c6912E7710c838347Ae178B4a", "github_server_to_server", short.clone()),
+            ("github_pat_11ABCDEFG0123456789_abcdef", "github_fine_grained_pat", Class::Static),
             ("glpat-xxxxxxxxxxxxxxxxxxxx", "gitlab_pat", Class::Static),
             ("xoxb-123-456-abc", "slack", Class::Static),
             ("xoxp-123-456-abc", "slack", Class::Static),
@@ -945,11 +728,7 @@ mod tests {
         for (token, family, class) in cases {
             let c = one(&[("Authorization", &format!("Bearer  {token} "))]);
             assert_eq!(c.detector, Detector::BearerToken, "{token}");
-            assert_eq!(
-                c.identifiers.token_family.as_deref(),
-                Some(family),
-                "{token}"
-            );
+            assert_eq!(c.identifiers.token_family.as_deref(), Some(family), "{token}");
             assert_eq!(c.class, class, "{token}");
             assert_eq!(c.secret.expose(), token.as_bytes());
         }
@@ -967,17 +746,7 @@ mod tests {
         assert_eq!(c.identifiers.token_family.as_deref(), Some("anthropic"));
         assert!(detect(&req("/", &[("authorization", "opaque")]), NOW, &[]).is_empty());
         assert!(detect(&req("/", &[("authorization", "Bearer")]), NOW, &[]).is_empty());
-        assert!(
-            detect(
-                &req(
-                    "/",
-                    &[("authorization", "Digest username=\"u\", response=\"r\"")]
-                ),
-                NOW,
-                &[]
-            )
-            .is_empty()
-        );
+        assert!(detect(&req("/", &[("authorization", "Digest username=\"u\", response=\"r\"")]), NOW, &[]).is_empty());
     }
 
     #[test]
@@ -990,18 +759,9 @@ mod tests {
         assert_eq!(c.secret.expose(), b"3f9a8b7c6d5e");
 
         let c = one(&[("x-api-key", "sk-ant-api03-abc")]);
-        assert_eq!(
-            (c.class, c.identifiers.token_family.as_deref()),
-            (Class::Static, Some("anthropic"))
-        );
+        assert_eq!((c.class, c.identifiers.token_family.as_deref()), (Class::Static, Some("anthropic")));
 
-        for header in [
-            "api-key",
-            "x-goog-api-key",
-            "PRIVATE-TOKEN",
-            "x-auth-token",
-            "apikey",
-        ] {
+        for header in ["api-key", "x-goog-api-key", "PRIVATE-TOKEN", "x-auth-token", "apikey"] {
             let c = one(&[(header, "glpat-abcdef")]);
             assert_eq!(c.detector, Detector::ApiKey);
             assert_eq!(c.identifiers.header, Some(header.to_ascii_lowercase()));
@@ -1011,13 +771,7 @@ mod tests {
         let c = one(&[("apikey", &jwt(r#"{"iss":"supabase","exp":1700000100}"#))]);
         assert_eq!(c.detector, Detector::ApiKey);
         assert_eq!(c.identifiers.jwt_iss.as_deref(), Some("supabase"));
-        assert_eq!(
-            c.class,
-            Class::ShortLived {
-                lifetime_seconds: None,
-                remaining_seconds: Some(100)
-            }
-        );
+        assert_eq!(c.class, Class::ShortLived { lifetime_seconds: None, remaining_seconds: Some(100) });
         // Empty values are not credentials.
         assert!(detect(&req("/", &[("x-api-key", "  ")]), NOW, &[]).is_empty());
     }
@@ -1033,10 +787,7 @@ mod tests {
 
         // Unpadded base64 is accepted.
         let c = one(&[("authorization", "Basic dTpw")]);
-        assert_eq!(
-            (c.identifiers.username.as_deref(), c.secret.expose()),
-            (Some("u"), &b"p"[..])
-        );
+        assert_eq!((c.identifiers.username.as_deref(), c.secret.expose()), (Some("u"), &b"p"[..]));
 
         // Key-as-username: the user name is the secret and is not reported.
         let value = format!("Basic {}", STANDARD.encode("sk-live-abcdef:"));
@@ -1046,10 +797,7 @@ mod tests {
         assert_eq!(c.class, Class::Static);
 
         for bad in ["Basic", "Basic !!!", "Basic Og==", "Basic "] {
-            assert!(
-                detect(&req("/", &[("authorization", bad)]), NOW, &[]).is_empty(),
-                "{bad}"
-            );
+            assert!(detect(&req("/", &[("authorization", bad)]), NOW, &[]).is_empty(), "{bad}");
         }
     }
 
@@ -1112,39 +860,15 @@ mod tests {
 
     #[test]
     fn several_credentials_in_one_request() {
-        let found = detect(
-            &req(
-                "/",
-                &[
-                    ("authorization", SIGV4),
-                    ("x-api-key", "k"),
-                    ("proxy-authorization", "Basic dTpw"),
-                ],
-            ),
-            NOW,
-            &[],
-        );
+        let found = detect(&req("/", &[("authorization", SIGV4), ("x-api-key", "k"), ("proxy-authorization", "Basic dTpw")]), NOW, &[]);
         let detectors: Vec<_> = found.iter().map(|c| c.detector).collect();
-        assert_eq!(
-            detectors,
-            [Detector::AwsSigv4, Detector::ApiKey, Detector::BasicAuth]
-        );
-        assert_eq!(
-            found[2].identifiers.header.as_deref(),
-            Some("proxy-authorization")
-        );
+        assert_eq!(detectors, [Detector::AwsSigv4, Detector::ApiKey, Detector::BasicAuth]);
+        assert_eq!(found[2].identifiers.header.as_deref(), Some("proxy-authorization"));
     }
 
     #[test]
     fn nothing_in_a_plain_request() {
-        assert!(
-            detect(
-                &req("/index.html?q=1", &[("accept", "*/*"), ("cookie", "a=b")]),
-                NOW,
-                &[]
-            )
-            .is_empty()
-        );
+        assert!(detect(&req("/index.html?q=1", &[("accept", "*/*"), ("cookie", "a=b")]), NOW, &[]).is_empty());
     }
 
     #[test]
@@ -1154,43 +878,19 @@ mod tests {
         assert!(!debug.contains("SUPERSECRETVALUE"), "{debug}");
         assert!(debug.contains("Secret(<redacted>)"));
         assert!(debug.contains("github_pat"));
-        let basic = one(&[(
-            "authorization",
-            &format!("Basic {}", STANDARD.encode("bob:hunter2")),
-        )]);
+        let basic = one(&[("authorization", &format!("Basic {}", STANDARD.encode("bob:hunter2")))]);
         let debug = format!("{basic:?}");
-        assert!(
-            !debug.contains("hunter2") && debug.contains("bob"),
-            "{debug}"
-        );
+        assert!(!debug.contains("hunter2") && debug.contains("bob"), "{debug}");
     }
 
     #[test]
     fn serialization_shapes() {
-        let ids = Identifiers {
-            token_family: Some("slack".into()),
-            ..Identifiers::default()
-        };
-        assert_eq!(
-            serde_json::to_string(&ids).expect("serializes"),
-            r#"{"token_family":"slack"}"#
-        );
-        let class = Class::ShortLived {
-            lifetime_seconds: Some(60),
-            remaining_seconds: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&class).expect("serializes"),
-            r#"{"class":"short_lived","lifetime_seconds":60,"remaining_seconds":null}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Class::Static).expect("serializes"),
-            r#"{"class":"static"}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Detector::AwsSigv4Presigned).expect("serializes"),
-            r#""aws_sigv4_presigned""#
-        );
+        let ids = Identifiers { token_family: Some("slack".into()), ..Identifiers::default() };
+        assert_eq!(serde_json::to_string(&ids).expect("serializes"), r#"{"token_family":"slack"}"#);
+        let class = Class::ShortLived { lifetime_seconds: Some(60), remaining_seconds: None };
+        assert_eq!(serde_json::to_string(&class).expect("serializes"), r#"{"class":"short_lived","lifetime_seconds":60,"remaining_seconds":null}"#);
+        assert_eq!(serde_json::to_string(&Class::Static).expect("serializes"), r#"{"class":"static"}"#);
+        assert_eq!(serde_json::to_string(&Detector::AwsSigv4Presigned).expect("serializes"), r#""aws_sigv4_presigned""#);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! secret: the secret is dropped as soon as it has been fingerprinted. The detectors'
 //! own types are converted here, at the boundary.
 
-pub use sigil_proto::v1::{CredentialFileRead, CredentialUse, Destination};
 use sigil_proto::v1;
+pub use sigil_proto::v1::{CredentialFileRead, CredentialUse, Destination};
 
 use super::{
     body::Exchange,
@@ -93,12 +93,6 @@ pub fn set_class(used: &mut CredentialUse, class: &Class) {
 
 impl From<Exchange> for v1::Exchange {
     fn from(e: Exchange) -> Self {
-        Self {
-            kind: e.kind.to_owned(),
-            role_arn: e.role_arn,
-            role_session_name: e.role_session_name,
-            client_id: e.client_id,
-            audience: e.audience,
-        }
+        Self { kind: e.kind.to_owned(), role_arn: e.role_arn, role_session_name: e.role_session_name, client_id: e.client_id, audience: e.audience }
     }
 }

@@ -22,9 +22,7 @@ use super::{
 /// A string that `pattern` matches. `seed` varies the characters drawn from classes so
 /// that two vectors of one family differ.
 pub(crate) fn generate(pattern: &str, seed: usize) -> String {
-    let hir = regex_syntax::Parser::new()
-        .parse(pattern)
-        .unwrap_or_else(|e| panic!("{pattern}: {e}"));
+    let hir = regex_syntax::Parser::new().parse(pattern).unwrap_or_else(|e| panic!("{pattern}: {e}"));
     let mut out = String::new();
     let mut counter = seed;
     walk(&hir, &mut out, &mut counter);
@@ -37,24 +35,14 @@ fn walk(hir: &Hir, out: &mut String, counter: &mut usize) {
         HirKind::Literal(lit) => out.push_str(&String::from_utf8_lossy(&lit.0)),
         HirKind::Class(class) => {
             let chars: Vec<char> = match class {
-                Class::Unicode(c) => c
-                    .ranges()
-                    .iter()
-                    .flat_map(|r| (r.start()..=r.end()).take(128))
-                    .collect(),
-                Class::Bytes(c) => c
-                    .ranges()
-                    .iter()
-                    .flat_map(|r| (r.start()..=r.end()).map(char::from))
-                    .collect(),
+                Class::Unicode(c) => c.ranges().iter().flat_map(|r| (r.start()..=r.end()).take(128)).collect(),
+                Class::Bytes(c) => c.ranges().iter().flat_map(|r| (r.start()..=r.end()).map(char::from)).collect(),
             };
             // Prefer alphanumerics: they need no escaping in any placement.
             let nice: Vec<char> = chars.iter().copied().filter(char::is_ascii_alphanumeric).collect();
             let pool = if nice.is_empty() { &chars } else { &nice };
             // A 64-bit LCG (Knuth's MMIX constants); its high bits vary well enough.
-            *counter = counter
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            *counter = counter.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             if let Some(c) = pool.get((*counter >> 33) % pool.len().max(1)) {
                 out.push(*c);
             }
@@ -76,13 +64,7 @@ fn walk(hir: &Hir, out: &mut String, counter: &mut usize) {
 }
 
 fn request(path: &str, headers: Vec<(String, String)>) -> Request {
-    Request {
-        protocol: Protocol::Http1,
-        method: "POST".into(),
-        path: path.into(),
-        authority: Some("api.example.test".into()),
-        headers,
-    }
+    Request { protocol: Protocol::Http1, method: "POST".into(), path: path.into(), authority: Some("api.example.test".into()), headers }
 }
 
 /// The event the tracer would emit for `credential` found in `req`.
@@ -111,18 +93,10 @@ fn placements(family: &Family, token: &str) -> Vec<(String, Request, String)> {
     let spec = &family.spec;
     let mut out = Vec::new();
     for header in &spec.headers {
-        out.push((
-            format!("header {header}"),
-            request("/v1/things", vec![(header.to_ascii_lowercase(), token.to_owned())]),
-            token.to_owned(),
-        ));
+        out.push((format!("header {header}"), request("/v1/things", vec![(header.to_ascii_lowercase(), token.to_owned())]), token.to_owned()));
     }
     for scheme in &spec.schemes {
-        out.push((
-            format!("scheme {scheme}"),
-            request("/v1/things", vec![("authorization".into(), format!("{scheme} {token}"))]),
-            token.to_owned(),
-        ));
+        out.push((format!("scheme {scheme}"), request("/v1/things", vec![("authorization".into(), format!("{scheme} {token}"))]), token.to_owned()));
     }
     for name in &spec.query {
         let encoded: String = token
@@ -132,18 +106,10 @@ fn placements(family: &Family, token: &str) -> Vec<(String, Request, String)> {
                 _ => char::from(b).to_string(),
             })
             .collect();
-        out.push((
-            format!("query {name}"),
-            request(&format!("/v1/things?page=2&{name}={encoded}&q=x"), Vec::new()),
-            token.to_owned(),
-        ));
+        out.push((format!("query {name}"), request(&format!("/v1/things?page=2&{name}={encoded}&q=x"), Vec::new()), token.to_owned()));
     }
     for name in &spec.cookies {
-        out.push((
-            format!("cookie {name}"),
-            request("/", vec![("cookie".into(), format!("theme=dark; {name}={token}; lang=en"))]),
-            token.to_owned(),
-        ));
+        out.push((format!("cookie {name}"), request("/", vec![("cookie".into(), format!("theme=dark; {name}={token}; lang=en"))]), token.to_owned()));
     }
     if let Some(path) = family.path_pattern() {
         let url = generate(path.as_str(), 3);
@@ -155,11 +121,7 @@ fn placements(family: &Family, token: &str) -> Vec<(String, Request, String)> {
         out.push((format!("path {url}"), request(&url, Vec::new()), secret));
     }
     if !spec.prefixes.is_empty() || spec.anywhere {
-        out.push((
-            "bearer".into(),
-            request("/v1/things", vec![("authorization".into(), format!("Bearer {token}"))]),
-            token.to_owned(),
-        ));
+        out.push(("bearer".into(), request("/v1/things", vec![("authorization".into(), format!("Bearer {token}"))]), token.to_owned()));
     }
     out
 }
@@ -174,10 +136,7 @@ fn every_family_is_detected_where_its_clients_put_it() {
         let token = generate(family.pattern().as_str(), name.len());
         assert!(family.pattern().is_match(&token), "{name}: vector {token} does not match");
         if !family.spec.prefixes.is_empty() {
-            assert!(
-                family.spec.prefixes.iter().any(|p| token.starts_with(p.as_str())),
-                "{name}: {token} does not start with a documented prefix"
-            );
+            assert!(family.spec.prefixes.iter().any(|p| token.starts_with(p.as_str())), "{name}: {token} does not start with a documented prefix");
         }
         let cases = placements(family, &token);
         assert!(!cases.is_empty(), "{name}: no placement and no prefix, so it can never be named");
@@ -188,11 +147,7 @@ fn every_family_is_detected_where_its_clients_put_it() {
             };
             let detector = if how == "bearer" { Detector::BearerToken } else { Detector::ApiKey };
             assert_eq!(credential.detector, detector, "{name} via {how}");
-            assert_eq!(
-                credential.identifiers.token_family.as_deref(),
-                Some(name),
-                "{name} via {how}: {credential:?}"
-            );
+            assert_eq!(credential.identifiers.token_family.as_deref(), Some(name), "{name} via {how}: {credential:?}");
             assert_eq!(credential.class, family.class(), "{name} via {how}");
             assert_eq!(credential.secret.expose(), secret.as_bytes(), "{name} via {how}");
             let ids = serde_json::to_string(&credential.identifiers).expect("serializes");
@@ -248,9 +203,7 @@ fn one(path: &str, headers: &[(&str, &str)]) -> Credential {
 fn sigv4_with_minio_ceph_and_r2_key_ids_is_unknown_format() {
     use super::detect::Class;
     for key in ["minioadmin", "0555b35654ad1656d804", "3f1c7a9e0b2d4c6e8f0a1b2c3d4e5f60", "sigil-minio-1x2"] {
-        let auth = format!(
-            "AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=ab"
-        );
+        let auth = format!("AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=ab");
         let c = one("/bucket/key", &[("authorization", &auth)]);
         assert_eq!((c.detector, &c.class), (Detector::AwsSigv4, &Class::UnknownFormat), "{key}");
         assert_eq!(c.identifiers.access_key_id.as_deref(), Some(key));
@@ -260,10 +213,7 @@ fn sigv4_with_minio_ceph_and_r2_key_ids_is_unknown_format() {
     let json = serde_json::to_string(&Class::UnknownFormat).expect("serializes");
     assert_eq!(json, r#"{"class":"unknown_format"}"#);
     // Presigned URLs from the same stores too.
-    let c = one(
-        "/b/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=minioadmin%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=00",
-        &[],
-    );
+    let c = one("/b/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=minioadmin%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=00", &[]);
     assert_eq!((c.detector, c.class), (Detector::AwsSigv4Presigned, Class::UnknownFormat));
 }
 

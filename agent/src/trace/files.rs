@@ -151,7 +151,16 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata("/proc/self/exe").expect("stat");
         let (dev, ino) = kernel_file_id(&meta);
-        let e = agent_common::ExeIdentity { ino, size: 0, mtime_sec: 0, ctime_sec: 0, mtime_nsec: 0, ctime_nsec: 0, dev: dev as u32, source: agent_common::ExeSource::Kernel as u32 };
+        let e = agent_common::ExeIdentity {
+            ino,
+            size: 0,
+            mtime_sec: 0,
+            ctime_sec: 0,
+            mtime_nsec: 0,
+            ctime_nsec: 0,
+            dev: dev as u32,
+            source: agent_common::ExeSource::Kernel as u32,
+        };
         let (major, minor) = e.major_minor();
         assert_eq!(libc::makedev(major, minor), meta.dev());
     }

@@ -21,18 +21,14 @@ pub struct Fingerprinter {
 impl Fingerprinter {
     /// `key` is the per-cluster fingerprint key.
     pub fn new(key: &[u8]) -> Self {
-        Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, key),
-        }
+        Self { key: hmac::Key::new(hmac::HMAC_SHA256, key) }
     }
 
     pub fn generate_key() -> [u8; 32] {
         let mut key = [0u8; 32];
         // The OS RNG failing means the host cannot do any cryptography at all; there
         // is nothing sensible to fall back to.
-        SystemRandom::new()
-            .fill(&mut key)
-            .expect("system random number generator failed");
+        SystemRandom::new().fill(&mut key).expect("system random number generator failed");
         key
     }
 
@@ -57,11 +53,7 @@ mod tests {
         assert!(a.starts_with("hmac-sha256:"));
         let hex_part = a.trim_start_matches("hmac-sha256:");
         assert_eq!(hex_part.len(), 32);
-        assert!(
-            hex_part
-                .bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-        );
+        assert!(hex_part.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
     }
 
     #[test]

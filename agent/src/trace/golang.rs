@@ -56,10 +56,7 @@ pub fn find_function<'a, R: ReadRef<'a>>(data: R, name: &str) -> Result<GoFuncti
     if elf.architecture() != object::Architecture::X86_64 {
         return Err(GoBinaryError::Architecture(elf.architecture()));
     }
-    let section = elf
-        .section_by_name(".gopclntab")
-        .or_else(|| elf.section_by_name(".data.rel.ro.gopclntab"))
-        .ok_or(GoBinaryError::NoPclntab)?;
+    let section = elf.section_by_name(".gopclntab").or_else(|| elf.section_by_name(".data.rel.ro.gopclntab")).ok_or(GoBinaryError::NoPclntab)?;
     let pclntab = section.data().map_err(|_| GoBinaryError::Malformed("section data unreadable"))?;
     let text = elf.section_by_name(".text").map(|s| s.address());
     let address = function_address(pclntab, text, name)?;
@@ -109,9 +106,7 @@ pub fn function_address(pclntab: &[u8], text: Option<u64>, name: &str) -> Result
 }
 
 fn array<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], GoBinaryError> {
-    b.get(at..at.saturating_add(N))
-        .and_then(|s| s.try_into().ok())
-        .ok_or(GoBinaryError::Malformed("read past the section"))
+    b.get(at..at.saturating_add(N)).and_then(|s| s.try_into().ok()).ok_or(GoBinaryError::Malformed("read past the section"))
 }
 
 fn slice_from(b: &[u8], at: u64) -> Result<&[u8], GoBinaryError> {
@@ -208,11 +203,7 @@ mod tests {
         assert_eq!(s.address, expected, "stripped: only the pclntab names it");
         let p = find_function(&pie[..], WRITE).unwrap();
         assert_eq!(p.address, nm_address(dir.path(), "pie"));
-        assert_eq!(
-            object::File::parse(&pie[..]).unwrap().kind(),
-            object::ObjectKind::Dynamic,
-            "a position-independent executable"
-        );
+        assert_eq!(object::File::parse(&pie[..]).unwrap().kind(), object::ObjectKind::Dynamic, "a position-independent executable");
         for (bin, f) in [(&plain, f), (&stripped, s), (&pie, p)] {
             // The file offset holds the function's first instruction: Go 1.19's
             // `crypto/tls.(*Conn).Write` has a large frame, so LEAQ ..(SP), R12 first.

@@ -266,7 +266,8 @@ mod tests {
     #[test]
     fn the_kernel_emulates_pushes_branches_and_nops_only() {
         let first = |bytes: &[u8]| Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE).decode();
-        for emulated in [&[0x53][..], &[0x41, 0x55], &[0xe8, 0, 0, 0, 0], &[0xeb, 0], &[0x74, 0], &[0x0f, 0x85, 0, 0, 0, 0], &[0x90], &[0x0f, 0x1f, 0x44, 0, 0]] {
+        for emulated in [&[0x53][..], &[0x41, 0x55], &[0xe8, 0, 0, 0, 0], &[0xeb, 0], &[0x74, 0], &[0x0f, 0x85, 0, 0, 0, 0], &[0x90], &[0x0f, 0x1f, 0x44, 0, 0]]
+        {
             assert!(kernel_emulates(&first(emulated)), "{emulated:x?}");
         }
         for stepped in [&[0x48, 0x83, 0xec, 0x08][..], &[0xf3, 0x0f, 0x1e, 0xfa], &[0x31, 0xc0], &[0xc3]] {

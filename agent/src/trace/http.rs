@@ -58,9 +58,7 @@ impl Default for HttpStream {
 
 impl HttpStream {
     pub fn new() -> Self {
-        Self {
-            state: State::Http1(Http1::new()),
-        }
+        Self { state: State::Http1(Http1::new()) }
     }
 
     /// `captured` is the prefix of one write; `true_len` is that write's real length
@@ -182,16 +180,7 @@ enum Head {
 
 impl Http1 {
     fn new() -> Self {
-        Self {
-            head: Vec::new(),
-            body_left: 0,
-            lost: false,
-            confirmed: false,
-            holding: None,
-            bodies: Vec::new(),
-            chunked: false,
-            at_start: true,
-        }
+        Self { head: Vec::new(), body_left: 0, lost: false, confirmed: false, holding: None, bodies: Vec::new(), chunked: false, at_start: true }
     }
 
     /// Skips a PROXY protocol header at the connection's start, as a server that accepts
@@ -352,18 +341,10 @@ impl Http1 {
                         return Next::Stay;
                     }
                     self.confirmed |= method;
-                    let joined_len = if buffered == 0 {
-                        available.len()
-                    } else {
-                        self.head.len()
-                    };
+                    let joined_len = if buffered == 0 { available.len() } else { self.head.len() };
                     if !write_complete || joined_len > MAX_HEAD {
                         // The rest of this head was never captured, or is too large.
-                        return if self.confirmed {
-                            self.lose()
-                        } else {
-                            Next::NotHttp
-                        };
+                        return if self.confirmed { self.lose() } else { Next::NotHttp };
                     }
                     if buffered == 0 {
                         self.head.extend_from_slice(available);
@@ -413,10 +394,7 @@ fn parse_head(buf: &[u8]) -> Head {
     }
     if PREFACE.starts_with(buf) {
         // httparse would reject "HTTP/2.0"; wait for the rest of the preface.
-        return Head::Partial {
-            line: buf.len() >= 16,
-            method: buf.len() >= 4,
-        };
+        return Head::Partial { line: buf.len() >= 16, method: buf.len() >= 4 };
     }
     // Unfolding keeps every length, so `len` below is still the true head length.
     let unfolded = unfold(buf);
@@ -432,10 +410,7 @@ fn parse_head(buf: &[u8]) -> Head {
             let (request, body) = to_request(&req);
             Head::Complete { request, len, body }
         }
-        Ok(httparse::Status::Partial) => Head::Partial {
-            line: req.version.is_some(),
-            method: req.path.is_some() || req.version.is_some(),
-        },
+        Ok(httparse::Status::Partial) => Head::Partial { line: req.version.is_some(), method: req.path.is_some() || req.version.is_some() },
         Err(_) => Head::Invalid,
     }
 }
@@ -487,28 +462,10 @@ fn unfold(buf: &[u8]) -> Option<Vec<u8>> {
 
 fn to_request(req: &httparse::Request<'_, '_>) -> (Request, Body) {
     let method = req.method.unwrap_or_default().to_owned();
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let authority = headers
-        .iter()
-        .find(|(name, _)| name == "host")
-        .map(|(_, value)| value.trim().to_owned());
+    let headers: Vec<(String, String)> = req.headers.iter().map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned())).collect();
+    let authority = headers.iter().find(|(name, _)| name == "host").map(|(_, value)| value.trim().to_owned());
     let body = body_framing(&method, &headers);
-    let request = Request {
-        protocol: Protocol::Http1,
-        method,
-        path: req.path.unwrap_or_default().to_owned(),
-        authority,
-        headers,
-    };
+    let request = Request { protocol: Protocol::Http1, method, path: req.path.unwrap_or_default().to_owned(), authority, headers };
     (request, body)
 }
 
@@ -579,22 +536,11 @@ impl Http2 {
     fn new() -> Self {
         let mut decoder = Decoder::new();
         decoder.set_max_allowed_table_size(MAX_HPACK_TABLE);
-        Self {
-            decoder,
-            header: [0; FRAME_HEADER],
-            header_len: 0,
-            frame: None,
-            block: None,
-            dead: false,
-        }
+        Self { decoder, header: [0; FRAME_HEADER], header_len: 0, frame: None, block: None, dead: false }
     }
 
     fn into_state(self: Box<Self>) -> State {
-        if self.dead {
-            State::Ignored
-        } else {
-            State::Http2(self)
-        }
+        if self.dead { State::Ignored } else { State::Http2(self) }
     }
 
     fn feed(&mut self, captured: &[u8], true_len: usize, out: &mut Vec<Request>) {
@@ -657,13 +603,7 @@ impl Http2 {
             (_, Some(_)) | (CONTINUATION, None) | (PUSH_PROMISE, _) => false,
             (HEADERS, None) => true,
             (_, None) => {
-                self.frame = (len > 0).then_some(Frame {
-                    kind,
-                    flags,
-                    stream,
-                    left: len,
-                    payload: None,
-                });
+                self.frame = (len > 0).then_some(Frame { kind, flags, stream, left: len, payload: None });
                 return;
             }
         };
@@ -673,35 +613,19 @@ impl Http2 {
             self.dead = true;
             return;
         }
-        self.frame = Some(Frame {
-            kind,
-            flags,
-            stream,
-            left: len,
-            payload: Some(Vec::with_capacity(len)),
-        });
+        self.frame = Some(Frame { kind, flags, stream, left: len, payload: Some(Vec::with_capacity(len)) });
         if len == 0 {
             self.finish_frame(out);
         }
     }
 
     fn finish_frame(&mut self, out: &mut Vec<Request>) {
-        let Some(Frame {
-            kind,
-            flags,
-            stream,
-            payload: Some(payload),
-            ..
-        }) = self.frame.take()
-        else {
+        let Some(Frame { kind, flags, stream, payload: Some(payload), .. }) = self.frame.take() else {
             return;
         };
         let block = match (kind, self.block.take()) {
             (HEADERS, None) => match header_fragment(flags, &payload) {
-                Some(fragment) => Block {
-                    stream,
-                    fragment: fragment.to_vec(),
-                },
+                Some(fragment) => Block { stream, fragment: fragment.to_vec() },
                 None => {
                     self.dead = true;
                     return;
@@ -764,19 +688,8 @@ fn decode_block(decoder: &mut Decoder<'static>, block: &[u8]) -> Option<Option<R
     let Some(method) = method else {
         return Some(None);
     };
-    let authority = authority.or_else(|| {
-        headers
-            .iter()
-            .find(|(n, _)| n == "host")
-            .map(|(_, v)| v.clone())
-    });
-    Some(Some(Request {
-        protocol: Protocol::Http2,
-        method,
-        path: path.unwrap_or_default(),
-        authority,
-        headers,
-    }))
+    let authority = authority.or_else(|| headers.iter().find(|(n, _)| n == "host").map(|(_, v)| v.clone()));
+    Some(Some(Request { protocol: Protocol::Http2, method, path: path.unwrap_or_default(), authority, headers }))
 }
 
 #[cfg(test)]
@@ -786,17 +699,11 @@ mod tests {
     use loona_hpack::Encoder;
 
     fn feed_all(stream: &mut HttpStream, writes: &[&[u8]]) -> Vec<Request> {
-        writes
-            .iter()
-            .flat_map(|w| stream.feed(w, w.len()))
-            .collect()
+        writes.iter().flat_map(|w| stream.feed(w, w.len())).collect()
     }
 
     fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-        req.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        req.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -876,10 +783,7 @@ mod tests {
     #[test]
     fn single_http1_request() {
         let mut s = HttpStream::new();
-        let reqs = s.feed(
-            b"GET /api/v1/pods?watch=1 HTTP/1.1\r\nHost: example.com\r\nAuthorization: Bearer abc\r\n\r\n",
-            87,
-        );
+        let reqs = s.feed(b"GET /api/v1/pods?watch=1 HTTP/1.1\r\nHost: example.com\r\nAuthorization: Bearer abc\r\n\r\n", 87);
         assert_eq!(reqs.len(), 1);
         let r = &reqs[0];
         assert_eq!(r.protocol, Protocol::Http1);
@@ -902,10 +806,7 @@ mod tests {
     fn head_split_across_three_writes_yields_exactly_one_request() {
         let mut s = HttpStream::new();
         assert!(s.feed(b"POST /upl", 9).is_empty());
-        assert!(
-            s.feed(b"oad HTTP/1.1\r\nHost: a.b\r\nAuthor", 31)
-                .is_empty()
-        );
+        assert!(s.feed(b"oad HTTP/1.1\r\nHost: a.b\r\nAuthor", 31).is_empty());
         let reqs = s.feed(b"ization: Basic dTpw\r\nContent-Length: 0\r\n\r\n", 42);
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].method, "POST");
@@ -944,14 +845,7 @@ mod tests {
     #[test]
     fn body_spread_over_several_writes() {
         let mut s = HttpStream::new();
-        let reqs = feed_all(
-            &mut s,
-            &[
-                b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123",
-                b"456",
-                b"789GET /b HTTP/1.1\r\n\r\n",
-            ],
-        );
+        let reqs = feed_all(&mut s, &[b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123", b"456", b"789GET /b HTTP/1.1\r\n\r\n"]);
         let paths: Vec<_> = reqs.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, ["/a", "/b"]);
     }
@@ -1012,14 +906,7 @@ mod tests {
     #[test]
     fn resync_does_not_glue_body_text_to_the_next_head() {
         let mut s = HttpStream::new();
-        let reqs = feed_all(
-            &mut s,
-            &[
-                b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                b"abcdef",
-                b"GET /y HTTP/1.1\r\n\r\n",
-            ],
-        );
+        let reqs = feed_all(&mut s, &[b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"abcdef", b"GET /y HTTP/1.1\r\n\r\n"]);
         let methods: Vec<_> = reqs.iter().map(|r| r.method.as_str()).collect();
         assert_eq!(methods, ["POST", "GET"]);
     }
@@ -1041,13 +928,7 @@ mod tests {
     #[test]
     fn conflicting_content_length_is_not_trusted() {
         let mut s = HttpStream::new();
-        let reqs = feed_all(
-            &mut s,
-            &[
-                b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-                b"GET /b HTTP/1.1\r\n\r\n",
-            ],
-        );
+        let reqs = feed_all(&mut s, &[b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", b"GET /b HTTP/1.1\r\n\r\n"]);
         let paths: Vec<_> = reqs.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, ["/a", "/b"]);
     }
@@ -1056,10 +937,7 @@ mod tests {
     fn non_http_connections_are_ignored() {
         let mut s = HttpStream::new();
         // A TLS ClientHello as seen by a plain TCP write probe.
-        assert!(
-            s.feed(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01], 517)
-                .is_empty()
-        );
+        assert!(s.feed(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01], 517).is_empty());
         assert!(matches!(s.state, State::Ignored));
         assert!(s.feed(b"GET / HTTP/1.1\r\n\r\n", 18).is_empty());
     }
@@ -1136,10 +1014,7 @@ mod tests {
         };
         first.extend(enc.encode(pseudo("/one")));
         let mut second = enc.encode(pseudo("/two"));
-        assert!(
-            second.contains(&0xbe),
-            "x-client comes from the dynamic table"
-        );
+        assert!(second.contains(&0xbe), "x-client comes from the dynamic table");
         second.push(0x80 | 63);
         assert!(!second.windows(token.len()).any(|w| w == token));
 
@@ -1194,22 +1069,12 @@ mod tests {
         let mut enc = Encoder::new();
         let mut s = HttpStream::new();
         let mut start = PREFACE.to_vec();
-        start.extend(frame(
-            HEADERS,
-            END_HEADERS,
-            1,
-            &enc.encode(request_headers("/put", "x")),
-        ));
+        start.extend(frame(HEADERS, END_HEADERS, 1, &enc.encode(request_headers("/put", "x"))));
         assert_eq!(s.feed(&start, start.len()).len(), 1);
         // A 1 MiB DATA frame whose write was captured only in part.
         let data = frame(DATA, END_STREAM, 1, &vec![0u8; 1 << 20]);
         assert!(s.feed(&data[..4096], data.len()).is_empty());
-        let next = frame(
-            HEADERS,
-            END_HEADERS,
-            3,
-            &enc.encode(request_headers("/get", "y")),
-        );
+        let next = frame(HEADERS, END_HEADERS, 3, &enc.encode(request_headers("/get", "y")));
         let reqs = s.feed(&next, next.len());
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].path, "/get");
@@ -1220,22 +1085,12 @@ mod tests {
     fn http2_truncated_header_block_stops_decoding() {
         let mut enc = Encoder::new();
         let mut conn = PREFACE.to_vec();
-        conn.extend(frame(
-            HEADERS,
-            END_HEADERS,
-            1,
-            &enc.encode(request_headers("/a", "x")),
-        ));
+        conn.extend(frame(HEADERS, END_HEADERS, 1, &enc.encode(request_headers("/a", "x"))));
         let cut = conn.len() - 3;
         let mut s = HttpStream::new();
         assert!(s.feed(&conn[..cut], conn.len()).is_empty());
         assert!(matches!(s.state, State::Ignored));
-        let next = frame(
-            HEADERS,
-            END_HEADERS,
-            3,
-            &enc.encode(request_headers("/b", "y")),
-        );
+        let next = frame(HEADERS, END_HEADERS, 3, &enc.encode(request_headers("/b", "y")));
         assert!(s.feed(&next, next.len()).is_empty());
     }
 
@@ -1268,12 +1123,7 @@ mod tests {
     fn http2_trailers_are_not_requests() {
         let mut enc = Encoder::new();
         let mut conn = PREFACE.to_vec();
-        conn.extend(frame(
-            HEADERS,
-            END_HEADERS,
-            1,
-            &enc.encode(request_headers("/a", "x")),
-        ));
+        conn.extend(frame(HEADERS, END_HEADERS, 1, &enc.encode(request_headers("/a", "x"))));
         conn.extend(frame(DATA, 0, 1, b"body"));
         let trailers = enc.encode([(b"grpc-status".as_slice(), b"0".as_slice())]);
         conn.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers));
@@ -1287,12 +1137,7 @@ mod tests {
     fn http2_preface_split_across_writes() {
         let mut enc = Encoder::new();
         let mut conn = PREFACE.to_vec();
-        conn.extend(frame(
-            HEADERS,
-            END_HEADERS,
-            1,
-            &enc.encode(request_headers("/s", "x")),
-        ));
+        conn.extend(frame(HEADERS, END_HEADERS, 1, &enc.encode(request_headers("/s", "x"))));
         let mut s = HttpStream::new();
         let reqs = feed_all(&mut s, &[&conn[..10], &conn[10..20], &conn[20..]]);
         assert_eq!(reqs.len(), 1);
@@ -1303,18 +1148,10 @@ mod tests {
     fn h2c_upgrade_switches_to_http2() {
         let mut enc = Encoder::new();
         let mut s = HttpStream::new();
-        let reqs = feed_all(
-            &mut s,
-            &[b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n"],
-        );
+        let reqs = feed_all(&mut s, &[b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n"]);
         assert_eq!(reqs.len(), 1);
         let mut conn = PREFACE.to_vec();
-        conn.extend(frame(
-            HEADERS,
-            END_HEADERS,
-            3,
-            &enc.encode(request_headers("/h2", "x")),
-        ));
+        conn.extend(frame(HEADERS, END_HEADERS, 3, &enc.encode(request_headers("/h2", "x"))));
         let reqs = s.feed(&conn, conn.len());
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].protocol, Protocol::Http2);

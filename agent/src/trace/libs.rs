@@ -27,8 +27,8 @@ use super::{
     static_tls,
     uncovered::GoBinary,
 };
-use crate::ebpf::loader::{LibraryLinks, LoadError, Probes, TlsLibrary};
 use crate::attest::{hash::FileKey, record::ProcessRecord};
+use crate::ebpf::loader::{LibraryLinks, LoadError, Probes, TlsLibrary};
 
 /// Executables larger than this are not inspected for a TLS library of their own.
 const MAX_EXECUTABLE: u64 = 1 << 30;
@@ -61,10 +61,7 @@ pub fn classify(path: &str) -> Option<TlsLibrary> {
 
 /// Library paths in a /proc/<pid>/maps text (mapped files, deduplicated).
 pub fn libraries_in_maps(maps: &str) -> HashSet<&str> {
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.starts_with('/') && classify(p).is_some())
-        .collect()
+    maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.starts_with('/') && classify(p).is_some()).collect()
 }
 
 struct Attached {
@@ -134,9 +131,7 @@ impl LibraryWatcher {
         if self.attached.contains_key(&id) || self.refused.contains(&id) {
             return;
         }
-        let attached = fs::File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|file| hooks_in(&file, lib).map(|hooks| (file, hooks)));
+        let attached = fs::File::open(&path).map_err(|e| e.to_string()).and_then(|file| hooks_in(&file, lib).map(|hooks| (file, hooks)));
         match attached {
             Ok((file, (offsets, shared))) if !offsets.is_empty() => {
                 let attached = probes.attach_at(lib, &via_fd(&file), &offsets);
@@ -273,8 +268,7 @@ impl LibraryWatcher {
                 }
             }
         }
-        let gone: Vec<(u64, u64)> =
-            self.attached.iter().filter(|(id, a)| !a.pinned && !seen.contains(id)).map(|(id, _)| *id).collect();
+        let gone: Vec<(u64, u64)> = self.attached.iter().filter(|(id, a)| !a.pinned && !seen.contains(id)).map(|(id, _)| *id).collect();
         for id in gone {
             if let Some(a) = self.attached.remove(&id) {
                 info!("TLS capture detached from {} (no process maps or runs it)", a.path.display());

@@ -11,12 +11,12 @@ pub mod chunked;
 pub mod conn;
 pub mod detect;
 pub mod events;
-pub mod files;
-pub mod golang;
-pub mod hook_site;
 #[cfg(test)]
 mod families_test;
+pub mod files;
 pub mod fingerprint;
+pub mod golang;
+pub mod hook_site;
 pub mod http;
 pub mod libs;
 pub mod obtained;

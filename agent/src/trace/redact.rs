@@ -118,21 +118,14 @@ fn filter_path(path: &str) -> String {
 fn is_credential_param(param: &str) -> bool {
     let name = param.split_once('=').map_or(param, |(name, _)| name);
     let name = percent_decode(name);
-    CREDENTIAL_PARAMS
-        .iter()
-        .any(|known| name.eq_ignore_ascii_case(known))
+    CREDENTIAL_PARAMS.iter().any(|known| name.eq_ignore_ascii_case(known))
 }
 
 /// Splits the query string of a request target into percent-decoded `(name, value)`
 /// pairs. `+` is kept literally: AWS and most token-carrying APIs percent-encode spaces,
 /// and turning `+` into a space would corrupt base64 tokens.
 pub(crate) fn query_params(target: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    let query = target
-        .split_once('?')
-        .map_or("", |(_, query)| query)
-        .split('#')
-        .next()
-        .unwrap_or("");
+    let query = target.split_once('?').map_or("", |(_, query)| query).split('#').next().unwrap_or("");
     split_params(query).map(|(_, param)| param).filter(|p| !p.is_empty()).map(|param| {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
         (percent_decode(name), percent_decode(value))
@@ -195,39 +188,16 @@ mod tests {
 
     #[test]
     fn parameter_names_are_case_insensitive_and_percent_decoded() {
-        assert_eq!(
-            strip_credential_params("/a?x-amz-signature=1&b=2"),
-            "/a?b=2"
-        );
-        assert_eq!(
-            strip_credential_params("/a?X%2DAmz%2DSignature=1&b=2"),
-            "/a?b=2"
-        );
+        assert_eq!(strip_credential_params("/a?x-amz-signature=1&b=2"), "/a?b=2");
+        assert_eq!(strip_credential_params("/a?X%2DAmz%2DSignature=1&b=2"), "/a?b=2");
         assert_eq!(strip_credential_params("/a?ACCESS_TOKEN=1&b=2"), "/a?b=2");
     }
 
     #[test]
     fn strips_every_common_credential_parameter() {
-        for name in [
-            "access_token",
-            "id_token",
-            "token",
-            "api_key",
-            "apikey",
-            "key",
-            "sig",
-            "signature",
-            "password",
-            "secret",
-            "client_secret",
-            "code",
-        ] {
+        for name in ["access_token", "id_token", "token", "api_key", "apikey", "key", "sig", "signature", "password", "secret", "client_secret", "code"] {
             let target = format!("/p?keep=1&{name}=s3cr3t&also=2");
-            assert_eq!(
-                strip_credential_params(&target),
-                "/p?keep=1&also=2",
-                "{name}"
-            );
+            assert_eq!(strip_credential_params(&target), "/p?keep=1&also=2", "{name}");
         }
     }
 
@@ -253,9 +223,7 @@ mod tests {
             assert_eq!(strip_credential_params(&target), "/p?keep=1&also=2", "{name}");
         }
         assert_eq!(
-            strip_credential_params(
-                "/oauth/token?grant_type=client_credentials&client_assertion_type=urn%3Aietf&client_assertion=eyJ.x.y"
-            ),
+            strip_credential_params("/oauth/token?grant_type=client_credentials&client_assertion_type=urn%3Aietf&client_assertion=eyJ.x.y"),
             "/oauth/token?grant_type=client_credentials&client_assertion_type=urn%3Aietf"
         );
     }
@@ -290,10 +258,7 @@ mod tests {
         assert_eq!(strip_credential_params("*"), "*");
         assert_eq!(strip_credential_params(""), "");
         // Names that merely contain a credential word are not credentials.
-        assert_eq!(
-            strip_credential_params("/a?monkey=1&tokens=2"),
-            "/a?monkey=1&tokens=2"
-        );
+        assert_eq!(strip_credential_params("/a?monkey=1&tokens=2"), "/a?monkey=1&tokens=2");
     }
 
     #[test]
@@ -304,24 +269,13 @@ mod tests {
 
     #[test]
     fn fragment_is_filtered_too() {
-        assert_eq!(
-            strip_credential_params("/cb?state=1#access_token=abc&token_type=bearer"),
-            "/cb?state=1#token_type=bearer"
-        );
+        assert_eq!(strip_credential_params("/cb?state=1#access_token=abc&token_type=bearer"), "/cb?state=1#token_type=bearer");
         assert_eq!(strip_credential_params("/cb#id_token=abc"), "/cb");
     }
 
     #[test]
     fn garbage_does_not_panic() {
-        for target in [
-            "%",
-            "?%",
-            "?%zz=1",
-            "?a=%e2%82",
-            "?\u{0}=\u{ffff}",
-            "??&=&?#?#",
-            "?%%%",
-        ] {
+        for target in ["%", "?%", "?%zz=1", "?a=%e2%82", "?\u{0}=\u{ffff}", "??&=&?#?#", "?%%%"] {
             let _ = strip_credential_params(target);
         }
         assert_eq!(strip_credential_params("/a?%zz=1"), "/a?%zz=1");
@@ -329,18 +283,8 @@ mod tests {
 
     #[test]
     fn query_params_decode_names_and_values() {
-        let params: Vec<_> = query_params("/x?a=1&b=%2F%2b+&c&%zz=%")
-            .map(|(n, v)| (n.into_owned(), v.into_owned()))
-            .collect();
-        assert_eq!(
-            params,
-            [
-                ("a".into(), "1".into()),
-                ("b".into(), "/++".into()),
-                ("c".into(), String::new()),
-                ("%zz".into(), "%".into()),
-            ]
-        );
+        let params: Vec<_> = query_params("/x?a=1&b=%2F%2b+&c&%zz=%").map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+        assert_eq!(params, [("a".into(), "1".into()), ("b".into(), "/++".into()), ("c".into(), String::new()), ("%zz".into(), "%".into()),]);
         assert_eq!(query_params("/no-query").count(), 0);
     }
 }

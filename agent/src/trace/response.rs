@@ -128,12 +128,8 @@ fn parse_response(buf: &[u8]) -> Result<Option<Whole>, ResponseError> {
         Err(_) => return Err(ResponseError::NotHttp),
     };
     let status = res.code.unwrap_or(0);
-    let header = |name: &str| {
-        res.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-    };
+    let header =
+        |name: &str| res.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase());
     let rest = buf.get(head_len..).unwrap_or_default();
     let chunked = header("transfer-encoding").is_some_and(|te| te.rsplit(',').next().is_some_and(|c| c.trim() == "chunked"));
     let (body, body_len) = if chunked {
@@ -170,10 +166,7 @@ fn read_document(status: u16, encoding: Option<&str>, body: &[u8]) -> Result<Obt
         None | Some("identity") => read_body(body),
         Some("gzip" | "x-gzip") => {
             let mut inflated = Vec::new();
-            flate2::read::GzDecoder::new(body)
-                .take(MAX_DECODED + 1)
-                .read_to_end(&mut inflated)
-                .map_err(|_| ResponseError::BadGzip)?;
+            flate2::read::GzDecoder::new(body).take(MAX_DECODED + 1).read_to_end(&mut inflated).map_err(|_| ResponseError::BadGzip)?;
             if inflated.len() as u64 > MAX_DECODED {
                 return Err(ResponseError::BadGzip);
             }
@@ -451,10 +444,15 @@ mod tests {
     #[test]
     fn oauth_and_gcp_token_responses_keep_times_and_jwt_claims_only() {
         let token = jwt(r#"{"iss":"https://idp","sub":"svc","jti":"tok-1","exp":1700003600}"#);
-        let body = format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600,"scope":"read write","refresh_token":"rt-secret","id_token":"idt"}}"#);
+        let body = format!(
+            r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600,"scope":"read write","refresh_token":"rt-secret","id_token":"idt"}}"#
+        );
         let o = read_body(body.as_bytes()).expect("reads");
         assert_eq!((o.format, o.expires_in, o.token_type.as_deref(), o.scope.as_deref()), ("oauth2_token", Some(3600), Some("Bearer"), Some("read write")));
-        assert_eq!((o.token_iss.as_deref(), o.token_sub.as_deref(), o.token_jti.as_deref(), o.token_exp), (Some("https://idp"), Some("svc"), Some("tok-1"), Some(1_700_003_600)));
+        assert_eq!(
+            (o.token_iss.as_deref(), o.token_sub.as_deref(), o.token_jti.as_deref(), o.token_exp),
+            (Some("https://idp"), Some("svc"), Some("tok-1"), Some(1_700_003_600))
+        );
         assert!(!format!("{o:?}").contains("rt-secret"));
         let gcp = read_body(br#"{"accessToken":"ya29.opaque","expireTime":"2026-11-24T02:00:00Z"}"#).expect("reads");
         assert_eq!((gcp.format, gcp.expires_at), ("gcp_access_token", parse_time("2026-11-24T02:00:00Z")));

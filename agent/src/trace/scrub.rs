@@ -4,7 +4,10 @@
 //! secret in the path). The second step is the safety net that makes "a detected secret
 //! never leaves the node" hold whatever placement the catalogue names next.
 
-use super::{detect::Credential, redact::{percent_decode, strip_credential_params}};
+use super::{
+    detect::Credential,
+    redact::{percent_decode, strip_credential_params},
+};
 
 /// What replaces a secret inside a path segment.
 const REDACTED: &str = "REDACTED";
@@ -12,11 +15,7 @@ const REDACTED: &str = "REDACTED";
 /// `target` as it may appear in an event, given the credentials found in its request.
 pub fn event_path<'a>(target: &str, credentials: impl IntoIterator<Item = &'a Credential>) -> String {
     let stripped = strip_credential_params(target);
-    let secrets: Vec<&str> = credentials
-        .into_iter()
-        .filter_map(|c| std::str::from_utf8(c.secret.expose()).ok())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let secrets: Vec<&str> = credentials.into_iter().filter_map(|c| std::str::from_utf8(c.secret.expose()).ok()).filter(|s| !s.is_empty()).collect();
     if secrets.is_empty() {
         return stripped;
     }

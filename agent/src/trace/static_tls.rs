@@ -35,10 +35,7 @@ pub enum StaticTlsError {
 /// over 100 MiB, most of it code and debug info. Each table costs two reads (its string
 /// table, searched for the names, and its symbols, matched by name offset), never one per
 /// symbol name: this runs when a process is exec'd, before its first request.
-pub fn find_functions<'a, R: object::ReadRef<'a>>(
-    data: R,
-    names: &[&'static str],
-) -> Result<Vec<(&'static str, u64)>, StaticTlsError> {
+pub fn find_functions<'a, R: object::ReadRef<'a>>(data: R, names: &[&'static str]) -> Result<Vec<(&'static str, u64)>, StaticTlsError> {
     let file = ElfFile64::<Endianness, R>::parse(data)?;
     let endian = file.endian();
     let mut addresses: Vec<Option<u64>> = vec![None; names.len()];
@@ -58,12 +55,7 @@ pub fn find_functions<'a, R: object::ReadRef<'a>>(
             *found = table
                 .symbols()
                 .iter()
-                .find(|s| {
-                    at.contains(&u64::from(s.st_name(endian)))
-                        && s.st_type() == elf::STT_FUNC
-                        && !s.is_undefined(endian)
-                        && s.st_value(endian) != 0
-                })
+                .find(|s| at.contains(&u64::from(s.st_name(endian))) && s.st_type() == elf::STT_FUNC && !s.is_undefined(endian) && s.st_value(endian) != 0)
                 .map(|s| s.st_value(endian));
         }
     }

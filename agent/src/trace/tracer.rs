@@ -26,7 +26,11 @@ use super::{
     uncovered::{UncoveredClient, UncoveredWatcher},
 };
 use crate::{
-    attest::{Attestor, clock::Clock, record::{ProcessRecord, ProcessRef}},
+    attest::{
+        Attestor,
+        clock::Clock,
+        record::{ProcessRecord, ProcessRef},
+    },
     ebpf::{decode::c_str, loader::Probes},
 };
 
@@ -85,12 +89,7 @@ impl From<&TraceStats> for v1::TraceStats {
             uncovered: t
                 .uncovered
                 .iter()
-                .map(|u| v1::UncoveredClient {
-                    client: u.client.as_str().into(),
-                    binary: u.binary.clone(),
-                    execs: u.execs,
-                    reason: u.reason.clone(),
-                })
+                .map(|u| v1::UncoveredClient { client: u.client.as_str().into(), binary: u.binary.clone(), execs: u.execs, reason: u.reason.clone() })
                 .collect(),
             uncovered_unchecked: t.uncovered_unchecked,
             credentials_obtained: t.credentials_obtained,
@@ -105,12 +104,7 @@ const TRACKED_FINGERPRINTS: usize = 100_000;
 /// The workload run of a process, as the collector names it (container, pod, unit, cgroup).
 fn run_key(p: &ProcessRecord) -> String {
     let w = &p.workload;
-    w.container_id
-        .clone()
-        .or_else(|| w.pod_uid.clone())
-        .or_else(|| w.unit.clone())
-        .or_else(|| p.cgroup.path.clone())
-        .unwrap_or_default()
+    w.container_id.clone().or_else(|| w.pod_uid.clone()).or_else(|| w.unit.clone()).or_else(|| p.cgroup.path.clone()).unwrap_or_default()
 }
 
 /// A metric label from an enum's JSON name.
@@ -247,9 +241,10 @@ impl Tracer {
             if known || self.static_runs.len() < TRACKED_FINGERPRINTS {
                 let runs = self.static_runs.entry(used.fingerprint.clone()).or_default();
                 if let Some(p) = process
-                    && runs.len() < 64 {
-                        runs.insert(run_key(p));
-                    }
+                    && runs.len() < 64
+                {
+                    runs.insert(run_key(p));
+                }
             }
         }
     }
@@ -366,14 +361,18 @@ impl Tracer {
         match kind {
             Some(exchange_kind) => {
                 let ids = presented.map(|(c, _)| &c.identifiers);
-                self.responses.expect(tgid, conn, Expected {
-                    exchange_kind,
-                    host: req.authority.clone(),
-                    presented_jti: ids.and_then(|i| i.jwt_jti.clone()),
-                    presented_iss: ids.and_then(|i| i.jwt_iss.clone()),
-                    presented_sub: ids.and_then(|i| i.jwt_sub.clone()),
-                    presented_fingerprint: presented.map(|(c, _)| self.fingerprinter.fingerprint(&c.secret)),
-                });
+                self.responses.expect(
+                    tgid,
+                    conn,
+                    Expected {
+                        exchange_kind,
+                        host: req.authority.clone(),
+                        presented_jti: ids.and_then(|i| i.jwt_jti.clone()),
+                        presented_iss: ids.and_then(|i| i.jwt_iss.clone()),
+                        presented_sub: ids.and_then(|i| i.jwt_sub.clone()),
+                        presented_fingerprint: presented.map(|(c, _)| self.fingerprinter.fingerprint(&c.secret)),
+                    },
+                );
             }
             None if !self.responses.expects(tgid, conn) => self.stop_responses(tgid, conn, probes),
             None => {}

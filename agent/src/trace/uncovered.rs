@@ -109,8 +109,7 @@ enum Verdict {
 pub fn classify<'a, R: object::ReadRef<'a>>(file_name: &str, data: R) -> Option<Blindspot> {
     let elf = object::File::parse(data).ok()?;
     // Go writes its build info section in every binary, stripped or not.
-    let go = elf.section_by_name(".go.buildinfo").is_some()
-        || elf.symbols().any(|s| s.name() == Ok("runtime.buildVersion"));
+    let go = elf.section_by_name(".go.buildinfo").is_some() || elf.symbols().any(|s| s.name() == Ok("runtime.buildVersion"));
     if go {
         return Some(Blindspot::GoCryptoTls);
     }
@@ -122,10 +121,7 @@ pub fn classify<'a, R: object::ReadRef<'a>>(file_name: &str, data: R) -> Option<
         return Some(Blindspot::JavaJsse);
     }
     // Rust keeps crate paths in panic locations (.rodata) even when stripped.
-    elf.section_by_name(".rodata")
-        .and_then(|s| s.data().ok())
-        .is_some_and(|d| memchr::memmem::find(d, b"/rustls-").is_some())
-        .then_some(Blindspot::Rustls)
+    elf.section_by_name(".rodata").and_then(|s| s.data().ok()).is_some_and(|d| memchr::memmem::find(d, b"/rustls-").is_some()).then_some(Blindspot::Rustls)
 }
 
 /// Executables waiting to be inspected, at most.
@@ -188,10 +184,8 @@ impl UncoveredWatcher {
         }
         // The executed inode itself; when the process is already gone, the file at the
         // path it ran (as the attestor does for its digest).
-        let candidates: Vec<String> = [Some(format!("/proc/{}/exe", rec.pid)), rec.binary.path.clone(), rec.binary.exec_path.clone()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let candidates: Vec<String> =
+            [Some(format!("/proc/{}/exe", rec.pid)), rec.binary.path.clone(), rec.binary.exec_path.clone()].into_iter().flatten().collect();
         if self.queue.is_none() {
             self.queue = self.start();
         }
@@ -206,13 +200,11 @@ impl UncoveredWatcher {
         let (tx, rx) = sync_channel::<Exec>(QUEUE);
         let (go_tx, go_rx) = sync_channel::<GoBinary>(QUEUE);
         let (shared, stopping) = (Arc::clone(&self.shared), Arc::clone(&self.stopping));
-        let spawned = std::thread::Builder::new()
-            .name("uncovered".into())
-            .spawn(move || {
-                for exec in rx {
-                    inspect_exec(&shared, &go_tx, &exec, &stopping);
-                }
-            });
+        let spawned = std::thread::Builder::new().name("uncovered".into()).spawn(move || {
+            for exec in rx {
+                inspect_exec(&shared, &go_tx, &exec, &stopping);
+            }
+        });
         match spawned {
             Ok(_) => {
                 self.go = Some(go_rx);
@@ -256,12 +248,7 @@ impl UncoveredWatcher {
         report
             .clients
             .iter()
-            .map(|((client, binary), (execs, reason))| UncoveredClient {
-                client: *client,
-                binary: binary.clone(),
-                execs: *execs,
-                reason: reason.clone(),
-            })
+            .map(|((client, binary), (execs, reason))| UncoveredClient { client: *client, binary: binary.clone(), execs: *execs, reason: reason.clone() })
             .collect()
     }
 
@@ -332,9 +319,7 @@ fn reported_path(path: &str, file: &File, candidates: &[String]) -> String {
     if !path.starts_with("/proc/") {
         return path.to_owned();
     }
-    crate::attest::path_of_open(file)
-        .or_else(|| candidates.iter().find(|c| !c.starts_with("/proc/")).cloned())
-        .unwrap_or_else(|| path.to_owned())
+    crate::attest::path_of_open(file).or_else(|| candidates.iter().find(|c| !c.starts_with("/proc/")).cloned()).unwrap_or_else(|| path.to_owned())
 }
 
 fn inspect(exe: &Path, file: &File, size: u64) -> Verdict {
@@ -342,11 +327,7 @@ fn inspect(exe: &Path, file: &File, size: u64) -> Verdict {
         return Verdict::Seen;
     }
     let name = fs::canonicalize(exe).ok();
-    let name = name
-        .as_deref()
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let name = name.as_deref().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or_default();
     let data = object::ReadCache::new(file);
     match classify(name, &data) {
         None => Verdict::Seen,

@@ -61,7 +61,8 @@ struct Args {
 
 const PODS: u64 = 1000;
 const CREDENTIALS: u64 = 2000;
-const BINARIES: [&str; 8] = ["/usr/local/bin/app", "/bin/sh", "/usr/bin/python3", "/usr/bin/curl", "/usr/bin/aws", "/usr/bin/git", "/usr/bin/env", "/bin/sleep"];
+const BINARIES: [&str; 8] =
+    ["/usr/local/bin/app", "/bin/sh", "/usr/bin/python3", "/usr/bin/curl", "/usr/bin/aws", "/usr/bin/git", "/usr/bin/env", "/bin/sleep"];
 
 /// A small deterministic generator (the figures must not depend on a seed from the clock).
 struct Lcg(u64);
@@ -91,13 +92,15 @@ struct Pod {
 fn pod(i: u64, boot: &str) -> Pod {
     let uid = format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i, i % 0xffff, i % 0xfff, (i * 7) % 0xfff, i * 31);
     let container = hex64(i ^ 0xc0ffee);
-    let cgroup = format!(
-        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope",
-        uid.replace('-', "_")
-    );
+    let cgroup = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope", uid.replace('-', "_"));
     let ancestry = vec![
         v1::Ancestor { pid: 1000 + i as u32, exec_id: format!("{boot}:{}:100:1000", 1000 + i), comm: "sh".into(), binary_path: Some("/bin/sh".into()) },
-        v1::Ancestor { pid: 900, exec_id: format!("{boot}:900:50:500"), comm: "containerd-shim".into(), binary_path: Some("/usr/bin/containerd-shim-runc-v2".into()) },
+        v1::Ancestor {
+            pid: 900,
+            exec_id: format!("{boot}:900:50:500"),
+            comm: "containerd-shim".into(),
+            binary_path: Some("/usr/bin/containerd-shim-runc-v2".into()),
+        },
     ];
     Pod { uid, container, cgroup, ancestry }
 }
@@ -164,7 +167,11 @@ impl Iterator for Generator {
                         node: node.into(),
                         pid: process.pid,
                         process: Some(process),
-                        destination: Some(v1::Destination { ip: Some(format!("52.216.{}.{}", c % 200, c % 250)), port: Some(443), host: Some("s3.us-east-1.amazonaws.com".into()) }),
+                        destination: Some(v1::Destination {
+                            ip: Some(format!("52.216.{}.{}", c % 200, c % 250)),
+                            port: Some(443),
+                            host: Some("s3.us-east-1.amazonaws.com".into()),
+                        }),
                         transport: "tls".into(),
                         tls_library: Some("openssl".into()),
                         protocol: v1::Protocol::Http1 as i32,
@@ -332,17 +339,44 @@ fn raw_insert(path: &Path, fleets: &[(String, &[Event])], batch: usize) -> Resul
                         let w = v.workload.clone().unwrap_or_default();
                         let b = v.binary.clone().unwrap_or_default();
                         tx.prepare_cached("INSERT INTO raw_exec VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")?.execute(params![
-                            node, e.id, v.exec_id, v.process_id, w.container_id, v.pid, v.ppid, v.time, v.start_time, b.path, b.sha256,
-                            v.cgroup.as_ref().and_then(|c| c.path.clone()), v.comm, serde_json::to_string(&v.ancestry)?
+                            node,
+                            e.id,
+                            v.exec_id,
+                            v.process_id,
+                            w.container_id,
+                            v.pid,
+                            v.ppid,
+                            v.time,
+                            v.start_time,
+                            b.path,
+                            b.sha256,
+                            v.cgroup.as_ref().and_then(|c| c.path.clone()),
+                            v.comm,
+                            serde_json::to_string(&v.ancestry)?
                         ])?;
                     }
                     Some(EventBody::CredentialUse(v)) => {
                         let p = v.process.clone().unwrap_or_default();
                         let d = v.destination.clone().unwrap_or_default();
-                        tx.prepare_cached("INSERT INTO raw_use VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)")?.execute(params![
-                            node, e.id, v.time, p.exec_id, p.workload.and_then(|w| w.container_id), d.ip, d.port, d.host, v.method, v.path,
-                            v.detector, v.class, v.lifetime_seconds, v.fingerprint, v.identifiers.as_ref().and_then(|i| i.access_key_id.clone())
-                        ])?;
+                        tx.prepare_cached("INSERT INTO raw_use VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)")?.execute(
+                            params![
+                                node,
+                                e.id,
+                                v.time,
+                                p.exec_id,
+                                p.workload.and_then(|w| w.container_id),
+                                d.ip,
+                                d.port,
+                                d.host,
+                                v.method,
+                                v.path,
+                                v.detector,
+                                v.class,
+                                v.lifetime_seconds,
+                                v.fingerprint,
+                                v.identifiers.as_ref().and_then(|i| i.access_key_id.clone())
+                            ],
+                        )?;
                     }
                     _ => {}
                 }
@@ -412,7 +446,10 @@ async fn query_latencies(url: &str, fleets: &[(String, usize)], actions: usize, 
                 _ => String::new(),
             };
             let start = Instant::now();
-            let r = client.ask(QueryRequest { name: verb.into(), argument: argument.clone(), ..Default::default() }).await.with_context(|| format!("{verb} {argument}"))?;
+            let r = client
+                .ask(QueryRequest { name: verb.into(), argument: argument.clone(), ..Default::default() })
+                .await
+                .with_context(|| format!("{verb} {argument}"))?;
             ms.push(start.elapsed().as_secs_f64() * 1000.0);
             bytes += r.into_inner().json.len();
         }
@@ -468,8 +505,16 @@ fn raw_insert_pg(url: &str, fleets: &[(String, &[Event])], batch: usize) -> Resu
                         let w = v.workload.clone().unwrap_or_default();
                         let b = v.binary.clone().unwrap_or_default();
                         let row = [
-                            Some(e.id.clone()), Some(v.exec_id.clone()), Some(v.process_id.clone()), w.container_id, Some(v.time.clone()),
-                            Some(v.start_time.clone()), b.path, b.sha256, v.cgroup.as_ref().and_then(|c| c.path.clone()), Some(v.comm.clone()),
+                            Some(e.id.clone()),
+                            Some(v.exec_id.clone()),
+                            Some(v.process_id.clone()),
+                            w.container_id,
+                            Some(v.time.clone()),
+                            Some(v.start_time.clone()),
+                            b.path,
+                            b.sha256,
+                            v.cgroup.as_ref().and_then(|c| c.path.clone()),
+                            Some(v.comm.clone()),
                             Some(serde_json::to_string(&v.ancestry)?),
                         ];
                         for (col, val) in x.iter_mut().zip(row) {
@@ -482,8 +527,15 @@ fn raw_insert_pg(url: &str, fleets: &[(String, &[Event])], batch: usize) -> Resu
                         let p = v.process.clone().unwrap_or_default();
                         let d = v.destination.clone().unwrap_or_default();
                         let row = [
-                            Some(e.id.clone()), Some(v.time.clone()), Some(p.exec_id), p.workload.and_then(|w| w.container_id), d.ip, d.host,
-                            Some(v.method.clone()), Some(v.path.clone()), Some(v.fingerprint.clone()),
+                            Some(e.id.clone()),
+                            Some(v.time.clone()),
+                            Some(p.exec_id),
+                            p.workload.and_then(|w| w.container_id),
+                            d.ip,
+                            d.host,
+                            Some(v.method.clone()),
+                            Some(v.path.clone()),
+                            Some(v.fingerprint.clone()),
                             v.identifiers.as_ref().and_then(|i| i.access_key_id.clone()),
                         ];
                         for (col, val) in u.iter_mut().zip(row) {
@@ -527,7 +579,9 @@ async fn main() -> Result<()> {
     let fleets: Vec<(String, usize)> = (0..a.agents.max(1)).map(|i| (format!("bench-node-{i}"), per_agent)).collect();
     let total = per_agent * a.agents.max(1);
     let source = std::sync::Arc::new(if total <= PREGENERATED_MAX {
-        Source::Ready(fleets.iter().enumerate().map(|(i, (node, n))| (node.clone(), std::sync::Arc::new(Generator::new(*n, node, &stream_of(i)).collect()))).collect())
+        Source::Ready(
+            fleets.iter().enumerate().map(|(i, (node, n))| (node.clone(), std::sync::Arc::new(Generator::new(*n, node, &stream_of(i)).collect()))).collect(),
+        )
     } else {
         Source::Streamed(fleets.clone())
     });

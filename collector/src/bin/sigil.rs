@@ -162,9 +162,7 @@ fn get(cli: &Cli, name: &str, arg: Option<&str>, query: &str) -> Result<Value> {
 }
 
 fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~:".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~:".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 fn text(v: &Value) -> String {
@@ -203,11 +201,8 @@ fn table(rows: &[Value], cols: &[(&str, &str)]) {
         return;
     }
     let cells: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|(k, _)| cell(k, &r[*k])).collect()).collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, (_, h))| cells.iter().map(|c| c[i].chars().count()).max().unwrap_or(0).max(h.len()).min(70))
-        .collect();
+    let widths: Vec<usize> =
+        cols.iter().enumerate().map(|(i, (_, h))| cells.iter().map(|c| c[i].chars().count()).max().unwrap_or(0).max(h.len()).min(70)).collect();
     let line = |vals: Vec<String>| {
         let parts: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| format!("{:<w$}", v.chars().take(*w).collect::<String>(), w = *w)).collect();
         println!("  {}", parts.join("  ").trim_end());
@@ -251,7 +246,12 @@ fn print_trace(v: &Value, id: &str, page: &PageArgs) {
         println!("    node {}  pod {}  container {}  unit {}", text(&run["node"]), text(&run["pod_uid"]), text(&run["container_id"]), text(&run["unit"]));
         println!(
             "    {} processes ({} binaries), {} credential uses, {} cloud actions, from {} to {}",
-            text(&s["processes"]), text(&s["binaries"]), text(&s["credential_uses"]), text(&s["cloud_actions"]), when(&s["first"]), when(&s["last"])
+            text(&s["processes"]),
+            text(&s["binaries"]),
+            text(&s["credential_uses"]),
+            text(&s["cloud_actions"]),
+            when(&s["first"]),
+            when(&s["last"])
         );
         let c = &at["credential"];
         if !c.is_null() {
@@ -273,7 +273,10 @@ fn print_trace(v: &Value, id: &str, page: &PageArgs) {
             }
         }
         println!("    first processes of the run:");
-        table(at["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("pid", "PID"), ("binary_path", "BINARY"), ("sha256", "SHA256"), ("exec_id", "EXEC")]);
+        table(
+            at["processes"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+            &[("pid", "PID"), ("binary_path", "BINARY"), ("sha256", "SHA256"), ("exec_id", "EXEC")],
+        );
         let more = at["processes_left_out"].as_i64().unwrap_or(0);
         if more > 0 {
             println!("    ... {more} more processes not shown; all of them: sigil run {}", shell_word(run["run_id"].as_str().unwrap_or("")));
@@ -288,7 +291,13 @@ fn print_run(v: &Value, id: &str, page: &PageArgs) {
     println!("run {} on {} ({}), started {}, ended {}", text(&r["run_id"]), text(&r["node"]), text(&r["kind"]), when(&r["started"]), when(&r["ended"]));
     println!(
         "  {} processes ({} binaries), {} credential uses, {} cloud actions, from {} to {}; {} timeline entries",
-        text(&s["processes"]), text(&s["binaries"]), text(&s["credential_uses"]), text(&s["cloud_actions"]), when(&s["first"]), when(&s["last"]), text(&v["timeline_entries"])
+        text(&s["processes"]),
+        text(&s["binaries"]),
+        text(&s["credential_uses"]),
+        text(&s["cloud_actions"]),
+        when(&s["first"]),
+        when(&s["last"]),
+        text(&v["timeline_entries"])
     );
     for e in v["timeline"].as_array().into_iter().flatten() {
         let d = &e["detail"];
@@ -297,7 +306,15 @@ fn print_run(v: &Value, id: &str, page: &PageArgs) {
             "exit" => format!("exit pid {}", text(&d["pid"])),
             "token_issued" => format!("token issued {} jti {} ttl {}", text(&d["spiffe_id"]), text(&d["jti"]), text(&d["ttl"])),
             "token_denied" => format!("token denied: {} ({})", text(&d["reason"]), text(&d["detail"])),
-            "credential_use" => format!("used {} {} {} -> {} {} {}", text(&d["class"]), text(&d["detector"]), text(&d["access_key_id"]), text(&d["destination"]), text(&d["method"]), text(&d["path"])),
+            "credential_use" => format!(
+                "used {} {} {} -> {} {} {}",
+                text(&d["class"]),
+                text(&d["detector"]),
+                text(&d["access_key_id"]),
+                text(&d["destination"]),
+                text(&d["method"]),
+                text(&d["path"])
+            ),
             "credential_file_read" => format!("read {} ({})", text(&d["path"]), text(&d["file_kind"])),
             "credential_obtained" => obtained_line(d),
             "cloud_action" => format!("cloud {} {} [{}]", text(&d["service"]), text(&d["action"]), text(&d["id"])),
@@ -313,23 +330,62 @@ fn render(cmd: &Cmd, v: &Value) {
         Cmd::Trace { cloud_event_id, page } => print_trace(v, cloud_event_id, page),
         Cmd::WhoUsed { credential } => {
             println!("runs that used {credential}:");
-            table(v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("run_id", "RUN"), ("class", "CLASS"), ("uses", "USES"), ("first_seen", "FIRST"), ("last_seen", "LAST"), ("destinations", "DESTINATIONS")]);
+            table(
+                v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                &[("run_id", "RUN"), ("class", "CLASS"), ("uses", "USES"), ("first_seen", "FIRST"), ("last_seen", "LAST"), ("destinations", "DESTINATIONS")],
+            );
             println!("cloud actions with it:");
-            table(v["cloud_actions"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("id", "EVENT"), ("action", "ACTION"), ("run_id", "RUN"), ("reason", "REASON")]);
+            table(
+                v["cloud_actions"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                &[("id", "EVENT"), ("action", "ACTION"), ("run_id", "RUN"), ("reason", "REASON")],
+            );
         }
         Cmd::Run { run_id, page } => print_run(v, run_id, page),
         Cmd::StaticCredentials { page } => {
             println!("{} long-lived credentials in use (shared first):", text(&v["credentials"]));
-            table(v["static_credentials"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("access_key_id", "KEY ID"), ("token_family", "FAMILY"), ("detector", "DETECTOR"), ("runs", "RUNS"), ("uses", "USES"), ("fingerprint", "FINGERPRINT"), ("run_ids", "RUN IDS")]);
+            table(
+                v["static_credentials"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                &[
+                    ("access_key_id", "KEY ID"),
+                    ("token_family", "FAMILY"),
+                    ("detector", "DETECTOR"),
+                    ("runs", "RUNS"),
+                    ("uses", "USES"),
+                    ("fingerprint", "FINGERPRINT"),
+                    ("run_ids", "RUN IDS"),
+                ],
+            );
             left_out(v, "credentials", "static-credentials", "", page);
         }
         Cmd::Unattributed => {
             println!("cloud actions no run could be tied to:");
-            table(v["unattributed"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("id", "EVENT"), ("time", "TIME"), ("service", "SERVICE"), ("action", "ACTION"), ("principal", "PRINCIPAL"), ("access_key_id", "KEY ID"), ("source_ip", "SOURCE IP")]);
+            table(
+                v["unattributed"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                &[
+                    ("id", "EVENT"),
+                    ("time", "TIME"),
+                    ("service", "SERVICE"),
+                    ("action", "ACTION"),
+                    ("principal", "PRINCIPAL"),
+                    ("access_key_id", "KEY ID"),
+                    ("source_ip", "SOURCE IP"),
+                ],
+            );
         }
         Cmd::Findings { .. } => {
             println!("misuse findings:");
-            table(v["findings"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("finding_kind", "KIND"), ("severity", "SEVERITY"), ("subject", "SUBJECT"), ("runs", "RUNS"), ("first_time", "FIRST"), ("last_time", "LAST"), ("summary", "SUMMARY")]);
+            table(
+                v["findings"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                &[
+                    ("finding_kind", "KIND"),
+                    ("severity", "SEVERITY"),
+                    ("subject", "SUBJECT"),
+                    ("runs", "RUNS"),
+                    ("first_time", "FIRST"),
+                    ("last_time", "LAST"),
+                    ("summary", "SUMMARY"),
+                ],
+            );
         }
         Cmd::Posture => {
             for (k, label) in [
@@ -345,7 +401,10 @@ fn render(cmd: &Cmd, v: &Value) {
                 println!("  {label:<52} {}", text(&v[k]));
             }
             println!("  long-lived credentials shared by most runs (all of them: sigil static-credentials):");
-            table(v["long_lived_credentials"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("access_key_id", "KEY ID"), ("fingerprint", "FINGERPRINT"), ("runs", "RUNS")]);
+            table(
+                v["long_lived_credentials"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                &[("access_key_id", "KEY ID"), ("fingerprint", "FINGERPRINT"), ("runs", "RUNS")],
+            );
             println!("  token denials by reason:");
             table(v["denials_by_reason"].as_array().map(Vec::as_slice).unwrap_or(&[]), &[("reason", "REASON"), ("count", "COUNT")]);
         }

@@ -152,9 +152,7 @@ pub(super) fn action(text: &str, assume_role_events: &[&str]) -> Option<CloudAct
         }
         let request = r.request.unwrap_or_default();
         let federated = matches!(principal_type.as_deref(), Some("WebIdentityUser" | "SAMLUser"));
-        let subject = opt(&response.subject_from_token)
-            .or_else(|| opt(&response.subject))
-            .or_else(|| if federated { opt(&identity.user_name) } else { None });
+        let subject = opt(&response.subject_from_token).or_else(|| opt(&response.subject)).or_else(|| if federated { opt(&identity.user_name) } else { None });
         let provider = opt(&response.provider).or_else(|| opt(&response.issuer)).or_else(|| opt(&identity.identity_provider));
         Some(AssumedRole {
             issued_access_key_id: opt(&credentials.access_key_id),

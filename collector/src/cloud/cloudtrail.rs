@@ -6,47 +6,27 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{
-    AssumedRole, CloudAction, Emitter, Kind, Layout, Limits, Parsed, Position, Provider, Sink,
-    get_path, opt_str, parse_document, parse_expiration, parse_path_with, req_str, req_time,
+    AssumedRole, CloudAction, Emitter, Kind, Layout, Limits, Parsed, Position, Provider, Sink, get_path, opt_str, parse_document, parse_expiration,
+    parse_path_with, req_str, req_time,
 };
 
-const LAYOUT: Layout = Layout {
-    element: "record",
-    records_key: Some("Records"),
-};
+const LAYOUT: Layout = Layout { element: "record", records_key: Some("Records") };
 
 /// How CloudTrail files are told from other files in a directory.
 pub(crate) const KIND: Kind = Kind {
     name: "CloudTrail",
     markers: &["\"eventID\"", "\"eventSource\"", "\"eventName\"", "\"Records\""],
     not_events: &[
-        (
-            "\"digestStartTime\"",
-            "CloudTrail digest file (an integrity manifest, not events)",
-        ),
-        (
-            "\"digestS3Object\"",
-            "CloudTrail digest file (an integrity manifest, not events)",
-        ),
+        ("\"digestStartTime\"", "CloudTrail digest file (an integrity manifest, not events)"),
+        ("\"digestS3Object\"", "CloudTrail digest file (an integrity manifest, not events)"),
     ],
-    skip_dirs: &[(
-        "CloudTrail-Digest",
-        "directory of CloudTrail digest files (integrity manifests, not events)",
-    )],
-    other: (
-        "GCP audit log",
-        &["\"protoPayload\"", "\"insertId\""],
-        "sigil-collector ingest gcp-audit",
-    ),
+    skip_dirs: &[("CloudTrail-Digest", "directory of CloudTrail digest files (integrity manifests, not events)")],
+    other: ("GCP audit log", &["\"protoPayload\"", "\"insertId\""], "sigil-collector ingest gcp-audit"),
 };
 
 /// The STS calls that mint temporary credentials: these are what tie a later call's
 /// `ASIA…` key back to the identity (OIDC subject, SAML subject, or caller) that obtained it.
-const ASSUME_ROLE_EVENTS: [&str; 3] = [
-    "AssumeRole",
-    "AssumeRoleWithWebIdentity",
-    "AssumeRoleWithSAML",
-];
+const ASSUME_ROLE_EVENTS: [&str; 3] = ["AssumeRole", "AssumeRoleWithWebIdentity", "AssumeRoleWithSAML"];
 
 /// Parses one CloudTrail input (plain or gzip). Never fails as a whole: complete records are
 /// returned even when others, or the document itself, are damaged.
@@ -94,8 +74,7 @@ fn record(position: Position, value: Value, out: &mut Emitter<'_>) {
             }
             return;
         }
-        if let (Some(Value::String(kind)), Some(detail @ Value::Object(_))) =
-            (map.get("detail-type"), map.get("detail"))
+        if let (Some(Value::String(kind)), Some(detail @ Value::Object(_))) = (map.get("detail-type"), map.get("detail"))
             && kind.ends_with("via CloudTrail")
         {
             match to_action(detail.clone()) {
@@ -139,8 +118,7 @@ fn to_action(record: Value) -> Result<CloudAction, String> {
     let user_agent = opt_str(&record, &["userAgent"])?;
     let error_code = opt_str(&record, &["errorCode"])?;
     let raw = record.to_string();
-    let assumed = if service == "sts.amazonaws.com" && ASSUME_ROLE_EVENTS.contains(&action.as_str())
-    {
+    let assumed = if service == "sts.amazonaws.com" && ASSUME_ROLE_EVENTS.contains(&action.as_str()) {
         Some(assumed_role(&record, principal_type.as_deref())?)
     } else {
         None
@@ -184,16 +162,13 @@ fn assumed_role(record: &Value, principal_type: Option<&str>) -> Result<AssumedR
             None => opt_str(record, &["userIdentity", "identityProvider"])?,
         },
     };
-    let expiration_unix =
-        match get_path(record, &["responseElements", "credentials", "expiration"])? {
-            None => None,
-            Some(Value::String(s)) => parse_expiration(s),
-            Some(_) => {
-                return Err(
-                    "field `responseElements.credentials.expiration` is not a string".into(),
-                );
-            }
-        };
+    let expiration_unix = match get_path(record, &["responseElements", "credentials", "expiration"])? {
+        None => None,
+        Some(Value::String(s)) => parse_expiration(s),
+        Some(_) => {
+            return Err("field `responseElements.credentials.expiration` is not a string".into());
+        }
+    };
     Ok(AssumedRole {
         issued_access_key_id: opt_str(record, &["responseElements", "credentials", "accessKeyId"])?,
         role_arn: opt_str(record, &["requestParameters", "roleArn"])?,
@@ -215,9 +190,7 @@ mod tests {
     use crate::cloud::RecordError;
 
     fn data(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/cloudtrail")
-            .join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cloudtrail").join(rel)
     }
 
     fn read(rel: &str) -> (String, Vec<u8>) {
@@ -232,11 +205,7 @@ mod tests {
     fn assert_error(err: &RecordError, source: &str, position: &str, reason: &str) {
         assert_eq!(err.source_name, source, "{err}");
         assert_eq!(err.position, position, "{err}");
-        assert!(
-            err.reason.contains(reason),
-            "reason {:?} lacks {reason:?}",
-            err.reason
-        );
+        assert!(err.reason.contains(reason), "reason {:?} lacks {reason:?}", err.reason);
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -248,8 +217,7 @@ mod tests {
     const GETOBJECT_ID: &str = "3f6d2a10-8b1c-4e57-9d0a-5c1e7a000001";
     const WEBID_ID: &str = "9a4c1e77-2b3d-4f60-8a1b-6d2e8b000002";
     const PUTOBJECT_ID: &str = "c5e8f2d4-6a7b-4c3d-9e1f-0a2b3c000003";
-    const ROLE_SESSION: &str =
-        "arn:aws:sts::111122223333:assumed-role/sigil-ci-deploy/gha-run-7734";
+    const ROLE_SESSION: &str = "arn:aws:sts::111122223333:assumed-role/sigil-ci-deploy/gha-run-7734";
     const SUBJECT: &str = "repo:sigil-dev/demo:ref:refs/heads/main";
 
     #[test]
@@ -265,26 +233,15 @@ mod tests {
         assert_eq!(a.action, "GetObject");
         assert_eq!(a.service, "s3.amazonaws.com");
         assert_eq!(a.region.as_deref(), Some("us-east-1"));
-        assert_eq!(
-            a.principal.as_deref(),
-            Some("arn:aws:iam::111122223333:user/build-bot")
-        );
+        assert_eq!(a.principal.as_deref(), Some("arn:aws:iam::111122223333:user/build-bot"));
         assert_eq!(a.principal_type.as_deref(), Some("IAMUser"));
         assert_eq!(a.access_key_id.as_deref(), Some("AKIASIGILEXAMPLE0001"));
         assert_eq!(a.source_ip.as_deref(), Some("198.51.100.23"));
-        assert!(
-            a.user_agent
-                .as_deref()
-                .unwrap()
-                .starts_with("[aws-cli/2.17.20 ")
-        );
+        assert!(a.user_agent.as_deref().unwrap().starts_with("[aws-cli/2.17.20 "));
         assert_eq!(a.error_code, None);
         assert_eq!(a.assumed, None);
         assert!(a.delegation.is_empty());
-        assert_eq!(
-            serde_json::from_str::<Value>(&a.raw).unwrap()["requestParameters"]["key"],
-            "releases/v0.1.0/sigil-agent.tar.gz"
-        );
+        assert_eq!(serde_json::from_str::<Value>(&a.raw).unwrap()["requestParameters"]["key"], "releases/v0.1.0/sigil-agent.tar.gz");
     }
 
     fn check_web_identity_flow(parsed: &Parsed) {
@@ -295,10 +252,7 @@ mod tests {
         assert_eq!(assume.time_unix, 1_795_442_531);
         assert_eq!(assume.action, "AssumeRoleWithWebIdentity");
         assert_eq!(assume.service, "sts.amazonaws.com");
-        assert_eq!(
-            assume.principal, None,
-            "WebIdentityUser records carry no ARN"
-        );
+        assert_eq!(assume.principal, None, "WebIdentityUser records carry no ARN");
         assert_eq!(assume.principal_type.as_deref(), Some("WebIdentityUser"));
         assert_eq!(assume.access_key_id, None);
         assert_eq!(assume.source_ip.as_deref(), Some("203.0.113.45"));
@@ -309,10 +263,7 @@ mod tests {
                 role_arn: Some("arn:aws:iam::111122223333:role/sigil-ci-deploy".into()),
                 role_session_name: Some("gha-run-7734".into()),
                 web_identity_subject: Some(SUBJECT.into()),
-                web_identity_provider: Some(
-                    "arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com"
-                        .into()
-                ),
+                web_identity_provider: Some("arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com".into()),
                 audience: Some("sts.amazonaws.com".into()),
                 expiration_unix: Some(1_795_446_131), // "Nov 23, 2026, 3:02:11 PM"
             })
@@ -348,31 +299,18 @@ mod tests {
         let parsed = parse("a", serde_json::to_string(records).unwrap().as_bytes());
         check_web_identity_flow(&parsed);
         // A single record object.
-        let parsed = parse(
-            "s",
-            serde_json::to_string_pretty(&records[0])
-                .unwrap()
-                .as_bytes(),
-        );
+        let parsed = parse("s", serde_json::to_string_pretty(&records[0]).unwrap().as_bytes());
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         assert_eq!(ids(&parsed), [WEBID_ID]);
         // `jq '.Records[]'`: concatenated pretty objects.
-        let jq = records
-            .iter()
-            .map(|r| serde_json::to_string_pretty(r).unwrap())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let jq = records.iter().map(|r| serde_json::to_string_pretty(r).unwrap()).collect::<Vec<_>>().join("\n");
         check_web_identity_flow(&parse("jq", jq.as_bytes()));
         // Same, but damaged: the second object is cut short.
         let cut = &jq[..jq.len() - 40];
         let parsed = parse("jq", cut.as_bytes());
         assert_eq!(ids(&parsed), [WEBID_ID]);
         assert_eq!(parsed.errors.len(), 1);
-        assert!(
-            parsed.errors[0].reason.contains("truncated"),
-            "{:?}",
-            parsed.errors
-        );
+        assert!(parsed.errors[0].reason.contains("truncated"), "{:?}", parsed.errors);
         // EventBridge envelope.
         let eb = serde_json::json!({
             "version": "0", "id": "sigil-eb-1", "detail-type": "AWS API Call via CloudTrail",
@@ -383,21 +321,14 @@ mod tests {
         assert_eq!(ids(&parsed), [WEBID_ID]);
         // BOM, CRLF and a batch line inside JSON lines.
         let batch = serde_json::to_string(&doc).unwrap();
-        let lines = format!(
-            "\u{feff}{}\r\n{batch}\r\n",
-            serde_json::to_string(&records[1]).unwrap()
-        );
+        let lines = format!("\u{feff}{}\r\n{batch}\r\n", serde_json::to_string(&records[1]).unwrap());
         let parsed = parse("l", lines.as_bytes());
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         assert_eq!(ids(&parsed), [PUTOBJECT_ID, WEBID_ID, PUTOBJECT_ID]);
         // Empty inputs are not errors.
         for empty in [&b""[..], b"  \n", b"{\"Records\":[]}", b"[]"] {
             let parsed = parse("e", empty);
-            assert!(
-                parsed.actions.is_empty() && parsed.errors.is_empty(),
-                "{empty:?}: {:?}",
-                parsed.errors
-            );
+            assert!(parsed.actions.is_empty() && parsed.errors.is_empty(), "{empty:?}: {:?}", parsed.errors);
         }
     }
 
@@ -410,40 +341,20 @@ mod tests {
         // The cut record starts right after the second record's closing brace and comma.
         let text = std::str::from_utf8(&bytes).unwrap();
         let third = text.rfind(",{\"eventVersion\"").unwrap() + 1;
-        assert_error(
-            &parsed.errors[0],
-            &name,
-            &format!("byte {third}"),
-            "record 3 starting here is incomplete",
-        );
+        assert_error(&parsed.errors[0], &name, &format!("byte {third}"), "record 3 starting here is incomplete");
     }
 
     #[test]
     fn truncated_gzip_keeps_complete_records() {
         let (_, bytes) = read("iamuser_getobject.json");
-        let record = std::str::from_utf8(&bytes)
-            .unwrap()
-            .trim_start_matches("{\"Records\":[")
-            .trim_end_matches("]}");
+        let record = std::str::from_utf8(&bytes).unwrap().trim_start_matches("{\"Records\":[").trim_end_matches("]}");
         let doc = format!("{{\"Records\":[{}]}}", vec![record; 200].join(","));
         let gz = gzip(doc.as_bytes());
         let parsed = parse("cut.json.gz", &gz[..gz.len() / 2]);
-        assert!(
-            !parsed.actions.is_empty() && parsed.actions.len() < 200,
-            "{}",
-            parsed.actions.len()
-        );
+        assert!(!parsed.actions.is_empty() && parsed.actions.len() < 200, "{}", parsed.actions.len());
         assert_eq!(parsed.errors.len(), 2, "{:?}", parsed.errors);
-        assert!(
-            parsed.errors[0].reason.contains("gzip stream is damaged"),
-            "{:?}",
-            parsed.errors[0]
-        );
-        assert!(
-            parsed.errors[1].reason.contains("truncated"),
-            "{:?}",
-            parsed.errors[1]
-        );
+        assert!(parsed.errors[0].reason.contains("gzip stream is damaged"), "{:?}", parsed.errors[0]);
+        assert!(parsed.errors[1].reason.contains("truncated"), "{:?}", parsed.errors[1]);
     }
 
     #[test]
@@ -452,34 +363,11 @@ mod tests {
         let parsed = parse(&name, &bytes);
         assert_eq!(ids(&parsed), [WEBID_ID, PUTOBJECT_ID]);
         assert_eq!(parsed.errors.len(), 4, "{:?}", parsed.errors);
-        assert_error(
-            &parsed.errors[0],
-            &name,
-            "record 2",
-            "field `eventTime` is not a string",
-        );
-        assert_error(
-            &parsed.errors[1],
-            &name,
-            "record 3",
-            "field `userIdentity` is not an object",
-        );
-        assert_error(
-            &parsed.errors[2],
-            &name,
-            "record 4",
-            "missing field `eventID`",
-        );
-        assert_error(
-            &parsed.errors[3],
-            &name,
-            "record 5",
-            "field `sourceIPAddress` is not a string",
-        );
-        assert_eq!(
-            parsed.errors[0].to_string(),
-            format!("{name}: record 2: field `eventTime` is not a string")
-        );
+        assert_error(&parsed.errors[0], &name, "record 2", "field `eventTime` is not a string");
+        assert_error(&parsed.errors[1], &name, "record 3", "field `userIdentity` is not an object");
+        assert_error(&parsed.errors[2], &name, "record 4", "missing field `eventID`");
+        assert_error(&parsed.errors[3], &name, "record 5", "field `sourceIPAddress` is not a string");
+        assert_eq!(parsed.errors[0].to_string(), format!("{name}: record 2: field `eventTime` is not a string"));
     }
 
     #[test]
@@ -487,62 +375,29 @@ mod tests {
         let base: Value = serde_json::from_slice(&read("webidentity_flow.json").1).unwrap();
         let webid = &base["Records"][0];
         let cases: [(&str, Value, &str); 7] = [
-            (
-                "/eventTime",
-                "23 Nov 2026".into(),
-                "field `eventTime` is not an RFC 3339 timestamp",
-            ),
+            ("/eventTime", "23 Nov 2026".into(), "field `eventTime` is not an RFC 3339 timestamp"),
             ("/eventName", Value::Null, "missing field `eventName`"),
-            (
-                "/eventSource",
-                7.into(),
-                "field `eventSource` is not a string",
-            ),
+            ("/eventSource", 7.into(), "field `eventSource` is not a string"),
             ("/eventID", "".into(), "field `eventID` is empty"),
-            (
-                "/responseElements/credentials",
-                "x".into(),
-                "field `responseElements.credentials` is not an object",
-            ),
-            (
-                "/responseElements/credentials/expiration",
-                1.into(),
-                "field `responseElements.credentials.expiration`",
-            ),
-            (
-                "/requestParameters/roleArn",
-                serde_json::json!({}),
-                "field `requestParameters.roleArn` is not a string",
-            ),
+            ("/responseElements/credentials", "x".into(), "field `responseElements.credentials` is not an object"),
+            ("/responseElements/credentials/expiration", 1.into(), "field `responseElements.credentials.expiration`"),
+            ("/requestParameters/roleArn", serde_json::json!({}), "field `requestParameters.roleArn` is not a string"),
         ];
         for (pointer, replacement, reason) in cases {
             let mut record = webid.clone();
             *record.pointer_mut(pointer).unwrap() = replacement;
-            let parsed = parse(
-                "f",
-                serde_json::json!({ "Records": [record] })
-                    .to_string()
-                    .as_bytes(),
-            );
+            let parsed = parse("f", serde_json::json!({ "Records": [record] }).to_string().as_bytes());
             assert!(parsed.actions.is_empty(), "{pointer}");
             assert_eq!(parsed.errors.len(), 1, "{pointer}");
             assert_error(&parsed.errors[0], "f", "record 1", reason);
         }
         // A non-object record, and an unparseable expiry which only loses the expiry.
         let parsed = parse("f", b"{\"Records\":[42]}");
-        assert_error(
-            &parsed.errors[0],
-            "f",
-            "record 1",
-            "record is not a JSON object",
-        );
+        assert_error(&parsed.errors[0], "f", "record 1", "record is not a JSON object");
         let mut record = webid.clone();
         record["responseElements"]["credentials"]["expiration"] = "whenever".into();
         let parsed = parse("f", record.to_string().as_bytes());
-        assert_eq!(
-            parsed.actions[0].assumed.as_ref().unwrap().expiration_unix,
-            None
-        );
+        assert_eq!(parsed.actions[0].assumed.as_ref().unwrap().expiration_unix, None);
         // Denied assume: no response, request side kept, subject from userIdentity.
         let mut record = webid.clone();
         record["responseElements"] = Value::Null;
@@ -554,10 +409,7 @@ mod tests {
         assert_eq!(assumed.issued_access_key_id, None);
         assert_eq!(assumed.role_session_name.as_deref(), Some("gha-run-7734"));
         assert_eq!(assumed.web_identity_subject.as_deref(), Some(SUBJECT));
-        assert_eq!(
-            assumed.web_identity_provider.as_deref(),
-            Some("token.actions.githubusercontent.com")
-        );
+        assert_eq!(assumed.web_identity_provider.as_deref(), Some("token.actions.githubusercontent.com"));
     }
 
     #[test]
@@ -566,26 +418,13 @@ mod tests {
         let parsed = parse(&name, &bytes);
         assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID, PUTOBJECT_ID]);
         assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
-        assert_error(
-            &parsed.errors[0],
-            &name,
-            "line 2",
-            "not JSON: expected ident at line 1 column 2",
-        );
+        assert_error(&parsed.errors[0], &name, "line 2", "not JSON: expected ident at line 1 column 2");
         // Clean streams take the fast path; positions must still be the starting line.
-        let lines = std::str::from_utf8(&bytes).unwrap().replace(
-            "this is not json\n",
-            "\n{\"eventTime\":\"2026-11-23T14:02:11Z\"}\n",
-        );
+        let lines = std::str::from_utf8(&bytes).unwrap().replace("this is not json\n", "\n{\"eventTime\":\"2026-11-23T14:02:11Z\"}\n");
         let parsed = parse(&name, lines.as_bytes());
         assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID, PUTOBJECT_ID]);
         assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
-        assert_error(
-            &parsed.errors[0],
-            &name,
-            "line 3",
-            "missing field `eventID`",
-        );
+        assert_error(&parsed.errors[0], &name, "line 3", "missing field `eventID`");
     }
 
     #[test]
@@ -593,16 +432,7 @@ mod tests {
         let dir = data("dir");
         let parsed = parse_path(&dir).unwrap();
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        assert_eq!(
-            ids(&parsed),
-            [
-                GETOBJECT_ID,
-                WEBID_ID,
-                PUTOBJECT_ID,
-                "e1d2c3b4-a596-4877-8a9b-0c1d2e000004",
-                "f2e3d4c5-b6a7-4988-9a0b-1c2d3e000005"
-            ]
-        );
+        assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID, PUTOBJECT_ID, "e1d2c3b4-a596-4877-8a9b-0c1d2e000004", "f2e3d4c5-b6a7-4988-9a0b-1c2d3e000005"]);
         let assume = &parsed.actions[3];
         assert_eq!(assume.action, "AssumeRole");
         assert_eq!(assume.region.as_deref(), Some("eu-west-1"));
@@ -620,43 +450,19 @@ mod tests {
         );
         let denied = &parsed.actions[4];
         assert_eq!(denied.error_code.as_deref(), Some("AccessDenied"));
-        assert_eq!(
-            denied.access_key_id.as_deref(),
-            Some("ASIASIGILEXAMPLE0004")
-        );
+        assert_eq!(denied.access_key_id.as_deref(), Some("ASIASIGILEXAMPLE0004"));
 
         // Errors name the file they came from.
         let parsed = parse_path(&data("")).unwrap();
-        assert!(
-            parsed
-                .errors
-                .iter()
-                .any(|e| e.source_name.ends_with("truncated.json"))
-        );
+        assert!(parsed.errors.iter().any(|e| e.source_name.ends_with("truncated.json")));
         // Files are judged by content: the JSON-lines export is walked too, whatever its
         // extension, and what is not CloudTrail is named with the reason.
-        assert!(
-            parsed
-                .errors
-                .iter()
-                .any(|e| e.source_name.ends_with("records.jsonl") && e.position == "line 2"),
-            "{:?}",
-            parsed.errors
-        );
+        assert!(parsed.errors.iter().any(|e| e.source_name.ends_with("records.jsonl") && e.position == "line 2"), "{:?}", parsed.errors);
         let skipped = parse_path(&dir).unwrap().skipped;
-        let reasons: Vec<(&str, &str)> = skipped
-            .iter()
-            .map(|s| (s.path.rsplit('/').next().unwrap(), s.reason.as_str()))
-            .collect();
+        let reasons: Vec<(&str, &str)> = skipped.iter().map(|s| (s.path.rsplit('/').next().unwrap(), s.reason.as_str())).collect();
         assert_eq!(
             reasons,
-            [
-                (
-                    "CloudTrail-Digest",
-                    "directory of CloudTrail digest files (integrity manifests, not events)"
-                ),
-                ("README.txt", "text that is not JSON"),
-            ]
+            [("CloudTrail-Digest", "directory of CloudTrail digest files (integrity manifests, not events)"), ("README.txt", "text that is not JSON"),]
         );
         // A single file is parsed whatever its name; a missing path is an I/O error.
         assert_eq!(parse_path(&data("records.jsonl")).unwrap().actions.len(), 3);
@@ -676,11 +482,7 @@ mod tests {
             a.raw = String::new();
             a
         };
-        for file in [
-            "siem/logstash-cloudtrail.log",
-            "siem/opensearch-export.ndjson",
-            "siem/flattened.json",
-        ] {
+        for file in ["siem/logstash-cloudtrail.log", "siem/opensearch-export.ndjson", "siem/flattened.json"] {
             let (name, bytes) = read(file);
             let parsed = parse(&name, &bytes);
             assert!(parsed.errors.is_empty(), "{file}: {:?}", parsed.errors);
@@ -720,26 +522,16 @@ mod tests {
             r#"{"awsAccountId":"111122223333","digestStartTime":"2026-11-23T14:00:00Z","digestEndTime":"2026-11-23T15:00:00Z","logFiles":[]}"#,
         )
         .unwrap();
-        let gcp =
-            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gcp/audit.jsonl"))
-                .unwrap();
+        let gcp = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gcp/audit.jsonl")).unwrap();
         std::fs::write(d.join("gcp.jsonl"), gcp).unwrap();
         let fifo = d.join("pipe.json");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         let parsed = parse_path(d).unwrap();
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         assert_eq!(ids(&parsed), [GETOBJECT_ID, WEBID_ID, PUTOBJECT_ID]);
-        let reasons: Vec<(String, &str)> = parsed
-            .skipped
-            .iter()
-            .map(|s| (s.path.rsplit('/').next().unwrap().to_owned(), s.reason.as_str()))
-            .collect();
+        let reasons: Vec<(String, &str)> = parsed.skipped.iter().map(|s| (s.path.rsplit('/').next().unwrap().to_owned(), s.reason.as_str())).collect();
         let names: Vec<&str> = reasons.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            ["pipe.json", "digest.json", "empty.json", "gcp.jsonl", "image.png", "notes.txt", "other.json"],
-            "{reasons:?}"
-        );
+        assert_eq!(names, ["pipe.json", "digest.json", "empty.json", "gcp.jsonl", "image.png", "notes.txt", "other.json"], "{reasons:?}");
         let reason = |name: &str| reasons.iter().find(|(n, _)| n == name).unwrap().1;
         assert!(reason("pipe.json").contains("not a regular file"));
         assert_eq!(reason("digest.json"), "CloudTrail digest file (an integrity manifest, not events)");
@@ -768,7 +560,10 @@ mod tests {
     fn structural_damage_mid_array() {
         // Invalid JSON inside an element: the elements before it are kept, the damage is
         // located, and the rest of the array is skipped (its boundaries are guesses).
-        let parsed = parse("m", br#"{"Records":[{"eventID":"b","eventTime":"2026-11-23T14:02:11Z","eventName":"X","eventSource":"y"},{"eventID":tru},{"eventID":"c"}]}"#);
+        let parsed = parse(
+            "m",
+            br#"{"Records":[{"eventID":"b","eventTime":"2026-11-23T14:02:11Z","eventName":"X","eventSource":"y"},{"eventID":tru},{"eventID":"c"}]}"#,
+        );
         assert_eq!(ids(&parsed), ["b"]);
         assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
         assert_error(&parsed.errors[0], "m", "byte 111", "malformed JSON in record 2: unexpected `}` (expected ident)");
@@ -783,12 +578,7 @@ mod tests {
         let parsed = parse("m", br#"{"Records":[] , "#);
         assert!(parsed.errors[0].reason.contains("truncated"));
         let parsed = parse("m", br#"{"Records":{}}"#);
-        assert_error(
-            &parsed.errors[0],
-            "m",
-            "byte 11",
-            "field `Records` is not an array",
-        );
+        assert_error(&parsed.errors[0], "m", "byte 11", "field `Records` is not an array");
     }
 
     #[test]
@@ -807,9 +597,7 @@ mod tests {
             let len = (next() % 512) as usize;
             let input: Vec<u8> = match round % 4 {
                 0 => (0..len).map(|_| next() as u8).collect(),
-                1 => (0..len)
-                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                    .collect(),
+                1 => (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect(),
                 2 => {
                     // Real document with random bytes flipped and a random cut.
                     let mut v = sample.clone();
@@ -830,15 +618,8 @@ mod tests {
             let _ = crate::cloud::gcp::parse("fuzz", &input);
         }
         // Huge numbers and deep nesting.
-        let _ = parse(
-            "n",
-            b"{\"Records\":[{\"eventID\":1e999999,\"eventTime\":-99999999999999999999999999}]}",
-        );
-        let deep = format!(
-            "{{\"Records\":[{}{}]}}",
-            "[".repeat(50_000),
-            "]".repeat(50_000)
-        );
+        let _ = parse("n", b"{\"Records\":[{\"eventID\":1e999999,\"eventTime\":-99999999999999999999999999}]}");
+        let deep = format!("{{\"Records\":[{}{}]}}", "[".repeat(50_000), "]".repeat(50_000));
         let parsed = parse("d", deep.as_bytes());
         assert_eq!(parsed.errors.len(), 1);
     }

@@ -25,11 +25,7 @@ pub(crate) struct Layout {
 pub(crate) enum Position {
     /// The n-th element (from 1) of an array; `line` names the line of the enclosing batch
     /// when the document holds more than one.
-    Element {
-        element: &'static str,
-        line: Option<usize>,
-        n: usize,
-    },
+    Element { element: &'static str, line: Option<usize>, n: usize },
     /// A top-level value starting on this line (from 1).
     Line(usize),
     /// A byte offset: where the document broke.
@@ -39,16 +35,8 @@ pub(crate) enum Position {
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Position::Element {
-                element,
-                line: None,
-                n,
-            } => write!(f, "{element} {n}"),
-            Position::Element {
-                element,
-                line: Some(line),
-                n,
-            } => write!(f, "line {line} {element} {n}"),
+            Position::Element { element, line: None, n } => write!(f, "{element} {n}"),
+            Position::Element { element, line: Some(line), n } => write!(f, "line {line} {element} {n}"),
             Position::Line(line) => write!(f, "line {line}"),
             Position::Byte(at) => write!(f, "byte {at}"),
         }
@@ -58,14 +46,8 @@ impl fmt::Display for Position {
 /// One thing found in a document: a record as read, or why the document broke there.
 #[derive(Debug)]
 pub(crate) enum Item<'a> {
-    Record {
-        position: Position,
-        raw: &'a RawValue,
-    },
-    Error {
-        position: Position,
-        reason: String,
-    },
+    Record { position: Position, raw: &'a RawValue },
+    Error { position: Position, reason: String },
 }
 
 const BOM: &[u8] = b"\xef\xbb\xbf";
@@ -121,18 +103,14 @@ pub(crate) fn split<'a>(doc: &'a [u8], layout: &Layout, emit: &mut dyn FnMut(Ite
         Some(b'[') => {
             let mut array = Elements::new(doc, layout.element, None);
             let mut de = serde_json::Deserializer::from_slice(&doc[i..]);
-            match de.deserialize_seq(ElementsVisitor {
-                state: &mut array,
-                emit,
-            }) {
+            match de.deserialize_seq(ElementsVisitor { state: &mut array, emit }) {
                 Ok(()) => {
                     if de.end().is_err() {
                         let after = skip_ws(doc, array.next_from);
                         let after = skip_ws(doc, after + usize::from(doc.get(after) == Some(&b']')));
                         emit(Item::Error {
                             position: Position::Byte(after),
-                            reason: "unexpected data after the end of the JSON document; it is ignored"
-                                .into(),
+                            reason: "unexpected data after the end of the JSON document; it is ignored".into(),
                         });
                     }
                 }
@@ -161,15 +139,7 @@ struct Elements<'a> {
 
 impl<'a> Elements<'a> {
     fn new(doc: &'a [u8], element: &'static str, line: Option<usize>) -> Self {
-        Self {
-            doc,
-            element,
-            line,
-            n: 0,
-            next_from: 0,
-            closed: false,
-            key: None,
-        }
+        Self { doc, element, line, n: 0, next_from: 0, closed: false, key: None }
     }
 
     /// Reports why reading stopped: a truncation (everything before it was emitted) or
@@ -177,32 +147,21 @@ impl<'a> Elements<'a> {
     fn fail(&self, e: &serde_json::Error, parse_start: usize, emit: &mut dyn FnMut(Item<'a>)) {
         let (doc, element, n) = (self.doc, self.element, self.n);
         let (position, reason) = match e.classify() {
-            Category::Eof if self.closed => (
-                Position::Byte(doc.len()),
-                format!("document is truncated: it ends inside the top-level object after {n} {element}s"),
-            ),
-            Category::Eof if n == 0 => (
-                Position::Byte(doc.len()),
-                format!("document is truncated: it ends before {element} 1 is complete"),
-            ),
+            Category::Eof if self.closed => {
+                (Position::Byte(doc.len()), format!("document is truncated: it ends inside the top-level object after {n} {element}s"))
+            }
+            Category::Eof if n == 0 => (Position::Byte(doc.len()), format!("document is truncated: it ends before {element} 1 is complete")),
             Category::Eof => {
                 let mut at = skip_ws(doc, self.next_from);
                 if doc.get(at) == Some(&b',') {
                     at = skip_ws(doc, at + 1);
                 }
                 if at >= doc.len() {
-                    (
-                        Position::Byte(at),
-                        format!("document is truncated: it ends inside the array after {element} {n}"),
-                    )
+                    (Position::Byte(at), format!("document is truncated: it ends inside the array after {element} {n}"))
                 } else {
                     (
                         Position::Byte(at),
-                        format!(
-                            "document is truncated: {element} {} starting here is incomplete (document ends at byte {})",
-                            n + 1,
-                            doc.len()
-                        ),
+                        format!("document is truncated: {element} {} starting here is incomplete (document ends at byte {})", n + 1, doc.len()),
                     )
                 }
             }
@@ -213,26 +172,14 @@ impl<'a> Elements<'a> {
                     let at = offset_of(doc, parse_start, e);
                     if doc.get(at) == Some(&b':') { skip_ws(doc, at + 1) } else { at }
                 }),
-                format!(
-                    "field `{}` is not an array ({})",
-                    self.key.unwrap_or("the document"),
-                    message(e)
-                ),
+                format!("field `{}` is not an array ({})", self.key.unwrap_or("the document"), message(e)),
             ),
             _ => {
                 let at = offset_of(doc, parse_start, e);
-                let whose = if self.closed {
-                    "after the array".to_owned()
-                } else {
-                    format!("in {element} {}", n + 1)
-                };
+                let whose = if self.closed { "after the array".to_owned() } else { format!("in {element} {}", n + 1) };
                 (
                     Position::Byte(at),
-                    format!(
-                        "malformed JSON {whose}: unexpected {} ({}); the rest of the document is skipped",
-                        describe_byte(doc, at),
-                        message(e)
-                    ),
+                    format!("malformed JSON {whose}: unexpected {} ({}); the rest of the document is skipped", describe_byte(doc, at), message(e)),
                 )
             }
         };
@@ -258,14 +205,7 @@ impl<'a> Visitor<'a> for ElementsVisitor<'_, 'a> {
             let st = &mut *self.state;
             st.n += 1;
             st.next_from = offset_in(st.doc, raw) + raw.get().len();
-            (self.emit)(Item::Record {
-                position: Position::Element {
-                    element: st.element,
-                    line: st.line,
-                    n: st.n,
-                },
-                raw,
-            });
+            (self.emit)(Item::Record { position: Position::Element { element: st.element, line: st.line, n: st.n }, raw });
         }
         self.state.closed = true;
         Ok(())
@@ -301,10 +241,7 @@ impl<'a> Visitor<'a> for BatchVisitor<'_, 'a> {
             if key == self.key && !*self.seen {
                 *self.seen = true;
                 self.state.key = Some(self.key);
-                map.next_value_seed(ElementsVisitor {
-                    state: &mut *self.state,
-                    emit: &mut *self.emit,
-                })?;
+                map.next_value_seed(ElementsVisitor { state: &mut *self.state, emit: &mut *self.emit })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -324,12 +261,7 @@ fn stream_batch<'a>(
 ) -> Result<bool, serde_json::Error> {
     let mut seen = false;
     let mut de = serde_json::Deserializer::from_slice(&doc[start..]);
-    let result = de.deserialize_map(BatchVisitor {
-        state,
-        emit,
-        key,
-        seen: &mut seen,
-    });
+    let result = de.deserialize_map(BatchVisitor { state, emit, key, seen: &mut seen });
     match result {
         Ok(()) => Ok(seen),
         Err(e) if seen => Err(e),
@@ -375,11 +307,7 @@ fn next_line(b: &[u8], at: usize) -> usize {
 /// are guesses, so reading stops there.
 fn split_values<'a>(doc: &'a [u8], start: usize, layout: &Layout, emit: &mut dyn FnMut(Item<'a>)) {
     // Pretty-printed documents open with a lone `{` on their first line; JSON lines do not.
-    let pretty = doc[start..]
-        .split(|&c| c == b'\n')
-        .map(<[u8]>::trim_ascii)
-        .find(|l| !l.is_empty())
-        == Some(b"{".as_slice());
+    let pretty = doc[start..].split(|&c| c == b'\n').map(<[u8]>::trim_ascii).find(|l| !l.is_empty()) == Some(b"{".as_slice());
     let mut lines = LineCounter::new(doc);
     let mut from = start;
     let mut first = true;
@@ -411,10 +339,7 @@ fn split_values<'a>(doc: &'a [u8], start: usize, layout: &Layout, emit: &mut dyn
                             }
                         }
                     }
-                    emit(Item::Record {
-                        position: Position::Line(line),
-                        raw,
-                    });
+                    emit(Item::Record { position: Position::Line(line), raw });
                 }
                 Err(e) => {
                     // A batch cut short or damaged: keep the records before the damage.
@@ -433,10 +358,7 @@ fn split_values<'a>(doc: &'a [u8], start: usize, layout: &Layout, emit: &mut dyn
                     }
                     if pretty {
                         let reason = if e.classify() == Category::Eof {
-                            format!(
-                                "document is truncated: the value starting here (line {line}) is incomplete (document ends at byte {})",
-                                doc.len()
-                            )
+                            format!("document is truncated: the value starting here (line {line}) is incomplete (document ends at byte {})", doc.len())
                         } else {
                             let at = offset_of(doc, from, &e);
                             format!(
@@ -445,10 +367,7 @@ fn split_values<'a>(doc: &'a [u8], start: usize, layout: &Layout, emit: &mut dyn
                                 message(&e)
                             )
                         };
-                        emit(Item::Error {
-                            position: Position::Byte(value_start),
-                            reason,
-                        });
+                        emit(Item::Error { position: Position::Byte(value_start), reason });
                         return;
                     }
                     // JSON lines: judge the line alone, then go on with the next one.
@@ -458,10 +377,7 @@ fn split_values<'a>(doc: &'a [u8], start: usize, layout: &Layout, emit: &mut dyn
                         Err(alone) => format!("not JSON: {alone}"),
                         Ok(_) => format!("not JSON: {e}"),
                     };
-                    emit(Item::Error {
-                        position: Position::Line(line),
-                        reason,
-                    });
+                    emit(Item::Error { position: Position::Line(line), reason });
                     from = end;
                     continue 'restart;
                 }
@@ -475,10 +391,7 @@ fn split_values<'a>(doc: &'a [u8], start: usize, layout: &Layout, emit: &mut dyn
 mod tests {
     use super::*;
 
-    const LAYOUT: Layout = Layout {
-        element: "record",
-        records_key: Some("Records"),
-    };
+    const LAYOUT: Layout = Layout { element: "record", records_key: Some("Records") };
 
     fn items(doc: &[u8]) -> Vec<(String, Result<String, String>)> {
         let mut out = Vec::new();

@@ -6,14 +6,10 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{
-    CloudAction, Emitter, Kind, Layout, Limits, Parsed, Position, Provider, Sink, get_path,
-    opt_str, parse_document, parse_path_with, req_str, req_time,
+    CloudAction, Emitter, Kind, Layout, Limits, Parsed, Position, Provider, Sink, get_path, opt_str, parse_document, parse_path_with, req_str, req_time,
 };
 
-const LAYOUT: Layout = Layout {
-    element: "entry",
-    records_key: None,
-};
+const LAYOUT: Layout = Layout { element: "entry", records_key: None };
 
 /// How GCP audit-log files are told from other files in a directory.
 pub(crate) const KIND: Kind = Kind {
@@ -21,11 +17,7 @@ pub(crate) const KIND: Kind = Kind {
     markers: &["\"protoPayload\"", "\"insertId\""],
     not_events: &[],
     skip_dirs: &[],
-    other: (
-        "CloudTrail",
-        &["\"eventID\"", "\"eventSource\"", "\"Records\""],
-        "sigil-collector ingest cloudtrail",
-    ),
+    other: ("CloudTrail", &["\"eventID\"", "\"eventSource\"", "\"Records\""], "sigil-collector ingest cloudtrail"),
 };
 
 /// Parses one GCP audit-log input (plain or gzip). Never fails as a whole: complete entries
@@ -86,35 +78,16 @@ fn to_action(entry: Value) -> Result<CloudAction, String> {
         None => opt_str(&entry, &["resource", "labels", "region"])?,
     };
     // Workload identity federation callers may have no email, only a principal subject.
-    let principal = match opt_str(
-        &entry,
-        &["protoPayload", "authenticationInfo", "principalEmail"],
-    )? {
+    let principal = match opt_str(&entry, &["protoPayload", "authenticationInfo", "principalEmail"])? {
         Some(email) => Some(email),
-        None => opt_str(
-            &entry,
-            &["protoPayload", "authenticationInfo", "principalSubject"],
-        )?,
+        None => opt_str(&entry, &["protoPayload", "authenticationInfo", "principalSubject"])?,
     };
-    let principal_type = principal
-        .as_deref()
-        .and_then(principal_type)
-        .map(str::to_owned);
+    let principal_type = principal.as_deref().and_then(principal_type).map(str::to_owned);
     // A service-account key is GCP's counterpart of an AWS access key id: it names the
     // long-lived credential the call was signed with.
-    let access_key_id = opt_str(
-        &entry,
-        &[
-            "protoPayload",
-            "authenticationInfo",
-            "serviceAccountKeyName",
-        ],
-    )?;
+    let access_key_id = opt_str(&entry, &["protoPayload", "authenticationInfo", "serviceAccountKeyName"])?;
     let source_ip = opt_str(&entry, &["protoPayload", "requestMetadata", "callerIp"])?;
-    let user_agent = opt_str(
-        &entry,
-        &["protoPayload", "requestMetadata", "callerSuppliedUserAgent"],
-    )?;
+    let user_agent = opt_str(&entry, &["protoPayload", "requestMetadata", "callerSuppliedUserAgent"])?;
     let error_code = match get_path(&entry, &["protoPayload", "status", "code"])? {
         None => None,
         Some(Value::Number(n)) if n.as_i64() == Some(0) => None,
@@ -146,14 +119,7 @@ fn to_action(entry: Value) -> Result<CloudAction, String> {
 /// as compact JSON) is the best identity there is.
 fn delegation_chain(entry: &Value) -> Result<Vec<String>, String> {
     const FIELD: &str = "protoPayload.authenticationInfo.serviceAccountDelegationInfo";
-    let links = match get_path(
-        entry,
-        &[
-            "protoPayload",
-            "authenticationInfo",
-            "serviceAccountDelegationInfo",
-        ],
-    )? {
+    let links = match get_path(entry, &["protoPayload", "authenticationInfo", "serviceAccountDelegationInfo"])? {
         None => return Ok(Vec::new()),
         Some(Value::Array(links)) => links,
         Some(_) => return Err(format!("field `{FIELD}` is not an array")),
@@ -163,17 +129,12 @@ fn delegation_chain(entry: &Value) -> Result<Vec<String>, String> {
         if !link.is_object() {
             return Err(format!("field `{FIELD}[{n}]` is not an object"));
         }
-        let named = |path: &[&str]| {
-            opt_str(link, path)
-                .map_err(|reason| reason.replacen("field `", &format!("field `{FIELD}[{n}]."), 1))
-        };
+        let named = |path: &[&str]| opt_str(link, path).map_err(|reason| reason.replacen("field `", &format!("field `{FIELD}[{n}]."), 1));
         if let Some(email) = named(&["firstPartyPrincipal", "principalEmail"])? {
             chain.push(email);
         } else if let Some(subject) = named(&["principalSubject"])? {
             chain.push(subject);
-        } else if let Some(claims) = link
-            .get("thirdPartyPrincipal")
-            .and_then(|p| p.get("thirdPartyClaims"))
+        } else if let Some(claims) = link.get("thirdPartyPrincipal").and_then(|p| p.get("thirdPartyClaims"))
             && !claims.is_null()
         {
             chain.push(claims.to_string());
@@ -190,9 +151,7 @@ mod tests {
     use super::*;
 
     fn data(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/gcp")
-            .join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gcp").join(rel)
     }
 
     fn read(rel: &str) -> (String, Vec<u8>) {
@@ -217,25 +176,11 @@ mod tests {
         assert_eq!(a.principal_type.as_deref(), Some("service_account"));
         assert_eq!(a.access_key_id, None);
         assert_eq!(a.source_ip.as_deref(), Some("203.0.113.77"));
-        assert!(
-            a.user_agent
-                .as_deref()
-                .unwrap()
-                .starts_with("google-cloud-sdk gcloud/498.0.0 ")
-        );
+        assert!(a.user_agent.as_deref().unwrap().starts_with("google-cloud-sdk gcloud/498.0.0 "));
         assert_eq!(a.error_code, None, "empty status is success");
         assert_eq!(a.assumed, None);
-        assert_eq!(
-            a.delegation,
-            [
-                "alice@sigil.example",
-                "ci-runner@sigil-demo-405112.iam.gserviceaccount.com"
-            ]
-        );
-        assert_eq!(
-            serde_json::from_str::<Value>(&a.raw).unwrap()["logName"],
-            "projects/sigil-demo-405112/logs/cloudaudit.googleapis.com%2Fdata_access"
-        );
+        assert_eq!(a.delegation, ["alice@sigil.example", "ci-runner@sigil-demo-405112.iam.gserviceaccount.com"]);
+        assert_eq!(serde_json::from_str::<Value>(&a.raw).unwrap()["logName"], "projects/sigil-demo-405112/logs/cloudaudit.googleapis.com%2Fdata_access");
     }
 
     fn check_denied(a: &CloudAction) {
@@ -255,10 +200,7 @@ mod tests {
         let (name, bytes) = read("audit.jsonl");
         let parsed = parse(&name, &bytes);
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        assert_eq!(
-            ids(&parsed),
-            ["1x9sigilfx01a", "1x9sigilfx02b", "-sigilfx03c"]
-        );
+        assert_eq!(ids(&parsed), ["1x9sigilfx01a", "1x9sigilfx02b", "-sigilfx03c"]);
         check_impersonated(&parsed.actions[0]);
         check_denied(&parsed.actions[1]);
         let key = &parsed.actions[2];
@@ -286,18 +228,8 @@ mod tests {
         assert_eq!(ids(&parsed), ["1x9sigilfx01a"]);
         assert_eq!(parsed.errors.len(), 1);
         assert_eq!(parsed.errors[0].source_name, name);
-        assert!(
-            parsed.errors[0].position.starts_with("byte "),
-            "{:?}",
-            parsed.errors[0]
-        );
-        assert!(
-            parsed.errors[0]
-                .reason
-                .contains("entry 2 starting here is incomplete"),
-            "{:?}",
-            parsed.errors[0]
-        );
+        assert!(parsed.errors[0].position.starts_with("byte "), "{:?}", parsed.errors[0]);
+        assert!(parsed.errors[0].reason.contains("entry 2 starting here is incomplete"), "{:?}", parsed.errors[0]);
     }
 
     #[test]
@@ -305,66 +237,26 @@ mod tests {
         let (name, bytes) = read("bad.jsonl");
         let parsed = parse(&name, &bytes);
         assert_eq!(ids(&parsed), ["1x9sigilfx01a", "-sigilfx03c"]);
-        let got: Vec<(&str, &str)> = parsed
-            .errors
-            .iter()
-            .map(|e| (e.position.as_str(), e.reason.as_str()))
-            .collect();
+        let got: Vec<(&str, &str)> = parsed.errors.iter().map(|e| (e.position.as_str(), e.reason.as_str())).collect();
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(parsed.errors.iter().all(|e| e.source_name == name));
         assert_eq!(got[0].0, "line 2");
-        assert!(
-            got[0].1.starts_with("not JSON: EOF while parsing"),
-            "{got:?}"
-        );
+        assert!(got[0].1.starts_with("not JSON: EOF while parsing"), "{got:?}");
         assert_eq!(got[1], ("line 3", "missing field `insertId`"));
-        assert_eq!(
-            got[2],
-            (
-                "line 4",
-                "field `protoPayload.status.code` is not an integer"
-            )
-        );
-        assert_eq!(
-            got[3],
-            (
-                "line 5",
-                "field `timestamp` is not an RFC 3339 timestamp: \"yesterday\""
-            )
-        );
+        assert_eq!(got[2], ("line 4", "field `protoPayload.status.code` is not an integer"));
+        assert_eq!(got[3], ("line 5", "field `timestamp` is not an RFC 3339 timestamp: \"yesterday\""));
     }
 
     #[test]
     fn field_level_errors_and_variants() {
         let (_, bytes) = read("audit.jsonl");
-        let first: Value =
-            serde_json::from_slice(bytes.split(|&c| c == b'\n').next().unwrap()).unwrap();
+        let first: Value = serde_json::from_slice(bytes.split(|&c| c == b'\n').next().unwrap()).unwrap();
         let cases: [(&str, Value, &str); 6] = [
-            (
-                "/protoPayload",
-                "x".into(),
-                "field `protoPayload` is not an object",
-            ),
-            (
-                "/protoPayload/methodName",
-                Value::Null,
-                "missing field `protoPayload.methodName`",
-            ),
-            (
-                "/protoPayload/serviceName",
-                1.into(),
-                "field `protoPayload.serviceName` is not a string",
-            ),
-            (
-                "/protoPayload/requestMetadata/callerIp",
-                true.into(),
-                "field `protoPayload.requestMetadata.callerIp`",
-            ),
-            (
-                "/protoPayload/authenticationInfo/serviceAccountDelegationInfo",
-                serde_json::json!({}),
-                "serviceAccountDelegationInfo` is not an array",
-            ),
+            ("/protoPayload", "x".into(), "field `protoPayload` is not an object"),
+            ("/protoPayload/methodName", Value::Null, "missing field `protoPayload.methodName`"),
+            ("/protoPayload/serviceName", 1.into(), "field `protoPayload.serviceName` is not a string"),
+            ("/protoPayload/requestMetadata/callerIp", true.into(), "field `protoPayload.requestMetadata.callerIp`"),
+            ("/protoPayload/authenticationInfo/serviceAccountDelegationInfo", serde_json::json!({}), "serviceAccountDelegationInfo` is not an array"),
             (
                 "/protoPayload/authenticationInfo/serviceAccountDelegationInfo/1/firstPartyPrincipal/principalEmail",
                 5.into(),
@@ -378,18 +270,13 @@ mod tests {
             assert!(parsed.actions.is_empty(), "{pointer}");
             assert_eq!(parsed.errors.len(), 1, "{pointer}");
             assert_eq!(parsed.errors[0].position, "line 1");
-            assert!(
-                parsed.errors[0].reason.contains(reason),
-                "{pointer}: {}",
-                parsed.errors[0].reason
-            );
+            assert!(parsed.errors[0].reason.contains(reason), "{pointer}: {}", parsed.errors[0].reason);
         }
         // Federated caller without email; third-party link in the chain.
         let mut entry = first.clone();
         let auth = &mut entry["protoPayload"]["authenticationInfo"];
         auth["principalEmail"] = Value::Null;
-        auth["principalSubject"] =
-            "principal://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/subject/run-7734".into();
+        auth["principalSubject"] = "principal://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/subject/run-7734".into();
         auth["serviceAccountDelegationInfo"] = serde_json::json!([
             {"thirdPartyPrincipal": {"thirdPartyClaims": {"sub": "run-7734"}}},
             {"principalSubject": "serviceAccount:ci-runner@sigil-demo-405112.iam.gserviceaccount.com"},
@@ -398,19 +285,10 @@ mod tests {
         let parsed = parse("g", entry.to_string().as_bytes());
         let a = &parsed.actions[0];
         assert_eq!(a.principal_type.as_deref(), Some("federated"));
-        assert_eq!(
-            a.delegation,
-            [
-                "{\"sub\":\"run-7734\"}",
-                "serviceAccount:ci-runner@sigil-demo-405112.iam.gserviceaccount.com"
-            ]
-        );
+        assert_eq!(a.delegation, ["{\"sub\":\"run-7734\"}", "serviceAccount:ci-runner@sigil-demo-405112.iam.gserviceaccount.com"]);
         // Offsets in timestamps.
         entry["timestamp"] = "2026-11-23T16:05:09+02:00".into();
-        assert_eq!(
-            parse("g", entry.to_string().as_bytes()).actions[0].time_unix,
-            1_795_442_709
-        );
+        assert_eq!(parse("g", entry.to_string().as_bytes()).actions[0].time_unix, 1_795_442_709);
     }
 
     #[test]
@@ -418,21 +296,13 @@ mod tests {
         let parsed = parse_path(&data("dir")).unwrap();
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         // Sorted by file name: activity shard, then the gzipped data_access shard.
-        assert_eq!(
-            ids(&parsed),
-            ["1x9sigilfx02b", "1x9sigilfx01a", "-sigilfx03c"]
-        );
+        assert_eq!(ids(&parsed), ["1x9sigilfx02b", "1x9sigilfx01a", "-sigilfx03c"]);
         check_denied(&parsed.actions[0]);
         check_impersonated(&parsed.actions[1]);
         // The whole tree: bad.jsonl's errors are attributed to it.
         let parsed = parse_path(&data("")).unwrap();
         assert_eq!(parsed.errors.len(), 4);
-        assert!(
-            parsed
-                .errors
-                .iter()
-                .all(|e| e.source_name.ends_with("bad.jsonl"))
-        );
+        assert!(parsed.errors.iter().all(|e| e.source_name.ends_with("bad.jsonl")));
         assert_eq!(parsed.actions.len(), 2 + 3 + 3 + 2);
     }
 }

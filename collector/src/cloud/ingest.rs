@@ -42,10 +42,7 @@ pub struct Totals {
 pub enum IngestError {
     /// The path could not be read (the cause is the error's source).
     #[error("{path}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("storing cloud actions failed; the {stored} stored before the failure stay stored")]
     Store { stored: u64, source: StoreError },
 }
@@ -107,13 +104,7 @@ fn write_batches(store: &dyn Store, batches: std::sync::mpsc::Receiver<Vec<Cloud
 /// Ingests a file or a directory of `provider` audit logs into `store`, reporting each
 /// bad record and each file left out through `report`. Correlation is the caller's: one
 /// run after everything is stored costs less than one per batch.
-pub fn ingest_path(
-    store: &dyn Store,
-    provider: Provider,
-    path: &Path,
-    limits: &Limits,
-    report: &mut dyn FnMut(Notice<'_>),
-) -> Result<Totals, IngestError> {
+pub fn ingest_path(store: &dyn Store, provider: Provider, path: &Path, limits: &Limits, report: &mut dyn FnMut(Notice<'_>)) -> Result<Totals, IngestError> {
     // Reading and storing overlap: one thread parses while another commits the previous
     // batch. Two batches in flight bound the memory.
     let (tx, rx) = std::sync::mpsc::sync_channel(2);
@@ -147,7 +138,10 @@ mod tests {
     use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
     use super::*;
-    use crate::store::{AgentEvent, Page, Query, sqlite::{SqliteStore, now_unix}};
+    use crate::store::{
+        AgentEvent, Page, Query,
+        sqlite::{SqliteStore, now_unix},
+    };
 
     const CTR: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
     const KEY: &str = "AKIASIGILRETAIN00001";

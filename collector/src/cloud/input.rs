@@ -24,10 +24,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_file_bytes: 2 << 30,
-            max_record_bytes: 1 << 20,
-        }
+        Self { max_file_bytes: 2 << 30, max_record_bytes: 1 << 20 }
     }
 }
 
@@ -50,23 +47,14 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], limits: &Limits, out: &mut Emitter<'_>
             Ok(n) => decoded.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                out.error(
-                    format_args!("byte {}", decoded.len()),
-                    format!(
-                        "gzip stream is damaged after {} decompressed bytes: {e}",
-                        decoded.len()
-                    ),
-                );
+                out.error(format_args!("byte {}", decoded.len()), format!("gzip stream is damaged after {} decompressed bytes: {e}", decoded.len()));
                 break;
             }
         }
     }
     if decoded.len() as u64 > max {
         decoded.truncate(usize::try_from(max).unwrap_or(usize::MAX));
-        out.error(
-            format_args!("byte {max}"),
-            format!("decompressed size exceeds {max} bytes; the rest is ignored"),
-        );
+        out.error(format_args!("byte {max}"), format!("decompressed size exceeds {max} bytes; the rest is ignored"));
     }
     Cow::Owned(decoded)
 }
@@ -114,12 +102,7 @@ fn sniff(kind: &Kind, head: &[u8]) -> Option<String> {
     }
     let json = matches!(text.trim_start_matches('\u{feff}').trim_start().as_bytes().first(), Some(b'{' | b'['));
     Some(if json {
-        format!(
-            "JSON, but no {} fields ({}) in its first {} KiB",
-            kind.name,
-            kind.markers.join(", "),
-            SNIFF_BYTES / 1024
-        )
+        format!("JSON, but no {} fields ({}) in its first {} KiB", kind.name, kind.markers.join(", "), SNIFF_BYTES / 1024)
     } else {
         "text that is not JSON".into()
     })
@@ -146,11 +129,7 @@ fn read_bounded(path: &Path, limits: &Limits) -> Result<Vec<u8>, String> {
         return Err("not a regular file".into());
     }
     if meta.len() > limits.max_file_bytes {
-        return Err(format!(
-            "file is {} bytes, above the bound of {} bytes (split it, or raise --max-file-bytes)",
-            meta.len(),
-            limits.max_file_bytes
-        ));
+        return Err(format!("file is {} bytes, above the bound of {} bytes (split it, or raise --max-file-bytes)", meta.len(), limits.max_file_bytes));
     }
     std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))
 }
@@ -162,10 +141,7 @@ fn collect_files(dir: &Path, kind: &Kind, sink: &mut dyn Sink) -> std::io::Resul
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     let mut skip = |path: &Path, reason: String| {
-        sink.skipped(SkippedFile {
-            path: path.display().to_string(),
-            reason,
-        });
+        sink.skipped(SkippedFile { path: path.display().to_string(), reason });
     };
     while let Some(d) = stack.pop() {
         let entries = match std::fs::read_dir(&d) {
@@ -213,13 +189,7 @@ fn collect_files(dir: &Path, kind: &Kind, sink: &mut dyn Sink) -> std::io::Resul
 
 /// A file is parsed whatever its name and content (the caller chose it); a directory
 /// contributes every file whose content is this provider's audit data, and names the others.
-pub fn parse_path_with(
-    path: &Path,
-    kind: &Kind,
-    limits: &Limits,
-    sink: &mut dyn Sink,
-    parse: fn(&str, &[u8], &Limits, &mut dyn Sink),
-) -> std::io::Result<()> {
+pub fn parse_path_with(path: &Path, kind: &Kind, limits: &Limits, sink: &mut dyn Sink, parse: fn(&str, &[u8], &Limits, &mut dyn Sink)) -> std::io::Result<()> {
     if !std::fs::metadata(path)?.is_dir() {
         let name = path.display().to_string();
         match read_bounded(path, limits) {

@@ -24,8 +24,8 @@ use serde_json::Value;
 use document::{Item, Layout, Position};
 pub use input::Limits;
 use input::{Kind, parse_path_with};
-pub use timestamps::parse_rfc3339;
 use timestamps::parse_expiration;
+pub use timestamps::parse_rfc3339;
 
 /// Part of an action's identity: ids are only unique within one provider's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -167,11 +167,7 @@ impl Emitter<'_> {
     }
 
     fn error(&mut self, position: impl fmt::Display, reason: impl Into<String>) {
-        self.sink.error(RecordError {
-            source_name: self.source_name.to_owned(),
-            position: position.to_string(),
-            reason: reason.into(),
-        });
+        self.sink.error(RecordError { source_name: self.source_name.to_owned(), position: position.to_string(), reason: reason.into() });
     }
 }
 
@@ -194,13 +190,7 @@ pub(crate) fn parse_document(
         Item::Record { position, raw } => {
             let len = raw.get().len();
             if len > limits.max_record_bytes {
-                out.error(
-                    position,
-                    format!(
-                        "record is {len} bytes, above the bound of {} bytes; it is skipped",
-                        limits.max_record_bytes
-                    ),
-                );
+                out.error(position, format!("record is {len} bytes, above the bound of {} bytes; it is skipped", limits.max_record_bytes));
                 return;
             }
             // The common record read without a value tree; anything unusual, and every
@@ -255,9 +245,7 @@ fn flattened<'a>(map: &'a serde_json::Map<String, Value>, rest: &[&str]) -> Opti
 fn req_str(root: &Value, path: &[&str]) -> Result<String, String> {
     match get_path(root, path)? {
         None => Err(format!("missing field `{}`", path.join("."))),
-        Some(Value::String(s)) if s.is_empty() => {
-            Err(format!("field `{}` is empty", path.join(".")))
-        }
+        Some(Value::String(s)) if s.is_empty() => Err(format!("field `{}` is empty", path.join("."))),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(format!("field `{}` is not a string", path.join("."))),
     }
@@ -276,12 +264,7 @@ fn opt_str(root: &Value, path: &[&str]) -> Result<Option<String>, String> {
 
 fn req_time(root: &Value, path: &[&str]) -> Result<i64, String> {
     let s = req_str(root, path)?;
-    parse_rfc3339(&s).ok_or_else(|| {
-        format!(
-            "field `{}` is not an RFC 3339 timestamp: {s:?}",
-            path.join(".")
-        )
-    })
+    parse_rfc3339(&s).ok_or_else(|| format!("field `{}` is not an RFC 3339 timestamp: {s:?}", path.join(".")))
 }
 
 #[cfg(test)]
@@ -297,14 +280,8 @@ mod tests {
             "responseElements": {"credentials.accessKeyId": "ASIAFLAT"},
         });
         assert_eq!(get_path(&v, &["userIdentity", "type"]).unwrap().unwrap(), "IAMUser");
-        assert_eq!(
-            opt_str(&v, &["userIdentity", "accessKeyId"]).unwrap().as_deref(),
-            Some("AKIAFLAT")
-        );
-        assert_eq!(
-            opt_str(&v, &["responseElements", "credentials", "accessKeyId"]).unwrap().as_deref(),
-            Some("ASIAFLAT")
-        );
+        assert_eq!(opt_str(&v, &["userIdentity", "accessKeyId"]).unwrap().as_deref(), Some("AKIAFLAT"));
+        assert_eq!(opt_str(&v, &["responseElements", "credentials", "accessKeyId"]).unwrap().as_deref(), Some("ASIAFLAT"));
         assert_eq!(opt_str(&v, &["userIdentity", "arn"]).unwrap(), None);
         assert_eq!(opt_str(&v, &["userIdentity", "type", "x"]).unwrap(), None);
     }

@@ -30,9 +30,10 @@ impl Kek {
             raw
         } else {
             let text = std::str::from_utf8(&raw).map_err(|_| err("is neither 32 raw bytes nor 64 hex digits".into()))?;
-            hex::decode(text.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
-                err(format!("is {} bytes; expected 32 raw bytes or 64 hex digits (openssl rand -hex 32)", raw.len()))
-            })?
+            hex::decode(text.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| err(format!("is {} bytes; expected 32 raw bytes or 64 hex digits (openssl rand -hex 32)", raw.len())))?
         };
         Self::from_bytes(&bytes).map_err(|_| err("is not a valid AES-256 key".into()))
     }
@@ -54,9 +55,7 @@ impl Kek {
         let mut n = [0u8; NONCE_LEN];
         rng.fill(&mut n).map_err(|_| KekError::Random)?;
         let mut buf = plain.to_vec();
-        self.0
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(n), Aad::from(label.as_bytes()), &mut buf)
-            .map_err(|_| KekError::Random)?;
+        self.0.seal_in_place_append_tag(Nonce::assume_unique_for_key(n), Aad::from(label.as_bytes()), &mut buf).map_err(|_| KekError::Random)?;
         Ok((n.to_vec(), buf))
     }
 

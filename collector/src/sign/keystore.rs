@@ -12,7 +12,11 @@
 //! Every replica runs [`KeyStore::maintain`] in an IMMEDIATE transaction, so exactly one
 //! of them rotates, and [`KeyStore::reload`] picks up what another replica did.
 
-use std::{path::Path, sync::{Mutex, RwLock}, time::Duration};
+use std::{
+    path::Path,
+    sync::{Mutex, RwLock},
+    time::Duration,
+};
 
 use ring::{
     rand::SystemRandom,
@@ -139,14 +143,11 @@ impl KeyStore {
             let mut conn = self.conn.lock().map_err(|_| KeyStoreError::Key("key store lock poisoned".into()))?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut changed = tx.execute("DELETE FROM signing_keys WHERE state = 'retired' AND expires <= ?1", params![now])? > 0;
-            let current: Option<(String, i64)> = tx
-                .query_row("SELECT kid, activated FROM signing_keys WHERE state = 'current'", [], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let current: Option<(String, i64)> =
+                tx.query_row("SELECT kid, activated FROM signing_keys WHERE state = 'current'", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
             let has_next = tx.query_row("SELECT count(*) FROM signing_keys WHERE state = 'next'", [], |r| r.get::<_, i64>(0))? > 0;
             let retired: Option<(String, i64)> = tx
-                .query_row("SELECT kid, expires FROM signing_keys WHERE state = 'retired' ORDER BY expires DESC LIMIT 1", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row("SELECT kid, expires FROM signing_keys WHERE state = 'retired' ORDER BY expires DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             match current {
                 None => {
@@ -224,10 +225,8 @@ impl KeyStore {
     pub fn sign(&self, claims: &Claims) -> Result<(String, String), KeyStoreError> {
         let ring = self.ring.read().map_err(|_| KeyStoreError::Key("key ring lock poisoned".into()))?;
         let (kid, pair) = ring.current.as_ref().ok_or_else(|| KeyStoreError::Key("no current signing key".into()))?;
-        let token = jwt::encode(kid, claims, |input| {
-            pair.sign(&self.rng, input).map(|s| s.as_ref().to_vec()).map_err(|e| KeyError::Sign(e.to_string()))
-        })
-        .map_err(|e: JwtError| KeyStoreError::Key(e.to_string()))?;
+        let token = jwt::encode(kid, claims, |input| pair.sign(&self.rng, input).map(|s| s.as_ref().to_vec()).map_err(|e| KeyError::Sign(e.to_string())))
+            .map_err(|e: JwtError| KeyStoreError::Key(e.to_string()))?;
         Ok((token, kid.clone()))
     }
 
@@ -255,8 +254,7 @@ mod tests {
     use super::*;
 
     fn store(db: &Path, kek: &Path, rotate: u64, ttl: u64) -> KeyStore {
-        KeyStore::open(Some(db), Kek::from_file(kek).expect("kek"), Duration::from_secs(rotate), Duration::from_secs(ttl))
-            .expect("open")
+        KeyStore::open(Some(db), Kek::from_file(kek).expect("kek"), Duration::from_secs(rotate), Duration::from_secs(ttl)).expect("open")
     }
 
     fn kek_file(dir: &Path) -> std::path::PathBuf {

@@ -48,10 +48,7 @@ async fn jwks(State(s): State<Oidc>) -> Json<Value> {
 
 /// The public OIDC documents: no authentication (cloud STS services fetch them).
 pub fn oidc_router(issuer: String, keys: Arc<KeyStore>) -> Router {
-    Router::new()
-        .route("/.well-known/openid-configuration", get(configuration))
-        .route("/keys", get(jwks))
-        .with_state(Oidc { issuer, keys })
+    Router::new().route("/.well-known/openid-configuration", get(configuration)).route("/keys", get(jwks)).with_state(Oidc { issuer, keys })
 }
 
 /// Rotates when due and picks up other replicas' rotations, every `every`.
@@ -116,12 +113,7 @@ impl SignerArgs {
             Some(p) => (Some(db), kek::Kek::from_file(p)?),
             None => (None, kek::Kek::ephemeral(&rng)?),
         };
-        Ok(KeyStore::open(
-            db,
-            kek,
-            Duration::from_secs(self.key_rotation_seconds),
-            Duration::from_secs(self.max_token_ttl_seconds.max(1)),
-        )?)
+        Ok(KeyStore::open(db, kek, Duration::from_secs(self.key_rotation_seconds), Duration::from_secs(self.max_token_ttl_seconds.max(1)))?)
     }
 
     pub fn setup(&self, db: &std::path::Path) -> anyhow::Result<Option<SignerSetup>> {

@@ -91,18 +91,14 @@ impl SignerService {
         if entries.is_empty() {
             return Err((Refusal::NoEntry, format!("no registration entry for {spiffe_id}")));
         }
-        let nodes_of = |e: &&policy::Entry| -> Vec<String> {
-            e.selectors.iter().filter_map(|s| if let Selector::Node(n) = s { Some(n.clone()) } else { None }).collect()
-        };
+        let nodes_of =
+            |e: &&policy::Entry| -> Vec<String> { e.selectors.iter().filter_map(|s| if let Selector::Node(n) = s { Some(n.clone()) } else { None }).collect() };
         let allowed = entries.iter().filter(|e| nodes_of(e).iter().all(|n| n == node));
         match allowed.map(|e| e.ttl.as_secs() as i64).max() {
             Some(ttl) => Ok(ttl),
             None => {
                 let bound: Vec<String> = entries.iter().flat_map(nodes_of).collect();
-                Err((
-                    Refusal::NotAllowedOnNode,
-                    format!("{spiffe_id} is registered for node(s) {}; this request comes from node {node}", bound.join(", ")),
-                ))
+                Err((Refusal::NotAllowedOnNode, format!("{spiffe_id} is registered for node(s) {}; this request comes from node {node}", bound.join(", "))))
             }
         }
     }
@@ -155,10 +151,7 @@ impl Signer for SignerService {
             Err((reason, detail)) => return Err(self.refuse(&node, &body, reason, detail).await),
         };
         // The agent's entry, the signer's entry and the signer's ceiling: the shortest wins.
-        let ttl = [entry_ttl, self.keys.max_ttl(), if body.ttl_seconds > 0 { body.ttl_seconds } else { i64::MAX }]
-            .into_iter()
-            .min()
-            .unwrap_or(entry_ttl);
+        let ttl = [entry_ttl, self.keys.max_ttl(), if body.ttl_seconds > 0 { body.ttl_seconds } else { i64::MAX }].into_iter().min().unwrap_or(entry_ttl);
         let mut jti = [0u8; 16];
         self.rng.fill(&mut jti).map_err(|_| Status::internal("the system random number generator failed"))?;
         let ev = body.evidence.unwrap_or_default();
@@ -183,14 +176,7 @@ impl Signer for SignerService {
             sigil_run: non_empty(ev.run),
         };
         let (token, kid) = self.keys.sign(&claims).map_err(|e| Status::internal(format!("signing failed: {e}")))?;
-        Ok(Response::new(SignJwtResponse {
-            token,
-            kid,
-            jti: claims.jti,
-            issuer: claims.iss,
-            issued_at: claims.iat,
-            expires_at: claims.exp,
-        }))
+        Ok(Response::new(SignJwtResponse { token, kid, jti: claims.jti, issuer: claims.iss, issued_at: claims.iat, expires_at: claims.exp }))
     }
 
     async fn keys(&self, _req: Request<KeysRequest>) -> Result<Response<KeysResponse>, Status> {

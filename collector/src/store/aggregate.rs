@@ -114,7 +114,14 @@ impl<K: Ord + Clone> Deltas<K> {
                 max_opt(&mut c.token_family, &u.token_family);
             }
             None => {
-                let c = CredentialDelta { uses: u.count, first: u.first, last: u.last, detector: u.detector, access_key_id: u.access_key_id, token_family: u.token_family };
+                let c = CredentialDelta {
+                    uses: u.count,
+                    first: u.first,
+                    last: u.last,
+                    detector: u.detector,
+                    access_key_id: u.access_key_id,
+                    token_family: u.token_family,
+                };
                 self.credentials.insert(key, c);
             }
         }

@@ -129,7 +129,10 @@ pub enum Query {
     Unattributed,
     Posture,
     /// Misuse findings, optionally of one kind and with a misuse at or after `since`.
-    Findings { kind: Option<String>, since: Option<i64> },
+    Findings {
+        kind: Option<String>,
+        since: Option<i64>,
+    },
 }
 
 impl Query {
@@ -157,7 +160,9 @@ impl Query {
             Query::Trace(id, _) => Query::Trace(id, page),
             Query::Run(id, _) => Query::Run(id, page),
             Query::StaticCredentials(_) => Query::StaticCredentials(page),
-            _ if !page.is_default() => return Err(StoreError::BadArgument(format!("{name} answers in one piece: --limit and --after are for trace, run and static-credentials"))),
+            _ if !page.is_default() => {
+                return Err(StoreError::BadArgument(format!("{name} answers in one piece: --limit and --after are for trace, run and static-credentials")));
+            }
             q => q,
         })
     }
@@ -170,10 +175,7 @@ fn findings_filter(arg: &str) -> Result<Query, StoreError> {
         match part.split_once('=') {
             Some(("kind", k)) => {
                 if !crate::findings::KIND_NAMES.contains(&k) {
-                    return Err(StoreError::BadArgument(format!(
-                        "unknown finding kind {k:?} ({})",
-                        crate::findings::KIND_NAMES.join(", ")
-                    )));
+                    return Err(StoreError::BadArgument(format!("unknown finding kind {k:?} ({})", crate::findings::KIND_NAMES.join(", "))));
                 }
                 kind = Some(k.to_owned());
             }

@@ -66,11 +66,8 @@ fn apply(tx: &mut Transaction<'_>, stmts: &mut Stmts, d: &Deltas<Key>) -> Result
                 token_family = greatest(agg_credentials.token_family, EXCLUDED.token_family)
              RETURNING class, fingerprint, id",
     )?;
-    let ids: HashMap<(String, String), i64> = tx
-        .query(&st, &[&class, &fp, &det, &ak, &tf, &uses, &first, &last])?
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect();
+    let ids: HashMap<(String, String), i64> =
+        tx.query(&st, &[&class, &fp, &det, &ak, &tf, &uses, &first, &last])?.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
     let (mut cred, mut rid, mut n) = (vec![], vec![], vec![]);
     for ((key, r), u) in &d.credential_runs {
         if let Some(&id) = ids.get(key) {
@@ -115,15 +112,19 @@ fn apply(tx: &mut Transaction<'_>, stmts: &mut Stmts, d: &Deltas<Key>) -> Result
     Ok(())
 }
 
-const CREDENTIALS: &str = "SELECT class, fingerprint, detector, access_key_id, token_family, runs, uses, first_seen, last_seen FROM agg_credentials ORDER BY class, fingerprint";
-const CREDENTIALS_FROM_USES: &str = "SELECT u.class, u.fingerprint, max(u.detector) AS detector, max(u.access_key_id) AS access_key_id, max(u.token_family) AS token_family,
+const CREDENTIALS: &str =
+    "SELECT class, fingerprint, detector, access_key_id, token_family, runs, uses, first_seen, last_seen FROM agg_credentials ORDER BY class, fingerprint";
+const CREDENTIALS_FROM_USES: &str =
+    "SELECT u.class, u.fingerprint, max(u.detector) AS detector, max(u.access_key_id) AS access_key_id, max(u.token_family) AS token_family,
         count(DISTINCT u.rid) AS runs, sum(u.count)::int8 AS uses, min(coalesce(u.first_seen, u.time)) AS first_seen, max(u.time) AS last_seen
     FROM credential_uses u WHERE {scope} GROUP BY u.class, u.fingerprint ORDER BY u.class, u.fingerprint";
-const CREDENTIAL_RUNS: &str = "SELECT c.class, c.fingerprint, cr.rid, cr.uses FROM agg_credential_runs cr JOIN agg_credentials c ON c.id = cr.cred ORDER BY 1, 2, 3";
+const CREDENTIAL_RUNS: &str =
+    "SELECT c.class, c.fingerprint, cr.rid, cr.uses FROM agg_credential_runs cr JOIN agg_credentials c ON c.id = cr.cred ORDER BY 1, 2, 3";
 const CREDENTIAL_RUNS_FROM_USES: &str = "SELECT u.class, u.fingerprint, u.rid, sum(u.count)::int8 AS uses FROM credential_uses u
     WHERE u.rid IS NOT NULL AND {scope} GROUP BY u.class, u.fingerprint, u.rid ORDER BY 1, 2, 3";
 const RUNS: &str = "SELECT rid, uses, long_uses FROM agg_runs ORDER BY rid";
-const RUNS_FROM_USES: &str = "SELECT u.rid, sum(u.count)::int8 AS uses, sum(CASE WHEN u.class IN ('short_lived', 'sigil_issued') THEN 0 ELSE u.count END)::int8 AS long_uses
+const RUNS_FROM_USES: &str =
+    "SELECT u.rid, sum(u.count)::int8 AS uses, sum(CASE WHEN u.class IN ('short_lived', 'sigil_issued') THEN 0 ELSE u.count END)::int8 AS long_uses
     FROM credential_uses u WHERE u.rid IS NOT NULL AND {scope} GROUP BY u.rid ORDER BY u.rid";
 
 /// Records which credentials and runs the uses in `partition` belong to (it is about to

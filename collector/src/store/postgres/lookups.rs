@@ -80,7 +80,8 @@ impl Lookups for PgLookups<'_, '_> {
             };
             by[i].push(value);
         }
-        const SQL: &str = "SELECT a.id, a.provider, a.time, a.action, a.access_key_id, a.principal, a.role_session_name, a.web_identity_subject, a.issued_access_key_id
+        const SQL: &str =
+            "SELECT a.id, a.provider, a.time, a.action, a.access_key_id, a.principal, a.role_session_name, a.web_identity_subject, a.issued_access_key_id
             FROM cloud_actions a WHERE a.id IN (
                 SELECT id FROM cloud_actions WHERE id = ANY($1)
                 UNION SELECT id FROM cloud_actions WHERE access_key_id = ANY($2)
@@ -94,7 +95,8 @@ impl Lookups for PgLookups<'_, '_> {
     }
 
     fn unattributed_with_key(&mut self, key: &str) -> Result<Vec<Action>, StoreError> {
-        const SQL: &str = "SELECT a.id, a.provider, a.time, a.action, a.access_key_id, a.principal, a.role_session_name, a.web_identity_subject, a.issued_access_key_id
+        const SQL: &str =
+            "SELECT a.id, a.provider, a.time, a.action, a.access_key_id, a.principal, a.role_session_name, a.web_identity_subject, a.issued_access_key_id
             FROM cloud_actions a WHERE a.access_key_id = $1 AND NOT EXISTS (SELECT 1 FROM links l WHERE l.cloud_action_id = a.id) ORDER BY a.time, a.id";
         Ok(self.query(SQL, &[&key])?.iter().map(action).collect())
     }
@@ -155,10 +157,7 @@ impl Lookups for PgLookups<'_, '_> {
             "INSERT INTO links (cloud_action_id, run_id, exec_id, credential_use_id, jti, reason, confidence, created)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )?;
-        let n = self.tx.execute(
-            &st,
-            &[&action_id, &l.hit.run_id, &l.hit.exec_id, &l.hit.credential_use_id, &l.hit.jti, &l.reason, &l.confidence, &now],
-        )?;
+        let n = self.tx.execute(&st, &[&action_id, &l.hit.run_id, &l.hit.exec_id, &l.hit.credential_use_id, &l.hit.jti, &l.reason, &l.confidence, &now])?;
         Ok(n > 0)
     }
 }

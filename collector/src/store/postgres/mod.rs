@@ -110,11 +110,7 @@ impl PostgresStore {
         let mut client = Client::connect(url, NoTls)?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])?;
-        let version = tx
-            .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
-            .ok()
-            .flatten()
-            .map(|r| r.get::<_, String>(0));
+        let version = tx.query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[]).ok().flatten().map(|r| r.get::<_, String>(0));
         tx.commit()?;
         if let Some(v) = version.filter(|v| v != SCHEMA_VERSION) {
             return Err(StoreError::BadArgument(format!("the database has schema version {v}; this collector writes version {SCHEMA_VERSION}")));
@@ -242,10 +238,24 @@ impl Store for PostgresStore {
                         access_key_id, source_ip, user_agent, error_code, issued_access_key_id, role_session_name, web_identity_subject, delegation, json)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT DO NOTHING",
                     &[
-                        &a.id, &provider, &a.time_unix, &ingested, &a.action, &a.service, &a.region, &a.principal, &a.principal_type,
-                        &a.access_key_id, &a.source_ip, &a.user_agent, &a.error_code, &assumed.and_then(|r| r.issued_access_key_id.clone()),
-                        &assumed.and_then(|r| r.role_session_name.clone()), &assumed.and_then(|r| r.web_identity_subject.clone()),
-                        &delegation, &a.raw,
+                        &a.id,
+                        &provider,
+                        &a.time_unix,
+                        &ingested,
+                        &a.action,
+                        &a.service,
+                        &a.region,
+                        &a.principal,
+                        &a.principal_type,
+                        &a.access_key_id,
+                        &a.source_ip,
+                        &a.user_agent,
+                        &a.error_code,
+                        &assumed.and_then(|r| r.issued_access_key_id.clone()),
+                        &assumed.and_then(|r| r.role_session_name.clone()),
+                        &assumed.and_then(|r| r.web_identity_subject.clone()),
+                        &delegation,
+                        &a.raw,
                     ],
                 )?;
                 if n == 0 {

@@ -72,7 +72,9 @@ pub fn drop_before(tx: &mut Transaction<'_>, known: &mut BTreeSet<i64>, before: 
             }
             if table == "events" {
                 tx.execute(
-                    &format!("UPDATE event_counts c SET n = greatest(c.n - g.n, 0) FROM (SELECT kind, count(*) AS n FROM {p} GROUP BY kind) g WHERE c.kind = g.kind"),
+                    &format!(
+                        "UPDATE event_counts c SET n = greatest(c.n - g.n, 0) FROM (SELECT kind, count(*) AS n FROM {p} GROUP BY kind) g WHERE c.kind = g.kind"
+                    ),
                     &[],
                 )?;
             }

@@ -3,7 +3,10 @@
 //! `static-credentials` read the aggregate tables ingest keeps (see
 //! [`super::aggregates`]), never the uses.
 
-use postgres::{Row, Transaction, types::{ToSql, Type}};
+use postgres::{
+    Row, Transaction,
+    types::{ToSql, Type},
+};
 use serde_json::{Map, Value, json};
 
 use crate::store::{

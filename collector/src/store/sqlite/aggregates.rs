@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::query::rows;
-use crate::store::{StoreError, aggregate::{self, Deltas}};
+use crate::store::{
+    StoreError,
+    aggregate::{self, Deltas},
+};
 
 /// A credential as SQLite names it: the interned ids of its class and fingerprint.
 pub type Key = (i64, i64);
@@ -58,12 +61,14 @@ pub fn apply(tx: &Transaction<'_>, d: &Deltas<Key>) -> Result<(), StoreError> {
 }
 
 /// Each aggregate table's rows, and the same rows computed from all the uses.
-const CREDENTIALS: &str = "SELECT class, fingerprint, detector, access_key_id, token_family, runs, uses, first_seen, last_seen FROM agg_credentials ORDER BY class, fingerprint";
+const CREDENTIALS: &str =
+    "SELECT class, fingerprint, detector, access_key_id, token_family, runs, uses, first_seen, last_seen FROM agg_credentials ORDER BY class, fingerprint";
 const CREDENTIALS_FROM_USES: &str = "SELECT u.class, u.fingerprint, max(de.s) AS detector, max(ak.s) AS access_key_id, max(tf.s) AS token_family,
         count(DISTINCT u.rid) AS runs, sum(u.count) AS uses, min(coalesce(u.first_seen, u.time)) AS first_seen, max(u.time) AS last_seen
     FROM credential_uses u LEFT JOIN strings de ON de.id = u.detector LEFT JOIN strings ak ON ak.id = u.access_key_id
     LEFT JOIN strings tf ON tf.id = u.token_family GROUP BY u.class, u.fingerprint ORDER BY u.class, u.fingerprint";
-const CREDENTIAL_RUNS: &str = "SELECT c.class, c.fingerprint, cr.rid, cr.uses FROM agg_credential_runs cr JOIN agg_credentials c ON c.id = cr.cred ORDER BY 1, 2, 3";
+const CREDENTIAL_RUNS: &str =
+    "SELECT c.class, c.fingerprint, cr.rid, cr.uses FROM agg_credential_runs cr JOIN agg_credentials c ON c.id = cr.cred ORDER BY 1, 2, 3";
 const CREDENTIAL_RUNS_FROM_USES: &str = "SELECT u.class, u.fingerprint, u.rid, sum(u.count) AS uses FROM credential_uses u
     WHERE u.rid IS NOT NULL GROUP BY u.class, u.fingerprint, u.rid ORDER BY 1, 2, 3";
 const RUNS: &str = "SELECT rid, uses, long_uses FROM agg_runs ORDER BY rid";
@@ -112,8 +117,11 @@ pub fn subtract(tx: &Transaction<'_>, cond: &str, param: i64, touched: &mut std:
             tx.prepare_cached("DELETE FROM agg_credential_runs WHERE cred = ?1 AND rid = ?2")?.execute(params![id, rid])?;
             tx.prepare_cached("UPDATE agg_credentials SET runs = runs - 1 WHERE id = ?1")?.execute([id])?;
         }
-        tx.prepare_cached("UPDATE agg_runs SET uses = uses - ?2, long_uses = long_uses - ?3 WHERE rid = ?1")?
-            .execute(params![rid, uses, if short { 0 } else { uses }])?;
+        tx.prepare_cached("UPDATE agg_runs SET uses = uses - ?2, long_uses = long_uses - ?3 WHERE rid = ?1")?.execute(params![
+            rid,
+            uses,
+            if short { 0 } else { uses }
+        ])?;
     }
     tx.execute_batch("DELETE FROM agg_runs WHERE uses <= 0; DELETE FROM agg_credentials WHERE uses <= 0;")?;
     Ok(())

@@ -105,9 +105,12 @@ impl FindingLookups for SqliteFindings<'_, '_> {
     }
 
     fn update_finding(&mut self, f: &v1::Finding, first: i64, last: i64) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("UPDATE findings SET first_time = ?2, last_time = ?3, json = ?4 WHERE id = ?1")?
-            .execute(params![f.id, first, last, to_json(f)?])?;
+        self.tx.prepare_cached("UPDATE findings SET first_time = ?2, last_time = ?3, json = ?4 WHERE id = ?1")?.execute(params![
+            f.id,
+            first,
+            last,
+            to_json(f)?
+        ])?;
         Ok(())
     }
 }

@@ -198,7 +198,8 @@ mod tests {
             handles.into_iter().map(|h| h.join().expect("agent thread")).collect()
         });
         let conn = &store.inner.lock().expect("lock").conn;
-        let stored = conn.prepare("SELECT node FROM t ORDER BY node").expect("select").query_map([], |r| r.get(0)).expect("rows").map(|r| r.expect("row")).collect();
+        let stored =
+            conn.prepare("SELECT node FROM t ORDER BY node").expect("select").query_map([], |r| r.get(0)).expect("rows").map(|r| r.expect("row")).collect();
         Pushed { outcomes, committed_before: committed_before.into_inner().expect("seen"), stored }
     }
 

@@ -289,7 +289,9 @@ impl SqliteStore {
             let (deleted, next) = self.write(|tx, _| {
                 let (a, b, c) = from.unwrap_or((i64::MIN, i64::MIN, i64::MIN));
                 let upto: Option<(i64, i64, i64)> = tx
-                    .prepare_cached("SELECT node_id, stream, seq FROM events WHERE (node_id, stream, seq) > (?1, ?2, ?3) ORDER BY node_id, stream, seq LIMIT 1 OFFSET ?4")?
+                    .prepare_cached(
+                        "SELECT node_id, stream, seq FROM events WHERE (node_id, stream, seq) > (?1, ?2, ?3) ORDER BY node_id, stream, seq LIMIT 1 OFFSET ?4",
+                    )?
                     .query_row(params![a, b, c, step - 1], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?
                     .filter(|k| *k < last);
@@ -389,10 +391,23 @@ impl Store for SqliteStore {
             for a in actions {
                 let assumed = a.assumed.as_ref();
                 let n = insert.execute(params![
-                    a.id, a.provider.as_str(), a.time_unix, ingested,
-                    a.action, a.service, a.region, a.principal, a.principal_type, a.access_key_id, a.source_ip, a.user_agent,
-                    a.error_code, assumed.and_then(|r| r.issued_access_key_id.as_deref()), assumed.and_then(|r| r.role_session_name.as_deref()),
-                    assumed.and_then(|r| r.web_identity_subject.as_deref()), serde_json::to_string(&a.delegation).unwrap_or_default(),
+                    a.id,
+                    a.provider.as_str(),
+                    a.time_unix,
+                    ingested,
+                    a.action,
+                    a.service,
+                    a.region,
+                    a.principal,
+                    a.principal_type,
+                    a.access_key_id,
+                    a.source_ip,
+                    a.user_agent,
+                    a.error_code,
+                    assumed.and_then(|r| r.issued_access_key_id.as_deref()),
+                    assumed.and_then(|r| r.role_session_name.as_deref()),
+                    assumed.and_then(|r| r.web_identity_subject.as_deref()),
+                    serde_json::to_string(&a.delegation).unwrap_or_default(),
                     a.raw
                 ])?;
                 if n == 0 {

@@ -10,7 +10,10 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use sigil_proto::{EventBody, json, v1};
 
 use super::{aggregates, ids::Caches, run_key};
-use crate::store::{AgentEvent, IngestOutcome, StoreError, aggregate::{Deltas, UseFigures}};
+use crate::store::{
+    AgentEvent, IngestOutcome, StoreError,
+    aggregate::{Deltas, UseFigures},
+};
 
 /// The agent's event id is `<spool stream>-<seq>`: the stream is interned and the sequence
 /// kept as a number. Any other id is kept whole (sequence -1), so distinct ids stay
@@ -208,10 +211,8 @@ impl Batch<'_, '_> {
                 let p = v.process.as_ref();
                 let (exec, rid) = (self.exec_sid(p)?, self.process_rid(p, time)?);
                 let reason = json::deny_reason::name(v.reason).unwrap_or_else(|| "unknown".into());
-                tx.prepare_cached(
-                    "INSERT INTO token_denials (node_id, time, reason, detail, spiffe_id, exec_id, rid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![node_id, time, reason, v.detail, v.requested_spiffe_id, exec, rid])?;
+                tx.prepare_cached("INSERT INTO token_denials (node_id, time, reason, detail, spiffe_id, exec_id, rid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+                    .execute(params![node_id, time, reason, v.detail, v.requested_spiffe_id, exec, rid])?;
             }
             EventBody::CredentialUse(v) => {
                 let p = v.process.as_ref();

@@ -79,12 +79,20 @@ fn a_compromised_node_reusing_another_nodes_event_and_exec_ids_shadows_none_of_i
     let honest = s.ingest_events("node-a", &[ev("s-1", exec("X", "/app/real"))]).expect("ingests");
     assert_eq!(honest.stored, 1);
     let forged = s
-        .ingest_events("node-b", &[ev("s-1", exec("X", "/tmp/evil")), ev("s-2", EventBody::ProcessExit(v1::ProcessExit { exec_id: "X".into(), time: "2026-01-01T00:00:05Z".into(), ..Default::default() }))])
+        .ingest_events(
+            "node-b",
+            &[
+                ev("s-1", exec("X", "/tmp/evil")),
+                ev("s-2", EventBody::ProcessExit(v1::ProcessExit { exec_id: "X".into(), time: "2026-01-01T00:00:05Z".into(), ..Default::default() })),
+            ],
+        )
         .expect("ingests");
     assert_eq!((forged.stored, forged.duplicates), (2, 0), "node-b's ids are its own, not duplicates of node-a's");
     let rows: Vec<(String, String, Option<i64>)> = s
         .read(|c| {
-            let mut st = c.prepare("SELECT n.node, b.s, p.exit_time FROM processes p JOIN nodes n USING (node_id) JOIN strings b ON b.id = p.binary_path ORDER BY n.node")?;
+            let mut st = c.prepare(
+                "SELECT n.node, b.s, p.exit_time FROM processes p JOIN nodes n USING (node_id) JOIN strings b ON b.id = p.binary_path ORDER BY n.node",
+            )?;
             Ok(st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?)
         })
         .expect("reads");
@@ -142,16 +150,13 @@ fn the_agents_run_key_groups_a_jobs_pods_and_a_bare_reference_names_no_run() {
         process: Some(v1::ProcessRef { exec_id: "X1".into(), ..Default::default() }),
         ..Default::default()
     });
-    let out = s
-        .ingest_events("node-a", &[ev("s-1", in_pod("X1", "a")), ev("s-2", in_pod("X2", "b")), ev("s-3", used), ev("s-4", denied)])
-        .expect("ingests");
+    let out = s.ingest_events("node-a", &[ev("s-1", in_pod("X1", "a")), ev("s-2", in_pod("X2", "b")), ev("s-3", used), ev("s-4", denied)]).expect("ingests");
     assert_eq!(out.stored, 4, "{out:?}");
     let r = s.query(&Query::Run(run.into(), Page::default())).expect("the Job's run");
     assert_eq!(r["run"]["run_id"], run, "{r}");
     let what: Vec<&str> = r["timeline"].as_array().expect("timeline").iter().filter_map(|e| e["what"].as_str()).collect();
     assert_eq!(what, ["exec", "exec", "credential_use"], "both pods' execs and the use are in the Job's run: {r}");
-    let runs: Vec<String> =
-        s.read(|c| Ok(c.prepare("SELECT run_id FROM runs")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)).expect("reads");
+    let runs: Vec<String> = s.read(|c| Ok(c.prepare("SELECT run_id FROM runs")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)).expect("reads");
     assert_eq!(runs, [run], "one run, and none made up for the signer's bare reference");
     let denial_run: Option<i64> = s.read(|c| Ok(c.query_row("SELECT rid FROM token_denials", [], |r| r.get(0))?)).expect("reads");
     assert_eq!(denial_run, None);
@@ -248,10 +253,16 @@ fn a_token_replayed_by_another_run_and_after_its_run_ended_is_found_once_and_its
         cgroup: Some(v1::CgroupInfo { id: 1, path: Some("/a".into()) }),
         ..Default::default()
     });
-    let issued = EventBody::TokenIssued(v1::TokenIssued { time: "2026-01-01T00:00:01Z".into(), jti: "j1".into(), process: Some(cgroup_ref("ea", "/a")), ..Default::default() });
+    let issued = EventBody::TokenIssued(v1::TokenIssued {
+        time: "2026-01-01T00:00:01Z".into(),
+        jti: "j1".into(),
+        process: Some(cgroup_ref("ea", "/a")),
+        ..Default::default()
+    });
     let own = token_use(cgroup_ref("ea", "/a"), "j1", "2026-01-01T00:00:02Z", "2026-01-01T00:00:02Z", 1);
     s.ingest_events("n1", &[ev("s-1", exec_a), ev("s-2", issued), ev("s-3", own)]).expect("stored");
-    let found = |s: &SqliteStore, kind: Option<&str>| s.query(&Query::Findings { kind: kind.map(str::to_owned), since: None }).expect("query")["findings"].clone();
+    let found =
+        |s: &SqliteStore, kind: Option<&str>| s.query(&Query::Findings { kind: kind.map(str::to_owned), since: None }).expect("query")["findings"].clone();
     assert_eq!(found(&s, None), serde_json::json!([]), "a token used by its own run is no finding");
 
     // Another run presents it, twice (the second an aggregate), and the batch is resent.
@@ -309,7 +320,10 @@ fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_sta
     // Last January: 300 execs with binaries of their own, each using a key of its own.
     let old: Vec<AgentEvent> = (0..300)
         .flat_map(|i| {
-            [ev(&format!("old-{i}"), exec(&format!("OLD{i}"), &format!("/old/bin{i}"))), ev(&format!("olduse-{i}"), key_use(&format!("OLD{i}"), &format!("AKIAOLD{i}"), "2026-01-01T00:00:05Z"))]
+            [
+                ev(&format!("old-{i}"), exec(&format!("OLD{i}"), &format!("/old/bin{i}"))),
+                ev(&format!("olduse-{i}"), key_use(&format!("OLD{i}"), &format!("AKIAOLD{i}"), "2026-01-01T00:00:05Z")),
+            ]
         })
         .collect();
     assert_eq!(s.ingest_events("node-a", &old).expect("ingests").stored, 600);
@@ -352,7 +366,8 @@ fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_sta
 fn a_database_from_before_the_obtained_event_id_and_run_counts_is_upgraded_in_place() {
     let (dir, s) = store();
     let issued = EventBody::TokenIssued(v1::TokenIssued { time: "2026-01-01T00:00:00Z".into(), jti: "j0".into(), ttl_seconds: 300, ..Default::default() });
-    let denied = EventBody::TokenDenied(v1::TokenDenied { time: "2026-01-01T00:00:00Z".into(), reason: v1::DenyReason::UnknownProcess as i32, ..Default::default() });
+    let denied =
+        EventBody::TokenDenied(v1::TokenDenied { time: "2026-01-01T00:00:00Z".into(), reason: v1::DenyReason::UnknownProcess as i32, ..Default::default() });
     let old = [ev("s-0", exec("e0", "/bin/sh")), ev("s-00", exec("e00", "/bin/sh")), ev("s-01", issued), ev("s-02", denied)];
     s.ingest_events("n1", &old).expect("stores");
     drop(s);
@@ -436,10 +451,7 @@ fn the_ingest_statements_are_prepared_once_whatever_their_bindings() {
             ev(&format!("s-{}", 10 * i), exec(&format!("E{i}"), &format!("/bin/app{i}"))),
             ev(&format!("s-{}", 10 * i + 1), temporary_use(&format!("E{i}"), &format!("ASIA{i:016}"), &t)),
             ev(&format!("s-{}", 10 * i + 2), key_use(&format!("E{i}"), &format!("AKIA{i:016}"), &t)),
-            ev(
-                &format!("s-{}", 10 * i + 3),
-                EventBody::ProcessExit(v1::ProcessExit { exec_id: format!("E{i}"), time: t.clone(), ..Default::default() }),
-            ),
+            ev(&format!("s-{}", 10 * i + 3), EventBody::ProcessExit(v1::ProcessExit { exec_id: format!("E{i}"), time: t.clone(), ..Default::default() })),
         ];
         s.ingest_and_correlate("node-a".into(), batch.to_vec()).expect("ingests");
         s.ingest_cloud(&[action(&format!("a{i}"), &format!("AKIA{i:016}"), 1_767_225_600 + i)]).expect("cloud");
@@ -462,7 +474,10 @@ fn an_import_and_the_serving_collector_write_one_file_without_locking_each_other
     std::thread::scope(|scope| {
         let pushes = scope.spawn(|| {
             for i in 0..1200 {
-                let batch = [ev(&format!("s-{i}"), exec(&format!("E{i}"), "/app")), ev(&format!("u-{i}"), key_use(&format!("E{i}"), &format!("AKIAPUSH{i}"), "2026-01-01T00:00:01Z"))];
+                let batch = [
+                    ev(&format!("s-{i}"), exec(&format!("E{i}"), "/app")),
+                    ev(&format!("u-{i}"), key_use(&format!("E{i}"), &format!("AKIAPUSH{i}"), "2026-01-01T00:00:01Z")),
+                ];
                 serving.ingest_and_correlate("node-a".into(), batch.to_vec()).expect("a pushed batch is stored");
             }
         });
