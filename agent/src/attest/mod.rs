@@ -880,8 +880,13 @@ impl Attestor {
                 {
                     return self.binary_of_exited(obs, "the process exec'd again before this exec was attested".to_owned());
                 }
-                if b.path.is_none() {
-                    b.path = path_of_open(&exe).map(|p| p.trim_end_matches(" (deleted)").to_owned());
+                // Named by the file opened, not by the link read apart from it: between
+                // the open and that read, the process may have exec'd again, and the link
+                // then names the later image (seen in the full suite: a `sh` exec with
+                // dash's inode and digest under the later binary's path).
+                if let Some(opened) = path_of_open(&exe) {
+                    b.replaced_after_exec = opened.ends_with(" (deleted)");
+                    b.path = Some(opened.trim_end_matches(" (deleted)").to_owned());
                 }
                 let (b, pending) = self.look_up(b, exe, "exe");
                 (running, b, pending)
@@ -1117,6 +1122,36 @@ mod tests {
         let rec = true_exec_after_sleep_took_over(&attestor, ran);
         assert_eq!(rec.binary.hashed_from, Some("exec_path"));
         assert_eq!(rec.binary.sha256, Some(digest_of(&attestor, "/bin/true").sha256), "{:?}", rec.binary);
+    }
+
+    /// The third window of the same race: the executable was opened before the process
+    /// exec'd again, and the exe link read after, so the two name different files. The
+    /// record names the file that was opened and hashed (the one that ran), never the
+    /// later image the link shows.
+    #[test]
+    fn an_exec_record_is_named_by_the_file_it_hashed_not_a_later_link() {
+        let attestor = Attestor::new("node".into(), Path::new("/sys/fs/cgroup"), 64, 1 << 30);
+        let opened = fs::File::open("/bin/true").expect("open /bin/true");
+        let ran = FileKey::of(&opened).expect("stat");
+        let later = fs::canonicalize("/bin/sleep").expect("canonicalize").display().to_string();
+        let mut facts = ProcFacts {
+            start_ticks: 1,
+            ppid: 1,
+            comm: "true".into(),
+            kthread: false,
+            exe_path: Some(later.clone()),
+            exe: Some(Ok(opened)),
+            cgroup_path: None,
+            argv: None,
+            uid: Some(0),
+            gid: Some(0),
+            comm_changed: false,
+        };
+        let obs = Observed { comm: "true".into(), ..true_exec(std::process::id(), None, 1, 0, ran) };
+        let (b, _) = attestor.binary(&obs, &mut facts, None);
+        let resolved = fs::canonicalize("/bin/true").expect("canonicalize").display().to_string();
+        assert_eq!(b.path.as_deref(), Some(resolved.as_str()), "{b:?}");
+        assert_eq!(b.inode, Some(ran.ino), "{b:?}");
     }
 
     /// The same zombie, of a binary the cache does not know yet (an agent's first `cat`):
