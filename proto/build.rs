@@ -81,7 +81,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".sigil.v1.Event.body", "#[serde(tag = \"kind\", rename_all = \"snake_case\")]")
         .field_attribute(".sigil.v1.Identifiers.jwt_aud", "#[serde(skip_serializing_if = \"Vec::is_empty\")]")
         .field_attribute(".sigil.v1.Identifiers.aws_region_set", "#[serde(skip_serializing_if = \"Vec::is_empty\")]")
-        .field_attribute(".sigil.v1.PodMeta.labels", "#[serde(skip_serializing_if = \"std::collections::BTreeMap::is_empty\")]");
+        .field_attribute(".sigil.v1.PodMeta.labels", "#[serde(skip_serializing_if = \"std::collections::BTreeMap::is_empty\")]")
+        // Only io_uring opens say how the file was opened.
+        .field_attribute(".sigil.v1.CredentialFileRead.via", "#[serde(skip_serializing_if = \"String::is_empty\")]");
     for (field, module) in ENUM_FIELDS {
         b = b.field_attribute(format!(".sigil.v1.{field}"), format!("#[serde(with = \"crate::json::{module}\")]"));
     }

@@ -75,3 +75,23 @@ pub struct ExeOffsets {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), u32 fields only, no padding.
 unsafe impl aya::Pod for ExeOffsets {}
+
+/// Where the io_uring program finds the path of an `IORING_OP_OPENAT`/`OPENAT2` request:
+/// `io_kiocb.cmd` (the per-opcode data, here a `struct io_open`), `io_open.filename` (the
+/// kernel's copy of the path, a `struct filename`), `filename.name`, and the open flags
+/// (`io_open.how.flags`). From this kernel's BTF, like [`ExeOffsets`], and apart from
+/// them: a kernel without these types loses only the io_uring program. A zero `valid`
+/// makes it a no-op.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UringOffsets {
+    pub valid: u32,
+    pub kiocb_cmd: u32,
+    pub open_filename: u32,
+    pub open_how_flags: u32,
+    pub filename_name: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), u32 fields only, no padding.
+unsafe impl aya::Pod for UringOffsets {}

@@ -159,7 +159,7 @@ pub struct FileOpenEvent {
     pub header: EventHeader,
     pub flags: i32,
     pub filename_len: u16,
-    /// [`OPEN_BY_NAME`] or [`OPEN_BY_IDENTITY`].
+    /// [`OPEN_BY_NAME`], [`OPEN_BY_IDENTITY`] or [`OPEN_BY_NAME_IO_URING`].
     pub matched: u16,
     /// The open's result: the fd, or a negative errno (the file was not opened).
     pub ret: i32,
@@ -175,6 +175,9 @@ pub struct FileOpenEvent {
 pub const OPEN_BY_NAME: u16 = 0;
 /// The name was not, but the file opened is a known credential file (its inode).
 pub const OPEN_BY_IDENTITY: u16 = 1;
+/// The name given to an io_uring open request (`IORING_OP_OPENAT`/`OPENAT2`) was on the
+/// watch list; sent when the request is submitted, before its result (`ret` 0).
+pub const OPEN_BY_NAME_IO_URING: u16 = 2;
 /// Credential-file inodes the kernel knows (learnt from opens by name, and from the
 /// agent's scan of well-known places).
 pub const WATCHED_INODES_ENTRIES: u32 = 8192;

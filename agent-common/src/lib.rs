@@ -11,9 +11,10 @@ pub mod config;
 pub mod drops;
 pub mod event;
 
-pub use config::{ExeOffsets, TracepointOffsets};
+pub use config::{ExeOffsets, TracepointOffsets, UringOffsets};
 pub use drops::{DROP_REASONS, DROPS_MAP, DropReason, TLS_CALLS_ENTRIES, TLS_CALLS_MAP};
 pub use event::{
     COMM_LEN, ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, EventHeader, EventKind, ExeIdentity, ExeSource, ExecEvent, ExitEvent, FileOpenEvent,
-    OPEN_BY_IDENTITY, OPEN_BY_NAME, PATH_LEN, QUIET_EXES_MAP, RESPONSE_BUDGET, RESPONSE_WATCH_MAP, TlsConnKey, WATCH_NAME_LEN, WATCHED_INODES_ENTRIES,
+    OPEN_BY_IDENTITY, OPEN_BY_NAME, OPEN_BY_NAME_IO_URING, PATH_LEN, QUIET_EXES_MAP, RESPONSE_BUDGET, RESPONSE_WATCH_MAP, TlsConnKey, WATCH_NAME_LEN,
+    WATCHED_INODES_ENTRIES,
 };

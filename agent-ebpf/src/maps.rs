@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use sigil_agent_common::{
-    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeIdentity, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES, TracepointOffsets, WATCH_NAME_LEN,
-    WATCHED_INODES_ENTRIES,
+    DATA_CAPTURE, DROP_REASONS, DataEvent, DropReason, ExeIdentity, ExeOffsets, FileOpenEvent, TLS_CALLS_ENTRIES, TracepointOffsets, UringOffsets,
+    WATCH_NAME_LEN, WATCHED_INODES_ENTRIES,
 };
 
 /// All events go through one ring buffer so user space sees them in kernel order.
@@ -77,6 +77,11 @@ pub static EXE_OFFSETS: Global<ExeOffsets> = Global::new(ExeOffsets {
     fdtable_max_fds: 0,
     file_flags: 0,
 });
+
+/// Where the io_uring program finds an open request's path: from this kernel's BTF,
+/// written at load (`valid` 0: the program does nothing).
+#[unsafe(no_mangle)]
+pub static URING_OFFSETS: Global<UringOffsets> = Global::new(UringOffsets { valid: 0, kiocb_cmd: 0, open_filename: 0, open_how_flags: 0, filename_name: 0 });
 
 /// Everything the kernel side gave up on, by [`DropReason`] (user space sums the CPUs).
 #[map]

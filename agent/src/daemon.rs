@@ -302,11 +302,14 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, te
     let offsets = tracefs::process_offsets(&mounted.tracefs)?;
     // Without the executable's inode offsets the exec program sends no identity and
     // every exec is stat'ed through procfs, as on kernels without BTF.
-    let exe_offsets = kernel_layout::exe_offsets(&cfg.kernel_btf).unwrap_or_else(|e| {
+    let (exe_offsets, uring_offsets) = kernel_layout::offsets(&cfg.kernel_btf).map_or_else(|e| (Err(e), None), |o| (o.exe, Some(o.uring)));
+    let exe_offsets = exe_offsets.unwrap_or_else(|e| {
         warn!("executable identity at exec: {e}; falling back to procfs");
         Default::default()
     });
-    let mut probes = Probes::load(offsets, exe_offsets, cfg.ring_buffer_bytes, cfg.tls_calls_entries, files::WATCHED)
+    // Without them the io_uring program is not attached (`attach_tracing` says so).
+    let uring_offsets = uring_offsets.and_then(Result::ok).unwrap_or_default();
+    let mut probes = Probes::load(offsets, exe_offsets, uring_offsets, cfg.ring_buffer_bytes, cfg.tls_calls_entries, files::WATCHED)
         .map_err(|e| if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() })?;
     probes.attach_process_lifecycle().map_err(|e| if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() })?;
     let hook = features.exec_hook();

@@ -172,6 +172,7 @@ fn samples() -> Vec<EventBody> {
             path: "/root/.aws/credentials".into(),
             file_kind: v1::FileKind::AwsSharedCredentials as i32,
             access: "read".into(),
+            via: "io_uring".into(),
         }),
         EventBody::AgentStats(v1::AgentStats {
             node: "n1".into(),

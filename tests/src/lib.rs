@@ -681,6 +681,21 @@ pub fn go_env_root() -> PathBuf {
 }
 
 /// Builds tests/go/<program> into `dir` with extra `go build` flags; returns the binary.
+/// Compiles `tests/c/<program>.c` with gcc into `dir`, linking `libs` (`-l` names).
+pub fn c_build(dir: &Path, program: &str, libs: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c").join(format!("{program}.c"));
+    let bin = dir.join(program);
+    let built = Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .args(libs.iter().map(|l| format!("-l{l}")))
+        .output()
+        .unwrap_or_else(|e| panic!("running gcc (installed by `cargo xtask test`): {e}"));
+    assert!(built.status.success(), "gcc {program}.c: {}", String::from_utf8_lossy(&built.stderr));
+    bin
+}
+
 pub fn go_build(dir: &Path, program: &str, out: &str, flags: &[&str]) -> PathBuf {
     let src = dir.join(format!("src-{out}"));
     fs::create_dir_all(&src).unwrap();

@@ -202,6 +202,34 @@ fn reading_any_watched_credential_file_is_an_event() {
     }
 }
 
+/// A workload that knows the agent watches the open system calls reads
+/// `.aws/credentials` through io_uring instead (`IORING_OP_OPENAT`, then
+/// `IORING_OP_READ`): no open(2), openat(2) or read(2) of the file ever happens. Before,
+/// nothing was reported. The open request is now matched by its path when submitted,
+/// and reported as read `via: io_uring`.
+#[test]
+fn a_credential_file_read_through_io_uring_is_still_an_event() {
+    let t = traced();
+    let home = t.dir.join("uring-home");
+    fs::create_dir_all(home.join(".aws")).unwrap();
+    let secret = "PLANTEDuringSECRETwJalrXUtnFEMIK7MDENGbPxRfiCY";
+    let creds = home.join(".aws/credentials");
+    let content = format!("[default]\naws_access_key_id = AKIASIGILTEST0000011\naws_secret_access_key = {secret}\n");
+    fs::write(&creds, &content).unwrap();
+    let reader = c_build(&t.dir, "uring_read", &["uring"]);
+    let cg = TestCgroup::create("trace.slice/uring-reader.scope");
+    let (code, out, err) = cg.run(&reader, &[&creds.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, content.len().to_string(), "the reader read the whole file through io_uring");
+    let ev = t.agent.wait_event("the io_uring read", |v| v["kind"] == "credential_file_read" && v["process"]["cgroup_path"] == cg.path.as_str());
+    assert_eq!(ev["path"], creds.display().to_string(), "{ev}");
+    assert_eq!(ev["file_kind"], "aws_shared_credentials", "{ev}");
+    assert_eq!(ev["access"], "read", "{ev}");
+    assert_eq!(ev["via"], "io_uring", "{ev}");
+    assert_eq!(ev["process"]["binary_path"], reader.display().to_string(), "{ev}");
+    t.assert_never_kept(secret);
+}
+
 /// A workload that knows the agent matches credential files by name reads
 /// `.aws/credentials` under other names: a symbolic link, a hard link, a name relative to
 /// its working directory, `.` and `//` in the path, a path longer than the kernel's copy

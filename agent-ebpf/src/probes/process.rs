@@ -131,7 +131,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i32> {
 
 /// Reads `base + off` as a `T` from kernel memory.
 #[inline(always)]
-fn read_field<T>(base: u64, off: u32) -> Result<T, i32> {
+pub fn read_field<T>(base: u64, off: u32) -> Result<T, i32> {
     // SAFETY: a probe read of kernel memory: a bad address is an error, never a fault.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
 }

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use agent_common::ExeOffsets;
+use agent_common::{ExeOffsets, UringOffsets};
 use btf::btf::{Btf, Type};
 use thiserror::Error;
 
@@ -30,8 +30,38 @@ pub enum LayoutError {
 
 /// Byte offsets of the fields the exec program reads, from the BTF at `path`.
 pub fn exe_offsets(path: &Path) -> Result<ExeOffsets, LayoutError> {
+    offsets(path)?.exe
+}
+
+/// What the programs that follow kernel pointers need; each may be missing alone.
+pub struct KernelOffsets {
+    pub exe: Result<ExeOffsets, LayoutError>,
+    pub uring: Result<UringOffsets, LayoutError>,
+}
+
+/// The offsets of the exec program and of the io_uring program, from one parse of the
+/// BTF at `path`.
+pub fn offsets(path: &Path) -> Result<KernelOffsets, LayoutError> {
     let btf = Btf::from_file(path).map_err(|source| LayoutError::Btf { path: path.display().to_string(), source })?;
     let layout = Layout(&btf);
+    // The parse's memory is freed on return, and given back to the kernel with the rest
+    // of start-up's (`release_startup_memory`, before the event loop).
+    Ok(KernelOffsets { exe: exe(&layout), uring: uring(&layout) })
+}
+
+/// Where an io_uring open request keeps its path: `io_kiocb.cmd` holds the request's
+/// `struct io_open` (io_uring/openclose.c), whose `filename` is the kernel's copy.
+fn uring(layout: &Layout<'_>) -> Result<UringOffsets, LayoutError> {
+    Ok(UringOffsets {
+        valid: 1,
+        kiocb_cmd: layout.field("io_kiocb", "cmd")?,
+        open_filename: layout.field("io_open", "filename")?,
+        open_how_flags: layout.field("io_open", "how")? + layout.field("open_how", "flags")?,
+        filename_name: layout.field("filename", "name")?,
+    })
+}
+
+fn exe(layout: &Layout<'_>) -> Result<ExeOffsets, LayoutError> {
     let (mtime_sec, mtime_nsec) = layout.time("inode", &["i_mtime_sec", "__i_mtime", "i_mtime"], &["i_mtime_nsec"])?;
     let (ctime_sec, ctime_nsec) = layout.time("inode", &["i_ctime_sec", "__i_ctime", "i_ctime"], &["i_ctime_nsec"])?;
     let offsets = ExeOffsets {
@@ -55,8 +85,6 @@ pub fn exe_offsets(path: &Path) -> Result<ExeOffsets, LayoutError> {
         fdtable_max_fds: layout.field("fdtable", "max_fds")?,
         file_flags: layout.field("file", "f_flags")?,
     };
-    // The parse's memory is freed here and returned to the kernel with the rest of
-    // start-up's (`release_startup_memory`, before the event loop).
     Ok(offsets)
 }
 
@@ -124,6 +152,19 @@ mod tests {
         assert_ne!(o.inode_mtime_sec, o.inode_ctime_sec);
         assert_ne!(o.inode_mtime_nsec, o.inode_ctime_nsec);
         assert_ne!(o.inode_mtime_sec, o.inode_mtime_nsec);
+    }
+
+    /// io_uring's open request layout is in this kernel's BTF: `cmd` at the start of the
+    /// request (a union with `file`), the path pointer after `file`, `dfd` and `file_slot`.
+    #[test]
+    fn this_kernels_btf_has_the_io_uring_open_layout() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("no {VMLINUX_BTF}: nothing to check on this kernel");
+            return;
+        }
+        let o = offsets(Path::new(VMLINUX_BTF)).expect("BTF").uring.expect("io_uring offsets");
+        assert_eq!((o.valid, o.kiocb_cmd, o.open_filename, o.filename_name), (1, 0, 16, 0), "{o:?}");
+        assert!(o.open_how_flags > o.open_filename, "{o:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use agent_common::{
     DROP_REASONS, DROPS_MAP, DropReason, ExeIdentity, ExeOffsets, QUIET_EXES_MAP, RESPONSE_WATCH_MAP, TLS_CALLS_MAP, TlsConnKey, TracepointOffsets,
-    WATCH_NAME_LEN,
+    UringOffsets, WATCH_NAME_LEN,
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -77,6 +77,8 @@ pub struct Probes {
     drops: PerCpuArray<MapData, u64>,
     /// Names of attached programs, in attach order, for the start-up log line.
     pub attached: Vec<&'static str>,
+    /// The io_uring program knows where an open request's path is.
+    uring_offsets_valid: bool,
 }
 
 /// (program, tracepoint category, tracepoint name)
@@ -180,10 +182,12 @@ impl Probes {
     /// `watched_names` are the credential-file suffixes the open() filter will look for;
     /// their lengths are fixed at load time. `tls_calls_entries` sizes the per-thread TLS
     /// call map (threads inside a TLS write at one moment). `exe` tells the exec program
-    /// where the executable's inode is (invalid: it sends no identity).
+    /// where the executable's inode is (invalid: it sends no identity), `uring` where an
+    /// io_uring open request's path is (invalid: the io_uring program is not attached).
     pub fn load(
         offsets: TracepointOffsets,
         exe: ExeOffsets,
+        uring: UringOffsets,
         ring_buffer_bytes: u32,
         tls_calls_entries: u32,
         watched_names: &[&str],
@@ -204,6 +208,7 @@ impl Probes {
             .override_global("DATA_WAKEUP_BYTES", &data_wakeup_bytes, true)
             .override_global("TP_OFFSETS", &offsets, true)
             .override_global("EXE_OFFSETS", &exe, true)
+            .override_global("URING_OFFSETS", &uring, true)
             .override_global("WATCH_LENGTHS", &lengths, true)
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .map_max_entries(TLS_CALLS_MAP, tls_calls_entries.max(1))
@@ -216,7 +221,7 @@ impl Probes {
         let lost = PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: "LOST", source })?;
         let drops = ebpf.take_map(DROPS_MAP).ok_or(LoadError::Missing("map DROPS"))?;
         let drops = PerCpuArray::try_from(drops).map_err(|source| LoadError::Map { name: "DROPS", source })?;
-        Ok(Self { ebpf, lost, drops, attached: Vec::new() })
+        Ok(Self { ebpf, lost, drops, attached: Vec::new(), uring_offsets_valid: uring.valid != 0 })
     }
 
     /// Attaches fork, exec and exit tracepoints.
@@ -265,11 +270,37 @@ impl Probes {
             prog.attach("syscalls", tracepoint).map_err(|e| program_error(name, e))?;
             self.attached.push(name);
         }
+        self.attach_uring(tracefs);
         for name in TlsLibrary::ALL_PROGRAMS.into_iter().chain([GO_TLS_WRITE]) {
             let prog: &mut UProbe = self.program(name)?;
             prog.load().map_err(|e| program_error(name, e))?;
         }
         Ok(())
+    }
+
+    /// Opens submitted through io_uring never enter the open syscalls: `sigil_uring_submit`
+    /// sees them as they are submitted. Best effort, with a line saying why when it cannot
+    /// run (older kernels name the tracepoint and its fields differently; without BTF the
+    /// request's path cannot be found): the rest of tracing does not depend on it.
+    fn attach_uring(&mut self, tracefs: &Path) {
+        const NAME: &str = "sigil_uring_submit";
+        let format = std::fs::read_to_string(tracefs.join("events/io_uring/io_uring_submit_req/format")).unwrap_or_default();
+        let layout = [("req", 16), ("opcode", 32)].iter().all(|(field, at)| super::tracefs::field_offset(&format, field) == Some(*at));
+        let valid = self.ebpf.program(NAME).is_some() && self.uring_offsets_valid;
+        if !layout || !valid {
+            tracing::warn!(
+                "credential files opened through io_uring are not traced on this kernel (no io_uring_submit_req tracepoint of the known layout, or no io_uring layout in BTF)"
+            );
+            return;
+        }
+        let attached = self.program::<TracePoint>(NAME).and_then(|prog| {
+            prog.load().map_err(|e| program_error(NAME, e))?;
+            prog.attach("io_uring", "io_uring_submit_req").map_err(|e| program_error(NAME, e))
+        });
+        match attached {
+            Ok(_) => self.attached.push(NAME),
+            Err(e) => tracing::warn!("credential files opened through io_uring are not traced: {e}"),
+        }
     }
 
     /// Attaches a TLS library's hooks at file offsets of the file at `path` (a path the

@@ -6,7 +6,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, EventHeader, FileOpenEvent, OPEN_BY_IDENTITY};
+use agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, EventHeader, FileOpenEvent, OPEN_BY_IDENTITY, OPEN_BY_NAME_IO_URING};
 use sigil_proto::{EventBody, json, v1};
 use tracing::{debug, warn};
 
@@ -476,6 +476,7 @@ impl Tracer {
             path,
             file_kind: v1::FileKind::from(file_kind) as i32,
             access: access.into(),
+            via: if ev.matched == OPEN_BY_NAME_IO_URING { "io_uring".into() } else { String::new() },
         })
     }
 }
