@@ -58,16 +58,8 @@ fn try_open(ctx: &TracePointContext, name_at: usize, flags: u64) -> Result<u32, 
     if !name_watched(buf, len) {
         return Ok(0);
     }
-    unsafe {
-        (*ev).header = header(EventKind::FileOpen, (pid_tgid >> 32) as u32);
-        (*ev).flags = flags as i32;
-        (*ev).filename_len = len as u16;
-        (*ev).matched = OPEN_BY_NAME;
-        (*ev).ret = 0;
-        (*ev)._pad0 = 0;
-        (*ev).dev = 0;
-        (*ev).ino = 0;
-    }
+    // SAFETY: `ev` is a valid FileOpenEvent in our scratch map.
+    unsafe { stamp(ev, pid_tgid, flags, len, OPEN_BY_NAME) };
     // Sent at the open's return, with what was opened. With no room to wait (thousands
     // of threads inside such an open at once), sent now, without the identity.
     // SAFETY: `ev` is a valid FileOpenEvent in our scratch map.
@@ -138,17 +130,30 @@ fn try_uring_submit(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // SAFETY: as above.
     unsafe {
+        stamp(ev, pid_tgid, flags, len, OPEN_BY_NAME_IO_URING);
+        send(&*ev);
+    }
+    Ok(0)
+}
+
+/// Fills every field of the event in `ev` but the path (already copied, `len` bytes):
+/// no result and no file identity yet.
+///
+/// # Safety
+/// `ev` points at a FileOpenEvent this program run owns (the per-CPU scratch).
+#[inline(always)]
+unsafe fn stamp(ev: *mut FileOpenEvent, pid_tgid: u64, flags: u64, len: usize, matched: u16) {
+    // SAFETY: the caller's promise.
+    unsafe {
         (*ev).header = header(EventKind::FileOpen, (pid_tgid >> 32) as u32);
         (*ev).flags = flags as i32;
         (*ev).filename_len = len as u16;
-        (*ev).matched = OPEN_BY_NAME_IO_URING;
+        (*ev).matched = matched;
         (*ev).ret = 0;
         (*ev)._pad0 = 0;
         (*ev).dev = 0;
         (*ev).ino = 0;
-        send(&*ev);
     }
-    Ok(0)
 }
 
 fn send(ev: &FileOpenEvent) {
@@ -197,12 +202,8 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     let ev = OPEN_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: per-CPU scratch owned by this program run.
     unsafe {
-        (*ev).header = header(EventKind::FileOpen, (pid_tgid >> 32) as u32);
-        (*ev).flags = flags as i32;
-        (*ev).filename_len = 0;
-        (*ev).matched = OPEN_BY_IDENTITY;
+        stamp(ev, pid_tgid, u64::from(flags), 0, OPEN_BY_IDENTITY);
         (*ev).ret = ret as i32;
-        (*ev)._pad0 = 0;
         (*ev).dev = dev;
         (*ev).ino = ino;
         send(&*ev);
