@@ -79,7 +79,8 @@ unsafe impl aya::Pod for ExeOffsets {}
 /// Where the io_uring program finds the path of an `IORING_OP_OPENAT`/`OPENAT2` request:
 /// `io_kiocb.cmd` (the per-opcode data, here a `struct io_open`), `io_open.filename` (the
 /// kernel's copy of the path, a `struct filename`), `filename.name`, and the open flags
-/// (`io_open.how.flags`). From this kernel's BTF, like [`ExeOffsets`], and apart from
+/// (`io_open.how.flags`); and where a send, write or connect request keeps its buffer and
+/// address. From this kernel's BTF, like [`ExeOffsets`], and apart from
 /// them: a kernel without these types loses only the io_uring program. A zero `valid`
 /// makes it a no-op.
 #[repr(C)]
@@ -90,6 +91,18 @@ pub struct UringOffsets {
     pub open_filename: u32,
     pub open_how_flags: u32,
     pub filename_name: u32,
+    /// The request's fd (`io_kiocb.cqe.fd`, as the submission gave it).
+    pub kiocb_fd: u32,
+    /// `io_sr_msg.buf` (send; for sendmsg the same slot holds the user `msghdr`) and
+    /// `io_sr_msg.len`.
+    pub sr_buf: u32,
+    pub sr_len: u32,
+    /// `io_rw.addr` and `io_rw.len` (write: a buffer and its length; writev: the iovec
+    /// array and its count).
+    pub rw_addr: u32,
+    pub rw_len: u32,
+    /// `io_connect.addr`: the user `sockaddr`.
+    pub connect_addr: u32,
 }
 
 #[cfg(feature = "user")]

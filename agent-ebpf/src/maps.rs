@@ -81,7 +81,19 @@ pub static EXE_OFFSETS: Global<ExeOffsets> = Global::new(ExeOffsets {
 /// Where the io_uring program finds an open request's path: from this kernel's BTF,
 /// written at load (`valid` 0: the program does nothing).
 #[unsafe(no_mangle)]
-pub static URING_OFFSETS: Global<UringOffsets> = Global::new(UringOffsets { valid: 0, kiocb_cmd: 0, open_filename: 0, open_how_flags: 0, filename_name: 0 });
+pub static URING_OFFSETS: Global<UringOffsets> = Global::new(UringOffsets {
+    valid: 0,
+    kiocb_cmd: 0,
+    open_filename: 0,
+    open_how_flags: 0,
+    filename_name: 0,
+    kiocb_fd: 0,
+    sr_buf: 0,
+    sr_len: 0,
+    rw_addr: 0,
+    rw_len: 0,
+    connect_addr: 0,
+});
 
 /// Everything the kernel side gave up on, by [`DropReason`] (user space sums the CPUs).
 #[map]

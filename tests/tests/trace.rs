@@ -230,6 +230,31 @@ fn a_credential_file_read_through_io_uring_is_still_an_event() {
     t.assert_never_kept(secret);
 }
 
+/// An evader sends its bearer token over plain HTTP with io_uring alone: the connection
+/// is made with `IORING_OP_CONNECT` and the request written with `IORING_OP_SEND`,
+/// `WRITEV` or `SENDMSG`, so none of the traced syscalls runs. Before, the agent saw
+/// neither the connection nor the token. Each move is reported as the plain HTTP use it
+/// is, with its destination.
+#[test]
+fn a_token_sent_through_io_uring_is_still_a_credential_use() {
+    let t = traced();
+    let server = LocalServer::start(None);
+    let client = c_build(&t.dir, "uring_http", &["uring"]);
+    for step in ["send", "writev", "sendmsg"] {
+        let cg = TestCgroup::create(&format!("trace.slice/uring-{step}.scope"));
+        let token = unique(&format!("PLANTED-uring-{step}"));
+        let path = format!("/uring-{step}");
+        let (code, out, err) = cg.run(&client, &[&server.port.to_string(), step, &path, &token]);
+        assert_eq!((code, out.as_str()), (0, "200"), "{step}: {err}");
+        let used = t.uses_in(&cg, &format!("the token sent with io_uring {step}"), |v| v["path"] == path.as_str());
+        assert_eq!(used["transport"], "plain", "{used}");
+        assert_eq!(used["detector"], "bearer_token", "{used}");
+        assert_eq!(used["destination"]["port"], server.port, "{used}");
+        assert_eq!(used["process"]["binary_path"], client.display().to_string(), "{used}");
+        t.assert_never_kept(&token);
+    }
+}
+
 /// A workload that knows the agent matches credential files by name reads
 /// `.aws/credentials` under other names: a symbolic link, a hard link, a name relative to
 /// its working directory, `.` and `//` in the path, a path longer than the kernel's copy

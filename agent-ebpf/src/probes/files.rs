@@ -15,7 +15,7 @@ use aya_ebpf::{
 use sigil_agent_common::{EventKind, FileOpenEvent, OPEN_BY_IDENTITY, OPEN_BY_NAME, OPEN_BY_NAME_IO_URING, PATH_LEN, WATCH_NAME_LEN};
 
 use super::{
-    SYSCALL_ARG, SYSCALL_RET,
+    SYSCALL_ARG, SYSCALL_RET, URING_OPCODE, URING_REQ,
     process::{fd_file_identity, header, read_field},
 };
 use crate::maps::{AGENT_TGID, EVENTS, OPEN_SCRATCH, OPENS_BY_NAME, URING_OFFSETS, WATCH_LENGTHS, WATCHED_INODES, WATCHED_NAMES, count_lost};
@@ -86,9 +86,6 @@ fn name_watched(buf: &[u8; PATH_LEN], len: usize) -> bool {
     false
 }
 
-/// `io_uring_submit_req` fields, checked against tracefs by the loader.
-const URING_REQ: usize = 16;
-const URING_OPCODE: usize = 32;
 /// `IORING_OP_OPENAT` and `IORING_OP_OPENAT2` (uapi, stable).
 const IORING_OP_OPENAT: u8 = 18;
 const IORING_OP_OPENAT2: u8 = 28;
@@ -97,11 +94,11 @@ const IORING_OP_OPENAT2: u8 = 28;
 /// holds the kernel's copy of its path). An open of a watched name is sent at once: its
 /// result comes later, in a completion this program does not follow.
 #[tracepoint]
-pub fn sigil_uring_submit(ctx: TracePointContext) -> u32 {
-    try_uring_submit(&ctx).unwrap_or(0)
+pub fn sigil_uring_open(ctx: TracePointContext) -> u32 {
+    try_uring_open(&ctx).unwrap_or(0)
 }
 
-fn try_uring_submit(ctx: &TracePointContext) -> Result<u32, i64> {
+fn try_uring_open(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: layout checked by the loader against this kernel's tracefs format.
     let opcode: u8 = unsafe { ctx.read_at(URING_OPCODE) }.map_err(|e| e as i64)?;
     if opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {

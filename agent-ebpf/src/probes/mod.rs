@@ -10,3 +10,7 @@ pub mod tls;
 pub const SYSCALL_ARG: [usize; 3] = [16, 24, 32];
 /// `ret` in a `syscalls/sys_exit_*` record.
 pub const SYSCALL_RET: usize = 16;
+
+/// `io_uring/io_uring_submit_req` fields, checked against tracefs by the loader.
+pub const URING_REQ: usize = 16;
+pub const URING_OPCODE: usize = 32;

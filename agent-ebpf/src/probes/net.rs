@@ -1,4 +1,5 @@
-//! Outbound connections and plaintext writes on them.
+//! Outbound connections and plaintext writes on them, made through the syscalls or
+//! submitted through io_uring.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -8,11 +9,11 @@ use aya_ebpf::{
 use sigil_agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, DropReason, EventKind};
 
 use super::{
-    SYSCALL_ARG, SYSCALL_RET,
-    process::header,
+    SYSCALL_ARG, SYSCALL_RET, URING_OPCODE, URING_REQ,
+    process::{header, read_field},
     tls::{copy_user, copy_user_to, note_fd},
 };
-use crate::maps::{CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_drop, count_lost, data_wakeup_flags, sock_key};
+use crate::maps::{CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, URING_OFFSETS, count_drop, count_lost, data_wakeup_flags, sock_key};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -66,18 +67,27 @@ pub fn sigil_sendmsg(ctx: TracePointContext) -> u32 {
     try_sendmsg(&ctx).unwrap_or(0)
 }
 
+/// An IPv4 or IPv6 `sockaddr` at user address `addr`, for a connect of `fd`; None for
+/// another family.
+#[inline(always)]
+fn read_sockaddr(fd: i32, addr: u64) -> Result<Option<PendingConnect>, i64> {
+    // SAFETY: user memory read through the probe helper.
+    let family: u16 = unsafe { bpf_probe_read_user(addr as *const u16) }?;
+    let port: u16 = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }?;
+    let mut pending = PendingConnect { fd, family, port: u16::from_be(port), addr: [0; 16] };
+    match family {
+        AF_INET => pending.addr[..4].copy_from_slice(&unsafe { bpf_probe_read_user((addr + 4) as *const [u8; 4]) }?),
+        AF_INET6 => pending.addr = unsafe { bpf_probe_read_user((addr + 8) as *const [u8; 16]) }?,
+        _ => return Ok(None),
+    }
+    Ok(Some(pending))
+}
+
 fn try_connect_enter(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: fixed syscall tracepoint layout; user pointers are read with probe helpers.
     let fd: u64 = unsafe { ctx.read_at(SYSCALL_ARG[0]) }.map_err(|e| e as i64)?;
     let addr: u64 = unsafe { ctx.read_at(SYSCALL_ARG[1]) }.map_err(|e| e as i64)?;
-    let family: u16 = unsafe { bpf_probe_read_user(addr as *const u16) }?;
-    let port: u16 = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }?;
-    let mut pending = PendingConnect { fd: fd as i32, family, port: u16::from_be(port), addr: [0; 16] };
-    match family {
-        AF_INET => pending.addr[..4].copy_from_slice(&unsafe { bpf_probe_read_user((addr + 4) as *const [u8; 4]) }?),
-        AF_INET6 => pending.addr = unsafe { bpf_probe_read_user((addr + 8) as *const [u8; 16]) }?,
-        _ => return Ok(0),
-    }
+    let Some(pending) = read_sockaddr(fd as i32, addr)? else { return Ok(0) };
     if let Err(e) = PENDING_CONNECT.insert(&bpf_get_current_pid_tgid(), &pending, 0) {
         count_drop(DropReason::PendingConnectInsert);
         return Err(e.into());
@@ -95,13 +105,20 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(0);
     }
-    let tgid = (pid_tgid >> 32) as u32;
+    connected((pid_tgid >> 32) as u32, &p, ret as i32);
+    Ok(0)
+}
+
+/// Marks `p.fd` as a connected socket whose plaintext writes are copied, and tells user
+/// space where it goes.
+#[inline(always)]
+fn connected(tgid: u32, p: &PendingConnect, result: i32) {
     if CONNS.insert(&sock_key(tgid, p.fd), &1, 0).is_err() {
         count_drop(DropReason::ConnInsert);
     }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost(EventKind::Connect.loss_slot());
-        return Ok(0);
+        return;
     };
     // SAFETY: exclusively owned reserved slot.
     unsafe {
@@ -111,11 +128,90 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, i64> {
             family: p.family,
             port: p.port,
             addr: p.addr,
-            result: ret as i32,
+            result,
             _pad0: 0,
         });
     }
     entry.submit(0);
+}
+
+/// io_uring opcodes that connect or write (uapi, stable).
+const IORING_OP_WRITEV: u8 = 2;
+const IORING_OP_WRITE_FIXED: u8 = 5;
+const IORING_OP_SENDMSG: u8 = 9;
+const IORING_OP_CONNECT: u8 = 16;
+const IORING_OP_WRITE: u8 = 23;
+const IORING_OP_SEND: u8 = 26;
+const IORING_OP_SEND_ZC: u8 = 47;
+const IORING_OP_SENDMSG_ZC: u8 = 48;
+
+/// Connects and writes submitted through io_uring, which never enter the syscalls above:
+/// read from the request as it is submitted (after its preparation), at offsets from BTF.
+/// A connect is taken as made (its result comes later, in a completion not followed); a
+/// write on a socket so connected is copied like a plain write.
+#[tracepoint]
+pub fn sigil_uring_net(ctx: TracePointContext) -> u32 {
+    try_uring_net(&ctx).unwrap_or(0)
+}
+
+fn try_uring_net(ctx: &TracePointContext) -> Result<u32, i64> {
+    // SAFETY: layout checked by the loader against this kernel's tracefs format.
+    let opcode: u8 = unsafe { ctx.read_at(URING_OPCODE) }.map_err(|e| e as i64)?;
+    if !matches!(
+        opcode,
+        IORING_OP_WRITEV
+            | IORING_OP_WRITE_FIXED
+            | IORING_OP_SENDMSG
+            | IORING_OP_CONNECT
+            | IORING_OP_WRITE
+            | IORING_OP_SEND
+            | IORING_OP_SEND_ZC
+            | IORING_OP_SENDMSG_ZC
+    ) {
+        return Ok(0);
+    }
+    let off = URING_OFFSETS.load();
+    if off.valid == 0 {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let req: u64 = unsafe { ctx.read_at(URING_REQ) }.map_err(|e| e as i64)?;
+    let fd: i32 = read_field(req, off.kiocb_fd).map_err(i64::from)?;
+    let cmd = req + u64::from(off.kiocb_cmd);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if opcode == IORING_OP_CONNECT {
+        let addr: u64 = read_field(cmd, off.connect_addr).map_err(i64::from)?;
+        if let Some(p) = read_sockaddr(fd, addr)? {
+            connected(tgid, &p, 0);
+        }
+        return Ok(0);
+    }
+    // SAFETY: plain value.
+    if !matches!(unsafe { CONNS.get(&sock_key(tgid, fd)) }, Some(1)) {
+        return Ok(0);
+    }
+    match opcode {
+        IORING_OP_SEND | IORING_OP_SEND_ZC => {
+            let buf: u64 = read_field(cmd, off.sr_buf).map_err(i64::from)?;
+            let len: u32 = read_field(cmd, off.sr_len).map_err(i64::from)?;
+            emit_data(tgid, 0, fd, DataSource::PlainSocket, buf, u64::from(len));
+        }
+        IORING_OP_WRITE | IORING_OP_WRITE_FIXED => {
+            let buf: u64 = read_field(cmd, off.rw_addr).map_err(i64::from)?;
+            let len: u32 = read_field(cmd, off.rw_len).map_err(i64::from)?;
+            emit_data(tgid, 0, fd, DataSource::PlainSocket, buf, u64::from(len));
+        }
+        IORING_OP_WRITEV => {
+            let iov: u64 = read_field(cmd, off.rw_addr).map_err(i64::from)?;
+            let count: u32 = read_field(cmd, off.rw_len).map_err(i64::from)?;
+            emit_iovecs(tgid, fd, iov, u64::from(count));
+        }
+        _ => {
+            // sendmsg: the same slot as a send's buffer holds the user `msghdr`.
+            let msg: u64 = read_field(cmd, off.sr_buf).map_err(i64::from)?;
+            emit_msghdr(tgid, fd, msg)?;
+        }
+    }
     Ok(0)
 }
 
@@ -163,12 +259,20 @@ const MSGHDR_IOVLEN: u64 = 24;
 
 fn try_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
     let (fd, Some(tgid)) = plaintext_socket(ctx)? else { return Ok(0) };
-    // SAFETY: fixed syscall tracepoint layout; user memory is read with the probe helper.
+    // SAFETY: fixed syscall tracepoint layout.
     let msg: u64 = unsafe { ctx.read_at(SYSCALL_ARG[1]) }.map_err(|e| e as i64)?;
+    emit_msghdr(tgid, fd, msg)?;
+    Ok(0)
+}
+
+/// The iovecs of the user `msghdr` at `msg`, as one data event.
+#[inline(always)]
+fn emit_msghdr(tgid: u32, fd: i32, msg: u64) -> Result<(), i64> {
+    // SAFETY: user memory read through the probe helper.
     let iov: u64 = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }?;
     let count: u64 = unsafe { bpf_probe_read_user((msg + MSGHDR_IOVLEN) as *const u64) }?;
     emit_iovecs(tgid, fd, iov, count);
-    Ok(0)
+    Ok(())
 }
 
 /// iovecs read per writev/sendmsg. HTTP clients gather a request from a few pieces

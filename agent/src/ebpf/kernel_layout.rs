@@ -49,8 +49,9 @@ pub fn offsets(path: &Path) -> Result<KernelOffsets, LayoutError> {
     Ok(KernelOffsets { exe: exe(&layout), uring: uring(&layout) })
 }
 
-/// Where an io_uring open request keeps its path: `io_kiocb.cmd` holds the request's
-/// `struct io_open` (io_uring/openclose.c), whose `filename` is the kernel's copy.
+/// Where an io_uring request keeps what the programs read: `io_kiocb.cmd` holds the
+/// per-opcode data (`struct io_open` in io_uring/openclose.c, whose `filename` is the
+/// kernel's copy of the path; `io_sr_msg`, `io_rw` and `io_connect` with user pointers).
 fn uring(layout: &Layout<'_>) -> Result<UringOffsets, LayoutError> {
     Ok(UringOffsets {
         valid: 1,
@@ -58,6 +59,12 @@ fn uring(layout: &Layout<'_>) -> Result<UringOffsets, LayoutError> {
         open_filename: layout.field("io_open", "filename")?,
         open_how_flags: layout.field("io_open", "how")? + layout.field("open_how", "flags")?,
         filename_name: layout.field("filename", "name")?,
+        kiocb_fd: layout.field("io_kiocb", "cqe")? + layout.field("io_cqe", "fd")?,
+        sr_buf: layout.field("io_sr_msg", "buf")?,
+        sr_len: layout.field("io_sr_msg", "len")?,
+        rw_addr: layout.field("io_rw", "addr")?,
+        rw_len: layout.field("io_rw", "len")?,
+        connect_addr: layout.field("io_connect", "addr")?,
     })
 }
 
@@ -94,12 +101,22 @@ impl Layout<'_> {
     /// Byte offset of `field` in struct `ty`, looking into anonymous struct and union
     /// members (the kernel nests many fields in them).
     fn field(&self, ty: &str, field: &str) -> Result<u32, LayoutError> {
-        let t = self.0.get_type_by_name(ty).map_err(|_| LayoutError::Missing(format!("struct {ty}")))?;
-        let bits = self.find(&t.base_type, field, 0, 0).ok_or_else(|| LayoutError::Missing(format!("{ty}.{field}")))?;
+        let t = self.struct_named(ty).ok_or_else(|| LayoutError::Missing(format!("struct {ty}")))?;
+        let bits = self.find(t, field, 0, 0).ok_or_else(|| LayoutError::Missing(format!("{ty}.{field}")))?;
         if bits % 8 != 0 {
             return Err(LayoutError::BitField(format!("{ty}.{field}")));
         }
         Ok(bits / 8)
+    }
+
+    /// The struct or union named `ty`. A name may also be a function's (`io_connect` is
+    /// both), and the name index keeps one type per name: the others are searched.
+    fn struct_named(&self, ty: &str) -> Option<&Type> {
+        let is_struct = |t: &Type| matches!(t, Type::Struct(_) | Type::Union(_));
+        match self.0.get_type_by_name(ty) {
+            Ok(t) if is_struct(&t.base_type) => Some(&t.base_type),
+            _ => self.0.get_types().iter().find(|t| t.name.as_deref() == Some(ty) && is_struct(&t.base_type)).map(|t| &t.base_type),
+        }
     }
 
     fn find(&self, ty: &Type, field: &str, base_bits: u32, depth: u32) -> Option<u32> {
@@ -165,6 +182,9 @@ mod tests {
         let o = offsets(Path::new(VMLINUX_BTF)).expect("BTF").uring.expect("io_uring offsets");
         assert_eq!((o.valid, o.kiocb_cmd, o.open_filename, o.filename_name), (1, 0, 16, 0), "{o:?}");
         assert!(o.open_how_flags > o.open_filename, "{o:?}");
+        // The send's buffer and the connect's address follow the request's `file`.
+        assert_eq!((o.sr_buf, o.connect_addr), (8, 8), "{o:?}");
+        assert!(o.sr_len > o.sr_buf && o.rw_len > o.rw_addr && o.kiocb_fd > 0, "{o:?}");
     }
 
     #[test]

@@ -278,28 +278,28 @@ impl Probes {
         Ok(())
     }
 
-    /// Opens submitted through io_uring never enter the open syscalls: `sigil_uring_submit`
-    /// sees them as they are submitted. Best effort, with a line saying why when it cannot
+    /// Opens, connects and writes submitted through io_uring never enter the syscalls:
+    /// `sigil_uring_open` and `sigil_uring_net` see them as they are submitted. Best effort, with a line saying why when it cannot
     /// run (older kernels name the tracepoint and its fields differently; without BTF the
     /// request's path cannot be found): the rest of tracing does not depend on it.
     fn attach_uring(&mut self, tracefs: &Path) {
-        const NAME: &str = "sigil_uring_submit";
         let format = std::fs::read_to_string(tracefs.join("events/io_uring/io_uring_submit_req/format")).unwrap_or_default();
         let layout = [("req", 16), ("opcode", 32)].iter().all(|(field, at)| super::tracefs::field_offset(&format, field) == Some(*at));
-        let valid = self.ebpf.program(NAME).is_some() && self.uring_offsets_valid;
-        if !layout || !valid {
+        if !layout || !self.uring_offsets_valid {
             tracing::warn!(
-                "credential files opened through io_uring are not traced on this kernel (no io_uring_submit_req tracepoint of the known layout, or no io_uring layout in BTF)"
+                "credential files opened and plain HTTP sent through io_uring are not traced on this kernel (no io_uring_submit_req tracepoint of the known layout, or no io_uring layout in BTF)"
             );
             return;
         }
-        let attached = self.program::<TracePoint>(NAME).and_then(|prog| {
-            prog.load().map_err(|e| program_error(NAME, e))?;
-            prog.attach("io_uring", "io_uring_submit_req").map_err(|e| program_error(NAME, e))
-        });
-        match attached {
-            Ok(_) => self.attached.push(NAME),
-            Err(e) => tracing::warn!("credential files opened through io_uring are not traced: {e}"),
+        for (name, what) in [("sigil_uring_open", "credential files opened"), ("sigil_uring_net", "plain HTTP sent")] {
+            let attached = self.program::<TracePoint>(name).and_then(|prog| {
+                prog.load().map_err(|e| program_error(name, e))?;
+                prog.attach("io_uring", "io_uring_submit_req").map_err(|e| program_error(name, e))
+            });
+            match attached {
+                Ok(_) => self.attached.push(name),
+                Err(e) => tracing::warn!("{what} through io_uring are not traced: {e}"),
+            }
         }
     }
 

@@ -1,0 +1,82 @@
+/* An evader's plain-HTTP client: it connects and sends its bearer token through io_uring
+ * (IORING_OP_CONNECT, then IORING_OP_SEND, WRITEV or SENDMSG), never calling connect(2),
+ * write(2), sendto(2), writev(2) or sendmsg(2), hoping the agent only watches those
+ * syscalls. The response is read with read(2).
+ *
+ * usage: uring_http PORT MOVE PATH TOKEN     (MOVE: send, writev or sendmsg)
+ * Prints the response's status code.
+ */
+#include <arpa/inet.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static int complete(struct io_uring *ring) {
+    struct io_uring_cqe *cqe;
+    int err = io_uring_submit_and_wait(ring, 1);
+    if (err < 0)
+        return err;
+    err = io_uring_wait_cqe(ring, &cqe);
+    if (err < 0)
+        return err;
+    int res = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
+    return res;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: uring_http PORT MOVE PATH TOKEN\n");
+        return 2;
+    }
+    const char *move = argv[2];
+    struct io_uring ring;
+    int err = io_uring_queue_init(4, &ring, 0);
+    if (err < 0) {
+        fprintf(stderr, "io_uring_queue_init: %s\n", strerror(-err));
+        return 1;
+    }
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[1]))};
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    io_uring_prep_connect(io_uring_get_sqe(&ring), s, (struct sockaddr *)&addr, sizeof addr);
+    if ((err = complete(&ring)) < 0) {
+        fprintf(stderr, "connect through io_uring: %s\n", strerror(-err));
+        return 1;
+    }
+    char head[512], auth[512];
+    snprintf(head, sizeof head, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n", argv[3]);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\nConnection: close\r\n\r\n", argv[4]);
+    struct iovec iov[2] = {{head, strlen(head)}, {auth, strlen(auth)}};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+    char whole[1024];
+    snprintf(whole, sizeof whole, "%s%s", head, auth);
+    if (strcmp(move, "send") == 0)
+        io_uring_prep_send(io_uring_get_sqe(&ring), s, whole, strlen(whole), 0);
+    else if (strcmp(move, "writev") == 0)
+        io_uring_prep_writev(io_uring_get_sqe(&ring), s, iov, 2, 0);
+    else if (strcmp(move, "sendmsg") == 0)
+        io_uring_prep_sendmsg(io_uring_get_sqe(&ring), s, &msg, 0);
+    else {
+        fprintf(stderr, "unknown move %s\n", move);
+        return 2;
+    }
+    if ((err = complete(&ring)) < 0) {
+        fprintf(stderr, "%s through io_uring: %s\n", move, strerror(-err));
+        return 1;
+    }
+    char response[4096];
+    ssize_t n = read(s, response, sizeof response - 1);
+    if (n < 12) {
+        fprintf(stderr, "no response\n");
+        return 1;
+    }
+    response[n] = 0;
+    printf("%.3s\n", response + 9);
+    io_uring_queue_exit(&ring);
+    return 0;
+}
