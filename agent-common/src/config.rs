@@ -103,6 +103,8 @@ pub struct UringOffsets {
     pub rw_len: u32,
     /// `io_connect.addr`: the user `sockaddr`.
     pub connect_addr: u32,
+    /// `io_close.fd` (a close needs no file, so `cqe.fd` is not set for it).
+    pub close_fd: u32,
 }
 
 #[cfg(feature = "user")]

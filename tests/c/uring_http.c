@@ -3,10 +3,13 @@
  * write(2), sendto(2), writev(2) or sendmsg(2), hoping the agent only watches those
  * syscalls. The response is read with read(2).
  *
- * usage: uring_http PORT MOVE PATH TOKEN     (MOVE: send, writev or sendmsg)
- * Prints the response's status code.
+ * usage: uring_http PORT MOVE PATH TOKEN [FILE]     (MOVE: send, writev or sendmsg)
+ * Prints the response's status code. With FILE, the socket is then closed through
+ * io_uring (IORING_OP_CLOSE) and FILE opened, taking the socket's fd number, and written
+ * with write(2): a request with a token, which is a file's content and no credential use.
  */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,8 +32,8 @@ static int complete(struct io_uring *ring) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: uring_http PORT MOVE PATH TOKEN\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: uring_http PORT MOVE PATH TOKEN [FILE]\n");
         return 2;
     }
     const char *move = argv[2];
@@ -77,6 +80,25 @@ int main(int argc, char **argv) {
     }
     response[n] = 0;
     printf("%.3s\n", response + 9);
+    if (argc == 6) {
+        io_uring_prep_close(io_uring_get_sqe(&ring), s);
+        if ((err = complete(&ring)) < 0) {
+            fprintf(stderr, "close through io_uring: %s\n", strerror(-err));
+            return 1;
+        }
+        int f = open(argv[5], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (f != s) {
+            fprintf(stderr, "the file got fd %d, not the socket's %d\n", f, s);
+            return 1;
+        }
+        char later[1024];
+        snprintf(later, sizeof later, "GET /in-a-file HTTP/1.1\r\nAuthorization: Bearer %s-file\r\n\r\n", argv[4]);
+        if (write(f, later, strlen(later)) < 0) {
+            perror("write");
+            return 1;
+        }
+        close(f);
+    }
     io_uring_queue_exit(&ring);
     return 0;
 }

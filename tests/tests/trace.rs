@@ -234,23 +234,30 @@ fn a_credential_file_read_through_io_uring_is_still_an_event() {
 /// is made with `IORING_OP_CONNECT` and the request written with `IORING_OP_SEND`,
 /// `WRITEV` or `SENDMSG`, so none of the traced syscalls runs. Before, the agent saw
 /// neither the connection nor the token. Each move is reported as the plain HTTP use it
-/// is, with its destination.
+/// is, with its destination. A socket closed through io_uring is forgotten like one
+/// closed with close(2): a file that then takes its fd number, written with a request
+/// in it, is not reported as that connection's traffic.
 #[test]
 fn a_token_sent_through_io_uring_is_still_a_credential_use() {
     let t = traced();
     let server = LocalServer::start(None);
     let client = c_build(&t.dir, "uring_http", &["uring"]);
+    let file = t.dir.join("uring-request.txt");
     for step in ["send", "writev", "sendmsg"] {
         let cg = TestCgroup::create(&format!("trace.slice/uring-{step}.scope"));
         let token = unique(&format!("PLANTED-uring-{step}"));
         let path = format!("/uring-{step}");
-        let (code, out, err) = cg.run(&client, &[&server.port.to_string(), step, &path, &token]);
+        let (code, out, err) = cg.run(&client, &[&server.port.to_string(), step, &path, &token, &file.display().to_string()]);
         assert_eq!((code, out.as_str()), (0, "200"), "{step}: {err}");
         let used = t.uses_in(&cg, &format!("the token sent with io_uring {step}"), |v| v["path"] == path.as_str());
         assert_eq!(used["transport"], "plain", "{used}");
         assert_eq!(used["detector"], "bearer_token", "{used}");
         assert_eq!(used["destination"]["port"], server.port, "{used}");
         assert_eq!(used["process"]["binary_path"], client.display().to_string(), "{used}");
+        // The client's exit is handled after every write it made.
+        t.agent.wait_event(&format!("the {step} client's exit"), |v| v["kind"] == "process_exit" && v["exec_id"] == used["process"]["exec_id"]);
+        let in_file = t.agent.events().into_iter().find(|v| v["kind"] == "credential_use" && v["path"] == "/in-a-file");
+        assert!(in_file.is_none(), "{step}: a file's content reported as the closed socket's traffic: {in_file:?}");
         t.assert_never_kept(&token);
     }
 }

@@ -14,3 +14,4 @@ pub const SYSCALL_RET: usize = 16;
 /// `io_uring/io_uring_submit_req` fields, checked against tracefs by the loader.
 pub const URING_REQ: usize = 16;
 pub const URING_OPCODE: usize = 32;
+pub const URING_FLAGS: usize = 40;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use sigil_agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, DropReason, EventKind};
 
 use super::{
-    SYSCALL_ARG, SYSCALL_RET, URING_OPCODE, URING_REQ,
+    SYSCALL_ARG, SYSCALL_RET, URING_FLAGS, URING_OPCODE, URING_REQ,
     process::{header, read_field},
     tls::{copy_user, copy_user_to, note_fd},
 };
@@ -33,19 +33,24 @@ pub fn sigil_connect_exit(ctx: TracePointContext) -> u32 {
 pub fn sigil_close(ctx: TracePointContext) -> u32 {
     // SAFETY: fixed syscall tracepoint layout.
     if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG[0]) } {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let key = sock_key(tgid, fd as i32);
-        // Nearly every close is of something never tracked: a lookup (lock-free) spares
-        // those the delete's bucket lock.
-        // SAFETY: plain values; the references do not outlive this program run.
-        if unsafe { CONNS.get(&key) }.is_some() {
-            let _ = CONNS.remove(&key);
-        }
-        if unsafe { TLS_SKIP.get(&key) }.is_some() {
-            let _ = TLS_SKIP.remove(&key);
-        }
+        forget_fd((bpf_get_current_pid_tgid() >> 32) as u32, fd as i32);
     }
     0
+}
+
+/// A closed fd: whatever reuses its number is not the connection it was.
+#[inline(always)]
+fn forget_fd(tgid: u32, fd: i32) {
+    let key = sock_key(tgid, fd);
+    // Nearly every close is of something never tracked: a lookup (lock-free) spares
+    // those the delete's bucket lock.
+    // SAFETY: plain values; the references do not outlive this program run.
+    if unsafe { CONNS.get(&key) }.is_some() {
+        let _ = CONNS.remove(&key);
+    }
+    if unsafe { TLS_SKIP.get(&key) }.is_some() {
+        let _ = TLS_SKIP.remove(&key);
+    }
 }
 
 /// write(fd, buf, count) and sendto(fd, buf, len, ...) share their first three slots.
@@ -140,6 +145,9 @@ const IORING_OP_WRITEV: u8 = 2;
 const IORING_OP_WRITE_FIXED: u8 = 5;
 const IORING_OP_SENDMSG: u8 = 9;
 const IORING_OP_CONNECT: u8 = 16;
+const IORING_OP_CLOSE: u8 = 19;
+/// `REQ_F_FIXED_FILE` in the request's flags: `IOSQE_FIXED_FILE`, bit 0 (uapi).
+const REQ_F_FIXED_FILE: u64 = 1;
 const IORING_OP_WRITE: u8 = 23;
 const IORING_OP_SEND: u8 = 26;
 const IORING_OP_SEND_ZC: u8 = 47;
@@ -148,7 +156,7 @@ const IORING_OP_SENDMSG_ZC: u8 = 48;
 /// Connects and writes submitted through io_uring, which never enter the syscalls above:
 /// read from the request as it is submitted (after its preparation), at offsets from BTF.
 /// A connect is taken as made (its result comes later, in a completion not followed); a
-/// write on a socket so connected is copied like a plain write.
+/// write on a socket so connected is copied like a plain write; a close forgets the fd.
 #[tracepoint]
 pub fn sigil_uring_net(ctx: TracePointContext) -> u32 {
     try_uring_net(&ctx).unwrap_or(0)
@@ -163,6 +171,7 @@ fn try_uring_net(ctx: &TracePointContext) -> Result<u32, i64> {
             | IORING_OP_WRITE_FIXED
             | IORING_OP_SENDMSG
             | IORING_OP_CONNECT
+            | IORING_OP_CLOSE
             | IORING_OP_WRITE
             | IORING_OP_SEND
             | IORING_OP_SEND_ZC
@@ -176,9 +185,20 @@ fn try_uring_net(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // SAFETY: as above.
     let req: u64 = unsafe { ctx.read_at(URING_REQ) }.map_err(|e| e as i64)?;
-    let fd: i32 = read_field(req, off.kiocb_fd).map_err(i64::from)?;
     let cmd = req + u64::from(off.kiocb_cmd);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if opcode == IORING_OP_CLOSE {
+        forget_fd(tgid, read_field(cmd, off.close_fd).map_err(i64::from)?);
+        return Ok(0);
+    }
+    // A registered (fixed) file's number is an index into the ring's table, not an fd:
+    // looked up as one, it could name another connection. Not followed.
+    // SAFETY: as above.
+    let flags: u64 = unsafe { ctx.read_at(URING_FLAGS) }.map_err(|e| e as i64)?;
+    if flags & REQ_F_FIXED_FILE != 0 {
+        return Ok(0);
+    }
+    let fd: i32 = read_field(req, off.kiocb_fd).map_err(i64::from)?;
     if opcode == IORING_OP_CONNECT {
         let addr: u64 = read_field(cmd, off.connect_addr).map_err(i64::from)?;
         if let Some(p) = read_sockaddr(fd, addr)? {

@@ -65,6 +65,7 @@ fn uring(layout: &Layout<'_>) -> Result<UringOffsets, LayoutError> {
         rw_addr: layout.field("io_rw", "addr")?,
         rw_len: layout.field("io_rw", "len")?,
         connect_addr: layout.field("io_connect", "addr")?,
+        close_fd: layout.field("io_close", "fd")?,
     })
 }
 

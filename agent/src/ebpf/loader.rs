@@ -284,7 +284,7 @@ impl Probes {
     /// request's path cannot be found): the rest of tracing does not depend on it.
     fn attach_uring(&mut self, tracefs: &Path) {
         let format = std::fs::read_to_string(tracefs.join("events/io_uring/io_uring_submit_req/format")).unwrap_or_default();
-        let layout = [("req", 16), ("opcode", 32)].iter().all(|(field, at)| super::tracefs::field_offset(&format, field) == Some(*at));
+        let layout = [("req", 16), ("opcode", 32), ("flags", 40)].iter().all(|(field, at)| super::tracefs::field_offset(&format, field) == Some(*at));
         if !layout || !self.uring_offsets_valid {
             tracing::warn!(
                 "credential files opened and plain HTTP sent through io_uring are not traced on this kernel (no io_uring_submit_req tracepoint of the known layout, or no io_uring layout in BTF)"
