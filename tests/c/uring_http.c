@@ -18,18 +18,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static int complete(struct io_uring *ring) {
-    struct io_uring_cqe *cqe;
-    int err = io_uring_submit_and_wait(ring, 1);
-    if (err < 0)
-        return err;
-    err = io_uring_wait_cqe(ring, &cqe);
-    if (err < 0)
-        return err;
-    int res = cqe->res;
-    io_uring_cqe_seen(ring, cqe);
-    return res;
-}
+#include "uring.h"
 
 int main(int argc, char **argv) {
     if (argc != 5 && argc != 6) {
