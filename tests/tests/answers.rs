@@ -120,6 +120,7 @@ fn events() -> Vec<AgentEvent> {
         path: "/root/.aws/credentials".into(),
         file_kind: v1::FileKind::AwsSharedCredentials as i32,
         access: "read".into(),
+        via: "io_uring".into(),
         ..Default::default()
     }));
     for (i, pod) in ["pb", "pc"].into_iter().enumerate() {
@@ -208,6 +209,9 @@ fn paging_lists_every_entry_once(backend: Backend) {
     let timeline = full["timeline"].as_array().unwrap().clone();
     assert_eq!(timeline.len() as i64, total);
     assert!(full.get("next").is_none() && full["left_out"] == 0, "{full}");
+    // How the file was opened is kept and answered.
+    let read = timeline.iter().find(|e| e["what"] == "credential_file_read").unwrap();
+    assert_eq!(read["detail"]["via"], "io_uring", "{read}");
     let times: Vec<i64> = timeline.iter().map(|e| e["time"].as_i64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order: {times:?}");
     let s = &full["summary"];

@@ -315,7 +315,10 @@ fn print_run(v: &Value, id: &str, page: &PageArgs) {
                 text(&d["method"]),
                 text(&d["path"])
             ),
-            "credential_file_read" => format!("read {} ({})", text(&d["path"]), text(&d["file_kind"])),
+            "credential_file_read" => match d["via"].as_str() {
+                Some(via) => format!("read {} ({}) via {via}", text(&d["path"]), text(&d["file_kind"])),
+                None => format!("read {} ({})", text(&d["path"]), text(&d["file_kind"])),
+            },
             "credential_obtained" => obtained_line(d),
             "cloud_action" => format!("cloud {} {} [{}]", text(&d["service"]), text(&d["action"]), text(&d["id"])),
             other => other.to_owned(),

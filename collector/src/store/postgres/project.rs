@@ -201,6 +201,7 @@ struct FileReads {
     rid: Vec<Option<i64>>,
     path: Vec<String>,
     file_kind: Vec<String>,
+    via: Vec<Option<String>>,
 }
 
 /// Columns of the runs a batch creates: run id, kind, pod, container, unit, cgroup, time.
@@ -422,6 +423,7 @@ impl Batch<'_, '_> {
                 f.rid.push(rid);
                 f.path.push(v.path.clone());
                 f.file_kind.push(json::file_kind::name(v.file_kind).unwrap_or_else(|| "unknown".into()));
+                f.via.push(Some(v.via.clone()).filter(|v| !v.is_empty()));
             }
             EventBody::CredentialObtained(v) => {
                 let p = v.process.as_ref();
@@ -539,9 +541,9 @@ impl Batch<'_, '_> {
         let f = &rows.file_reads;
         if !f.time.is_empty() {
             self.exec(
-                "INSERT INTO credential_file_reads (node_id, time, exec_id, rid, path, file_kind)
-                 SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[])",
-                &[&n, &f.time, &f.exec_id, &f.rid, &f.path, &f.file_kind],
+                "INSERT INTO credential_file_reads (node_id, time, exec_id, rid, path, file_kind, via)
+                 SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[])",
+                &[&n, &f.time, &f.exec_id, &f.rid, &f.path, &f.file_kind, &f.via],
             )?;
         }
         let (exec_ids, exit_times) = &rows.exits;

@@ -48,7 +48,7 @@ fn sql(fact: Fact) -> &'static str {
         Fact::CredentialUse => "SELECT event_id, time, detector, class, lifetime, fingerprint, access_key_id, jwt_iss, jwt_sub, dest_ip, dest_port, host, method, path, exec_id, count, first_seen
             FROM credential_uses_v WHERE row = $1",
         Fact::Issuance => "SELECT jti, spiffe_id, audience, issued_at, expires_at, ttl, exec_id, run_id FROM token_issuances_v WHERE jti = $1",
-        Fact::FileReads => "SELECT time, path, file_kind, exec_id FROM credential_file_reads_v WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) ORDER BY time",
+        Fact::FileReads => "SELECT time, path, file_kind, via, exec_id FROM credential_file_reads_v WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) ORDER BY time",
         Fact::Exchange => "SELECT event_id, time, host, dest_ip, dest_port, path, jwt_jti, exec_id FROM credential_uses_v
             WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) AND detector = 'token_exchange' AND jwt_jti IS NOT NULL AND time <= $2 ORDER BY time DESC LIMIT 1",
         Fact::HandedOut => "SELECT time, exchange_kind, identifier, expires_at, principal, host, presented_jti, exec_id, run_id FROM credential_obtained_v
@@ -70,7 +70,7 @@ fn sql(fact: Fact) -> &'static str {
             WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) AND (time, row) > ($2, $3) ORDER BY time, row LIMIT $4",
         Fact::RunUses => "SELECT time, row, detector, class, fingerprint, access_key_id, jwt_iss, jwt_sub, coalesce(host, dest_ip) AS destination, dest_port, method, path, exec_id, count
             FROM credential_uses_v WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) AND (time, row) > ($2, $3) ORDER BY time, row LIMIT $4",
-        Fact::RunFileReads => "SELECT time, row, path, file_kind, exec_id FROM credential_file_reads_v
+        Fact::RunFileReads => "SELECT time, row, path, file_kind, via, exec_id FROM credential_file_reads_v
             WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) AND (time, row) > ($2, $3) ORDER BY time, row LIMIT $4",
         Fact::RunObtained => "SELECT time, row, exchange_kind, format, identifier, class, fingerprint, expires_at, principal, host, presented_jti, token_jti, exec_id
             FROM credential_obtained_v WHERE rid = (SELECT rid FROM runs WHERE run_id = $1) AND (time, row) > ($2, $3) ORDER BY time, row LIMIT $4",

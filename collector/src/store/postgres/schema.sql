@@ -129,6 +129,8 @@ CREATE TABLE IF NOT EXISTS agg_runs (rid BIGINT PRIMARY KEY, uses BIGINT NOT NUL
 CREATE TABLE IF NOT EXISTS credential_file_reads (
     node_id BIGINT NOT NULL, time BIGINT NOT NULL, exec_id TEXT, rid BIGINT,
     path TEXT NOT NULL, file_kind TEXT NOT NULL, row BIGSERIAL);
+-- How the file was opened (`io_uring`; NULL for an open system call): added after version 4.
+ALTER TABLE credential_file_reads ADD COLUMN IF NOT EXISTS via TEXT;
 CREATE INDEX IF NOT EXISTS file_reads_run ON credential_file_reads (rid);
 CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
 
@@ -285,5 +287,5 @@ CREATE OR REPLACE VIEW credential_obtained_v AS
     FROM credential_obtained o LEFT JOIN runs r ON r.rid = o.rid;
 
 CREATE OR REPLACE VIEW credential_file_reads_v AS
-    SELECT f.time, f.path, f.file_kind, f.exec_id, f.rid, r.run_id, f.row
+    SELECT f.time, f.path, f.file_kind, f.exec_id, f.rid, r.run_id, f.row, f.via
     FROM credential_file_reads f LEFT JOIN runs r ON r.rid = f.rid;

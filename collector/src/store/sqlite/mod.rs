@@ -137,6 +137,7 @@ impl SqliteStore {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {}; COMMIT;", aggregate::FILL_TOKEN_AGGREGATES))?;
         }
         add_missing_columns(&conn)?;
+        conn.execute_batch(FILE_READS_VIEW)?;
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])?;
         let checkpointer = checkpoint::Checkpointer::start(path, &mut conn, pages);
         Ok(Self { inner: Mutex::new(Inner { conn, caches: ids::Caches::default() }), queue: group::Queue::default(), checkpointer })
@@ -169,8 +170,10 @@ impl SqliteStore {
 /// EXISTS` leaves an existing table as it was), each with what fills it in for the rows
 /// already there: none for evidence older rows never had.
 /// (The run counts are both filled in with the second of them, which completes the pair.)
-const ADDED_COLUMNS: [(&str, &str, &str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str, &str, &str); 5] = [
     ("credential_obtained", "stream", "INTEGER", ""),
+    // The view naming it is made again after the upgrades (`FILE_READS_VIEW`).
+    ("credential_file_reads", "via", "TEXT", "DROP VIEW IF EXISTS credential_file_reads_v"),
     ("credential_obtained", "seq", "INTEGER", ""),
     ("runs", "processes", "INTEGER NOT NULL DEFAULT 0", ""),
     (
@@ -180,6 +183,12 @@ const ADDED_COLUMNS: [(&str, &str, &str, &str); 4] = [
         "INSERT OR IGNORE INTO run_binaries (rid, binary_path) SELECT DISTINCT rid, binary_path FROM processes WHERE binary_path IS NOT NULL",
     ),
 ];
+
+/// Credential file reads with their exec and run ids resolved, created once the table
+/// has all its columns (an upgraded store gains `via` after the schema ran).
+const FILE_READS_VIEW: &str = "CREATE VIEW IF NOT EXISTS credential_file_reads_v AS
+    SELECT f.rowid AS row, f.time, f.path, f.file_kind, f.via, x.s AS exec_id, f.rid, r.run_id
+    FROM credential_file_reads f LEFT JOIN strings x ON x.id = f.exec_id LEFT JOIN runs r ON r.rid = f.rid";
 
 /// A run's process and binary counts from its rows (`run_binaries` must be up to date):
 /// for the runs an upgrade fills in, and those retention took processes from.

@@ -259,8 +259,9 @@ impl Batch<'_, '_> {
                 let p = v.process.as_ref();
                 let (exec, rid) = (self.exec_sid(p)?, self.process_rid(p, time)?);
                 let kind = json::file_kind::name(v.file_kind).unwrap_or_else(|| "unknown".into());
-                tx.prepare_cached("INSERT INTO credential_file_reads (node_id, time, exec_id, rid, path, file_kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                    .execute(params![node_id, time, exec, rid, v.path, kind])?;
+                let via = Some(v.via.as_str()).filter(|v| !v.is_empty());
+                tx.prepare_cached("INSERT INTO credential_file_reads (node_id, time, exec_id, rid, path, file_kind, via) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+                    .execute(params![node_id, time, exec, rid, v.path, kind, via])?;
             }
             EventBody::CredentialObtained(v) => {
                 let p = v.process.as_ref();

@@ -116,7 +116,7 @@ CREATE INDEX IF NOT EXISTS uses_sub ON credential_uses (jwt_sub, time) WHERE jwt
 
 CREATE TABLE IF NOT EXISTS credential_file_reads (
     node_id INTEGER NOT NULL, time INTEGER NOT NULL, exec_id INTEGER, rid INTEGER,
-    path TEXT NOT NULL, file_kind TEXT NOT NULL);
+    path TEXT NOT NULL, file_kind TEXT NOT NULL, via TEXT);
 CREATE INDEX IF NOT EXISTS file_reads_run ON credential_file_reads (rid);
 CREATE INDEX IF NOT EXISTS file_reads_time ON credential_file_reads (time);
 
@@ -257,9 +257,8 @@ CREATE VIEW IF NOT EXISTS credential_obtained_v AS
            o.presented_jti, o.token_jti, x.s AS exec_id, o.rid, r.run_id
     FROM credential_obtained o LEFT JOIN strings x ON x.id = o.exec_id LEFT JOIN runs r ON r.rid = o.rid;
 
-CREATE VIEW IF NOT EXISTS credential_file_reads_v AS
-    SELECT f.rowid AS row, f.time, f.path, f.file_kind, x.s AS exec_id, f.rid, r.run_id
-    FROM credential_file_reads f LEFT JOIN strings x ON x.id = f.exec_id LEFT JOIN runs r ON r.rid = f.rid;
+-- credential_file_reads_v is created by the store after its upgrades (it names `via`,
+-- a column older stores gain then): sqlite/mod.rs, FILE_READS_VIEW.
 
 -- Misuse findings (collector/src/findings.rs): one row per finding kind, subject and
 -- runs (the id digests them); later evidence widens the times and grows the JSON.

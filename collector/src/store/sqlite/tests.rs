@@ -360,8 +360,9 @@ fn retention_prunes_strings_only_deleted_rows_used_and_answers_for_kept_data_sta
 }
 
 /// A database written by a collector from before `credential_obtained` kept its event id
-/// (and before the run counts and the token aggregates) opens, gains the columns and
-/// tables, and stores responses again; its older rows keep working.
+/// (and before the run counts, the token aggregates and `credential_file_reads.via`)
+/// opens, gains the columns and tables, and stores responses again; its older rows keep
+/// working.
 #[test]
 fn a_database_from_before_the_obtained_event_id_and_run_counts_is_upgraded_in_place() {
     let (dir, s) = store();
@@ -378,7 +379,9 @@ fn a_database_from_before_the_obtained_event_id_and_run_counts_is_upgraded_in_pl
             "ALTER TABLE credential_obtained DROP COLUMN stream; ALTER TABLE credential_obtained DROP COLUMN seq;
              ALTER TABLE runs DROP COLUMN processes; ALTER TABLE runs DROP COLUMN binaries; DROP TABLE run_binaries;
              DROP TABLE agg_tokens; DROP TABLE agg_denials; DROP TRIGGER agg_token_in; DROP TRIGGER agg_token_out;
-             DROP TRIGGER agg_denial_in; DROP TRIGGER agg_denial_out;",
+             DROP TRIGGER agg_denial_in; DROP TRIGGER agg_denial_out;
+             DROP VIEW credential_file_reads_v; ALTER TABLE credential_file_reads DROP COLUMN via;
+             CREATE VIEW credential_file_reads_v AS SELECT f.rowid AS row, f.time, f.path, f.file_kind, f.rid FROM credential_file_reads f;",
         )
         .expect("old shape");
         conn.execute_batch("INSERT INTO credential_obtained (node_id, time, exchange_kind, format, class, fingerprint, identifier) VALUES (1, 1, 'k', 'f', 'short_lived', 'fp', 'ASIAOLD')")
@@ -394,8 +397,18 @@ fn a_database_from_before_the_obtained_event_id_and_run_counts_is_upgraded_in_pl
         fingerprint: "hmac-sha256:x".into(),
         ..Default::default()
     });
-    s.ingest_events("n1", &[ev("s-1", exec("e1", "/bin/app")), ev("s-2", obtained)]).expect("stores");
+    let read = EventBody::CredentialFileRead(v1::CredentialFileRead {
+        time: "2026-01-01T00:00:01Z".into(),
+        path: "/root/.aws/credentials".into(),
+        file_kind: v1::FileKind::AwsSharedCredentials as i32,
+        via: "io_uring".into(),
+        ..Default::default()
+    });
+    s.ingest_events("n1", &[ev("s-1", exec("e1", "/bin/app")), ev("s-2", obtained), ev("s-3", read)]).expect("stores");
     let conn = rusqlite::Connection::open(&path).expect("opens");
+    // The file reads gained `via`, and their view was made again with it.
+    let via: Option<String> = conn.query_row("SELECT via FROM credential_file_reads_v", [], |r| r.get(0)).expect("one read");
+    assert_eq!(via.as_deref(), Some("io_uring"));
     let rows: Vec<(String, Option<i64>)> = conn
         .prepare("SELECT identifier, seq FROM credential_obtained ORDER BY rowid")
         .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
