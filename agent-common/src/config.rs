@@ -103,8 +103,10 @@ pub struct UringOffsets {
     pub rw_len: u32,
     /// `io_connect.addr`: the user `sockaddr`.
     pub connect_addr: u32,
-    /// `io_close.fd` (a close needs no file, so `cqe.fd` is not set for it).
+    /// `io_close.fd` (a close needs no file, so `cqe.fd` is not set for it) and
+    /// `io_close.file_slot` (non-zero: the close is of a registered file, not of an fd).
     pub close_fd: u32,
+    pub close_file_slot: u32,
 }
 
 #[cfg(feature = "user")]

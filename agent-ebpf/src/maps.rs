@@ -94,6 +94,7 @@ pub static URING_OFFSETS: Global<UringOffsets> = Global::new(UringOffsets {
     rw_len: 0,
     connect_addr: 0,
     close_fd: 0,
+    close_file_slot: 0,
 });
 
 /// Everything the kernel side gave up on, by [`DropReason`] (user space sums the CPUs).

@@ -1,9 +1,11 @@
 /* An evader's plain-HTTP client: it connects and sends its bearer token through io_uring
  * (IORING_OP_CONNECT, then IORING_OP_SEND, WRITEV or SENDMSG), never calling connect(2),
  * write(2), sendto(2), writev(2) or sendmsg(2), hoping the agent only watches those
- * syscalls. The response is read with read(2).
+ * syscalls. The response is read with read(2). slot-close: the socket is made on fd 0 and
+ * the request written with write(2), after an io_uring close of a registered file slot
+ * (which the kernel describes with fd 0), hoping the agent forgets fd 0 then.
  *
- * usage: uring_http PORT MOVE PATH TOKEN [FILE]     (MOVE: send, writev or sendmsg)
+ * usage: uring_http PORT MOVE PATH TOKEN [FILE]     (MOVE: send, writev, sendmsg or slot-close)
  * Prints the response's status code. With FILE, the socket is then closed through
  * io_uring (IORING_OP_CLOSE) and FILE opened, taking the socket's fd number, and written
  * with write(2): a request with a token, which is a file's content and no credential use.
@@ -32,6 +34,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "io_uring_queue_init: %s\n", strerror(-err));
         return 1;
     }
+    int slot_close = strcmp(move, "slot-close") == 0;
+    if (slot_close)
+        close(0); /* the socket takes fd 0 */
     int s = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[1]))};
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
@@ -47,7 +52,24 @@ int main(int argc, char **argv) {
     struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
     char whole[1024];
     snprintf(whole, sizeof whole, "%s%s", head, auth);
-    if (strcmp(move, "send") == 0)
+    if (slot_close) {
+        /* A close of registered file slot 0, which the kernel describes with fd 0, then
+         * the request written to the socket on fd 0 with write(2). */
+        int pipe_fds[2];
+        if (s != 0 || pipe(pipe_fds) < 0 || io_uring_register_files(&ring, pipe_fds, 1) < 0) {
+            fprintf(stderr, "staging the slot close (socket on fd %d)\n", s);
+            return 1;
+        }
+        io_uring_prep_close_direct(io_uring_get_sqe(&ring), 0);
+        if ((err = complete(&ring)) < 0) {
+            fprintf(stderr, "close of a registered slot: %s\n", strerror(-err));
+            return 1;
+        }
+        if (write(s, whole, strlen(whole)) < 0) {
+            perror("write");
+            return 1;
+        }
+    } else if (strcmp(move, "send") == 0)
         io_uring_prep_send(io_uring_get_sqe(&ring), s, whole, strlen(whole), 0);
     else if (strcmp(move, "writev") == 0)
         io_uring_prep_writev(io_uring_get_sqe(&ring), s, iov, 2, 0);
@@ -57,7 +79,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "unknown move %s\n", move);
         return 2;
     }
-    if ((err = complete(&ring)) < 0) {
+    if (!slot_close && (err = complete(&ring)) < 0) {
         fprintf(stderr, "%s through io_uring: %s\n", move, strerror(-err));
         return 1;
     }

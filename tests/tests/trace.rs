@@ -243,7 +243,9 @@ fn a_token_sent_through_io_uring_is_still_a_credential_use() {
     let server = LocalServer::start(None);
     let client = c_build(&t.dir, "uring_http", &["uring"]);
     let file = t.dir.join("uring-request.txt");
-    for step in ["send", "writev", "sendmsg"] {
+    // slot-close: the evader's socket is on fd 0, and it closes a registered file slot
+    // through io_uring (a request that carries fd 0) before writing its token.
+    for step in ["send", "writev", "sendmsg", "slot-close"] {
         let cg = TestCgroup::create(&format!("trace.slice/uring-{step}.scope"));
         let token = unique(&format!("PLANTED-uring-{step}"));
         let path = format!("/uring-{step}");

@@ -146,12 +146,12 @@ const IORING_OP_WRITE_FIXED: u8 = 5;
 const IORING_OP_SENDMSG: u8 = 9;
 const IORING_OP_CONNECT: u8 = 16;
 const IORING_OP_CLOSE: u8 = 19;
-/// `REQ_F_FIXED_FILE` in the request's flags: `IOSQE_FIXED_FILE`, bit 0 (uapi).
-const REQ_F_FIXED_FILE: u64 = 1;
 const IORING_OP_WRITE: u8 = 23;
 const IORING_OP_SEND: u8 = 26;
 const IORING_OP_SEND_ZC: u8 = 47;
 const IORING_OP_SENDMSG_ZC: u8 = 48;
+/// `REQ_F_FIXED_FILE` in the request's flags: `IOSQE_FIXED_FILE`, bit 0 (uapi).
+const REQ_F_FIXED_FILE: u64 = 1;
 
 /// Connects and writes submitted through io_uring, which never enter the syscalls above:
 /// read from the request as it is submitted (after its preparation), at offsets from BTF.
@@ -188,7 +188,12 @@ fn try_uring_net(ctx: &TracePointContext) -> Result<u32, i64> {
     let cmd = req + u64::from(off.kiocb_cmd);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if opcode == IORING_OP_CLOSE {
-        forget_fd(tgid, read_field(cmd, off.close_fd).map_err(i64::from)?);
+        // A close of a registered file slot carries fd 0: forgetting fd 0 then would let
+        // a workload stop the capture of a socket it keeps on fd 0.
+        let slot: u32 = read_field(cmd, off.close_file_slot).map_err(i64::from)?;
+        if slot == 0 {
+            forget_fd(tgid, read_field(cmd, off.close_fd).map_err(i64::from)?);
+        }
         return Ok(0);
     }
     // A registered (fixed) file's number is an index into the ring's table, not an fd:

@@ -66,6 +66,7 @@ fn uring(layout: &Layout<'_>) -> Result<UringOffsets, LayoutError> {
         rw_len: layout.field("io_rw", "len")?,
         connect_addr: layout.field("io_connect", "addr")?,
         close_fd: layout.field("io_close", "fd")?,
+        close_file_slot: layout.field("io_close", "file_slot")?,
     })
 }
 
