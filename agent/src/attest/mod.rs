@@ -99,10 +99,6 @@ pub struct Attestor {
     background: OnceLock<(HashPool, Emit)>,
     /// Pod metadata from the API server, when the agent watches it.
     pods: OnceLock<Arc<crate::k8s::PodCache>>,
-    /// Exec ids of records attested on request and already emitted (by the Workload
-    /// API): when their exec event comes later, the table keeps that record and the
-    /// event must not emit it a second time.
-    announced: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Who emits a record attested on request.
@@ -219,7 +215,6 @@ impl Attestor {
             table: Arc::default(),
             background: OnceLock::new(),
             pods: OnceLock::new(),
-            announced: std::sync::Mutex::default(),
         }
     }
 
@@ -329,36 +324,19 @@ impl Attestor {
             exec_path: Some(exec_path),
             exe: FileKey::from_kernel(&ev.exe),
         })?;
-        self.unless_announced(rec)
+        Self::unless_announced(rec)
     }
 
     /// None when `rec` is the record this exec was attested with on request and that
     /// was emitted then (by the Workload API; the tracer's are not emitted until now).
-    fn unless_announced(&self, rec: ProcessRecord) -> Option<ProcessRecord> {
-        let announced = rec.source == Source::OnRequest && self.announced.lock().is_ok_and(|mut a| a.remove(&rec.exec_id));
-        (!announced).then_some(rec)
-    }
-
-    /// Notes that the on-request record of `exec_id` is emitted by whoever attested it
-    /// (see `announced`).
-    fn note_announced(&self, exec_id: &str) {
-        if let Ok(mut a) = self.announced.lock() {
-            // Bounded: an entry whose exec event never comes (a process older than the
-            // agent) is dropped at its exit; this is the backstop.
-            if a.len() >= 4096 {
-                a.clear();
-            }
-            a.insert(exec_id.to_owned());
-        }
+    fn unless_announced(rec: ProcessRecord) -> Option<ProcessRecord> {
+        (!(rec.source == Source::OnRequest && rec.announced)).then_some(rec)
     }
 
     /// The exit to emit now; None for an unknown pid, and for a process whose exec
     /// record still waits for its digest (the exit then follows that record).
     pub fn on_exit(&self, ev: &ExitEvent) -> Option<ProcessExit> {
         let rec = self.table.remove(ev.header.pid)?;
-        if let Ok(mut a) = self.announced.lock() {
-            a.remove(&rec.exec_id);
-        }
         self.table.exit_after_record(ProcessExit {
             exec_id: rec.exec_id.clone(),
             process_id: rec.process_id.clone(),
@@ -416,22 +394,15 @@ impl Attestor {
 
     /// Enters a record attested on request. Its exec event may have been handled while
     /// it was read and hashed (the table had no record to find then): the event's record
-    /// is the exec's one record, and is returned instead (not created here). When the
-    /// caller announces, the exec id is noted *before* the record is visible, so an
-    /// exec event handled right after finds it already emitted.
-    fn enter_on_request(&self, rec: ProcessRecord, announce: Announce) -> (Arc<ProcessRecord>, bool) {
-        let exec_id = rec.exec_id.clone();
-        if announce == Announce::ByCaller {
-            self.note_announced(&exec_id);
-        }
-        match self.table.insert_unless_attested(Arc::new(rec.clone())) {
-            Ok(()) => (Arc::new(rec), true),
-            Err(by_event) => {
-                if let Ok(mut a) = self.announced.lock() {
-                    a.remove(&exec_id);
-                }
-                (self.with_digest(by_event), false)
-            }
+    /// is the exec's one record, and is returned instead (not created here). The record
+    /// says who emits it before it is visible, so an exec event handled right after
+    /// finds it already emitted.
+    fn enter_on_request(&self, mut rec: ProcessRecord, announce: Announce) -> (Arc<ProcessRecord>, bool) {
+        rec.announced = announce == Announce::ByCaller;
+        let rec = Arc::new(rec);
+        match self.table.insert_unless_attested(Arc::clone(&rec)) {
+            Ok(()) => (rec, true),
+            Err(by_event) => (self.with_digest(by_event), false),
         }
     }
 
@@ -758,6 +729,7 @@ impl Attestor {
             run: pod.as_ref().and_then(crate::k8s::PodMeta::run_key),
             pod,
             kernel_exe: obs.exe,
+            announced: false,
         };
         (rec, pending)
     }
@@ -988,7 +960,7 @@ mod tests {
             assert!(fresh && on_request.source == Source::OnRequest);
             let kept = attestor.attest(sleep_exec_event(pid)).expect("a record");
             assert_eq!(kept.exec_id, on_request.exec_id, "one exec, one record");
-            let emitted = attestor.unless_announced(kept);
+            let emitted = Attestor::unless_announced(kept);
             assert_eq!(emitted.is_none(), announced, "announced: {announced}");
             let _ = child.kill();
             let _ = child.wait();
@@ -1023,7 +995,7 @@ mod tests {
         assert_eq!(kept.exec_id, by_event.exec_id, "one exec, one record");
         assert!(kept.binary.sha256.is_some(), "a decision needs the digest");
         assert_eq!(attestor.table.get(pid).map(|r| r.exec_id.clone()), Some(by_event.exec_id.clone()));
-        assert_eq!(attestor.unless_announced(by_event).map(|r| r.source), Some(Source::Ebpf), "the event's record is the event's to emit");
+        assert_eq!(Attestor::unless_announced(by_event).map(|r| r.source), Some(Source::Ebpf), "the event's record is the event's to emit");
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -140,6 +140,9 @@ pub struct ProcessRecord {
     /// when the exec program could read it: later per-exec checks (TLS libraries, blind
     /// spots) look their caches up by it instead of stat'ing /proc/<pid>/exe again.
     pub kernel_exe: Option<super::hash::FileKey>,
+    /// An on-request record its attester (the Workload API) emits itself: its exec
+    /// event, handled later, keeps the record and does not emit it again. In no event.
+    pub announced: bool,
 }
 
 impl From<Source> for v1::Source {

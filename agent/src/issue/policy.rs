@@ -471,6 +471,7 @@ mod tests {
             pod: None,
             run: None,
             kernel_exe: None,
+            announced: false,
         }
     }
 
