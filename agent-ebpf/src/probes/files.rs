@@ -15,10 +15,11 @@ use aya_ebpf::{
 use sigil_agent_common::{EventKind, FileOpenEvent, OPEN_BY_IDENTITY, OPEN_BY_NAME, OPEN_BY_NAME_IO_URING, PATH_LEN, WATCH_NAME_LEN};
 
 use super::{
-    SYSCALL_ARG, SYSCALL_RET, URING_OPCODE, URING_REQ,
+    SYSCALL_ARG, SYSCALL_RET,
     process::{fd_file_identity, header, read_field},
+    uring,
 };
-use crate::maps::{AGENT_TGID, EVENTS, OPEN_SCRATCH, OPENS_BY_NAME, URING_OFFSETS, WATCH_LENGTHS, WATCHED_INODES, WATCHED_NAMES, count_lost};
+use crate::maps::{AGENT_TGID, EVENTS, OPEN_SCRATCH, OPENS_BY_NAME, WATCH_LENGTHS, WATCHED_INODES, WATCHED_NAMES, count_lost};
 
 /// openat(dfd, filename, flags, mode)
 #[tracepoint]
@@ -99,22 +100,15 @@ pub fn sigil_uring_open(ctx: TracePointContext) -> u32 {
 }
 
 fn try_uring_open(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY: layout checked by the loader against this kernel's tracefs format.
-    let opcode: u8 = unsafe { ctx.read_at(URING_OPCODE) }.map_err(|e| e as i64)?;
-    if opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
-        return Ok(0);
-    }
-    let off = URING_OFFSETS.load();
+    let Some(r) = uring::submitted(ctx, |op| op == IORING_OP_OPENAT || op == IORING_OP_OPENAT2)? else { return Ok(0) };
     let pid_tgid = bpf_get_current_pid_tgid();
-    if off.valid == 0 || (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
         return Ok(0);
     }
-    // SAFETY: as above.
-    let req: u64 = unsafe { ctx.read_at(URING_REQ) }.map_err(|e| e as i64)?;
-    let open = req + u64::from(off.kiocb_cmd);
-    let filename: u64 = read_field(open, off.open_filename).map_err(i64::from)?;
-    let flags: u64 = read_field(open, off.open_how_flags).map_err(i64::from)?;
-    if req == 0 || filename == 0 {
+    let off = r.off;
+    let filename: u64 = read_field(r.cmd, off.open_filename).map_err(i64::from)?;
+    let flags: u64 = read_field(r.cmd, off.open_how_flags).map_err(i64::from)?;
+    if filename == 0 {
         return Ok(0);
     }
     let name: u64 = read_field(filename, off.filename_name).map_err(i64::from)?;

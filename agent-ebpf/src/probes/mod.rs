@@ -3,6 +3,7 @@ pub mod go_tls;
 pub mod net;
 pub mod process;
 pub mod tls;
+pub mod uring;
 
 /// Offsets of the arguments in a `syscalls/sys_enter_*` record (after the 8-byte common
 /// header and the syscall number): each argument takes an 8-byte slot. This layout is
@@ -10,8 +11,3 @@ pub mod tls;
 pub const SYSCALL_ARG: [usize; 3] = [16, 24, 32];
 /// `ret` in a `syscalls/sys_exit_*` record.
 pub const SYSCALL_RET: usize = 16;
-
-/// `io_uring/io_uring_submit_req` fields, checked against tracefs by the loader.
-pub const URING_REQ: usize = 16;
-pub const URING_OPCODE: usize = 32;
-pub const URING_FLAGS: usize = 40;

@@ -9,11 +9,12 @@ use aya_ebpf::{
 use sigil_agent_common::{ConnectEvent, DATA_CAPTURE, DataEvent, DataSource, DropReason, EventKind};
 
 use super::{
-    SYSCALL_ARG, SYSCALL_RET, URING_FLAGS, URING_OPCODE, URING_REQ,
+    SYSCALL_ARG, SYSCALL_RET,
     process::{header, read_field},
     tls::{copy_user, copy_user_to, note_fd},
+    uring,
 };
-use crate::maps::{CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, URING_OFFSETS, count_drop, count_lost, data_wakeup_flags, sock_key};
+use crate::maps::{CONNS, EVENTS, IOV_SCRATCH, PENDING_CONNECT, PendingConnect, TLS_SKIP, count_drop, count_lost, data_wakeup_flags, sock_key};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -163,29 +164,21 @@ pub fn sigil_uring_net(ctx: TracePointContext) -> u32 {
 }
 
 fn try_uring_net(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY: layout checked by the loader against this kernel's tracefs format.
-    let opcode: u8 = unsafe { ctx.read_at(URING_OPCODE) }.map_err(|e| e as i64)?;
-    if !matches!(
-        opcode,
-        IORING_OP_WRITEV
-            | IORING_OP_WRITE_FIXED
-            | IORING_OP_SENDMSG
-            | IORING_OP_CONNECT
-            | IORING_OP_CLOSE
-            | IORING_OP_WRITE
-            | IORING_OP_SEND
-            | IORING_OP_SEND_ZC
-            | IORING_OP_SENDMSG_ZC
-    ) {
-        return Ok(0);
-    }
-    let off = URING_OFFSETS.load();
-    if off.valid == 0 {
-        return Ok(0);
-    }
-    // SAFETY: as above.
-    let req: u64 = unsafe { ctx.read_at(URING_REQ) }.map_err(|e| e as i64)?;
-    let cmd = req + u64::from(off.kiocb_cmd);
+    let wanted = |op| {
+        matches!(
+            op,
+            IORING_OP_WRITEV
+                | IORING_OP_WRITE_FIXED
+                | IORING_OP_SENDMSG
+                | IORING_OP_CONNECT
+                | IORING_OP_CLOSE
+                | IORING_OP_WRITE
+                | IORING_OP_SEND
+                | IORING_OP_SEND_ZC
+                | IORING_OP_SENDMSG_ZC
+        )
+    };
+    let Some(uring::Request { opcode, req, cmd, off }) = uring::submitted(ctx, wanted)? else { return Ok(0) };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if opcode == IORING_OP_CLOSE {
         // A close of a registered file slot carries fd 0: forgetting fd 0 then would let
@@ -198,9 +191,7 @@ fn try_uring_net(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // A registered (fixed) file's number is an index into the ring's table, not an fd:
     // looked up as one, it could name another connection. Not followed.
-    // SAFETY: as above.
-    let flags: u64 = unsafe { ctx.read_at(URING_FLAGS) }.map_err(|e| e as i64)?;
-    if flags & REQ_F_FIXED_FILE != 0 {
+    if uring::flags(ctx)? & REQ_F_FIXED_FILE != 0 {
         return Ok(0);
     }
     let fd: i32 = read_field(req, off.kiocb_fd).map_err(i64::from)?;
