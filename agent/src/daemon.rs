@@ -307,7 +307,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, te
         warn!("executable identity at exec: {e}; falling back to procfs");
         Default::default()
     });
-    // Without them the io_uring program is not attached (`attach_tracing` says so).
+    // Without them the io_uring programs are not attached (`attach_tracing` says so).
     let uring_offsets = uring_offsets.and_then(Result::ok).unwrap_or_default();
     let mut probes = Probes::load(offsets, exe_offsets, uring_offsets, cfg.ring_buffer_bytes, cfg.tls_calls_entries, files::WATCHED)
         .map_err(|e| if e.is_permission() { anyhow::Error::from(StartError::Unavailable(e.to_string())) } else { e.into() })?;

@@ -28,11 +28,6 @@ pub enum LayoutError {
     BitField(String),
 }
 
-/// Byte offsets of the fields the exec program reads, from the BTF at `path`.
-pub fn exe_offsets(path: &Path) -> Result<ExeOffsets, LayoutError> {
-    offsets(path)?.exe
-}
-
 /// What the programs that follow kernel pointers need; each may be missing alone.
 pub struct KernelOffsets {
     pub exe: Result<ExeOffsets, LayoutError>,
@@ -165,7 +160,7 @@ mod tests {
             eprintln!("no {VMLINUX_BTF}: nothing to check on this kernel");
             return;
         }
-        let o = exe_offsets(Path::new(VMLINUX_BTF)).expect("offsets");
+        let o = offsets(Path::new(VMLINUX_BTF)).expect("BTF").exe.expect("offsets");
         assert_eq!(o.valid, 1);
         assert!(o.task_mm > 0 && o.mm_exe_file > 0 && o.inode_ino > 0 && o.inode_size > 0);
         assert_ne!(o.inode_mtime_sec, o.inode_ctime_sec);
@@ -191,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_a_clear_error() {
-        let e = exe_offsets(Path::new("/nonexistent/vmlinux")).expect_err("no file");
+        let Err(e) = offsets(Path::new("/nonexistent/vmlinux")) else { panic!("no file, no offsets") };
         assert!(e.to_string().contains("/nonexistent/vmlinux"), "{e}");
     }
 }

@@ -77,7 +77,7 @@ pub struct Probes {
     drops: PerCpuArray<MapData, u64>,
     /// Names of attached programs, in attach order, for the start-up log line.
     pub attached: Vec<&'static str>,
-    /// The io_uring program knows where an open request's path is.
+    /// The io_uring programs know where requests keep what they read.
     uring_offsets_valid: bool,
 }
 
@@ -182,8 +182,8 @@ impl Probes {
     /// `watched_names` are the credential-file suffixes the open() filter will look for;
     /// their lengths are fixed at load time. `tls_calls_entries` sizes the per-thread TLS
     /// call map (threads inside a TLS write at one moment). `exe` tells the exec program
-    /// where the executable's inode is (invalid: it sends no identity), `uring` where an
-    /// io_uring open request's path is (invalid: the io_uring program is not attached).
+    /// where the executable's inode is (invalid: it sends no identity), `uring` where
+    /// io_uring requests keep their data (invalid: the io_uring programs are not attached).
     pub fn load(
         offsets: TracepointOffsets,
         exe: ExeOffsets,
@@ -279,9 +279,10 @@ impl Probes {
     }
 
     /// Opens, connects and writes submitted through io_uring never enter the syscalls:
-    /// `sigil_uring_open` and `sigil_uring_net` see them as they are submitted. Best effort, with a line saying why when it cannot
-    /// run (older kernels name the tracepoint and its fields differently; without BTF the
-    /// request's path cannot be found): the rest of tracing does not depend on it.
+    /// `sigil_uring_open` and `sigil_uring_net` see them as they are submitted. Best
+    /// effort, with a line saying why when they cannot run (older kernels name the
+    /// tracepoint and its fields differently; without BTF a request's data cannot be
+    /// found): the rest of tracing does not depend on them.
     fn attach_uring(&mut self, tracefs: &Path) {
         let format = std::fs::read_to_string(tracefs.join("events/io_uring/io_uring_submit_req/format")).unwrap_or_default();
         let layout = [("req", 16), ("opcode", 32), ("flags", 40)].iter().all(|(field, at)| super::tracefs::field_offset(&format, field) == Some(*at));
