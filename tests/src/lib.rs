@@ -7,6 +7,7 @@
 pub mod fake_apiserver;
 pub mod manifests;
 pub mod pki;
+pub mod ports;
 pub mod postgres;
 pub mod postgres_server;
 pub mod workload_api;
@@ -560,9 +561,9 @@ impl Issuer {
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now (see [`ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    ports::free_port().unwrap()
 }
 
 /// A copy of /bin/sleep with a unique tail, so its SHA-256 is unique to this test and

@@ -5,7 +5,7 @@
 //!
 //! Shared, by `#[path]`, between the integration tests ([`crate::postgres`]) and
 //! `cargo xtask bench` (which has neither this crate nor a PostgreSQL client): it needs
-//! only std and anyhow.
+//! only std, anyhow and [`crate::ports`].
 
 use std::{
     fs,
@@ -53,7 +53,7 @@ impl Server {
         let mut initdb = as_postgres("initdb");
         initdb.arg("-D").arg(&data).args(["-U", "sigil", "--auth=trust", "--locale=C", "--encoding=UTF8", "--no-sync"]);
         run_ok(initdb)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::ports::free_port()?;
         let server = as_postgres("postgres")
             .arg("-D")
             .arg(&data)

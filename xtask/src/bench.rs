@@ -25,7 +25,7 @@ use crate::{
     bench_exec::{self, Agent},
     build,
     peers::{self, Guard},
-    postgres_server, provision,
+    ports, postgres_server, provision,
     test::PYTHON_PACKAGES,
 };
 
@@ -130,9 +130,6 @@ fn record(key: &str, value: Value) -> Result<()> {
 }
 
 /// A free loopback port (the collector binds it right after).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// Builds the release collector and its bench driver.
 fn build_collector() -> Result<()> {
@@ -190,7 +187,7 @@ fn print_ingest(backend: &str, r: &Value) {
 /// bench's JSON.
 fn against_collector(db: &str, raw: &str, args: &[String]) -> Result<Value> {
     let bins = build::workspace_root().join("target/release");
-    let (grpc, http) = (free_port()?, free_port()?);
+    let (grpc, http) = (ports::free_port()?, ports::free_port()?);
     let collector = Guard(
         Command::new(bins.join("sigil-collector"))
             .args(["--db", db])

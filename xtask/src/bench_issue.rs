@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::peers::Guard;
+use crate::{peers::Guard, ports};
 
 /// Enough that one slow moment (this VM's neighbours) does not make the p99.
 const FETCHES: usize = 2000;
@@ -31,10 +31,6 @@ fn start_until(cmd: &mut Command, ready: &str) -> Result<Guard> {
         }
     }
     bail!("{cmd:?} exited before {ready:?}")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// What signing costs in the agent's own code (`sigil-agent sign-bench`), µs.
@@ -89,7 +85,7 @@ fn agent(bin: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Guard> {
         .arg(dir.join(format!("{name}.sock")))
         .arg("--state-dir")
         .arg(dir.join(format!("state-{name}")))
-        .args(["--oidc-listen", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--oidc-listen", &format!("127.0.0.1:{}", ports::free_port()?)])
         .args(extra);
     start_until(&mut cmd, "Workload API on")
 }
@@ -112,14 +108,14 @@ pub fn run(bin_dir: &Path, dir: &Path) -> Result<Vec<Row>> {
         // Throughput: as many clients as a node's workloads would open at once.
         rows.push(measure(&bin, &dir.join("single.sock"), true, 4, "single-node, 4 clients at once")?);
     }
-    let grpc = free_port()?;
+    let grpc = ports::free_port()?;
     let db = dir.join("collector.db");
     let _ = std::fs::remove_file(&db);
     let _collector = start_until(
         Command::new(bin_dir.join("sigil-collector"))
             .arg("--db")
             .arg(&db)
-            .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{}", free_port()?)])
+            .args(["serve", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{}", ports::free_port()?)])
             .arg("--signer-policy")
             .arg(dir.join("policy.toml"))
             .args(["--issuer", "https://sigil.bench.invalid"]),

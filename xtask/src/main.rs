@@ -12,7 +12,10 @@ mod bench_issue;
 mod build;
 mod demo;
 mod peers;
-// The integration tests' throwaway PostgreSQL server (std + anyhow only), for the ingest bench.
+// The integration tests' loopback port picker and throwaway PostgreSQL server (std + anyhow
+// only), for the benches.
+#[path = "../../tests/src/ports.rs"]
+mod ports;
 #[path = "../../tests/src/postgres_server.rs"]
 mod postgres_server;
 mod provision;
