@@ -129,8 +129,6 @@ fn record(key: &str, value: Value) -> Result<()> {
     Ok(())
 }
 
-/// A free loopback port (the collector binds it right after).
-
 /// Builds the release collector and its bench driver.
 fn build_collector() -> Result<()> {
     let mut cmd = build::cargo();
