@@ -152,15 +152,21 @@ impl Layout<'_> {
 mod tests {
     use super::*;
 
+    /// The running kernel's offsets; None (and said) on a kernel without a BTF file.
+    fn this_kernels_offsets() -> Option<KernelOffsets> {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("no {VMLINUX_BTF}: nothing to check on this kernel");
+            return None;
+        }
+        Some(offsets(Path::new(VMLINUX_BTF)).expect("BTF"))
+    }
+
     /// The running kernel's BTF yields every offset, at places consistent with the
     /// structs (the times after the size, the nanoseconds after or beside the seconds).
     #[test]
     fn this_kernels_btf_has_every_exec_field() {
-        if !Path::new(VMLINUX_BTF).exists() {
-            eprintln!("no {VMLINUX_BTF}: nothing to check on this kernel");
-            return;
-        }
-        let o = offsets(Path::new(VMLINUX_BTF)).expect("BTF").exe.expect("offsets");
+        let Some(o) = this_kernels_offsets() else { return };
+        let o = o.exe.expect("offsets");
         assert_eq!(o.valid, 1);
         assert!(o.task_mm > 0 && o.mm_exe_file > 0 && o.inode_ino > 0 && o.inode_size > 0);
         assert_ne!(o.inode_mtime_sec, o.inode_ctime_sec);
@@ -172,11 +178,8 @@ mod tests {
     /// request (a union with `file`), the path pointer after `file`, `dfd` and `file_slot`.
     #[test]
     fn this_kernels_btf_has_the_io_uring_open_layout() {
-        if !Path::new(VMLINUX_BTF).exists() {
-            eprintln!("no {VMLINUX_BTF}: nothing to check on this kernel");
-            return;
-        }
-        let o = offsets(Path::new(VMLINUX_BTF)).expect("BTF").uring.expect("io_uring offsets");
+        let Some(o) = this_kernels_offsets() else { return };
+        let o = o.uring.expect("io_uring offsets");
         assert_eq!((o.valid, o.kiocb_cmd, o.open_filename, o.filename_name), (1, 0, 16, 0), "{o:?}");
         assert!(o.open_how_flags > o.open_filename, "{o:?}");
         // The send's buffer and the connect's address follow the request's `file`.
