@@ -146,14 +146,21 @@ fn plain_http_with_an_api_key_header_is_detected() {
     t.assert_never_kept(key);
 }
 
+/// `home/.aws/credentials` with a default profile of `key_id` and `secret`; its path and
+/// content.
+fn plant_aws_credentials(home: &Path, key_id: &str, secret: &str) -> (PathBuf, String) {
+    fs::create_dir_all(home.join(".aws")).unwrap();
+    let creds = home.join(".aws/credentials");
+    let content = format!("[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n");
+    fs::write(&creds, &content).unwrap();
+    (creds, content)
+}
+
 #[test]
 fn reading_an_aws_shared_credentials_file_is_an_event() {
     let t = traced();
-    let home = t.dir.join("home");
-    fs::create_dir_all(home.join(".aws")).unwrap();
     let secret = "PLANTEDfileSECRETwJalrXUtnFEMIK7MDENGbPxRfiCY";
-    let creds = home.join(".aws/credentials");
-    fs::write(&creds, format!("[default]\naws_access_key_id = AKIASIGILTEST0000009\naws_secret_access_key = {secret}\n")).unwrap();
+    let (creds, _) = plant_aws_credentials(&t.dir.join("home"), "AKIASIGILTEST0000009", secret);
     let cg = TestCgroup::create("trace.slice/reader.scope");
     let (code, out, _) = cg.run(Path::new("/bin/cat"), &[&creds.display().to_string()]);
     assert_eq!(code, 0);
@@ -210,12 +217,8 @@ fn reading_any_watched_credential_file_is_an_event() {
 #[test]
 fn a_credential_file_read_through_io_uring_is_still_an_event() {
     let t = traced();
-    let home = t.dir.join("uring-home");
-    fs::create_dir_all(home.join(".aws")).unwrap();
     let secret = "PLANTEDuringSECRETwJalrXUtnFEMIK7MDENGbPxRfiCY";
-    let creds = home.join(".aws/credentials");
-    let content = format!("[default]\naws_access_key_id = AKIASIGILTEST0000011\naws_secret_access_key = {secret}\n");
-    fs::write(&creds, &content).unwrap();
+    let (creds, content) = plant_aws_credentials(&t.dir.join("uring-home"), "AKIASIGILTEST0000011", secret);
     let reader = c_build(&t.dir, "uring_read", &["uring"]);
     let cg = TestCgroup::create("trace.slice/uring-reader.scope");
     let (code, out, err) = cg.run(&reader, &[&creds.display().to_string()]);

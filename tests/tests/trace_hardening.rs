@@ -327,12 +327,18 @@ fn a_proxy_protocol_header_before_the_request_does_not_blind_the_agent() {
         assert!(out.contains(claimed), "{version}: nginx read the header and answered: {out}");
 
         let used = t.uses_in(&cg, &format!("the token sent after a PROXY {version} header"), |v| v["path"] == path.as_str());
-        assert_eq!(used["transport"], "plain", "{used}");
-        assert_eq!(used["detector"], "bearer_token", "{used}");
-        assert_eq!(used["destination"]["port"], nginx.port, "{used}");
-        assert_eq!(used["fingerprint"], t.fingerprint_of(&token).as_str(), "{used}");
-        t.assert_nowhere(&token);
+        assert_bearer_use(&t, &used, "plain", nginx.port, &token);
     }
+}
+
+/// `used` is the bearer `token` sent over `transport` to `port`, fingerprinted, and the
+/// token itself is kept nowhere.
+fn assert_bearer_use(t: &Traced, used: &Value, transport: &str, port: u16, token: &str) {
+    assert_eq!(used["transport"], transport, "{used}");
+    assert_eq!(used["detector"], "bearer_token", "{used}");
+    assert_eq!(used["destination"]["port"], port, "{used}");
+    assert_eq!(used["fingerprint"], t.fingerprint_of(token).as_str(), "{used}");
+    t.assert_nowhere(token);
 }
 
 /// An evader in a pod opens a TLS connection with a first write that its server accepts
@@ -361,10 +367,6 @@ fn a_first_write_a_server_accepts_does_not_blind_the_agent_to_the_connection() {
 
         let path = format!("/after-{step}");
         let used = t.uses_in(&cg, &format!("the token sent after the {step}"), |v| v["path"] == path.as_str());
-        assert_eq!(used["transport"], "tls", "{used}");
-        assert_eq!(used["detector"], "bearer_token", "{used}");
-        assert_eq!(used["destination"]["port"], server.port, "{used}");
-        assert_eq!(used["fingerprint"], t.fingerprint_of(&token).as_str(), "{used}");
-        t.assert_nowhere(&token);
+        assert_bearer_use(&t, &used, "tls", server.port, &token);
     }
 }
